@@ -1,0 +1,164 @@
+# -*- test-case-name: tests.test_backend_base -*-
+"""
+What every backend is, and the child resource they all share.
+
+A backend type (L{IBackendType}) parses its ``config:`` section and builds a
+backend (L{IBackend}); a backend turns a checked request path into an answer,
+normally by describing an L{Artifact} and handing it to the L{Vault}. Paths
+are checked here, once, before any backend sees them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import Attribute, Interface
+
+from artifactvault import logs
+from artifactvault.config import Section
+from artifactvault.serve import Responder, plain_error
+from artifactvault.upstream import StaticAuth, Upstream
+from artifactvault.vault import Vault
+
+_log = Logger(observer=logs.observer)
+
+
+class IBackend(Interface):
+    name = Attribute("Short name for logs, e.g. 'http /files/'.")
+    prefix = Attribute("Where it is mounted, e.g. '/files/'.")
+
+    def resource() -> IResource:
+        """The resource mounted at the prefix."""
+
+    def extra_mounts() -> dict[str, IResource]:
+        """Further top-level mounts this backend needs (path → resource), e.g. for /v2/."""
+
+
+class IBackendType(Interface):
+    names = Attribute("The config 'type:' values this handles, e.g. ('http',).")
+
+    def parse(section: Section) -> Any:
+        """Validate a backend's 'config:' section into settings (with a .prefix)."""
+
+    def build(settings: Any, context: "BuildContext") -> IBackend:
+        """Make the backend."""
+
+
+@dataclass
+class BuildContext:
+    """What a backend may use: the core, the reactor, the shared HTTP client."""
+
+    vault: Vault
+    reactor: Any
+    client: Any  # treq HTTPClient over the shared pool
+
+    def upstream(self, base_url: str, settings: Any, auth: Any = None) -> "Upstream":
+        """An L{Upstream} with the common settings (credentials, headers, timeouts)."""
+        if auth is None and (settings.username is not None or settings.token is not None):
+            auth = StaticAuth(base_url, username=settings.username,
+                              password=settings.password, token=settings.token)
+        return Upstream(self.client, self.reactor, auth=auth, headers=settings.headers,
+                        timeout=settings.timeout, idle_timeout=settings.idle_timeout)
+
+
+@dataclass
+class CommonSettings:
+    """Keys every backend with an upstream understands."""
+
+    prefix: str
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+    headers: dict[str, str] | None = None
+    timeout: float = 30.0
+    idle_timeout: float = 60.0
+
+    def __repr__(self) -> str:  # credentials stay out of logs and tracebacks
+        return f"{type(self).__name__}(prefix={self.prefix!r})"
+
+
+def parse_common(section: Section, default_prefix: str | None = None) -> dict[str, Any]:
+    """Parse the common keys into keyword arguments for a L{CommonSettings} subclass."""
+    prefix = section.prefix("prefix", default_prefix) if default_prefix else section.prefix("prefix")
+    username = section.str("username", None)
+    password = section.secret("password")
+    token = section.secret("token")
+    if password is not None and username is None:
+        raise section.error("password", "is given without username")
+    if token is not None and username is not None:
+        raise section.error("token", "give username/password or token, not both")
+    return dict(prefix=prefix, username=username, password=password, token=token,
+                headers=section.headers("headers"),
+                timeout=section.seconds("timeout", 30.0),
+                idle_timeout=section.seconds("idle_timeout", 60.0))
+
+
+class BadPath(ValueError):
+    pass
+
+
+def safe_segments(postpath: list[bytes]) -> list[str]:
+    """
+    The request path below the prefix as text segments, refusing anything
+    that could climb out of it or smuggle a separator: ``.``/``..``, empty
+    segments (``//``), an encoded ``/`` or ``\\``, NUL, and non-UTF-8 bytes. A trailing
+    empty segment (a path ending in ``/``) is kept.
+    """
+    out = []
+    last = len(postpath) - 1
+    for i, raw in enumerate(postpath):
+        try:
+            seg = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadPath("path is not valid UTF-8") from None
+        if "\x00" in seg:
+            raise BadPath("NUL byte in path")
+        if "/" in seg or "\\" in seg:
+            raise BadPath("encoded slash in path segment")
+        if seg in (".", ".."):
+            raise BadPath("dot segment in path")
+        if seg == "" and i != last:
+            raise BadPath("empty path segment")
+        out.append(seg)
+    return out
+
+
+class BackendResource(Resource):
+    """
+    The resource at a backend's prefix: checks the path, then lets the backend
+    answer. GET and HEAD only (HEAD is its own method: Twisted's default would
+    run a GET and download the whole artifact).
+    """
+
+    isLeaf = True
+
+    def __init__(self, backend: Any):
+        super().__init__()
+        self.backend = backend
+
+    def render_GET(self, request: Request) -> Any:
+        return self._handle(request)
+
+    def render_HEAD(self, request: Request) -> Any:
+        return self._handle(request)
+
+    def _handle(self, request: Request) -> Any:
+        responder = Responder(request, getattr(self.backend, "render_error", plain_error))
+        request.backend_name = self.backend.name  # type: ignore[attr-defined]
+        try:
+            segments = safe_segments(request.postpath or [])
+        except BadPath as e:
+            responder.error(400, f"bad request path: {e}")
+            return NOT_DONE_YET
+        try:
+            self.backend.handle(responder, segments)
+        except Exception:
+            _log.failure("{backend} failed on {path}", backend=self.backend.name,
+                         path=request.path.decode("latin-1"))
+            responder.error(500, "internal error")
+        return NOT_DONE_YET
+

@@ -1,0 +1,286 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+Cache entries on the local disk.
+
+Layout under ``cache_dir``::
+
+    tmp/                      downloads in progress (emptied at start)
+    data/ab/<keyhash>.json    metadata of one entry (points at its data file)
+    data/ab/<keyhash>.<token> the bytes, named afresh on every commit
+
+File names derive from a hash of the cache key, never from a request path,
+so nothing a client sends can name a file outside the cache.
+
+Commit order makes a ``kill -9`` (or a power cut) at any moment harmless:
+the data file is fsynced and renamed into place under a new name first, then
+the metadata that points at it replaces the old metadata atomically, and only
+then is the old data file unlinked. Metadata always names a complete file of
+the recorded size; a torn or unreadable metadata file is a miss, and data
+files no metadata names are swept away.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from artifactvault import logs
+
+_log = Logger(observer=logs.observer)
+
+#: Data files that no metadata names are removed once they are this old
+#: (a younger one may belong to a commit in progress).
+ORPHAN_AGE = 600.0
+
+
+@dataclass
+class Entry:
+    """What the cache knows of one artifact; persisted as JSON beside the data."""
+
+    key: str
+    data: str
+    size: int
+    stored_at: float
+    fresh_until: float | None = None  # None: immutable, fresh forever
+    content_type: str | None = None
+    etag: str | None = None  # the upstream's validator, for revalidation
+    last_modified: str | None = None  # the upstream's Last-Modified
+    sha256: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # replayed to clients
+    url: str = ""  # where it came from (never with credentials)
+
+    def is_fresh(self, now: float) -> bool:
+        return self.fresh_until is None or now < self.fresh_until
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "Entry":
+        d = json.loads(raw)
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def _sync_run(f: Callable[..., Any], *args: Any) -> Deferred:
+    return succeed(f(*args))
+
+
+class FileStore:
+    """
+    The local-filesystem store. Small metadata I/O happens in the reactor;
+    fsyncs and directory walks go through C{run_blocking} (a thread pool in
+    the daemon, synchronous in unit tests).
+    """
+
+    def __init__(self, root: str, clock: Callable[[], float] = time.time,
+                 run_blocking: Callable[..., Deferred] = _sync_run, memo_size: int = 8192):
+        self.root = os.path.abspath(root)
+        self.data_dir = os.path.join(self.root, "data")
+        self.tmp_dir = os.path.join(self.root, "tmp")
+        self._clock = clock
+        self._run = run_blocking
+        self._memo: collections.OrderedDict[str, Entry] = collections.OrderedDict()
+        self._memo_size = memo_size
+
+    def now(self) -> float:
+        """The wall clock that freshness is measured by (persisted, so not the reactor's)."""
+        return self._clock()
+
+    # -- start-up ---------------------------------------------------------
+
+    def open(self) -> int:
+        """Create the directories and remove leftover temp files; returns how many."""
+        os.makedirs(self.data_dir, exist_ok=True)
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        removed = 0
+        for name in os.listdir(self.tmp_dir):
+            try:
+                os.unlink(os.path.join(self.tmp_dir, name))
+                removed += 1
+            except OSError:
+                pass
+        return removed
+
+    def sweep(self) -> Deferred:
+        """Remove orphaned data and broken metadata (in a thread); fires with a count."""
+        return self._run(self._sweep, self._clock())
+
+    def _sweep(self, now: float) -> int:
+        removed = 0
+        for shard in os.listdir(self.data_dir):
+            sdir = os.path.join(self.data_dir, shard)
+            try:
+                names = os.listdir(sdir)
+            except OSError:
+                continue
+            referenced = set()
+            for name in names:
+                if name.endswith(".json"):
+                    entry = self._read_meta(os.path.join(sdir, name))
+                    if entry is None:
+                        _unlink(os.path.join(sdir, name))
+                        removed += 1
+                    else:
+                        referenced.add(os.path.basename(entry.data))
+            for name in names:
+                if name.endswith(".json") or name in referenced:
+                    continue
+                path = os.path.join(sdir, name)
+                try:
+                    if now - os.stat(path).st_mtime > ORPHAN_AGE:
+                        os.unlink(path)
+                        removed += 1
+                except OSError:
+                    pass
+        return removed
+
+    # -- lookups ------------------------------------------------------------
+
+    @staticmethod
+    def key_hash(key: str) -> str:
+        return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+    def _meta_path(self, kh: str) -> str:
+        return os.path.join(self.data_dir, kh[:2], kh + ".json")
+
+    def data_path(self, entry: Entry) -> str:
+        return os.path.join(self.data_dir, entry.data)
+
+    def lookup(self, key: str) -> Entry | None:
+        """The committed entry for C{key}, or C{None}."""
+        entry = self._memo.get(key)
+        if entry is not None:
+            self._memo.move_to_end(key)
+            return entry
+        entry = self._read_meta(self._meta_path(self.key_hash(key)))
+        if entry is None or entry.key != key:
+            return None
+        self._remember(entry)
+        return entry
+
+    def _read_meta(self, path: str) -> Entry | None:
+        try:
+            with open(path, "rb") as f:
+                return Entry.from_json(f.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError):
+            _log.warn("ignoring unreadable cache metadata {path}", path=path)
+            return None
+
+    def _remember(self, entry: Entry) -> None:
+        self._memo[entry.key] = entry
+        self._memo.move_to_end(entry.key)
+        while len(self._memo) > self._memo_size:
+            self._memo.popitem(last=False)
+
+    def open_data(self, entry: Entry) -> int | None:
+        """
+        An fd on C{entry}'s data, or C{None} (and the entry forgotten) if the
+        file is gone or has the wrong size: then it is a miss, never wrong bytes.
+        """
+        try:
+            fd = os.open(self.data_path(entry), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            self.forget(entry.key)
+            return None
+        if os.fstat(fd).st_size != entry.size:
+            os.close(fd)
+            _log.warn("cache data for {key} has the wrong size; dropping it", key=entry.key)
+            self.remove(entry.key)
+            return None
+        return fd
+
+    def forget(self, key: str) -> None:
+        self._memo.pop(key, None)
+
+    # -- writing ------------------------------------------------------------
+
+    def new_temp(self) -> tuple[str, int]:
+        """A new temp file for a download: (path, fd open for reading and writing)."""
+        while True:
+            path = os.path.join(self.tmp_dir, secrets.token_hex(12))
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+            except FileExistsError:
+                continue
+            return path, fd
+
+    def commit(self, temp_path: str, fd: int, entry: Entry) -> Deferred:
+        """
+        Make the temp file C{entry}'s data: fsync, rename under a new name,
+        then replace the metadata. Fires with the committed L{Entry}. The fd
+        stays open (readers may still be using it); the caller closes it.
+        """
+        kh = self.key_hash(entry.key)
+        entry.data = f"{kh[:2]}/{kh}.{secrets.token_hex(8)}"
+        d = self._run(self._commit, temp_path, fd, entry)
+        d.addCallback(lambda _: self._committed(entry))
+        return d
+
+    def _commit(self, temp_path: str, fd: int, entry: Entry) -> None:
+        os.fsync(fd)
+        shard = os.path.join(self.data_dir, entry.data.split("/")[0])
+        os.makedirs(shard, exist_ok=True)
+        meta_path = self._meta_path(self.key_hash(entry.key))
+        old = self._read_meta(meta_path)
+        os.rename(temp_path, self.data_path(entry))
+        self._write_meta(meta_path, entry, sync=True)
+        _fsync_dir(shard)
+        if old is not None and old.data != entry.data:
+            _unlink(self.data_path(old))
+
+    def _committed(self, entry: Entry) -> Entry:
+        self._remember(entry)
+        return entry
+
+    def _write_meta(self, path: str, entry: Entry, sync: bool) -> None:
+        tmp = path + ".tmp-" + secrets.token_hex(4)
+        with open(tmp, "wb") as f:
+            f.write(entry.to_json())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def update(self, entry: Entry) -> Entry:
+        """
+        Rewrite C{entry}'s metadata in place (a revalidation moved its
+        freshness). Small and not fsynced: losing it in a crash costs one
+        more revalidation, never wrong bytes.
+        """
+        self._write_meta(self._meta_path(self.key_hash(entry.key)), entry, sync=False)
+        self._remember(entry)
+        return entry
+
+    def remove(self, key: str) -> None:
+        self.forget(key)
+        meta_path = self._meta_path(self.key_hash(key))
+        entry = self._read_meta(meta_path)
+        _unlink(meta_path)
+        if entry is not None:
+            _unlink(self.data_path(entry))
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,293 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The daemon's configuration: YAML in, validated typed settings out.
+
+Every error names the file and the key (``config.yml: backends[1].config.base_url:
+required``) so a bad config stops the daemon with one line a person can act on,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+import yaml
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or wrong; the message names file and key."""
+
+
+def default_cache_dir() -> str:
+    """``$XDG_CACHE_HOME/artifactvault``, else ``~/.cache/artifactvault``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "artifactvault")
+
+
+#: The configuration used when no file is given: the public indexes of the
+#: seed's examples, on loopback.
+EMBEDDED_DEFAULT: dict[str, Any] = {
+    "http_host": DEFAULT_HOST,
+    "http_port": DEFAULT_PORT,
+    "log_level": "info",
+    "backends": [
+        {"type": "pypi", "config": {"prefix": "/pypi/", "index_url": "https://pypi.org/simple/"}},
+        {"type": "dockerhub", "config": {"prefix": "/dockerhub/",
+                                         "registry_url": "https://registry-1.docker.io"}},
+    ],
+}
+
+_MISSING = object()
+
+
+class Section:
+    """
+    A mapping read from the config, which knows where it came from.
+
+    Backends parse their own ``config:`` through one of these, so their
+    errors name the file and the full key path too.
+    """
+
+    def __init__(self, source: str, path: str, data: Any):
+        self.source = source
+        self.path = path
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise self.error(None, f"must be a mapping, not {_kind(data)}")
+        self.data = data
+        self._used: set[str] = set()
+
+    def where(self, key: str | None) -> str:
+        if key is None:
+            return self.path or "(top level)"
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self.where(key)}: {message}")
+
+    def _get(self, key: str, default: Any) -> Any:
+        self._used.add(key)
+        value = self.data.get(key, _MISSING)
+        if value is _MISSING or value is None:
+            if default is _MISSING:
+                raise self.error(key, "required")
+            return default
+        return value
+
+    def str(self, key: str, default: Any = _MISSING, choices: tuple[str, ...] = ()) -> Any:
+        value = self._get(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if not isinstance(value, str):
+            raise self.error(key, f"must be a string, not {_kind(value)}")
+        if choices and value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    def int(self, key: str, default: Any = _MISSING, minimum: int | None = None,
+            maximum: int | None = None) -> Any:
+        value = self._get(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"must be an integer, not {_kind(value)}")
+        if minimum is not None and value < minimum:
+            raise self.error(key, f"must be at least {minimum}, not {value}")
+        if maximum is not None and value > maximum:
+            raise self.error(key, f"must be at most {maximum}, not {value}")
+        return value
+
+    def seconds(self, key: str, default: Any = _MISSING) -> Any:
+        """A duration: a number of seconds, or a string like ``90s``, ``5m``, ``2h``, ``1d``."""
+        value = self._get(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if isinstance(value, bool):
+            raise self.error(key, f"must be a duration, not {_kind(value)}")
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+        elif isinstance(value, str) and (m := re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)):
+            seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        else:
+            raise self.error(key, f"must be a duration (seconds, or like 90s, 5m, 2h), not {value!r}")
+        if seconds < 0:
+            raise self.error(key, "must not be negative")
+        return seconds
+
+    def bool(self, key: str, default: Any = _MISSING) -> Any:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, f"must be true or false, not {_kind(value)}")
+        return value
+
+    def url(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.str(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self.error(key, f"must be an http:// or https:// URL, not {value!r}")
+        if parts.username or parts.password:
+            raise self.error(key, "must not hold credentials; use username/password (or *_env)")
+        return value
+
+    def prefix(self, key: str = "prefix", default: Any = _MISSING) -> str:
+        """A URL path prefix, normalised to ``/a/b/``."""
+        value = self.str(key, default)
+        segments = [s for s in value.strip("/").split("/")]
+        if not value.startswith("/") or any(s in ("", ".", "..") for s in segments) or \
+                any(not re.fullmatch(r"[A-Za-z0-9._~-]+", s) for s in segments):
+            raise self.error(key, f"must be a path like /name/ of letters, digits and ._~-, not {value!r}")
+        return "/" + "/".join(segments) + "/"
+
+    def mapping(self, key: str, default: Any = _MISSING) -> Any:
+        value = self._get(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if not isinstance(value, Mapping):
+            raise self.error(key, f"must be a mapping, not {_kind(value)}")
+        return value
+
+    def headers(self, key: str = "headers") -> dict[str, str]:
+        value = self.mapping(key, {})
+        out = {}
+        for name, v in value.items():
+            if not isinstance(name, str) or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                raise self.error(key, f"{name!r} is not a valid header name")
+            if not isinstance(v, (str, int)) or "\n" in str(v) or "\r" in str(v):
+                raise self.error(f"{key}.{name}", "must be a one-line string")
+            out[name] = str(v)
+        return out
+
+    def secret(self, key: str) -> str | None:
+        """
+        A credential given inline (``password: x``) or by the name of an
+        environment variable (``password_env: NAME``); the value is never put
+        in an error message.
+        """
+        inline = self._get(key, None)
+        env = self._get(key + "_env", None)
+        if inline is not None and env is not None:
+            raise self.error(key, f"give {key} or {key}_env, not both")
+        if env is not None:
+            if not isinstance(env, str) or not env:
+                raise self.error(key + "_env", "must name an environment variable")
+            if env not in os.environ:
+                raise self.error(key + "_env", f"environment variable {env} is not set")
+            return os.environ[env]
+        if inline is not None and not isinstance(inline, str):
+            raise self.error(key, "must be a string")
+        return inline
+
+    def section(self, key: str) -> "Section":
+        return Section(self.source, self.where(key), self._get(key, {}))
+
+    def check_unknown(self) -> None:
+        """Refuse keys nobody read: a typo should not silently do nothing."""
+        for key in self.data:
+            if key not in self._used:
+                raise self.error(str(key), "unknown key")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+@dataclass
+class BackendEntry:
+    """One item of ``backends:``, its ``config:`` left for the backend type to parse."""
+
+    type: str
+    section: Section
+    index: int = 0
+
+
+@dataclass
+class Config:
+    source: str
+    http_host: str = DEFAULT_HOST
+    http_port: int = DEFAULT_PORT
+    listen: list[str] = field(default_factory=list)
+    cache_dir: str = field(default_factory=default_cache_dir)
+    log_level: str = "info"
+    backends: list[BackendEntry] = field(default_factory=list)
+    settings: list[Any] = field(default_factory=list)
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Listening endpoints: ``--listen`` if given, else ``http_host``/``http_port``."""
+        if self.listen:
+            return list(self.listen)
+        host = self.http_host.replace(":", r"\:")
+        return [f"tcp:{self.http_port}:interface={host}"]
+
+
+def parse(data: Any, source: str,
+          parse_backend: Callable[[BackendEntry], Any]) -> Config:
+    """
+    Validate a loaded YAML document.
+
+    C{parse_backend} turns one backend entry into its typed settings (it
+    raises L{ConfigError} for an unknown type or a bad value); it is passed in
+    so this module does not import every backend.
+    """
+    top = Section(source, "", data)
+    config = Config(source=source)
+    config.http_host = top.str("http_host", DEFAULT_HOST)
+    config.http_port = top.int("http_port", DEFAULT_PORT, minimum=0, maximum=65535)
+    config.cache_dir = os.path.abspath(os.path.expanduser(top.str("cache_dir", default_cache_dir())))
+    config.log_level = top.str("log_level", "info").lower()
+    if config.log_level == "warning":
+        config.log_level = "warn"
+    if config.log_level not in LOG_LEVELS:
+        raise top.error("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    backends = top._get("backends", [])
+    if not isinstance(backends, list):
+        raise top.error("backends", f"must be a list, not {_kind(backends)}")
+    prefixes: dict[str, str] = {}
+    for i, item in enumerate(backends):
+        entry = Section(source, f"backends[{i}]", item)
+        kind = entry.str("type")
+        backend = BackendEntry(type=kind, section=entry.section("config"), index=i)
+        entry.check_unknown()
+        settings = parse_backend(backend)
+        backend.section.check_unknown()
+        prefix = getattr(settings, "prefix", None)
+        if prefix is not None:
+            if prefix in prefixes:
+                raise backend.section.error(
+                    "prefix", f"{prefix} is already used by {prefixes[prefix]}")
+            prefixes[prefix] = f"backends[{i}]"
+        config.backends.append(backend)
+        config.settings.append(settings)
+    top.check_unknown()
+    return config
+
+
+def load(path: str | None, parse_backend: Callable[[BackendEntry], Any]) -> Config:
+    """Read C{path} (or the embedded default when C{None}) into a L{Config}."""
+    if path is None:
+        return parse(EMBEDDED_DEFAULT, "<embedded default config>", parse_backend)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: {where}invalid YAML: {problem}") from None
+    return parse(data, path, parse_backend)

@@ -1,0 +1,463 @@
+# -*- test-case-name: tests.test_flight -*-
+"""
+Single-flight downloads: one upstream fetch per cache key, any number of readers.
+
+A L{Flight} streams the upstream body into a temp file beside the cache,
+counting and (where a digest is expected) hashing as it goes. Readers tail
+that file at their own pace through its fd, so a slow reader never holds
+memory and never slows the download; a reader that leaves does not cancel it.
+When the body is complete, of the announced length and of the expected
+digest, the temp file is committed to the store. Anything else removes it.
+
+While a digest is still unchecked the last byte is held back from readers:
+nobody gets a complete body that turns out to be wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+
+from artifactvault import logs
+from artifactvault.cache.store import Entry, FileStore
+from artifactvault.upstream import (Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout,
+                                    describe_failure, discard, header)
+
+_log = Logger(observer=logs.observer)
+
+#: Seconds between progress log lines of a long download.
+PROGRESS_INTERVAL = 10.0
+#: A transformed document (an index page) larger than this is refused.
+MAX_DOCUMENT = 64 * 1024 * 1024
+
+
+@dataclass
+class Artifact:
+    """
+    What a backend asks of the core: which upstream URL, under which cache
+    key, how long it stays fresh, and what it must be to be stored.
+    """
+
+    key: str
+    url: str
+    upstream: Upstream
+    ttl: float | None = None  # None: immutable, cached forever
+    digest: tuple[str, str] | None = None  # ("sha256", hex) the body must have
+    size: int | None = None  # the length the body must have, if known ahead
+    headers: dict[str, str] = field(default_factory=dict)  # extra upstream request headers
+    keep_headers: tuple[str, ...] = ()  # upstream response headers replayed from the cache
+    content_type: str | None = None  # overrides the upstream's
+    #: For documents (index pages): turns the whole upstream body into what is
+    #: stored. Gets (body, upstream response); returns (bytes, content type).
+    transform: Callable[[bytes, Any], tuple[bytes, str]] | None = None
+    #: Decides whether an upstream status is servable (default: only 200).
+    label: str = ""  # for logs: backend and path
+
+    def describe(self) -> str:
+        return self.label or self.key
+
+
+class IFlightListener(Protocol):
+    def flight_data(self, flight: "Flight", chunk: bytes, offset: int) -> None: ...
+
+    def flight_done(self, flight: "Flight") -> None: ...
+
+    def flight_failed(self, flight: "Flight", error: UpstreamError) -> None: ...
+
+
+class DigestMismatch(UpstreamError):
+    pass
+
+
+class Flight:
+    """One upstream fetch of one artifact, shared by every request that wants it."""
+
+    # states
+    CONNECTING, STREAMING, COMPLETE, COMMITTED, NOT_MODIFIED, FAILED = (
+        "connecting", "streaming", "complete", "committed", "not-modified", "failed")
+
+    def __init__(self, artifact: Artifact, store: FileStore, reactor: Any,
+                 stale: Entry | None = None, on_end: Callable[["Flight"], None] | None = None):
+        self.artifact = artifact
+        self.key = artifact.key
+        self.store = store
+        self.reactor = reactor
+        self.stale = stale
+        self._on_end = on_end
+        self.state = self.CONNECTING
+        self.response: Any = None
+        self.length: int | None = None
+        self.written = 0
+        self.fd: int | None = None
+        self.temp_path: str | None = None
+        self.error: UpstreamError | None = None
+        self.entry: Entry | None = None
+        self.content_type: str | None = None
+        self._hasher = hashlib.new(artifact.digest[0]) if artifact.digest else None
+        self._listeners: list[IFlightListener] = []
+        self._head_waiters: list[Deferred] = []
+        self._commit_waiters: list[Deferred] = []
+        self._idle_call: Any = None
+        self._body: _BodyReceiver | None = None
+        self._started = self.reactor.seconds()
+        self._last_progress = self._started
+        self._closing = False
+
+    # -- public -------------------------------------------------------------
+
+    def start(self) -> "Flight":
+        headers = dict(self.artifact.headers)
+        if self.stale is not None:
+            if self.stale.etag:
+                headers["If-None-Match"] = self.stale.etag
+            if self.stale.last_modified:
+                headers["If-Modified-Since"] = self.stale.last_modified
+        d = Deferred.fromCoroutine(self.artifact.upstream.request("GET", self.artifact.url, headers))
+        d.addCallbacks(self._got_response, self._got_failure)
+        d.addErrback(self._internal_error)
+        return self
+
+    def head(self) -> Deferred:
+        """Fires with this flight once it knows what it will serve; fails with L{UpstreamError}."""
+        if self.state == self.CONNECTING:
+            d: Deferred = Deferred()
+            self._head_waiters.append(d)
+            return d
+        if self.state == self.FAILED:
+            return fail(self.error)
+        return succeed(self)
+
+    def committed(self) -> Deferred:
+        """Fires with the stored L{Entry} (committed or revalidated), or fails."""
+        if self.state in (self.COMMITTED, self.NOT_MODIFIED):
+            return succeed(self.entry)
+        if self.state == self.FAILED:
+            return fail(self.error)
+        d: Deferred = Deferred()
+        self._commit_waiters.append(d)
+        return d
+
+    @property
+    def complete(self) -> bool:
+        return self.state in (self.COMPLETE, self.COMMITTED)
+
+    def readable(self) -> int:
+        """How many bytes readers may have now (the unverified last byte is held back)."""
+        if self.complete or self._hasher is None:
+            return self.written
+        if self.length is not None:
+            return min(self.written, self.length - 1)
+        return max(self.written - 1, 0)
+
+    def subscribe(self, listener: IFlightListener) -> None:
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: IFlightListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+        self._maybe_close()
+
+    # -- upstream answer -----------------------------------------------------
+
+    def _got_failure(self, failure: Failure) -> None:
+        self._fail(describe_failure(failure.value, self.artifact.url, self.artifact.upstream.timeout))
+
+    def _internal_error(self, failure: Failure) -> None:
+        _log.failure("flight for {key} broke", failure, key=self.key)
+        self._fail(UpstreamError("internal error while fetching"))
+
+    def _got_response(self, response: Any) -> None:
+        self.response = response
+        if response.code == 304 and self.stale is not None:
+            discard(response)
+            self._not_modified(response)
+            return
+        if response.code != 200:
+            discard(response)
+            self._fail(UpstreamStatus(response.code, response.phrase.decode("latin-1", "replace")))
+            return
+        self.length = response.length if isinstance(response.length, int) else None
+        expected = self.artifact.size
+        if expected is not None and self.length is not None and expected != self.length:
+            discard(response)
+            self._fail(UpstreamError(
+                f"upstream announced {self.length} bytes where {expected} were expected"))
+            return
+        if self.length is None:
+            self.length = expected
+        ctype = response.headers.getRawHeaders(b"content-type", [None])[0]
+        self.content_type = self.artifact.content_type or (ctype.decode("latin-1") if ctype else None)
+        self.temp_path, self.fd = self.store.new_temp()
+        self.state = self.STREAMING
+        self._body = _BodyReceiver(self)
+        self._reset_idle()
+        if self.artifact.transform is None:
+            self._fire(self._head_waiters, self)
+        response.deliverBody(self._body)
+
+    def _not_modified(self, response: Any) -> None:
+        entry = self.stale
+        assert entry is not None
+        entry.fresh_until = self._fresh_until()
+        etag = header(response, b"etag")
+        if etag:
+            entry.etag = etag
+        for name in self.artifact.keep_headers:
+            value = header(response, name.encode())
+            if value:
+                entry.headers[name] = value
+        self.entry = self.store.update(entry)
+        self.state = self.NOT_MODIFIED
+        self._fire(self._head_waiters, self)
+        self._fire(self._commit_waiters, self.entry)
+        self._ended()
+
+    # -- body ----------------------------------------------------------------
+
+    def _data(self, chunk: bytes) -> None:
+        offset = self.written
+        view = memoryview(chunk)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.written += len(chunk)
+        if self._hasher is not None:
+            self._hasher.update(chunk)
+        if self.length is not None and self.written > self.length:
+            self._abort_body(UpstreamError(f"upstream sent more than the {self.length} bytes announced"))
+            return
+        self._reset_idle()
+        now = self.reactor.seconds()
+        if now - self._last_progress >= PROGRESS_INTERVAL:
+            self._last_progress = now
+            _log.info("downloading {what}: {done} of {total} bytes, {rate:.1f} MB/s",
+                      what=self.artifact.describe(), done=self.written,
+                      total=self.length if self.length is not None else "?",
+                      rate=self.written / max(now - self._started, 1e-6) / 1e6)
+        if self.artifact.transform is None:
+            for listener in list(self._listeners):
+                listener.flight_data(self, chunk, offset)
+
+    def _body_ended(self, reason: Failure) -> None:
+        self._cancel_idle()
+        if self.state != self.STREAMING:
+            return
+        if self.error is not None:
+            self._fail(self.error)
+            return
+        # A body ended by closing the connection (HTTP/1.0, no length) cannot
+        # be told from a cut one; it is accepted only when a digest vouches for it.
+        if not (reason.check(ResponseDone) or (reason.check(PotentialDataLoss) and self._hasher)):
+            got = f"{self.written} of {self.length}" if self.length is not None else f"{self.written}"
+            self._fail(UpstreamError(f"upstream connection broke after {got} bytes"))
+            return
+        if self.length is not None and self.written != self.length:
+            self._fail(UpstreamError(f"upstream sent {self.written} of {self.length} bytes"))
+            return
+        if self._hasher is not None:
+            algo, expected = self.artifact.digest  # type: ignore[misc]
+            actual = self._hasher.hexdigest()
+            if actual != expected.lower():
+                self._fail(DigestMismatch(
+                    f"upstream body has {algo} {actual}, expected {expected}; not stored"))
+                return
+        if self.artifact.transform is not None:
+            self._transform()
+            return
+        self.state = self.COMPLETE
+        for listener in list(self._listeners):
+            listener.flight_done(self)
+        self._commit(self.content_type)
+
+    def _transform(self) -> None:
+        if self.written > MAX_DOCUMENT:
+            self._fail(UpstreamError(f"upstream document is larger than {MAX_DOCUMENT} bytes"))
+            return
+        body = os.pread(self.fd, self.written, 0)
+        try:
+            data, ctype = self.artifact.transform(body, self.response)  # type: ignore[misc]
+        except UpstreamError as e:
+            self._fail(e)
+            return
+        except Exception:
+            _log.failure("cannot read the upstream document for {what}", what=self.artifact.describe())
+            self._fail(UpstreamError("upstream document could not be read"))
+            return
+        os.ftruncate(self.fd, 0)
+        view = memoryview(data)
+        offset = 0
+        while offset < len(data):
+            offset += os.pwrite(self.fd, view[offset:], offset)
+        self.written = len(data)
+        self.length = len(data)
+        self.content_type = ctype
+        self.state = self.COMPLETE
+        self._commit(ctype)
+
+    def _commit(self, ctype: str | None) -> None:
+        response = self.response
+        headers = {}
+        for name in self.artifact.keep_headers:
+            value = header(response, name.encode())
+            if value is not None:
+                headers[name] = value
+        encoding = header(response, b"x-upstream-content-encoding")
+        if encoding and self.artifact.transform is None:
+            headers["Content-Encoding"] = encoding
+        entry = Entry(
+            key=self.key, data="", size=self.written, stored_at=self.store.now(),
+            fresh_until=self._fresh_until(), content_type=ctype,
+            etag=header(response, b"etag"), last_modified=header(response, b"last-modified"),
+            sha256=self._hasher.hexdigest() if self._hasher and self.artifact.digest[0] == "sha256" else None,
+            headers=headers, url=self.artifact.url)
+        seconds = self.reactor.seconds() - self._started
+        d = self.store.commit(self.temp_path, self.fd, entry)
+
+        def done(entry: Entry) -> None:
+            self.entry = entry
+            self.temp_path = None
+            self.state = self.COMMITTED
+            _log.info("stored {what}: {size} bytes in {seconds:.2f} s",
+                      what=self.artifact.describe(), size=entry.size, seconds=seconds)
+            if self.artifact.transform is not None:
+                self._fire(self._head_waiters, self)
+            self._fire(self._commit_waiters, entry)
+            self._ended()
+
+        def failed(failure: Failure) -> None:
+            _log.failure("cannot store {what}", failure, what=self.artifact.describe())
+            error = UpstreamError("could not store the download")
+            self.error = error
+            self.state = self.FAILED
+            self._remove_temp()
+            self._fire(self._head_waiters, error, failed=True)
+            self._fire(self._commit_waiters, error, failed=True)
+            self._ended()
+
+        d.addCallbacks(done, failed)
+
+    def _fresh_until(self) -> float | None:
+        ttl = self.artifact.ttl
+        return None if ttl is None else self.store.now() + ttl
+
+    # -- failure and clean-up ----------------------------------------------
+
+    def _abort_body(self, error: UpstreamError) -> None:
+        self.error = error
+        if self._body is not None and self._body.transport is not None:
+            self._body.transport.stopProducing()
+        else:
+            self._fail(error)
+
+    def _reset_idle(self) -> None:
+        timeout = self.artifact.upstream.idle_timeout
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.reset(timeout)
+        else:
+            self._idle_call = self.reactor.callLater(timeout, self._idle)
+
+    def _cancel_idle(self) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+
+    def _idle(self) -> None:
+        self._idle_call = None
+        self._abort_body(UpstreamTimeout(
+            f"upstream sent nothing for {self.artifact.upstream.idle_timeout:g} s "
+            f"(after {self.written} bytes)"))
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self.state in (self.FAILED, self.COMMITTED, self.NOT_MODIFIED):
+            return
+        self._cancel_idle()
+        self.error = error
+        self.state = self.FAILED
+        _log.warn("fetching {what} failed: {reason}", what=self.artifact.describe(), reason=error.reason)
+        self._remove_temp()
+        self._fire(self._head_waiters, error, failed=True)
+        for listener in list(self._listeners):
+            listener.flight_failed(self, error)
+        self._fire(self._commit_waiters, error, failed=True)
+        self._ended()
+
+    def _remove_temp(self) -> None:
+        if self.temp_path is not None:
+            try:
+                os.unlink(self.temp_path)
+            except OSError:
+                pass
+            self.temp_path = None
+
+    def _ended(self) -> None:
+        if self._on_end is not None:
+            self._on_end(self)
+            self._on_end = None
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self.state in (self.COMMITTED, self.FAILED, self.NOT_MODIFIED) and not self._listeners \
+                and self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    @staticmethod
+    def _fire(waiters: list[Deferred], value: Any, failed: bool = False) -> None:
+        pending = list(waiters)
+        del waiters[:]
+        for d in pending:
+            if failed:
+                d.errback(Failure(value))
+            else:
+                d.callback(value)
+
+
+class _BodyReceiver(TwistedProtocol):
+    def __init__(self, flight: Flight):
+        self.flight = flight
+
+    def dataReceived(self, data: bytes) -> None:
+        self.flight._data(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.flight._body_ended(reason)
+
+
+class Flights:
+    """The flights in progress, by cache key."""
+
+    def __init__(self, store: FileStore, reactor: Any):
+        self.store = store
+        self.reactor = reactor
+        self._by_key: dict[str, Flight] = {}
+
+    def get(self, key: str) -> Flight | None:
+        return self._by_key.get(key)
+
+    def join(self, artifact: Artifact, stale: Entry | None = None) -> Flight:
+        """The flight for C{artifact}'s key: the one in progress, or a new one."""
+        flight = self._by_key.get(artifact.key)
+        if flight is None:
+            flight = Flight(artifact, self.store, self.reactor, stale, on_end=self._ended)
+            self._by_key[artifact.key] = flight
+            flight.start()
+        return flight
+
+    def _ended(self, flight: Flight) -> None:
+        if self._by_key.get(flight.key) is flight:
+            del self._by_key[flight.key]
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def __iter__(self):
+        return iter(list(self._by_key.values()))

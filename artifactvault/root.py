@@ -1,0 +1,58 @@
+# -*- test-case-name: tests.test_root -*-
+"""
+The resource tree: each backend's resource at its prefix, and ``/-/`` for
+the vault's own pages (``/-/health``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request
+
+
+class Root(Resource):
+    def __init__(self, backends: Iterable[Any]):
+        super().__init__()
+        self.backends = list(backends)
+        for backend in self.backends:
+            self.mount(backend.prefix, backend.resource())
+            for path, resource in backend.extra_mounts().items():
+                self.mount(path, resource)
+        admin = Resource()
+        admin.putChild(b"health", Health())
+        self.putChild(b"-", admin)
+
+    def mount(self, path: str, resource: IResource) -> None:
+        """Put C{resource} at C{path} (``/a/b/``), making the nodes above it."""
+        segments = [s.encode() for s in path.strip("/").split("/")]
+        node: Resource = self
+        for seg in segments[:-1]:
+            child = node.children.get(seg)
+            if child is None:
+                child = Resource()
+                node.putChild(seg, child)
+            node = child
+        if segments[-1] in node.children:
+            raise ValueError(f"two backends want {path}")
+        node.putChild(segments[-1], resource)
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        if path == b"":
+            return self
+        return super().getChild(path, request)
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        lines = ["Artifact Vault", ""] + [f"{b.prefix}  {b.name}" for b in self.backends]
+        return ("\n".join(lines) + "\n").encode()
+
+
+class Health(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return b"ok\n"

@@ -1,0 +1,452 @@
+# -*- test-case-name: tests.test_serve -*-
+"""
+Writing artifacts to clients: committed files and downloads in flight.
+
+Both are push producers that read the file with ``pread`` at the client's
+own pace, so memory does not grow with artifact size or with the number of
+slow clients. HTTP semantics (Range, conditional requests, HEAD) are decided
+here once, for every backend.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from email.utils import formatdate, parsedate_to_datetime
+from typing import Any, Callable
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from artifactvault import logs
+from artifactvault.cache.store import Entry, FileStore
+from artifactvault.flight import Flight
+from artifactvault.upstream import UpstreamError, header
+
+_log = Logger(observer=logs.observer)
+
+CHUNK = 256 * 1024
+#: Bodies up to this size are read and written in one go.
+SMALL = 64 * 1024
+
+ErrorRenderer = Callable[[Request, int, str], None]
+
+
+def plain_error(request: Request, status: int, message: str) -> None:
+    """The default error body: one line of text saying why."""
+    body = (message.rstrip("\n") + "\n").encode("utf-8", "replace")
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"content-length", str(len(body)).encode())
+    request.setHeader(b"cache-control", b"no-store")
+    request.write(body)
+    request.finish()
+
+
+class Responder:
+    """
+    One request's state as the core answers it: whether the client is still
+    there, which cache status to report, how errors look for this backend.
+    """
+
+    def __init__(self, request: Request, on_error: ErrorRenderer = plain_error):
+        self.request = request
+        self.on_error = on_error
+        self.gone = False
+        self.producer: Any = None
+        request.notifyFinish().addErrback(self._lost)
+
+    def _lost(self, _reason: Any) -> None:
+        self.gone = True
+        if self.producer is not None:
+            self.producer.stopProducing()
+
+    @property
+    def cache_status(self) -> str | None:
+        return getattr(self.request, "cache_status", None)
+
+    @cache_status.setter
+    def cache_status(self, value: str) -> None:
+        self.request.cache_status = value  # type: ignore[attr-defined]
+        self.request.setHeader(b"x-cache", value.encode())
+
+    def error(self, status: int, message: str) -> None:
+        if self.gone or self.request.finished:
+            return
+        if self.request.startedWriting:
+            self.abort()
+            return
+        self.request.error_reason = message  # type: ignore[attr-defined]
+        self.on_error(self.request, status, message)
+
+    def abort(self) -> None:
+        """Cut the connection: never a short body that looks complete."""
+        self.gone = True
+        transport = self.request.channel.transport if self.request.channel else None
+        if transport is not None:
+            transport.abortConnection()
+
+    def finish(self) -> None:
+        if not self.gone and not self.request.finished:
+            self.request.finish()
+
+
+# -- HTTP semantics -----------------------------------------------------------
+
+def http_date(t: float) -> str:
+    return formatdate(t, usegmt=True)
+
+
+def entry_etag(entry: Entry) -> str:
+    """The upstream's ETag, else one that changes whenever the bytes do."""
+    if entry.etag:
+        return entry.etag
+    if entry.sha256:
+        return f'"sha256-{entry.sha256[:40]}"'
+    return '"' + entry.data.rpartition(".")[2] + '"'
+
+
+def entry_last_modified(entry: Entry) -> str:
+    return entry.last_modified or http_date(entry.stored_at)
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    if header.strip() == "*":
+        return True
+    weak = etag[2:] if etag.startswith("W/") else etag
+    for candidate in header.split(","):
+        c = candidate.strip()
+        if c.startswith("W/"):
+            c = c[2:]
+        if c == weak:
+            return True
+    return False
+
+
+def _parse_date(value: str) -> float | None:
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def not_modified(request: Request, etag: str | None, last_modified: str | None) -> bool:
+    """RFC 9110 §13.2.2: If-None-Match wins; If-Modified-Since only without it."""
+    inm = request.getHeader(b"if-none-match")
+    if inm is not None:
+        return etag is not None and _etag_matches(inm.decode("latin-1"), etag)
+    ims = request.getHeader(b"if-modified-since")
+    if ims is not None and last_modified:
+        since, modified = _parse_date(ims.decode("latin-1")), _parse_date(last_modified)
+        return since is not None and modified is not None and modified <= since
+    return False
+
+
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+UNSATISFIABLE = "unsatisfiable"
+
+
+def parse_range(request: Request, size: int, etag: str | None,
+                last_modified: str | None) -> tuple[int, int] | str | None:
+    """
+    One byte range as (first, last), L{UNSATISFIABLE}, or None for the whole
+    body (no Range, a stale If-Range, several ranges, or a header we cannot
+    read: RFC 9110 lets a server ignore those).
+    """
+    header = request.getHeader(b"range")
+    if header is None:
+        return None
+    if_range = request.getHeader(b"if-range")
+    if if_range is not None:
+        v = if_range.decode("latin-1").strip()
+        if v.startswith('"') or v.startswith("W/"):
+            if etag is None or v != etag or v.startswith("W/"):
+                return None
+        elif last_modified is None or v != last_modified:
+            return None
+    m = _RANGE.match(header.decode("latin-1"))
+    if not m:
+        return None
+    first, last = m.group(1), m.group(2)
+    if not first and not last:
+        return None
+    if not first:
+        n = int(last)
+        if n == 0:
+            return UNSATISFIABLE
+        return (max(size - n, 0), size - 1) if size else UNSATISFIABLE
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        return None
+    if start >= size:
+        return UNSATISFIABLE
+    return start, min(end, size - 1)
+
+
+def set_headers(request: Request, *, size: int | None, content_type: str | None, etag: str | None,
+                last_modified: str | None, extra: dict[str, str]) -> None:
+    set_ = request.setHeader
+    if content_type:
+        set_(b"content-type", content_type.encode("latin-1"))
+    else:
+        set_(b"content-type", b"application/octet-stream")
+    if etag:
+        set_(b"etag", etag.encode("latin-1"))
+    if last_modified:
+        set_(b"last-modified", last_modified.encode("latin-1"))
+    if size is not None:
+        set_(b"accept-ranges", b"bytes")
+    for name, value in extra.items():
+        set_(name.encode("latin-1"), value.encode("latin-1"))
+
+
+def _range_or_full(responder: Responder, size: int, etag: str | None,
+                   last_modified: str | None) -> tuple[int, int] | None:
+    """Set status and length for the span to send; None if a 416 was sent."""
+    request = responder.request
+    span = parse_range(request, size, etag, last_modified)
+    if span == UNSATISFIABLE:
+        request.setResponseCode(416)
+        request.setHeader(b"content-range", f"bytes */{size}".encode())
+        request.setHeader(b"content-length", b"0")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        responder.finish()
+        return None
+    if span is None:
+        request.setHeader(b"content-length", str(size).encode())
+        return 0, size - 1
+    first, last = span  # type: ignore[misc]
+    request.setResponseCode(206)
+    request.setHeader(b"content-range", f"bytes {first}-{last}/{size}".encode())
+    request.setHeader(b"content-length", str(last - first + 1).encode())
+    return first, last
+
+
+# -- committed files ------------------------------------------------------------
+
+def serve_entry(responder: Responder, store: FileStore, entry: Entry, cache_status: str) -> bool:
+    """
+    Answer from a committed entry. Returns False, having sent nothing, when
+    its data is gone (the caller then treats it as a miss).
+    """
+    fd = store.open_data(entry)
+    if fd is None:
+        return False
+    request = responder.request
+    etag, modified = entry_etag(entry), entry_last_modified(entry)
+    responder.cache_status = cache_status
+    set_headers(request, size=entry.size, content_type=entry.content_type, etag=etag,
+                last_modified=modified, extra=entry.headers)
+    if cache_status == "STALE":
+        request.setHeader(b"warning", b'110 artifactvault "Response is Stale"')
+    if not_modified(request, etag, modified):
+        os.close(fd)
+        request.setResponseCode(304)
+        for name in (b"content-type", b"content-length", b"accept-ranges"):
+            request.responseHeaders.removeHeader(name)
+        responder.finish()
+        return True
+    span = _range_or_full(responder, entry.size, etag, modified)
+    if span is None or request.method == b"HEAD" or entry.size == 0:
+        os.close(fd)
+        responder.finish()
+        return True
+    first, last = span
+    if last - first < SMALL:
+        data = os.pread(fd, last - first + 1, first)
+        os.close(fd)
+        request.write(data)
+        responder.finish()
+        return True
+    FileProducer(responder, fd, first, last).start()
+    return True
+
+
+@implementer(IPushProducer)
+class FileProducer:
+    """Streams bytes first..last of an open file, closing it when done."""
+
+    def __init__(self, responder: Responder, fd: int, first: int, last: int):
+        self.responder = responder
+        self.request = responder.request
+        self.fd: int | None = fd
+        self.offset = first
+        self.end = last + 1
+        self.paused = False
+
+    def start(self) -> None:
+        self.responder.producer = self
+        self.request.registerProducer(self, True)
+        self._pump()
+
+    def _pump(self) -> None:
+        while not self.paused and self.fd is not None:
+            data = os.pread(self.fd, min(CHUNK, self.end - self.offset), self.offset)
+            if not data:  # the file shrank under us: never a short 200
+                _log.error("cache file ended early at {offset}", offset=self.offset)
+                self._close()
+                self.responder.abort()
+                return
+            self.offset += len(data)
+            done = self.offset >= self.end
+            self.request.write(data)
+            if done:
+                self._close()
+                self.request.unregisterProducer()
+                self.responder.finish()
+                return
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.responder.producer = None
+
+
+# -- downloads in flight ------------------------------------------------------------
+
+def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS") -> None:
+    """Answer from a download in progress, tailing its temp file."""
+    request = responder.request
+    response = flight.response
+    responder.cache_status = cache_status
+    etag = header(response, b"etag")
+    modified = header(response, b"last-modified")
+    extra = {name: v for name in flight.artifact.keep_headers if (v := header(response, name.encode()))}
+    encoding = header(response, b"x-upstream-content-encoding")
+    if encoding:
+        extra["Content-Encoding"] = encoding
+    set_headers(request, size=flight.length, content_type=flight.content_type, etag=etag,
+                last_modified=modified, extra=extra)
+    if not_modified(request, etag, modified):
+        request.setResponseCode(304)
+        for name in (b"content-type", b"content-length", b"accept-ranges"):
+            request.responseHeaders.removeHeader(name)
+        responder.finish()
+        return
+    if flight.length is None:
+        first, end = 0, None
+    else:
+        span = _range_or_full(responder, flight.length, etag, modified)
+        if span is None:
+            return
+        first, end = span[0], span[1] + 1
+        if end <= first:  # empty body
+            responder.finish()
+            return
+    FlightReader(responder, flight, first, end).start()
+
+
+@implementer(IPushProducer)
+class FlightReader:
+    """
+    One client of a download in flight. Fresh bytes are written straight from
+    the chunk that just arrived when the client keeps up; a client that falls
+    behind reads them back from the temp file when it can take more.
+    """
+
+    def __init__(self, responder: Responder, flight: Flight, first: int, end: int | None):
+        self.responder = responder
+        self.request = responder.request
+        self.flight = flight
+        self.offset = first
+        self.end = end  # exclusive; None: until the flight completes
+        self.paused = False
+        self.done = False
+
+    def start(self) -> None:
+        self.responder.producer = self
+        self.flight.subscribe(self)
+        self.request.registerProducer(self, True)
+        if self.flight.state == Flight.FAILED:
+            self.flight_failed(self.flight, self.flight.error)  # type: ignore[arg-type]
+            return
+        self._pump()
+
+    def _limit(self) -> int:
+        readable = self.flight.readable()
+        return readable if self.end is None else min(self.end, readable)
+
+    def flight_data(self, flight: Flight, chunk: bytes, offset: int) -> None:
+        if self.paused or self.done:
+            return
+        if offset != self.offset:
+            self._pump()
+            return
+        n = self._limit() - offset
+        if n <= 0:
+            return
+        self.offset += n
+        self.request.write(chunk if n == len(chunk) else chunk[:n])
+        self._check_end()
+
+    def flight_done(self, flight: Flight) -> None:
+        if not self.paused and not self.done:
+            self._pump()
+
+    def flight_failed(self, flight: Flight, error: UpstreamError) -> None:
+        if self.done:
+            return
+        self._stop()
+        if self.request.startedWriting:
+            self.responder.abort()
+        else:
+            self.request.unregisterProducer()
+            self.responder.error(error.status, error.reason)
+
+    def _pump(self) -> None:
+        fd = self.flight.fd
+        while not self.paused and not self.done and fd is not None:
+            n = self._limit() - self.offset
+            if n <= 0:
+                break
+            data = os.pread(fd, min(CHUNK, n), self.offset)
+            if not data:
+                break
+            self.offset += len(data)
+            self.request.write(data)
+            if self._check_end():
+                return
+        self._check_end()
+
+    def _check_end(self) -> bool:
+        if self.done:
+            return True
+        end = self.end
+        if end is None and self.flight.complete:
+            end = self.flight.written
+        if end is None or self.offset < end:
+            return False
+        self._stop()
+        self.request.unregisterProducer()
+        self.responder.finish()
+        return True
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if not self.done:
+            self.done = True
+            self.responder.producer = None
+            self.flight.unsubscribe(self)

@@ -1,0 +1,95 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+Building the running daemon from a validated L{Config}: the store, the
+shared HTTP client, the backends, the site and its listeners, the janitor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.web.client import HTTPConnectionPool
+
+from artifactvault import logs
+from artifactvault.backends import backend_type
+from artifactvault.backends.base import BuildContext
+from artifactvault.cache.store import FileStore
+from artifactvault.config import Config
+from artifactvault.root import Root
+from artifactvault.site import VaultSite
+from artifactvault.upstream import make_client
+from artifactvault.vault import Vault
+
+_log = Logger(observer=logs.observer)
+
+#: How often the janitor sweeps orphaned files out of the cache.
+SWEEP_INTERVAL = 3600.0
+
+
+class _PoolService(Service):
+    """Closes the upstream connection pool when the daemon stops."""
+
+    def __init__(self, pool: HTTPConnectionPool):
+        self.pool = pool
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.pool.closeCachedConnections()
+
+
+class _StoreService(Service):
+    """Opens the store (clearing leftover temp files) and sweeps it now and then."""
+
+    def __init__(self, store: FileStore):
+        self.store = store
+
+    def startService(self) -> None:
+        super().startService()
+        removed = self.store.open()
+        _log.info("cache at {root}: removed {removed} leftover temp files",
+                  root=self.store.root, removed=removed)
+
+
+def build(config: Config, reactor: Any = None) -> tuple[MultiService, Root]:
+    """The daemon's service tree for C{config}, and its resource root."""
+    if reactor is None:
+        from twisted.internet import reactor  # type: ignore[no-redef]
+    logs.set_level(config.log_level)
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 16
+    pool.cachedConnectionTimeout = 60
+
+    def run_blocking(f: Any, *args: Any) -> Any:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
+    store = FileStore(config.cache_dir, run_blocking=run_blocking)
+    store.open()  # at build time too, so a bad cache_dir stops the start with a message
+    vault = Vault(store, reactor)
+    context = BuildContext(vault=vault, reactor=reactor, client=make_client(reactor, pool))
+    backends = [backend_type(entry.type).build(settings, context)
+                for entry, settings in zip(config.backends, config.settings)]
+    root = Root(backends)
+    site = VaultSite(root)
+
+    top = MultiService()
+    _StoreService(store).setServiceParent(top)
+    janitor = TimerService(SWEEP_INTERVAL, _sweep, store)
+    janitor.setServiceParent(top)
+    _PoolService(pool).setServiceParent(top)
+    for description in config.endpoints:
+        strports.service(description, site).setServiceParent(top)
+    for backend in backends:
+        _log.info("backend {name} at {prefix}", name=backend.name, prefix=backend.prefix)
+    return top, root
+
+
+def _sweep(store: FileStore) -> Any:
+    d = store.sweep()
+    d.addCallback(lambda n: n and _log.info("janitor removed {n} orphaned cache files", n=n))
+    d.addErrback(lambda f: _log.failure("janitor failed", f))
+    return d

@@ -1,0 +1,92 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+``twistd artifactvault``: command-line options and L{makeService}.
+
+A bad option or config ends the start with one line on stderr and exit
+status 1: the config is loaded and checked in L{Options.postOptions}, before
+twistd sets up logging or daemonises.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from artifactvault import config as configmod
+from artifactvault.backends import parse_backend
+
+
+def _fail(message: str) -> None:
+    """Stop with one line, not twistd's usage text or a traceback."""
+    raise SystemExit(f"artifactvault: {message}")
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE] [--listen STRPORT ...] [--cache-dir DIR] [--log-level LEVEL]"
+    longdesc = ("A pull-through caching proxy for PyPI, OCI registries and plain HTTP. "
+                "Without --config it runs on an embedded default (127.0.0.1:8080).")
+    optParameters = [
+        ["config", "c", None, "YAML config file (default: the embedded default config)."],
+        ["cache-dir", None, None, "Cache directory (overrides cache_dir)."],
+        ["log-level", None, None, "debug, info, warn, error or critical (overrides log_level)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self.loaded: configmod.Config | None = None
+
+    def opt_listen(self, description: str) -> None:
+        """A strports description to listen on, e.g. tcp:8080:interface=127.0.0.1 (repeatable;
+        overrides http_host/http_port)."""
+        self["listen"].append(description)
+
+    opt_l = opt_listen
+
+    def postOptions(self) -> None:
+        try:
+            self.loaded = load_config(self["config"], self["listen"], self["cache-dir"],
+                                      self["log-level"])
+        except configmod.ConfigError as e:
+            _fail(str(e))
+
+
+def load_config(path: str | None, listen: list[str] = (), cache_dir: str | None = None,
+                log_level: str | None = None) -> configmod.Config:
+    """The config file (or embedded default) with command-line overrides applied."""
+    config = configmod.load(path, parse_backend)
+    from twisted.internet import reactor
+    for description in listen:
+        try:
+            endpoints.serverFromString(reactor, description)
+        except (ValueError, TypeError, KeyError) as e:
+            raise configmod.ConfigError(f"--listen {description!r}: {e}") from None
+    config.listen = list(listen)
+    if cache_dir:
+        config.cache_dir = os.path.abspath(cache_dir)
+    if log_level:
+        level = log_level.lower()
+        if level == "warning":
+            level = "warn"
+        if level not in configmod.LOG_LEVELS:
+            raise configmod.ConfigError(
+                f"--log-level: must be one of {', '.join(configmod.LOG_LEVELS)}")
+        config.log_level = level
+    return config
+
+
+def makeService(options: Any) -> IService:
+    from artifactvault.service import build
+    loaded = options.loaded if isinstance(options, Options) else None
+    if loaded is None:
+        loaded = load_config(options.get("config"), options.get("listen", []),
+                             options.get("cache-dir"), options.get("log-level"))
+    try:
+        service, _root = build(loaded)
+    except OSError as e:
+        _fail(f"cannot use cache_dir {loaded.cache_dir}: {e.strerror}")
+    return service

@@ -1,0 +1,155 @@
+# -*- test-case-name: tests.test_vault -*-
+"""
+The core every backend shares: from an L{Artifact} to an answer.
+
+Backends decide *what* (URL, key, freshness, digest); this decides *how*:
+fresh hit → serve the file; stale hit → revalidate, and serve the stale copy
+if the upstream fails; miss → join or start the single flight and stream it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+
+from artifactvault import logs
+from artifactvault.cache.store import Entry, FileStore
+from artifactvault.flight import Artifact, Flight, Flights
+from artifactvault.serve import Responder, serve_entry, serve_flight, set_headers
+from artifactvault.upstream import UpstreamError, UpstreamStatus, describe_failure, discard, header
+
+_log = Logger(observer=logs.observer)
+
+
+class Vault:
+    def __init__(self, store: FileStore, reactor: Any, serve_stale: bool = True):
+        self.store = store
+        self.reactor = reactor
+        self.flights = Flights(store, reactor)
+        self.serve_stale = serve_stale
+
+    # -- streamed artifacts ------------------------------------------------------
+
+    def serve(self, responder: Responder, artifact: Artifact) -> None:
+        """Answer a GET or HEAD for C{artifact}."""
+        entry = self.store.lookup(artifact.key)
+        if entry is not None and entry.is_fresh(self.store.now()):
+            if serve_entry(responder, self.store, entry, "HIT"):
+                return
+            entry = None
+        if responder.request.method == b"HEAD":
+            Deferred.fromCoroutine(self._head(responder, artifact, entry))
+            return
+        flight = self.flights.join(artifact, stale=entry)
+        flight.head().addCallbacks(
+            lambda f: self._answer(responder, f),
+            lambda failure: self._failed(responder, failure, entry))
+
+    def _answer(self, responder: Responder, flight: Flight) -> None:
+        if responder.gone:
+            return
+        if flight.state == Flight.NOT_MODIFIED:
+            if not serve_entry(responder, self.store, flight.entry, "HIT"):
+                responder.error(502, "cached copy vanished during revalidation")
+            return
+        if flight.artifact.transform is not None:
+            flight.committed().addCallbacks(
+                lambda entry: self._serve_committed(responder, entry, "MISS"),
+                lambda failure: self._failed(responder, failure, None))
+            return
+        serve_flight(responder, flight, "MISS")
+
+    def _serve_committed(self, responder: Responder, entry: Entry, status: str) -> None:
+        if not responder.gone and not serve_entry(responder, self.store, entry, status):
+            responder.error(502, "stored copy vanished")
+
+    def _failed(self, responder: Responder, failure: Failure, stale: Entry | None) -> None:
+        if responder.gone:
+            return
+        error = failure.value if isinstance(failure.value, UpstreamError) else \
+            describe_failure(failure.value, "", 0)
+        if stale is not None and self.serve_stale and self._may_serve_stale(error):
+            _log.info("serving stale {key}: {reason}", key=stale.key, reason=error.reason)
+            if serve_entry(responder, self.store, stale, "STALE"):
+                return
+        responder.error(error.status, error.reason)
+
+    @staticmethod
+    def _may_serve_stale(error: UpstreamError) -> bool:
+        """Unreachable or failing upstreams yes; a definite 404/410/403 is believed."""
+        return not isinstance(error, UpstreamStatus) or error.code >= 500 or error.code == 429
+
+    async def _head(self, responder: Responder, artifact: Artifact, stale: Entry | None) -> None:
+        """A HEAD miss asks the upstream with HEAD; nothing is downloaded."""
+        try:
+            response = await artifact.upstream.request("HEAD", artifact.url, dict(artifact.headers))
+        except UpstreamError as e:
+            self._failed(responder, Failure(e), stale)
+            return
+        discard(response)
+        if responder.gone:
+            return
+        if response.code != 200:
+            self._failed(responder, Failure(UpstreamStatus(
+                response.code, response.phrase.decode("latin-1", "replace"))), stale)
+            return
+        etag = header(response, b"etag")
+        if stale is not None and etag is not None and etag == stale.etag:
+            stale.fresh_until = self._fresh_until(artifact)
+            self.store.update(stale)
+            serve_entry(responder, self.store, stale, "HIT")
+            return
+        request = responder.request
+        responder.cache_status = "MISS"
+        length = response.length if isinstance(response.length, int) else None
+        extra = {n: v for n in artifact.keep_headers if (v := header(response, n.encode()))}
+        set_headers(request, size=length, content_type=artifact.content_type or header(response, b"content-type"),
+                    etag=etag, last_modified=header(response, b"last-modified"), extra=extra)
+        if length is not None:
+            request.setHeader(b"content-length", str(length).encode())
+        responder.finish()
+
+    def _fresh_until(self, artifact: Artifact) -> float | None:
+        return None if artifact.ttl is None else self.store.now() + artifact.ttl
+
+    # -- documents ---------------------------------------------------------------
+
+    def document(self, artifact: Artifact) -> Deferred:
+        """
+        The stored entry for a document (a page a backend renders itself):
+        fresh from the cache, revalidated, fetched, or stale when the upstream
+        fails. Fires with (entry, "HIT"|"MISS"|"STALE"); fails with L{UpstreamError}.
+        """
+        entry = self.store.lookup(artifact.key)
+        if entry is not None and entry.is_fresh(self.store.now()):
+            return succeed((entry, "HIT"))
+        flight = self.flights.join(artifact, stale=entry)
+
+        def got(result: Entry) -> tuple[Entry, str]:
+            return result, ("HIT" if flight.state == Flight.NOT_MODIFIED else "MISS")
+
+        def failed(failure: Failure) -> Any:
+            error = failure.value
+            if entry is not None and self.serve_stale and isinstance(error, UpstreamError) \
+                    and self._may_serve_stale(error):
+                _log.info("serving stale {key}: {reason}", key=entry.key, reason=error.reason)
+                return entry, "STALE"
+            return failure
+
+        return flight.committed().addCallbacks(got, failed)
+
+    def read(self, entry: Entry) -> bytes | None:
+        """The bytes of a small committed entry (a document), or None if gone."""
+        fd = self.store.open_data(entry)
+        if fd is None:
+            return None
+        try:
+            return os.pread(fd, entry.size, 0)
+        finally:
+            os.close(fd)
+
