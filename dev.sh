@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Quick start on Debian with Python 3.11:
+#   ./dev.sh run  [twistd artifactvault options]   sets up .venv and runs the daemon
+#   ./dev.sh test [trial arguments]                sets up everything and runs all tests
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${AV_VENV:-.venv}
+
+apt_install() { # PACKAGE... -> installs the missing ones (needs root)
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  ((${#missing[@]})) || return 0
+  echo "dev.sh: installing ${missing[*]} with apt-get" >&2
+  local sudo=""; [[ $(id -u) -eq 0 ]] || sudo=sudo
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+setup() { # EXTRAS -> a venv with the project installed (editable) and its dependencies
+  python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
+  [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
+  local stamp=$VENV/.installed-$1
+  if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q -e ".$1" --config-settings editable_mode=compat
+    touch "$stamp"
+  fi
+}
+
+cmd=${1:-}; shift || true
+case $cmd in
+  run)
+    setup ""
+    exec "$VENV/bin/twistd" -n --pidfile= artifactvault "$@" ;;
+  test)
+    # curl for the upstream scripts; nginx, the registry and skopeo for the
+    # real upstreams and clients the integration tests drive.
+    apt_install curl nginx-light docker-registry skopeo
+    setup "[test]"
+    exec "$VENV/bin/trial" "${@:-tests}" ;;
+  *)
+    echo "usage: $0 run [twistd artifactvault options] | test [trial arguments]" >&2; exit 2 ;;
+esac

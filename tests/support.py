@@ -1,0 +1,247 @@
+"""
+Helpers for integration tests: the real upstreams of ``../shared/upstreams``
+and the real daemon, started as a subprocess on a free port.
+
+Upstreams are started once per test run (their ``*-up`` scripts are
+idempotent) under ``$AV_UPSTREAMS_DIR`` (default ``/tmp/av-up``); count
+requests they served with L{hits}. Nothing here talks to anything but
+127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import yaml
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UPSTREAMS = os.environ.get("AV_UPSTREAMS") or os.path.normpath(
+    os.path.join(REPO, "..", "shared", "upstreams"))
+UP_DIR = os.environ.get("AV_UPSTREAMS_DIR", "/tmp/av-up")
+#: The large file of files-up is made this big for tests (MiB).
+LARGE_MB = int(os.environ.get("AV_TEST_LARGE_MB", "64"))
+
+#: Ports of the upstreams; AV_UPSTREAMS_PORT_OFFSET moves them all (for a
+#: second checkout testing at the same time, with its own AV_UPSTREAMS_DIR).
+_OFFSET = int(os.environ.get("AV_UPSTREAMS_PORT_OFFSET", "0"))
+UPSTREAM_PORTS = {name: port + _OFFSET for name, port in
+                  {"files": 18090, "pypi": 18081, "reg": 15000, "regauth": 15001}.items()}
+TOKEN_PORT = 15002 + _OFFSET
+
+_started: set[str] = set()
+
+
+class UpstreamUnavailable(Exception):
+    pass
+
+
+def upstream_dir(name: str) -> str:
+    return os.path.join(UP_DIR, name)
+
+
+def upstream_url(name: str) -> str:
+    """Start upstream C{name} (files, pypi, reg, regauth) if needed; its base URL."""
+    port = UPSTREAM_PORTS[name]
+    if name not in _started:
+        script = {"files": "files-up", "pypi": "pypi-up", "reg": "registry-up",
+                  "regauth": "registry-auth-up"}[name]
+        args = [os.path.join(UPSTREAMS, script), upstream_dir(name), str(port)]
+        if name == "regauth":
+            args.append(str(TOKEN_PORT))
+        if not os.path.exists(args[0]):
+            raise UpstreamUnavailable(f"{args[0]} not found: set AV_UPSTREAMS to the upstreams kit")
+        env = dict(os.environ, UPSTREAMS_LARGE_MB=str(LARGE_MB))
+        p = subprocess.run(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if p.returncode != 0:
+            raise UpstreamUnavailable(f"{script} failed:\n{p.stdout[-2000:]}")
+        _started.add(name)
+    return f"http://127.0.0.1:{port}"
+
+
+def stop_upstream(name: str) -> None:
+    subprocess.run([os.path.join(UPSTREAMS, "down"), upstream_dir(name)],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    _started.discard(name)
+
+
+def hits(name: str, pattern: str, log: str | None = None) -> int:
+    """How many requests upstream C{name} has logged that match C{pattern}."""
+    args = [os.path.join(UPSTREAMS, "hits"), upstream_dir(name), pattern] + ([log] if log else [])
+    return int(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+
+
+def wait_for_hits(name: str, pattern: str, expected: int, timeout: float = 5.0) -> int:
+    """Poll until C{hits} reaches C{expected} (servers log right after responding)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n = hits(name, pattern)
+        if n >= expected or time.monotonic() > deadline:
+            return n
+        time.sleep(0.05)
+
+
+def new_upstream_file(source: str = "medium.bin", suffix: str = ".bin") -> tuple[str, str]:
+    """
+    A name the vault has never seen for an existing file of files-up (a hard
+    link, so no copy): returns (name, sha256 hex). Remove with L{drop_upstream_file}.
+    """
+    upstream_url("files")
+    www = os.path.join(upstream_dir("files"), "www")
+    name = f"t-{uuid.uuid4().hex[:12]}{suffix}"
+    os.link(os.path.join(www, source), os.path.join(www, name))
+    return name, sha256_file(os.path.join(www, name))
+
+
+def write_upstream_file(data: bytes, suffix: str = ".bin") -> str:
+    upstream_url("files")
+    name = f"t-{uuid.uuid4().hex[:12]}{suffix}"
+    with open(os.path.join(upstream_dir("files"), "www", name), "wb") as f:
+        f.write(data)
+    return name
+
+
+def drop_upstream_file(name: str) -> None:
+    try:
+        os.unlink(os.path.join(upstream_dir("files"), "www", name))
+    except FileNotFoundError:
+        pass
+
+
+_sha_memo: dict[tuple[str, float, int], str] = {}
+
+
+def sha256_file(path: str) -> str:
+    st = os.stat(path)
+    memo = (path, st.st_mtime, st.st_ino)
+    if memo not in _sha_memo:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        _sha_memo[memo] = h.hexdigest()
+    return _sha_memo[memo]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def twistd() -> str:
+    return os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+class Daemon:
+    """The real daemon, as ``twistd -n artifactvault --config FILE``."""
+
+    def __init__(self, backends: list[dict[str, Any]], **top: Any):
+        self.dir = tempfile.mkdtemp(prefix="av-daemon-")
+        self.port = free_port()
+        self.cache_dir = os.path.join(self.dir, "cache")
+        self.config = {"http_host": "127.0.0.1", "http_port": self.port,
+                       "cache_dir": self.cache_dir, "log_level": "debug",
+                       "backends": backends, **top}
+        self.config_path = os.path.join(self.dir, "config.yml")
+        self.log_path = os.path.join(self.dir, "twistd.log")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def start(self, timeout: float = 20.0, env: dict[str, str] | None = None) -> "Daemon":
+        with open(self.config_path, "w") as f:
+            yaml.safe_dump(self.config, f)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [twistd(), "-n", "--pidfile=", "artifactvault", "--config", self.config_path],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
+            env={**os.environ, **(env or {})})
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                status, _, _ = request("GET", self.url("/-/health"), timeout=1)
+                if status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"daemon did not answer within {timeout} s:\n{self.log()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+
+def request(method: str, url: str, headers: dict[str, str] | None = None,
+            timeout: float = 60.0) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request with a fresh connection: (status, lower-cased headers, body)."""
+    assert url.startswith("http://127.0.0.1:") or url.startswith("http://[::1]:")
+    rest = url[len("http://"):]
+    hostport, _, path = rest.partition("/")
+    host, _, port = hostport.rpartition(":")
+    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
+    try:
+        conn.request(method, "/" + path, headers=headers or {})
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def get_json(url: str, headers: dict[str, str] | None = None) -> Any:
+    status, _, body = request("GET", url, headers)
+    assert status == 200, (status, body[:200])
+    return json.loads(body)
+
+
+def pip_env() -> dict[str, str]:
+    """An environment in which pip sees only the index it is given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env["UV_NO_CONFIG"] = "1"
+    return env
