@@ -338,13 +338,16 @@ def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS
         responder.finish()
         return
     if flight.length is None:
+        if request.method == b"HEAD":
+            responder.finish()
+            return
         first, end = 0, None
     else:
         span = _range_or_full(responder, flight.length, etag, modified)
         if span is None:
             return
         first, end = span[0], span[1] + 1
-        if end <= first:  # empty body
+        if end <= first or request.method == b"HEAD":
             responder.finish()
             return
     FlightReader(responder, flight, first, end).start()

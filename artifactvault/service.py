@@ -42,19 +42,6 @@ class _PoolService(Service):
         return self.pool.closeCachedConnections()
 
 
-class _StoreService(Service):
-    """Opens the store (clearing leftover temp files) and sweeps it now and then."""
-
-    def __init__(self, store: FileStore):
-        self.store = store
-
-    def startService(self) -> None:
-        super().startService()
-        removed = self.store.open()
-        _log.info("cache at {root}: removed {removed} leftover temp files",
-                  root=self.store.root, removed=removed)
-
-
 def build(config: Config, reactor: Any = None) -> tuple[MultiService, Root]:
     """The daemon's service tree for C{config}, and its resource root."""
     if reactor is None:
@@ -68,7 +55,8 @@ def build(config: Config, reactor: Any = None) -> tuple[MultiService, Root]:
         return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
     store = FileStore(config.cache_dir, run_blocking=run_blocking)
-    store.open()  # at build time too, so a bad cache_dir stops the start with a message
+    removed = store.open()  # here, so that a bad cache_dir stops the start with a message
+    _log.info("cache at {root}: removed {removed} leftover temp files", root=store.root, removed=removed)
     vault = Vault(store, reactor)
     context = BuildContext(vault=vault, reactor=reactor, client=make_client(reactor, pool))
     backends = [backend_type(entry.type).build(settings, context)
@@ -77,7 +65,6 @@ def build(config: Config, reactor: Any = None) -> tuple[MultiService, Root]:
     site = VaultSite(root)
 
     top = MultiService()
-    _StoreService(store).setServiceParent(top)
     janitor = TimerService(SWEEP_INTERVAL, _sweep, store)
     janitor.setServiceParent(top)
     _PoolService(pool).setServiceParent(top)

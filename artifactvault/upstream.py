@@ -176,6 +176,8 @@ def describe_failure(exc: BaseException, url: str, timeout: float) -> UpstreamEr
         return UpstreamError(f"cannot connect to upstream {host}: {exc.__class__.__name__}")
     if isinstance(exc, (webclient.ResponseNeverReceived, webclient.RequestTransmissionFailed)):
         reasons = getattr(exc, "reasons", [])
+        if any(r.check(CancelledError) for r in reasons):  # treq's timeout cancelled it
+            return UpstreamTimeout(f"upstream {host} did not answer within {timeout:g} s")
         detail = ""
         if reasons and "SSL" in type(reasons[0].value).__module__ + type(reasons[0].value).__name__:
             detail = ": TLS handshake failed"

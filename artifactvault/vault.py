@@ -43,7 +43,12 @@ class Vault:
                 return
             entry = None
         if responder.request.method == b"HEAD":
-            Deferred.fromCoroutine(self._head(responder, artifact, entry))
+            flight = self.flights.get(artifact.key)
+            if flight is not None and flight.state in (Flight.STREAMING, Flight.COMPLETE) \
+                    and flight.artifact.transform is None:
+                serve_flight(responder, flight, "HIT" if flight.complete else "MISS")
+            else:
+                Deferred.fromCoroutine(self._head(responder, artifact, entry))
             return
         flight = self.flights.join(artifact, stale=entry)
         flight.head().addCallbacks(
@@ -62,7 +67,9 @@ class Vault:
                 lambda entry: self._serve_committed(responder, entry, "MISS"),
                 lambda failure: self._failed(responder, failure, None))
             return
-        serve_flight(responder, flight, "MISS")
+        # A download that is already complete (its commit still under way) is
+        # served from local bytes: that is a hit.
+        serve_flight(responder, flight, "HIT" if flight.complete else "MISS")
 
     def _serve_committed(self, responder: Responder, entry: Entry, status: str) -> None:
         if not responder.gone and not serve_entry(responder, self.store, entry, status):
@@ -106,7 +113,9 @@ class Vault:
             return
         request = responder.request
         responder.cache_status = "MISS"
-        length = response.length if isinstance(response.length, int) else None
+        # (a HEAD response's own length is 0: the size is in its header)
+        raw_length = header(response, b"content-length")
+        length = int(raw_length) if raw_length and raw_length.isdigit() else None
         extra = {n: v for n in artifact.keep_headers if (v := header(response, n.encode()))}
         set_headers(request, size=length, content_type=artifact.content_type or header(response, b"content-type"),
                     etag=etag, last_modified=header(response, b"last-modified"), extra=extra)
