@@ -25,7 +25,11 @@ class Root(Resource):
         self.putChild(b"-", admin)
 
     def mount(self, path: str, resource: IResource) -> None:
-        """Put C{resource} at C{path} (``/a/b/``), making the nodes above it."""
+        """
+        Put C{resource} at C{path} (``/a/b/``), making the nodes above it.
+        Mounting the same resource at the same path again does nothing: backends
+        of one kind may share a mount (all registries answer under ``/v2/``).
+        """
         segments = [s.encode() for s in path.strip("/").split("/")]
         node: Resource = self
         for seg in segments[:-1]:
@@ -34,6 +38,8 @@ class Root(Resource):
                 child = Resource()
                 node.putChild(seg, child)
             node = child
+        if node.children.get(segments[-1]) is resource:
+            return
         if segments[-1] in node.children:
             raise ValueError(f"two backends want {path}")
         node.putChild(segments[-1], resource)

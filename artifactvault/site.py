@@ -3,6 +3,11 @@
 The HTTP site: one structured log line per request (backend, path, cache
 status, HTTP status, bytes, duration), including requests whose client left.
 The query string is left out of the log: it may carry a signature or token.
+
+A TLS handshake sent to a plain HTTP port gets a 400 at once, as Go's
+servers answer it: clients such as skopeo and docker try https first and
+fall back to http only when that attempt fails, and a server that just waits
+for a request line costs each of them a 10 s timeout.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import time
 from typing import Any
 
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from artifactvault import __version__, logs
@@ -18,6 +24,10 @@ from artifactvault import __version__, logs
 _log = Logger(observer=logs.observer)
 
 SERVER = f"artifactvault/{__version__}".encode()
+#: The first byte of a TLS record carrying a handshake.
+TLS_HANDSHAKE = b"\x16"
+NOT_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+           b"This is a plain HTTP server: TLS is not spoken here.\n")
 
 
 class VaultRequest(Request):
@@ -53,10 +63,29 @@ class VaultRequest(Request):
             request_backend=self.backend_name, request_aborted=aborted)
 
 
+class VaultChannel(HTTPChannel):
+    """An HTTP/1.1 channel that answers a TLS handshake with a 400 (see the module doc)."""
+
+    _first = True
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._first and data:
+            self._first = False
+            if data.startswith(TLS_HANDSHAKE):
+                self.transport.write(NOT_TLS)
+                self.transport.loseConnection()
+                return
+        super().dataReceived(data)
+
+
 class VaultSite(Site):
     requestFactory = VaultRequest
     displayTracebacks = False
 
+    #: Plain HTTP/1.1 channels (HTTP/2 needs TLS with ALPN, which we do not offer).
+    protocol = VaultChannel
+
     def log(self, request: Request) -> None:
         if isinstance(request, VaultRequest) and not request._logged:
             request.log_line()
+

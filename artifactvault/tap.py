@@ -89,4 +89,6 @@ def makeService(options: Any) -> IService:
         service, _root = build(loaded)
     except OSError as e:
         _fail(f"cannot use cache_dir {loaded.cache_dir}: {e.strerror}")
+    except configmod.ConfigError as e:  # a combination of backends only building can judge
+        _fail(str(e))
     return service

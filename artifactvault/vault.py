@@ -80,14 +80,14 @@ class Vault:
             return
         error = failure.value if isinstance(failure.value, UpstreamError) else \
             describe_failure(failure.value, "", 0)
-        if stale is not None and self.serve_stale and self._may_serve_stale(error):
+        if stale is not None and self.serve_stale and self.may_serve_stale(error):
             _log.info("serving stale {key}: {reason}", key=stale.key, reason=error.reason)
             if serve_entry(responder, self.store, stale, "STALE"):
                 return
         responder.error(error.status, error.reason)
 
     @staticmethod
-    def _may_serve_stale(error: UpstreamError) -> bool:
+    def may_serve_stale(error: UpstreamError) -> bool:
         """Unreachable or failing upstreams yes; a definite 404/410/403 is believed."""
         return not isinstance(error, UpstreamStatus) or error.code >= 500 or error.code == 429
 
@@ -145,7 +145,7 @@ class Vault:
         def failed(failure: Failure) -> Any:
             error = failure.value
             if entry is not None and self.serve_stale and isinstance(error, UpstreamError) \
-                    and self._may_serve_stale(error):
+                    and self.may_serve_stale(error):
                 _log.info("serving stale {key}: {reason}", key=entry.key, reason=error.reason)
                 return entry, "STALE"
             return failure

@@ -10,7 +10,7 @@ are checked here, once, before any backend sees them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.logger import Logger
@@ -55,6 +55,9 @@ class BuildContext:
     vault: Vault
     reactor: Any
     client: Any  # treq HTTPClient over the shared pool
+    #: State that backends of one daemon share, by a key each kind chooses
+    #: (e.g. the one ``/v2/`` resource all registry backends are routed by).
+    shared: dict[str, Any] = field(default_factory=dict)
 
     def upstream(self, base_url: str, settings: Any, auth: Any = None) -> "Upstream":
         """An L{Upstream} with the common settings (credentials, headers, timeouts)."""
@@ -127,12 +130,36 @@ def safe_segments(postpath: list[bytes]) -> list[str]:
     return out
 
 
+def dispatch(backend: Any, request: Request, postpath: list[bytes]) -> Any:
+    """
+    Let C{backend} answer C{request} for the path below its mount: GET and
+    HEAD only (HEAD is its own method: Twisted's default would run a GET and
+    download the whole artifact), after the path is checked. Errors, a 405
+    for any other method among them, come in the backend's own format.
+    """
+    responder = Responder(request, getattr(backend, "render_error", plain_error))
+    request.backend_name = backend.name  # type: ignore[attr-defined]
+    if request.method not in (b"GET", b"HEAD"):
+        request.setHeader(b"allow", b"GET, HEAD")
+        method = request.method.decode("latin-1", "replace")
+        responder.error(405, f"method {method} is not supported: this is a read-only cache")
+        return NOT_DONE_YET
+    try:
+        segments = safe_segments(postpath)
+    except BadPath as e:
+        responder.error(400, f"bad request path: {e}")
+        return NOT_DONE_YET
+    try:
+        backend.handle(responder, segments)
+    except Exception:
+        _log.failure("{backend} failed on {path}", backend=backend.name,
+                     path=request.path.decode("latin-1"))
+        responder.error(500, "internal error")
+    return NOT_DONE_YET
+
+
 class BackendResource(Resource):
-    """
-    The resource at a backend's prefix: checks the path, then lets the backend
-    answer. GET and HEAD only (HEAD is its own method: Twisted's default would
-    run a GET and download the whole artifact).
-    """
+    """The resource at a backend's prefix: see L{dispatch}."""
 
     isLeaf = True
 
@@ -140,25 +167,5 @@ class BackendResource(Resource):
         super().__init__()
         self.backend = backend
 
-    def render_GET(self, request: Request) -> Any:
-        return self._handle(request)
-
-    def render_HEAD(self, request: Request) -> Any:
-        return self._handle(request)
-
-    def _handle(self, request: Request) -> Any:
-        responder = Responder(request, getattr(self.backend, "render_error", plain_error))
-        request.backend_name = self.backend.name  # type: ignore[attr-defined]
-        try:
-            segments = safe_segments(request.postpath or [])
-        except BadPath as e:
-            responder.error(400, f"bad request path: {e}")
-            return NOT_DONE_YET
-        try:
-            self.backend.handle(responder, segments)
-        except Exception:
-            _log.failure("{backend} failed on {path}", backend=self.backend.name,
-                         path=request.path.decode("latin-1"))
-            responder.error(500, "internal error")
-        return NOT_DONE_YET
-
+    def render(self, request: Request) -> Any:
+        return dispatch(self.backend, request, request.postpath or [])
