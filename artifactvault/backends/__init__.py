@@ -12,9 +12,10 @@ from typing import Any
 
 from artifactvault.backends.base import IBackendType
 from artifactvault.backends.http import HttpBackendType
+from artifactvault.backends.registry import RegistryBackendType
 from artifactvault.config import BackendEntry, ConfigError
 
-TYPES: tuple[Any, ...] = (HttpBackendType,)
+TYPES: tuple[Any, ...] = (HttpBackendType, RegistryBackendType)
 
 
 def backend_type(name: str) -> Any | None:

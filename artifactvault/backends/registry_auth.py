@@ -1,0 +1,222 @@
+# -*- test-case-name: tests.test_registry_auth -*-
+"""
+Token auth with an upstream registry, as Docker Hub does it.
+
+A registry answers ``401`` with ``WWW-Authenticate: Bearer realm=…,service=…,
+scope=…``; the client gets a token from the realm (anonymously, or with Basic
+credentials) and retries with ``Authorization: Bearer <token>``. L{TokenAuth}
+is the L{artifactvault.upstream.Upstream}'s C{auth} object that does this:
+tokens are cached per scope until shortly before they expire, one token
+request per scope is in flight at a time, and once the realm is known a new
+repository's token is fetched before its first request (no 401 round trip).
+
+Credentials go to the token realm only, and only over https or to the
+registry's own host; tokens go to the registry's origin only (the
+L{Upstream} never sends auth headers across a redirect to a CDN). Neither is
+ever logged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import treq
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from artifactvault import logs
+from artifactvault.upstream import StaticAuth, Upstream, UpstreamError, discard, origin
+
+_log = Logger(observer=logs.observer)
+
+#: A token is used until this share of its lifetime is left (at least 5 s early).
+EXPIRY_MARGIN = 0.1
+#: Lifetime of a token whose answer has no ``expires_in`` (the spec's default).
+DEFAULT_EXPIRES_IN = 60
+#: A token answer larger than this is refused.
+MAX_TOKEN_ANSWER = 1024 * 1024
+
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_PARAM = re.compile(r'\s*(' + _TOKEN + r')\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)\s*(?:,|$)')
+_SCHEME = re.compile(r"\s*(" + _TOKEN + r")(?:\s+|$)")
+
+
+def parse_challenge(value: str) -> tuple[str, dict[str, str]] | None:
+    """
+    One ``WWW-Authenticate`` value as (lower-case scheme, params), params
+    unquoted: ``Bearer realm="https://a/token",scope="repository:x:pull,push"``
+    → ``("bearer", {"realm": "https://a/token", "scope": "repository:x:pull,push"})``.
+    None if it cannot be read.
+    """
+    m = _SCHEME.match(value)
+    if not m:
+        return None
+    params: dict[str, str] = {}
+    pos = m.end()
+    while pos < len(value):
+        p = _PARAM.match(value, pos)
+        if not p or p.end() == pos:
+            return None
+        raw = p.group(2)
+        if raw.startswith('"'):
+            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        params[p.group(1).lower()] = raw
+        pos = p.end()
+    return m.group(1).lower(), params
+
+
+def bearer_challenge(response: Any) -> dict[str, str] | None:
+    """The params of the first Bearer challenge with a realm in C{response}, if any."""
+    for raw in response.headers.getRawHeaders(b"www-authenticate", []):
+        parsed = parse_challenge(raw.decode("latin-1"))
+        if parsed and parsed[0] == "bearer" and parsed[1].get("realm"):
+            return parsed[1]
+    return None
+
+
+_API_PATH = re.compile(r"^/v2/(.+?)/(?:manifests|blobs|tags)/[^/]*(?:/[^/]*)?$")
+
+
+def scope_for(url: str) -> str | None:
+    """The pull scope a registry API URL needs: ``repository:<name>:pull``."""
+    m = _API_PATH.match(urlsplit(url).path)
+    return f"repository:{m.group(1)}:pull" if m else None
+
+
+@dataclass
+class _Token:
+    value: str
+    use_until: float
+
+
+class TokenAuth:
+    """The Bearer token flow against one upstream registry (see the module doc)."""
+
+    def __init__(self, registry_url: str, client: Any, reactor: Any,
+                 username: str | None = None, password: str | None = None,
+                 timeout: float = 30.0):
+        self._origin = origin(registry_url)
+        self._host = self._origin[1]
+        self._client = client
+        self._reactor = reactor
+        self._username = username
+        self._password = password
+        self._timeout = timeout
+        self._realm: tuple[str, str | None] | None = None  # (realm, service) last challenged
+        self._tokens: dict[str, _Token] = {}
+        self._pending: dict[str, list[Deferred]] = {}
+        self._warned: set[str] = set()
+
+    def __repr__(self) -> str:  # never show a secret
+        return f"TokenAuth({self._host!r})"
+
+    # -- the Upstream's auth interface --------------------------------------
+
+    def headers_for(self, url: str) -> Deferred | dict[str, str]:
+        if origin(url) != self._origin:
+            return {}
+        scope = scope_for(url)
+        if scope is None:
+            return {}
+        token = self._valid(scope)
+        if token is not None:
+            return _bearer(token)
+        if self._realm is None:
+            return {}  # the first request finds out where tokens come from
+        return self._token(scope, scope).addCallback(lambda t: _bearer(t) if t else {})
+
+    def challenged(self, url: str, response: Any) -> Deferred:
+        """A 401 for C{url}: get a token for the scope it asks for; True if we got one."""
+        params = bearer_challenge(response)
+        if params is None or origin(url) != self._origin:
+            return succeed(False)
+        self._realm = (params["realm"], params.get("service"))
+        key = scope_for(url) or params.get("scope") or ""
+        self._tokens.pop(key, None)  # the one we sent (if any) was not good enough
+        return self._token(key, params.get("scope") or key).addCallback(bool)
+
+    # -- tokens ---------------------------------------------------------------
+
+    def _valid(self, key: str) -> str | None:
+        token = self._tokens.get(key)
+        if token is None or self._reactor.seconds() >= token.use_until:
+            return None
+        return token.value
+
+    def _token(self, key: str, scope: str) -> Deferred:
+        """Fires with a token for C{scope} (cached under C{key}), or None; one request per key."""
+        d: Deferred = Deferred()
+        waiters = self._pending.get(key)
+        if waiters is not None:
+            waiters.append(d)
+            return d
+        self._pending[key] = waiters = [d]
+
+        def done(result: Any) -> None:
+            del self._pending[key]
+            for w in waiters:
+                if isinstance(result, Failure):
+                    w.errback(result)
+                else:
+                    w.callback(result)
+
+        Deferred.fromCoroutine(self._fetch(key, scope)).addErrback(_as_upstream_error).addBoth(done)
+        return d
+
+    async def _fetch(self, key: str, scope: str) -> str | None:
+        assert self._realm is not None
+        realm, service = self._realm
+        query = ([("service", service)] if service else []) + \
+            [("scope", s) for s in scope.split() if s]
+        url = realm + ("&" if "?" in realm else "?") + urlencode(query)
+        auth = None
+        if self._username is not None:
+            if self._may_send_credentials(realm):
+                auth = StaticAuth(realm, username=self._username, password=self._password)
+            elif realm not in self._warned:
+                self._warned.add(realm)
+                _log.warn("not sending credentials to token realm {realm}: neither https nor the "
+                          "registry's own host; asking for an anonymous token", realm=realm)
+        upstream = Upstream(self._client, self._reactor, auth=auth, timeout=self._timeout)
+        started = self._reactor.seconds()
+        response = await upstream.request("GET", url)
+        if response.code != 200:
+            discard(response)
+            _log.warn("token realm {realm} refused a token for {scope}: {code}",
+                      realm=realm, scope=scope, code=response.code)
+            return None
+        if isinstance(response.length, int) and response.length > MAX_TOKEN_ANSWER:
+            discard(response)
+            raise UpstreamError(f"token realm {urlsplit(realm).netloc} sent an oversized answer")
+        try:
+            answer = json.loads(await treq.content(response))
+            token = answer.get("token") or answer.get("access_token")
+            expires_in = int(answer.get("expires_in") or DEFAULT_EXPIRES_IN)
+        except (ValueError, TypeError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise UpstreamError(f"token realm {urlsplit(realm).netloc} sent no token")
+        lifetime = max(expires_in - max(5.0, expires_in * EXPIRY_MARGIN), 0.0)
+        self._tokens[key] = _Token(token, started + lifetime)
+        _log.debug("got a token for {scope}, valid {seconds} s", scope=scope, seconds=expires_in)
+        return token
+
+    def _may_send_credentials(self, realm: str) -> bool:
+        parts = urlsplit(realm)
+        return parts.scheme == "https" or (parts.hostname or "").lower() == self._host
+
+
+def _as_upstream_error(failure: Failure) -> Failure:
+    if failure.check(UpstreamError):
+        return failure
+    _log.failure("token request broke", failure)
+    return Failure(UpstreamError(f"token request failed: {failure.value.__class__.__name__}"))
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
