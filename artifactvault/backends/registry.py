@@ -9,8 +9,8 @@ Serves ``<name>/manifests/<ref>``, ``<name>/blobs/<digest>`` and
   by digest), and verified against their digest while they stream.
 - A manifest by digest is immutable and verified the same way (keyed per
   repository: one repository's manifest is never served for another's name).
-- A tag is a small record (digest, media type, size) per L{Accept} class,
-  fresh for ``tag_ttl``; then a ``HEAD`` asks the upstream for the tag's
+- A tag is a small record (digest, media type, size) per L{Accept} class and
+  backend, fresh for ``tag_ttl``; then a ``HEAD`` asks the upstream for the tag's
   digest (Docker Hub counts ``GET``s of manifests against its rate limit, not
   ``HEAD``s), and the manifest itself comes from the digest's entry. When the
   upstream cannot be reached, the last known record is used.
@@ -211,7 +211,8 @@ class RegistryBackend:
         sees it: the fresh record, else what one upstream ``HEAD`` (shared by
         every request that wants it meanwhile) says; fails with L{UpstreamError}.
         """
-        key = f"{self._keys} {name} tag {tag} accept {accept.key}"
+        # (per backend: two backends of one upstream may keep tags fresh for different times)
+        key = f"{self._keys} {name} tag {tag} accept {accept.key} for {self.prefix}"
         entry = self.store.lookup(key)
         record = self._record(entry)
         if record is not None and entry.is_fresh(self.store.now()):

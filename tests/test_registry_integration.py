@@ -1,0 +1,392 @@
+"""
+The real daemon (``twistd -n artifactvault``) with registry backends, against
+the real CNCF distribution registry of ``registry-up`` (plain) and
+``registry-auth-up`` (Docker-Hub-style token auth), driven by skopeo and,
+for the seed's paths, by http.client. A scripted upstream serves what a real
+registry never would (a blob whose bytes do not match its digest).
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+
+from twisted.trial.unittest import TestCase
+
+from tests import support
+from tests.fakeupstream import FakeUpstream, Script
+from tests.support import Daemon, hits, request
+
+UPSTREAMS_DIR = support.UPSTREAMS
+HELLO_INDEX = "sha256:55d09eecaad7772fd626815e8b6b874c7efef159d7ba5e7236eda8308d12ec30"
+#: skopeo's Accept list (it sends one header per type).
+SKOPEO_ACCEPT = ", ".join([
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.index.v1+json"])
+SHORT_TTL = 1.0
+
+
+def host_of(url: str) -> str:
+    return url[len("http://"):]
+
+
+def skopeo_copy(source: str, dest_dir: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``skopeo copy --all docker://SOURCE oci:DEST:latest`` over plain http."""
+    shutil.rmtree(dest_dir, ignore_errors=True)
+    p = subprocess.run(["skopeo", "copy", "-q", "--all", "--src-tls-verify=false", *extra,
+                        f"docker://{source}", f"oci:{dest_dir}:latest"],
+                       capture_output=True, text=True, timeout=120)
+    if check and p.returncode != 0:
+        raise AssertionError(f"skopeo copy {source} failed: {p.stderr[-1500:]}")
+    return p
+
+
+def push(layout: str, tag: str, dest: str) -> None:
+    """Push an OCI layout's tag to the plain upstream registry."""
+    subprocess.run(["skopeo", "copy", "-q", "--all", "--dest-tls-verify=false",
+                    f"oci:{layout}:{tag}", f"docker://{dest}"], check=True, capture_output=True, timeout=120)
+
+
+def make_image(directory: str, name: str, tag: str = "latest") -> dict:
+    """A new small OCI image (an index of two platforms) whose blobs no cache has seen."""
+    out = subprocess.run([os.path.join(UPSTREAMS_DIR, "make-oci-image.py"), directory, name, "--tag", tag],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def layout(directory: str) -> tuple[list[str], list[str]]:
+    """What a copy produced, by digest: the manifests index.json names, and every blob."""
+    with open(os.path.join(directory, "index.json")) as f:
+        index = json.load(f)
+    return (sorted(m["digest"] for m in index["manifests"]),
+            sorted(os.listdir(os.path.join(directory, "blobs", "sha256"))))
+
+
+def blob_digests(directory: str) -> list[str]:
+    return ["sha256:" + n for n in os.listdir(os.path.join(directory, "blobs", "sha256"))]
+
+
+def until(deadline: float) -> None:
+    """Wait until a known moment (a TTL running out), not for an event."""
+    delay = deadline - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+class _Shared:
+    """One daemon for all tests here (trial has no setUpClass), with its upstreams."""
+
+    def __init__(self) -> None:
+        self.reg = support.upstream_url("reg")
+        self.regauth = support.upstream_url("regauth")
+        self.fake = FakeUpstream()
+        self.tmp = tempfile.mkdtemp(prefix="av-reg-test-")
+        self.daemon = Daemon([
+            {"type": "dockerhub", "config": {"registry_url": self.reg, "tag_ttl": "1h",
+                                             "mirror": True}},
+            {"type": "registry", "config": {"prefix": "/auth/", "registry_url": self.regauth,
+                                            "tag_ttl": "1h"}},
+            {"type": "registry", "config": {"prefix": "/creds/", "registry_url": self.regauth,
+                                            "username": "testuser", "password_env": "AV_TEST_REG_PW"}},
+            {"type": "registry", "config": {"prefix": "/badcreds/", "registry_url": self.regauth,
+                                            "username": "testuser", "password": "wr0ng-pw-x"}},
+            {"type": "registry", "config": {"prefix": "/short/", "registry_url": self.reg,
+                                            "tag_ttl": SHORT_TTL}},
+            {"type": "registry", "config": {"prefix": "/fake/", "registry_url": self.fake.base,
+                                            "timeout": 5, "idle_timeout": 5}},
+        ]).start(env={"AV_TEST_REG_PW": "testpass"})
+        self.host = host_of(self.daemon.base)
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        self.daemon.cleanup()
+        self.fake.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+_fixture: _Shared | None = None
+
+
+def _shared() -> _Shared:
+    global _fixture
+    if _fixture is None:
+        _fixture = _Shared()
+    return _fixture
+
+
+class RegistryTests(TestCase):
+    """Pulls through the vault with skopeo, against the real distribution registry."""
+
+    def setUp(self) -> None:
+        shared = _shared()
+        self.daemon, self.host, self.fake = shared.daemon, shared.host, shared.fake
+        self.reg, self.regauth = host_of(support.upstream_url("reg")), host_of(support.upstream_url("regauth"))
+        self.tmp = tempfile.mkdtemp(dir=shared.tmp)
+
+    def dest(self, name: str) -> str:
+        return os.path.join(self.tmp, name)
+
+    def new_image(self, tag: str = "latest") -> tuple[str, dict]:
+        """A new repository on the plain upstream holding a new image: (name, summary)."""
+        name = f"t{uuid.uuid4().hex[:10]}/img"
+        summary = make_image(self.dest("src-" + name.replace("/", "-")), name, tag)
+        push(self.dest("src-" + name.replace("/", "-")), tag, f"{self.reg}/{name}:{tag}")
+        return name, summary
+
+    def get(self, path: str, headers: dict[str, str] | None = None, method: str = "GET"):
+        return request(method, self.daemon.url(path), headers)
+
+    # -- pulls ----------------------------------------------------------------
+
+    def test_copy_all_identical_to_direct(self) -> None:
+        """skopeo copy --all of a 2-platform index through the vault gives the same digests as straight from the upstream; a second copy asks the upstream nothing."""
+        skopeo_copy(f"{self.reg}/library/hello:latest", self.dest("direct"))
+        skopeo_copy(f"{self.host}/dockerhub/library/hello:latest", self.dest("vault"))
+        self.assertEqual(layout(self.dest("vault")), layout(self.dest("direct")))
+        self.assertEqual(layout(self.dest("vault"))[0], [HELLO_INDEX])
+        before = hits("reg", ".")
+        skopeo_copy(f"{self.host}/dockerhub/library/hello:latest", self.dest("again"))
+        self.assertEqual(layout(self.dest("again")), layout(self.dest("direct")))
+        self.assertEqual(hits("reg", "."), before, "a warm pull inside tag_ttl sent requests upstream")
+
+    def test_docker_schema2_image(self) -> None:
+        """A Docker schema 2 image (not OCI) copies identically, with its media type kept."""
+        skopeo_copy(f"{self.reg}/library/hello:v2", self.dest("direct"))
+        skopeo_copy(f"{self.host}/dockerhub/library/hello:v2", self.dest("vault"))
+        self.assertEqual(layout(self.dest("vault")), layout(self.dest("direct")))
+        status, headers, _ = self.get("/v2/dockerhub/library/hello/manifests/v2", {"Accept": SKOPEO_ACCEPT})
+        self.assertEqual((status, headers["content-type"]),
+                         (200, "application/vnd.docker.distribution.manifest.v2+json"))
+
+    def test_copy_with_token_auth(self) -> None:
+        """Through a registry with Docker-Hub-style token auth: identical copy; tokens come anonymously from the realm, one per scope, reused for the next pull."""
+        skopeo_copy(f"{self.regauth}/library/hello:latest", self.dest("direct"))
+        scope = r"scope=repository:library/hello:pull"
+        tokens0 = hits("regauth", scope, "token.log")
+        skopeo_copy(f"{self.host}/auth/library/hello:latest", self.dest("vault"))
+        self.assertEqual(layout(self.dest("vault")), layout(self.dest("direct")))
+        tokens1 = hits("regauth", scope, "token.log")
+        self.assertGreaterEqual(tokens1 - tokens0, 1)
+        skopeo_copy(f"{self.host}/auth/library/hello:v2", self.dest("v2"))
+        self.assertEqual(hits("regauth", scope, "token.log"), tokens1, "a cached token was not reused")
+
+    def test_credentials_for_tokens(self) -> None:
+        """Configured credentials are used for the token (a wrong password is refused by the realm: UNAUTHORIZED); right ones pull."""
+        status, _, body = self.get("/v2/badcreds/library/hello/manifests/latest", {"Accept": SKOPEO_ACCEPT})
+        self.assertEqual(status, 401)
+        self.assertEqual(json.loads(body)["errors"][0]["code"], "UNAUTHORIZED")
+        skopeo_copy(f"{self.host}/creds/library/hello:latest", self.dest("vault"))
+        self.assertEqual(layout(self.dest("vault"))[0], [HELLO_INDEX])
+        for secret in ("testpass", "wr0ng-pw-x"):
+            self.assertNotIn(secret, self.daemon.log())
+
+    def test_mirror_unprefixed(self) -> None:
+        """The backend marked mirror: true also answers /v2/<name>/… (the Docker daemon's registry-mirrors form)."""
+        skopeo_copy(f"{self.reg}/team/tools:1.0", self.dest("direct"))
+        skopeo_copy(f"{self.host}/team/tools:1.0", self.dest("vault"))
+        self.assertEqual(layout(self.dest("vault")), layout(self.dest("direct")))
+
+    def test_upstream_stopped(self) -> None:
+        """With the upstream stopped, a pulled image copies again from the vault, by tag (the last known tag, after tag_ttl) and by digest."""
+        skopeo_copy(f"{self.reg}/library/hello:latest", self.dest("direct"))
+        skopeo_copy(f"{self.host}/short/library/hello:latest", self.dest("warm"))
+        warmed = time.monotonic()
+        support.stop_upstream("reg")
+        self.addCleanup(support.upstream_url, "reg")
+        until(warmed + SHORT_TTL + 0.2)
+        status, headers, _ = self.get("/short/library/hello/manifests/latest", {"Accept": SKOPEO_ACCEPT})
+        self.assertEqual((status, headers.get("x-cache")), (200, "STALE"))
+        skopeo_copy(f"{self.host}/short/library/hello:latest", self.dest("by-tag"))
+        skopeo_copy(f"{self.host}/short/library/hello@{HELLO_INDEX}", self.dest("by-digest"))
+        self.assertEqual(layout(self.dest("by-tag")), layout(self.dest("direct")))
+        self.assertEqual(layout(self.dest("by-digest"))[1], layout(self.dest("direct"))[1])
+        # A tag never pulled is an error, not a hang.
+        p = skopeo_copy(f"{self.host}/short/library/never:1", self.dest("never"), check=False)
+        self.assertNotEqual(p.returncode, 0)
+
+    def test_concurrent_copies_fetch_each_blob_once(self) -> None:
+        """10 concurrent copies of an image nobody pulled yet: each blob and manifest is fetched upstream once, the tag asked once."""
+        name, summary = self.new_image()
+        digests = blob_digests(self.dest("src-" + name.replace("/", "-")))
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            results = list(pool.map(lambda i: skopeo_copy(f"{self.host}/dockerhub/{name}:latest",
+                                                          self.dest(f"c{i}")), range(10)))
+        self.assertEqual(len(results), 10)
+        for i in range(10):
+            self.assertEqual(layout(self.dest(f"c{i}"))[0], [summary["digest"]])
+        manifests = {summary["digest"]} | {m["digest"] for m in summary["manifests"]}
+        for digest in digests:
+            kind = "manifests" if digest in manifests else "blobs"
+            self.assertEqual(hits("reg", f"^GET /v2/{name}/{kind}/{digest}$"), 1, f"{kind}/{digest}")
+        self.assertEqual(hits("reg", f"^HEAD /v2/{name}/manifests/latest$"), 1)
+        self.assertEqual(hits("reg", f"^GET /v2/{name}/manifests/latest$"), 0)
+
+    def test_tag_pushed_again_seen_after_ttl(self) -> None:
+        """A tag pushed again with new content is seen after tag_ttl, found with a HEAD; inside tag_ttl nothing goes upstream."""
+        name, first = self.new_image()
+        skopeo_copy(f"{self.host}/short/{name}:latest", self.dest("first"))
+        pulled = time.monotonic()
+        self.assertEqual(layout(self.dest("first"))[0], [first["digest"]])
+        second = make_image(self.dest("second-src"), name + "-other")
+        push(self.dest("second-src"), "latest", f"{self.reg}/{name}:latest")
+        before = hits("reg", ".")
+        status, headers, _ = self.get(f"/short/{name}/manifests/latest", {"Accept": SKOPEO_ACCEPT})
+        if time.monotonic() < pulled + SHORT_TTL:  # (a slow push may have used up the TTL)
+            self.assertEqual(headers["docker-content-digest"], first["digest"])
+            self.assertEqual(hits("reg", "."), before)
+        until(pulled + SHORT_TTL + 0.1)
+        heads = hits("reg", f"^HEAD /v2/{name}/manifests/latest$")
+        skopeo_copy(f"{self.host}/short/{name}:latest", self.dest("second"))
+        self.assertEqual(layout(self.dest("second"))[0], [second["digest"]])
+        self.assertEqual(hits("reg", f"^HEAD /v2/{name}/manifests/latest$"), heads + 1)
+        self.assertEqual(hits("reg", f"^GET /v2/{name}/manifests/latest$"), 0)
+
+    def test_revalidated_tag_sends_only_head(self) -> None:
+        """After tag_ttl, a pull of an unchanged tag sends the upstream exactly one request: a HEAD."""
+        skopeo_copy(f"{self.host}/short/team/tools:1.0", self.dest("first"))
+        pulled = time.monotonic()
+        until(pulled + SHORT_TTL + 0.1)
+        before = hits("reg", ".")
+        skopeo_copy(f"{self.host}/short/team/tools:1.0", self.dest("second"))
+        self.assertEqual(layout(self.dest("second")), layout(self.dest("first")))
+        heads = hits("reg", "^HEAD /v2/team/tools/manifests/1.0$")
+        # skopeo is done, so every upstream request of this pull has been answered.
+        self.assertEqual(support.wait_for_hits("reg", ".", before + 1), before + 1)
+        self.assertEqual(hits("reg", "^HEAD /v2/team/tools/manifests/1.0$"), heads)
+        self.assertTrue(heads >= 1)
+
+    # -- the seed's paths, errors, pushes ---------------------------------------
+
+    def test_seed_paths(self) -> None:
+        """The seed's form: manifests by tag (no Accept: Docker/OCI defaults) and digest, blobs with Range and HEAD, tags/list; bytes as upstream's."""
+        up = support.upstream_url("reg")
+        status, headers, index = self.get("/dockerhub/library/hello/manifests/latest")
+        self.assertEqual(status, 200)
+        self.assertEqual(headers["content-type"], "application/vnd.oci.image.index.v1+json")
+        self.assertEqual(headers["docker-content-digest"], HELLO_INDEX)
+        self.assertEqual(headers["docker-distribution-api-version"], "registry/2.0")
+        self.assertEqual("sha256:" + hashlib.sha256(index).hexdigest(), HELLO_INDEX)
+        child = json.loads(index)["manifests"][0]
+        status, headers, manifest = self.get(f"/dockerhub/library/hello/manifests/{child['digest']}",
+                                             {"Accept": child["mediaType"]})
+        self.assertEqual((status, headers["content-type"]), (200, child["mediaType"]))
+        layer = json.loads(manifest)["layers"][0]
+        path = f"/dockerhub/library/hello/blobs/{layer['digest']}"
+        _, _, upstream_bytes = request("GET", f"{up}/v2/library/hello/blobs/{layer['digest']}")
+        status, headers, body = self.get(path)
+        self.assertEqual((status, body), (200, upstream_bytes))
+        self.assertEqual(headers["docker-content-digest"], layer["digest"])
+        status, headers, body = self.get(path, {"Range": "bytes=10-19"})
+        self.assertEqual((status, body, headers["content-range"]),
+                         (206, upstream_bytes[10:20], f"bytes 10-19/{len(upstream_bytes)}"))
+        status, headers, body = self.get(path, method="HEAD")
+        self.assertEqual((status, body, headers["content-length"]), (200, b"", str(len(upstream_bytes))))
+        status, _, body = self.get("/dockerhub/library/hello/tags/list")
+        self.assertEqual((status, json.loads(body)), (200, {"name": "library/hello", "tags": ["latest", "v2"]}))
+
+    def test_head_tag_then_digest(self) -> None:
+        """A HEAD of a tag (the Docker daemon's first question) is answered from one upstream HEAD; the GET by digest that follows is fetched once."""
+        name, summary = self.new_image()
+        status, headers, body = self.get(f"/v2/dockerhub/{name}/manifests/latest",
+                                         {"Accept": SKOPEO_ACCEPT}, method="HEAD")
+        self.assertEqual((status, body, headers["docker-content-digest"]), (200, b"", summary["digest"]))
+        self.assertEqual(headers["content-length"], str(summary["size"]))
+        self.assertEqual(hits("reg", f"^GET /v2/{name}/manifests/"), 0)
+        for _ in range(2):
+            status, headers, body = self.get(f"/v2/dockerhub/{name}/manifests/{summary['digest']}",
+                                             {"Accept": SKOPEO_ACCEPT})
+            self.assertEqual("sha256:" + hashlib.sha256(body).hexdigest(), summary["digest"])
+        self.assertEqual(hits("reg", f"^GET /v2/{name}/manifests/{summary['digest']}$"), 1)
+
+    def test_accept_respected(self) -> None:
+        """A cached OCI index is not served to a client whose Accept does not admit it: the upstream decides (404 MANIFEST_UNKNOWN here)."""
+        self.get("/dockerhub/library/hello/manifests/latest", {"Accept": SKOPEO_ACCEPT})
+        for ref in ("latest", HELLO_INDEX):
+            status, headers, body = self.get(f"/dockerhub/library/hello/manifests/{ref}",
+                                             {"Accept": "application/vnd.oci.image.manifest.v1+json"})
+            self.assertEqual(status, 404, ref)
+            self.assertEqual(json.loads(body)["errors"][0]["code"], "MANIFEST_UNKNOWN")
+
+    def test_errors_in_registry_form(self) -> None:
+        """Unknown manifests, blobs and names, and bad names, are the registry's JSON errors."""
+        zero = "sha256:" + "0" * 64
+        cases = [("/dockerhub/library/nope/manifests/latest", 404, "MANIFEST_UNKNOWN"),
+                 (f"/v2/dockerhub/library/hello/blobs/{zero}", 404, "BLOB_UNKNOWN"),
+                 ("/v2/dockerhub/library/nope/tags/list", 404, "NAME_UNKNOWN"),
+                 ("/v2/nowhere/", 404, "NAME_UNKNOWN"),
+                 ("/dockerhub/Library/hello/manifests/latest", 400, "NAME_INVALID"),
+                 ("/dockerhub/library/hello/blobs/md5:00", 400, "DIGEST_INVALID")]
+        for path, status, code in cases:
+            got, headers, body = self.get(path)
+            self.assertEqual((got, json.loads(body)["errors"][0]["code"]), (status, code), path)
+            self.assertEqual(headers["docker-distribution-api-version"], "registry/2.0")
+            self.assertNotIn("docker-content-digest", headers)
+        status, headers, body = self.get("/v2/")
+        self.assertEqual((status, body, headers["docker-distribution-api-version"]), (200, b"{}", "registry/2.0"))
+
+    def test_push_refused(self) -> None:
+        """Push methods get 405 UNSUPPORTED; a skopeo push through the vault fails and reaches nobody."""
+        for method in ("PUT", "POST", "PATCH", "DELETE"):
+            for path in ("/v2/dockerhub/library/x/blobs/uploads/", "/dockerhub/library/hello/manifests/latest"):
+                status, headers, body = self.get(path, method=method)
+                self.assertEqual((status, json.loads(body)["errors"][0]["code"]), (405, "UNSUPPORTED"))
+        skopeo_copy(f"{self.reg}/library/hello:latest", self.dest("direct"))
+        before = hits("reg", ".")
+        p = subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{self.dest('direct')}:latest",
+                            f"docker://{self.host}/dockerhub/library/pushed:1"], capture_output=True, text=True)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertEqual(hits("reg", "."), before)
+
+    def test_corrupted_blob_never_committed(self) -> None:
+        """An upstream blob whose bytes do not match its digest: the client's connection is cut, nothing is stored, the next request asks again; skopeo fails."""
+        good = os.urandom(300_000)
+        digest = "sha256:" + hashlib.sha256(good).hexdigest()
+        bad = bytearray(good)
+        bad[-1] ^= 1
+        self.fake.scripts[f"/v2/bad/img/blobs/{digest}"] = Script(body=bytes(bad))
+        for attempt in (1, 2):  # nothing was stored: the second request is a miss again
+            conn = http.client.HTTPConnection("127.0.0.1", self.daemon.port, timeout=30)
+            conn.request("GET", f"/v2/fake/bad/img/blobs/{digest}")
+            response = conn.getresponse()
+            self.assertEqual(response.status, 200)
+            with self.assertRaises((http.client.IncompleteRead, ConnectionResetError)):
+                response.read()
+            conn.close()
+            self.assertEqual(self.fake.count("GET", f"/v2/bad/img/blobs/{digest}"), attempt)
+        key = f"registry {self.fake.base} blob {digest}"
+        kh = hashlib.sha256(key.encode()).hexdigest()
+        self.assertFalse(os.path.exists(os.path.join(self.daemon.cache_dir, "data", kh[:2], kh + ".json")))
+        # The same through skopeo: an image whose layer is corrupt upstream.
+        config = json.dumps({"architecture": "amd64", "os": "linux",
+                             "rootfs": {"type": "layers", "diff_ids": [digest]}}).encode()
+        config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+        manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                               "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                          "digest": config_digest, "size": len(config)},
+                               "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                           "digest": digest, "size": len(good)}]}).encode()
+        manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+        mheaders = {"Content-Type": "application/vnd.oci.image.manifest.v1+json",
+                    "Docker-Content-Digest": manifest_digest}
+        self.fake.scripts["/v2/bad/img/manifests/latest"] = Script(body=manifest, headers=mheaders)
+        self.fake.scripts[f"/v2/bad/img/manifests/{manifest_digest}"] = Script(body=manifest, headers=mheaders)
+        self.fake.scripts[f"/v2/bad/img/blobs/{config_digest}"] = Script(body=config)
+        p = subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{self.host}/fake/bad/img:latest",
+                            f"oci:{self.dest('bad')}:latest"], capture_output=True, text=True, timeout=120)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertFalse(os.path.exists(os.path.join(self.daemon.cache_dir, "data", kh[:2], kh + ".json")))
+        self.assertTrue(re.search(r"upstream body has sha256 \w+, expected", self.daemon.log()))
