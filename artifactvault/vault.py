@@ -62,6 +62,10 @@ class Vault:
             if not serve_entry(responder, self.store, flight.entry, "HIT"):
                 responder.error(502, "cached copy vanished during revalidation")
             return
+        if flight.state == Flight.COMMITTED and flight.artifact.transform is None:
+            # (an upstream that answered at once, in memory: the flight ended before we looked)
+            self._serve_committed(responder, flight.entry, "MISS")
+            return
         if flight.artifact.transform is not None:
             flight.committed().addCallbacks(
                 lambda entry: self._serve_committed(responder, entry, "MISS"),

@@ -2,7 +2,8 @@
 In-memory requests for unit tests of resources and backends.
 
 C{DummyRequest} lacks a few things the core's L{Responder} reads
-(``startedWriting``, ``channel``, ``path``, ``uri``); L{FakeRequest} adds them.
+(``startedWriting``, ``channel``, ``path``, ``uri``) and spins on push
+producers; L{FakeRequest} adds them and lets push producers push.
 """
 
 from __future__ import annotations
@@ -21,6 +22,16 @@ class FakeRequest(DummyRequest):
         self.uri = path
         for name, values in (headers or {}).items():
             self.requestHeaders.setRawHeaders(name, values)
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        """A push producer writes when it can (DummyRequest would spin on it)."""
+        self.producer = producer
+        if not streaming:
+            super().registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+        super().unregisterProducer()
 
     @property
     def startedWriting(self) -> bool:

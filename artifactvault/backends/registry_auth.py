@@ -42,7 +42,7 @@ DEFAULT_EXPIRES_IN = 60
 MAX_TOKEN_ANSWER = 1024 * 1024
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_PARAM = re.compile(r'\s*(' + _TOKEN + r')\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)\s*(?:,|$)')
+_PARAM = re.compile(r'\s*(' + _TOKEN + r')\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s"]*)\s*(?:,|$)')
 _SCHEME = re.compile(r"\s*(" + _TOKEN + r")(?:\s+|$)")
 
 

@@ -1,0 +1,258 @@
+"""
+The registry backend in memory: its config, its paths, and the tag logic
+(freshness, HEAD revalidation, stale answers) against a scripted registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+
+from artifactvault import config as configmod
+from artifactvault.backends import parse_backend
+from artifactvault.backends.base import BuildContext, dispatch
+from artifactvault.backends.registry import RegistryBackendType, _Bad, parse_path
+from artifactvault.backends.registry_media import DOCKER_MANIFEST, OCI_INDEX
+from artifactvault.cache.store import FileStore
+from artifactvault.config import ConfigError, Section
+from artifactvault.service import build
+from artifactvault.tap import Options, makeService
+from artifactvault.vault import Vault
+from tests.webhelpers import FakeRequest
+
+ZERO = "sha256:" + "0" * 64
+
+
+def section(data: dict) -> Section:
+    return Section("test.yml", "backends[0].config", data)
+
+
+class ConfigTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        """An empty config is Docker Hub at /dockerhub/, tags fresh for 5 minutes, no mirror."""
+        s = RegistryBackendType.parse(section({}))
+        self.assertEqual((s.prefix, s.registry_url, s.tag_ttl, s.mirror, s.username),
+                         ("/dockerhub/", "https://registry-1.docker.io", 300.0, False, None))
+
+    def test_both_type_names(self) -> None:
+        """type: dockerhub (the seed's) and type: registry are this backend; the embedded default's entry loads."""
+        for name in ("dockerhub", "registry"):
+            entry = configmod.BackendEntry(type=name, section=section({"tag_ttl": "2m"}))
+            self.assertEqual(parse_backend(entry).tag_ttl, 120.0)
+        default = [b for b in configmod.EMBEDDED_DEFAULT["backends"] if b["type"] == "dockerhub"][0]
+        entry = configmod.BackendEntry(type="dockerhub", section=section(default["config"]))
+        self.assertEqual(parse_backend(entry).registry_url, "https://registry-1.docker.io")
+
+    def test_bad_values(self) -> None:
+        """Bad values are errors naming the file and key; a static token and the vault's own prefixes are refused."""
+        cases = [({"token": "x"}, "test.yml: backends[0].config.token: "),
+                 ({"prefix": "/v2/"}, "test.yml: backends[0].config.prefix: "),
+                 ({"registry_url": "ftp://x"}, "test.yml: backends[0].config.registry_url: "),
+                 ({"tag_ttl": "soon"}, "test.yml: backends[0].config.tag_ttl: "),
+                 ({"mirror": "yes"}, "test.yml: backends[0].config.mirror: "),
+                 ({"password": "p"}, "test.yml: backends[0].config.password: ")]
+        for data, start in cases:
+            e = self.assertRaises(ConfigError, RegistryBackendType.parse, section(data))
+            self.assertTrue(str(e).startswith(start), str(e))
+        s = section({"tagttl": 1})
+        RegistryBackendType.parse(s)
+        self.assertRaises(ConfigError, s.check_unknown)
+
+    def test_two_mirrors(self) -> None:
+        """Two backends with mirror: true stop the start with one line naming the second's key."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            json.dump({"cache_dir": self.mktemp(), "backends": [
+                {"type": "dockerhub", "config": {"mirror": True}},
+                {"type": "registry", "config": {"prefix": "/ghcr/", "registry_url": "https://ghcr.io",
+                                                "mirror": True}}]}, f)
+        options = Options()
+        options.parseOptions(["--config", path])
+        self.assertRaises(ConfigError, build, options.loaded, Clock())
+        e = self.assertRaises(SystemExit, makeService, options)
+        self.assertIn(f"{path}: backends[1].config.mirror: only one registry backend can be the mirror",
+                      str(e))
+
+
+class PathTests(SynchronousTestCase):
+    def test_paths(self) -> None:
+        """The three kinds of path, names with several components."""
+        self.assertEqual(parse_path(["library", "alpine", "manifests", "3.20"]),
+                         ("library/alpine", "manifest", "3.20"))
+        self.assertEqual(parse_path(["a", "b", "c", "blobs", ZERO]), ("a/b/c", "blob", ZERO))
+        self.assertEqual(parse_path(["alpine", "tags", "list"]), ("alpine", "tags", ""))
+
+    def test_bad_paths(self) -> None:
+        """Each bad path has its registry error code."""
+        cases = [(["library", "alpine"], "NAME_UNKNOWN"), ([""], "NAME_UNKNOWN"),
+                 (["Library", "manifests", "x"], "NAME_INVALID"),
+                 (["alpine", "blobs", "latest"], "DIGEST_INVALID"),
+                 (["alpine", "manifests", "sha256:zz"], "DIGEST_INVALID"),
+                 (["alpine", "manifests", "-x"], "TAG_INVALID")]
+        for segments, code in cases:
+            e = self.assertRaises(_Bad, parse_path, segments)
+            self.assertEqual(e.args[1], code, segments)
+
+
+class ScriptedRegistry(Resource):
+    """An upstream registry in memory; records what it is asked."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.manifests: dict[str, tuple[str, bytes]] = {}  # tag or digest -> (type, bytes)
+        self.asked: list[tuple[str, str]] = []
+        self.fail_with: int | None = None
+        self.digest_on_head = True
+        self.link: str | None = None
+
+    def put(self, tag: str, body: bytes, media_type: str = OCI_INDEX) -> str:
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        self.manifests[tag] = self.manifests[digest] = (media_type, body)
+        return digest
+
+    def render(self, request):
+        self.asked.append((request.method.decode(), request.uri.decode()))
+        if self.fail_with:
+            request.setResponseCode(self.fail_with)
+            return b""
+        parts = request.path.decode().split("/")
+        if parts[-2:] == ["tags", "list"]:
+            if self.link:
+                request.setHeader(b"link", self.link.encode())
+            return b'{"name":"x/y","tags":["a"]}'
+        found = self.manifests.get(parts[-1])
+        if found is None:
+            request.setResponseCode(404)
+            return b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}'
+        media_type, body = found
+        request.setHeader(b"content-type", media_type.encode())
+        if request.method == b"GET" or self.digest_on_head:
+            request.setHeader(b"docker-content-digest", ("sha256:" + hashlib.sha256(body).hexdigest()).encode())
+        return body
+
+
+class BackendTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.store = FileStore(self.mktemp(), clock=self.clock.seconds)
+        self.store.open()
+        self.upstream = ScriptedRegistry()
+        self.stub = StubTreq(self.upstream)
+        context = BuildContext(vault=Vault(self.store, self.clock), reactor=self.clock, client=self.stub)
+        settings = RegistryBackendType.parse(section({"registry_url": "https://reg.test", "tag_ttl": 10}))
+        self.backend = RegistryBackendType.build(settings, context)
+        self.index = json.dumps({"schemaVersion": 2, "manifests": []}).encode()
+        self.digest = self.upstream.put("latest", self.index)
+
+    def get(self, path: str, method: bytes = b"GET", accept: bytes | None = OCI_INDEX.encode()) -> FakeRequest:
+        request = FakeRequest(b"/dockerhub/" + path.encode(), method,
+                              {b"accept": [accept]} if accept else None)
+        request.prepath = [b"dockerhub"]
+        dispatch(self.backend, request, path.partition("?")[0].encode().split(b"/"))
+        for _ in range(5):
+            self.stub.flush()
+        self.assertTrue(request.finished, path)
+        return request
+
+    def asked(self) -> list[tuple[str, str]]:
+        asked, self.upstream.asked[:] = list(self.upstream.asked), []
+        return asked
+
+    def test_tag_fresh_then_head(self) -> None:
+        """A tag fetched once is answered from the cache inside tag_ttl (nothing upstream), then after one HEAD."""
+        first = self.get("x/y/manifests/latest")
+        self.assertEqual((first.responseCode or 200, first.body, first.header(b"docker-content-digest")),
+                         (200, self.index, self.digest))
+        self.assertEqual(self.asked(), [("HEAD", "/v2/x/y/manifests/latest"),
+                                        ("GET", f"/v2/x/y/manifests/{self.digest}")])
+        self.clock.advance(9)
+        self.assertEqual(self.get("x/y/manifests/latest").body, self.index)
+        self.assertEqual(self.asked(), [])
+        self.clock.advance(2)
+        again = self.get("x/y/manifests/latest")
+        self.assertEqual((again.body, again.header(b"x-cache")), (self.index, "HIT"))
+        self.assertEqual(self.asked(), [("HEAD", "/v2/x/y/manifests/latest")])
+
+    def test_tag_moved(self) -> None:
+        """After tag_ttl, a tag that points elsewhere upstream is followed to the new manifest."""
+        self.get("x/y/manifests/latest")
+        newer = b'{"schemaVersion": 2, "manifests": [], "new": 1}'
+        digest = self.upstream.put("latest", newer)
+        self.clock.advance(11)
+        request = self.get("x/y/manifests/latest")
+        self.assertEqual((request.body, request.header(b"docker-content-digest")), (newer, digest))
+
+    def test_stale_when_upstream_fails(self) -> None:
+        """An upstream that fails (5xx) after tag_ttl: the last known manifest, marked STALE; a 404 is believed."""
+        self.get("x/y/manifests/latest")
+        self.clock.advance(11)
+        self.upstream.fail_with = 503
+        request = self.get("x/y/manifests/latest")
+        self.assertEqual((request.body, request.header(b"x-cache")), (self.index, "STALE"))
+        self.upstream.fail_with = 404
+        request = self.get("x/y/manifests/latest")
+        self.assertEqual(request.responseCode, 404)
+        self.assertEqual(json.loads(request.body)["errors"][0]["code"], "MANIFEST_UNKNOWN")
+
+    def test_concurrent_tag_requests_one_head(self) -> None:
+        """Requests for one tag that arrive together share one upstream HEAD."""
+        requests = []
+        for _ in range(4):
+            request = FakeRequest(b"/dockerhub/x/y/manifests/latest", b"GET", {b"accept": [OCI_INDEX.encode()]})
+            dispatch(self.backend, request, [b"x", b"y", b"manifests", b"latest"])
+            requests.append(request)
+        for _ in range(5):
+            self.stub.flush()
+        self.assertEqual([r.body for r in requests], [self.index] * 4)
+        self.assertEqual([a for a in self.asked() if a[0] == "HEAD"], [("HEAD", "/v2/x/y/manifests/latest")])
+
+    def test_head_without_digest(self) -> None:
+        """An upstream whose HEAD names no digest: the manifest is fetched by tag, hashed, and kept by digest."""
+        self.upstream.digest_on_head = False
+        request = self.get("x/y/manifests/latest")
+        self.assertEqual((request.body, request.header(b"docker-content-digest")), (self.index, self.digest))
+        self.asked()
+        by_digest = self.get(f"x/y/manifests/{self.digest}")
+        self.assertEqual((by_digest.body, by_digest.header(b"x-cache")), (self.index, "HIT"))
+        self.assertEqual(self.asked(), [])
+
+    def test_accept_classes(self) -> None:
+        """A cached manifest is not served to a client that does not admit its type; that client's answer is the upstream's."""
+        self.get("x/y/manifests/latest")
+        self.asked()
+        request = self.get(f"x/y/manifests/{self.digest}", accept=DOCKER_MANIFEST.encode())
+        self.assertEqual(request.header(b"x-cache"), "PASS")
+        self.assertEqual(self.asked(), [("GET", f"/v2/x/y/manifests/{self.digest}")])
+
+    def test_absent_accept(self) -> None:
+        """No Accept: Docker schema 2 and OCI types are asked for and admitted."""
+        request = self.get("x/y/manifests/latest", accept=None)
+        self.assertEqual(request.body, self.index)
+
+    def test_tags_list_link(self) -> None:
+        """tags/list is passed on, its Link to the next page rewritten to our address."""
+        self.upstream.link = '</v2/x/y/tags/list?last=a&n=1>; rel="next"'
+        request = FakeRequest(b"/dockerhub/x/y/tags/list?n=1")
+        request.prepath = [b"dockerhub"]
+        request.args = {b"n": [b"1"]}
+        dispatch(self.backend, request, [b"x", b"y", b"tags", b"list"])
+        self.stub.flush()
+        self.assertEqual(request.body, b'{"name":"x/y","tags":["a"]}')
+        self.assertEqual(request.header(b"link"), '</dockerhub/x/y/tags/list?last=a&n=1>; rel="next"')
+        self.assertEqual(self.asked(), [("GET", "/v2/x/y/tags/list?n=1")])
+
+    def test_blob_digest_checked(self) -> None:
+        """A blob is asked for by digest with that digest to verify; an invalid one never reaches the upstream."""
+        request = self.get("x/y/blobs/sha256:" + "a" * 63)
+        self.assertEqual(request.responseCode, 400)
+        self.assertEqual(self.asked(), [])
+        self.assertEqual(os.listdir(self.store.tmp_dir), [])
