@@ -256,3 +256,12 @@ class BackendTests(SynchronousTestCase):
         self.assertEqual(request.responseCode, 400)
         self.assertEqual(self.asked(), [])
         self.assertEqual(os.listdir(self.store.tmp_dir), [])
+
+
+class SampleConfigTests(SynchronousTestCase):
+    def test_sample_loads(self) -> None:
+        """config-sample.yml, which documents every key, is a valid config with a registry backend."""
+        from artifactvault.tap import load_config
+        sample = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config-sample.yml")
+        settings = load_config(sample).settings
+        self.assertIn(("/dockerhub/", 300.0), [(s.prefix, getattr(s, "tag_ttl", None)) for s in settings])
