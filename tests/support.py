@@ -263,3 +263,18 @@ def pip_env() -> dict[str, str]:
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env["UV_NO_CONFIG"] = "1"
     return env
+
+
+_fixtures: dict[Any, Any] = {}
+
+
+def shared_fixture(factory: Any) -> Any:
+    """
+    One C{factory()} for the whole test run (trial has no setUpClass), made
+    on first use; its C{close()} runs at exit.
+    """
+    if factory not in _fixtures:
+        import atexit
+        _fixtures[factory] = fixture = factory()
+        atexit.register(fixture.close)
+    return _fixtures[factory]

@@ -8,7 +8,6 @@ registry never would (a blob whose bytes do not match its digest).
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures
 import hashlib
 import http.client
@@ -110,7 +109,6 @@ class _Shared:
                                             "timeout": 5, "idle_timeout": 5}},
         ]).start(env={"AV_TEST_REG_PW": "testpass"})
         self.host = host_of(self.daemon.base)
-        atexit.register(self.close)
 
     def close(self) -> None:
         self.daemon.cleanup()
@@ -118,21 +116,11 @@ class _Shared:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-_fixture: _Shared | None = None
-
-
-def _shared() -> _Shared:
-    global _fixture
-    if _fixture is None:
-        _fixture = _Shared()
-    return _fixture
-
-
 class RegistryTests(TestCase):
     """Pulls through the vault with skopeo, against the real distribution registry."""
 
     def setUp(self) -> None:
-        shared = _shared()
+        shared = support.shared_fixture(_Shared)
         self.daemon, self.host, self.fake = shared.daemon, shared.host, shared.fake
         self.reg, self.regauth = host_of(support.upstream_url("reg")), host_of(support.upstream_url("regauth"))
         self.tmp = tempfile.mkdtemp(dir=shared.tmp)

@@ -46,6 +46,7 @@ from artifactvault.cache.store import Entry
 from artifactvault.config import Section
 from artifactvault.flight import Artifact
 from artifactvault.serve import Responder, serve_entry
+from artifactvault.singleflight import SingleFlight
 from artifactvault.upstream import UpstreamError, UpstreamStatus, discard, header
 from artifactvault.vault import Vault
 
@@ -127,7 +128,7 @@ class RegistryBackend:
                          settings.password, timeout=settings.timeout)
         self.upstream = context.upstream(self.base, settings, auth=auth)
         self._keys = f"registry {self.base}"
-        self._resolving: dict[str, list[Deferred]] = {}
+        self._resolving = SingleFlight()
         self.api = RegistryApi.of(context)
         self.api.add(self, settings.mirror_key)
 
@@ -217,23 +218,8 @@ class RegistryBackend:
         record = self._record(entry)
         if record is not None and entry.is_fresh(self.store.now()):
             return succeed((record, False))
-        d: Deferred = Deferred()
-        waiters = self._resolving.get(key)
-        if waiters is not None:
-            waiters.append(d)
-            return d
-        self._resolving[key] = waiters = [d]
-
-        def done(result: Any) -> None:
-            del self._resolving[key]
-            for w in waiters:
-                if isinstance(result, Failure):
-                    w.errback(result)
-                else:
-                    w.callback(result)
-
-        Deferred.fromCoroutine(self._ask_upstream(key, name, tag, accept, entry, record)).addBoth(done)
-        return d
+        return self._resolving.run(key, lambda: Deferred.fromCoroutine(
+            self._ask_upstream(key, name, tag, accept, entry, record)))
 
     def _record(self, entry: Entry | None) -> TagRecord | None:
         if entry is None:

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from artifactvault import logs
+from artifactvault.singleflight import SingleFlight
 from artifactvault.upstream import StaticAuth, Upstream, UpstreamError, discard, origin
 
 _log = Logger(observer=logs.observer)
@@ -109,7 +110,7 @@ class TokenAuth:
         self._timeout = timeout
         self._realm: tuple[str, str | None] | None = None  # (realm, service) last challenged
         self._tokens: dict[str, _Token] = {}
-        self._pending: dict[str, list[Deferred]] = {}
+        self._pending = SingleFlight()
         self._warned: set[str] = set()
 
     def __repr__(self) -> str:  # never show a secret
@@ -150,23 +151,8 @@ class TokenAuth:
 
     def _token(self, key: str, scope: str) -> Deferred:
         """Fires with a token for C{scope} (cached under C{key}), or None; one request per key."""
-        d: Deferred = Deferred()
-        waiters = self._pending.get(key)
-        if waiters is not None:
-            waiters.append(d)
-            return d
-        self._pending[key] = waiters = [d]
-
-        def done(result: Any) -> None:
-            del self._pending[key]
-            for w in waiters:
-                if isinstance(result, Failure):
-                    w.errback(result)
-                else:
-                    w.callback(result)
-
-        Deferred.fromCoroutine(self._fetch(key, scope)).addErrback(_as_upstream_error).addBoth(done)
-        return d
+        return self._pending.run(key, lambda: Deferred.fromCoroutine(
+            self._fetch(key, scope)).addErrback(_as_upstream_error))
 
     async def _fetch(self, key: str, scope: str) -> str | None:
         assert self._realm is not None
