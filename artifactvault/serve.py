@@ -15,8 +15,7 @@ import re
 from email.utils import formatdate, parsedate_to_datetime
 from typing import Any, Callable
 
-from twisted.internet import tcp
-from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -266,27 +265,9 @@ def serve_entry(responder: Responder, store: FileStore, entry: Entry, cache_stat
     return True
 
 
-def _plain_socket(request: Request) -> int | None:
-    """The socket of a plain TCP connection (what sendfile can write to); None for TLS and the like."""
-    transport = getattr(getattr(request, "channel", None), "transport", None)
-    if not hasattr(os, "sendfile") or not isinstance(transport, tcp.Connection) or \
-            ISSLTransport.providedBy(transport):
-        return None
-    return transport.fileno()
-
-
 @implementer(IPushProducer)
 class FileProducer:
-    """
-    Streams bytes first..last of an open file, closing it when done.
-
-    On a plain TCP connection the body goes out with ``sendfile`` whenever
-    the transport has just sent all it had buffered (it resumes us exactly
-    then): the kernel copies from the page cache to the socket, no bytes
-    pass through Python. When the socket is full, the next piece is written
-    the ordinary way, just big enough to make the transport pause us until
-    it has drained, which is our cue to go on with ``sendfile``.
-    """
+    """Streams bytes first..last of an open file, closing it when done."""
 
     def __init__(self, responder: Responder, fd: int, first: int, last: int):
         self.responder = responder
@@ -295,10 +276,6 @@ class FileProducer:
         self.offset = first
         self.end = last + 1
         self.paused = False
-        self._socket = _plain_socket(self.request)
-        self._drained = False  # True only while the transport's buffer is known empty
-        transport = getattr(self.request.channel, "transport", None)
-        self._nudge = getattr(transport, "bufferSize", SMALL) + 1
 
     def start(self) -> None:
         self.responder.producer = self
@@ -307,53 +284,26 @@ class FileProducer:
 
     def _pump(self) -> None:
         while not self.paused and self.fd is not None:
-            if self._drained and self._socket is not None and self._sendfile():
-                return
-            size = CHUNK if self._socket is None else self._nudge
-            data = os.pread(self.fd, min(size, self.end - self.offset), self.offset)
+            data = os.pread(self.fd, min(CHUNK, self.end - self.offset), self.offset)
             if not data:  # the file shrank under us: never a short 200
                 _log.error("cache file ended early at {offset}", offset=self.offset)
                 self._close()
                 self.responder.abort()
                 return
             self.offset += len(data)
-            self._drained = False
+            done = self.offset >= self.end
             self.request.write(data)
-            if self.offset >= self.end:
-                self._done()
+            if done:
+                self._close()
+                self.request.unregisterProducer()
+                self.responder.finish()
                 return
-
-    def _sendfile(self) -> bool:
-        """Send what the socket takes now straight from the file; True when the body is done."""
-        if getattr(self.request, "chunked", False):  # (never: we always set a length)
-            self._socket = None
-            return False
-        while self.offset < self.end:
-            try:
-                sent = os.sendfile(self._socket, self.fd, self.offset, self.end - self.offset)
-            except BlockingIOError:
-                return False
-            except OSError:  # the connection broke: Twisted notices; plain writes until then
-                self._socket = None
-                return False
-            if sent == 0:  # end of file: the plain path says so
-                return False
-            self.offset += sent
-            self.request.sentLength += sent
-        self._done()
-        return True
-
-    def _done(self) -> None:
-        self._close()
-        self.request.unregisterProducer()
-        self.responder.finish()
 
     def pauseProducing(self) -> None:
         self.paused = True
 
     def resumeProducing(self) -> None:
         self.paused = False
-        self._drained = True  # the transport resumes us once it has sent everything
         self._pump()
 
     def stopProducing(self) -> None:

@@ -277,11 +277,13 @@ class RegistryBackend:
     async def _relay(self, responder: Responder, url: str, accept: Accept) -> None:
         """Ask the upstream on behalf of a client no cached form suits; store nothing."""
         request = responder.request
+        body = b""
         try:
             response = await self.upstream.request(request.method.decode(), url,
                                                    {"Accept": accept.header})
-            body = await _small_body(response) if request.method != b"HEAD" else b""
-            if request.method == b"HEAD":
+            if request.method != b"HEAD":
+                body = await _small_body(response)
+            else:
                 discard(response)
                 if response.code != 200:
                     raise UpstreamStatus(response.code, response.phrase.decode("latin-1", "replace"))
@@ -316,13 +318,12 @@ class RegistryBackend:
             query.append(("last", last))
         qs = urlencode(query)
         url = self._url(name, "tags", "list") + ("?" + qs if qs else "")
-        artifact = Artifact(key=f"{self._keys} {name} tags/list?{qs}", url=url, upstream=self.upstream,
-                            ttl=self.settings.tag_ttl, keep_headers=("Link",),
+        artifact = Artifact(key=f"{self._keys} {name} tags/list?{qs} for {self.prefix}", url=url,
+                            upstream=self.upstream, ttl=self.settings.tag_ttl, keep_headers=("Link",),
                             content_type="application/json", label=f"{self.prefix}{name}/tags/list")
-        self.vault.document(artifact).addCallbacks(
-            lambda result: self._send_tags(responder, name, *result),
-            lambda failure: responder.error(failure.value.status, failure.value.reason)
-            if failure.check(UpstreamError) else responder.error(500, "internal error"))
+        d = self.vault.document(artifact)
+        d.addCallback(lambda result: self._send_tags(responder, name, *result))
+        d.addErrback(_failed, responder)
 
     def _send_tags(self, responder: Responder, name: str, entry: Entry, status: str) -> None:
         body = self.vault.read(entry)
@@ -373,13 +374,18 @@ async def _small_body(response: Any) -> bytes:
     return body
 
 
-def _run(responder: Responder, coroutine: Any) -> None:
-    """Run a request's coroutine; an unexpected failure is logged and becomes a 500."""
-    def broke(failure: Failure) -> None:
-        _log.failure("registry request failed", failure)
-        responder.error(500, "internal error")
+def _failed(failure: Failure, responder: Responder) -> None:
+    """An upstream failure is the client's error; anything else is logged and a 500."""
+    if failure.check(UpstreamError):
+        responder.error(failure.value.status, failure.value.reason)
+        return
+    _log.failure("registry request failed", failure)
+    responder.error(500, "internal error")
 
-    Deferred.fromCoroutine(coroutine).addErrback(broke)
+
+def _run(responder: Responder, coroutine: Any) -> None:
+    """Run a request's coroutine to its end, failures answered by L{_failed}."""
+    Deferred.fromCoroutine(coroutine).addErrback(_failed, responder)
 
 
 @provider(IBackendType)
