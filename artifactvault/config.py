@@ -125,6 +125,8 @@ class Section:
 
     def bool(self, key: str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
+        if value is default and default is not _MISSING:
+            return value
         if not isinstance(value, bool):
             raise self.error(key, f"must be true or false, not {_kind(value)}")
         return value
