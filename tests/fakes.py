@@ -200,12 +200,41 @@ class Answer:
 
 
 class _ClientTransport(StringTransport):
-    """Like a socket: an aborted connection is reported lost on the next turn of the clock."""
+    """
+    Like a socket: an aborted connection is reported lost on the next turn of
+    the clock, and with a C{limit} the producer (the HTTP channel) is paused
+    once that many bytes wait unread, and resumed when the client reads them.
+    """
 
-    def __init__(self, clock: Clock):
+    def __init__(self, clock: Clock, limit: int | None):
         super().__init__()
         self.clock = clock
+        self.limit = limit
+        self.full = False
+        self.taken = b""
         self.protocol: Any = None
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self._check_full()
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        super().writeSequence(data)
+        self._check_full()
+
+    def _check_full(self) -> None:
+        if self.limit is not None and not self.full and len(self.value()) >= self.limit:
+            self.full = True
+            self.producer.pauseProducing()
+
+    def drain(self) -> bytes:
+        data = self.value()
+        self.taken += data
+        self.clear()
+        if self.full and not self.disconnecting:
+            self.full = False
+            self.producer.resumeProducing()
+        return data
 
     def abortConnection(self) -> None:
         if not self.disconnected:
@@ -217,9 +246,9 @@ class Client:
     """One HTTP/1.1 client connection to C{site} that sends one request."""
 
     def __init__(self, site: Any, clock: Clock, path: bytes, method: bytes = b"GET",
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, limit: int | None = None):
         self.method = method
-        self.transport = _ClientTransport(clock)
+        self.transport = _ClientTransport(clock, limit)
         self.channel = site.buildProtocol(None)
         self.transport.protocol = self.channel
         self.channel.makeConnection(self.transport)
@@ -234,7 +263,11 @@ class Client:
 
     @property
     def received(self) -> bytes:
-        return self.transport.value()
+        return self.transport.taken + self.transport.value()
+
+    def read(self) -> bytes:
+        """Take what arrived (a full send buffer then lets the server go on)."""
+        return self.transport.drain()
 
     def answer(self) -> Answer:
         """The response so far, parsed; C{complete} is False if the body is short."""
@@ -248,13 +281,6 @@ class Client:
 
     def has_answer(self) -> bool:
         return b"\r\n\r\n" in self.received
-
-    def pause(self) -> None:
-        """The socket's send buffer is full (what a real transport tells the channel)."""
-        self.transport.producer.pauseProducing()
-
-    def resume(self) -> None:
-        self.transport.producer.resumeProducing()
 
     def leave(self) -> None:
         """The client closes the connection."""
@@ -315,12 +341,14 @@ class Harness:
         """What was sent upstream."""
         return self.upstream_client.requests
 
-    def get(self, path: str, method: bytes = b"GET", headers: dict[str, str] | None = None) -> Client:
-        return Client(self.site, self.clock, path.encode(), method, headers)
+    def get(self, path: str, method: bytes = b"GET", headers: dict[str, str] | None = None,
+            limit: int | None = None) -> Client:
+        """A client sending a request; with C{limit}, one whose socket buffer holds that much."""
+        return Client(self.site, self.clock, path.encode(), method, headers, limit)
 
     def fetched(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> Answer:
-        """Request C{path} and let the upstream answer 200 with C{body} at once."""
-        client = self.get(path)
+        """Request C{/files/<path>} and let the upstream answer 200 with C{body} at once."""
+        client = self.get(FakeBackend.prefix + path)
         self.requests[-1].respond(200, body, headers)
         return client.answer()
 
