@@ -10,7 +10,7 @@ import gzip
 import treq
 from treq.testing import RequestTraversalAgent
 from twisted.internet import error as neterror
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -20,7 +20,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from artifactvault.upstream import (MAX_REDIRECTS, StaticAuth, Upstream, UpstreamError, UpstreamStatus,
                                     UpstreamTimeout, describe_failure, make_client)
-from tests.fakes import FakeClient
+from tests.fakes import FakeClient, Harness
 
 
 class Origin(Resource):
@@ -183,6 +183,46 @@ class ChallengeTests(SynchronousTestCase):
         client.last.respond(401, b"")
         self.assertEqual(self.successResultOf(d).code, 401)
         self.assertEqual(len(client.requests), 2)
+
+
+class BrokenAuth:
+    """An auth whose token service is down (or that has a bug)."""
+
+    def headers_for(self, url: str) -> Deferred:
+        return fail(RuntimeError("token service unreachable"))
+
+    def challenged(self, url: str, response: object) -> Deferred:
+        return fail(RuntimeError("token service unreachable"))
+
+
+class AuthFailureTests(SynchronousTestCase):
+
+    def test_headers_fail(self) -> None:
+        """An auth that cannot give headers fails the request with an UpstreamError (502)."""
+        client = FakeClient()
+        d = Deferred.fromCoroutine(Upstream(client, Clock(), auth=BrokenAuth()).request("GET", "http://x.test/"))
+        failure = self.failureResultOf(d, UpstreamError)
+        self.assertEqual((failure.value.status, failure.value.reason),
+                         (502, "request to upstream x.test failed: RuntimeError"))
+        self.assertEqual(client.requests, [])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_challenge_fails(self) -> None:
+        """An auth that fails to answer a 401 challenge is an UpstreamError too."""
+        client, auth = FakeClient(), BrokenAuth()
+        auth.headers_for = lambda url: {}  # type: ignore[method-assign]
+        d = Deferred.fromCoroutine(Upstream(client, Clock(), auth=auth).request("GET", "http://x.test/"))
+        client.last.respond(401, b"")
+        self.failureResultOf(d, UpstreamError)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_head_with_broken_auth(self) -> None:
+        """A HEAD miss whose auth fails is answered (502), never left hanging."""
+        harness = Harness(self)
+        harness.upstream.auth = BrokenAuth()
+        answer = harness.get("/files/a", method=b"HEAD").answer()
+        self.assertEqual(answer.status, 502)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
 class DescribeFailureTests(SynchronousTestCase):
