@@ -341,6 +341,42 @@ class StaleTests(VaultMixin, SynchronousTestCase):
                 self.assertEqual((answer.status, answer.body, answer.header("X-Cache")), (200, BODY, "STALE"))
                 self.assertIn("110", answer.header("Warning"))
 
+    def test_head_revalidates(self) -> None:
+        """A HEAD on a stale entry asks with HEAD; the same ETag refreshes it."""
+        self.harness.clock.advance(61)
+        client = self.get(method=b"HEAD")
+        self.assertEqual(self.harness.requests[-1].method, "HEAD")
+        self.harness.requests[-1].respond(200, b"", headers={"ETag": '"v1"', "Content-Length": "10"}, length=0)
+        self.assertEqual((client.answer().status, client.answer().header("X-Cache")), (200, "HIT"))
+        self.assertEqual(self.get().answer().header("X-Cache"), "HIT")
+        self.assertEqual(len(self.harness.requests), 2)
+
+    def test_head_stale_when_unreachable(self) -> None:
+        """A HEAD on a stale entry with the upstream down is answered from the stale copy."""
+        self.harness.clock.advance(61)
+        client = self.get(method=b"HEAD")
+        self.harness.requests[-1].fail(neterror.ConnectionRefusedError())
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.header("X-Cache"), answer.header("Content-Length")),
+                         (200, "STALE", "10"))
+
+    def test_stale_data_gone(self) -> None:
+        """A stale entry whose data file vanished is not revalidated but fetched again."""
+        for method in (b"GET", b"HEAD"):
+            with self.subTest(method=method):
+                entry = self.harness.store.lookup(self.harness.url("a.bin"))
+                os.unlink(self.harness.store.data_path(entry))
+                self.harness.clock.advance(61)
+                client = self.get(method=method)
+                request = self.harness.requests[-1]
+                self.assertIsNone(request.header("If-None-Match"))
+                request.respond(200, b"" if method == b"HEAD" else BODY,
+                                headers={"ETag": '"v1"', "Content-Length": "10"})
+                answer = client.answer()
+                self.assertEqual((answer.status, answer.header("Content-Length")), (200, "10"))
+                if method == b"GET":
+                    self.assertEqual(answer.body, BODY)
+
     def test_definite_not_found(self) -> None:
         """A 404 on revalidation is believed, not papered over with the stale copy."""
         client, request = self.revalidate()
