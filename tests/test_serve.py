@@ -215,6 +215,17 @@ class FileProducerTests(SynchronousTestCase):
         self.assertEqual(open_fds(), fds)
         self.assertFalse(client.answer().complete)
 
+    def test_file_shrinks(self) -> None:
+        """A data file cut short under a reader aborts the connection: never a short 200."""
+        client = self.harness.get("/files/big", limit=SMALL)
+        entry = self.harness.store.lookup(self.harness.url("big"))
+        os.truncate(self.harness.store.data_path(entry), CHUNK + 10)
+        while client.read():
+            pass
+        self.assertTrue(client.aborted)
+        self.assertEqual(len(client.answer().body), CHUNK + 10)
+        self.assertFalse(client.answer().complete)
+
     def test_range_of_large_file(self) -> None:
         """A large range is streamed exactly."""
         client = self.harness.get("/files/big", headers={"Range": f"bytes=10-{3 * CHUNK}"})
