@@ -196,18 +196,14 @@ class FaultTests(VaultMixin, SynchronousTestCase):
         self.assertAborted(client)
         self.assertIsNone(self.stored())
 
-    def test_not_found(self) -> None:
-        """An upstream 404 is a 404."""
-        client = self.get()
-        self.harness.requests[0].respond(404, b"<html>nope</html>", phrase=b"Not Found")
-        self.assertError(client, 404, "upstream answered 404 Not Found")
-        self.assertIsNone(self.stored())
-
-    def test_server_error(self) -> None:
-        """An upstream 500 is a 502."""
-        client = self.get()
-        self.harness.requests[0].respond(500, b"", phrase=b"Internal Server Error")
-        self.assertError(client, 502, "upstream answered 500 Internal Server Error")
+    def test_upstream_status(self) -> None:
+        """An upstream 404 is a 404, a 500 a 502; the upstream's body is not passed on or stored."""
+        for code, phrase, status in [(404, b"Not Found", 404), (500, b"Internal Server Error", 502)]:
+            with self.subTest(code=code):
+                client = self.get()
+                self.harness.requests[-1].respond(code, b"<html>upstream page</html>", phrase=phrase)
+                self.assertError(client, status, f"upstream answered {code} {phrase.decode()}")
+                self.assertIsNone(self.stored())
 
     def test_slow_client_when_upstream_fails(self) -> None:
         """A paused client that already has bytes is aborted too, not finished short."""
