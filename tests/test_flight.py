@@ -12,6 +12,7 @@ from twisted.internet import error as neterror
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from artifactvault import flight as flightmod
 from artifactvault.cache.store import Entry, FileStore
 from artifactvault.flight import Artifact, DigestMismatch, Flight, Flights
 from artifactvault.upstream import Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout
@@ -333,6 +334,23 @@ class StoredHeadersTests(FlightMixin, SynchronousTestCase):
         self.assertEqual((entry.content_type, entry.size, self.stored()), ("text/html", 5, b"ABCDE"))
         self.assertEqual(seen, [response])
         self.assertEqual(listener.chunks, [])
+
+    def test_transform_refuses(self) -> None:
+        """A transform's own UpstreamError (e.g. a malformed index) is the flight's error."""
+        def transform(body: bytes, response: object) -> tuple[bytes, str]:
+            raise UpstreamError("index has no links")
+        flight = self.start(transform=transform)
+        self.client.last.respond(200, b"<html>")
+        self.assertEqual(self.failureResultOf(flight.committed(), UpstreamError).value.reason,
+                         "index has no links")
+
+    def test_document_too_large(self) -> None:
+        """A document larger than MAX_DOCUMENT is refused, not read into memory."""
+        self.patch(flightmod, "MAX_DOCUMENT", 4)
+        flight = self.start(transform=lambda body, response: (body, "text/html"))
+        self.client.last.respond(200, b"12345")
+        self.assertEqual(self.failureResultOf(flight.committed(), UpstreamError).value.reason,
+                         "upstream document is larger than 4 bytes")
 
     def test_transform_fails(self) -> None:
         """A document the backend cannot read is not stored; the reason stays generic."""

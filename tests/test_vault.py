@@ -123,6 +123,15 @@ class MissTests(VaultMixin, SynchronousTestCase):
         self.assertEqual(client.answer().status, 416)
         self.assertEqual(self.stored(), BODY)
 
+    def test_conditional_on_miss(self) -> None:
+        """A client's If-None-Match matching the upstream's ETag is a 304; the download goes on."""
+        client = self.get(headers={"If-None-Match": '"v1"'})
+        response = self.harness.requests[0].respond(200, length=10, headers={"ETag": '"v1"'})
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body, answer.header("ETag")), (304, b"", '"v1"'))
+        response.send(BODY).finish()
+        self.assertEqual(self.stored(), BODY)
+
     def test_content_encoding_on_miss(self) -> None:
         """A body the upstream compressed anyway is passed on with its Content-Encoding."""
         client = self.get()
@@ -275,6 +284,13 @@ class HeadTests(VaultMixin, SynchronousTestCase):
         self.assertEqual((answer.status, answer.header("Content-Length"), answer.header("X-Cache")),
                          (200, "10", "HIT"))
         self.assertEqual(len(self.harness.requests), 1)
+
+    def test_head_during_download_unknown_length(self) -> None:
+        """A HEAD during a download of unknown length is answered at once, without a length."""
+        self.get()
+        self.harness.requests[0].respond(200).send(b"012")
+        answer = self.get(method=b"HEAD").answer()
+        self.assertEqual((answer.status, answer.header("Content-Length"), answer.body), (200, None, b""))
 
     def test_head_during_download(self) -> None:
         """A HEAD while the artifact downloads is answered from the flight, no second request."""
