@@ -211,6 +211,9 @@ class Flight:
         etag = header(response, b"etag")
         if etag:
             entry.etag = etag
+        last_modified = header(response, b"last-modified")
+        if last_modified:
+            entry.last_modified = last_modified
         for name in self.artifact.keep_headers:
             value = header(response, name.encode())
             if value:

@@ -42,6 +42,8 @@ class Vault:
             if serve_entry(responder, self.store, entry, "HIT"):
                 return
             entry = None
+        if entry is not None and not self._has_data(entry):
+            entry = None  # nothing left to revalidate or to serve stale
         if responder.request.method == b"HEAD":
             flight = self.flights.get(artifact.key)
             if flight is not None and flight.state in (Flight.STREAMING, Flight.COMPLETE) \
@@ -109,8 +111,8 @@ class Vault:
         if stale is not None and etag is not None and etag == stale.etag:
             stale.fresh_until = self._fresh_until(artifact)
             self.store.update(stale)
-            serve_entry(responder, self.store, stale, "HIT")
-            return
+            if serve_entry(responder, self.store, stale, "HIT"):
+                return
         request = responder.request
         responder.cache_status = "MISS"
         # (a HEAD response's own length is 0: the size is in its header)
@@ -122,6 +124,13 @@ class Vault:
         if length is not None:
             request.setHeader(b"content-length", str(length).encode())
         responder.finish()
+
+    def _has_data(self, entry: Entry) -> bool:
+        fd = self.store.open_data(entry)
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
 
     def _fresh_until(self, artifact: Artifact) -> float | None:
         return None if artifact.ttl is None else self.store.now() + artifact.ttl

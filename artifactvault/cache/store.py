@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from artifactvault import logs
@@ -71,7 +71,8 @@ class Entry:
 
 
 def _sync_run(f: Callable[..., Any], *args: Any) -> Deferred:
-    return succeed(f(*args))
+    # like deferToThread: an exception is a failed Deferred, never raised here
+    return maybeDeferred(f, *args)
 
 
 class FileStore:
