@@ -155,7 +155,7 @@ class Flight:
         if self.complete or self._hasher is None:
             return self.written
         if self.length is not None:
-            return min(self.written, self.length - 1)
+            return max(min(self.written, self.length - 1), 0)
         return max(self.written - 1, 0)
 
     def subscribe(self, listener: IFlightListener) -> None:

@@ -318,8 +318,13 @@ class FileProducer:
 
 # -- downloads in flight ------------------------------------------------------------
 
-def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS") -> None:
-    """Answer from a download in progress, tailing its temp file."""
+def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS",
+                 fallback: Callable[[UpstreamError], None] | None = None) -> None:
+    """
+    Answer from a download in progress, tailing its temp file. If it fails
+    before this client got a byte, C{fallback} (e.g. serving a stale copy)
+    answers instead of an error.
+    """
     request = responder.request
     response = flight.response
     responder.cache_status = cache_status
@@ -347,10 +352,10 @@ def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS
         if span is None:
             return
         first, end = span[0], span[1] + 1
-        if end <= first or request.method == b"HEAD":
+        if request.method == b"HEAD" or (end <= first and (flight.complete or not flight.artifact.digest)):
             responder.finish()
             return
-    FlightReader(responder, flight, first, end).start()
+    FlightReader(responder, flight, first, end, fallback).start()
 
 
 @implementer(IPushProducer)
@@ -361,7 +366,9 @@ class FlightReader:
     behind reads them back from the temp file when it can take more.
     """
 
-    def __init__(self, responder: Responder, flight: Flight, first: int, end: int | None):
+    def __init__(self, responder: Responder, flight: Flight, first: int, end: int | None,
+                 fallback: Callable[[UpstreamError], None] | None = None):
+        self.fallback = fallback
         self.responder = responder
         self.request = responder.request
         self.flight = flight
@@ -408,7 +415,10 @@ class FlightReader:
             self.responder.abort()
         else:
             self.request.unregisterProducer()
-            self.responder.error(error.status, error.reason)
+            if self.fallback is not None:
+                self.fallback(error)
+            else:
+                self.responder.error(error.status, error.reason)
 
     def _pump(self) -> None:
         fd = self.flight.fd
@@ -433,6 +443,8 @@ class FlightReader:
             end = self.flight.written
         if end is None or self.offset < end:
             return False
+        if end == self.flight.length and self.flight.artifact.digest and not self.flight.complete:
+            return False  # the body's end goes out only once the digest is checked (an empty body too)
         self._stop()
         self.request.unregisterProducer()
         self.responder.finish()

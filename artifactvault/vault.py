@@ -15,7 +15,6 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Request
 
 from artifactvault import logs
 from artifactvault.cache.store import Entry, FileStore
@@ -71,7 +70,8 @@ class Vault:
             return
         # A download that is already complete (its commit still under way) is
         # served from local bytes: that is a hit.
-        serve_flight(responder, flight, "HIT" if flight.complete else "MISS")
+        serve_flight(responder, flight, "HIT" if flight.complete else "MISS",
+                     fallback=lambda error: self._failed(responder, Failure(error), flight.stale))
 
     def _serve_committed(self, responder: Responder, entry: Entry, status: str) -> None:
         if not responder.gone and not serve_entry(responder, self.store, entry, status):
@@ -86,6 +86,8 @@ class Vault:
             _log.info("serving stale {key}: {reason}", key=stale.key, reason=error.reason)
             if serve_entry(responder, self.store, stale, "STALE"):
                 return
+        if responder.cache_status is None:
+            responder.cache_status = "MISS"  # the upstream was asked and failed
         responder.error(error.status, error.reason)
 
     @staticmethod

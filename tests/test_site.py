@@ -51,7 +51,7 @@ class SiteLogTests(SynchronousTestCase):
         """An error's line carries its reason."""
         self.harness.get("/files/a.bin")
         self.harness.requests[0].fail(neterror.ConnectionRefusedError())
-        self.assertRegex(self.line(), r"^GET /files/a\.bin 502 - .*: cannot connect to upstream upstream\.test: "
+        self.assertRegex(self.line(), r"^GET /files/a\.bin 502 MISS .*: cannot connect to upstream upstream\.test: "
                                       r"connection refused$")
 
     def test_bad_path(self) -> None:

@@ -189,6 +189,16 @@ class RecoveryTests(StoreMixin, SynchronousTestCase):
                 self.assertIsNone(self.store.open_data(entry))
                 self.assertIsNone(self.new_store().lookup("k"))
 
+    def test_wrong_size_spares_a_newer_commit(self) -> None:
+        """A reader holding an old entry whose file went bad does not drop the entry committed since."""
+        old = self.put("k", b"abc")
+        new = self.put("k", b"fresh")
+        with open(self.store.data_path(old), "wb") as f:  # the old name, now with the wrong size
+            f.write(b"abcd")
+        self.assertIsNone(self.store.open_data(old))
+        self.assertEqual(self.read(self.new_store().lookup("k")), b"fresh")
+        self.assertEqual(self.store.lookup("k").data, new.data)
+
     def test_missing_data_is_a_miss(self) -> None:
         """Metadata whose data file is gone gives no fd."""
         entry = self.put("k", b"abc")

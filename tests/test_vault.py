@@ -254,6 +254,15 @@ class DigestTests(VaultMixin, SynchronousTestCase):
         self.assertEqual(client.answer().body, b"987654321")
         self.assertIsNone(self.stored())
 
+    def test_empty_body_waits_for_verification(self) -> None:
+        """An empty body where the digest wants bytes is not a complete 200: nothing goes out before the check."""
+        client = self.get()
+        self.harness.requests[0].respond(200, length=0)
+        self.assertFalse(client.has_answer())
+        self.harness.requests[0].response.finish()
+        self.assertEqual(client.answer().status, 502)
+        self.assertIsNone(self.stored())
+
 
 class HeadTests(VaultMixin, SynchronousTestCase):
 
@@ -333,6 +342,14 @@ class StaleTests(VaultMixin, SynchronousTestCase):
         self.harness.clock.advance(59)
         self.assertEqual(self.get().answer().body, BODY)
         self.assertEqual(len(self.harness.requests), 2)
+
+    def test_broken_revalidation_body_serves_stale(self) -> None:
+        """A revalidation answered 200 whose body breaks before the client got a byte: the stale copy is served."""
+        self.harness.backend.options["a.bin"] = {"digest": ("sha256", hashlib.sha256(b"new!").hexdigest())}
+        client, request = self.revalidate()
+        request.respond(200, length=4).cut()
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body, answer.header("X-Cache")), (200, BODY, "STALE"))
 
     def test_modified(self) -> None:
         """A 200 replaces the entry."""

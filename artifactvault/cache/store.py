@@ -197,7 +197,7 @@ class FileStore:
         if os.fstat(fd).st_size != entry.size:
             os.close(fd)
             _log.warn("cache data for {key} has the wrong size; dropping it", key=entry.key)
-            self.remove(entry.key)
+            self.remove(entry.key, only=entry.data)
             return None
         return fd
 
@@ -263,10 +263,13 @@ class FileStore:
         self._remember(entry)
         return entry
 
-    def remove(self, key: str) -> None:
-        self.forget(key)
+    def remove(self, key: str, only: str | None = None) -> None:
+        """Drop C{key}'s entry (if C{only} is given: only if its data file is that one)."""
         meta_path = self._meta_path(self.key_hash(key))
         entry = self._read_meta(meta_path)
+        if only is not None and entry is not None and entry.data != only:
+            return  # a newer commit replaced it meanwhile: keep that
+        self.forget(key)
         _unlink(meta_path)
         if entry is not None:
             _unlink(self.data_path(entry))
