@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from artifactvault import logs
+from artifactvault import logs, zerocopy
 from artifactvault.cache.store import Entry, FileStore
 from artifactvault.flight import Flight
 from artifactvault.upstream import UpstreamError, header
@@ -276,14 +276,29 @@ class FileProducer:
         self.offset = first
         self.end = last + 1
         self.paused = False
+        self._direct: Any = None
 
     def start(self) -> None:
         self.responder.producer = self
+        self._direct = zerocopy.direct_transport(self.request)
         self.request.registerProducer(self, True)
         self._pump()
 
     def _pump(self) -> None:
         while not self.paused and self.fd is not None:
+            if self._direct is not None and self.request.startedWriting and zerocopy.drained(self._direct):
+                sent = zerocopy.send(self._direct, self.fd, self.offset, self.end - self.offset)
+                if sent is None:  # the connection broke; the transport will tell the request
+                    self._close()
+                    return
+                if sent:
+                    self.offset += sent
+                    self.request.sentLength += sent
+                    if self.offset >= self.end:
+                        self._done()
+                        return
+                    continue
+                # the socket is full: one ordinary write, whose drain resumes us
             data = os.pread(self.fd, min(CHUNK, self.end - self.offset), self.offset)
             if not data:  # the file shrank under us: never a short 200
                 _log.error("cache file ended early at {offset}", offset=self.offset)
@@ -294,10 +309,13 @@ class FileProducer:
             done = self.offset >= self.end
             self.request.write(data)
             if done:
-                self._close()
-                self.request.unregisterProducer()
-                self.responder.finish()
+                self._done()
                 return
+
+    def _done(self) -> None:
+        self._close()
+        self.request.unregisterProducer()
+        self.responder.finish()
 
     def pauseProducing(self) -> None:
         self.paused = True
