@@ -269,3 +269,14 @@ class SectionTests(SynchronousTestCase):
         inner = self.section(auth={"realm": 1}).section("auth")
         error = self.assertRaises(ConfigError, inner.str, "realm")
         self.assertEqual(str(error), "f.yml: backends[0].config.auth.realm: must be a string, not an integer")
+
+
+class ShippedConfigTests(SynchronousTestCase):
+    """The configs we ship load: the documented sample and the embedded default."""
+
+    def test_sample(self) -> None:
+        """config-sample.yml, which shows every key, is a valid config."""
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config-sample.yml")
+        config = configmod.load(path, parse_backend)
+        self.assertTrue(config.backends)
+        self.assertEqual(len(set(s.prefix for s in config.settings)), len(config.settings))
