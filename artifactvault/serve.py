@@ -265,57 +265,40 @@ def serve_entry(responder: Responder, store: FileStore, entry: Entry, cache_stat
     return True
 
 
-@implementer(IPushProducer)
-class FileProducer:
-    """Streams bytes first..last of an open file, closing it when done."""
+class _FileSender:
+    """
+    Sends file bytes to a request at the client's pace: with sendfile when the
+    transport has nothing buffered (plain TCP), else read and written in
+    chunks, the transport pausing and resuming us as its buffer fills and drains.
+    """
 
-    def __init__(self, responder: Responder, fd: int, first: int, last: int):
+    request: Request
+    offset: int
+    paused: bool = False
+    _direct: Any = None
+
+    def _begin(self, responder: Responder) -> None:
         self.responder = responder
         self.request = responder.request
-        self.fd: int | None = fd
-        self.offset = first
-        self.end = last + 1
-        self.paused = False
-        self._direct: Any = None
-
-    def start(self) -> None:
-        self.responder.producer = self
+        responder.producer = self
         self._direct = zerocopy.direct_transport(self.request)
         self.request.registerProducer(self, True)
-        self._pump()
 
-    def _pump(self) -> None:
-        while not self.paused and self.fd is not None:
-            if self._direct is not None and self.request.startedWriting and zerocopy.drained(self._direct):
-                sent = zerocopy.send(self._direct, self.fd, self.offset, self.end - self.offset)
-                if sent is None:  # the connection broke; the transport will tell the request
-                    self._close()
-                    return
+    def _send(self, fd: int, count: int) -> int | None:
+        """Send up to C{count} bytes from C{self.offset}: how many went, None if the connection broke."""
+        if self._direct is not None and self.request.startedWriting and zerocopy.drained(self._direct):
+            sent = zerocopy.send(self._direct, fd, self.offset, count)
+            if sent != 0:
                 if sent:
                     self.offset += sent
                     self.request.sentLength += sent
-                    if self.offset >= self.end:
-                        self._done()
-                        return
-                    continue
-                # the socket is full: one ordinary write, whose drain resumes us
-            data = os.pread(self.fd, min(CHUNK, self.end - self.offset), self.offset)
-            if not data:  # the file shrank under us: never a short 200
-                _log.error("cache file ended early at {offset}", offset=self.offset)
-                self._close()
-                self.responder.abort()
-                return
-            self.offset += len(data)
-            done = self.offset >= self.end
+                return sent
+            # the socket is full: an ordinary write, whose drain resumes us
+        data = os.pread(fd, min(CHUNK, count), self.offset)
+        self.offset += len(data)
+        if data:
             self.request.write(data)
-            if done:
-                self._done()
-                return
-
-    def _done(self) -> None:
-        self._close()
-        self.request.unregisterProducer()
-        self.responder.finish()
+        return len(data)
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -323,6 +306,41 @@ class FileProducer:
     def resumeProducing(self) -> None:
         self.paused = False
         self._pump()
+
+    def _pump(self) -> None:
+        raise NotImplementedError
+
+
+@implementer(IPushProducer)
+class FileProducer(_FileSender):
+    """Streams bytes first..last of an open file, closing it when done."""
+
+    def __init__(self, responder: Responder, fd: int, first: int, last: int):
+        self.responder = responder
+        self.fd: int | None = fd
+        self.offset = first
+        self.end = last + 1
+
+    def start(self) -> None:
+        self._begin(self.responder)
+        self._pump()
+
+    def _pump(self) -> None:
+        while not self.paused and self.fd is not None:
+            sent = self._send(self.fd, self.end - self.offset)
+            if not sent:
+                # None: the connection broke (the transport tells the request);
+                # 0: the file shrank under us: never a short 200
+                if sent == 0:
+                    _log.error("cache file ended early at {offset}", offset=self.offset)
+                    self.responder.abort()
+                self._close()
+                return
+            if self.offset >= self.end:
+                self._close()
+                self.request.unregisterProducer()
+                self.responder.finish()
+                return
 
     def stopProducing(self) -> None:
         self._close()
@@ -377,28 +395,25 @@ def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS
 
 
 @implementer(IPushProducer)
-class FlightReader:
+class FlightReader(_FileSender):
     """
-    One client of a download in flight. Fresh bytes are written straight from
-    the chunk that just arrived when the client keeps up; a client that falls
-    behind reads them back from the temp file when it can take more.
+    One client of a download in flight, tailing its temp file. A client that
+    keeps up gets each fresh chunk straight from memory (or by sendfile when
+    its connection is idle); one that falls behind reads it back later.
     """
 
     def __init__(self, responder: Responder, flight: Flight, first: int, end: int | None,
                  fallback: Callable[[UpstreamError], None] | None = None):
         self.fallback = fallback
         self.responder = responder
-        self.request = responder.request
         self.flight = flight
         self.offset = first
         self.end = end  # exclusive; None: until the flight completes
-        self.paused = False
         self.done = False
 
     def start(self) -> None:
-        self.responder.producer = self
+        self._begin(self.responder)
         self.flight.subscribe(self)
-        self.request.registerProducer(self, True)
         if self.flight.state == Flight.FAILED:
             self.flight_failed(self.flight, self.flight.error)  # type: ignore[arg-type]
             return
@@ -411,7 +426,7 @@ class FlightReader:
     def flight_data(self, flight: Flight, chunk: bytes, offset: int) -> None:
         if self.paused or self.done:
             return
-        if offset != self.offset:
+        if offset != self.offset or (self._direct is not None and zerocopy.drained(self._direct)):
             self._pump()
             return
         n = self._limit() - offset
@@ -444,13 +459,12 @@ class FlightReader:
             n = self._limit() - self.offset
             if n <= 0:
                 break
-            data = os.pread(fd, min(CHUNK, n), self.offset)
-            if not data:
-                break
-            self.offset += len(data)
-            self.request.write(data)
-            if self._check_end():
+            sent = self._send(fd, n)
+            if sent is None:  # the connection broke; the transport tells the request
+                self._stop()
                 return
+            if not sent or self._check_end():
+                break
         self._check_end()
 
     def _check_end(self) -> bool:
@@ -467,13 +481,6 @@ class FlightReader:
         self.request.unregisterProducer()
         self.responder.finish()
         return True
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self._pump()
 
     def stopProducing(self) -> None:
         self._stop()
