@@ -65,7 +65,7 @@ class SiteLogTests(SynchronousTestCase):
         self.harness.requests[0].respond(200, length=10).send(b"01234").cut()
         line = self.line()
         self.assertRegex(line, r"^GET /files/a\.bin 200 MISS 5 bytes .* \(client gone\)$")
-        self.assertTrue(self.events[0]["request_aborted"])
+        self.assertTrue(self.events[0]["aborted"])
 
     def test_client_left(self) -> None:
         """A client that leaves mid-download is one line too."""
