@@ -62,14 +62,15 @@ def build(config: Config, reactor: Any = None) -> tuple[MultiService, Root]:
     backends = [backend_type(entry.type).build(settings, context)
                 for entry, settings in zip(config.backends, config.settings)]
     root = Root(backends)
-    site = VaultSite(root)
+    site = VaultSite(root, reactor=reactor)
 
     top = MultiService()
     janitor = TimerService(SWEEP_INTERVAL, _sweep, store)
+    janitor.clock = reactor
     janitor.setServiceParent(top)
     _PoolService(pool).setServiceParent(top)
     for description in config.endpoints:
-        strports.service(description, site).setServiceParent(top)
+        strports.service(description, site, reactor=reactor).setServiceParent(top)
     for backend in backends:
         _log.info("backend {name} at {prefix}", name=backend.name, prefix=backend.prefix)
     return top, root

@@ -212,10 +212,7 @@ class Upstream:
         for _hop in range(MAX_REDIRECTS + 1):
             send = {"User-Agent": USER_AGENT, **self.headers, **(headers or {})}
             if self.auth is not None and origin(url) == origin(first):
-                extra = self.auth.headers_for(url)
-                if isinstance(extra, Deferred):
-                    extra = await extra
-                send.update(extra)
+                send.update(await self._ask_auth(self.auth.headers_for, url))
             try:
                 response = await self.client.request(
                     method, url, headers={k: [v] for k, v in send.items()},
@@ -225,7 +222,7 @@ class Upstream:
                 raise describe_failure(e, url, self.timeout) from None
             if response.code == 401 and self.auth is not None and not retried:
                 retried = True
-                if await self.auth.challenged(url, response):
+                if await self._ask_auth(self.auth.challenged, url, response):
                     discard(response)
                     continue
             if response.code in REDIRECTS:
@@ -238,4 +235,14 @@ class Upstream:
                     continue
             return response
         raise UpstreamError(f"upstream {urlsplit(first).netloc} redirected more than {MAX_REDIRECTS} times")
+
+    async def _ask_auth(self, method: Any, url: str, *args: Any) -> Any:
+        """Call the auth (it may fetch a token): its failures are L{UpstreamError}s too."""
+        try:
+            result = method(url, *args)
+            return (await result) if isinstance(result, Deferred) else result
+        except Exception as e:
+            if not isinstance(e, UpstreamError):
+                _log.failure("authenticating to {url} failed", url=url)
+            raise describe_failure(e, url, self.timeout) from None
 

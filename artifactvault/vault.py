@@ -15,7 +15,6 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Request
 
 from artifactvault import logs
 from artifactvault.cache.store import Entry, FileStore
@@ -42,6 +41,8 @@ class Vault:
             if serve_entry(responder, self.store, entry, "HIT"):
                 return
             entry = None
+        if entry is not None and not self._has_data(entry):
+            entry = None  # nothing left to revalidate or to serve stale
         if responder.request.method == b"HEAD":
             flight = self.flights.get(artifact.key)
             if flight is not None and flight.state in (Flight.STREAMING, Flight.COMPLETE) \
@@ -73,7 +74,8 @@ class Vault:
             return
         # A download that is already complete (its commit still under way) is
         # served from local bytes: that is a hit.
-        serve_flight(responder, flight, "HIT" if flight.complete else "MISS")
+        serve_flight(responder, flight, "HIT" if flight.complete else "MISS",
+                     fallback=lambda error: self._failed(responder, Failure(error), flight.stale))
 
     def _serve_committed(self, responder: Responder, entry: Entry, status: str) -> None:
         if not responder.gone and not serve_entry(responder, self.store, entry, status):
@@ -88,6 +90,8 @@ class Vault:
             _log.info("serving stale {key}: {reason}", key=stale.key, reason=error.reason)
             if serve_entry(responder, self.store, stale, "STALE"):
                 return
+        if responder.cache_status is None:
+            responder.cache_status = "MISS"  # the upstream was asked and failed
         responder.error(error.status, error.reason)
 
     @staticmethod
@@ -113,8 +117,8 @@ class Vault:
         if stale is not None and etag is not None and etag == stale.etag:
             stale.fresh_until = self._fresh_until(artifact)
             self.store.update(stale)
-            serve_entry(responder, self.store, stale, "HIT")
-            return
+            if serve_entry(responder, self.store, stale, "HIT"):
+                return
         request = responder.request
         responder.cache_status = "MISS"
         # (a HEAD response's own length is 0: the size is in its header)
@@ -126,6 +130,13 @@ class Vault:
         if length is not None:
             request.setHeader(b"content-length", str(length).encode())
         responder.finish()
+
+    def _has_data(self, entry: Entry) -> bool:
+        fd = self.store.open_data(entry)
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
 
     def _fresh_until(self, artifact: Artifact) -> float | None:
         return None if artifact.ttl is None else self.store.now() + artifact.ttl
