@@ -14,7 +14,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PEERS=${PEERS:-$(cd "$REPO/../shared/peers" && pwd)}
 VAULT_DIR=${VAULT_DIR:-/tmp/av-anchors/vault-registry}
-VAULT_PORT=31720
+VAULT_PORT=${VAULT_PORT:-31720}
 UPSTREAM=http://127.0.0.1:31500
 VENV=${AV_VENV:-$REPO/.venv}
 PIDFILE=$VAULT_DIR/twistd.pid
