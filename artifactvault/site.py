@@ -93,4 +93,3 @@ class VaultSite(Site):
     def log(self, request: Request) -> None:
         if isinstance(request, VaultRequest) and not request._logged:
             request.log_line()
-
