@@ -105,6 +105,8 @@ class _Shared:
                                             "username": "testuser", "password": "wr0ng-pw-x"}},
             {"type": "registry", "config": {"prefix": "/short/", "registry_url": self.reg,
                                             "tag_ttl": SHORT_TTL}},
+            {"type": "registry", "config": {"prefix": "/authshort/", "registry_url": self.regauth,
+                                            "tag_ttl": SHORT_TTL}},
             {"type": "registry", "config": {"prefix": "/fake/", "registry_url": self.fake.base,
                                             "timeout": 5, "idle_timeout": 5}},
         ]).start(env={"AV_TEST_REG_PW": "testpass"})
@@ -188,23 +190,32 @@ class RegistryTests(TestCase):
         skopeo_copy(f"{self.host}/team/tools:1.0", self.dest("vault"))
         self.assertEqual(layout(self.dest("vault")), layout(self.dest("direct")))
 
-    def test_upstream_stopped(self) -> None:
-        """With the upstream stopped, a pulled image copies again from the vault, by tag (the last known tag, after tag_ttl) and by digest."""
-        skopeo_copy(f"{self.reg}/library/hello:latest", self.dest("direct"))
-        skopeo_copy(f"{self.host}/short/library/hello:latest", self.dest("warm"))
+    def check_upstream_stopped(self, upstream: str, prefix: str) -> None:
+        """Warm, stop the upstream, wait out tag_ttl, copy again by tag (stale) and by digest."""
+        host = host_of(support.upstream_url(upstream))
+        skopeo_copy(f"{host}/library/hello:latest", self.dest("direct"))
+        skopeo_copy(f"{self.host}{prefix}library/hello:latest", self.dest("warm"))
         warmed = time.monotonic()
-        support.stop_upstream("reg")
-        self.addCleanup(support.upstream_url, "reg")
+        support.stop_upstream(upstream)
+        self.addCleanup(support.upstream_url, upstream)
         until(warmed + SHORT_TTL + 0.2)
-        status, headers, _ = self.get("/short/library/hello/manifests/latest", {"Accept": SKOPEO_ACCEPT})
+        status, headers, _ = self.get(f"{prefix}library/hello/manifests/latest", {"Accept": SKOPEO_ACCEPT})
         self.assertEqual((status, headers.get("x-cache")), (200, "STALE"))
-        skopeo_copy(f"{self.host}/short/library/hello:latest", self.dest("by-tag"))
-        skopeo_copy(f"{self.host}/short/library/hello@{HELLO_INDEX}", self.dest("by-digest"))
+        skopeo_copy(f"{self.host}{prefix}library/hello:latest", self.dest("by-tag"))
+        skopeo_copy(f"{self.host}{prefix}library/hello@{HELLO_INDEX}", self.dest("by-digest"))
         self.assertEqual(layout(self.dest("by-tag")), layout(self.dest("direct")))
         self.assertEqual(layout(self.dest("by-digest"))[1], layout(self.dest("direct"))[1])
         # A tag never pulled is an error, not a hang.
-        p = skopeo_copy(f"{self.host}/short/library/never:1", self.dest("never"), check=False)
+        p = skopeo_copy(f"{self.host}{prefix}library/never:1", self.dest("never"), check=False)
         self.assertNotEqual(p.returncode, 0)
+
+    def test_upstream_stopped(self) -> None:
+        """With the upstream stopped, a pulled image copies again from the vault, by tag (the last known tag, after tag_ttl) and by digest."""
+        self.check_upstream_stopped("reg", "/short/")
+
+    def test_auth_upstream_stopped(self) -> None:
+        """The same with the token-auth registry and its token server stopped."""
+        self.check_upstream_stopped("regauth", "/authshort/")
 
     def test_concurrent_copies_fetch_each_blob_once(self) -> None:
         """10 concurrent copies of an image nobody pulled yet: each blob and manifest is fetched upstream once, the tag asked once."""
@@ -263,6 +274,9 @@ class RegistryTests(TestCase):
     def test_seed_paths(self) -> None:
         """The seed's form: manifests by tag (no Accept: Docker/OCI defaults) and digest, blobs with Range and HEAD, tags/list; bytes as upstream's."""
         up = support.upstream_url("reg")
+        curl = subprocess.run(["curl", "-sf", self.daemon.url("/dockerhub/library/hello/manifests/latest")],
+                              capture_output=True, check=True, timeout=30)
+        self.assertEqual("sha256:" + hashlib.sha256(curl.stdout).hexdigest(), HELLO_INDEX)
         status, headers, index = self.get("/dockerhub/library/hello/manifests/latest")
         self.assertEqual(status, 200)
         self.assertEqual(headers["content-type"], "application/vnd.oci.image.index.v1+json")
