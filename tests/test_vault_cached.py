@@ -1,0 +1,70 @@
+"""
+L{Vault.serve_cached} (answer from the cache with nothing else looked up)
+and L{Vault.read} dropping a document whose bytes vanished.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from artifactvault.cache.store import Entry
+from artifactvault.serve import Responder
+from tests.memory import Request, World
+
+
+class VaultCachedTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.world = World(self)
+
+    def put(self, key: str, data: bytes, ttl: float | None = None) -> Entry:
+        path, fd = self.world.store.new_temp()
+        os.write(fd, data)
+        fresh = None if ttl is None else self.world.now + ttl
+        entry = Entry(key=key, data="", size=len(data), stored_at=self.world.now,
+                      fresh_until=fresh, url=f"http://up/{key}")
+        committed = self.successResultOf(self.world.store.commit(path, fd, entry))
+        os.close(fd)
+        return committed
+
+    def serve(self, key: str, accept=None) -> tuple[bool, Request]:
+        request = Request("/x")
+        return self.world.vault.serve_cached(Responder(request), key, accept), request
+
+    def test_fresh_entry_served_as_hit(self) -> None:
+        """A fresh committed entry is answered in full, marked HIT."""
+        self.put("k", b"hello")
+        served, request = self.serve("k")
+        self.assertTrue(served)
+        self.assertEqual((request.body, request.header("x-cache"), request.finished), (b"hello", "HIT", 1))
+
+    def test_missing_entry_sends_nothing(self) -> None:
+        """Without an entry it returns False and the request is untouched."""
+        served, request = self.serve("nope")
+        self.assertFalse(served)
+        self.assertEqual((request.written, request.finished), ([], 0))
+
+    def test_stale_entry_is_not_served(self) -> None:
+        """An entry past its freshness needs the upstream: not this method's job."""
+        self.put("k", b"hello", ttl=10)
+        self.world.advance(11)
+        served, request = self.serve("k")
+        self.assertFalse(served)
+        self.assertEqual(request.written, [])
+
+    def test_accept_may_refuse(self) -> None:
+        """The caller's check sees the entry and can turn the hit down."""
+        self.put("k", b"hello")
+        seen = []
+        served, request = self.serve("k", lambda e: seen.append(e.url) or False)
+        self.assertFalse(served)
+        self.assertEqual((seen, request.written), (["http://up/k"], []))
+
+
+    def test_vanished_document_is_dropped(self) -> None:
+        """Reading a document whose data file is gone gives None and forgets the entry."""
+        entry = self.put("doc", b"{}")
+        os.unlink(self.world.store.data_path(entry))
+        self.assertIsNone(self.world.vault.read(entry))
+        self.assertIsNone(self.world.store.lookup("doc"))
