@@ -43,12 +43,20 @@ class Request(DummyRequest):
         self.uri = self.path
         self.method = method
         self.channel = _Channel()
+        self.responseCode = 200
         for name, value in (headers or {}).items():
             self.requestHeaders.setRawHeaders(name, [value])
 
     def write(self, data: bytes) -> None:
         self.startedWriting = True
         super().write(data)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """The core's producers are push producers: they write as data comes (DummyRequest would spin)."""
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
 
     @property
     def body(self) -> bytes:

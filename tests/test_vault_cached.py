@@ -1,6 +1,7 @@
 """
-L{Vault.serve_cached} (answer from the cache with nothing else looked up)
-and L{Vault.read} dropping a document whose bytes vanished.
+L{Vault.serve_cached} (answer from the cache with nothing else looked up),
+L{Vault.read} dropping a document whose bytes vanished, and L{Vault.serve}
+with an upstream that answers at once.
 """
 
 from __future__ import annotations
@@ -9,9 +10,13 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from treq.testing import StubTreq
+
 from artifactvault.cache.store import Entry
+from artifactvault.flight import Artifact
 from artifactvault.serve import Responder
-from tests.memory import Request, World
+from artifactvault.upstream import Upstream
+from tests.memory import FakeUpstream, Request, World
 
 
 class VaultCachedTests(SynchronousTestCase):
@@ -68,3 +73,14 @@ class VaultCachedTests(SynchronousTestCase):
         os.unlink(self.world.store.data_path(entry))
         self.assertIsNone(self.world.vault.read(entry))
         self.assertIsNone(self.world.store.lookup("doc"))
+
+    def test_flight_finished_at_once(self) -> None:
+        """
+        An upstream that answers before the request looks at its flight (an
+        in-memory one does) still gets the body served, from the stored copy.
+        """
+        client = StubTreq(FakeUpstream({"/a": (200, "text/plain", b"at once")}))
+        upstream = Upstream(client, self.world.reactor)
+        request = Request("/a")
+        self.world.vault.serve(Responder(request), Artifact(key="a", url="http://up/a", upstream=upstream))
+        self.assertEqual((request.body, request.finished, request.header("x-cache")), (b"at once", 1, "MISS"))
