@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_vault,tests.test_vault_cached -*-
+# -*- test-case-name: tests.test_vault,tests.test_vault_extra -*-
 """
 The core every backend shares: from an L{Artifact} to an answer.
 
@@ -123,7 +123,10 @@ class Vault:
             return
         request = responder.request
         responder.cache_status = "MISS"
-        length = response.length if isinstance(response.length, int) else None
+        # A HEAD response has no body, so the client's response.length is 0:
+        # the size is what the upstream's Content-Length says.
+        announced = header(response, b"content-length")
+        length = int(announced) if announced is not None and announced.strip().isdigit() else None
         extra = {n: v for n in artifact.keep_headers if (v := header(response, n.encode()))}
         set_headers(request, size=length, content_type=artifact.content_type or header(response, b"content-type"),
                     etag=etag, last_modified=header(response, b"last-modified"), extra=extra)

@@ -1,7 +1,7 @@
 """
 L{Vault.serve_cached} (answer from the cache with nothing else looked up),
 L{Vault.read} dropping a document whose bytes vanished, and L{Vault.serve}
-with an upstream that answers at once.
+with an upstream that answers at once, and a HEAD miss.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from artifactvault.upstream import Upstream
 from tests.memory import FakeUpstream, Request, World
 
 
-class VaultCachedTests(SynchronousTestCase):
+class VaultExtraTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.world = World(self)
 
@@ -84,3 +84,12 @@ class VaultCachedTests(SynchronousTestCase):
         request = Request("/a")
         self.world.vault.serve(Responder(request), Artifact(key="a", url="http://up/a", upstream=upstream))
         self.assertEqual((request.body, request.finished, request.header("x-cache")), (b"at once", 1, "MISS"))
+
+    def test_head_miss_reports_upstream_length(self) -> None:
+        """A HEAD miss answers with the upstream's Content-Length (the client's body length is 0 for HEAD)."""
+        client = StubTreq(FakeUpstream({"/a": (200, "text/plain", b"x" * 1200)}))
+        upstream = Upstream(client, self.world.reactor)
+        request = Request("/a", method=b"HEAD")
+        self.world.vault.serve(Responder(request), Artifact(key="a", url="http://up/a", upstream=upstream))
+        client.flush()
+        self.assertEqual((request.header("content-length"), request.finished, request.body), ("1200", 1, b""))
