@@ -12,9 +12,10 @@ from typing import Any
 
 from artifactvault.backends.base import IBackendType
 from artifactvault.backends.http import HttpBackendType
+from artifactvault.backends.pypi import PypiBackendType
 from artifactvault.config import BackendEntry, ConfigError
 
-TYPES: tuple[Any, ...] = (HttpBackendType,)
+TYPES: tuple[Any, ...] = (HttpBackendType, PypiBackendType)
 
 
 def backend_type(name: str) -> Any | None:
