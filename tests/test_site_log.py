@@ -7,6 +7,7 @@ formatter.
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -29,7 +30,7 @@ class LogLineTests(SynchronousTestCase):
         events: list[dict] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        channel = VaultSite(Page()).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        channel = VaultSite(Page(), reactor=Clock()).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
         channel.makeConnection(StringTransport())
         channel.dataReceived(b"GET /a/b?token=secret HTTP/1.1\r\nHost: x\r\n\r\n")
         lines = [e for e in events if e.get("log_namespace") == "artifactvault.site"]
