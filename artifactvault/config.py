@@ -125,6 +125,8 @@ class Section:
 
     def bool(self, key: str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
+        if value is default and default is not _MISSING:
+            return value
         if not isinstance(value, bool):
             raise self.error(key, f"must be true or false, not {_kind(value)}")
         return value
@@ -283,6 +285,8 @@ def load(path: str | None, parse_backend: Callable[[BackendEntry], Any]) -> Conf
             text = f.read()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -155,7 +155,7 @@ class Flight:
         if self.complete or self._hasher is None:
             return self.written
         if self.length is not None:
-            return min(self.written, self.length - 1)
+            return max(min(self.written, self.length - 1), 0)
         return max(self.written - 1, 0)
 
     def subscribe(self, listener: IFlightListener) -> None:
@@ -211,6 +211,9 @@ class Flight:
         etag = header(response, b"etag")
         if etag:
             entry.etag = etag
+        last_modified = header(response, b"last-modified")
+        if last_modified:
+            entry.last_modified = last_modified
         for name in self.artifact.keep_headers:
             value = header(response, name.encode())
             if value:
@@ -421,9 +424,19 @@ class Flight:
                 d.callback(value)
 
 
+#: Bytes asked of the upstream socket per read: fewer, larger chunks than
+#: Twisted's 64 KiB make a big download cost less per byte.
+RECV_SIZE = 1024 * 1024
+
+
 class _BodyReceiver(TwistedProtocol):
     def __init__(self, flight: Flight):
         self.flight = flight
+
+    def connectionMade(self) -> None:
+        socket_transport = getattr(self.transport, "_producer", None)  # under treq's proxy
+        if isinstance(getattr(socket_transport, "bufferSize", None), int):
+            socket_transport.bufferSize = RECV_SIZE
 
     def dataReceived(self, data: bytes) -> None:
         self.flight._data(data)

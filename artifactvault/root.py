@@ -25,16 +25,26 @@ class Root(Resource):
         self.putChild(b"-", admin)
 
     def mount(self, path: str, resource: IResource) -> None:
-        """Put C{resource} at C{path} (``/a/b/``), making the nodes above it."""
+        """
+        Put C{resource} at C{path} (``/a/b/``), making the nodes above it.
+        Prefixes may nest (``/a/`` and ``/a/b/``): the longest one matches.
+        """
         segments = [s.encode() for s in path.strip("/").split("/")]
         node: Resource = self
         for seg in segments[:-1]:
             child = node.children.get(seg)
             if child is None:
-                child = Resource()
-                node.putChild(seg, child)
+                child = _Node()
+            elif getattr(child, "isLeaf", False):
+                child = _Branch(child)
+            node.putChild(seg, child)
             node = child
-        if segments[-1] in node.children:
+        existing = node.children.get(segments[-1])
+        if isinstance(existing, _Node):  # made for a longer prefix: this one takes the rest
+            branch = _Branch(resource)
+            branch.children.update(existing.children)
+            resource = branch
+        elif existing is not None:
             raise ValueError(f"two backends want {path}")
         node.putChild(segments[-1], resource)
 
@@ -47,6 +57,28 @@ class Root(Resource):
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         lines = ["Artifact Vault", ""] + [f"{b.prefix}  {b.name}" for b in self.backends]
         return ("\n".join(lines) + "\n").encode()
+
+
+class _Node(Resource):
+    """A path segment above a prefix, no backend's own."""
+
+
+class _Branch(Resource):
+    """
+    A backend's prefix with longer prefixes below it: a path none of those
+    match goes to the backend, with the segment just taken put back.
+    """
+
+    def __init__(self, leaf: IResource):
+        super().__init__()
+        self.leaf = leaf
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        request.postpath.insert(0, request.prepath.pop())
+        return self.leaf
+
+    def render(self, request: Request) -> Any:
+        return self.leaf.render(request)
 
 
 class Health(Resource):

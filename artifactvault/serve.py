@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from artifactvault import logs
+from artifactvault import logs, zerocopy
 from artifactvault.cache.store import Entry, FileStore
 from artifactvault.flight import Flight
 from artifactvault.upstream import UpstreamError, header
@@ -265,39 +265,40 @@ def serve_entry(responder: Responder, store: FileStore, entry: Entry, cache_stat
     return True
 
 
-@implementer(IPushProducer)
-class FileProducer:
-    """Streams bytes first..last of an open file, closing it when done."""
+class _FileSender:
+    """
+    Sends file bytes to a request at the client's pace: with sendfile when the
+    transport has nothing buffered (plain TCP), else read and written in
+    chunks, the transport pausing and resuming us as its buffer fills and drains.
+    """
 
-    def __init__(self, responder: Responder, fd: int, first: int, last: int):
+    request: Request
+    offset: int
+    paused: bool = False
+    _direct: Any = None
+
+    def _begin(self, responder: Responder) -> None:
         self.responder = responder
         self.request = responder.request
-        self.fd: int | None = fd
-        self.offset = first
-        self.end = last + 1
-        self.paused = False
-
-    def start(self) -> None:
-        self.responder.producer = self
+        responder.producer = self
+        self._direct = zerocopy.direct_transport(self.request)
         self.request.registerProducer(self, True)
-        self._pump()
 
-    def _pump(self) -> None:
-        while not self.paused and self.fd is not None:
-            data = os.pread(self.fd, min(CHUNK, self.end - self.offset), self.offset)
-            if not data:  # the file shrank under us: never a short 200
-                _log.error("cache file ended early at {offset}", offset=self.offset)
-                self._close()
-                self.responder.abort()
-                return
-            self.offset += len(data)
-            done = self.offset >= self.end
+    def _send(self, fd: int, count: int) -> int | None:
+        """Send up to C{count} bytes from C{self.offset}: how many went, None if the connection broke."""
+        if self._direct is not None and self.request.startedWriting and zerocopy.drained(self._direct):
+            sent = zerocopy.send(self._direct, fd, self.offset, count)
+            if sent != 0:
+                if sent:
+                    self.offset += sent
+                    self.request.sentLength += sent
+                return sent
+            # the socket is full: an ordinary write, whose drain resumes us
+        data = os.pread(fd, min(CHUNK, count), self.offset)
+        self.offset += len(data)
+        if data:
             self.request.write(data)
-            if done:
-                self._close()
-                self.request.unregisterProducer()
-                self.responder.finish()
-                return
+        return len(data)
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -305,6 +306,41 @@ class FileProducer:
     def resumeProducing(self) -> None:
         self.paused = False
         self._pump()
+
+    def _pump(self) -> None:
+        raise NotImplementedError
+
+
+@implementer(IPushProducer)
+class FileProducer(_FileSender):
+    """Streams bytes first..last of an open file, closing it when done."""
+
+    def __init__(self, responder: Responder, fd: int, first: int, last: int):
+        self.responder = responder
+        self.fd: int | None = fd
+        self.offset = first
+        self.end = last + 1
+
+    def start(self) -> None:
+        self._begin(self.responder)
+        self._pump()
+
+    def _pump(self) -> None:
+        while not self.paused and self.fd is not None:
+            sent = self._send(self.fd, self.end - self.offset)
+            if not sent:
+                # None: the connection broke (the transport tells the request);
+                # 0: the file shrank under us: never a short 200
+                if sent == 0:
+                    _log.error("cache file ended early at {offset}", offset=self.offset)
+                    self.responder.abort()
+                self._close()
+                return
+            if self.offset >= self.end:
+                self._close()
+                self.request.unregisterProducer()
+                self.responder.finish()
+                return
 
     def stopProducing(self) -> None:
         self._close()
@@ -318,8 +354,13 @@ class FileProducer:
 
 # -- downloads in flight ------------------------------------------------------------
 
-def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS") -> None:
-    """Answer from a download in progress, tailing its temp file."""
+def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS",
+                 fallback: Callable[[UpstreamError], None] | None = None) -> None:
+    """
+    Answer from a download in progress, tailing its temp file. If it fails
+    before this client got a byte, C{fallback} (e.g. serving a stale copy)
+    answers instead of an error.
+    """
     request = responder.request
     response = flight.response
     responder.cache_status = cache_status
@@ -338,39 +379,41 @@ def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS
         responder.finish()
         return
     if flight.length is None:
+        if request.method == b"HEAD":
+            responder.finish()
+            return
         first, end = 0, None
     else:
         span = _range_or_full(responder, flight.length, etag, modified)
         if span is None:
             return
         first, end = span[0], span[1] + 1
-        if end <= first:  # empty body
+        if request.method == b"HEAD" or (end <= first and (flight.complete or not flight.artifact.digest)):
             responder.finish()
             return
-    FlightReader(responder, flight, first, end).start()
+    FlightReader(responder, flight, first, end, fallback).start()
 
 
 @implementer(IPushProducer)
-class FlightReader:
+class FlightReader(_FileSender):
     """
-    One client of a download in flight. Fresh bytes are written straight from
-    the chunk that just arrived when the client keeps up; a client that falls
-    behind reads them back from the temp file when it can take more.
+    One client of a download in flight, tailing its temp file. A client that
+    keeps up gets each fresh chunk straight from memory (or by sendfile when
+    its connection is idle); one that falls behind reads it back later.
     """
 
-    def __init__(self, responder: Responder, flight: Flight, first: int, end: int | None):
+    def __init__(self, responder: Responder, flight: Flight, first: int, end: int | None,
+                 fallback: Callable[[UpstreamError], None] | None = None):
+        self.fallback = fallback
         self.responder = responder
-        self.request = responder.request
         self.flight = flight
         self.offset = first
         self.end = end  # exclusive; None: until the flight completes
-        self.paused = False
         self.done = False
 
     def start(self) -> None:
-        self.responder.producer = self
+        self._begin(self.responder)
         self.flight.subscribe(self)
-        self.request.registerProducer(self, True)
         if self.flight.state == Flight.FAILED:
             self.flight_failed(self.flight, self.flight.error)  # type: ignore[arg-type]
             return
@@ -383,7 +426,7 @@ class FlightReader:
     def flight_data(self, flight: Flight, chunk: bytes, offset: int) -> None:
         if self.paused or self.done:
             return
-        if offset != self.offset:
+        if offset != self.offset or (self._direct is not None and zerocopy.drained(self._direct)):
             self._pump()
             return
         n = self._limit() - offset
@@ -405,7 +448,10 @@ class FlightReader:
             self.responder.abort()
         else:
             self.request.unregisterProducer()
-            self.responder.error(error.status, error.reason)
+            if self.fallback is not None:
+                self.fallback(error)
+            else:
+                self.responder.error(error.status, error.reason)
 
     def _pump(self) -> None:
         fd = self.flight.fd
@@ -413,13 +459,12 @@ class FlightReader:
             n = self._limit() - self.offset
             if n <= 0:
                 break
-            data = os.pread(fd, min(CHUNK, n), self.offset)
-            if not data:
-                break
-            self.offset += len(data)
-            self.request.write(data)
-            if self._check_end():
+            sent = self._send(fd, n)
+            if sent is None:  # the connection broke; the transport tells the request
+                self._stop()
                 return
+            if not sent or self._check_end():
+                break
         self._check_end()
 
     def _check_end(self) -> bool:
@@ -430,17 +475,12 @@ class FlightReader:
             end = self.flight.written
         if end is None or self.offset < end:
             return False
+        if end == self.flight.length and self.flight.artifact.digest and not self.flight.complete:
+            return False  # the body's end goes out only once the digest is checked (an empty body too)
         self._stop()
         self.request.unregisterProducer()
         self.responder.finish()
         return True
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self._pump()
 
     def stopProducing(self) -> None:
         self._stop()

@@ -42,19 +42,6 @@ class _PoolService(Service):
         return self.pool.closeCachedConnections()
 
 
-class _StoreService(Service):
-    """Opens the store (clearing leftover temp files) and sweeps it now and then."""
-
-    def __init__(self, store: FileStore):
-        self.store = store
-
-    def startService(self) -> None:
-        super().startService()
-        removed = self.store.open()
-        _log.info("cache at {root}: removed {removed} leftover temp files",
-                  root=self.store.root, removed=removed)
-
-
 def build(config: Config, reactor: Any = None) -> tuple[MultiService, Root]:
     """The daemon's service tree for C{config}, and its resource root."""
     if reactor is None:
@@ -68,21 +55,22 @@ def build(config: Config, reactor: Any = None) -> tuple[MultiService, Root]:
         return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
     store = FileStore(config.cache_dir, run_blocking=run_blocking)
-    store.open()  # at build time too, so a bad cache_dir stops the start with a message
+    removed = store.open()  # here, so that a bad cache_dir stops the start with a message
+    _log.info("cache at {root}: removed {removed} leftover temp files", root=store.root, removed=removed)
     vault = Vault(store, reactor)
     context = BuildContext(vault=vault, reactor=reactor, client=make_client(reactor, pool))
     backends = [backend_type(entry.type).build(settings, context)
                 for entry, settings in zip(config.backends, config.settings)]
     root = Root(backends)
-    site = VaultSite(root)
+    site = VaultSite(root, reactor=reactor)
 
     top = MultiService()
-    _StoreService(store).setServiceParent(top)
     janitor = TimerService(SWEEP_INTERVAL, _sweep, store)
+    janitor.clock = reactor
     janitor.setServiceParent(top)
     _PoolService(pool).setServiceParent(top)
     for description in config.endpoints:
-        strports.service(description, site).setServiceParent(top)
+        strports.service(description, site, reactor=reactor).setServiceParent(top)
     for backend in backends:
         _log.info("backend {name} at {prefix}", name=backend.name, prefix=backend.prefix)
     return top, root

@@ -40,20 +40,22 @@ class VaultRequest(Request):
         super().connectionLost(reason)
 
     def log_line(self, aborted: bool = False) -> None:
+        """
+        Emit the request's event. Its fields are all there for structured
+        observers; the text is formatted once here, since text observers
+        format every field of every event and this one comes per request.
+        """
         self._logged = True
-        fields = dict(
-            method=(self.method or b"-").decode("latin-1"),
-            path=(self.path or b"").decode("utf-8", "replace"), status=self.code,
-            cache=self.cache_status or "-", bytes=self.sentLength,
-            ms=(time.monotonic() - self.started) * 1000,
-            backend=f" [{self.backend_name}]" if self.backend_name else "",
-            note=(" (client gone)" if aborted else "") +
-                 (f": {self.error_reason}" if self.error_reason else ""))
-        # The line is made here, once: Twisted's formatter would parse a
-        # many-field format for every request, which cost about a quarter of the time
-        # a cached page takes. The fields stay in the event for structured logs.
-        line = "{method} {path} {status} {cache} {bytes} bytes {ms:.1f} ms{backend}{note}".format(**fields)
-        _log.info("{line}", line=line, request_backend=self.backend_name, request_aborted=aborted, **fields)
+        method = (self.method or b"-").decode("latin-1")
+        path = (self.path or b"").decode("utf-8", "replace")
+        cache = self.cache_status or "-"
+        ms = (time.monotonic() - self.started) * 1000
+        backend = f" [{self.backend_name}]" if self.backend_name else ""
+        note = (" (client gone)" if aborted else "") + (f": {self.error_reason}" if self.error_reason else "")
+        _log.info("{request_line}",
+                  request_line=f"{method} {path} {self.code} {cache} {self.sentLength} bytes {ms:.1f} ms{backend}{note}",
+                  method=method, path=path, status=self.code, cache=cache, bytes=self.sentLength,
+                  ms=ms, backend=self.backend_name, aborted=aborted, reason=self.error_reason)
 
 
 class VaultSite(Site):

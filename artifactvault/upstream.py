@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_upstream,tests.test_upstream_reads -*-
+# -*- test-case-name: tests.test_upstream -*-
 """
 Talking to upstreams: one treq client over a shared connection pool.
 
@@ -21,13 +21,10 @@ from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.web import client as webclient
-from twisted.web import error as weberror
-from twisted.web.iweb import IAgent, IAgentEndpointFactory
+from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
 from artifactvault import logs
@@ -38,10 +35,6 @@ _log = Logger(observer=logs.observer)
 USER_AGENT = f"artifactvault/{__version__}"
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
-#: Bytes an upstream connection reads per call. Twisted's default, 64 KiB,
-#: makes a big download thousands of reactor turns; with 1 MiB a cold
-#: 200 MiB wheel went from about 350 to 520 MB/s here (docs/benchmarks.md).
-READ_SIZE = 1 << 20
 
 
 class UpstreamError(Exception):
@@ -138,46 +131,11 @@ class _IdentityAgent:
         return response
 
 
-@implementer(IStreamClientEndpoint)
-class _ReadSize:
-    """A TCP endpoint whose connections read up to C{size} bytes per call."""
-
-    def __init__(self, endpoint: Any, size: int):
-        self._endpoint = endpoint
-        self._size = size
-
-    def connect(self, factory: Any) -> Deferred:
-        def connected(protocol: Any) -> Any:
-            protocol.transport.bufferSize = self._size
-            return protocol
-        return self._endpoint.connect(factory).addCallback(connected)
-
-
-@implementer(IAgentEndpointFactory)
-class Endpoints:
-    """Twisted's standard upstream endpoints (TCP; TLS over it for https), reading L{READ_SIZE} at a time."""
-
-    def __init__(self, reactor: Any, connect_timeout: float, read_size: int = READ_SIZE):
-        self._reactor = reactor
-        self._timeout = connect_timeout
-        self._read_size = read_size
-        self._tls = webclient.BrowserLikePolicyForHTTPS()
-
-    def endpointForURI(self, uri: Any) -> Any:
-        tcp = _ReadSize(HostnameEndpoint(self._reactor, uri.host.decode("ascii"), uri.port,
-                                         timeout=self._timeout), self._read_size)
-        if uri.scheme == b"http":
-            return tcp
-        if uri.scheme == b"https":
-            return wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), tcp)
-        raise weberror.SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
-
-
 def make_client(reactor: Any, pool: webclient.HTTPConnectionPool | None = None,
                 connect_timeout: float = 10.0, agent: IAgent | None = None) -> HTTPClient:
     """A treq client that stores no cookies and never decodes bodies."""
     if agent is None:
-        agent = webclient.Agent.usingEndpointFactory(reactor, Endpoints(reactor, connect_timeout), pool=pool)
+        agent = webclient.Agent(reactor, pool=pool, connectTimeout=connect_timeout)
     jar = IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
     return HTTPClient(_IdentityAgent(agent), cookiejar=jar)
 
@@ -218,6 +176,8 @@ def describe_failure(exc: BaseException, url: str, timeout: float) -> UpstreamEr
         return UpstreamError(f"cannot connect to upstream {host}: {exc.__class__.__name__}")
     if isinstance(exc, (webclient.ResponseNeverReceived, webclient.RequestTransmissionFailed)):
         reasons = getattr(exc, "reasons", [])
+        if any(r.check(CancelledError) for r in reasons):  # treq's timeout cancelled it
+            return UpstreamTimeout(f"upstream {host} did not answer within {timeout:g} s")
         detail = ""
         if reasons and "SSL" in type(reasons[0].value).__module__ + type(reasons[0].value).__name__:
             detail = ": TLS handshake failed"
@@ -252,10 +212,7 @@ class Upstream:
         for _hop in range(MAX_REDIRECTS + 1):
             send = {"User-Agent": USER_AGENT, **self.headers, **(headers or {})}
             if self.auth is not None and origin(url) == origin(first):
-                extra = self.auth.headers_for(url)
-                if isinstance(extra, Deferred):
-                    extra = await extra
-                send.update(extra)
+                send.update(await self._ask_auth(self.auth.headers_for, url))
             try:
                 response = await self.client.request(
                     method, url, headers={k: [v] for k, v in send.items()},
@@ -265,7 +222,7 @@ class Upstream:
                 raise describe_failure(e, url, self.timeout) from None
             if response.code == 401 and self.auth is not None and not retried:
                 retried = True
-                if await self.auth.challenged(url, response):
+                if await self._ask_auth(self.auth.challenged, url, response):
                     discard(response)
                     continue
             if response.code in REDIRECTS:
@@ -278,4 +235,14 @@ class Upstream:
                     continue
             return response
         raise UpstreamError(f"upstream {urlsplit(first).netloc} redirected more than {MAX_REDIRECTS} times")
+
+    async def _ask_auth(self, method: Any, url: str, *args: Any) -> Any:
+        """Call the auth (it may fetch a token): its failures are L{UpstreamError}s too."""
+        try:
+            result = method(url, *args)
+            return (await result) if isinstance(result, Deferred) else result
+        except Exception as e:
+            if not isinstance(e, UpstreamError):
+                _log.failure("authenticating to {url} failed", url=url)
+            raise describe_failure(e, url, self.timeout) from None
 

@@ -15,7 +15,6 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Request
 
 from artifactvault import logs
 from artifactvault.cache.store import Entry, FileStore
@@ -42,8 +41,15 @@ class Vault:
             if serve_entry(responder, self.store, entry, "HIT"):
                 return
             entry = None
+        if entry is not None and not self._has_data(entry):
+            entry = None  # nothing left to revalidate or to serve stale
         if responder.request.method == b"HEAD":
-            Deferred.fromCoroutine(self._head(responder, artifact, entry))
+            flight = self.flights.get(artifact.key)
+            if flight is not None and flight.state in (Flight.STREAMING, Flight.COMPLETE) \
+                    and flight.artifact.transform is None:
+                serve_flight(responder, flight, "HIT" if flight.complete else "MISS")
+            else:
+                Deferred.fromCoroutine(self._head(responder, artifact, entry))
             return
         flight = self.flights.join(artifact, stale=entry)
         flight.head().addCallbacks(
@@ -79,7 +85,10 @@ class Vault:
                 lambda entry: self._serve_committed(responder, entry, "MISS"),
                 lambda failure: self._failed(responder, failure, None))
             return
-        serve_flight(responder, flight, "MISS")
+        # A download that is already complete (its commit still under way) is
+        # served from local bytes: that is a hit.
+        serve_flight(responder, flight, "HIT" if flight.complete else "MISS",
+                     fallback=lambda error: self._failed(responder, Failure(error), flight.stale))
 
     def _serve_committed(self, responder: Responder, entry: Entry, status: str) -> None:
         if not responder.gone and not serve_entry(responder, self.store, entry, status):
@@ -94,6 +103,8 @@ class Vault:
             _log.info("serving stale {key}: {reason}", key=stale.key, reason=error.reason)
             if serve_entry(responder, self.store, stale, "STALE"):
                 return
+        if responder.cache_status is None:
+            responder.cache_status = "MISS"  # the upstream was asked and failed
         responder.error(error.status, error.reason)
 
     @staticmethod
@@ -119,20 +130,26 @@ class Vault:
         if stale is not None and etag is not None and etag == stale.etag:
             stale.fresh_until = self._fresh_until(artifact)
             self.store.update(stale)
-            serve_entry(responder, self.store, stale, "HIT")
-            return
+            if serve_entry(responder, self.store, stale, "HIT"):
+                return
         request = responder.request
         responder.cache_status = "MISS"
-        # A HEAD response has no body, so the client's response.length is 0:
-        # the size is what the upstream's Content-Length says.
-        announced = header(response, b"content-length")
-        length = int(announced) if announced is not None and announced.strip().isdigit() else None
+        # (a HEAD response's own length is 0: the size is in its header)
+        raw_length = header(response, b"content-length")
+        length = int(raw_length) if raw_length and raw_length.isdigit() else None
         extra = {n: v for n in artifact.keep_headers if (v := header(response, n.encode()))}
         set_headers(request, size=length, content_type=artifact.content_type or header(response, b"content-type"),
                     etag=etag, last_modified=header(response, b"last-modified"), extra=extra)
         if length is not None:
             request.setHeader(b"content-length", str(length).encode())
         responder.finish()
+
+    def _has_data(self, entry: Entry) -> bool:
+        fd = self.store.open_data(entry)
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
 
     def _fresh_until(self, artifact: Artifact) -> float | None:
         return None if artifact.ttl is None else self.store.now() + artifact.ttl

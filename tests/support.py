@@ -165,27 +165,32 @@ class Daemon:
     def url(self, path: str) -> str:
         return self.base + path
 
-    def start(self, timeout: float = 20.0, env: dict[str, str] | None = None) -> "Daemon":
+    def write_config(self) -> None:
         with open(self.config_path, "w") as f:
             yaml.safe_dump(self.config, f)
+
+    def start(self, timeout: float = 20.0, env: dict[str, str] | None = None) -> "Daemon":
+        self.write_config()
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [twistd(), "-n", "--pidfile=", "artifactvault", "--config", self.config_path],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
             env={**os.environ, **(env or {})})
         log.close()
+        if wait_http(self.url("/-/health"), timeout, self.proc) != 200:
+            raise RuntimeError(f"daemon did not come up (exit status {self.proc.poll()}):\n"
+                               f"{self.log()[-3000:]}")
+        return self
+
+    def wait_stored(self, key: str, timeout: float = 30.0) -> None:
+        """Poll until the entry for cache key C{key} is committed (its metadata exists)."""
+        kh = hashlib.sha256(key.encode()).hexdigest()
+        meta = os.path.join(self.cache_dir, "data", kh[:2], kh + ".json")
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                status, _, _ = request("GET", self.url("/-/health"), timeout=1)
-                if status == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"daemon did not answer within {timeout} s:\n{self.log()[-3000:]}")
+        while not os.path.exists(meta):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{key} was not stored within {timeout} s")
+            time.sleep(0.02)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -213,6 +218,19 @@ class Daemon:
                 return f.read()
         except FileNotFoundError:
             return ""
+
+
+def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> int | None:
+    """Poll C{url} until it answers; its status, or None if C{proc} died or time ran out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return None
+        try:
+            return request("GET", url, timeout=1)[0]
+        except OSError:
+            time.sleep(0.05)
+    return None
 
 
 def request(method: str, url: str, headers: dict[str, str] | None = None,

@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from artifactvault import logs
@@ -71,7 +71,8 @@ class Entry:
 
 
 def _sync_run(f: Callable[..., Any], *args: Any) -> Deferred:
-    return succeed(f(*args))
+    # like deferToThread: an exception is a failed Deferred, never raised here
+    return maybeDeferred(f, *args)
 
 
 class FileStore:
@@ -196,7 +197,7 @@ class FileStore:
         if os.fstat(fd).st_size != entry.size:
             os.close(fd)
             _log.warn("cache data for {key} has the wrong size; dropping it", key=entry.key)
-            self.remove(entry.key)
+            self.remove(entry.key, only=entry.data)
             return None
         return fd
 
@@ -262,10 +263,13 @@ class FileStore:
         self._remember(entry)
         return entry
 
-    def remove(self, key: str) -> None:
-        self.forget(key)
+    def remove(self, key: str, only: str | None = None) -> None:
+        """Drop C{key}'s entry (if C{only} is given: only if its data file is that one)."""
         meta_path = self._meta_path(self.key_hash(key))
         entry = self._read_meta(meta_path)
+        if only is not None and entry is not None and entry.data != only:
+            return  # a newer commit replaced it meanwhile: keep that
+        self.forget(key)
         _unlink(meta_path)
         if entry is not None:
             _unlink(self.data_path(entry))

@@ -1,0 +1,118 @@
+"""
+A scriptable HTTP upstream for fault injection in integration tests.
+
+Real upstreams do not cut connections halfway or stall on demand; this small
+threaded server on 127.0.0.1 does, so tests can check what the real daemon
+does when they happen. Each path maps to a L{Script}.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Script:
+    body: bytes = b""
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    #: Send only this many body bytes, then…
+    cut_at: int | None = None
+    #: …wait for this event before going on (None: close the connection at once).
+    resume: threading.Event | None = None
+    #: If set after resuming, close instead of sending the rest.
+    close_after_resume: bool = False
+    #: Wait for this event before sending anything at all.
+    hold_headers: threading.Event | None = None
+    #: Bytes per write (to spread a body over many packets).
+    chunk: int = 65536
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.scripts: dict[str, Script] = {}
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.headers_sent = threading.Event()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self._answer(head=True)
+
+            def do_GET(self) -> None:
+                self._answer(head=False)
+
+            def _answer(self, head: bool) -> None:
+                owner.requests.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+                script = owner.scripts.get(self.path)
+                if script is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if script.hold_headers is not None:
+                    script.hold_headers.wait(60)
+                etag = script.headers.get("ETag")
+                if etag is not None and self.headers.get("If-None-Match") == etag:
+                    self.send_response(304)
+                    self.send_header("ETag", etag)
+                    self.end_headers()
+                    return
+                self.send_response(script.status)
+                for k, v in script.headers.items():
+                    self.send_header(k, v)
+                if "Content-Length" not in script.headers:
+                    self.send_header("Content-Length", str(len(script.body)))
+                self.end_headers()
+                self.wfile.flush()
+                owner.headers_sent.set()
+                if head:
+                    return
+                body = script.body
+                first = body if script.cut_at is None else body[:script.cut_at]
+                self._send(first, script.chunk)
+                if script.cut_at is None:
+                    return
+                if script.resume is not None:
+                    script.resume.wait(120)
+                    if not script.close_after_resume:
+                        self._send(body[script.cut_at:], script.chunk)
+                        return
+                self.close_connection = True
+                self.connection.shutdown(2)
+
+            def _send(self, data: bytes, chunk: int) -> None:
+                try:
+                    for i in range(0, len(data), chunk):
+                        self.wfile.write(data[i:i + chunk])
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def count(self, method: str, path: str) -> int:
+        return sum(1 for m, p, _ in self.requests if m == method and p == path)
+
+    def close(self) -> None:
+        for script in self.scripts.values():
+            for event in (script.resume, script.hold_headers):
+                if event is not None:
+                    event.set()
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,139 @@
+"""
+Tests for L{artifactvault.backends.base}: request paths checked once for
+every backend, the shared resource, and the settings every backend parses.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from artifactvault.backends.base import (BadPath, BuildContext, CommonSettings, IBackend, parse_common,
+                                         safe_segments)
+from artifactvault.config import ConfigError, Section
+from artifactvault.upstream import StaticAuth
+from tests.fakes import FakeClient, Harness
+
+
+class SafeSegmentsTests(SynchronousTestCase):
+
+    def test_plain(self) -> None:
+        """Ordinary segments come back as text; a trailing slash is kept."""
+        self.assertEqual(safe_segments([b"a", b"b.tar.gz", b""]), ["a", "b.tar.gz", ""])
+        self.assertEqual(safe_segments([b"caf\xc3\xa9"]), ["caf\u00e9"])
+        self.assertEqual(safe_segments([]), [])
+
+    def test_refused(self) -> None:
+        """Anything that could climb out or smuggle a separator is refused."""
+        for postpath, reason in [
+            ([b"a", b"..", b"b"], "dot segment in path"),
+            ([b".", b"a"], "dot segment in path"),
+            ([b"a", b"", b"b"], "empty path segment"),
+            ([b"a/b"], "encoded slash in path segment"),
+            ([b"a\\b"], "encoded slash in path segment"),
+            ([b"a\x00"], "NUL byte in path"),
+            ([b"\xff"], "path is not valid UTF-8"),
+        ]:
+            with self.subTest(postpath=postpath):
+                self.assertEqual(str(self.assertRaises(BadPath, safe_segments, postpath)), reason)
+
+
+class BackendResourceTests(SynchronousTestCase):
+    """The resource at a backend's prefix, through the real HTTP server."""
+
+    def setUp(self) -> None:
+        self.harness = Harness(self)
+
+    def test_bad_paths(self) -> None:
+        """Dot, empty, encoded-slash, NUL segments are a 400; nothing goes upstream."""
+        for path in ["/files/a/../b", "/files/a/%2e%2e/b", "/files/%2E%2E/etc/passwd", "/files/./a",
+                     "/files/a//b", "/files/a%2Fb", "/files/a%2fb", "/files/a%5Cb", "/files/a%00b",
+                     "/files/%ff"]:
+            with self.subTest(path=path):
+                answer = self.harness.get(path).answer()
+                self.assertEqual(answer.status, 400)
+                self.assertTrue(answer.body.startswith(b"bad request path: "))
+        self.assertEqual(self.harness.requests, [])
+
+    def test_good_path(self) -> None:
+        """An ordinary path reaches the backend, encoded characters decoded."""
+        self.harness.get("/files/dir/a%20b.txt")
+        self.assertEqual(self.harness.requests[0].url, self.harness.url("dir/a b.txt"))
+
+    def test_head_is_not_get(self) -> None:
+        """HEAD is handled as HEAD (Twisted's default would run a GET and download)."""
+        self.harness.get("/files/x", method=b"HEAD")
+        self.assertEqual(self.harness.requests[0].method, "HEAD")
+
+    def test_other_methods(self) -> None:
+        """Methods other than GET and HEAD are refused with 405."""
+        answer = self.harness.get("/files/x", method=b"POST").answer()
+        self.assertEqual(answer.status, 405)
+        self.assertEqual(sorted(answer.header("Allow").split(", ")), ["GET", "HEAD"])
+        self.assertEqual(self.harness.get("/files/x", method=b"DELETE").answer().status, 501)
+        self.assertEqual(self.harness.requests, [])
+
+    def test_backend_crash(self) -> None:
+        """A backend that raises gives a 500 without the traceback, and it is logged."""
+        def broken(responder, segments):  # type: ignore[no-untyped-def]
+            raise KeyError("secret detail")
+        self.harness.backend.handle = broken
+        answer = self.harness.get("/files/x").answer()
+        self.assertEqual((answer.status, answer.body), (500, b"internal error\n"))
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+    def test_custom_error_page(self) -> None:
+        """A backend's render_error shapes its error pages."""
+        def render_error(request, status, message):  # type: ignore[no-untyped-def]
+            request.setResponseCode(status)
+            request.write(f"<h1>{message}</h1>".encode())
+            request.finish()
+        self.harness.backend.render_error = render_error
+        answer = self.harness.get("/files/a/../b").answer()
+        self.assertEqual((answer.status, answer.body), (400, b"<h1>bad request path: dot segment in path</h1>"))
+
+    def test_fake_backend_is_a_backend(self) -> None:
+        """The test backend provides IBackend (so these tests exercise the real contract)."""
+        self.assertTrue(verifyObject(IBackend, self.harness.backend))
+
+
+class CommonSettingsTests(SynchronousTestCase):
+
+    def parse(self, **data: object) -> CommonSettings:
+        return CommonSettings(**parse_common(Section("f.yml", "backends[0].config", data)))
+
+    def test_defaults(self) -> None:
+        """Only the prefix is required; timeouts default to 30 s and 60 s idle."""
+        settings = self.parse(prefix="/p/")
+        self.assertEqual((settings.prefix, settings.username, settings.token, settings.headers,
+                          settings.timeout, settings.idle_timeout), ("/p/", None, None, {}, 30.0, 60.0))
+
+    def test_default_prefix(self) -> None:
+        """A backend type may give a default prefix."""
+        section = Section("f.yml", "backends[0].config", {})
+        self.assertEqual(parse_common(section, "/pypi/")["prefix"], "/pypi/")
+        self.assertRaises(ConfigError, parse_common, section)
+
+    def test_repr_hides_credentials(self) -> None:
+        """Settings print without their credentials."""
+        self.assertNotIn("hunter2", repr(self.parse(prefix="/p/", username="u", password="hunter2")))
+
+    def test_build_context_upstream(self) -> None:
+        """The context's upstream carries the common settings and static credentials for base_url."""
+        context = BuildContext(vault=None, reactor=object(), client=FakeClient())
+        settings = self.parse(prefix="/p/", username="u", password="pw", headers={"X-A": "1"},
+                              timeout="5s", idle_timeout="1m")
+        upstream = context.upstream("https://up.test/r/", settings)
+        self.assertEqual((upstream.headers, upstream.timeout, upstream.idle_timeout), ({"X-A": "1"}, 5.0, 60.0))
+        self.assertIsInstance(upstream.auth, StaticAuth)
+        self.assertEqual(upstream.auth.headers_for("https://up.test/r/x"), {"Authorization": "Basic dTpwdw=="})
+        self.assertIsNone(context.upstream("https://up.test/", self.parse(prefix="/p/")).auth)
+
+    def test_token_from_environment(self) -> None:
+        """token_env gives a bearer token."""
+        self.patch(os, "environ", {"T": "tok"})
+        context = BuildContext(vault=None, reactor=object(), client=FakeClient())
+        upstream = context.upstream("https://up.test/", self.parse(prefix="/p/", token_env="T"))
+        self.assertEqual(upstream.auth.headers_for("https://up.test/x"), {"Authorization": "Bearer tok"})

@@ -1,0 +1,282 @@
+"""
+Tests for L{artifactvault.config}: the seed's YAML in, typed settings out,
+and one readable line naming the file and the key for every mistake.
+"""
+
+from __future__ import annotations
+
+import os
+
+import yaml
+from twisted.trial.unittest import SynchronousTestCase
+
+from artifactvault import config as configmod
+from artifactvault.backends import parse_backend
+from artifactvault.config import ConfigError, Section
+
+SEED = """\
+http_host: localhost
+http_port: 8080
+cache_dir: {cache}
+log_level: DEBUG
+
+backends:
+  - type: http
+    config:
+      prefix: /test/
+      base_url: https://httpbin.org
+"""
+
+
+class ConfigFileMixin:
+    """Helpers to write a config file and load it."""
+
+    def write(self, text: str | bytes) -> str:
+        path = self.mktemp() + ".yml"
+        with open(path, "wb") as f:
+            f.write(text.encode() if isinstance(text, str) else text)
+        return path
+
+    def load(self, text: str | bytes) -> configmod.Config:
+        return configmod.load(self.write(text), parse_backend)
+
+    def load_data(self, data: object) -> configmod.Config:
+        return self.load(yaml.safe_dump(data))
+
+    def assertConfigError(self, text: str | bytes, *fragments: str) -> str:
+        """Loading C{text} fails with one line naming the file and every fragment."""
+        path = self.write(text)
+        error = self.assertRaises(ConfigError, configmod.load, path, parse_backend)
+        message = str(error)
+        self.assertNotIn("\n", message)
+        self.assertTrue(message.startswith(path + ": "), message)
+        for fragment in fragments:
+            self.assertIn(fragment, message)
+        return message
+
+
+def http_backend(**config: object) -> dict:
+    """A valid http backend item, with C{config} overriding its keys."""
+    return {"type": "http", "config": {"prefix": "/files/", "base_url": "http://up.test/", **config}}
+
+
+class LoadTests(ConfigFileMixin, SynchronousTestCase):
+
+    def test_seed_config(self) -> None:
+        """The seed's development config loads, with DEBUG read as debug."""
+        cache = self.mktemp()
+        config = self.load(SEED.format(cache=cache))
+        self.assertEqual((config.http_host, config.http_port), ("localhost", 8080))
+        self.assertEqual(config.cache_dir, os.path.abspath(cache))
+        self.assertEqual(config.log_level, "debug")
+        [settings] = config.settings
+        self.assertEqual(settings.prefix, "/test/")
+        self.assertEqual(settings.base_url, "https://httpbin.org")
+        self.assertEqual(config.endpoints, ["tcp:8080:interface=localhost"])
+
+    def test_defaults(self) -> None:
+        """An empty file means loopback port 8080, level info, no backends."""
+        config = self.load("")
+        self.assertEqual(config.endpoints, ["tcp:8080:interface=127.0.0.1"])
+        self.assertEqual(config.log_level, "info")
+        self.assertEqual(config.backends, [])
+
+    def test_embedded_default(self) -> None:
+        """Without a file, the embedded default: loopback 8080, PyPI and Docker Hub."""
+        def parse_any(entry: configmod.BackendEntry) -> dict:
+            return {key: entry.section._get(key, None) for key in entry.section.data}
+
+        config = configmod.load(None, parse_any)
+        self.assertEqual(config.source, "<embedded default config>")
+        self.assertEqual(config.endpoints, ["tcp:8080:interface=127.0.0.1"])
+        self.assertEqual([(b.type, s["prefix"]) for b, s in zip(config.backends, config.settings)],
+                         [("pypi", "/pypi/"), ("dockerhub", "/dockerhub/")])
+
+    def test_listen_overrides_host_and_port(self) -> None:
+        """Explicit listen descriptions replace http_host/http_port."""
+        config = self.load("http_port: 9000\n")
+        config.listen = ["tcp:1234", "unix:/tmp/s"]
+        self.assertEqual(config.endpoints, ["tcp:1234", "unix:/tmp/s"])
+
+    def test_ipv6_host(self) -> None:
+        """The colons of an IPv6 http_host are escaped in the endpoint description."""
+        config = self.load("http_host: '::1'\n")
+        self.assertEqual(config.endpoints, [r"tcp:8080:interface=\:\:1"])
+
+    def test_warning_level(self) -> None:
+        """log_level 'warning' is accepted as 'warn'."""
+        self.assertEqual(self.load("log_level: warning\n").log_level, "warn")
+
+    def test_durations(self) -> None:
+        """Durations are seconds or a number with s, m, h or d."""
+        config = self.load_data({"backends": [http_backend(
+            timeout=5, idle_timeout="2m", ttl="1.5h",
+            ttl_rules=[{"match": "*.xml", "ttl": "1d"}])]})
+        [s] = config.settings
+        self.assertEqual((s.timeout, s.idle_timeout, s.ttl), (5.0, 120.0, 5400.0))
+        self.assertEqual(s.ttl_rules, [("*.xml", 86400.0)])
+
+    def test_prefix_normalised(self) -> None:
+        """A prefix is normalised to /a/b/."""
+        [s] = self.load_data({"backends": [http_backend(prefix="/a/b")]}).settings
+        self.assertEqual(s.prefix, "/a/b/")
+
+    def test_credentials_from_environment(self) -> None:
+        """password_env and token_env read the named environment variables."""
+        self.patch(os, "environ", {"AV_PASS": "s3cret", "AV_TOKEN": "tok"})
+        [basic, bearer] = self.load_data({"backends": [
+            http_backend(username="u", password_env="AV_PASS"),
+            http_backend(prefix="/other/", token_env="AV_TOKEN")]}).settings
+        self.assertEqual((basic.username, basic.password), ("u", "s3cret"))
+        self.assertEqual(bearer.token, "tok")
+        self.assertNotIn("s3cret", repr(basic))
+
+    def test_headers(self) -> None:
+        """Extra upstream headers are kept as strings."""
+        [s] = self.load_data({"backends": [http_backend(headers={"X-Key": "v", "X-N": 3})]}).settings
+        self.assertEqual(s.headers, {"X-Key": "v", "X-N": "3"})
+
+
+class ErrorTests(ConfigFileMixin, SynchronousTestCase):
+    """Each mistake is one line that names the file and the key."""
+
+    def test_bad_yaml(self) -> None:
+        """Invalid YAML names the line and column."""
+        self.assertConfigError("backends: [\n  - type: http\n", "line ", "invalid YAML")
+
+    def test_not_utf8(self) -> None:
+        """A file that is not UTF-8 is a config error, not a traceback."""
+        self.assertConfigError(b"http_host: \xff\xfe\n", "UTF-8")
+
+    def test_unreadable(self) -> None:
+        """A missing file says it cannot be read."""
+        path = self.mktemp()
+        error = self.assertRaises(ConfigError, configmod.load, path, parse_backend)
+        self.assertEqual(str(error), f"{path}: cannot read: No such file or directory")
+
+    def test_top_level_not_mapping(self) -> None:
+        """A document that is a list is refused."""
+        self.assertConfigError("- a\n- b\n", "(top level): must be a mapping, not a list")
+
+    def test_unknown_backend_type(self) -> None:
+        """An unknown type names the item and the known types."""
+        self.assertConfigError(yaml.safe_dump({"backends": [{"type": "ftp", "config": {}}]}),
+                               "backends[0].type: unknown backend type 'ftp'", "http")
+
+    def test_missing_base_url(self) -> None:
+        """An http backend without base_url."""
+        self.assertConfigError(yaml.safe_dump({"backends": [{"type": "http", "config": {"prefix": "/x/"}}]}),
+                               "backends[0].config.base_url: required")
+
+    def test_missing_type(self) -> None:
+        """A backend item without a type."""
+        self.assertConfigError("backends:\n  - config: {}\n", "backends[0].type: required")
+
+    def test_wrong_types(self) -> None:
+        """Values of the wrong type say what they are."""
+        for data, fragment in [
+            ({"http_port": "eighty"}, "http_port: must be an integer, not a string"),
+            ({"http_port": True}, "http_port: must be an integer, not a boolean"),
+            ({"http_port": 70000}, "http_port: must be at most 65535"),
+            ({"backends": {"type": "http"}}, "backends: must be a list, not a mapping"),
+            ({"backends": ["http"]}, "backends[0]: must be a mapping, not a string"),
+            ({"log_level": "loud"}, "log_level: must be one of"),
+            ({"backends": [http_backend(timeout="soon")]}, "backends[0].config.timeout: must be a duration"),
+            ({"backends": [http_backend(ttl=-1)]}, "backends[0].config.ttl: must not be negative"),
+            ({"backends": [http_backend(base_url="ftp://x/")]}, "base_url: must be an http:// or https:// URL"),
+            ({"backends": [http_backend(prefix="files")]}, "backends[0].config.prefix: must be a path"),
+            ({"backends": [http_backend(prefix="/a/../b/")]}, "backends[0].config.prefix: must be a path"),
+            ({"backends": [http_backend(headers={"Bad Name": "x"})]}, "headers: 'Bad Name' is not a valid"),
+            ({"backends": [http_backend(headers={"X": "a\nb"})]}, "headers.X: must be a one-line string"),
+            ({"backends": [http_backend(ttl_rules={"*.xml": 5})]}, "ttl_rules: must be a list"),
+            ({"backends": [http_backend(ttl_rules=[{"match": "*"}])]}, "ttl_rules[0].ttl: required"),
+        ]:
+            with self.subTest(data=data):
+                self.assertConfigError(yaml.safe_dump(data), fragment)
+
+    def test_duplicate_prefix(self) -> None:
+        """Two backends at one prefix (after normalising) name both."""
+        self.assertConfigError(
+            yaml.safe_dump({"backends": [http_backend(prefix="/x/"), http_backend(prefix="/x")]}),
+            "backends[1].config.prefix: /x/ is already used by backends[0]")
+
+    def test_unknown_keys(self) -> None:
+        """A key nobody reads is refused wherever it is."""
+        for data, fragment in [
+            ({"http_prot": 80}, ": http_prot: unknown key"),
+            ({"backends": [{**http_backend(), "conifg": {}}]}, "backends[0].conifg: unknown key"),
+            ({"backends": [http_backend(base_ulr="x")]}, "backends[0].config.base_ulr: unknown key"),
+            ({"backends": [http_backend(ttl_rules=[{"match": "*", "ttl": 1, "x": 1}])]},
+             "backends[0].config.ttl_rules[0].x: unknown key"),
+        ]:
+            with self.subTest(data=data):
+                self.assertConfigError(yaml.safe_dump(data), fragment)
+
+    def test_credentials_in_url(self) -> None:
+        """Credentials inside base_url are refused, and not repeated in the message."""
+        message = self.assertConfigError(
+            yaml.safe_dump({"backends": [http_backend(base_url="https://u:hunter2@up.test/")]}),
+            "base_url: must not hold credentials")
+        self.assertNotIn("hunter2", message)
+
+    def test_credential_mistakes(self) -> None:
+        """Conflicting or dangling credentials are refused without showing them."""
+        self.patch(os, "environ", {"SET": "x"})
+        for config, fragment in [
+            ({"password": "hunter2"}, "password: is given without username"),
+            ({"username": "u", "token": "hunter2"}, "token: give username/password or token"),
+            ({"username": "u", "password": "hunter2", "password_env": "SET"},
+             "give password or password_env"),
+            ({"token_env": "UNSET"}, "token_env: environment variable UNSET is not set"),
+            ({"token_env": ""}, "token_env: must name an environment variable"),
+        ]:
+            with self.subTest(config=config):
+                message = self.assertConfigError(yaml.safe_dump({"backends": [http_backend(**config)]}),
+                                                 fragment)
+                self.assertNotIn("hunter2", message)
+
+
+class SectionTests(SynchronousTestCase):
+    """The typed accessors backends use for their own keys."""
+
+    def section(self, **data: object) -> Section:
+        return Section("f.yml", "backends[0].config", data)
+
+    def test_optional_values(self) -> None:
+        """Absent or null optional keys give their default."""
+        s = self.section(a=None)
+        self.assertIsNone(s.str("a", None))
+        self.assertEqual(s.int("b", 7), 7)
+        self.assertIsNone(s.seconds("c", None))
+        self.assertIsNone(s.url("d", None))
+        self.assertEqual(s.mapping("e", {}), {})
+        self.assertIsNone(s.secret("f"))
+
+    def test_bool(self) -> None:
+        """Booleans are true/false only, and optional ones take their default."""
+        s = self.section(yes=True, word="yes")
+        self.assertIs(s.bool("yes"), True)
+        self.assertIsNone(s.bool("absent", None))
+        self.assertIn("word: must be true or false", str(self.assertRaises(ConfigError, s.bool, "word")))
+
+    def test_choices(self) -> None:
+        """A string outside its choices lists them."""
+        error = self.assertRaises(ConfigError, self.section(mode="x").str, "mode", choices=("a", "b"))
+        self.assertEqual(str(error), "f.yml: backends[0].config.mode: must be one of a, b, not 'x'")
+
+    def test_nested_section_path(self) -> None:
+        """A nested section's errors carry the whole key path."""
+        inner = self.section(auth={"realm": 1}).section("auth")
+        error = self.assertRaises(ConfigError, inner.str, "realm")
+        self.assertEqual(str(error), "f.yml: backends[0].config.auth.realm: must be a string, not an integer")
+
+
+class ShippedConfigTests(SynchronousTestCase):
+    """The configs we ship load: the documented sample and the embedded default."""
+
+    def test_sample(self) -> None:
+        """config-sample.yml, which shows every key, is a valid config."""
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config-sample.yml")
+        config = configmod.load(path, parse_backend)
+        self.assertTrue(config.backends)
+        self.assertEqual(len(set(s.prefix for s in config.settings)), len(config.settings))

@@ -1,0 +1,80 @@
+"""
+Tests for L{artifactvault.site}: one log line per request, aborted ones too,
+never with the query string.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import error as neterror
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.fakes import Harness
+
+
+class SiteLogTests(SynchronousTestCase):
+
+    def setUp(self) -> None:
+        self.harness = Harness(self)
+        self.events: list[dict] = []
+
+        def observe(event: dict) -> None:
+            if event.get("log_namespace") == "artifactvault.site":
+                self.events.append(event)
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def line(self) -> str:
+        """The one line logged so far."""
+        self.harness.clock.advance(0)  # connections the server aborted are lost now
+        self.assertEqual(len(self.events), 1, [formatEvent(e) for e in self.events])
+        return formatEvent(self.events[0])
+
+    def test_hit(self) -> None:
+        """A request's line: method, path, status, cache status, bytes, backend."""
+        self.harness.fetched("a.bin", b"0123456789")
+        del self.events[:]
+        self.harness.get("/files/a.bin")
+        self.assertRegex(self.line(), r"^GET /files/a\.bin 200 HIT 10 bytes [\d.]+ ms \[test /files/\]$")
+
+    def test_no_query_string(self) -> None:
+        """The query string (it may hold a signature or token) is not logged."""
+        client = self.harness.get("/files/a.bin?X-Signature=s3cret&token=t0ken")
+        self.harness.requests[0].respond(200, b"x")
+        self.assertEqual(client.answer().body, b"x")
+        line = self.line()
+        self.assertTrue(line.startswith("GET /files/a.bin 200 MISS 1 bytes"), line)
+        for value in self.events[0].values():
+            self.assertNotIn("s3cret", str(value))
+
+    def test_error_reason(self) -> None:
+        """An error's line carries its reason."""
+        self.harness.get("/files/a.bin")
+        self.harness.requests[0].fail(neterror.ConnectionRefusedError())
+        self.assertRegex(self.line(), r"^GET /files/a\.bin 502 MISS .*: cannot connect to upstream upstream\.test: "
+                                      r"connection refused$")
+
+    def test_bad_path(self) -> None:
+        """A refused path is logged once, as a 400."""
+        self.harness.get("/files/a/../b")
+        self.assertIn(" 400 - ", self.line())
+
+    def test_aborted_by_server(self) -> None:
+        """A response cut because the upstream broke is one line, marked as such."""
+        self.harness.get("/files/a.bin")
+        self.harness.requests[0].respond(200, length=10).send(b"01234").cut()
+        line = self.line()
+        self.assertRegex(line, r"^GET /files/a\.bin 200 MISS 5 bytes .* \(client gone\)$")
+        self.assertTrue(self.events[0]["aborted"])
+
+    def test_client_left(self) -> None:
+        """A client that leaves mid-download is one line too."""
+        client = self.harness.get("/files/a.bin")
+        self.harness.requests[0].respond(200, length=10).send(b"012")
+        client.leave()
+        self.assertIn("(client gone)", self.line())
+
+    def test_server_header(self) -> None:
+        """Responses name the vault in Server."""
+        answer = self.harness.get("/files/a/../b").answer()
+        self.assertTrue(answer.header("Server").startswith("artifactvault/"))

@@ -1,0 +1,231 @@
+"""
+Tests for L{artifactvault.cache.store}: entries on disk, committed atomically,
+and never served with wrong bytes whatever was left behind by a crash.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from artifactvault.cache import store as storemod
+from artifactvault.cache.store import Entry, FileStore
+
+
+class StoreMixin:
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.root = self.mktemp()
+        self.store = self.new_store()
+        self.store.open()
+
+    def new_store(self) -> FileStore:
+        """A store on the same directory, with nothing remembered (a restart)."""
+        return FileStore(self.root, clock=self.clock.seconds)
+
+    def put(self, key: str, data: bytes, store: FileStore | None = None, **fields: object) -> Entry:
+        """Write C{data} to a temp file and commit it as C{key}."""
+        store = store or self.store
+        path, fd = store.new_temp()
+        os.write(fd, data)
+        entry = Entry(key=key, data="", size=len(data), stored_at=self.clock.seconds(), **fields)
+        try:
+            return self.successResultOf(store.commit(path, fd, entry))
+        finally:
+            os.close(fd)
+
+    def read(self, entry: Entry, store: FileStore | None = None) -> bytes | None:
+        fd = (store or self.store).open_data(entry)
+        if fd is None:
+            return None
+        try:
+            return os.pread(fd, entry.size + 1, 0)
+        finally:
+            os.close(fd)
+
+    def files(self, *parts: str) -> list[str]:
+        """Every file under the store's C{parts} directory, relative to it."""
+        top = os.path.join(self.root, *parts)
+        return sorted(os.path.relpath(os.path.join(d, n), top)
+                      for d, _, names in os.walk(top) for n in names)
+
+
+class CommitTests(StoreMixin, SynchronousTestCase):
+
+    def test_commit_and_lookup(self) -> None:
+        """A committed entry is found, by a fresh store too, with its bytes and fields."""
+        self.put("k", b"hello", content_type="text/plain", etag='"e"', headers={"X-A": "1"})
+        entry = self.new_store().lookup("k")
+        self.assertEqual((entry.size, entry.content_type, entry.etag, entry.headers),
+                         (5, "text/plain", '"e"', {"X-A": "1"}))
+        self.assertEqual(self.read(entry), b"hello")
+
+    def test_miss(self) -> None:
+        """An unknown key is a miss."""
+        self.assertIsNone(self.store.lookup("nothing"))
+
+    def test_temp_file_moved_into_place(self) -> None:
+        """Committing leaves nothing in tmp/ and names the data file from the key's hash."""
+        entry = self.put("k", b"x")
+        self.assertEqual(self.files("tmp"), [])
+        kh = FileStore.key_hash("k")
+        self.assertTrue(entry.data.startswith(f"{kh[:2]}/{kh}."))
+        self.assertEqual(self.files("data"), sorted([entry.data, f"{kh[:2]}/{kh}.json"]))
+
+    def test_key_never_names_a_file(self) -> None:
+        """A key that looks like a path outside the cache stays inside it."""
+        self.put("../../../../etc/passwd", b"x")
+        self.assertEqual(len(self.files("data")), 2)
+        self.assertEqual(sorted(os.listdir(self.root)), ["data", "tmp"])
+
+    def test_recommit_replaces(self) -> None:
+        """Committing a key again replaces its bytes and removes the old data file."""
+        first = self.put("k", b"old")
+        second = self.put("k", b"newer")
+        self.assertNotEqual(first.data, second.data)
+        self.assertEqual(self.read(self.new_store().lookup("k")), b"newer")
+        self.assertFalse(os.path.exists(self.store.data_path(first)))
+
+    def test_update(self) -> None:
+        """update() rewrites the metadata (new freshness), keeping the bytes."""
+        entry = self.put("k", b"abc", fresh_until=self.clock.seconds() + 10)
+        self.clock.advance(20)
+        self.assertFalse(entry.is_fresh(self.clock.seconds()))
+        entry.fresh_until = self.clock.seconds() + 10
+        self.store.update(entry)
+        again = self.new_store().lookup("k")
+        self.assertTrue(again.is_fresh(self.clock.seconds()))
+        self.assertEqual(self.read(again), b"abc")
+
+    def test_immutable_is_fresh_forever(self) -> None:
+        """An entry without fresh_until never goes stale."""
+        entry = self.put("k", b"x")
+        self.assertTrue(entry.is_fresh(self.clock.seconds() + 10 ** 9))
+
+    def test_commit_order(self) -> None:
+        """The data is fsynced and renamed into place before the metadata names it."""
+        calls: list[tuple[str, str]] = []
+        for name in ("fsync", "rename", "replace"):
+            real = getattr(os, name)
+
+            def record(*args: object, name: str = name, real: object = real) -> object:
+                calls.append((name, os.path.basename(str(args[-1])) if name != "fsync" else ""))
+                return real(*args)  # type: ignore[operator]
+            self.patch(os, name, record)
+        entry = self.put("k", b"data")
+        data_name = os.path.basename(entry.data)
+        kinds = [c[0] for c in calls]
+        self.assertLess(kinds.index("fsync"), calls.index(("rename", data_name)))
+        meta = calls.index(("replace", FileStore.key_hash("k") + ".json"))
+        self.assertLess(calls.index(("rename", data_name)), meta)
+        self.assertIn("fsync", kinds[calls.index(("rename", data_name)) + 1:meta])
+
+    def test_failed_commit(self) -> None:
+        """A commit that fails (disk full) fails its Deferred and keeps the old entry."""
+        self.put("k", b"old")
+
+        def full(*args: object, **kwargs: object) -> None:
+            raise OSError(28, "No space left on device")
+        self.patch(self.store, "_write_meta", full)
+        path, fd = self.store.new_temp()
+        self.addCleanup(os.close, fd)
+        os.write(fd, b"new")
+        d = self.store.commit(path, fd, Entry(key="k", data="", size=3, stored_at=0))
+        self.failureResultOf(d, OSError)
+        self.assertEqual(self.read(self.new_store().lookup("k")), b"old")
+
+
+class RecoveryTests(StoreMixin, SynchronousTestCase):
+    """What a crash leaves behind is cleaned up or ignored, never served."""
+
+    def test_leftover_temp_files_removed(self) -> None:
+        """open() removes every temp file and says how many."""
+        for _ in range(3):
+            _, fd = self.store.new_temp()
+            os.close(fd)
+        self.assertEqual(self.new_store().open(), 3)
+        self.assertEqual(self.files("tmp"), [])
+
+    def test_data_without_metadata(self) -> None:
+        """Data renamed into place whose metadata was never written is a miss, then swept."""
+        def crash(*args: object, **kwargs: object) -> None:
+            raise OSError("killed")
+        self.patch(self.store, "_write_meta", crash)
+        path, fd = self.store.new_temp()
+        os.write(fd, b"orphan")
+        self.failureResultOf(self.store.commit(path, fd, Entry(key="k", data="", size=6, stored_at=0)))
+        os.close(fd)
+        store = self.new_store()
+        self.assertIsNone(store.lookup("k"))
+        [orphan] = self.files("data")
+        self.assertEqual(self.successResultOf(store.sweep()), 0, "too young to be sure")
+        self.clock.advance(storemod.ORPHAN_AGE + 1)
+        os.utime(os.path.join(self.root, "data", orphan), (0, 0))
+        self.assertEqual(self.successResultOf(store.sweep()), 1)
+        self.assertEqual(self.files("data"), [])
+
+    def test_torn_metadata(self) -> None:
+        """Unreadable metadata is a miss, and the sweep removes it."""
+        entry = self.put("k", b"abc")
+        meta = os.path.join(self.root, "data", entry.data.split("/")[0], FileStore.key_hash("k") + ".json")
+        for torn in (b'{"key": "k", "da', b"[]", b'{"key": "k"}', b"\xff"):
+            with self.subTest(torn=torn):
+                with open(meta, "wb") as f:
+                    f.write(torn)
+                self.assertIsNone(self.new_store().lookup("k"))
+        self.assertEqual(self.successResultOf(self.new_store().sweep()), 1)
+        self.assertFalse(os.path.exists(meta))
+
+    def test_wrong_size_is_a_miss(self) -> None:
+        """A data file whose size differs from the metadata is never read, and is dropped."""
+        for change in (b"abcd", b"ab"):
+            with self.subTest(change=change):
+                entry = self.put("k", b"abc")
+                with open(self.store.data_path(entry), "wb") as f:
+                    f.write(change)
+                self.assertIsNone(self.store.open_data(entry))
+                self.assertIsNone(self.new_store().lookup("k"))
+
+    def test_wrong_size_spares_a_newer_commit(self) -> None:
+        """A reader holding an old entry whose file went bad does not drop the entry committed since."""
+        old = self.put("k", b"abc")
+        new = self.put("k", b"fresh")
+        with open(self.store.data_path(old), "wb") as f:  # the old name, now with the wrong size
+            f.write(b"abcd")
+        self.assertIsNone(self.store.open_data(old))
+        self.assertEqual(self.read(self.new_store().lookup("k")), b"fresh")
+        self.assertEqual(self.store.lookup("k").data, new.data)
+
+    def test_missing_data_is_a_miss(self) -> None:
+        """Metadata whose data file is gone gives no fd."""
+        entry = self.put("k", b"abc")
+        os.unlink(self.store.data_path(entry))
+        self.assertIsNone(self.store.open_data(entry))
+
+    def test_sweep_keeps_live_entries(self) -> None:
+        """The sweep leaves committed entries alone, however old."""
+        self.put("a", b"1")
+        self.put("b", b"2")
+        self.clock.advance(storemod.ORPHAN_AGE * 10)
+        for name in self.files("data"):
+            os.utime(os.path.join(self.root, "data", name), (0, 0))
+        self.assertEqual(self.successResultOf(self.store.sweep()), 0)
+        self.assertEqual(self.read(self.new_store().lookup("a")), b"1")
+
+    def test_remove(self) -> None:
+        """remove() deletes the metadata and the data."""
+        self.put("k", b"abc")
+        self.store.remove("k")
+        self.assertIsNone(self.new_store().lookup("k"))
+        self.assertEqual(self.files("data"), [])
+
+    def test_memo_bounded(self) -> None:
+        """The in-memory memo of entries forgets the least recently used."""
+        store = FileStore(self.root, clock=self.clock.seconds, memo_size=2)
+        for key in "abc":
+            self.put(key, key.encode(), store=store)
+        self.assertEqual(list(store._memo), ["b", "c"])
+        self.assertEqual(store.lookup("a").key, "a")  # read back from disk

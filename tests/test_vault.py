@@ -1,0 +1,463 @@
+"""
+Tests for L{artifactvault.vault}: misses, hits, stale entries and upstream
+faults as a client of the real HTTP server sees them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from twisted.internet import error as neterror
+from twisted.trial.unittest import SynchronousTestCase
+
+from artifactvault.upstream import UpstreamError
+from tests.fakes import Harness
+
+BODY = b"0123456789"
+LAST_MODIFIED = "Tue, 14 Nov 2023 22:13:20 GMT"
+
+
+class VaultMixin:
+    ttl: float | None = None
+
+    def setUp(self) -> None:
+        self.harness = Harness(self, ttl=self.ttl, idle_timeout=10, timeout=5)
+
+    def get(self, path: str = "a.bin", **kwargs: object):  # type: ignore[no-untyped-def]
+        return self.harness.get("/files/" + path, **kwargs)  # type: ignore[arg-type]
+
+    def stored(self, path: str = "a.bin") -> bytes | None:
+        entry = self.harness.store.lookup(self.harness.url(path))
+        return None if entry is None else self.harness.vault.read(entry)
+
+    def assertAborted(self, client) -> None:  # type: ignore[no-untyped-def]
+        """The client got a 200 and part of the body, then a cut connection: never a short 200."""
+        self.assertTrue(client.aborted)
+        answer = client.answer()
+        self.assertEqual(answer.status, 200)
+        self.assertFalse(answer.complete)
+
+    def assertError(self, client, status: int, reason: str) -> None:  # type: ignore[no-untyped-def]
+        """The client got C{status} with the reason in the body."""
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body.decode()), (status, reason + "\n"))
+        self.assertFalse(client.aborted)
+
+
+class MissTests(VaultMixin, SynchronousTestCase):
+
+    def test_streamed_as_it_arrives(self) -> None:
+        """A miss is streamed to the client while it downloads, then is a hit."""
+        client = self.get()
+        request = self.harness.requests[0]
+        self.assertEqual(request.url, self.harness.url("a.bin"))
+        response = request.respond(200, length=10, headers={"Content-Type": "application/java-archive"})
+        response.send(b"01234")
+        self.assertEqual(client.answer().body, b"01234")
+        response.send(b"56789").finish()
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body, answer.complete), (200, BODY, True))
+        self.assertEqual((answer.header("X-Cache"), answer.header("Content-Type"), answer.header("Content-Length")),
+                         ("MISS", "application/java-archive", "10"))
+        hit = self.get().answer()
+        self.assertEqual((hit.body, hit.header("X-Cache"), hit.header("Content-Type")),
+                         (BODY, "HIT", "application/java-archive"))
+        self.assertEqual(len(self.harness.requests), 1)
+
+    def test_concurrent_requests_share_one_fetch(self) -> None:
+        """Concurrent clients join one upstream fetch; one leaving cancels nothing for the others."""
+        clients = [self.get() for _ in range(3)]
+        self.assertEqual(len(self.harness.requests), 1)
+        response = self.harness.requests[0].respond(200, length=10)
+        response.send(b"012")
+        clients[0].leave()
+        response.send(b"3456789").finish()
+        for client in clients[1:]:
+            self.assertEqual(client.answer().body, BODY)
+        self.assertFalse(response.transport.stopped)
+        self.assertEqual(self.stored(), BODY)
+
+    def test_everyone_leaves(self) -> None:
+        """The download goes on into the cache when every client has left."""
+        client = self.get()
+        response = self.harness.requests[0].respond(200, length=10)
+        client.leave()
+        response.send(BODY).finish()
+        self.assertEqual(self.stored(), BODY)
+
+    def test_leaves_before_answer(self) -> None:
+        """A client that leaves before the upstream answers gets nothing written, the fetch goes on."""
+        client = self.get()
+        client.leave()
+        self.harness.requests[0].respond(200, BODY)
+        self.assertEqual(client.received, b"")
+        self.assertEqual(self.stored(), BODY)
+
+    def test_unknown_length(self) -> None:
+        """A body of unknown length is sent chunked and stored when it ends normally."""
+        client = self.get()
+        self.harness.requests[0].respond(200).send(b"01234", b"56789").finish()
+        answer = client.answer()
+        self.assertEqual((answer.body, answer.complete, answer.header("Content-Length")), (BODY, True, None))
+        self.assertEqual(self.stored(), BODY)
+
+    def test_range_from_flight(self) -> None:
+        """A Range on a miss is a 206 answered from the download as it arrives."""
+        client = self.get(headers={"Range": "bytes=2-4"})
+        response = self.harness.requests[0].respond(200, length=10)
+        self.assertNotIn("range", self.harness.requests[0].headers, "the whole artifact is fetched")
+        response.send(b"0123")
+        self.assertFalse(client.answer().complete)
+        response.send(b"45")
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body, answer.complete), (206, b"234", True))
+        self.assertEqual(answer.header("Content-Range"), "bytes 2-4/10")
+        response.send(b"6789").finish()
+        self.assertEqual(self.stored(), BODY)
+
+    def test_unsatisfiable_range_on_miss(self) -> None:
+        """A range past the announced length is a 416; the download goes on."""
+        client = self.get(headers={"Range": "bytes=50-"})
+        self.harness.requests[0].respond(200, BODY)
+        self.assertEqual(client.answer().status, 416)
+        self.assertEqual(self.stored(), BODY)
+
+    def test_conditional_on_miss(self) -> None:
+        """A client's If-None-Match matching the upstream's ETag is a 304; the download goes on."""
+        client = self.get(headers={"If-None-Match": '"v1"'})
+        response = self.harness.requests[0].respond(200, length=10, headers={"ETag": '"v1"'})
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body, answer.header("ETag")), (304, b"", '"v1"'))
+        response.send(BODY).finish()
+        self.assertEqual(self.stored(), BODY)
+
+    def test_content_encoding_on_miss(self) -> None:
+        """A body the upstream compressed anyway is passed on with its Content-Encoding."""
+        client = self.get()
+        self.harness.requests[0].respond(200, b"\x1f\x8b..", {"X-Upstream-Content-Encoding": "gzip"})
+        answer = client.answer()
+        self.assertEqual((answer.body, answer.header("Content-Encoding")), (b"\x1f\x8b..", "gzip"))
+
+    def test_wrong_size_data_refetched(self) -> None:
+        """A cached data file of the wrong size is a miss, never wrong bytes."""
+        self.harness.fetched("a.bin", BODY)
+        entry = self.harness.store.lookup(self.harness.url("a.bin"))
+        with open(self.harness.store.data_path(entry), "wb") as f:
+            f.write(b"01234")
+        client = self.get()
+        self.assertEqual(len(self.harness.requests), 2)
+        self.harness.requests[1].respond(200, BODY)
+        self.assertEqual((client.answer().body, client.answer().header("X-Cache")), (BODY, "MISS"))
+
+
+class FaultTests(VaultMixin, SynchronousTestCase):
+    """Upstream faults: an aborted connection after bytes, an error status before."""
+
+    def test_truncated_after_bytes(self) -> None:
+        """A body that ends short after bytes were sent aborts the client; nothing is stored."""
+        client = self.get()
+        self.harness.requests[0].respond(200, length=10).send(b"01234").finish()
+        self.assertAborted(client)
+        self.assertIsNone(self.stored())
+        self.assertEqual(os.listdir(self.harness.store.tmp_dir), [])
+
+    def test_reset_after_bytes(self) -> None:
+        """A reset after bytes aborts every client that got some."""
+        clients = [self.get(), self.get()]
+        self.harness.requests[0].respond(200).send(b"01234").cut(neterror.ConnectionLost())
+        for client in clients:
+            self.assertAborted(client)
+        self.assertIsNone(self.stored())
+
+    def test_failure_before_bytes(self) -> None:
+        """A client that received nothing gets a 502 with the reason."""
+        client = self.get()
+        self.harness.requests[0].respond(200, length=10).cut()
+        self.assertError(client, 502, "upstream connection broke after 0 of 10 bytes")
+
+    def test_connection_refused(self) -> None:
+        """An unreachable upstream is a 502 saying so."""
+        client = self.get()
+        self.harness.requests[0].fail(neterror.ConnectionRefusedError())
+        self.assertError(client, 502, "cannot connect to upstream upstream.test: connection refused")
+
+    def test_header_timeout(self) -> None:
+        """An upstream that does not answer in time is a 504 (treq cancels the request)."""
+        client = self.get()
+        self.assertEqual(self.harness.requests[0].kwargs["timeout"], 5)
+        self.harness.requests[0].deferred.cancel()
+        self.assertError(client, 504, "upstream upstream.test did not answer within 5 s")
+
+    def test_idle_timeout_before_bytes(self) -> None:
+        """A stall before the first body byte is a 504."""
+        client = self.get()
+        response = self.harness.requests[0].respond(200, length=10)
+        self.harness.clock.advance(10)
+        self.assertTrue(response.transport.stopped)
+        self.assertError(client, 504, "upstream sent nothing for 10 s (after 0 bytes)")
+
+    def test_idle_timeout_after_bytes(self) -> None:
+        """A stall mid-body aborts the client that has bytes and stores nothing."""
+        client = self.get()
+        self.harness.requests[0].respond(200, length=10).send(b"012")
+        self.harness.clock.advance(10)
+        self.assertAborted(client)
+        self.assertIsNone(self.stored())
+
+    def test_upstream_status(self) -> None:
+        """An upstream 404 is a 404, a 500 a 502; the upstream's body is not passed on or stored."""
+        for code, phrase, status in [(404, b"Not Found", 404), (500, b"Internal Server Error", 502)]:
+            with self.subTest(code=code):
+                client = self.get()
+                self.harness.requests[-1].respond(code, b"<html>upstream page</html>", phrase=phrase)
+                self.assertError(client, status, f"upstream answered {code} {phrase.decode()}")
+                self.assertIsNone(self.stored())
+
+    def test_slow_client_when_upstream_fails(self) -> None:
+        """A paused client that already has bytes is aborted too, not finished short."""
+        client = self.get(limit=1)
+        self.harness.requests[0].respond(200, length=10).send(b"01234").cut()
+        self.assertAborted(client)
+
+    def test_next_request_retries(self) -> None:
+        """After a failed download, the next request asks the upstream again."""
+        self.get()
+        self.harness.requests[0].fail(neterror.ConnectionRefusedError())
+        client = self.get()
+        self.harness.requests[1].respond(200, BODY)
+        self.assertEqual(client.answer().body, BODY)
+
+
+class DigestTests(VaultMixin, SynchronousTestCase):
+    """With a digest expected, no client sees a complete body before it is verified."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.harness.backend.options["a.bin"] = {"digest": ("sha256", hashlib.sha256(BODY).hexdigest())}
+
+    def test_last_byte_waits_for_verification(self) -> None:
+        """All bytes but the last go out as they arrive; the last once the digest matched."""
+        client = self.get()
+        response = self.harness.requests[0].respond(200, length=10)
+        response.send(BODY)
+        self.assertEqual(client.answer().body, BODY[:-1])
+        response.finish()
+        self.assertEqual(client.answer().body, BODY)
+        self.assertTrue(client.answer().complete)
+
+    def test_mismatch(self) -> None:
+        """A body with the wrong digest aborts the client one byte short and is not stored."""
+        client = self.get()
+        self.harness.requests[0].respond(200, b"9876543210")
+        self.assertAborted(client)
+        self.assertEqual(client.answer().body, b"987654321")
+        self.assertIsNone(self.stored())
+
+    def test_empty_body_waits_for_verification(self) -> None:
+        """An empty body where the digest wants bytes is not a complete 200: nothing goes out before the check."""
+        client = self.get()
+        self.harness.requests[0].respond(200, length=0)
+        self.assertFalse(client.has_answer())
+        self.harness.requests[0].response.finish()
+        self.assertEqual(client.answer().status, 502)
+        self.assertIsNone(self.stored())
+
+
+class HeadTests(VaultMixin, SynchronousTestCase):
+
+    def test_head_miss_asks_upstream_with_head(self) -> None:
+        """A HEAD miss sends HEAD upstream, answers with its headers, and downloads nothing."""
+        client = self.get(method=b"HEAD")
+        [request] = self.harness.requests
+        self.assertEqual(request.method, "HEAD")
+        request.respond(200, b"", headers={"Content-Length": "1234", "Content-Type": "application/zip",
+                                          "ETag": '"e"', "Last-Modified": LAST_MODIFIED}, length=0)
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body), (200, b""))
+        self.assertEqual([answer.header(h) for h in ("Content-Length", "Content-Type", "ETag", "X-Cache")],
+                         ["1234", "application/zip", '"e"', "MISS"])
+        self.assertIsNone(self.stored())
+        self.assertEqual(len(self.harness.vault.flights), 0)
+
+    def test_head_miss_not_found(self) -> None:
+        """A HEAD the upstream does not know is a 404."""
+        client = self.get(method=b"HEAD")
+        self.harness.requests[0].respond(404, b"", phrase=b"Not Found")
+        self.assertEqual(client.answer().status, 404)
+
+    def test_head_hit(self) -> None:
+        """A HEAD hit asks the upstream nothing."""
+        self.harness.fetched("a.bin", BODY)
+        answer = self.get(method=b"HEAD").answer()
+        self.assertEqual((answer.status, answer.header("Content-Length"), answer.header("X-Cache")),
+                         (200, "10", "HIT"))
+        self.assertEqual(len(self.harness.requests), 1)
+
+    def test_head_during_download_unknown_length(self) -> None:
+        """A HEAD during a download of unknown length is answered at once, without a length."""
+        self.get()
+        self.harness.requests[0].respond(200).send(b"012")
+        answer = self.get(method=b"HEAD").answer()
+        self.assertEqual((answer.status, answer.header("Content-Length"), answer.body), (200, None, b""))
+
+    def test_head_during_download(self) -> None:
+        """A HEAD while the artifact downloads is answered from the flight, no second request."""
+        self.get()
+        self.harness.requests[0].respond(200, length=10).send(b"012")
+        answer = self.get(method=b"HEAD").answer()
+        self.assertEqual((answer.status, answer.header("Content-Length"), answer.body), (200, "10", b""))
+        self.assertEqual(len(self.harness.requests), 1)
+
+
+class StaleTests(VaultMixin, SynchronousTestCase):
+    """Entries past their ttl are revalidated; a failing upstream means a stale copy."""
+
+    ttl = 60
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.harness.fetched("a.bin", BODY, {"ETag": '"v1"', "Last-Modified": LAST_MODIFIED})
+
+    def test_fresh_within_ttl(self) -> None:
+        """Within the ttl it is a hit without asking upstream."""
+        self.harness.clock.advance(59)
+        self.assertEqual(self.get().answer().header("X-Cache"), "HIT")
+        self.assertEqual(len(self.harness.requests), 1)
+
+    def revalidate(self):  # type: ignore[no-untyped-def]
+        self.harness.clock.advance(61)
+        client = self.get()
+        request = self.harness.requests[-1]
+        self.assertEqual((request.header("If-None-Match"), request.header("If-Modified-Since")),
+                         ('"v1"', LAST_MODIFIED))
+        return client, request
+
+    def test_not_modified(self) -> None:
+        """A 304 refreshes the entry: served from the cache, fresh for another ttl."""
+        client, request = self.revalidate()
+        request.respond(304, b"")
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body, answer.header("X-Cache")), (200, BODY, "HIT"))
+        self.harness.clock.advance(59)
+        self.assertEqual(self.get().answer().body, BODY)
+        self.assertEqual(len(self.harness.requests), 2)
+
+    def test_broken_revalidation_body_serves_stale(self) -> None:
+        """A revalidation answered 200 whose body breaks before the client got a byte: the stale copy is served."""
+        self.harness.backend.options["a.bin"] = {"digest": ("sha256", hashlib.sha256(b"new!").hexdigest())}
+        client, request = self.revalidate()
+        request.respond(200, length=4).cut()
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body, answer.header("X-Cache")), (200, BODY, "STALE"))
+
+    def test_modified(self) -> None:
+        """A 200 replaces the entry."""
+        client, request = self.revalidate()
+        request.respond(200, b"new", headers={"ETag": '"v2"'})
+        self.assertEqual(client.answer().body, b"new")
+        self.assertEqual(self.get().answer().header("ETag"), '"v2"')
+
+    def test_upstream_failures_serve_stale(self) -> None:
+        """Unreachable, timing out or failing with 5xx: the stale copy with X-Cache: STALE."""
+        for fail in [lambda r: r.fail(neterror.ConnectionRefusedError()),
+                     lambda r: r.deferred.cancel(),
+                     lambda r: r.respond(503, b"", phrase=b"Unavailable")]:
+            with self.subTest(fail=fail):
+                client, request = self.revalidate()
+                fail(request)
+                answer = client.answer()
+                self.assertEqual((answer.status, answer.body, answer.header("X-Cache")), (200, BODY, "STALE"))
+                self.assertIn("110", answer.header("Warning"))
+
+    def test_head_revalidates(self) -> None:
+        """A HEAD on a stale entry asks with HEAD; the same ETag refreshes it."""
+        self.harness.clock.advance(61)
+        client = self.get(method=b"HEAD")
+        self.assertEqual(self.harness.requests[-1].method, "HEAD")
+        self.harness.requests[-1].respond(200, b"", headers={"ETag": '"v1"', "Content-Length": "10"}, length=0)
+        self.assertEqual((client.answer().status, client.answer().header("X-Cache")), (200, "HIT"))
+        self.assertEqual(self.get().answer().header("X-Cache"), "HIT")
+        self.assertEqual(len(self.harness.requests), 2)
+
+    def test_head_stale_when_unreachable(self) -> None:
+        """A HEAD on a stale entry with the upstream down is answered from the stale copy."""
+        self.harness.clock.advance(61)
+        client = self.get(method=b"HEAD")
+        self.harness.requests[-1].fail(neterror.ConnectionRefusedError())
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.header("X-Cache"), answer.header("Content-Length")),
+                         (200, "STALE", "10"))
+
+    def test_stale_data_gone(self) -> None:
+        """A stale entry whose data file vanished is not revalidated but fetched again."""
+        for method in (b"GET", b"HEAD"):
+            with self.subTest(method=method):
+                entry = self.harness.store.lookup(self.harness.url("a.bin"))
+                os.unlink(self.harness.store.data_path(entry))
+                self.harness.clock.advance(61)
+                client = self.get(method=method)
+                request = self.harness.requests[-1]
+                self.assertIsNone(request.header("If-None-Match"))
+                request.respond(200, b"" if method == b"HEAD" else BODY,
+                                headers={"ETag": '"v1"', "Content-Length": "10"})
+                answer = client.answer()
+                self.assertEqual((answer.status, answer.header("Content-Length")), (200, "10"))
+                if method == b"GET":
+                    self.assertEqual(answer.body, BODY)
+
+    def test_definite_not_found(self) -> None:
+        """A 404 on revalidation is believed, not papered over with the stale copy."""
+        client, request = self.revalidate()
+        request.respond(404, b"", phrase=b"Not Found")
+        self.assertEqual(client.answer().status, 404)
+
+    def test_document_stale(self) -> None:
+        """Documents (pages a backend renders) also fall back to the stale copy."""
+        artifact = self.harness.backend.artifact("a.bin")
+        self.harness.clock.advance(61)
+        d = self.harness.vault.document(artifact)
+        self.harness.requests[-1].fail(neterror.ConnectionRefusedError())
+        entry, status = self.successResultOf(d)
+        self.assertEqual((status, self.harness.vault.read(entry)), ("STALE", BODY))
+
+
+class DocumentTests(VaultMixin, SynchronousTestCase):
+    """Vault.document: the stored entry of a page a backend renders itself."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.harness.backend.options["index"] = {
+            "transform": lambda body, response: (body.replace(b"up", b"vault"), "text/html")}
+        self.artifact = self.harness.backend.artifact("index")
+
+    def test_miss_then_hit(self) -> None:
+        """A document is fetched, transformed and stored, then a hit."""
+        d = self.harness.vault.document(self.artifact)
+        self.harness.requests[0].respond(200, b"<a href=up>")
+        entry, status = self.successResultOf(d)
+        self.assertEqual((status, self.harness.vault.read(entry), entry.content_type),
+                         ("MISS", b"<a href=vault>", "text/html"))
+        self.assertEqual(self.successResultOf(self.harness.vault.document(self.artifact))[1], "HIT")
+
+    def test_failure(self) -> None:
+        """Without a stale copy, the upstream's error."""
+        d = self.harness.vault.document(self.artifact)
+        self.harness.requests[0].respond(404, b"", phrase=b"Not Found")
+        self.assertEqual(self.failureResultOf(d, UpstreamError).value.status, 404)
+
+    def test_served_transformed(self) -> None:
+        """A GET of a transformed artifact gets the stored (transformed) bytes."""
+        client = self.get("index")
+        self.harness.requests[0].respond(200, b"up up")
+        answer = client.answer()
+        self.assertEqual((answer.body, answer.header("Content-Type"), answer.header("X-Cache")),
+                         (b"vault vault", "text/html", "MISS"))
+
+    def test_read_gone(self) -> None:
+        """read() of an entry whose data vanished is None."""
+        d = self.harness.vault.document(self.artifact)
+        self.harness.requests[0].respond(200, b"x")
+        entry, _ = self.successResultOf(d)
+        os.unlink(self.harness.store.data_path(entry))
+        self.assertIsNone(self.harness.vault.read(entry))
