@@ -78,9 +78,7 @@ class Vault:
             if not serve_entry(responder, self.store, flight.entry, "HIT"):
                 responder.error(502, "cached copy vanished during revalidation")
             return
-        if flight.artifact.transform is not None or flight.state == Flight.COMMITTED:
-            # A flight already committed (an upstream that answered at once) has
-            # closed its temp file: serve what it stored.
+        if flight.artifact.transform is not None:
             flight.committed().addCallbacks(
                 lambda entry: self._serve_committed(responder, entry, "MISS"),
                 lambda failure: self._failed(responder, failure, None))

@@ -1,7 +1,7 @@
 """
 The PyPI backend through the real daemon, with real clients (pip and uv in
 throwaway venvs) against the real pypiserver of ``../shared/upstreams``, and
-against a small real fake upstream (L{tests.fakeindex}) for what pypiserver
+against a scripted real upstream (L{tests.fakeupstream}) for what pypiserver
 cannot do: PEP 691 JSON, PEP 658 metadata, a file that is not what its hash
 says.
 
@@ -12,20 +12,24 @@ Each test starts its own daemon with an empty cache. Venvs are made
 
 from __future__ import annotations
 
+import base64
 import glob
+import hashlib
 import html.parser
+import io
 import http.client
 import json
 import os
 import re
 import subprocess
 import sys
+import zipfile
 from urllib.parse import urljoin
 
 from twisted.trial.unittest import TestCase
 
 from tests import support
-from tests.fakeindex import FakeIndex, make_wheel, sha256
+from tests.fakeupstream import FakeUpstream, Script
 
 PIP_ACCEPT = ("application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "
               "text/html; q=0.01")
@@ -43,6 +47,29 @@ def upstream_files() -> dict[str, str]:
             out[os.path.basename(path)] = support.sha256_file(path)
     assert len(out) == len(REQUESTS_SET), out
     return out
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def make_wheel(name: str, version: str, requires: tuple[str, ...] = ()) -> tuple[str, bytes, bytes]:
+    """A minimal pure-Python wheel: (filename, wheel bytes, its METADATA)."""
+    dist = f"{name}-{version}.dist-info"
+    metadata = (f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+                + "".join(f"Requires-Dist: {r}\n" for r in requires)).encode()
+    files = {f"{name}/__init__.py": f"VERSION = {version!r}\n".encode(),
+             f"{dist}/METADATA": metadata,
+             f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(
+        f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}\n"
+        for path, data in files.items()) + f"{dist}/RECORD,,\n"
+    files[f"{dist}/RECORD"] = record.encode()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for path, data in files.items():
+            z.writestr(zipfile.ZipInfo(path, (2020, 1, 1, 0, 0, 0)), data)
+    return f"{name}-{version}-py3-none-any.whl", out.getvalue(), metadata
 
 
 def file_hits(filename: str) -> int:
@@ -254,10 +281,14 @@ class HttpTests(ClientTestCase):
 
 class FakeUpstreamTests(ClientTestCase):
     def setUp(self) -> None:
-        self.index = FakeIndex()
-        self.files = FakeIndex()  # a second host for absolute file URLs
-        self.addCleanup(self.index.stop)
-        self.addCleanup(self.files.stop)
+        self.index = FakeUpstream()
+        self.files = FakeUpstream()  # a second host for absolute file URLs
+        self.addCleanup(self.index.close)
+        self.addCleanup(self.files.close)
+
+    @staticmethod
+    def serve(upstream: FakeUpstream, path: str, content_type: str, body: bytes) -> None:
+        upstream.scripts[path] = Script(body=body, headers={"Content-Type": content_type})
 
     def test_tampered_file_never_committed(self) -> None:
         """
@@ -268,9 +299,10 @@ class FakeUpstreamTests(ClientTestCase):
         bad = bytearray(good)
         bad[-1] ^= 1
         name = "evil-1.0-py3-none-any.whl"
-        self.index.routes["/simple/evil/"] = ("text/html", f'<a href="/p/{name}#sha256={sha256(good)}">{name}</a>'.encode())
-        self.index.routes[f"/p/{name}"] = ("application/octet-stream", bytes(bad))
-        d = self.daemon(self.index.url + "/simple/")
+        self.serve(self.index, "/simple/evil/", "text/html",
+                   f'<a href="/p/{name}#sha256={sha256(good)}">{name}</a>'.encode())
+        self.serve(self.index, f"/p/{name}", "application/octet-stream", bytes(bad))
+        d = self.daemon(self.index.base + "/simple/")
         url = d.url(f"/pypi/+f/evil/{sha256(good)}/{name}")
         for attempt in (1, 2):
             conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
@@ -279,11 +311,11 @@ class FakeUpstreamTests(ClientTestCase):
             self.assertEqual(response.status, 200)  # streaming began before the end could be checked
             self.assertRaises((http.client.IncompleteRead, ConnectionError), response.read)
             conn.close()
-            self.assertEqual(self.index.hits(f"/p/{name}"), attempt)  # not cached: fetched again
+            self.assertEqual(self.index.count("GET", f"/p/{name}"), attempt)  # not cached: fetched again
         p = subprocess.run(self.pip_cmd(self.venv(), d.url("/pypi/"), "evil"), env=support.pip_env(),
                            capture_output=True, text=True, timeout=120)
         self.assertNotEqual(p.returncode, 0)
-        self.assertNotIn(" HIT ", "\n".join(l for l in d.log().splitlines() if name in l))
+        self.assertNotIn(" HIT ", "\n".join(line for line in d.log().splitlines() if name in line))
 
     def test_json_upstream_with_metadata(self) -> None:
         """
@@ -293,24 +325,26 @@ class FakeUpstreamTests(ClientTestCase):
         """
         demo, demo_whl, demo_meta = make_wheel("demo", "1.0", requires=("dep>=2",))
         dep, dep_whl, dep_meta = make_wheel("dep", "2.0")
-        self.index.routes["/simple/demo/"] = ("application/vnd.pypi.simple.v1+json", json.dumps({
+        self.serve(self.index, "/simple/demo/", "application/vnd.pypi.simple.v1+json", json.dumps({
             "meta": {"api-version": "1.0"}, "name": "demo",
             "files": [{"filename": demo, "url": f"../../files/{demo}", "hashes": {"sha256": sha256(demo_whl)},
                        "requires-python": ">=3.8", "core-metadata": {"sha256": sha256(demo_meta)}}]}).encode())
-        self.index.routes[f"/files/{demo}"] = ("application/octet-stream", demo_whl)
-        self.index.routes[f"/files/{demo}.metadata"] = ("application/octet-stream", demo_meta)
-        self.index.routes["/simple/dep/"] = ("text/html", (
-            f'<a href="{self.files.url}/pool/{dep}#sha256={sha256(dep_whl)}" '
+        self.serve(self.index, f"/files/{demo}", "application/octet-stream", demo_whl)
+        self.serve(self.index, f"/files/{demo}.metadata", "application/octet-stream", demo_meta)
+        self.serve(self.index, "/simple/dep/", "text/html", (
+            f'<a href="{self.files.base}/pool/{dep}#sha256={sha256(dep_whl)}" '
             f'data-dist-info-metadata="sha256={sha256(dep_meta)}">{dep}</a>').encode())
-        self.files.routes[f"/pool/{dep}"] = ("application/octet-stream", dep_whl)
-        self.files.routes[f"/pool/{dep}.metadata"] = ("application/octet-stream", dep_meta)
-        d = self.daemon(self.index.url + "/simple/")
+        self.serve(self.files, f"/pool/{dep}", "application/octet-stream", dep_whl)
+        self.serve(self.files, f"/pool/{dep}.metadata", "application/octet-stream", dep_meta)
+        d = self.daemon(self.index.base + "/simple/")
         pip_python, uv_python = self.venv(), self.venv()
         self.run_ok(self.pip_cmd(pip_python, d.url("/pypi/"), "demo"))
         self.run_ok(self.uv_cmd(uv_python, d.url("/pypi/"), "demo"))
         for python in (pip_python, uv_python):
             self.assertIn("site-packages/dep", self.installed(python, "dep"))
-        self.assertEqual((self.index.hits(f"/files/{demo}.metadata"), self.files.hits(f"/pool/{dep}.metadata"),
-                          self.index.hits(f"/files/{demo}"), self.files.hits(f"/pool/{dep}")), (1, 1, 1, 1))
+        self.assertEqual((self.index.count("GET", f"/files/{demo}.metadata"),
+                          self.files.count("GET", f"/pool/{dep}.metadata"),
+                          self.index.count("GET", f"/files/{demo}"), self.files.count("GET", f"/pool/{dep}")),
+                         (1, 1, 1, 1))
         status, headers, body = support.request("GET", d.url(f"/pypi/+f/demo/{sha256(demo_whl)}/{demo}.metadata"))
         self.assertEqual((status, headers["x-cache"], body), (200, "HIT", demo_meta))

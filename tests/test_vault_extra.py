@@ -1,95 +1,67 @@
 """
-L{Vault.serve_cached} (answer from the cache with nothing else looked up),
-L{Vault.read} dropping a document whose bytes vanished, and L{Vault.serve}
-with an upstream that answers at once, and a HEAD miss.
+What the PyPI backend added to L{Vault}: L{Vault.serve_cached} (answer from
+the cache with nothing else looked up) and L{Vault.read} dropping a
+document whose bytes vanished.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from treq.testing import StubTreq
-
 from artifactvault.cache.store import Entry
-from artifactvault.flight import Artifact
-from artifactvault.serve import Responder
-from artifactvault.upstream import Upstream
-from tests.memory import FakeUpstream, Request, World
+from tests.fakes import Answer, Harness
 
 
-class VaultExtraTests(SynchronousTestCase):
+class ServeCachedTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.world = World(self)
+        self.h = Harness(self, ttl=10)
+        self.assertEqual(self.h.fetched("a", b"hello").body, b"hello")
+        self.key = self.h.url("a")
 
-    def put(self, key: str, data: bytes, ttl: float | None = None) -> Entry:
-        path, fd = self.world.store.new_temp()
-        os.write(fd, data)
-        fresh = None if ttl is None else self.world.now + ttl
-        entry = Entry(key=key, data="", size=len(data), stored_at=self.world.now,
-                      fresh_until=fresh, url=f"http://up/{key}")
-        committed = self.successResultOf(self.world.store.commit(path, fd, entry))
-        os.close(fd)
-        return committed
+    def serve_cached(self, accept: Callable[[Entry], bool] | None = None) -> tuple[bool, Answer]:
+        """A request answered only by serve_cached; a 404 from the test when it declines."""
+        served: list[bool] = []
 
-    def serve(self, key: str, accept=None) -> tuple[bool, Request]:
-        request = Request("/x")
-        return self.world.vault.serve_cached(Responder(request), key, accept), request
+        def handle(responder: Any, segments: list[str]) -> None:
+            served.append(self.h.vault.serve_cached(responder, self.key, accept))
+            if not served[-1]:
+                responder.error(404, "declined")
+
+        self.h.backend.handle = handle
+        answer = self.h.get("/files/whatever").answer()
+        return served[0], answer
 
     def test_fresh_entry_served_as_hit(self) -> None:
-        """A fresh committed entry is answered in full, marked HIT."""
-        self.put("k", b"hello")
-        served, request = self.serve("k")
+        """A fresh committed entry is answered in full, marked HIT, with no upstream request."""
+        served, answer = self.serve_cached()
         self.assertTrue(served)
-        self.assertEqual((request.body, request.header("x-cache"), request.finished), (b"hello", "HIT", 1))
+        self.assertEqual((answer.status, answer.body, answer.header("x-cache")), (200, b"hello", "HIT"))
+        self.assertEqual(len(self.h.requests), 1)
 
     def test_missing_entry_sends_nothing(self) -> None:
-        """Without an entry it returns False and the request is untouched."""
-        served, request = self.serve("nope")
-        self.assertFalse(served)
-        self.assertEqual((request.written, request.finished), ([], 0))
+        """Without an entry it returns False having sent nothing (the caller's 404 is all there is)."""
+        self.key = self.h.url("other")
+        served, answer = self.serve_cached()
+        self.assertEqual((served, answer.status, answer.header("x-cache")), (False, 404, None))
 
     def test_stale_entry_is_not_served(self) -> None:
         """An entry past its freshness needs the upstream: not this method's job."""
-        self.put("k", b"hello", ttl=10)
-        self.world.advance(11)
-        served, request = self.serve("k")
-        self.assertFalse(served)
-        self.assertEqual(request.written, [])
+        self.h.clock.advance(11)
+        served, answer = self.serve_cached()
+        self.assertEqual((served, answer.status), (False, 404))
 
     def test_accept_may_refuse(self) -> None:
         """The caller's check sees the entry and can turn the hit down."""
-        self.put("k", b"hello")
-        seen = []
-        served, request = self.serve("k", lambda e: seen.append(e.url) or False)
-        self.assertFalse(served)
-        self.assertEqual((seen, request.written), (["http://up/k"], []))
-
+        seen: list[str] = []
+        served, answer = self.serve_cached(lambda e: seen.append(e.url) or False)
+        self.assertEqual((served, answer.status, seen), (False, 404, [self.key]))
 
     def test_vanished_document_is_dropped(self) -> None:
         """Reading a document whose data file is gone gives None and forgets the entry."""
-        entry = self.put("doc", b"{}")
-        os.unlink(self.world.store.data_path(entry))
-        self.assertIsNone(self.world.vault.read(entry))
-        self.assertIsNone(self.world.store.lookup("doc"))
-
-    def test_flight_finished_at_once(self) -> None:
-        """
-        An upstream that answers before the request looks at its flight (an
-        in-memory one does) still gets the body served, from the stored copy.
-        """
-        client = StubTreq(FakeUpstream({"/a": (200, "text/plain", b"at once")}))
-        upstream = Upstream(client, self.world.reactor)
-        request = Request("/a")
-        self.world.vault.serve(Responder(request), Artifact(key="a", url="http://up/a", upstream=upstream))
-        self.assertEqual((request.body, request.finished, request.header("x-cache")), (b"at once", 1, "MISS"))
-
-    def test_head_miss_reports_upstream_length(self) -> None:
-        """A HEAD miss answers with the upstream's Content-Length (the client's body length is 0 for HEAD)."""
-        client = StubTreq(FakeUpstream({"/a": (200, "text/plain", b"x" * 1200)}))
-        upstream = Upstream(client, self.world.reactor)
-        request = Request("/a", method=b"HEAD")
-        self.world.vault.serve(Responder(request), Artifact(key="a", url="http://up/a", upstream=upstream))
-        client.flush()
-        self.assertEqual((request.header("content-length"), request.finished, request.body), ("1200", 1, b""))
+        entry = self.h.store.lookup(self.key)
+        os.unlink(self.h.store.data_path(entry))
+        self.assertIsNone(self.h.vault.read(entry))
+        self.assertIsNone(self.h.store.lookup(self.key))
