@@ -163,7 +163,7 @@ class PathTests(SynchronousTestCase):
     def test_not_found(self) -> None:
         """Invalid names and unknown shapes are 404 without asking the upstream."""
         for path in ("/pypi/-x-/", "/pypi/+f/", "/pypi/demo/extra", "/pypi/+f/demo/xyz/demo-1.0.tar.gz",
-                     f"/pypi/+f/Demo/{sha(SDIST)}/demo-1.0.tar.gz"):
+                     f"/pypi/+f/Demo/{sha(SDIST)}/demo-1.0.tar.gz", f"/pypi/+f/+f/{sha(SDIST)}/demo-1.0.tar.gz"):
             self.assertEqual(self.h.get(path).status, 404, path)
         self.assertEqual(self.h.client.requests, [])
 

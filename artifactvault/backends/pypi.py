@@ -249,7 +249,7 @@ class PypiBackend:
     # -- files ------------------------------------------------------------------
 
     def _file(self, responder: Responder, project: str, fid: str, filename: str) -> None:
-        if index.normalize(project) != project or not _FILE_ID.fullmatch(fid):
+        if index.normalize(project) != project or not index.valid_name(project) or not _FILE_ID.fullmatch(fid):
             responder.error(404, "no such file")
             return
         metadata = filename.endswith(METADATA)
