@@ -320,6 +320,20 @@ class FileTests(SynchronousTestCase):
             self.assertEqual(self.h.get(path).status, 404, path)
         self.assertEqual(self.h.paths(), ["/simple/demo/"])
 
+    def test_file_without_sha256(self) -> None:
+        """A file listed with only an md5 lives under url-<hash of its URL> and is checked against the md5."""
+        body = b"old style"
+        self.h.routes["/simple/old/"] = (200, "text/html", (
+            f'<a href="/p/old-1.0.tar.gz#md5={hashlib.md5(body).hexdigest()}">old-1.0.tar.gz</a>').encode())
+        self.h.routes["/p/old-1.0.tar.gz"] = (200, "application/x-tar", body)
+        url = self.h.file_url("old", "old-1.0.tar.gz")
+        self.assertRegex(url, r"^/pypi/\+f/old/url-[0-9a-f]{32}/old-1\.0\.tar\.gz$")
+        self.assertEqual((self.h.get(url).body, self.h.get(url).header("x-cache")), (body, "HIT"))
+        self.h.routes["/simple/bad/"] = (200, "text/html", b'<a href="/p/bad-1.0.tar.gz#md5=00">b</a>')
+        self.h.routes["/p/bad-1.0.tar.gz"] = (200, "application/x-tar", body)
+        cut = self.h.get(self.h.file_url("bad", "bad-1.0.tar.gz"))
+        self.assertEqual((cut.status, cut.complete), (200, False))
+
     def test_after_restart(self) -> None:
         """
         After a restart the stored page still says where a file lives (no page
