@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_vault -*-
+# -*- test-case-name: tests.test_vault,tests.test_vault_extra -*-
 """
 The core every backend shares: from an L{Artifact} to an answer.
 
@@ -10,7 +10,7 @@ if the upstream fails; miss → join or start the single flight and stream it.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -55,6 +55,21 @@ class Vault:
         flight.head().addCallbacks(
             lambda f: self._answer(responder, f),
             lambda failure: self._failed(responder, failure, entry))
+
+    def serve_cached(self, responder: Responder, key: str,
+                     accept: Callable[[Entry], bool] | None = None) -> bool:
+        """
+        Answer from a fresh committed entry for C{key}, with no upstream and
+        nothing else to look up first (a backend that needs work to find an
+        artifact's upstream URL tries this before doing it). Returns False,
+        having sent nothing, when there is none or C{accept} refuses it.
+        """
+        entry = self.store.lookup(key)
+        if entry is None or not entry.is_fresh(self.store.now()):
+            return False
+        if accept is not None and not accept(entry):
+            return False
+        return serve_entry(responder, self.store, entry, "HIT")
 
     def _answer(self, responder: Responder, flight: Flight) -> None:
         if responder.gone:
@@ -168,9 +183,16 @@ class Vault:
         return flight.committed().addCallbacks(got, failed)
 
     def read(self, entry: Entry) -> bytes | None:
-        """The bytes of a small committed entry (a document), or None if gone."""
+        """
+        The bytes of a small committed entry (a document), or None if gone;
+        a gone entry is dropped, so that asking for the document again
+        fetches it instead of revalidating bytes that no longer exist.
+        """
         fd = self.store.open_data(entry)
         if fd is None:
+            current = self.store.lookup(entry.key)
+            if current is not None and current.data == entry.data:
+                self.store.remove(entry.key)
             return None
         try:
             return os.pread(fd, entry.size, 0)

@@ -41,13 +41,15 @@ class ConfigTests(SynchronousTestCase):
                          ("/dockerhub/", "https://registry-1.docker.io", 300.0, False, None))
 
     def test_both_type_names(self) -> None:
-        """type: dockerhub (the seed's) and type: registry are this backend; the embedded default's entry loads."""
+        """type: dockerhub (the seed's) and type: registry are this backend; the embedded default config loads with it."""
         for name in ("dockerhub", "registry"):
             entry = configmod.BackendEntry(type=name, section=section({"tag_ttl": "2m"}))
             self.assertEqual(parse_backend(entry).tag_ttl, 120.0)
         default = [b for b in configmod.EMBEDDED_DEFAULT["backends"] if b["type"] == "dockerhub"][0]
         entry = configmod.BackendEntry(type="dockerhub", section=section(default["config"]))
         self.assertEqual(parse_backend(entry).registry_url, "https://registry-1.docker.io")
+        from artifactvault.tap import load_config
+        self.assertIn("/dockerhub/", [s.prefix for s in load_config(None).settings])
 
     def test_bad_values(self) -> None:
         """Bad values are errors naming the file and key; a static token and the vault's own prefixes are refused."""

@@ -12,10 +12,11 @@ from typing import Any
 
 from artifactvault.backends.base import IBackendType
 from artifactvault.backends.http import HttpBackendType
+from artifactvault.backends.pypi import PypiBackendType
 from artifactvault.backends.registry import RegistryBackendType
 from artifactvault.config import BackendEntry, ConfigError
 
-TYPES: tuple[Any, ...] = (HttpBackendType, RegistryBackendType)
+TYPES: tuple[Any, ...] = (HttpBackendType, PypiBackendType, RegistryBackendType)
 
 
 def backend_type(name: str) -> Any | None:

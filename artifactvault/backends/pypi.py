@@ -1,0 +1,301 @@
+# -*- test-case-name: tests.test_pypi -*-
+"""
+The PyPI backend: a simple-API index (PEP 503/691) in front of an upstream one.
+
+Paths below the prefix::
+
+    <prefix>                                 the project list
+    <prefix><project>/                       a project page (HTML or JSON by Accept)
+    <prefix>+f/<project>/<id>/<filename>     a file; + ".metadata" for its PEP 658 metadata
+
+A ``+`` is never part of a normalised project name, so file paths cannot
+collide with projects. ``<id>`` is the file's sha256 (its cache key, so the
+bytes are shared and checked) or, for the rare index that gives none,
+``url-`` and a hash of its upstream URL. Files are immutable: a cached one is
+served with no index lookup at all. On a miss, the project's stored page
+(kept across restarts) says where the file lives upstream and what digest
+it must have. Pages are fresh for ``index_ttl``, then revalidated, and
+served stale when the upstream fails; each is parsed once per upstream copy
+and rendered once per format.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import quote, urlsplit, unquote
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource
+from zope.interface import implementer, provider
+
+from artifactvault.backends import pypi_index as index
+from artifactvault.backends.base import (BackendResource, BuildContext, CommonSettings, IBackend,
+                                         IBackendType, parse_common)
+from artifactvault.cache.store import Entry
+from artifactvault.config import Section
+from artifactvault.flight import Artifact
+from artifactvault.serve import Responder, not_modified
+from artifactvault.upstream import UpstreamError, describe_failure
+
+DEFAULT_INDEX = "https://pypi.org/simple/"
+DEFAULT_INDEX_TTL = 300.0
+FILES = "+f"
+METADATA = ".metadata"
+#: What we ask upstream for: JSON when it has it (cheaper to parse), else HTML.
+UPSTREAM_ACCEPT = f"{index.JSON}, {index.HTML_V1};q=0.2, {index.HTML};q=0.1"
+#: Parsed and rendered pages kept in memory, in bytes (roughly).
+PAGE_MEMORY = 32 * 1024 * 1024
+_FILE_ID = re.compile(r"[0-9a-f]{64}|url-[0-9a-f]{32}")
+
+
+@dataclass(repr=False)
+class PypiSettings(CommonSettings):
+    index_url: str = DEFAULT_INDEX
+    index_ttl: float = DEFAULT_INDEX_TTL
+
+
+def file_id(f: dict[str, Any]) -> str:
+    """Where a file lives under ``+f/<project>/``: its sha256, else a hash of its upstream URL."""
+    sha = f["hashes"].get("sha256")
+    if sha is not None and len(sha) == 64:
+        return sha
+    return "url-" + hashlib.sha256(f["url"].encode()).hexdigest()[:32]
+
+
+def _basename(url: str) -> str:
+    return unquote(urlsplit(url).path.rpartition("/")[2])
+
+
+class Page:
+    """One stored page, parsed once, with its renderings made on first use."""
+
+    def __init__(self, doc: dict[str, Any], render: Callable[[dict[str, Any], str], bytes], size: int):
+        self.doc = doc
+        self._render = render
+        self.size = size
+        self._rendered: dict[str, tuple[bytes, str]] = {}
+        self._files: dict[str, dict[str, Any]] | None = None
+
+    def rendered(self, fmt: str) -> tuple[bytes, str]:
+        """(body, ETag) of this page in C{fmt}."""
+        out = self._rendered.get(fmt)
+        if out is None:
+            body = self._render(self.doc, fmt)
+            out = self._rendered[fmt] = (body, '"%s"' % hashlib.sha256(body).hexdigest()[:32])
+            self.size += len(body)
+        return out
+
+    def file(self, fid: str) -> dict[str, Any] | None:
+        if self._files is None:
+            self._files = {file_id(f): f for f in self.doc.get("files", ())}
+        return self._files.get(fid)
+
+
+class PageMemo:
+    """Pages by cache key, least recently used dropped beyond a byte budget."""
+
+    def __init__(self, budget: int = PAGE_MEMORY):
+        self.budget = budget
+        self._pages: collections.OrderedDict[str, tuple[str, Page]] = collections.OrderedDict()
+
+    def get(self, entry: Entry) -> Page | None:
+        """The page parsed from exactly this stored copy (a new commit has new data)."""
+        hit = self._pages.get(entry.key)
+        if hit is None or hit[0] != entry.data:
+            return None
+        self._pages.move_to_end(entry.key)
+        return hit[1]
+
+    def put(self, entry: Entry, page: Page) -> None:
+        self._pages[entry.key] = (entry.data, page)
+        self._pages.move_to_end(entry.key)
+        while len(self._pages) > 1 and sum(p.size for _, p in self._pages.values()) > self.budget:
+            self._pages.popitem(last=False)
+
+
+@implementer(IBackend)
+class PypiBackend:
+    def __init__(self, settings: PypiSettings, context: BuildContext):
+        self.settings = settings
+        self.prefix = settings.prefix
+        self.name = f"pypi {settings.prefix}"
+        self.index_url = settings.index_url
+        self.vault = context.vault
+        self.upstream = context.upstream(settings.index_url, settings)
+        self.pages = PageMemo()
+
+    def resource(self) -> IResource:
+        return BackendResource(self)
+
+    def extra_mounts(self) -> dict[str, IResource]:
+        return {}
+
+    def handle(self, responder: Responder, segments: list[str]) -> None:
+        if not segments:
+            self._redirect(responder, self.prefix)
+        elif segments == [""]:
+            self._page(responder, None)
+        elif len(segments) == 4 and segments[0] == FILES and segments[3]:
+            self._file(responder, *segments[1:])
+        elif len(segments) == 1 or (len(segments) == 2 and segments[1] == ""):
+            name = segments[0]
+            normalized = index.normalize(name)
+            if not index.valid_name(normalized):
+                responder.error(404, f"{name!r} is not a valid project name")
+            elif normalized != name or len(segments) == 1:
+                self._redirect(responder, f"{self.prefix}{quote(normalized)}/")
+            else:
+                self._page(responder, name)
+        else:
+            responder.error(404, f"nothing here: ask for {self.prefix}<project>/")
+
+    @staticmethod
+    def _redirect(responder: Responder, location: str) -> None:
+        request = responder.request
+        request.setResponseCode(301)
+        request.setHeader(b"location", location.encode())
+        request.setHeader(b"content-length", b"0")
+        responder.finish()
+
+    # -- pages ------------------------------------------------------------------
+
+    def _page_artifact(self, project: str | None) -> Artifact:
+        url = self.index_url if project is None else f"{self.index_url}{quote(project)}/"
+
+        def transform(body: bytes, response: Any) -> tuple[bytes, str]:
+            ctype = response.headers.getRawHeaders(b"content-type", [b""])[0].decode("latin-1")
+            if project is None:
+                doc = index.parse_root(body, ctype)
+            else:
+                base = getattr(getattr(response, "request", None), "absoluteURI", None)
+                base = base.decode("utf-8", "replace") if base else url
+                doc = index.parse_project(body, ctype, base, project)
+            return index.dumps(doc), "application/json"
+
+        return Artifact(key=f"pypi-index:{url}", url=url, upstream=self.upstream,
+                        ttl=self.settings.index_ttl, headers={"Accept": UPSTREAM_ACCEPT},
+                        transform=transform, label=f"{self.prefix}{project + '/' if project else ''}")
+
+    def _document(self, project: str | None) -> Deferred:
+        """Fires with (L{Page}, cache status) for the project (None: the list); fails with L{UpstreamError}."""
+        artifact = self._page_artifact(project)
+
+        def loaded(result: tuple[Entry, str], retry: bool) -> Any:
+            entry, status = result
+            page = self.pages.get(entry)
+            if page is None:
+                raw = self.vault.read(entry)
+                if raw is None:  # the stored copy vanished: fetch it once more
+                    if retry:
+                        return self.vault.document(artifact).addCallback(loaded, False)
+                    raise UpstreamError("stored index page vanished")
+                render = index.render_root if project is None else self._renderer(project)
+                page = Page(json.loads(raw), render, len(raw))
+                self.pages.put(entry, page)
+            return page, status
+
+        return self.vault.document(artifact).addCallback(loaded, True)
+
+    @staticmethod
+    def _renderer(project: str) -> Callable[[dict[str, Any], str], bytes]:
+        def file_url(f: dict[str, Any]) -> str:
+            return f"../{FILES}/{project}/{file_id(f)}/{quote(f['filename'])}"
+        return lambda doc, fmt: index.render_project(doc, fmt, file_url)
+
+    def _page(self, responder: Responder, project: str | None) -> None:
+        request = responder.request
+        request.setHeader(b"vary", b"Accept")
+        fmt = index.negotiate(request.getHeader(b"accept"))
+        if fmt is None:
+            responder.error(406, f"acceptable here: {index.JSON}, {index.HTML_V1}, {index.HTML}")
+            return
+        self._document(project).addCallbacks(
+            lambda result: self._send_page(responder, result, fmt),
+            lambda failure: self._failed(responder, failure))
+
+    @staticmethod
+    def _send_page(responder: Responder, result: tuple[Page, str], fmt: str) -> None:
+        if responder.gone:
+            return
+        page, status = result
+        body, etag = page.rendered(fmt)
+        request = responder.request
+        responder.cache_status = status
+        request.setHeader(b"content-type", index.CONTENT_TYPES[fmt].encode())
+        request.setHeader(b"etag", etag.encode())
+        if status == "STALE":
+            request.setHeader(b"warning", b'110 artifactvault "Response is Stale"')
+        if not_modified(request, etag, None):
+            request.setResponseCode(304)
+            request.responseHeaders.removeHeader(b"content-type")
+        else:
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
+        responder.finish()
+
+    @staticmethod
+    def _failed(responder: Responder, failure: Failure) -> None:
+        error = failure.value
+        if not isinstance(error, UpstreamError):
+            error = describe_failure(error, "", 0)
+        responder.error(error.status, error.reason)
+
+    # -- files ------------------------------------------------------------------
+
+    def _file(self, responder: Responder, project: str, fid: str, filename: str) -> None:
+        if index.normalize(project) != project or not index.valid_name(project) or not _FILE_ID.fullmatch(fid):
+            responder.error(404, "no such file")
+            return
+        metadata = filename.endswith(METADATA)
+        key = f"pypi-{'metadata' if metadata else 'file'}:{fid}"
+        if self.vault.serve_cached(responder, key, lambda e: _basename(e.url) == filename):
+            return
+        self._document(project).addCallbacks(
+            lambda result: self._fetch_file(responder, result[0], key, fid, filename, metadata),
+            lambda failure: self._failed(responder, failure))
+
+    def _fetch_file(self, responder: Responder, page: Page, key: str, fid: str, filename: str,
+                    metadata: bool) -> None:
+        """A miss: the project page says where the file is and what it must hash to."""
+        if responder.gone:
+            return
+        f = page.file(fid)
+        target = None
+        if f is not None and not metadata and filename == f["filename"]:
+            target = f["url"], f["hashes"], f.get("size")
+        elif f is not None and metadata and "core-metadata" in f and filename == f["filename"] + METADATA:
+            meta = f["core-metadata"]
+            target = f["url"] + METADATA, meta if isinstance(meta, dict) else {}, None
+        if target is None:
+            responder.error(404, f"{filename} is not a file of {page.doc.get('name')} here")
+            return
+        url, hashes, size = target
+        self.vault.serve(responder, Artifact(
+            key=key, url=url, upstream=self.upstream, digest=index.pick_digest(hashes), size=size,
+            content_type="application/octet-stream", label=f"{self.prefix}{FILES}/{filename}"))
+
+
+@provider(IBackendType)
+class PypiBackendType:
+    names = ("pypi",)
+
+    @staticmethod
+    def parse(section: Section) -> PypiSettings:
+        common = parse_common(section, "/pypi/")
+        index_url = section.url("index_url", DEFAULT_INDEX)
+        if not index_url.endswith("/"):
+            index_url += "/"
+        if urlsplit(index_url).query or urlsplit(index_url).fragment:
+            raise section.error("index_url", "must not have a query or fragment")
+        return PypiSettings(index_url=index_url,
+                            index_ttl=section.seconds("index_ttl", DEFAULT_INDEX_TTL), **common)
+
+    @staticmethod
+    def build(settings: Any, context: BuildContext) -> PypiBackend:
+        return PypiBackend(settings, context)
