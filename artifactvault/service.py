@@ -13,7 +13,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.web.client import HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
 from artifactvault import logs
 from artifactvault.backends import backend_type
@@ -29,6 +29,14 @@ _log = Logger(observer=logs.observer)
 
 #: How often the janitor sweeps orphaned files out of the cache.
 SWEEP_INTERVAL = 3600.0
+
+
+class _QuietFactory(_HTTP11ClientFactory):
+    noisy = False  # no "Starting factory" line for every upstream connection
+
+
+class _QuietPool(HTTPConnectionPool):
+    _factory = _QuietFactory
 
 
 class _PoolService(Service):
@@ -47,7 +55,7 @@ def build(config: Config, reactor: Any = None) -> tuple[MultiService, Root]:
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
     logs.set_level(config.log_level)
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = _QuietPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 16
     pool.cachedConnectionTimeout = 60
 
