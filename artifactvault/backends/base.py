@@ -16,7 +16,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
-from zope.interface import Attribute, Interface
+from zope.interface import Attribute, Interface, implementer
 
 from artifactvault import logs
 from artifactvault.config import Section
@@ -169,3 +169,29 @@ class BackendResource(Resource):
 
     def render(self, request: Request) -> Any:
         return dispatch(self.backend, request, request.postpath or [])
+
+
+@implementer(IBackend)
+class Backend:
+    """
+    What every backend shares: its settings, prefix and name, the vault, an
+    L{Upstream} for its upstream URL, and the shared resource at its prefix.
+    """
+
+    kind = "backend"
+
+    def __init__(self, settings: Any, context: BuildContext, upstream_url: str, auth: Any = None):
+        self.settings = settings
+        self.prefix = settings.prefix
+        self.name = f"{self.kind} {settings.prefix}"
+        self.vault: Vault = context.vault
+        self.upstream = context.upstream(upstream_url, settings, auth=auth)
+
+    def resource(self) -> IResource:
+        return BackendResource(self)
+
+    def extra_mounts(self) -> dict[str, IResource]:
+        return {}
+
+    def handle(self, responder: Responder, segments: list[str]) -> None:
+        raise NotImplementedError

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from twisted.web.resource import IResource
-from zope.interface import implementer, provider
+from zope.interface import provider
 
-from artifactvault.backends.base import (BackendResource, BuildContext, CommonSettings, IBackend,
-                                         IBackendType, parse_common)
+from artifactvault.backends.base import (Backend, BuildContext, CommonSettings, IBackendType,
+                                         parse_common)
 from artifactvault.config import Section
 from artifactvault.flight import Artifact
 from artifactvault.serve import Responder
@@ -37,21 +36,12 @@ def upstream_path(segments: list[str]) -> str:
     return "/".join(quote(s, safe=SEGMENT_SAFE) for s in segments)
 
 
-@implementer(IBackend)
-class HttpBackend:
+class HttpBackend(Backend):
+    kind = "http"
+
     def __init__(self, settings: HttpSettings, context: BuildContext):
-        self.settings = settings
-        self.prefix = settings.prefix
-        self.name = f"http {settings.prefix}"
+        super().__init__(settings, context, settings.base_url)
         self.base_url = settings.base_url.rstrip("/")
-        self.vault = context.vault
-        self.upstream = context.upstream(settings.base_url, settings)
-
-    def resource(self) -> IResource:
-        return BackendResource(self)
-
-    def extra_mounts(self) -> dict[str, IResource]:
-        return {}
 
     def ttl_for(self, path: str) -> float | None:
         for pattern, ttl in self.settings.ttl_rules:

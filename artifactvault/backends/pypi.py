@@ -31,12 +31,11 @@ from urllib.parse import quote, urlsplit, unquote
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from twisted.web.resource import IResource
-from zope.interface import implementer, provider
+from zope.interface import provider
 
 from artifactvault.backends import pypi_index as index
-from artifactvault.backends.base import (BackendResource, BuildContext, CommonSettings, IBackend,
-                                         IBackendType, parse_common)
+from artifactvault.backends.base import (Backend, BuildContext, CommonSettings, IBackendType,
+                                         parse_common)
 from artifactvault.cache.store import Entry
 from artifactvault.config import Section
 from artifactvault.flight import Artifact
@@ -119,22 +118,13 @@ class PageMemo:
             self._pages.popitem(last=False)
 
 
-@implementer(IBackend)
-class PypiBackend:
+class PypiBackend(Backend):
+    kind = "pypi"
+
     def __init__(self, settings: PypiSettings, context: BuildContext):
-        self.settings = settings
-        self.prefix = settings.prefix
-        self.name = f"pypi {settings.prefix}"
+        super().__init__(settings, context, settings.index_url)
         self.index_url = settings.index_url
-        self.vault = context.vault
-        self.upstream = context.upstream(settings.index_url, settings)
         self.pages = PageMemo()
-
-    def resource(self) -> IResource:
-        return BackendResource(self)
-
-    def extra_mounts(self) -> dict[str, IResource]:
-        return {}
 
     def handle(self, responder: Responder, segments: list[str]) -> None:
         if not segments:

@@ -33,11 +33,11 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
-from zope.interface import implementer, provider
+from zope.interface import provider
 
 from artifactvault import logs
-from artifactvault.backends.base import (BackendResource, BuildContext, CommonSettings, IBackend,
-                                         IBackendType, parse_common)
+from artifactvault.backends.base import (Backend, BuildContext, CommonSettings, IBackendType,
+                                         parse_common)
 from artifactvault.backends.registry_api import API_VERSION, RegistryApi, registry_error, reject
 from artifactvault.backends.registry_auth import TokenAuth
 from artifactvault.backends.registry_media import (MAX_MANIFEST, Accept, parse_digest, valid_name,
@@ -112,28 +112,23 @@ def parse_path(segments: list[str]) -> tuple[str, str, str]:
     return name, kind, ref
 
 
-@implementer(IBackend)
-class RegistryBackend:
+class RegistryBackend(Backend):
     render_error = staticmethod(registry_error)
 
+    kind = "registry"
+
     def __init__(self, settings: RegistrySettings, context: BuildContext):
-        self.settings = settings
-        self.prefix = settings.prefix
-        self.mirror = settings.mirror
-        self.name = f"registry {settings.prefix}"
-        self.base = settings.registry_url.rstrip("/")
-        self.vault: Vault = context.vault
-        self.store = context.vault.store
-        auth = TokenAuth(self.base, context.client, context.reactor, settings.username,
+        base = settings.registry_url.rstrip("/")
+        auth = TokenAuth(base, context.client, context.reactor, settings.username,
                          settings.password, timeout=settings.timeout)
-        self.upstream = context.upstream(self.base, settings, auth=auth)
+        super().__init__(settings, context, base, auth=auth)
+        self.base = base
+        self.mirror = settings.mirror
+        self.store = context.vault.store
         self._keys = f"registry {self.base}"
         self._resolving = SingleFlight()
         self.api = RegistryApi.of(context)
         self.api.add(self, settings.mirror_key)
-
-    def resource(self) -> IResource:
-        return BackendResource(self)
 
     def extra_mounts(self) -> dict[str, IResource]:
         return {"/v2/": self.api}
