@@ -123,6 +123,22 @@ class Section:
             raise self.error(key, "must not be negative")
         return seconds
 
+    def size(self, key: str, default: Any = _MISSING) -> Any:
+        """A number of bytes: an integer, or a string like ``500M``, ``20G``, ``1.5T`` (powers of 1024)."""
+        value = self._get(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+        if isinstance(value, int) and not isinstance(value, bool):
+            size = value
+        elif isinstance(value, str) and (m := re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", value, re.I)):
+            size = int(float(m.group(1)) * units[m.group(2).upper()])
+        else:
+            raise self.error(key, f"must be a size (bytes, or like 500M, 20G), not {value!r}")
+        if size <= 0:
+            raise self.error(key, "must be more than 0")
+        return size
+
     def bool(self, key: str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
         if value is default and default is not _MISSING:
@@ -221,6 +237,7 @@ class Config:
     http_port: int = DEFAULT_PORT
     listen: list[str] = field(default_factory=list)
     cache_dir: str = field(default_factory=default_cache_dir)
+    max_size: int | None = None
     log_level: str = "info"
     backends: list[BackendEntry] = field(default_factory=list)
     settings: list[Any] = field(default_factory=list)
@@ -248,6 +265,7 @@ def parse(data: Any, source: str,
     config.http_host = top.str("http_host", DEFAULT_HOST)
     config.http_port = top.int("http_port", DEFAULT_PORT, minimum=0, maximum=65535)
     config.cache_dir = os.path.abspath(os.path.expanduser(top.str("cache_dir", default_cache_dir())))
+    config.max_size = top.size("max_size", None)
     config.log_level = top.str("log_level", "info").lower()
     if config.log_level == "warning":
         config.log_level = "warn"

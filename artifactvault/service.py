@@ -62,7 +62,7 @@ def build(config: Config, reactor: Any = None) -> tuple[MultiService, Root]:
     def run_blocking(f: Any, *args: Any) -> Any:
         return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
-    store = FileStore(config.cache_dir, run_blocking=run_blocking)
+    store = FileStore(config.cache_dir, run_blocking=run_blocking, max_size=config.max_size)
     removed = store.open()  # here, so that a bad cache_dir stops the start with a message
     _log.info("cache at {root}: removed {removed} leftover temp files", root=store.root, removed=removed)
     vault = Vault(store, reactor)
@@ -73,7 +73,7 @@ def build(config: Config, reactor: Any = None) -> tuple[MultiService, Root]:
     site = VaultSite(root, reactor=reactor)
 
     top = MultiService()
-    janitor = TimerService(SWEEP_INTERVAL, _sweep, store)
+    janitor = TimerService(SWEEP_INTERVAL, _Janitor(store))
     janitor.clock = reactor
     janitor.setServiceParent(top)
     _PoolService(pool).setServiceParent(top)
@@ -84,8 +84,24 @@ def build(config: Config, reactor: Any = None) -> tuple[MultiService, Root]:
     return top, root
 
 
-def _sweep(store: FileStore) -> Any:
-    d = store.sweep()
-    d.addCallback(lambda n: n and _log.info("janitor removed {n} orphaned cache files", n=n))
-    d.addErrback(lambda f: _log.failure("janitor failed", f))
-    return d
+class _Janitor:
+    """
+    Hourly (and at start): remove orphaned files. At start also learn what
+    the cache holds, for eviction down to max_size (which commits then keep up).
+    """
+
+    def __init__(self, store: FileStore):
+        self.store = store
+        self.scanned = False
+
+    def __call__(self) -> Any:
+        d = self.store.sweep()
+        d.addCallback(lambda n: n and _log.info("janitor removed {n} orphaned cache files", n=n))
+        if not self.scanned:
+            self.scanned = True
+            d.addCallback(lambda _: self.store.scan())
+            d.addCallback(lambda n: _log.info(
+                "cache holds {n} entries, {total} bytes (max_size {limit})", n=n,
+                total=self.store.usage.total, limit=self.store.max_size or "unlimited"))
+        d.addErrback(lambda f: _log.failure("janitor failed", f))
+        return d

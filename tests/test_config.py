@@ -280,3 +280,23 @@ class ShippedConfigTests(SynchronousTestCase):
         config = configmod.load(path, parse_backend)
         self.assertTrue(config.backends)
         self.assertEqual(len(set(s.prefix for s in config.settings)), len(config.settings))
+
+
+class SizeTests(SynchronousTestCase):
+    """max_size and other sizes: bytes, or numbers with K/M/G/T (powers of 1024)."""
+
+    def size(self, value: object) -> object:
+        return Section("c.yml", "", {"max_size": value}).size("max_size", None)
+
+    def test_sizes(self) -> None:
+        for value, expected in ((1024, 1024), ("500M", 500 << 20), ("1.5G", 3 << 29), ("2TiB", 2 << 40),
+                                ("10k", 10240), ("77", 77)):
+            self.assertEqual(self.size(value), expected, value)
+        self.assertIsNone(Section("c.yml", "", {}).size("max_size", None))
+
+    def test_bad_sizes(self) -> None:
+        for value, message in (("lots", "must be a size"), (0, "must be more than 0"), (True, "must be a size"),
+                               ("-5G", "must be a size")):
+            with self.assertRaises(ConfigError) as caught:
+                self.size(value)
+            self.assertIn(f"c.yml: max_size: {message}", str(caught.exception))

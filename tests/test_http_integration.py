@@ -390,6 +390,36 @@ class CrashSafetyTests(TestCase):
         self.assertEqual((status, headers["x-cache"], body), (200, "HIT", data))
 
 
+class EvictionTests(TestCase):
+    """With max_size, the daemon keeps the cache under it by evicting the least recently used."""
+
+    def test_least_recently_used_is_evicted(self) -> None:
+        """Cache of 25 MiB, 10 MiB files: fetching a third evicts the one unused for longest."""
+        files = support.upstream_url("files")
+        daemon = Daemon([{"type": "http", "config": {"prefix": "/files/", "base_url": files}}],
+                        max_size="25M")
+        self.addCleanup(daemon.cleanup)
+        daemon.start()
+        names = {}
+        for label in ("a", "b", "c"):
+            name, _ = support.new_upstream_file("medium.bin")
+            self.addCleanup(support.drop_upstream_file, name)
+            names[label] = name
+
+        def get(label: str) -> str:
+            status, headers, _ = request("GET", daemon.url(f"/files/{names[label]}"))
+            self.assertEqual(status, 200)
+            daemon.wait_stored(f"{files}/{names[label]}")
+            return headers["x-cache"]
+
+        self.assertEqual([get("a"), get("b"), get("a")], ["MISS", "MISS", "HIT"])
+        self.assertEqual(get("c"), "MISS")  # 30 MiB > 25 MiB: b, the least recently used, goes
+        self.assertEqual([get("a"), get("c")], ["HIT", "HIT"])
+        self.assertIn("evicted 1 entries (10485760 bytes)", daemon.log())
+        self.assertEqual(get("b"), "MISS")
+        self.assertEqual(hits("files", f"^GET /{quoted(names['b'])}$"), 2)
+
+
 class StartupTests(TestCase):
     """Starting the daemon: config errors, --listen, and the .tac file."""
 

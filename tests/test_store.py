@@ -259,3 +259,42 @@ class PutTests(SynchronousTestCase):
         self.assertEqual(sorted(n.rpartition(".")[2] for n in os.listdir(shard)),
                          sorted(["json", entry.data.rpartition(".")[2]]))
         self.assertEqual(entry.size, 4)
+
+
+class EvictionTests(StoreMixin, SynchronousTestCase):
+    """With max_size, the least recently used entries go once the cache is over it."""
+
+    def new_store(self) -> FileStore:
+        return FileStore(self.root, clock=self.clock.seconds, max_size=10)
+
+    def test_least_recently_used_goes(self) -> None:
+        """A commit that takes the cache over max_size evicts the entries unused for longest."""
+        self.put("a", b"aaaa")
+        self.put("b", b"bbbb")
+        self.assertIsNotNone(self.store.lookup("a"))  # a used: b is now the oldest
+        self.put("c", b"cccc")
+        self.assertEqual(self.store.usage.total, 8)
+        fresh = self.new_store()
+        self.assertIsNone(fresh.lookup("b"))
+        self.assertEqual((self.read(fresh.lookup("a")), self.read(fresh.lookup("c"))), (b"aaaa", b"cccc"))
+
+    def test_reader_keeps_evicted_bytes(self) -> None:
+        """A client reading an entry when it is evicted still reads all of it."""
+        entry = self.put("a", b"aaaaaa")
+        fd = self.store.open_data(entry)
+        self.addCleanup(os.close, fd)
+        self.put("b", b"bbbbbb")
+        self.assertIsNone(self.store.lookup("a"))
+        self.assertEqual(os.pread(fd, 100, 0), b"aaaaaa")
+
+    def test_scan_at_start(self) -> None:
+        """A restart learns sizes and last use from the disk, then evicts down to a smaller max_size."""
+        unbounded = FileStore(self.root, clock=self.clock.seconds)
+        for key, age in (("old", 300), ("mid", 200), ("new", 100)):
+            entry = self.put(key, b"12345", store=unbounded)
+            meta = unbounded._meta_path(unbounded.key_hash(key))
+            os.utime(meta, (self.clock.seconds() - age,) * 2)
+        self.assertEqual(self.successResultOf(self.store.scan()), 3)
+        self.assertEqual(self.store.usage.total, 10)
+        self.assertIsNone(self.new_store().lookup("old"))
+        self.assertIsNotNone(self.new_store().lookup("new"))

@@ -34,6 +34,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from artifactvault import logs
+from artifactvault.cache.usage import Usage
 
 _log = Logger(observer=logs.observer)
 
@@ -83,8 +84,11 @@ class FileStore:
     """
 
     def __init__(self, root: str, clock: Callable[[], float] = time.time,
-                 run_blocking: Callable[..., Deferred] = _sync_run, memo_size: int = 8192):
+                 run_blocking: Callable[..., Deferred] = _sync_run, memo_size: int = 8192,
+                 max_size: int | None = None):
         self.root = os.path.abspath(root)
+        self.max_size = max_size
+        self.usage = Usage()
         self.data_dir = os.path.join(self.root, "data")
         self.tmp_dir = os.path.join(self.root, "tmp")
         self._clock = clock
@@ -110,6 +114,56 @@ class FileStore:
             except OSError:
                 pass
         return removed
+
+    def scan(self) -> Deferred:
+        """
+        Learn every entry's size and last use from the disk (in a thread), then
+        evict down to C{max_size}; fires with the number of entries found.
+        """
+        def found(scanned: list[tuple[str, int, float]]) -> int:
+            self.usage.load(scanned)
+            self.evict()
+            return len(scanned)
+        return self._run(self._scan).addCallback(found)
+
+    def _scan(self) -> list[tuple[str, int, float]]:
+        out = []
+        for shard in os.listdir(self.data_dir):
+            sdir = os.path.join(self.data_dir, shard)
+            try:
+                names = [n for n in os.listdir(sdir) if n.endswith(".json")]
+            except OSError:
+                continue
+            for name in names:
+                path = os.path.join(sdir, name)
+                entry = self._read_meta(path)
+                if entry is not None:
+                    try:
+                        last = os.stat(path).st_mtime
+                    except OSError:
+                        continue
+                    out.append((entry.key, entry.size, last))
+        return out
+
+    def evict(self) -> tuple[int, int]:
+        """
+        Remove the least recently used entries until the cache fits in
+        C{max_size}; returns (entries, bytes) removed. A client reading an
+        evicted file keeps reading it: its fd holds the bytes until it is done.
+        """
+        if self.max_size is None or self.usage.total <= self.max_size:
+            return 0, 0
+        count = freed = 0
+        for key in self.usage.least_recent():
+            if self.usage.total <= self.max_size:
+                break
+            before = self.usage.total
+            self.remove(key)
+            count += 1
+            freed += before - self.usage.total
+        _log.info("evicted {count} entries ({freed} bytes): the cache holds {total} of {limit} bytes",
+                  count=count, freed=freed, total=self.usage.total, limit=self.max_size)
+        return count, freed
 
     def sweep(self) -> Deferred:
         """Remove orphaned data and broken metadata (in a thread); fires with a count."""
@@ -161,11 +215,13 @@ class FileStore:
         entry = self._memo.get(key)
         if entry is not None:
             self._memo.move_to_end(key)
+            self.usage.used(key)
             return entry
         entry = self._read_meta(self._meta_path(self.key_hash(key)))
         if entry is None or entry.key != key:
             return None
         self._remember(entry)
+        self.usage.used(key)
         return entry
 
     def _read_meta(self, path: str) -> Entry | None:
@@ -242,6 +298,8 @@ class FileStore:
 
     def _committed(self, entry: Entry) -> Entry:
         self._remember(entry)
+        self.usage.stored(entry.key, entry.size)
+        self.evict()
         return entry
 
     def _write_meta(self, path: str, entry: Entry, sync: bool) -> None:
@@ -286,6 +344,7 @@ class FileStore:
         """
         self._write_meta(self._meta_path(self.key_hash(entry.key)), entry, sync=False)
         self._remember(entry)
+        self.usage.used(entry.key)
         return entry
 
     def remove(self, key: str, only: str | None = None) -> None:
@@ -295,6 +354,7 @@ class FileStore:
         if only is not None and entry is not None and entry.data != only:
             return  # a newer commit replaced it meanwhile: keep that
         self.forget(key)
+        self.usage.removed(key)
         _unlink(meta_path)
         if entry is not None:
             _unlink(self.data_path(entry))
