@@ -2,10 +2,11 @@
 """
 Writing artifacts to clients: committed files and downloads in flight.
 
-Both are push producers that read the file with ``pread`` at the client's
-own pace, so memory does not grow with artifact size or with the number of
-slow clients. HTTP semantics (Range, conditional requests, HEAD) are decided
-here once, for every backend.
+Both are push producers that send the file at the client's own pace (with
+``sendfile`` when the connection is idle, else ``pread`` and write), so
+memory does not grow with artifact size or with the number of slow
+clients. HTTP semantics (Range, conditional requests, HEAD) are decided here
+once, for every backend.
 """
 
 from __future__ import annotations
