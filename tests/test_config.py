@@ -274,6 +274,15 @@ class SectionTests(SynchronousTestCase):
 class ShippedConfigTests(SynchronousTestCase):
     """The configs we ship load: the documented sample and the embedded default."""
 
+    def test_embedded_default(self) -> None:
+        """Without a config file: 127.0.0.1:8080, /pypi/ -> pypi.org and /dockerhub/ -> Docker Hub."""
+        config = configmod.load(None, parse_backend)
+        self.assertEqual(config.endpoints, ["tcp:8080:interface=127.0.0.1"])
+        self.assertEqual([(e.type, s.prefix) for e, s in zip(config.backends, config.settings)],
+                         [("pypi", "/pypi/"), ("dockerhub", "/dockerhub/")])
+        self.assertEqual((config.settings[0].index_url, config.settings[1].registry_url),
+                         ("https://pypi.org/simple/", "https://registry-1.docker.io"))
+
     def test_sample(self) -> None:
         """config-sample.yml, which shows every key, is a valid config."""
         path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config-sample.yml")
