@@ -20,7 +20,7 @@ from urllib.parse import urljoin, urlsplit
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as neterror
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.web import client as webclient
@@ -102,7 +102,6 @@ class StaticAuth:
         return {}
 
     def challenged(self, url: str, response: Any) -> Deferred:
-        from twisted.internet.defer import succeed
         return succeed(False)
 
 
@@ -166,7 +165,9 @@ def describe_failure(exc: BaseException, url: str, timeout: float) -> UpstreamEr
     host = urlsplit(url).netloc.rpartition("@")[2]
     if isinstance(exc, UpstreamError):
         return exc
-    if isinstance(exc, (CancelledError, neterror.TimeoutError)):
+    reasons = getattr(exc, "reasons", [])  # of ResponseNeverReceived and the like
+    if isinstance(exc, (CancelledError, neterror.TimeoutError)) or \
+            any(r.check(CancelledError) for r in reasons):  # treq's timeout cancels the request
         return UpstreamTimeout(f"upstream {host} did not answer within {timeout:g} s")
     if isinstance(exc, neterror.ConnectionRefusedError):
         return UpstreamError(f"cannot connect to upstream {host}: connection refused")
@@ -175,9 +176,6 @@ def describe_failure(exc: BaseException, url: str, timeout: float) -> UpstreamEr
     if isinstance(exc, neterror.ConnectError):
         return UpstreamError(f"cannot connect to upstream {host}: {exc.__class__.__name__}")
     if isinstance(exc, (webclient.ResponseNeverReceived, webclient.RequestTransmissionFailed)):
-        reasons = getattr(exc, "reasons", [])
-        if any(r.check(CancelledError) for r in reasons):  # treq's timeout cancelled it
-            return UpstreamTimeout(f"upstream {host} did not answer within {timeout:g} s")
         detail = ""
         if reasons and "SSL" in type(reasons[0].value).__module__ + type(reasons[0].value).__name__:
             detail = ": TLS handshake failed"
@@ -191,7 +189,7 @@ class Upstream:
     extra headers, credentials and timeouts.
     """
 
-    def __init__(self, client: HTTPClient, reactor: Any, auth: Any = None,
+    def __init__(self, client: HTTPClient, reactor: Any, auth: IUpstreamAuth | None = None,
                  headers: dict[str, str] | None = None, timeout: float = 30.0,
                  idle_timeout: float = 60.0):
         self.client = client
