@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from artifactvault import logs, zerocopy
 from artifactvault.cache.store import Entry, FileStore
-from artifactvault.flight import Flight
+from artifactvault.flight import Flight, IFlightListener
 from artifactvault.upstream import UpstreamError, header
 
 _log = Logger(observer=logs.observer)
@@ -395,7 +395,7 @@ def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS
     FlightReader(responder, flight, first, end, fallback).start()
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IFlightListener)
 class FlightReader(_FileSender):
     """
     One client of a download in flight, tailing its temp file. A client that

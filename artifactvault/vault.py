@@ -182,6 +182,14 @@ class Vault:
 
         return flight.committed().addCallbacks(got, failed)
 
+    def work(self, size: int, f: Callable[..., Any], *args: Any) -> Deferred:
+        """
+        C{f(*args)} for a backend, as a Deferred: in the store's thread pool
+        when it handles C{size} bytes or more (parsing or rendering a large
+        page must not stall every other client), else at once.
+        """
+        return self.store.work(size, f, *args)
+
     def read(self, entry: Entry) -> bytes | None:
         """
         The bytes of a small committed entry (a document), or None if gone;

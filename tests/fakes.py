@@ -329,6 +329,7 @@ class Harness:
         self.clock.advance(EPOCH)
         self.store = FileStore(testcase.mktemp(), clock=self.clock.seconds)
         self.store.open()
+        testcase.addCleanup(self.store.close)
         self.vault = Vault(self.store, self.clock)
         self.upstream_client = FakeClient()
         self.upstream = Upstream(self.upstream_client, self.clock, timeout=timeout,

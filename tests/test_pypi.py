@@ -74,6 +74,7 @@ class Harness:
             self.clock.advance(EPOCH)
             self.store = FileStore(testcase.mktemp(), clock=self.clock.seconds)
             self.store.open()
+            testcase.addCleanup(self.store.close)
         else:
             self.clock, self.store = after.clock, after.store
         self.routes = globals()["routes"]() if routes is None else routes

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import os
 
+import errno
+
 from twisted.internet import error as neterror
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -16,6 +18,10 @@ from tests.fakes import Harness
 
 BODY = b"0123456789"
 LAST_MODIFIED = "Tue, 14 Nov 2023 22:13:20 GMT"
+
+
+def disk_full(*args: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
 
 
 class VaultMixin:
@@ -220,6 +226,32 @@ class FaultTests(VaultMixin, SynchronousTestCase):
         self.harness.requests[0].respond(200, length=10).send(b"01234").cut()
         self.assertAborted(client)
 
+    def test_slow_client_when_commit_fails(self) -> None:
+        """
+        A client still reading when the commit fails (disk full) is cut, not
+        served on from a file that can no longer be vouched for; the temp
+        file's fd is closed once it has gone.
+        """
+        self.patch(self.harness.store, "_commit", disk_full)
+        client = self.get(limit=1)
+        flight = self.harness.vault.flights.get(self.harness.url("a.bin"))
+        self.harness.requests[0].respond(200, length=10).send(BODY[:5], BODY[5:]).finish()
+        self.assertAborted(client)
+        self.harness.clock.advance(0)
+        self.assertIsNone(flight.fd)
+        self.assertEqual(os.listdir(self.harness.store.tmp_dir), [])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_client_that_kept_up_when_commit_fails(self) -> None:
+        """A client that was sent every byte before the commit failed has its whole answer; nothing is stored."""
+        self.patch(self.harness.store, "_commit", disk_full)
+        client = self.get()
+        self.harness.requests[0].respond(200, BODY)
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body, answer.complete, client.aborted), (200, BODY, True, False))
+        self.assertIsNone(self.stored())
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
     def test_next_request_retries(self) -> None:
         """After a failed download, the next request asks the upstream again."""
         self.get()
@@ -253,6 +285,21 @@ class DigestTests(VaultMixin, SynchronousTestCase):
         self.assertAborted(client)
         self.assertEqual(client.answer().body, b"987654321")
         self.assertIsNone(self.stored())
+
+    def test_slow_client_when_commit_fails(self) -> None:
+        """
+        A client still reading when the commit fails is cut: its last byte,
+        held back until the digest was checked, used to be held back for
+        ever, the connection and the temp file's fd left open.
+        """
+        self.patch(self.harness.store, "_commit", disk_full)
+        client = self.get(limit=1)
+        flight = self.harness.vault.flights.get(self.harness.url("a.bin"))
+        self.harness.requests[0].respond(200, BODY)
+        self.assertAborted(client)
+        self.harness.clock.advance(0)
+        self.assertIsNone(flight.fd)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_empty_body_waits_for_verification(self) -> None:
         """An empty body where the digest wants bytes is not a complete 200: nothing goes out before the check."""
