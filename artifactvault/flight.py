@@ -77,8 +77,10 @@ class Artifact:
     keep_headers: tuple[str, ...] = ()  # upstream response headers replayed from the cache
     content_type: str | None = None  # overrides the upstream's
     #: For documents (index pages): turns the whole upstream body into what is
-    #: stored. Gets (body, upstream response); returns (bytes, content type).
-    transform: Callable[[bytes, Any], tuple[bytes, str]] | None = None
+    #: stored. Gets (body, upstream response); returns (bytes, or a list of
+    #: byte chunks that need never be joined, content type). Runs in a thread
+    #: for a large document: it must not touch the reactor.
+    transform: Callable[[bytes, Any], tuple[bytes | list[bytes], str]] | None = None
     #: Decides whether an upstream status is servable (default: only 200).
     label: str = ""  # for logs: backend and path
 
@@ -536,7 +538,7 @@ def _store_error(e: BaseException) -> StoreError:
     return StoreError(f"could not store the download: {why}")
 
 
-def _rewrite(fd: int, size: int, transform: Callable[[bytes, Any], tuple[bytes, str]],
+def _rewrite(fd: int, size: int, transform: Callable[[bytes, Any], tuple[Any, str]],
              response: Any) -> tuple[int, str]:
     """
     Replace the temp file's C{size} bytes by their transform (in a thread
@@ -546,12 +548,16 @@ def _rewrite(fd: int, size: int, transform: Callable[[bytes, Any], tuple[bytes, 
     body = os.pread(fd, size, 0)
     data, ctype = transform(body, response)
     del body
+    chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+    offset = 0
     try:
         os.ftruncate(fd, 0)
-        write_all(fd, data, 0)
+        for chunk in chunks:
+            write_all(fd, chunk, offset)
+            offset += len(chunk)
     except OSError as e:
         raise _store_error(e) from e
-    return len(data), ctype
+    return offset, ctype
 
 
 #: Bytes asked of the upstream socket per read: fewer, larger chunks than

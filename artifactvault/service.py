@@ -8,10 +8,23 @@ The store's slow work (fsyncs, directory walks, unlinking evicted files,
 parsing large index pages) runs in a L{ThreadPool} of its own, not the
 reactor's: that one also resolves host names, which must not wait behind a
 long fsync.
+
+Two settings of the interpreter, made when the daemon starts (L{_Interpreter}):
+a thread parsing a page of tens of MB holds the GIL whenever the reactor
+thread lets go of it, which the reactor does at every system call; getting
+it back takes up to the switch interval (5 ms by default), and a request
+makes several calls, so the interval is shortened to L{SWITCH_INTERVAL}.
+And everything made at start (modules, classes, the service tree) lives as
+long as the daemon: it is frozen out of the garbage collector's sight
+(C{gc.freeze}), so that a full collection, which the churn of a large parse
+makes likely, walks only what was made since and holds everyone for a
+fraction of the time. See docs/benchmarks.md, reactor stall.
 """
 
 from __future__ import annotations
 
+import gc
+import sys
 from typing import Any
 
 from twisted.application import strports
@@ -38,6 +51,8 @@ _log = Logger(observer=logs.observer)
 SWEEP_INTERVAL = 3600.0
 #: Threads for the store's slow work (more would only queue on the disk).
 STORE_THREADS = 4
+#: Seconds a thread may hold the GIL while another waits for it (sys.setswitchinterval).
+SWITCH_INTERVAL = 0.0005
 
 
 class _QuietFactory(_HTTP11ClientFactory):
@@ -46,6 +61,15 @@ class _QuietFactory(_HTTP11ClientFactory):
 
 class _QuietPool(HTTPConnectionPool):
     _factory = _QuietFactory
+
+
+class _Interpreter(Service):
+    """Tunes the interpreter for a daemon that parses large pages in threads (see the module's docstring)."""
+
+    def startService(self) -> None:
+        super().startService()
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        gc.freeze()
 
 
 class _StoreService(Service):
@@ -114,7 +138,8 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
     _log.info("cache at {root}: removed {removed} leftover temp files", root=store.root, removed=removed)
 
     top = MultiService()
-    _StoreService(store, threadpool).setServiceParent(top)  # first: the janitor uses its pool
+    _Interpreter().setServiceParent(top)
+    _StoreService(store, threadpool).setServiceParent(top)  # before the janitor, which uses its pool
     janitor = TimerService(SWEEP_INTERVAL, _Janitor(store))
     janitor.clock = reactor
     janitor.setServiceParent(top)

@@ -176,6 +176,44 @@ class FakeClient:
         return self.requests[-1]
 
 
+class ManualPool:
+    """
+    A thread pool for a store (its C{run_blocking}) whose work waits until
+    the test runs it: the test sees what would have gone to a thread, and
+    that nothing waits for it meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Deferred, Callable[..., Any], tuple]] = []
+
+    def run(self, f: Callable[..., Any], *args: Any) -> Deferred:
+        d: Deferred = Deferred()
+        self.pending.append((d, f, args))
+        return d
+
+    def names(self) -> list[str]:
+        """What waits to be run, by function name."""
+        return [getattr(f, "__name__", repr(f)) for _, f, _ in self.pending]
+
+    def run_next(self) -> str:
+        """Run the oldest piece of work (as a thread would); returns its name."""
+        d, f, args = self.pending.pop(0)
+        try:
+            result = f(*args)
+        except Exception:
+            d.errback(Failure())
+        else:
+            d.callback(result)
+        return getattr(f, "__name__", repr(f))
+
+    def run_all(self) -> list[str]:
+        """Run work until none is left (work may lead to more); the names, in order."""
+        done = []
+        while self.pending:
+            done.append(self.run_next())
+        return done
+
+
 # -- client side -----------------------------------------------------------------
 
 class _Socket:

@@ -11,7 +11,6 @@ import os
 import errno
 
 from twisted.internet import error as neterror
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -23,7 +22,7 @@ from artifactvault.cache.store import Entry, FileStore
 from artifactvault.flight import (Artifact, DigestMismatch, Flight, FlightState, Flights, IFlightListener,
                                   StoreError)
 from artifactvault.upstream import Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout
-from tests.fakes import EPOCH, FakeClient, FakeResponse
+from tests.fakes import EPOCH, FakeClient, FakeResponse, ManualPool
 
 URL = "http://up.test/repo/a.bin"
 
@@ -466,37 +465,21 @@ class TransformWorkTests(FlightMixin, SynchronousTestCase):
     """A large document is transformed in the store's thread pool, never on the reactor."""
 
     def new_store(self) -> FileStore:
-        self.pending: list[tuple[Deferred, object, tuple]] = []
-
-        def run_blocking(f: object, *args: object) -> Deferred:
-            d: Deferred = Deferred()
-            self.pending.append((d, f, args))
-            return d
-        return FileStore(self.mktemp(), clock=self.clock.seconds, run_blocking=run_blocking)
-
-    def run_pending(self) -> object:
-        """Do the oldest piece of work handed to the pool (as its thread would)."""
-        d, f, args = self.pending.pop(0)
-        try:
-            result = f(*args)  # type: ignore[operator]
-        except Exception as e:
-            d.errback(e)
-        else:
-            d.callback(result)
-        return f
+        self.pool = ManualPool()
+        return FileStore(self.mktemp(), clock=self.clock.seconds, run_blocking=self.pool.run)
 
     def test_large_document_in_the_pool(self) -> None:
         """A document of INLINE_WORK bytes or more is rewritten by the pool; the flight waits for it."""
         self.patch(storemod, "INLINE_WORK", 4)
         flight = self.start(transform=lambda body, response: (body.upper(), "text/html"))
         self.client.last.respond(200, b"abcde")
-        self.assertEqual([f for _, f, _ in self.pending], [flightmod._rewrite])
+        self.assertEqual(self.pool.names(), ["_rewrite"])
         self.assertEqual(flight.state, Flight.STREAMING)
         committed = flight.committed()
-        self.run_pending()
+        self.pool.run_next()
         self.assertEqual(flight.state, Flight.COMPLETE)  # now the commit, in the pool too
         self.assertNoResult(committed)
-        self.run_pending()
+        self.pool.run_next()
         self.assertEqual(self.successResultOf(committed).size, 5)
         self.assertEqual(self.stored(), b"ABCDE")
 
@@ -504,7 +487,7 @@ class TransformWorkTests(FlightMixin, SynchronousTestCase):
         """A small document is transformed at once (a trip to the pool would cost more); only the commit goes there."""
         flight = self.start(transform=lambda body, response: (body.upper(), "text/html"))
         self.client.last.respond(200, b"abcde")
-        self.assertEqual([f for _, f, _ in self.pending], [self.store._commit])
+        self.assertEqual(self.pool.names(), ["_commit"])
         self.assertEqual(flight.state, Flight.COMPLETE)
 
     def test_transform_write_fails(self) -> None:
@@ -517,15 +500,14 @@ class TransformWorkTests(FlightMixin, SynchronousTestCase):
         head = flight.head()
         self.client.last.respond(200, b"abc")
         self.patch(flightmod, "write_all", disk_full)
-        self.run_pending()
+        self.pool.run_next()
         self.assertEqual(self.failureResultOf(head, StoreError).value.reason,
                          "could not store the download: No space left on device")
         self.assertEqual(os.listdir(self.store.tmp_dir), [])
-        self.assertEqual((len(self.flights), flight.fd, self.pending), (0, None, []))
+        self.assertEqual((len(self.flights), flight.fd, self.pool.pending), (0, None, []))
 
     def test_transform_write_fails_inline(self) -> None:
         """The same for a small document rewritten at once (this used to raise out of the body's end)."""
-        self.pending = []
         flight = self.start(transform=lambda body, response: (body.upper(), "text/html"))
         self.client.last.respond(200, length=3).send(b"abc")
         self.patch(flightmod, "write_all", disk_full)
