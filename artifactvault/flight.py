@@ -409,9 +409,9 @@ class Flight:
         """
         self.store.refused_too_large += 1
         _log.warn("not storing {what}: {size} bytes is more than max_object_size ({limit}); "
-                  "served to its {readers} reader(s) only ({count} refused since start)",
+                  "served, not stored ({count} refused since start)",
                   what=self.artifact.describe(), size=self.written, limit=self.store.max_object_size,
-                  readers=len(self._listeners), count=self.store.refused_too_large)
+                  count=self.store.refused_too_large)
         self.error = UpstreamError(f"{self.artifact.describe()} is {self.written} bytes, more than "
                                    f"max_object_size ({self.store.max_object_size}); not stored")
         self._remove_temp()
