@@ -329,6 +329,10 @@ class Flight:
         if self.length is not None and self.written > self.length:
             self._abort_body(UpstreamError(f"upstream sent more than the {self.length} bytes announced"))
             return
+        if self.artifact.transform is not None and max(self.written, self.length or 0) > MAX_DOCUMENT:
+            # (stopped now: an endless page must not fill the disk before it is refused)
+            self._abort_body(UpstreamError(f"upstream document is larger than {MAX_DOCUMENT} bytes"))
+            return
         self._reset_idle()
         now = self.reactor.seconds()
         if now - self._last_progress >= PROGRESS_INTERVAL:

@@ -359,13 +359,17 @@ class FakeBackend:
 
 
 class Harness:
-    """The vault with a L{FakeBackend} behind a real site, all in memory."""
+    """
+    The vault with a L{FakeBackend} behind a real site, all in memory (with
+    C{pool}, the store's slow work waits for the test to run it).
+    """
 
     def __init__(self, testcase: Any, ttl: float | None = None, idle_timeout: float = 60.0,
-                 timeout: float = 30.0):
+                 timeout: float = 30.0, pool: "ManualPool | None" = None):
         self.clock = Clock()
         self.clock.advance(EPOCH)
-        self.store = FileStore(testcase.mktemp(), clock=self.clock.seconds)
+        self.store = FileStore(testcase.mktemp(), clock=self.clock.seconds,
+                               **({"run_blocking": pool.run} if pool else {}))
         self.store.open()
         testcase.addCleanup(self.store.close)
         self.vault = Vault(self.store, self.clock)

@@ -406,6 +406,21 @@ class StoredHeadersTests(FlightMixin, SynchronousTestCase):
         self.assertEqual(self.failureResultOf(flight.committed(), UpstreamError).value.reason,
                          "upstream document is larger than 4 bytes")
 
+    def test_endless_document_stopped(self) -> None:
+        """A document that goes on past MAX_DOCUMENT (or announces more) is cut there, not downloaded to the end."""
+        self.patch(flightmod, "MAX_DOCUMENT", 4)
+        for length in (None, 100):
+            with self.subTest(length=length):
+                flight, response, listener = self.streaming(length=length,
+                                                            transform=lambda body, response: (body, "x"))
+                response.send(b"123")
+                self.assertEqual(response.transport.stopped, length is not None)
+                response.send(b"45")
+                self.assertTrue(response.transport.stopped)
+                self.assertEqual(self.failureResultOf(flight.committed(), UpstreamError).value.reason,
+                                 "upstream document is larger than 4 bytes")
+                self.assertEqual(os.listdir(self.store.tmp_dir), [])
+
     def test_transform_fails(self) -> None:
         """A document the backend cannot read is not stored; the reason stays generic."""
         def transform(body: bytes, response: object) -> tuple[bytes, str]:

@@ -102,6 +102,22 @@ class CommitTests(StoreMixin, SynchronousTestCase):
         self.assertTrue(again.is_fresh(self.clock.seconds()))
         self.assertEqual(self.read(again), b"abc")
 
+    def test_update_on_a_full_disk(self) -> None:
+        """
+        A revalidation that cannot be written down (disk full) is still
+        remembered by this process, and logged; it used to raise into the
+        flight (a 502 "internal error" for an upstream that had said 304).
+        """
+        entry = self.put("k", b"abc", fresh_until=self.clock.seconds() + 10)
+
+        def full(*args: object) -> None:
+            raise OSError(28, "No space left on device")
+        self.patch(self.store, "_write_meta", full)
+        entry.fresh_until = self.clock.seconds() + 100
+        self.assertIs(self.store.update(entry), entry)
+        self.assertEqual(self.store.lookup("k").fresh_until, self.clock.seconds() + 100)
+        self.assertEqual(self.new_store().lookup("k").fresh_until, self.clock.seconds() + 10)
+
     def test_immutable_is_fresh_forever(self) -> None:
         """An entry without fresh_until never goes stale."""
         entry = self.put("k", b"x")
