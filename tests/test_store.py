@@ -110,7 +110,7 @@ class CommitTests(StoreMixin, SynchronousTestCase):
         """
         entry = self.put("k", b"abc", fresh_until=self.clock.seconds() + 10)
 
-        def full(*args: object) -> None:
+        def full(*args: object, **kwargs: object) -> None:
             raise OSError(28, "No space left on device")
         self.patch(self.store, "_write_meta", full)
         entry.fresh_until = self.clock.seconds() + 100
