@@ -285,9 +285,13 @@ class _FileSender:
         self._direct = zerocopy.direct_transport(self.request)
         self.request.registerProducer(self, True)
 
+    def _zero_copy(self) -> bool:
+        """May file bytes go to the socket as they are now (see L{zerocopy.raw_body})?"""
+        return self._direct is not None and zerocopy.raw_body(self.request) and zerocopy.drained(self._direct)
+
     def _send(self, fd: int, count: int) -> int | None:
         """Send up to C{count} bytes from C{self.offset}: how many went, None if the connection broke."""
-        if self._direct is not None and self.request.startedWriting and zerocopy.drained(self._direct):
+        if self._zero_copy():
             sent = zerocopy.send(self._direct, fd, self.offset, count)
             if sent != 0:
                 if sent:
@@ -427,7 +431,7 @@ class FlightReader(_FileSender):
     def flight_data(self, flight: Flight, chunk: bytes, offset: int) -> None:
         if self.paused or self.done:
             return
-        if offset != self.offset or (self._direct is not None and zerocopy.drained(self._direct)):
+        if offset != self.offset or self._zero_copy():
             self._pump()
             return
         n = self._limit() - offset

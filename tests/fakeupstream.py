@@ -28,6 +28,10 @@ class Script:
     hold_headers: threading.Event | None = None
     #: Bytes per write (to spread a body over many packets).
     chunk: int = 65536
+    #: Send the body with ``Transfer-Encoding: chunked`` (one chunk per write), no Content-Length.
+    chunked: bool = False
+    #: The Content-Length field exactly as sent (any bytes, e.g. b"12abc"), instead of the body's length.
+    content_length: bytes | None = None
 
 
 class FakeUpstream:
@@ -68,7 +72,11 @@ class FakeUpstream:
                 self.send_response(script.status)
                 for k, v in script.headers.items():
                     self.send_header(k, v)
-                if "Content-Length" not in script.headers:
+                if script.chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                elif script.content_length is not None:
+                    self._headers_buffer.append(b"Content-Length: " + script.content_length + b"\r\n")
+                elif "Content-Length" not in script.headers:
                     self.send_header("Content-Length", str(len(script.body)))
                 self.end_headers()
                 self.wfile.flush()
@@ -77,24 +85,38 @@ class FakeUpstream:
                     return
                 body = script.body
                 first = body if script.cut_at is None else body[:script.cut_at]
-                self._send(first, script.chunk)
+                self._send(first, script)
                 if script.cut_at is None:
+                    self._send_end(script)
                     return
                 if script.resume is not None:
                     script.resume.wait(120)
                     if not script.close_after_resume:
-                        self._send(body[script.cut_at:], script.chunk)
+                        self._send(body[script.cut_at:], script)
+                        self._send_end(script)
                         return
                 self.close_connection = True
                 self.connection.shutdown(2)
 
-            def _send(self, data: bytes, chunk: int) -> None:
+            def _send(self, data: bytes, script: Script) -> None:
                 try:
-                    for i in range(0, len(data), chunk):
-                        self.wfile.write(data[i:i + chunk])
+                    for i in range(0, len(data), script.chunk):
+                        piece = data[i:i + script.chunk]
+                        if script.chunked:
+                            piece = b"%x\r\n" % len(piece) + piece + b"\r\n"
+                        self.wfile.write(piece)
                     self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
                     pass
+
+            def _send_end(self, script: Script) -> None:
+                """The end of a chunked body: the last chunk, no trailers."""
+                if script.chunked:
+                    try:
+                        self.wfile.write(b"0\r\n\r\n")
+                        self.wfile.flush()
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
