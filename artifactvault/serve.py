@@ -145,8 +145,55 @@ def not_modified(request: Request, etag: str | None, last_modified: str | None) 
     return False
 
 
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+#: Representation headers a 304 leaves out (RFC 9110 15.4.5: it describes no body).
+_NOT_FOR_304 = (b"content-type", b"content-length", b"content-encoding", b"content-range", b"accept-ranges")
+
+
+def answer_not_modified(responder: Responder) -> None:
+    """Answer 304 Not Modified, keeping the validators and dropping what describes a body."""
+    request = responder.request
+    request.setResponseCode(304)
+    for name in _NOT_FOR_304:
+        request.responseHeaders.removeHeader(name)
+    responder.finish()
+
+
+_RANGE = re.compile(r"bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)", re.ASCII)
 UNSATISFIABLE = "unsatisfiable"
+#: A byte position of more digits than this is beyond any file (an exabyte has 19).
+_MAX_DIGITS = 18
+_BEYOND = 10 ** _MAX_DIGITS
+
+
+def _position(digits: str) -> int:
+    """
+    A byte position or suffix length of any number of digits: one longer than
+    any file can be counts as L{_BEYOND} (never C{int()} of 5000 digits, which
+    raises since Python 3.11).
+    """
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _MAX_DIGITS else _BEYOND
+
+
+def _before(a: str, b: str) -> bool:
+    """The decimal number C{a} is less than C{b}, however long either is."""
+    a, b = a.lstrip("0"), b.lstrip("0")
+    return (len(a), a) < (len(b), b)
+
+
+def _if_range_holds(request: Request, etag: str | None, last_modified: str | None) -> bool:
+    """
+    RFC 9110 13.1.5: a Range counts only if If-Range (when given) names the
+    current representation: a strong ETag equal to ours (never a weak one,
+    ours or theirs), or a date exactly equal to our Last-Modified.
+    """
+    if_range = request.getHeader(b"if-range")
+    if if_range is None:
+        return True
+    v = if_range.decode("latin-1").strip()
+    if v.startswith('"') or v.startswith("W/"):
+        return etag is not None and v == etag and not v.startswith("W/")
+    return last_modified is not None and v == last_modified
 
 
 def parse_range(request: Request, size: int, etag: str | None,
@@ -154,36 +201,30 @@ def parse_range(request: Request, size: int, etag: str | None,
     """
     One byte range as (first, last), L{UNSATISFIABLE}, or None for the whole
     body (no Range, a stale If-Range, several ranges, or a header we cannot
-    read: RFC 9110 lets a server ignore those).
+    read: RFC 9110 lets a server ignore those). Numbers of any length are
+    read as what they mean: a first byte beyond the end is unsatisfiable, a
+    last byte or suffix beyond it means "to the end".
     """
     header = request.getHeader(b"range")
-    if header is None:
+    if header is None or not _if_range_holds(request, etag, last_modified):
         return None
-    if_range = request.getHeader(b"if-range")
-    if if_range is not None:
-        v = if_range.decode("latin-1").strip()
-        if v.startswith('"') or v.startswith("W/"):
-            if etag is None or v != etag or v.startswith("W/"):
-                return None
-        elif last_modified is None or v != last_modified:
-            return None
-    m = _RANGE.match(header.decode("latin-1"))
+    m = _RANGE.fullmatch(header.decode("latin-1").strip(" \t"))
     if not m:
         return None
     first, last = m.group(1), m.group(2)
     if not first and not last:
         return None
     if not first:
-        n = int(last)
-        if n == 0:
+        n = _position(last)
+        if n == 0 or size == 0:
             return UNSATISFIABLE
-        return (max(size - n, 0), size - 1) if size else UNSATISFIABLE
-    start = int(first)
-    end = int(last) if last else size - 1
-    if last and end < start:
+        return max(size - n, 0), size - 1
+    if last and _before(last, first):
         return None
+    start = _position(first)
     if start >= size:
         return UNSATISFIABLE
+    end = _position(last) if last else size - 1
     return start, min(end, size - 1)
 
 
@@ -231,11 +272,35 @@ def _range_or_full(responder: Responder, size: int, etag: str | None,
 def serve_entry(responder: Responder, store: FileStore, entry: Entry, cache_status: str) -> bool:
     """
     Answer from a committed entry. Returns False, having sent nothing, when
-    its data is gone (the caller then treats it as a miss).
+    its data is gone (the caller then treats it as a miss). The entry's fd
+    is closed on every path, an exception's too (or handed to a producer
+    that closes it).
     """
     fd = store.open_data(entry)
     if fd is None:
         return False
+    producer = None
+    try:
+        span = _entry_span(responder, entry, cache_status)
+        if span is not None:
+            first, last = span
+            if last - first < SMALL:
+                data = os.pread(fd, last - first + 1, first)
+                responder.request.write(data)
+            else:
+                producer = FileProducer(responder, fd, first, last)
+    finally:
+        if producer is None:
+            os.close(fd)
+    if producer is None:
+        responder.finish()
+    else:
+        producer.start()
+    return True
+
+
+def _entry_span(responder: Responder, entry: Entry, cache_status: str) -> tuple[int, int] | None:
+    """Set the headers of an answer from C{entry}: the bytes to send, or None if there are none."""
     request = responder.request
     etag, modified = entry_etag(entry), entry_last_modified(entry)
     responder.cache_status = cache_status
@@ -244,26 +309,12 @@ def serve_entry(responder: Responder, store: FileStore, entry: Entry, cache_stat
     if cache_status == "STALE":
         request.setHeader(b"warning", b'110 artifactvault "Response is Stale"')
     if not_modified(request, etag, modified):
-        os.close(fd)
-        request.setResponseCode(304)
-        for name in (b"content-type", b"content-length", b"accept-ranges"):
-            request.responseHeaders.removeHeader(name)
-        responder.finish()
-        return True
+        answer_not_modified(responder)
+        return None
     span = _range_or_full(responder, entry.size, etag, modified)
     if span is None or request.method == b"HEAD" or entry.size == 0:
-        os.close(fd)
-        responder.finish()
-        return True
-    first, last = span
-    if last - first < SMALL:
-        data = os.pread(fd, last - first + 1, first)
-        os.close(fd)
-        request.write(data)
-        responder.finish()
-        return True
-    FileProducer(responder, fd, first, last).start()
-    return True
+        return None
+    return span
 
 
 class _FileSender:
@@ -327,8 +378,12 @@ class FileProducer(_FileSender):
         self.end = last + 1
 
     def start(self) -> None:
-        self._begin(self.responder)
-        self._pump()
+        try:
+            self._begin(self.responder)
+            self._pump()
+        except BaseException:
+            self._close()
+            raise
 
     def _pump(self) -> None:
         while not self.paused and self.fd is not None:
@@ -378,10 +433,7 @@ def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS
     set_headers(request, size=flight.length, content_type=flight.content_type, etag=etag,
                 last_modified=modified, extra=extra)
     if not_modified(request, etag, modified):
-        request.setResponseCode(304)
-        for name in (b"content-type", b"content-length", b"accept-ranges"):
-            request.responseHeaders.removeHeader(name)
-        responder.finish()
+        answer_not_modified(responder)
         return
     if flight.length is None:
         if request.method == b"HEAD":

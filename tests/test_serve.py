@@ -50,9 +50,18 @@ class RangeParsingTests(SynchronousTestCase):
             ("bytes=-", None),
             ("items=0-1", None),
             ("bytes=a-b", None),
+            ("bytes=\u0661-\u0662", None),  # digits, but not ASCII ones
+            ("bytes=" + "9" * 5000 + "-", UNSATISFIABLE),  # beyond any size, not a crash
+            ("bytes=0-" + "9" * 5000, (0, 99)),
+            ("bytes=-" + "9" * 5000, (0, 99)),
+            ("bytes=" + "0" * 5000 + "7-8", (7, 8)),
+            ("bytes=" + "9" * 5000 + "-" + "9" * 4999, None),  # last before first, however long
+            ("bytes=" + "9" * 4999 + "-" + "9" * 5000, UNSATISFIABLE),
         ]:
-            with self.subTest(header=header):
-                self.assertEqual(parse_range(request_with(range=header), 100, '"e"', LAST_MODIFIED), expected)
+            with self.subTest(header=header[:40]):
+                request = DummyRequest([])
+                request.requestHeaders.setRawHeaders(b"range", [header.encode("utf-8")])
+                self.assertEqual(parse_range(request, 100, '"e"', LAST_MODIFIED), expected)
 
     def test_no_range(self) -> None:
         """No Range header: the whole body."""

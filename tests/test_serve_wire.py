@@ -31,7 +31,7 @@ def sha(data: bytes) -> str:
 
 
 def read_raw(port: int, path: str, headers: dict[str, str] | None = None,
-             method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+             method: str = "GET", timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
     """
     One HTTP/1.1 request on a raw socket; the response parsed here, strictly:
     a chunked body chunk by chunk (sizes, CRLFs, the last chunk), else exactly
@@ -39,7 +39,7 @@ def read_raw(port: int, path: str, headers: dict[str, str] | None = None,
     """
     lines = [f"{method} {path} HTTP/1.1", "Host: x", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         data = b""
         while chunk := s.recv(1 << 20):
@@ -83,8 +83,20 @@ def curl(url: str, *args: str) -> tuple[int, bytes]:
     return p.returncode, p.stdout
 
 
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+#: Idle upstream connections the daemon's pool may keep (service.py: maxPersistentPerHost).
+POOLED = 16
+
+
+def open_fds(pid: int) -> tuple[int, int]:
+    """The process's open descriptors: (files, pipes and the like; sockets)."""
+    targets = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            pass
+    sockets = sum(1 for t in targets if t.startswith("socket:"))
+    return len(targets) - sockets, sockets
 
 
 class _Shared:
@@ -123,14 +135,21 @@ class WireTests(TestCase):
             return self.fake.base + path
         return self.fake.base + path[len("/fake"):]
 
-    def assertFdsReturn(self, baseline: int) -> None:
-        """The daemon's descriptor count comes back to C{baseline} (flights close theirs when done)."""
+    def assertFdsReturn(self, baseline: tuple[int, int]) -> None:
+        """
+        The daemon's file descriptors come back to C{baseline} (flights close
+        theirs when done), its sockets to at most the idle upstream
+        connections its pool may keep more.
+        """
         pid = self.daemon.proc.pid
         deadline = time.monotonic() + 10
-        while open_fds(pid) > baseline:
+        while True:
+            files, sockets = open_fds(pid)
+            if files <= baseline[0] and sockets <= baseline[1] + POOLED:
+                return
             if time.monotonic() > deadline:
-                self.fail(f"daemon holds {open_fds(pid) - baseline} more descriptors: "
-                          f"{sorted(os.readlink(f'/proc/{pid}/fd/{fd}') for fd in os.listdir(f'/proc/{pid}/fd'))}")
+                self.fail(f"daemon holds {files - baseline[0]} more files and {sockets - baseline[1]} "
+                          f"more sockets: {sorted(os.readlink(f'/proc/{pid}/fd/{fd}') for fd in os.listdir(f'/proc/{pid}/fd'))}")
             time.sleep(0.05)
 
     # -- framing ----------------------------------------------------------------
@@ -160,3 +179,44 @@ class WireTests(TestCase):
                              (200, "HIT", str(len(data)), sha(data)))
             code, body = curl(self.daemon.url(path))
             self.assertEqual((code, sha(body)), (0, sha(data)))
+
+    # -- hostile numbers ------------------------------------------------------------
+
+    def test_huge_range_numbers_hit_and_miss(self) -> None:
+        """
+        Range values of 5000 digits, on hits and misses, 20 requests each: every
+        one gets an answer as for a huge number (416 for a first byte beyond
+        the end, else the whole body as 206), never a 500 or silence, and the
+        daemon's descriptors return to their count before.
+        """
+        huge = "9" * 5000
+        data = os.urandom(100_000)
+        hit = self.script(Script(body=data))
+        self.assertEqual(request("GET", self.daemon.url(hit))[0], 200)
+        self.daemon.wait_stored(self.key(hit))
+        baseline = open_fds(self.daemon.proc.pid)
+        cases = [(f"bytes={huge}-", 416, b""), (f"bytes=0-{huge}", 206, data), (f"bytes=-{huge}", 206, data)]
+        for cache in ("HIT", "MISS"):
+            answers = []
+            for header, status, body in cases:
+                for _ in range(20):
+                    path = hit if cache == "HIT" else self.script(Script(body=data))
+                    answer = read_raw(self.daemon.port, path, {"Range": header}, timeout=10)
+                    answers.append(((answer[0], answer[1]["x-cache"], answer[2]), (status, cache, body)))
+            self.assertFdsReturn(baseline)
+            for got, expected in answers:
+                self.assertEqual(got, expected)
+
+    def test_garbage_upstream_content_length(self) -> None:
+        """
+        An upstream Content-Length that is not a number (a superscript two, digits
+        and letters, a sign): a HEAD miss and a GET miss each get a 502 that says
+        why, never silence.
+        """
+        for value in ("\u00b2".encode("latin-1"), b"12abc", b"+5", "\u0663".encode("utf-8")):
+            path = self.script(Script(body=b"12345", content_length=value))
+            for method in ("HEAD", "GET"):
+                status, headers, body = read_raw(self.daemon.port, path, method=method, timeout=10)
+                self.assertEqual(status, 502, (value, method))
+                if method == "GET":
+                    self.assertIn(b"Content-Length", body, value)
