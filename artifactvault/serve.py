@@ -18,11 +18,13 @@ from typing import Any, Callable
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
 from artifactvault import logs, zerocopy
 from artifactvault.cache.store import Entry, FileStore
+from artifactvault.fields import response_headers
 from artifactvault.flight import Flight
 from artifactvault.upstream import UpstreamError, header
 
@@ -46,6 +48,11 @@ def plain_error(request: Request, status: int, message: str) -> None:
     request.finish()
 
 
+#: Headers set while answering that describe the request, not one attempt
+#: at an answer: L{Responder.reset} keeps them.
+_OF_THE_REQUEST = frozenset({b"x-cache", b"vary"})
+
+
 class Responder:
     """
     One request's state as the core answers it: whether the client is still
@@ -57,6 +64,9 @@ class Responder:
         self.on_error = on_error
         self.gone = False
         self.producer: Any = None
+        # What the connection and the resource tree set before any answer
+        # was tried (Server, Date, Connection, an API version): see reset().
+        self._initial = [(name, list(values)) for name, values in request.responseHeaders.getAllRawHeaders()]
         request.notifyFinish().addErrback(self._lost)
 
     def _lost(self, _reason: Any) -> None:
@@ -73,14 +83,58 @@ class Responder:
         self.request.cache_status = value  # type: ignore[attr-defined]
         self.request.setHeader(b"x-cache", value.encode())
 
-    def error(self, status: int, message: str) -> None:
+    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        """
+        Answer C{status} with C{message} in this backend's error format, from
+        clean headers (see L{reset}) plus C{headers} (e.g. C{Allow} for a
+        405); if the answer has begun, cut it instead.
+        """
         if self.gone or self.request.finished:
             return
         if self.request.startedWriting:
             self.abort()
             return
+        self.reset()
+        for name, value in (headers or {}).items():
+            self.request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
         self.request.error_reason = message  # type: ignore[attr-defined]
         self.on_error(self.request, status, message)
+
+    def fail(self, failure: Failure) -> None:
+        """
+        The one failure policy: an L{UpstreamError} is answered with its
+        status and reason; anything else is a bug of ours, logged with its
+        traceback and answered 500.
+        """
+        error = failure.value
+        if isinstance(error, UpstreamError):
+            self.error(error.status, error.reason)
+            return
+        _log.failure("answering {method} {path} failed", failure,
+                     method=(self.request.method or b"-").decode("latin-1"),
+                     path=(self.request.path or b"").decode("utf-8", "replace"))
+        self.error(500, "internal error")
+
+    def reset(self) -> None:
+        """
+        Forget the status and every header an answer begun and abandoned has
+        set (a 206 and its Content-Range, a Content-Encoding, validators), so
+        that a fallback (an error, a stale copy) starts clean: back to the
+        headers there were when this responder was made (those of the
+        connection and the resource tree), plus the cache status and Vary
+        (which request headers chose the answer: true of any fallback too).
+        Nothing may have been written yet.
+        """
+        request = self.request
+        if request.startedWriting:
+            raise RuntimeError("cannot reset an answer whose headers are sent")
+        request.setResponseCode(200)
+        headers = request.responseHeaders
+        for name, _values in list(headers.getAllRawHeaders()):
+            if name.lower() not in _OF_THE_REQUEST:
+                headers.removeHeader(name)
+        for name, values in self._initial:
+            headers.setRawHeaders(name, values)
 
     def abort(self) -> None:
         """Cut the connection: never a short body that looks complete."""
@@ -426,12 +480,8 @@ def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS
     responder.cache_status = cache_status
     etag = header(response, b"etag")
     modified = header(response, b"last-modified")
-    extra = {name: v for name in flight.artifact.keep_headers if (v := header(response, name.encode()))}
-    encoding = header(response, b"x-upstream-content-encoding")
-    if encoding:
-        extra["Content-Encoding"] = encoding
     set_headers(request, size=flight.length, content_type=flight.content_type, etag=etag,
-                last_modified=modified, extra=extra)
+                last_modified=modified, extra=response_headers(flight.artifact, response))
     if not_modified(request, etag, modified):
         answer_not_modified(responder)
         return

@@ -160,9 +160,25 @@ def header(response: Any, name: bytes) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
+def _invalid_answer(reasons: list[Any]) -> str | None:
+    """
+    What was wrong with an answer Twisted's client refused to read, if that
+    is why it failed: while it parses a response's head, a C{ValueError}
+    comes from its Content-Length (not digits, or repeated with different
+    values).
+    """
+    for reason in reasons:
+        if reason.check(ValueError):
+            return f"an invalid Content-Length ({str(reason.value)[:80]})"
+    return None
+
+
 def describe_failure(exc: BaseException, url: str, timeout: float) -> UpstreamError:
     """An L{UpstreamError} saying in words what C{exc} means; no secrets, no traceback."""
     host = urlsplit(url).netloc.rpartition("@")[2]
+    invalid = _invalid_answer(getattr(exc, "reasons", []))
+    if invalid:
+        return UpstreamError(f"upstream {host} sent {invalid}")
     if isinstance(exc, UpstreamError):
         return exc
     reasons = getattr(exc, "reasons", [])  # of ResponseNeverReceived and the like

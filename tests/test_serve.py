@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.test.requesthelper import DummyRequest
+from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
 from artifactvault.cache.store import Entry
-from artifactvault.serve import (CHUNK, SMALL, UNSATISFIABLE, entry_etag, entry_last_modified, not_modified,
+from artifactvault.serve import (CHUNK, SMALL, UNSATISFIABLE, Responder, entry_etag, entry_last_modified, not_modified,
                                  parse_range)
+from artifactvault.upstream import UpstreamTimeout
 from tests.fakes import Harness
 
 LAST_MODIFIED = "Tue, 14 Nov 2023 22:13:20 GMT"
@@ -291,3 +294,58 @@ class FlightReaderTests(SynchronousTestCase):
         response.send(*self.chunks[2:]).finish()
         self.assertEqual(late.answer().body, self.body)
         self.assertEqual(first.answer().body, self.body)
+
+
+def body(request: Request) -> bytes:
+    """What went out on C{request}'s connection after the headers."""
+    return request.test_channel.transport.written.getvalue().partition(b"\r\n\r\n")[2]
+
+
+class ResponderTests(SynchronousTestCase):
+    """Responder: errors and fallbacks start from clean headers; one failure policy."""
+
+    def responder(self) -> tuple[Responder, Request]:
+        request = Request(DummyChannel())
+        request.method, request.clientproto = b"GET", b"HTTP/1.1"
+        request.test_channel = request.channel  # (gone from the request once it is finished)
+        request.setHeader(b"server", b"artifactvault")  # set by the site before any answer
+        responder = Responder(request)
+        responder.cache_status = "MISS"
+        request.setHeader(b"vary", b"Accept")
+        request.setResponseCode(206)
+        for name in (b"content-range", b"content-encoding", b"etag", b"accept-ranges", b"link"):
+            request.setHeader(name, b"from an abandoned answer")
+        return responder, request
+
+    def test_reset(self) -> None:
+        """Back to 200 and the headers from before the first attempt, keeping X-Cache and Vary."""
+        responder, request = self.responder()
+        responder.reset()
+        self.assertEqual(request.code, 200)
+        self.assertEqual(sorted(name for name, _ in request.responseHeaders.getAllRawHeaders()),
+                         [b"Server", b"Vary", b"X-Cache"])
+
+    def test_error_is_clean(self) -> None:
+        """An error carries its own headers only (and those it is given, e.g. Allow)."""
+        responder, request = self.responder()
+        responder.error(405, "no", headers={"Allow": "GET, HEAD"})
+        self.assertEqual(request.code, 405)
+        names = {name.lower() for name, _ in request.responseHeaders.getAllRawHeaders()}
+        self.assertEqual(names, {b"server", b"vary", b"x-cache", b"allow", b"content-type", b"content-length",
+                                 b"cache-control"})
+
+    def test_reset_after_headers_sent(self) -> None:
+        """Once the headers are out there is nothing to reset: that is a bug, not a silent no-op."""
+        responder, request = self.responder()
+        request.write(b"x")
+        self.assertRaises(RuntimeError, responder.reset)
+
+    def test_fail(self) -> None:
+        """An UpstreamError is its status and reason; anything else is logged and a 500."""
+        responder, request = self.responder()
+        responder.fail(Failure(UpstreamTimeout("slow")))
+        self.assertEqual((request.code, body(request)), (504, b"slow\n"))
+        responder, request = self.responder()
+        responder.fail(Failure(KeyError("bug")))
+        self.assertEqual((request.code, body(request)), (500, b"internal error\n"))
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)

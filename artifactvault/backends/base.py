@@ -140,9 +140,9 @@ def dispatch(backend: Any, request: Request, postpath: list[bytes]) -> Any:
     responder = Responder(request, getattr(backend, "render_error", plain_error))
     request.backend_name = backend.name  # type: ignore[attr-defined]
     if request.method not in (b"GET", b"HEAD"):
-        request.setHeader(b"allow", b"GET, HEAD")
         method = request.method.decode("latin-1", "replace")
-        responder.error(405, f"method {method} is not supported: this is a read-only cache")
+        responder.error(405, f"method {method} is not supported: this is a read-only cache",
+                        headers={"Allow": "GET, HEAD"})
         return NOT_DONE_YET
     try:
         segments = safe_segments(postpath)

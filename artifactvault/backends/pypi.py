@@ -39,7 +39,7 @@ from artifactvault.backends.base import (Backend, BuildContext, CommonSettings, 
 from artifactvault.cache.store import Entry
 from artifactvault.config import Section
 from artifactvault.flight import Artifact
-from artifactvault.serve import Responder, not_modified
+from artifactvault.serve import Responder, answer_not_modified, not_modified
 from artifactvault.upstream import UpstreamError, describe_failure
 
 DEFAULT_INDEX = "https://pypi.org/simple/"
@@ -222,11 +222,10 @@ class PypiBackend(Backend):
         if status == "STALE":
             request.setHeader(b"warning", b'110 artifactvault "Response is Stale"')
         if not_modified(request, etag, None):
-            request.setResponseCode(304)
-            request.responseHeaders.removeHeader(b"content-type")
-        else:
-            request.setHeader(b"content-length", b"%d" % len(body))
-            request.write(body)
+            answer_not_modified(responder)
+            return
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
         responder.finish()
 
     @staticmethod

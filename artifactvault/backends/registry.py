@@ -44,11 +44,11 @@ from artifactvault.backends.registry_media import (MAX_MANIFEST, Accept, parse_d
                                                    valid_tag)
 from artifactvault.cache.store import Entry
 from artifactvault.config import Section
+from artifactvault.fields import content_length
 from artifactvault.flight import Artifact
 from artifactvault.serve import Responder, serve_entry
 from artifactvault.singleflight import SingleFlight
 from artifactvault.upstream import UpstreamError, UpstreamStatus, discard, header
-from artifactvault.vault import Vault
 
 _log = Logger(observer=logs.observer)
 
@@ -234,11 +234,9 @@ class RegistryBackend(Backend):
             if digest is None or parse_digest(digest) is None:
                 record = await self._fetch_tag(name, url, accept)
             else:
-                length = header(response, b"content-length")
-                record = TagRecord(digest, header(response, b"content-type"),
-                                   int(length) if length and length.isdigit() else None)
+                record = TagRecord(digest, header(response, b"content-type"), content_length(response))
         except UpstreamError as e:
-            if known is not None and self.vault.serve_stale and Vault.may_serve_stale(e):
+            if self.vault.stale_allowed(known, e):
                 _log.info("serving the last known {what}: {reason}",
                           what=f"{self.prefix}{name}:{tag}", reason=e.reason)
                 return known, True
