@@ -220,3 +220,33 @@ class WireTests(TestCase):
                 self.assertEqual(status, 502, (value, method))
                 if method == "GET":
                     self.assertIn(b"Content-Length", body, value)
+
+    # -- ranges on misses and fallbacks -----------------------------------------------
+
+    def test_range_on_chunked_miss_is_206(self) -> None:
+        """A Range on a miss the upstream sends chunked (no length) is a 206 of those bytes, a suffix too; beyond the end 416."""
+        data = os.urandom(BIG)
+        for header, status, body, content_range in [
+                ("bytes=1000000-1000999", 206, data[1000000:1001000], f"bytes 1000000-1000999/{BIG}"),
+                ("bytes=-5000", 206, data[-5000:], f"bytes {BIG - 5000}-{BIG - 1}/{BIG}"),
+                (f"bytes={BIG}-", 416, b"", f"bytes */{BIG}")]:
+            path = self.script(Script(body=data, chunked=True, chunk=256 * 1024))
+            got = read_raw(self.daemon.port, path, {"Range": header})
+            self.assertEqual((got[0], got[1].get("content-range"), got[2]), (status, content_range, body), header)
+
+    def test_stale_copy_after_a_failed_range_is_clean(self) -> None:
+        """
+        An expired entry, a Range, an upstream that answers 200 (compressed, a
+        new ETag) and then closes before the body: the stale copy's own 206,
+        not the failed attempt's Content-Range, length or Content-Encoding.
+        """
+        old = os.urandom(200_000)
+        path = self.script(Script(body=old, headers={"ETag": '"v1"'}), prefix="/fresh")
+        self.assertEqual(request("GET", self.daemon.url(path))[2], old)
+        self.daemon.wait_stored(self.key(path))
+        self.fake.scripts[path] = Script(body=os.urandom(300_000), cut_at=0,
+                                         headers={"ETag": '"v2"', "Content-Encoding": "gzip"})
+        status, headers, body = read_raw(self.daemon.port, path, {"Range": "bytes=100-199"})
+        self.assertEqual((status, headers["x-cache"], headers["content-range"], headers["etag"], body),
+                         (206, "STALE", f"bytes 100-199/{len(old)}", '"v1"', old[100:200]))
+        self.assertNotIn("content-encoding", headers)
