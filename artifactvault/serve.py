@@ -187,6 +187,19 @@ def _parse_date(value: str) -> float | None:
         return None
 
 
+def strong_date(last_modified: str | None, dated: float) -> str | None:
+    """
+    C{last_modified} if it can validate a range, else None. RFC 9110 8.8.2.2:
+    a modification date is a strong validator only if the answer it came
+    with is dated at least a second later (C{dated}: when the upstream
+    answered or the entry was stored); within the same second the bytes could
+    change again under the same date, and a resumed download would splice two
+    versions.
+    """
+    when = _parse_date(last_modified) if last_modified else None
+    return last_modified if when is not None and when <= dated - 1 else None
+
+
 def not_modified(request: Request, etag: str | None, last_modified: str | None) -> bool:
     """RFC 9110 §13.2.2: If-None-Match wins; If-Modified-Since only without it."""
     inm = request.getHeader(b"if-none-match")
@@ -255,7 +268,8 @@ def parse_range(request: Request, size: int, etag: str | None,
     """
     One byte range as (first, last), L{UNSATISFIABLE}, or None for the whole
     body (no Range, a stale If-Range, several ranges, or a header we cannot
-    read: RFC 9110 lets a server ignore those). Numbers of any length are
+    read: RFC 9110 lets a server ignore those). C{last_modified} is the date
+    an If-Range may name: pass only a strong one (L{strong_date}). Numbers of any length are
     read as what they mean: a first byte beyond the end is unsatisfiable, a
     last byte or suffix beyond it means "to the end".
     """
@@ -309,6 +323,7 @@ def _range_or_full(responder: Responder, size: int, etag: str | None,
         request.setHeader(b"content-range", f"bytes */{size}".encode())
         request.setHeader(b"content-length", b"0")
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.responseHeaders.removeHeader(b"content-encoding")  # (it has no body to be encoded)
         responder.finish()
         return None
     if span is None:
@@ -365,7 +380,7 @@ def _entry_span(responder: Responder, entry: Entry, cache_status: str) -> tuple[
     if not_modified(request, etag, modified):
         answer_not_modified(responder)
         return None
-    span = _range_or_full(responder, entry.size, etag, modified)
+    span = _range_or_full(responder, entry.size, etag, strong_date(modified, entry.stored_at))
     if span is None or request.method == b"HEAD" or entry.size == 0:
         return None
     return span
@@ -491,7 +506,7 @@ def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS
             return
         first, end = 0, None
     else:
-        span = _range_or_full(responder, flight.length, etag, modified)
+        span = _range_or_full(responder, flight.length, etag, strong_date(modified, flight.store.now()))
         if span is None:
             return
         first, end = span[0], span[1] + 1

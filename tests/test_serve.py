@@ -156,6 +156,32 @@ class HitTests(SynchronousTestCase):
         self.assertEqual((answer.status, answer.body), (416, b""))
         self.assertEqual(answer.header("Content-Range"), f"bytes */{len(BODY)}")
 
+    def test_if_range_date_must_be_strong(self) -> None:
+        """
+        If-Range with a date is honoured only when the date is strong: the entry
+        was stored at least a second after it (RFC 9110 8.8.2.2). Here it was
+        stored in the same second (the bytes could have changed twice), and a
+        date the vault made up (no upstream Last-Modified) is never strong.
+        """
+        answer = self.get(range="bytes=0-0", if_range=LAST_MODIFIED)
+        self.assertEqual((answer.status, answer.body), (200, BODY))
+        self.harness.clock.advance(5)
+        self.harness.fetched("b.bin", BODY)
+        made_up = self.harness.get("/files/b.bin").answer().header("Last-Modified")
+        answer = self.harness.get("/files/b.bin", headers={"Range": "bytes=0-0", "If-Range": made_up}).answer()
+        self.assertEqual((answer.status, answer.body), (200, BODY))
+
+    def test_if_range_strong_date(self) -> None:
+        """An upstream Last-Modified older than the entry by a second or more: a matching If-Range gets the range."""
+        harness = Harness(self)
+        harness.clock.advance(1)
+        harness.fetched("a.bin", BODY, {"Last-Modified": LAST_MODIFIED})
+        answer = harness.get("/files/a.bin", headers={"Range": "bytes=0-0", "If-Range": LAST_MODIFIED}).answer()
+        self.assertEqual((answer.status, answer.body), (206, BODY[:1]))
+        answer = harness.get("/files/a.bin", headers={"Range": "bytes=0-0",
+                                                     "If-Range": "Mon, 13 Nov 2023 00:00:00 GMT"}).answer()
+        self.assertEqual((answer.status, answer.body), (200, BODY))
+
     def test_multiple_ranges(self) -> None:
         """Several ranges are answered with the whole body."""
         answer = self.get(range="bytes=0-1,3-4")
@@ -185,6 +211,9 @@ class HitTests(SynchronousTestCase):
         answer = self.harness.get("/files/b.tar.gz").answer()
         self.assertEqual((answer.body, answer.header("Content-Encoding"), answer.header("X-Cache")),
                          (b"\x1f\x8bgz", "gzip", "HIT"))
+        answer = self.harness.get("/files/b.tar.gz", headers={"Range": "bytes=10-"}).answer()
+        self.assertEqual((answer.status, answer.header("Content-Encoding"), answer.header("Content-Type")),
+                         (416, None, "text/plain; charset=utf-8"), "a 416's empty body is not gzip")
 
     def test_empty(self) -> None:
         """An empty artifact is a 200 with length 0."""
