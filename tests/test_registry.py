@@ -114,6 +114,7 @@ class ScriptedRegistry(Resource):
         self.fail_with: int | None = None
         self.digest_on_head = True
         self.link: str | None = None
+        self.head_length: bytes | None = None  # a Content-Length for HEAD answers, as sent
 
     def put(self, tag: str, body: bytes, media_type: str = OCI_INDEX) -> str:
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
@@ -138,6 +139,9 @@ class ScriptedRegistry(Resource):
         request.setHeader(b"content-type", media_type.encode())
         if request.method == b"GET" or self.digest_on_head:
             request.setHeader(b"docker-content-digest", ("sha256:" + hashlib.sha256(body).hexdigest()).encode())
+        if request.method == b"HEAD" and self.head_length is not None:
+            request.setHeader(b"content-length", self.head_length)
+            return b""
         return body
 
 
@@ -267,3 +271,23 @@ class SampleConfigTests(SynchronousTestCase):
         sample = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config-sample.yml")
         settings = load_config(sample).settings
         self.assertIn(("/dockerhub/", 300.0), [(s.prefix, getattr(s, "tag_ttl", None)) for s in settings])
+
+
+class TagLengthTests(SynchronousTestCase):
+    """The tag lookup's HEAD reads the manifest size strictly."""
+
+    setUp = BackendTests.setUp
+    get = BackendTests.get
+
+    def test_garbage_head_length(self) -> None:
+        """A HEAD with a Content-Length that is no number: a 502 saying so, or the last known record."""
+        self.upstream.head_length = "\u00b2".encode("latin-1")  # str.isdigit() says yes, int() raises
+        request = self.get("x/y/manifests/latest")
+        self.assertEqual(request.responseCode, 502)
+        self.assertIn("Content-Length", json.loads(request.body)["errors"][0]["message"])
+        self.upstream.head_length = None
+        self.assertEqual(self.get("x/y/manifests/latest").body, self.index)
+        self.clock.advance(11)
+        self.upstream.head_length = b"12abc"
+        request = self.get("x/y/manifests/latest")
+        self.assertEqual((request.body, request.header(b"x-cache")), (self.index, "STALE"))
