@@ -1,6 +1,6 @@
 """
 The PyPI backend through the real daemon, with real clients (pip and uv in
-throwaway venvs) against the real pypiserver of ``../shared/upstreams``, and
+throwaway venvs) against the real pypiserver of the test kit (``tests/upstreams``), and
 against a scripted real upstream (L{tests.fakeupstream}) for what pypiserver
 cannot do: PEP 691 JSON, PEP 658 metadata, a file that is not what its hash
 says.
