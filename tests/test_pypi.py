@@ -20,7 +20,7 @@ from artifactvault.backends import parse_backend
 from artifactvault.backends import pypi_index as index
 from artifactvault.backends.base import BuildContext, IBackend, IBackendType
 from artifactvault.backends.pypi import PypiBackendType
-from artifactvault.cache.store import FileStore
+from artifactvault.cache.store import Entry, FileStore
 from artifactvault.config import EMBEDDED_DEFAULT, BackendEntry, ConfigError, Section
 from artifactvault.root import Root
 from artifactvault.site import VaultSite
@@ -310,7 +310,48 @@ class FileTests(SynchronousTestCase):
         self.h.routes["/w/demo-1.0-py3-none-any.whl.metadata"] = (200, "text/plain", b"forged")
         r = self.h.get(self.h.file_url("demo", "demo-1.0-py3-none-any.whl") + ".metadata")
         self.assertEqual((r.status, r.complete), (200, False))
-        self.assertIsNone(self.h.store.lookup(f"pypi-metadata:{sha(WHEEL)}"))
+        self.assertIsNone(self.h.store.lookup(f"pypi-metadata:{INDEX} {sha(WHEEL)}"))
+
+    def test_unverified_entry_never_served(self) -> None:
+        """
+        What is stored under a file's sha256 is served only if it was verified
+        as that sha256: other bytes under the key are neither a hit nor served
+        on the miss path that follows; the file is fetched, verified and replaces them.
+        """
+        key = f"pypi-file:{sha(SDIST)}"
+        self.successResultOf(self.h.store.put(Entry(key=key, data="", size=0, stored_at=self.h.store.now(),
+                                                    url="http://elsewhere/demo-1.0.tar.gz"), b"planted"))
+        r = self.h.get(self.h.file_url("demo", "demo-1.0.tar.gz"))
+        self.assertEqual((r.status, r.body, r.header("x-cache")), (200, SDIST, "MISS"))
+        self.assertEqual(self.h.store.lookup(key).sha256, sha(SDIST))
+
+    def test_second_index_cannot_place_what_the_first_serves(self) -> None:
+        """
+        Two PyPI backends on one cache: metadata and files not named by their
+        sha256 are kept per index, so a second index listing the same file
+        (same sha256) with forged metadata, or a file under a url- id, never
+        has them served by the first; the shared, verified file is still shared.
+        """
+        other = "http://other.example/simple/"
+        forged = b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\nRequires-Dist: evil\n"
+        evil = Harness(self, after=self.h, index_url=other, routes={
+            "/simple/demo/": (200, "text/html", (
+                f'<a href="/w/demo-1.0-py3-none-any.whl#sha256={sha(WHEEL)}" data-core-metadata="true">w</a>'
+                '<a href="/p/demo-1.0.tar.gz">s</a>').encode()),
+            "/w/demo-1.0-py3-none-any.whl": (200, "application/zip", WHEEL),
+            "/w/demo-1.0-py3-none-any.whl.metadata": (200, "text/plain", forged),
+            "/p/demo-1.0.tar.gz": (200, "application/x-tar", b"not the sdist"),
+        })
+        wheel = evil.file_url("demo", "demo-1.0-py3-none-any.whl")
+        sdist = evil.file_url("demo", "demo-1.0.tar.gz")
+        self.assertEqual([evil.get(u).body for u in (wheel, wheel + ".metadata", sdist)],
+                         [WHEEL, forged, b"not the sdist"])
+        r = self.h.get(wheel + ".metadata")  # the same path at the first backend
+        self.assertEqual((r.status, r.body), (200, METADATA))
+        self.assertEqual(self.h.get(sdist).status, 404)  # no such url- id on the first index
+        r = self.h.get(wheel)
+        self.assertEqual((r.body, r.header("x-cache")), (WHEEL, "HIT"))  # verified: shared
+        self.assertEqual(self.h.paths(), ["/simple/demo/", "/w/demo-1.0-py3-none-any.whl.metadata"])
 
     def test_unlisted(self) -> None:
         """Only what the page lists: unknown ids, other filenames and absent metadata are 404."""

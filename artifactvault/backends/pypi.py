@@ -41,6 +41,7 @@ from artifactvault.config import Section
 from artifactvault.flight import Artifact
 from artifactvault.serve import Responder, not_modified
 from artifactvault.upstream import UpstreamError, describe_failure
+from artifactvault.vault import verified_as
 
 DEFAULT_INDEX = "https://pypi.org/simple/"
 DEFAULT_INDEX_TTL = 300.0
@@ -243,12 +244,28 @@ class PypiBackend(Backend):
             responder.error(404, "no such file")
             return
         metadata = filename.endswith(METADATA)
-        key = f"pypi-{'metadata' if metadata else 'file'}:{fid}"
-        if self.vault.serve_cached(responder, key, lambda e: _basename(e.url) == filename):
+        key = self._file_key(fid, metadata)
+        digest = None if metadata or fid.startswith("url-") else ("sha256", fid)
+        if self.vault.serve_cached(
+                responder, key, lambda e: _basename(e.url) == filename and verified_as(e, digest)):
             return
         self._document(project).addCallbacks(
             lambda result: self._fetch_file(responder, result[0], key, fid, filename, metadata),
             lambda failure: self._failed(responder, failure))
+
+    def _file_key(self, fid: str, metadata: bool) -> str:
+        """
+        Where a file or its metadata is stored. A file named by its sha256 is
+        stored only once verified against it, and served only if it was (see
+        L{verified_as}): it is the same whichever index listed it, so every
+        PyPI backend shares it. Anything else is only its index's word and is
+        kept per index, so that a second, less trusted index cannot place what
+        this one serves: a file named by a hash of its URL, and metadata (on a
+        hit, before any page is read, its own hash is not known).
+        """
+        if not metadata and not fid.startswith("url-"):
+            return f"pypi-file:{fid}"
+        return f"pypi-{'metadata' if metadata else 'file'}:{self.index_url} {fid}"
 
     def _fetch_file(self, responder: Responder, page: Page, key: str, fid: str, filename: str,
                     metadata: bool) -> None:
