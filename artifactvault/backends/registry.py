@@ -44,7 +44,7 @@ from artifactvault.backends.registry_media import (MAX_MANIFEST, Accept, parse_d
                                                    valid_tag)
 from artifactvault.cache.store import Entry
 from artifactvault.config import Section
-from artifactvault.flight import Artifact
+from artifactvault.flight import Artifact, Flight
 from artifactvault.serve import Responder, serve_entry
 from artifactvault.singleflight import SingleFlight
 from artifactvault.upstream import UpstreamError, UpstreamStatus, discard, header
@@ -159,11 +159,25 @@ class RegistryBackend(Backend):
     # -- blobs ------------------------------------------------------------------
 
     def _blob(self, responder: Responder, name: str, digest: str) -> None:
+        """
+        A blob, by digest, whichever repository asks: one download serves
+        them all. But a download started for another repository that has no
+        answer yet may end in that repository's 404 (or 401/403), which says
+        nothing of this one: wait for its answer, then join it or ask for ours.
+        """
+        if responder.gone:
+            return
         responder.request.setHeader(b"docker-content-digest", digest.encode())
-        self.vault.serve(responder, Artifact(
+        artifact = Artifact(
             key=f"{self._keys} blob {digest}", url=self._url(name, "blobs", digest),
             upstream=self.upstream, digest=parse_digest(digest),
-            label=f"{self.prefix}{name}/blobs/{digest}"))
+            label=f"{self.prefix}{name}/blobs/{digest}")
+        flight = self.vault.flights.get(artifact.key)
+        if flight is not None and flight.state == Flight.CONNECTING and flight.artifact.url != artifact.url \
+                and responder.request.method != b"HEAD":
+            flight.head().addBoth(lambda _: self._blob(responder, name, digest))
+            return
+        self.vault.serve(responder, artifact)
 
     # -- manifests ----------------------------------------------------------------
 
