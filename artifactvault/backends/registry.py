@@ -48,7 +48,7 @@ from artifactvault.flight import Artifact, Flight
 from artifactvault.serve import Responder, serve_entry
 from artifactvault.singleflight import SingleFlight
 from artifactvault.upstream import UpstreamError, UpstreamStatus, discard, header
-from artifactvault.vault import Vault
+from artifactvault.vault import Vault, verified_as
 
 _log = Logger(observer=logs.observer)
 
@@ -188,7 +188,7 @@ class RegistryBackend(Backend):
         request.setHeader(b"docker-content-digest", digest.encode())
         key = f"{self._keys} {name} manifest {digest}"
         entry = self.store.lookup(key)
-        if entry is not None:
+        if entry is not None and verified_as(entry, parse_digest(digest)):
             if not accept.cacheable(entry.content_type):
                 _run(responder, self._relay(responder, self._url(name, "manifests", digest), accept))
                 return
