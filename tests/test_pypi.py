@@ -99,10 +99,11 @@ class Harness:
 
     def file_url(self, project: str, filename: str) -> str:
         """Where the project page (as JSON) says the vault serves C{filename}."""
-        page = json.loads(self.get(f"/pypi/{project}/", {"accept": JSON_ACCEPT}).body)
+        page_url = f"{self.backend.prefix}{project}/"
+        page = json.loads(self.get(page_url, {"accept": JSON_ACCEPT}).body)
         for f in page["files"]:
             if f["filename"] == filename:
-                return urljoin(f"/pypi/{project}/", f["url"])
+                return urljoin(page_url, f["url"])
         raise AssertionError(f"{filename} not listed")
 
 
@@ -247,11 +248,25 @@ class PageTests(SynchronousTestCase):
         """If the stored page's bytes are gone, it is fetched anew rather than failing forever."""
         self.h.get("/pypi/demo/")
         restarted = Harness(self, after=self.h)
-        entry = self.h.store.lookup(f"pypi-index:{INDEX}demo/")
+        entry = self.h.store.lookup(f"pypi-index:{INDEX}demo/ for /pypi/")
         os.unlink(self.h.store.data_path(entry))
         r = restarted.get("/pypi/demo/")
         self.assertEqual((r.status, r.header("x-cache")), (200, "MISS"))
         self.assertEqual(restarted.paths(), ["/simple/demo/"])
+
+    def test_pages_fresh_per_backend(self) -> None:
+        """
+        Two backends of one index keep its pages apart: one whose index_ttl is
+        0 asks the upstream every time, even while the other's copy is fresh.
+        """
+        self.h.get("/pypi/demo/")
+        eager = Harness(self, after=self.h, index_ttl=0, prefix="/eager/")
+        eager.routes["/simple/demo/"] = (200, "text/html", demo_page('<a href="n-2.tar.gz">n</a>'))
+        self.h.clock.advance(1)
+        r = eager.get("/eager/demo/")
+        self.assertEqual((r.header("x-cache"), eager.paths()), ("MISS", ["/simple/demo/"]))
+        self.assertIn(b"n-2.tar.gz", r.body)
+        self.assertNotIn(b"n-2.tar.gz", self.h.get("/pypi/demo/").body)  # the other's copy, still fresh
 
     def test_json_upstream(self) -> None:
         """A PEP 691 JSON upstream is read as such, sizes and all."""
@@ -310,7 +325,7 @@ class FileTests(SynchronousTestCase):
         self.h.routes["/w/demo-1.0-py3-none-any.whl.metadata"] = (200, "text/plain", b"forged")
         r = self.h.get(self.h.file_url("demo", "demo-1.0-py3-none-any.whl") + ".metadata")
         self.assertEqual((r.status, r.complete), (200, False))
-        self.assertIsNone(self.h.store.lookup(f"pypi-metadata:{INDEX} {sha(WHEEL)}"))
+        self.assertIsNone(self.h.store.lookup(f"pypi-metadata:{sha(WHEEL)} for /pypi/"))
 
     def test_unverified_entry_never_served(self) -> None:
         """
@@ -334,7 +349,7 @@ class FileTests(SynchronousTestCase):
         """
         other = "http://other.example/simple/"
         forged = b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\nRequires-Dist: evil\n"
-        evil = Harness(self, after=self.h, index_url=other, routes={
+        evil = Harness(self, after=self.h, index_url=other, prefix="/other/", routes={
             "/simple/demo/": (200, "text/html", (
                 f'<a href="/w/demo-1.0-py3-none-any.whl#sha256={sha(WHEEL)}" data-core-metadata="true">w</a>'
                 '<a href="/p/demo-1.0.tar.gz">s</a>').encode()),
@@ -346,7 +361,8 @@ class FileTests(SynchronousTestCase):
         sdist = evil.file_url("demo", "demo-1.0.tar.gz")
         self.assertEqual([evil.get(u).body for u in (wheel, wheel + ".metadata", sdist)],
                          [WHEEL, forged, b"not the sdist"])
-        r = self.h.get(wheel + ".metadata")  # the same path at the first backend
+        wheel, sdist = (u.replace("/other/", "/pypi/") for u in (wheel, sdist))  # the first backend
+        r = self.h.get(wheel + ".metadata")
         self.assertEqual((r.status, r.body), (200, METADATA))
         self.assertEqual(self.h.get(sdist).status, 404)  # no such url- id on the first index
         r = self.h.get(wheel)

@@ -169,7 +169,7 @@ class PypiBackend(Backend):
                 doc = index.parse_project(body, ctype, base, project)
             return index.dumps(doc), "application/json"
 
-        return Artifact(key=f"pypi-index:{url}", url=url, upstream=self.upstream,
+        return Artifact(key=f"pypi-index:{url} for {self.prefix}", url=url, upstream=self.upstream,
                         ttl=self.settings.index_ttl, headers={"Accept": UPSTREAM_ACCEPT},
                         transform=transform, label=f"{self.prefix}{project + '/' if project else ''}")
 
@@ -259,13 +259,13 @@ class PypiBackend(Backend):
         stored only once verified against it, and served only if it was (see
         L{verified_as}): it is the same whichever index listed it, so every
         PyPI backend shares it. Anything else is only its index's word and is
-        kept per index, so that a second, less trusted index cannot place what
-        this one serves: a file named by a hash of its URL, and metadata (on a
-        hit, before any page is read, its own hash is not known).
+        kept per backend (as pages are), so that a second, less trusted index
+        cannot place what this one serves: a file named by a hash of its URL,
+        and metadata (on a hit, before any page is read, its hash is unknown).
         """
         if not metadata and not fid.startswith("url-"):
             return f"pypi-file:{fid}"
-        return f"pypi-{'metadata' if metadata else 'file'}:{self.index_url} {fid}"
+        return f"pypi-{'metadata' if metadata else 'file'}:{fid} for {self.prefix}"
 
     def _fetch_file(self, responder: Responder, page: Page, key: str, fid: str, filename: str,
                     metadata: bool) -> None:
