@@ -175,7 +175,8 @@ class RegistryBackend(Backend):
         flight = self.vault.flights.get(artifact.key)
         if flight is not None and flight.state == Flight.CONNECTING and flight.artifact.url != artifact.url \
                 and responder.request.method != b"HEAD":
-            flight.head().addBoth(lambda _: self._blob(responder, name, digest))
+            d = flight.head().addBoth(lambda _: self._blob(responder, name, digest))
+            d.addErrback(_failed, responder)
             return
         self.vault.serve(responder, artifact)
 
