@@ -6,7 +6,8 @@ Serves ``<name>/manifests/<ref>``, ``<name>/blobs/<digest>`` and
 ``<name>/tags/list`` at its prefix and under ``/v2/`` (see L{registry_api}).
 
 - Blobs are immutable and shared by every repository of one upstream (keyed
-  by digest), and verified against their digest while they stream.
+  by digest), and verified against their digest while they stream; one
+  repository's 404 is never another's answer (see L{RegistryBackend._blob}).
 - A manifest by digest is immutable and verified the same way (keyed per
   repository: one repository's manifest is never served for another's name).
 - A tag is a small record (digest, media type, size) per L{Accept} class and
