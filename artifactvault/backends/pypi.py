@@ -14,9 +14,9 @@ bytes are shared by every PyPI backend, checked, and served only once
 verified) or, for the rare index that gives none, ``url-`` and a hash of its
 upstream URL. What only the index vouches for (pages, metadata, ``url-``
 files) is kept per backend: see L{PypiBackend._file_key}. Files are
-immutable: a cached one is served with no index lookup at all. On a miss, the project's stored page
-(kept across restarts) says where the file lives upstream and what digest
-it must have. Pages are fresh for ``index_ttl``, then revalidated, and
+immutable: a cached one is served with no index lookup at all. On a miss,
+the project's stored page (kept across restarts) says where the file lives
+upstream and what digest it must have. Pages are fresh for ``index_ttl``, then revalidated, and
 served stale when the upstream fails; each is parsed once per upstream copy
 and rendered once per format.
 """
