@@ -191,6 +191,19 @@ class Daemon:
                 raise AssertionError(f"{key} was not stored within {timeout} s")
             time.sleep(0.02)
 
+    def wait_log(self, text: str, timeout: float = 30.0) -> None:
+        """
+        Poll until the daemon's log has C{text}. (After L{wait_stored}, the
+        download that stored an entry may still be ending on the reactor: a
+        request then joins it instead of reading the entry; its "stored …"
+        line is logged once it has ended.)
+        """
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged within {timeout} s")
+            time.sleep(0.02)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -297,6 +297,7 @@ class HttpBackendTests(TestCase):
         status, headers, body = self.get("/fresh/doc.bin")
         self.assertEqual((status, headers["x-cache"], body), (200, "MISS", data))
         self.daemon.wait_stored(self.fake.base + "/fresh/doc.bin")
+        self.daemon.wait_log("stored /fresh/doc.bin")  # the download has ended: a new GET revalidates
         status, headers, body = self.get("/fresh/doc.bin")  # ttl 0: revalidated, 304
         self.assertEqual((status, headers["x-cache"], body), (200, "HIT", data))
         revalidation = [h for m, p, h in self.fake.requests if p == "/fresh/doc.bin"][-1]

@@ -130,10 +130,11 @@ class WireTests(TestCase):
         self.fake.scripts[name] = script
         return ("/fresh" if prefix else "/fake") + (name[len(prefix):] if prefix else name)
 
-    def key(self, path: str) -> str:
-        if path.startswith("/fresh/"):
-            return self.fake.base + path
-        return self.fake.base + path[len("/fake"):]
+    def stored(self, path: str) -> None:
+        """Wait until C{path}'s download is stored and has ended (a new request then reads the entry)."""
+        key = self.fake.base + (path if path.startswith("/fresh/") else path[len("/fake"):])
+        self.daemon.wait_stored(key)
+        self.daemon.wait_log(f"stored {path}:")
 
     def assertFdsReturn(self, baseline: tuple[int, int]) -> None:
         """
@@ -173,7 +174,7 @@ class WireTests(TestCase):
             else:
                 status, headers, body = request("GET", self.daemon.url(path))
                 self.assertEqual((status, len(body), sha(body)), (200, len(data), sha(data)))
-            self.daemon.wait_stored(self.key(path))
+            self.stored(path)
             status, headers, body = read_raw(self.daemon.port, path)
             self.assertEqual((status, headers["x-cache"], headers["content-length"], sha(body)),
                              (200, "HIT", str(len(data)), sha(data)))
@@ -193,7 +194,7 @@ class WireTests(TestCase):
         data = os.urandom(100_000)
         hit = self.script(Script(body=data))
         self.assertEqual(request("GET", self.daemon.url(hit))[0], 200)
-        self.daemon.wait_stored(self.key(hit))
+        self.stored(hit)
         baseline = open_fds(self.daemon.proc.pid)
         cases = [(f"bytes={huge}-", 416, b""), (f"bytes=0-{huge}", 206, data), (f"bytes=-{huge}", 206, data)]
         for cache in ("HIT", "MISS"):
@@ -243,7 +244,7 @@ class WireTests(TestCase):
         old = os.urandom(200_000)
         path = self.script(Script(body=old, headers={"ETag": '"v1"'}), prefix="/fresh")
         self.assertEqual(request("GET", self.daemon.url(path))[2], old)
-        self.daemon.wait_stored(self.key(path))
+        self.stored(path)
         self.fake.scripts[path] = Script(body=os.urandom(300_000), cut_at=0,
                                          headers={"ETag": '"v2"', "Content-Encoding": "gzip"})
         status, headers, body = read_raw(self.daemon.port, path, {"Range": "bytes=100-199"})
