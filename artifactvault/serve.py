@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
@@ -81,6 +82,21 @@ class Responder:
             return
         self.request.error_reason = message  # type: ignore[attr-defined]
         self.on_error(self.request, status, message)
+
+    def fail(self, failure: Failure | BaseException) -> None:
+        """
+        The one failure policy: an L{UpstreamError} is answered with its
+        status and reason; anything else is a bug, logged with its traceback
+        and answered 500.
+        """
+        if not isinstance(failure, Failure):
+            failure = Failure(failure)
+        if isinstance(failure.value, UpstreamError):
+            self.error(failure.value.status, failure.value.reason)
+            return
+        _log.failure("answering {path} failed", failure,
+                     path=self.request.path.decode("latin-1", "replace"))
+        self.error(500, "internal error")
 
     def abort(self) -> None:
         """Cut the connection: never a short body that looks complete."""

@@ -20,7 +20,7 @@ from artifactvault import logs
 from artifactvault.cache.store import Entry, FileStore
 from artifactvault.flight import Artifact, Flight, Flights
 from artifactvault.serve import Responder, serve_entry, serve_flight, set_headers
-from artifactvault.upstream import UpstreamError, UpstreamStatus, describe_failure, discard, header
+from artifactvault.upstream import UpstreamError, UpstreamStatus, discard, header
 
 _log = Logger(observer=logs.observer)
 
@@ -49,7 +49,7 @@ class Vault:
                     and flight.artifact.transform is None:
                 serve_flight(responder, flight, "HIT" if flight.complete else "MISS")
             else:
-                Deferred.fromCoroutine(self._head(responder, artifact, entry))
+                Deferred.fromCoroutine(self._head(responder, artifact, entry)).addErrback(responder.fail)
             return
         flight = self.flights.join(artifact, stale=entry)
         flight.head().addCallbacks(
@@ -99,8 +99,10 @@ class Vault:
     def _failed(self, responder: Responder, failure: Failure, stale: Entry | None) -> None:
         if responder.gone:
             return
-        error = failure.value if isinstance(failure.value, UpstreamError) else \
-            describe_failure(failure.value, "", 0)
+        if not isinstance(failure.value, UpstreamError):
+            responder.fail(failure)  # a bug: logged, 500
+            return
+        error = failure.value
         if stale is not None and self.serve_stale and self.may_serve_stale(error):
             _log.info("serving stale {key}: {reason}", key=stale.key, reason=error.reason)
             if serve_entry(responder, self.store, stale, "STALE"):
@@ -125,8 +127,7 @@ class Vault:
         if responder.gone:
             return
         if response.code != 200:
-            self._failed(responder, Failure(UpstreamStatus(
-                response.code, response.phrase.decode("latin-1", "replace"))), stale)
+            self._failed(responder, Failure(UpstreamStatus.of(response)), stale)
             return
         etag = header(response, b"etag")
         if stale is not None and etag is not None and etag == stale.etag:
