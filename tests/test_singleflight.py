@@ -48,6 +48,19 @@ class SingleFlightTests(SynchronousTestCase):
         pending.callback(3)
         self.assertEqual(self.successResultOf(d2), 3)
 
+    def test_last_waiter_cancelled(self) -> None:
+        """When every caller has cancelled (their deadlines ran out), the call is cancelled and the key is free."""
+        flights, cancelled = SingleFlight(), []
+        pending = Deferred(lambda d: cancelled.append(True))
+        d1, d2 = flights.run("k", lambda: pending), flights.run("k", lambda: pending)
+        d1.cancel()
+        self.failureResultOf(d1, CancelledError)
+        self.assertEqual((cancelled, "k" in flights), ([], True))
+        d2.cancel()
+        self.failureResultOf(d2, CancelledError)
+        self.assertEqual((cancelled, "k" in flights), ([True], False))
+        self.assertEqual(self.successResultOf(flights.run("k", lambda: succeed(4))), 4)
+
     def test_call_raising_releases_the_key(self) -> None:
         """A call that raises at once fails its caller and does not hold the key."""
         flights = SingleFlight()
