@@ -457,9 +457,13 @@ class Flights:
         return self._by_key.get(key)
 
     def join(self, artifact: Artifact, stale: Entry | None = None) -> Flight:
-        """The flight for C{artifact}'s key: the one in progress, or a new one."""
+        """
+        The flight for C{artifact}'s key: the one in progress, or a new one.
+        A failed flight is still here while its failure is being handed out;
+        whoever asks then (a waiter that tries again) gets a new one.
+        """
         flight = self._by_key.get(artifact.key)
-        if flight is None:
+        if flight is None or flight.state == Flight.FAILED:
             flight = Flight(artifact, self.store, self.reactor, stale, on_end=self._ended)
             self._by_key[artifact.key] = flight
             flight.start()

@@ -25,6 +25,20 @@ from artifactvault.upstream import UpstreamError, UpstreamStatus, discard, heade
 _log = Logger(observer=logs.observer)
 
 
+def verified_as(entry: Entry, digest: tuple[str, str] | None) -> bool:
+    """
+    Whether a stored entry may be served as an artifact that must have
+    C{digest}. The store records the sha256 of what it committed (checked
+    against the expected digest for a download, computed for a record), so
+    an entry for a sha256 must carry that very one: anything else under the
+    key was never checked as this artifact and is not served. (Other
+    algorithms are not recorded; their entries are trusted to their key.)
+    """
+    if digest is None or digest[0] != "sha256":
+        return True
+    return entry.sha256 == digest[1].lower()
+
+
 class Vault:
     def __init__(self, store: FileStore, reactor: Any, serve_stale: bool = True):
         self.store = store
@@ -37,6 +51,8 @@ class Vault:
     def serve(self, responder: Responder, artifact: Artifact) -> None:
         """Answer a GET or HEAD for C{artifact}."""
         entry = self.store.lookup(artifact.key)
+        if entry is not None and not verified_as(entry, artifact.digest):
+            entry = None  # never served: the download replaces it
         if entry is not None and entry.is_fresh(self.store.now()):
             if serve_entry(responder, self.store, entry, "HIT"):
                 return

@@ -21,7 +21,7 @@ from zope.interface.verify import verifyObject
 from artifactvault.backends.base import BuildContext, IBackend, dispatch
 from artifactvault.backends.registry import RegistryBackendType, _Bad, parse_path
 from artifactvault.backends.registry_media import DOCKER_MANIFEST, OCI_INDEX
-from artifactvault.cache.store import FileStore
+from artifactvault.cache.store import Entry, FileStore
 from artifactvault.config import ConfigError, Section
 from artifactvault.service import build
 from artifactvault.tap import Options, makeService
@@ -254,6 +254,15 @@ class BackendTests(SynchronousTestCase):
         self.assertEqual(request.body, b'{"name":"x/y","tags":["a"]}')
         self.assertEqual(request.header(b"link"), '</dockerhub/x/y/tags/list?last=a&n=1>; rel="next"')
         self.assertEqual(self.asked(), [("GET", "/v2/x/y/tags/list?n=1")])
+
+    def test_unverified_manifest_never_served(self) -> None:
+        """What is stored under a manifest's digest is served only if it has that digest; otherwise it is fetched again."""
+        key = f"registry https://reg.test x/y manifest {self.digest}"
+        self.successResultOf(self.store.put(Entry(key=key, data="", size=0, stored_at=self.store.now(),
+                                                  content_type=OCI_INDEX), b'{"planted": 1}'))
+        request = self.get(f"x/y/manifests/{self.digest}")
+        self.assertEqual((request.body, request.header(b"x-cache")), (self.index, "MISS"))
+        self.assertEqual(self.store.lookup(key).sha256, self.digest.removeprefix("sha256:"))
 
     def test_blob_digest_checked(self) -> None:
         """A blob is asked for by digest with that digest to verify; an invalid one never reaches the upstream."""

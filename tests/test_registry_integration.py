@@ -465,3 +465,42 @@ class RegistryTests(TestCase):
         self.assertNotEqual(p.returncode, 0)
         self.assertFalse(os.path.exists(os.path.join(self.daemon.cache_dir, "data", kh[:2], kh + ".json")))
         self.assertTrue(re.search(r"upstream body has sha256 \w+, expected", self.daemon.log()))
+
+    def test_blob_unknown_in_one_repository_not_handed_to_another(self) -> None:
+        """
+        Concurrent pulls of one digest from two repositories share a download,
+        but repository A's 404 (the blob is unknown there) is A's answer: a
+        request for B that came while A's was still waiting for its upstream
+        asks for B itself and gets the blob. When A has it, B shares A's download.
+        """
+        for a_has_it in (False, True):
+            blob = os.urandom(200_000)
+            digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+            repo_a, repo_b = (f"t{uuid.uuid4().hex[:10]}/{r}" for r in ("a", "b"))
+            held = threading.Event()
+            self.fake.scripts[f"/v2/{repo_a}/blobs/{digest}"] = Script(body=blob, hold_headers=held) if a_has_it \
+                else Script(status=404, hold_headers=held, headers={"Content-Type": "application/json"},
+                            body=json.dumps({"errors": [{"code": "BLOB_UNKNOWN", "message": "unknown"}]}).encode())
+            self.fake.scripts[f"/v2/{repo_b}/blobs/{digest}"] = Script(body=blob)
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                answer_a = pool.submit(self.get, f"/v2/fake/{repo_a}/blobs/{digest}")
+                deadline = time.monotonic() + 10
+                while self.fake.count("GET", f"/v2/{repo_a}/blobs/{digest}") < 1:  # A's flight is waiting
+                    self.assertLess(time.monotonic(), deadline, "the request for A never reached the upstream")
+                    time.sleep(0.01)
+                conn = http.client.HTTPConnection("127.0.0.1", self.daemon.port, timeout=30)
+                self.addCleanup(conn.close)
+                conn.request("GET", f"/v2/fake/{repo_b}/blobs/{digest}")
+                # The daemon accepts and reads connections in order: once a later
+                # one is answered, B's request has been read (and met A's flight).
+                self.assertEqual(self.get("/-/health")[0], 200)
+                held.set()
+                status, _, body = answer_a.result(30)
+            if a_has_it:
+                self.assertEqual((status, body), (200, blob))
+            else:
+                self.assertEqual((status, json.loads(body)["errors"][0]["code"]), (404, "BLOB_UNKNOWN"))
+            response = conn.getresponse()
+            self.assertEqual((response.status, "sha256:" + hashlib.sha256(response.read()).hexdigest()),
+                             (200, digest))
+            self.assertEqual(self.fake.count("GET", f"/v2/{repo_b}/blobs/{digest}"), 0 if a_has_it else 1)

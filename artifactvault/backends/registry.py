@@ -6,7 +6,8 @@ Serves ``<name>/manifests/<ref>``, ``<name>/blobs/<digest>`` and
 ``<name>/tags/list`` at its prefix and under ``/v2/`` (see L{registry_api}).
 
 - Blobs are immutable and shared by every repository of one upstream (keyed
-  by digest), and verified against their digest while they stream.
+  by digest), and verified against their digest while they stream; one
+  repository's 404 is never another's answer (see L{RegistryBackend._blob}).
 - A manifest by digest is immutable and verified the same way (keyed per
   repository: one repository's manifest is never served for another's name).
 - A tag is a small record (digest, media type, size) per L{Accept} class and
@@ -41,12 +42,12 @@ from artifactvault.backends.registry_auth import TokenAuth
 from artifactvault.backends.registry_media import (MAX_MANIFEST, Accept, parse_digest, valid_name,
                                                    valid_tag)
 from artifactvault.config import Section
-from artifactvault.flight import Artifact
+from artifactvault.flight import Artifact, Flight
 from artifactvault.serve import Responder, serve_entry
 from artifactvault.singleflight import SingleFlight
 from artifactvault.upstream import (UpstreamError, UpstreamStatus, content_length, discard, header,
                                     loggable)
-from artifactvault.vault import Entry, Vault
+from artifactvault.vault import Entry, Vault, verified_as
 
 _log = Logger(observer=logs.observer)
 
@@ -158,11 +159,26 @@ class RegistryBackend(Backend):
     # -- blobs ------------------------------------------------------------------
 
     def _blob(self, responder: Responder, name: str, digest: str) -> None:
+        """
+        A blob, by digest, whichever repository asks: one download serves
+        them all. But a download started for another repository that has no
+        answer yet may end in that repository's 404 (or 401/403), which says
+        nothing of this one: wait for its answer, then join it or ask for ours.
+        """
+        if responder.gone:
+            return
         responder.request.setHeader(b"docker-content-digest", digest.encode())
-        self.vault.serve(responder, Artifact(
+        artifact = Artifact(
             key=f"{self._keys} blob {digest}", url=self._url(name, "blobs", digest),
             upstream=self.upstream, digest=parse_digest(digest),
-            label=f"{self.prefix}{name}/blobs/{digest}"))
+            label=f"{self.prefix}{name}/blobs/{digest}")
+        flight = self.vault.flights.get(artifact.key)
+        if flight is not None and flight.state == Flight.CONNECTING and flight.artifact.url != artifact.url \
+                and responder.request.method != b"HEAD":
+            d = flight.head().addBoth(lambda _: self._blob(responder, name, digest))
+            d.addErrback(responder.fail)
+            return
+        self.vault.serve(responder, artifact)
 
     # -- manifests ----------------------------------------------------------------
 
@@ -173,7 +189,7 @@ class RegistryBackend(Backend):
         request.setHeader(b"docker-content-digest", digest.encode())
         key = f"{self._keys} {name} manifest {digest}"
         entry = self.store.lookup(key)
-        if entry is not None:
+        if entry is not None and verified_as(entry, parse_digest(digest)):
             if not accept.cacheable(entry.content_type):
                 run(responder, self._relay(responder, self._url(name, "manifests", digest), accept,
                                            digest))
