@@ -264,6 +264,18 @@ class BackendTests(SynchronousTestCase):
         self.assertEqual((request.body, request.header(b"x-cache")), (self.index, "MISS"))
         self.assertEqual(self.store.lookup(key).sha256, self.digest.removeprefix("sha256:"))
 
+    def test_tags_list_bad_n(self) -> None:
+        """tags/list with an n that is not ASCII digits ('\u00b2' passes str.isdigit) is a 400; nothing goes upstream."""
+        for raw in (b"x", b"\xb2", b"1\xb2"):
+            request = FakeRequest(b"/dockerhub/x/y/tags/list?n=")
+            request.prepath = [b"dockerhub"]
+            request.args = {b"n": [raw]}
+            dispatch(self.backend, request, [b"x", b"y", b"tags", b"list"])
+            self.stub.flush()
+            self.assertEqual((request.responseCode, json.loads(request.body)["errors"][0]["code"]),
+                             (400, "PAGINATION_NUMBER_INVALID"))
+        self.assertEqual(self.asked(), [])
+
     def test_blob_digest_checked(self) -> None:
         """A blob is asked for by digest with that digest to verify; an invalid one never reaches the upstream."""
         request = self.get("x/y/blobs/sha256:" + "a" * 63)

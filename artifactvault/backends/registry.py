@@ -335,7 +335,7 @@ class RegistryBackend(Backend):
         n = (request.args.get(b"n") or [b""])[0].decode("latin-1")
         last = (request.args.get(b"last") or [b""])[0].decode("latin-1")
         if n:
-            if not n.isdigit():
+            if not (n.isascii() and n.isdigit()):
                 reject(responder, 400, "PAGINATION_NUMBER_INVALID", f"n must be a number, not {n!r}")
                 return
             query.append(("n", n))
