@@ -83,10 +83,15 @@ def origin(url: str) -> tuple[str, str, int]:
     return (parts.scheme, (parts.hostname or "").lower(), port)
 
 
+def host_of(url: str) -> str:
+    """The host (and port) of C{url} for a message: never its user info."""
+    return urlsplit(url).netloc.rpartition("@")[2]
+
+
 def loggable(url: str) -> str:
     """C{url} fit for a log line: no user info, no query (signed URLs carry secrets there)."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    return f"{parts.scheme}://{host_of(url)}{parts.path}"
 
 
 class IUpstreamAuth(Interface):
@@ -213,7 +218,7 @@ def describe_failure(exc: BaseException, url: str, timeout: float) -> UpstreamEr
     so that it is logged with its traceback and answered 500 (see
     L{artifactvault.serve.Responder.fail}), never disguised as a 502.
     """
-    host = urlsplit(url).netloc.rpartition("@")[2]
+    host = host_of(url)
     if isinstance(exc, UpstreamError):
         return exc
     if not isinstance(exc, NETWORK_FAILURES):
@@ -352,8 +357,7 @@ class Upstream:
             return await attempt
         except (UpstreamError, CancelledError):
             if expired:
-                host = urlsplit(url).netloc.rpartition("@")[2]
-                raise UpstreamTimeout(f"upstream {host} did not answer within {self.timeout:g} s "
+                raise UpstreamTimeout(f"upstream {host_of(url)} did not answer within {self.timeout:g} s "
                                       f"(connecting, authentication and redirects)") from None
             raise
         finally:
@@ -397,7 +401,7 @@ class Upstream:
                         method = "GET"
                     continue
             return response
-        raise UpstreamError(f"upstream {urlsplit(first).netloc} redirected more than {MAX_REDIRECTS} times")
+        raise UpstreamError(f"upstream {host_of(first)} redirected more than {MAX_REDIRECTS} times")
 
     def read_small(self, response: Any, limit: int, what: str = "the upstream answer") -> Deferred:
         """L{read_small} with this upstream's reactor and C{timeout}."""
@@ -417,7 +421,7 @@ class Upstream:
 
 def _redirect_target(url: str, location: bytes) -> str:
     """Where a redirect from C{url} leads: an http(s) URL with a host, or L{UpstreamError}."""
-    host = urlsplit(url).netloc.rpartition("@")[2]
+    host = host_of(url)
     try:
         target = urljoin(url, location.decode("latin-1").strip())
         parts = urlsplit(target)

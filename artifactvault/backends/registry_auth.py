@@ -37,7 +37,7 @@ from zope.interface import implementer
 from artifactvault import logs
 from artifactvault.singleflight import SingleFlight
 from artifactvault.upstream import (IUpstreamAuth, StaticAuth, Upstream, UpstreamError, discard,
-                                    loggable, origin)
+                                    host_of, loggable, origin)
 
 _log = Logger(observer=logs.observer)
 
@@ -198,7 +198,7 @@ class TokenAuth:
                       realm=loggable(realm), scope=scope, code=response.code)
             return None
         body = await upstream.read_small(response, MAX_TOKEN_ANSWER,
-                                         f"the token answer of {urlsplit(realm).netloc}")
+                                         f"the token answer of {host_of(realm)}")
         try:
             answer = json.loads(body)
             token = answer.get("token") or answer.get("access_token")
@@ -206,7 +206,7 @@ class TokenAuth:
         except (ValueError, TypeError, AttributeError):
             token = None
         if not isinstance(token, str) or not token:
-            raise UpstreamError(f"token realm {urlsplit(realm).netloc} sent no token")
+            raise UpstreamError(f"token realm {host_of(realm)} sent no token")
         lifetime = max(expires_in - max(5.0, expires_in * EXPIRY_MARGIN), 0.0)
         self._keep(key, _Token(token, started + lifetime))
         _log.debug("got a token for {scope}, valid {seconds} s", scope=scope, seconds=expires_in)
