@@ -184,7 +184,7 @@ class Flight:
             return
         if response.code != 200:
             discard(response)
-            self._fail(UpstreamStatus(response.code, response.phrase.decode("latin-1", "replace")))
+            self._fail(UpstreamStatus.of(response))
             return
         self.length = response.length if isinstance(response.length, int) else None
         expected = self.artifact.size

@@ -100,19 +100,19 @@ class Responder:
         self.request.error_reason = message  # type: ignore[attr-defined]
         self.on_error(self.request, status, message)
 
-    def fail(self, failure: Failure) -> None:
+    def fail(self, failure: Failure | BaseException) -> None:
         """
         The one failure policy: an L{UpstreamError} is answered with its
-        status and reason; anything else is a bug of ours, logged with its
-        traceback and answered 500.
+        status and reason; anything else is a bug, logged with its traceback
+        and answered 500.
         """
-        error = failure.value
-        if isinstance(error, UpstreamError):
-            self.error(error.status, error.reason)
+        if not isinstance(failure, Failure):
+            failure = Failure(failure)
+        if isinstance(failure.value, UpstreamError):
+            self.error(failure.value.status, failure.value.reason)
             return
-        _log.failure("answering {method} {path} failed", failure,
-                     method=(self.request.method or b"-").decode("latin-1"),
-                     path=(self.request.path or b"").decode("utf-8", "replace"))
+        _log.failure("answering {path} failed", failure,
+                     path=self.request.path.decode("latin-1", "replace"))
         self.error(500, "internal error")
 
     def reset(self) -> None:

@@ -18,10 +18,10 @@ from twisted.python.failure import Failure
 
 from artifactvault import logs
 from artifactvault.cache.store import Entry, FileStore
-from artifactvault.fields import content_length, fresh_until, response_headers
+from artifactvault.fields import fresh_until, response_headers
 from artifactvault.flight import Artifact, Flight, Flights
 from artifactvault.serve import Responder, answer_not_modified, not_modified, serve_entry, serve_flight, set_headers
-from artifactvault.upstream import UpstreamError, UpstreamStatus, discard, header
+from artifactvault.upstream import UpstreamError, UpstreamStatus, content_length, discard, header
 
 _log = Logger(observer=logs.observer)
 
@@ -166,14 +166,15 @@ class Vault:
             response = await artifact.upstream.request("HEAD", artifact.url, dict(artifact.headers))
             discard(response)
             if response.code != 200:
-                raise UpstreamStatus(response.code, response.phrase.decode("latin-1", "replace"))
-            # (a HEAD response's own length is 0: the size is in its header)
-            length = content_length(response)
+                raise UpstreamStatus.of(response)
         except UpstreamError as e:
             self._failed(responder, Failure(e), stale)
             return
         if responder.gone:
             return
+        # (a HEAD response's own length is 0: the size is in its header; one
+        # that is not a number is no size, as for the registry's HEADs)
+        length = content_length(response)
         etag = header(response, b"etag")
         if stale is not None and etag is not None and etag == stale.etag:
             stale.fresh_until = fresh_until(artifact, self.store.now())

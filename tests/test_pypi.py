@@ -232,6 +232,15 @@ class PageTests(SynchronousTestCase):
         self.assertEqual((r.status, r.header("x-cache"), r.body), (200, "STALE", first))
         self.assertIn("110", r.header("warning"))
 
+    def test_bug_is_a_500(self) -> None:
+        """A bug while loading a page (here a KeyError) is logged with its traceback and answered 500, not a 502."""
+        def broken(entry: object) -> None:
+            raise KeyError("page")
+        self.h.backend.pages.get = broken  # type: ignore[method-assign]
+        r = self.h.get("/pypi/demo/")
+        self.assertEqual((r.status, r.body), (500, b"internal error\n"))
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
     def test_upstream_404(self) -> None:
         """A project the upstream does not know is a 404."""
         self.assertEqual(self.h.get("/pypi/nothing/").status, 404)

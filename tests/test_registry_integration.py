@@ -38,6 +38,8 @@ SKOPEO_ACCEPT = ", ".join([
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.oci.image.index.v1+json"])
 SHORT_TTL = 1.0
+#: The timeout of the /slow/ backend, whose upstream stalls.
+SLOW_TIMEOUT = 2.0
 
 
 def host_of(url: str) -> str:
@@ -110,6 +112,8 @@ class _Shared:
                                             "tag_ttl": SHORT_TTL}},
             {"type": "registry", "config": {"prefix": "/fake/", "registry_url": self.fake.base,
                                             "timeout": 5, "idle_timeout": 5}},
+            {"type": "registry", "config": {"prefix": "/slow/", "registry_url": self.fake.base,
+                                            "timeout": SLOW_TIMEOUT, "idle_timeout": SLOW_TIMEOUT}},
         ]).start(env={"AV_TEST_REG_PW": "testpass"})
         self.host = host_of(self.daemon.base)
 
@@ -354,6 +358,72 @@ class RegistryTests(TestCase):
                             f"docker://{self.host}/dockerhub/library/pushed:1"], capture_output=True, text=True)
         self.assertNotEqual(p.returncode, 0)
         self.assertEqual(hits("reg", "."), before)
+
+    # -- stalls: every wait has a deadline, no key stays wedged ------------------------
+
+    def manifest(self, repository: str, headers: dict[str, str] | None = None,
+                 **script: object) -> tuple[bytes, str]:
+        """A new manifest on the scripted upstream, by tag (with C{script}'s faults) and by digest."""
+        body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                           "manifests": [], "n": uuid.uuid4().hex}).encode()
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        base = {"Content-Type": "application/vnd.oci.image.index.v1+json", **(headers or {})}
+        self.fake.scripts[f"/v2/{repository}/manifests/latest"] = Script(body=body, headers=base, **script)
+        self.fake.scripts[f"/v2/{repository}/manifests/{digest}"] = Script(
+            body=body, headers={**base, "Docker-Content-Digest": digest},
+            **{k: v for k, v in script.items() if k in ("authorization", "challenge")})
+        return body, digest
+
+    def timed_get(self, path: str) -> tuple[int, bytes, float]:
+        """(status, body, seconds): a client that would wait far longer than any deadline."""
+        started = time.monotonic()
+        status, _, body = request("GET", self.daemon.url(path), {"Accept": SKOPEO_ACCEPT}, timeout=30)
+        return status, body, time.monotonic() - started
+
+    def assertGatewayTimeout(self, path: str) -> None:
+        status, body, seconds = self.timed_get(path)
+        self.assertEqual(status, 504, body)
+        self.assertEqual(json.loads(body)["errors"][0]["code"], "UNAVAILABLE")
+        self.assertLess(seconds, 2 * SLOW_TIMEOUT + 1.5)
+
+    def release(self, event: threading.Event) -> None:
+        self.addCleanup(event.set)
+
+    def test_token_body_stalls(self) -> None:
+        """A token realm that stalls mid-body: the pull gets 504 within the timeout; once the realm is fixed the next pull works (the scope is not wedged)."""
+        stall = threading.Event()
+        self.release(stall)
+        realm = f"{self.fake.base}/token-stall"
+        body, digest = self.manifest("tok/img", authorization="Bearer good-token",
+                                     challenge=f'Bearer realm="{realm}",service="fake"')
+        answer = json.dumps({"token": "good-token", "expires_in": 300}).encode()
+        self.fake.scripts["/token-stall"] = Script(body=answer, cut_at=5, resume=stall)
+        self.assertGatewayTimeout("/slow/tok/img/manifests/latest")
+        self.fake.scripts["/token-stall"] = Script(body=answer)
+        status, got, _ = self.timed_get("/slow/tok/img/manifests/latest")
+        self.assertEqual((status, got), (200, body))
+
+    def test_manifest_body_stalls(self) -> None:
+        """An upstream whose tag HEAD names no digest and whose manifest GET stalls mid-body: 504 within the timeout; then the tag works (not wedged)."""
+        stall = threading.Event()
+        self.release(stall)
+        body, digest = self.manifest("stall/img", cut_at=10, resume=stall)
+        self.assertGatewayTimeout("/slow/stall/img/manifests/latest")
+        self.manifest("stall/img")  # fixed (a new manifest, which the next pull must show)
+        fixed = self.fake.scripts["/v2/stall/img/manifests/latest"].body
+        status, got, _ = self.timed_get("/slow/stall/img/manifests/latest")
+        self.assertEqual((status, got), (200, fixed))
+
+    def test_head_stalls_in_headers(self) -> None:
+        """A tag HEAD answered with a status line and one header, then nothing: 504 within the timeout; then the tag works."""
+        stall = threading.Event()
+        self.release(stall)
+        self.manifest("hdr/img", headers={"Docker-Content-Digest": "sha256:" + "0" * 64}, stall_in_headers=stall)
+        self.assertGatewayTimeout("/slow/hdr/img/manifests/latest")
+        body, digest = self.manifest("hdr/img", headers={})
+        self.fake.scripts["/v2/hdr/img/manifests/latest"].headers["Docker-Content-Digest"] = digest
+        status, got, _ = self.timed_get("/slow/hdr/img/manifests/latest")
+        self.assertEqual((status, got), (200, body))
 
     def test_corrupted_blob_never_committed(self) -> None:
         """An upstream blob whose bytes do not match its digest: the client's connection is cut, nothing is stored, the next request asks again; skopeo fails."""

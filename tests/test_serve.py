@@ -335,7 +335,7 @@ class ResponderTests(SynchronousTestCase):
 
     def responder(self) -> tuple[Responder, Request]:
         request = Request(DummyChannel())
-        request.method, request.clientproto = b"GET", b"HTTP/1.1"
+        request.method, request.clientproto, request.path = b"GET", b"HTTP/1.1", b"/files/a.bin"
         request.test_channel = request.channel  # (gone from the request once it is finished)
         request.setHeader(b"server", b"artifactvault")  # set by the site before any answer
         responder = Responder(request)

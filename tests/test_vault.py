@@ -569,14 +569,19 @@ class FallbackTests(VaultMixin, SynchronousTestCase):
 class HeadMissTests(VaultMixin, SynchronousTestCase):
     """A HEAD miss: the upstream's HEAD, read strictly, answered like a GET would be."""
 
-    def test_garbage_content_length_is_502(self) -> None:
-        """A Content-Length that is no length (a superscript two passes str.isdigit) is a 502, not silence."""
-        for value in ("\u00b2", "12abc", "-1", "+5", "1 2", "9" * 30, "4, 5"):
-            with self.subTest(value=value):
+    def test_garbage_content_length_is_left_out(self) -> None:
+        """
+        A Content-Length that is no length (a superscript two passes str.isdigit,
+        5000 digits are too many for int()) is no size: a 200 without one, not silence.
+        """
+        for value in ("\u00b2", "12abc", "-1", "+5", "1 2", "9" * 5000, "4, 5"):
+            with self.subTest(value=value[:10]):
                 client = self.get(method=b"HEAD")
                 self.harness.requests[-1].respond(200, b"", headers={"Content-Length": value.encode("latin-1")},
                                                   length=0)
-                self.assertEqual(client.answer().status, 502)
+                answer = client.answer()
+                self.assertEqual((answer.status, answer.header("Content-Length"), answer.header("X-Cache")),
+                                 (200, None, "MISS"))
 
     def test_repeated_content_length(self) -> None:
         """``42, 42`` is one length (RFC 9110 8.6)."""

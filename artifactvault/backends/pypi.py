@@ -32,18 +32,16 @@ from typing import Any, Callable
 from urllib.parse import quote, urlsplit, unquote
 
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 from zope.interface import provider
 
 from artifactvault.backends import pypi_index as index
 from artifactvault.backends.base import (Backend, BuildContext, CommonSettings, IBackendType,
                                          parse_common)
-from artifactvault.cache.store import Entry
 from artifactvault.config import Section
 from artifactvault.flight import Artifact
 from artifactvault.serve import Responder, answer_not_modified, not_modified
-from artifactvault.upstream import UpstreamError, describe_failure
-from artifactvault.vault import verified_as
+from artifactvault.upstream import UpstreamError
+from artifactvault.vault import Entry, verified_as
 
 DEFAULT_INDEX = "https://pypi.org/simple/"
 DEFAULT_INDEX_TTL = 300.0
@@ -210,7 +208,7 @@ class PypiBackend(Backend):
             return
         self._document(project).addCallbacks(
             lambda result: self._send_page(responder, result, fmt),
-            lambda failure: self._failed(responder, failure))
+            responder.fail)
 
     @staticmethod
     def _send_page(responder: Responder, result: tuple[Page, str], fmt: str) -> None:
@@ -231,13 +229,6 @@ class PypiBackend(Backend):
         request.write(body)
         responder.finish()
 
-    @staticmethod
-    def _failed(responder: Responder, failure: Failure) -> None:
-        error = failure.value
-        if not isinstance(error, UpstreamError):
-            error = describe_failure(error, "", 0)
-        responder.error(error.status, error.reason)
-
     # -- files ------------------------------------------------------------------
 
     def _file(self, responder: Responder, project: str, fid: str, filename: str) -> None:
@@ -252,7 +243,7 @@ class PypiBackend(Backend):
             return
         self._document(project).addCallbacks(
             lambda result: self._fetch_file(responder, result[0], key, fid, filename, metadata),
-            lambda failure: self._failed(responder, failure))
+            responder.fail)
 
     def _file_key(self, fid: str, metadata: bool) -> str:
         """
