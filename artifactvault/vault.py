@@ -209,6 +209,8 @@ class Vault:
         fails. Fires with (entry, "HIT"|"MISS"|"STALE"); fails with L{UpstreamError}.
         """
         entry = self.store.lookup(artifact.key)
+        if entry is not None and not verified_as(entry, artifact.digest):
+            entry = None  # never served: the download replaces it
         if entry is not None and entry.is_fresh(self.store.now()):
             return succeed((entry, "HIT"))
         flight = self.flights.join(artifact, stale=entry)

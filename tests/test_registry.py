@@ -326,6 +326,30 @@ class FaultTests(SynchronousTestCase):
         """The built backend is an IBackend (handle and render_error included)."""
         self.assertTrue(verifyObject(IBackend, self.backend))
 
+    def test_manifest_in_flight_not_served_to_other_accept(self) -> None:
+        """A manifest still downloading is not streamed to a client whose Accept does not admit its type: that client waits for the verified copy, then gets the upstream's answer for its Accept."""
+        first = self.get(f"x/y/manifests/{self.digest}")
+        response = self.client.last.respond(200, headers={"Content-Type": OCI_INDEX},
+                                            length=len(self.index))
+        response.send(self.index[:10])
+        other = self.get(f"x/y/manifests/{self.digest}", accept=DOCKER_MANIFEST)
+        self.assertFalse(other.finished)
+        self.assertEqual(len(self.client.requests), 1)  # nothing asked for it yet
+        response.send(self.index[10:]).finish()
+        self.assertEqual(first.body, self.index)
+        relayed = self.client.last
+        self.assertEqual((relayed.method, relayed.header("accept")), ("GET", DOCKER_MANIFEST))
+        relayed.respond(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no"}]}')
+        self.assertEqual(other.responseCode, 404)
+        self.assertNotEqual(other.body, self.index)
+
+    def test_manifest_failing_its_digest_is_a_json_error(self) -> None:
+        """A manifest miss whose body does not match its digest: a registry JSON 502 before any byte, not a cut connection."""
+        request = self.get(f"x/y/manifests/{self.digest}")
+        self.client.last.respond(200, self.index + b" ", headers={"Content-Type": OCI_INDEX})
+        self.assertEqual(request.responseCode, 502)
+        self.assertIn("sha256", json.loads(request.body)["errors"][0]["message"])
+
     def test_manifest_by_tag_stalls_mid_body(self) -> None:
         """An upstream whose HEAD names no digest and whose manifest GET stalls mid-body: 504 within the timeout, connection cut; the tag is not wedged."""
         request = self.get("x/y/manifests/latest")

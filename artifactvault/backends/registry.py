@@ -190,19 +190,35 @@ class RegistryBackend(Backend):
         key = f"{self._keys} {name} manifest {digest}"
         entry = self.store.lookup(key)
         if entry is not None and verified_as(entry, parse_digest(digest)):
-            if not accept.cacheable(entry.content_type):
-                run(responder, self._relay(responder, self._url(name, "manifests", digest), accept,
-                                           digest))
-                return
-            if serve_entry(responder, self.store, entry, "STALE" if stale else "HIT"):
-                return
+            self._send_manifest(responder, name, digest, accept, entry, "STALE" if stale else "HIT")
+            return
         if request.method == b"HEAD" and record is not None:
             _answer_head(responder, record, "STALE" if stale else "MISS")
             return
-        self.vault.serve(responder, Artifact(
+        artifact = Artifact(
             key=key, url=self._url(name, "manifests", digest), upstream=self.upstream,
             digest=parse_digest(digest), size=record.size if record else None,
-            headers={"Accept": accept.header}, label=f"{self.prefix}{name}/manifests/{digest}"))
+            headers={"Accept": accept.header}, label=f"{self.prefix}{name}/manifests/{digest}")
+        if request.method == b"HEAD":
+            self.vault.serve(responder, artifact)
+            return
+        # A manifest is small: it is answered once stored and verified, never
+        # streamed, so a body that fails its digest is a JSON 502 (not a cut
+        # connection), and a download in flight is never handed to a client
+        # whose Accept does not admit the type it turns out to have.
+        d = self.vault.document(artifact)
+        d.addCallback(lambda result: self._send_manifest(responder, name, digest, accept, *result))
+        d.addErrback(responder.fail)
+
+    def _send_manifest(self, responder: Responder, name: str, digest: str, accept: Accept,
+                       entry: Entry, status: str) -> None:
+        """Answer with a stored, verified manifest, or relay for a client whose Accept it does not suit."""
+        if responder.gone:
+            return
+        if not accept.cacheable(entry.content_type):
+            run(responder, self._relay(responder, self._url(name, "manifests", digest), accept, digest))
+        elif not serve_entry(responder, self.store, entry, status):
+            responder.error(502, "stored manifest vanished")
 
     async def _tagged(self, responder: Responder, name: str, tag: str, accept: Accept) -> None:
         try:
