@@ -82,6 +82,14 @@ class Vault:
             else:
                 Deferred.fromCoroutine(self._head(responder, artifact, entry)).addErrback(responder.fail)
             return
+        flight = self.flights.get(artifact.key)
+        if flight is not None and flight.state == Flight.CONNECTING and flight.artifact.url != artifact.url:
+            # The same bytes asked of another source (a blob of another
+            # repository) with no answer yet: its 404 would say nothing of
+            # this one. Wait for it, then join its download or start ours.
+            flight.head().addBoth(lambda _: responder.gone or self.serve(responder, artifact)).addErrback(
+                responder.fail)
+            return
         flight = self.flights.join(artifact, stale=entry)
         flight.head().addCallbacks(
             lambda f: self._answer(responder, f),

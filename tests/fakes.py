@@ -316,8 +316,8 @@ class FakeBackend:
 
     def artifact(self, path: str) -> Artifact:
         url = f"{UPSTREAM}/{path}"
-        fields = {"ttl": self.ttl, **self.options.get(path, {})}
-        return Artifact(key=url, url=url, upstream=self.upstream, label=path, **fields)
+        fields = {"key": url, "ttl": self.ttl, **self.options.get(path, {})}
+        return Artifact(url=url, upstream=self.upstream, label=path, **fields)
 
     def handle(self, responder: Any, segments: list[str]) -> None:
         self.vault.serve(responder, self.artifact("/".join(segments)))

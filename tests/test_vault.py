@@ -264,6 +264,35 @@ class DigestTests(VaultMixin, SynchronousTestCase):
         self.assertIsNone(self.stored())
 
 
+class SharedKeyTests(VaultMixin, SynchronousTestCase):
+    """One key asked of two sources (a blob by digest, of two repositories)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        digest = ("sha256", hashlib.sha256(BODY).hexdigest())
+        for path in ("a/blob", "b/blob"):
+            self.harness.backend.options[path] = {"key": "blob", "digest": digest}
+
+    def test_other_source_404_not_handed_on(self) -> None:
+        """A request that arrives while another source's download has no answer waits for it; that source's 404 is not its answer: it asks its own."""
+        first = self.harness.get("/files/a/blob")
+        second = self.harness.get("/files/b/blob")
+        self.assertEqual(len(self.harness.requests), 1)
+        self.harness.requests[0].respond(404, b"", phrase=b"Not Found")
+        self.assertEqual(first.answer().status, 404)
+        self.assertEqual(self.harness.requests[-1].url, self.harness.url("b/blob"))
+        self.harness.requests[-1].respond(200, BODY)
+        self.assertEqual((second.answer().status, second.answer().body), (200, BODY))
+
+    def test_other_source_download_shared(self) -> None:
+        """When the other source has it, the waiting request joins that download: one upstream fetch."""
+        first = self.harness.get("/files/a/blob")
+        second = self.harness.get("/files/b/blob")
+        self.harness.requests[0].respond(200, BODY)
+        self.assertEqual(len(self.harness.requests), 1)
+        self.assertEqual([first.answer().body, second.answer().body], [BODY, BODY])
+
+
 class HeadTests(VaultMixin, SynchronousTestCase):
 
     def test_head_miss_asks_upstream_with_head(self) -> None:

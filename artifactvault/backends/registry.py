@@ -42,7 +42,7 @@ from artifactvault.backends.registry_auth import TokenAuth
 from artifactvault.backends.registry_media import (MAX_MANIFEST, Accept, parse_digest, valid_name,
                                                    valid_tag)
 from artifactvault.config import Section
-from artifactvault.flight import Artifact, Flight
+from artifactvault.flight import Artifact
 from artifactvault.serve import Responder, serve_entry
 from artifactvault.singleflight import SingleFlight
 from artifactvault.upstream import (UpstreamError, UpstreamStatus, content_length, discard, header,
@@ -161,24 +161,14 @@ class RegistryBackend(Backend):
     def _blob(self, responder: Responder, name: str, digest: str) -> None:
         """
         A blob, by digest, whichever repository asks: one download serves
-        them all. But a download started for another repository that has no
-        answer yet may end in that repository's 404 (or 401/403), which says
-        nothing of this one: wait for its answer, then join it or ask for ours.
+        them all (the core waits for another repository's download to answer
+        before joining it: its 404 says nothing of this one).
         """
-        if responder.gone:
-            return
         responder.request.setHeader(b"docker-content-digest", digest.encode())
-        artifact = Artifact(
+        self.vault.serve(responder, Artifact(
             key=f"{self._keys} blob {digest}", url=self._url(name, "blobs", digest),
             upstream=self.upstream, digest=parse_digest(digest),
-            label=f"{self.prefix}{name}/blobs/{digest}")
-        flight = self.vault.flights.get(artifact.key)
-        if flight is not None and flight.state == Flight.CONNECTING and flight.artifact.url != artifact.url \
-                and responder.request.method != b"HEAD":
-            d = flight.head().addBoth(lambda _: self._blob(responder, name, digest))
-            d.addErrback(responder.fail)
-            return
-        self.vault.serve(responder, artifact)
+            label=f"{self.prefix}{name}/blobs/{digest}"))
 
     # -- manifests ----------------------------------------------------------------
 
