@@ -130,13 +130,12 @@ class FullDiskTests(TestCase):
             body=f'<a href="/files/pkg-1.0.tar.gz#sha256={digest}">pkg-1.0.tar.gz</a>'.encode(),
             headers={"Content-Type": "text/html"})
         self.fake.scripts["/files/pkg-1.0.tar.gz"] = Script(body=body)
-        self.assertEqual(request("GET", self.daemon.url("/pypi/pkg/"))[0], 200)
-        self.daemon.wait_stored(f"pypi-index:{self.fake.base}/simple/pkg/")
+        self.assertEqual(request("GET", self.daemon.url("/pypi/pkg/"))[0], 200)  # (answered once stored)
         baseline = fds(self.daemon)
         self.disk.fill(leave=len(body))  # room for the download's data, none for its metadata
         client = slow_client(self.daemon.port, f"/pypi/+f/pkg/{digest}/pkg-1.0.tar.gz")
         self.addCleanup(client.close)
-        wait_for(lambda: "cannot store /pypi/+f/pkg-1.0.tar.gz" in self.daemon.log(), "the failed commit")
+        self.daemon.wait_log("cannot store /pypi/+f/pkg-1.0.tar.gz")
         got, how = read_to_end(client)
         self.assertNotEqual(how, "timeout", f"the client was left waiting after {got} bytes")
         self.assertLess(got, len(body))
