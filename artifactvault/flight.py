@@ -409,13 +409,13 @@ class Flight:
         to the end, and nothing else gets it (the file is unlinked now; its
         space is freed when the last reader closes it).
         """
-        self.store.refused_too_large += 1
+        count = self.store.refuse_too_large()
         _log.warn("not storing {what}: {size} bytes is more than max_object_size ({limit}); "
                   "served, not stored ({count} refused since start)",
                   what=self.artifact.describe(), size=self.written, limit=self.store.max_object_size,
-                  count=self.store.refused_too_large)
-        self.error = UpstreamError(f"{self.artifact.describe()} is {self.written} bytes, more than "
-                                   f"max_object_size ({self.store.max_object_size}); not stored")
+                  count=count)
+        self.error = UpstreamError(f"{self.written} bytes is more than max_object_size "
+                                   f"({self.store.max_object_size}); not stored")
         self._remove_temp()
         self.state = self.PASSED_THROUGH
         self._fire(self._head_waiters, self.error, failed=True)  # (a document's; others heard at once)

@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from artifactvault import logs, tap
+from artifactvault import service as service_module
 from artifactvault.cache.store import CacheInUse, FileStore
 from artifactvault.service import SWEEP_INTERVAL, _StoreService, build
 from artifactvault.site import VaultSite
@@ -173,6 +174,18 @@ class ServiceTests(TapMixin, SynchronousTestCase):
         error = self.assertRaises(SystemExit, tap.makeService, self.parse("--config", self.config_file()))
         self.assertEqual(str(error.code), f"artifactvault: {os.path.abspath(self.cache)}: "
                                           f"in use by another artifactvault (pid {os.getpid()})")
+
+    def test_interpreter_tuned_at_start(self) -> None:
+        """Starting the daemon shortens the GIL switch interval and freezes what exists out of the collector."""
+        calls: list[object] = []
+        self.patch(service_module.sys, "setswitchinterval", calls.append)
+        self.patch(service_module.gc, "freeze", lambda: calls.append("freeze"))
+        reactor = ThreadlessReactor()
+        service, _ = build(tap.load_config(self.config_file()), reactor, threadpool=reactor)
+        self.assertEqual(calls, [])
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(calls, [service_module.SWITCH_INTERVAL, "freeze"])
 
     def test_store_service(self) -> None:
         """The store's own thread pool runs while the service does; stopping releases the cache's lock."""

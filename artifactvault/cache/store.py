@@ -147,6 +147,11 @@ class FileStore:
         """Whether an artifact of C{size} bytes may be stored (C{max_object_size})."""
         return self.max_object_size is None or size <= self.max_object_size
 
+    def refuse_too_large(self) -> int:
+        """Count a complete download not stored for its size; returns the count since start."""
+        self.refused_too_large += 1
+        return self.refused_too_large
+
     def work(self, size: int, f: Callable[..., Any], *args: Any) -> Deferred:
         """
         C{f(*args)}, as a Deferred: in the thread pool when it handles C{size}
