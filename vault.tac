@@ -6,6 +6,7 @@ import sys
 from twisted.application.service import Application
 
 from artifactvault import config as configmod
+from artifactvault.cache.store import CacheInUse
 from artifactvault.service import build
 from artifactvault.tap import load_config
 
@@ -15,4 +16,7 @@ except configmod.ConfigError as e:
     sys.exit(f"artifactvault: {e}")
 
 application = Application("artifactvault")
-build(_config)[0].setServiceParent(application)
+try:
+    build(_config)[0].setServiceParent(application)
+except CacheInUse as e:
+    sys.exit(f"artifactvault: {e}")

@@ -238,6 +238,8 @@ class Config:
     listen: list[str] = field(default_factory=list)
     cache_dir: str = field(default_factory=default_cache_dir)
     max_size: int | None = None
+    #: The largest artifact stored (larger ones are served, not stored): max_size if unset.
+    max_object_size: int | None = None
     log_level: str = "info"
     backends: list[BackendEntry] = field(default_factory=list)
     settings: list[Any] = field(default_factory=list)
@@ -266,6 +268,12 @@ def parse(data: Any, source: str,
     config.http_port = top.int("http_port", DEFAULT_PORT, minimum=0, maximum=65535)
     config.cache_dir = os.path.abspath(os.path.expanduser(top.str("cache_dir", default_cache_dir())))
     config.max_size = top.size("max_size", None)
+    config.max_object_size = top.size("max_object_size", None)
+    if config.max_object_size is None:
+        config.max_object_size = config.max_size
+    elif config.max_size is not None and config.max_object_size > config.max_size:
+        raise top.error("max_object_size", f"must not be more than max_size ({config.max_size} bytes), "
+                                           f"not {config.max_object_size}")
     config.log_level = top.str("log_level", "info").lower()
     if config.log_level == "warning":
         config.log_level = "warn"

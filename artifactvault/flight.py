@@ -11,6 +11,24 @@ digest, the temp file is committed to the store. Anything else removes it.
 
 While a digest is still unchecked the last byte is held back from readers:
 nobody gets a complete body that turns out to be wrong.
+
+Every reader ends, on every path: with the whole body, or told of the
+failure (L{IFlightListener.flight_failed}: a reader that got bytes has its
+connection cut, one that got none gets the error or a stale copy). That
+includes a commit that fails (disk full, I/O error) after the body was
+complete: readers still tailing the temp file are cut then, because after a
+failed write the file's bytes can no longer be vouched for. Readers that had
+already been sent every byte (a client that kept up) have completed, and
+keep their answer; nothing is stored. A body larger than the store's
+C{max_object_size} is never committed: it streams to its readers through the
+temp file as usual, and at the end the file is removed instead of stored
+(L{Flight.PASSED_THROUGH}).
+
+The work that can take long runs in the store's thread pool
+(L{FileStore.work}): the commit, and the transform of a large document (an
+index page of tens of MB is parsed and rewritten there, never on the
+reactor). A transform therefore must not touch the reactor; it may read the
+upstream response's headers.
 """
 
 from __future__ import annotations
@@ -18,7 +36,8 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from enum import Enum
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import Protocol as TwistedProtocol
@@ -26,9 +45,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
+from zope.interface import Interface
 
 from artifactvault import logs
-from artifactvault.cache.store import Entry, FileStore
+from artifactvault.cache.store import Entry, FileStore, write_all
 from artifactvault.fields import fresh_until, response_headers
 from artifactvault.upstream import (Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout,
                                     describe_failure, discard, header)
@@ -58,8 +78,10 @@ class Artifact:
     keep_headers: tuple[str, ...] = ()  # upstream response headers replayed from the cache
     content_type: str | None = None  # overrides the upstream's
     #: For documents (index pages): turns the whole upstream body into what is
-    #: stored. Gets (body, upstream response); returns (bytes, content type).
-    transform: Callable[[bytes, Any], tuple[bytes, str]] | None = None
+    #: stored. Gets (body, upstream response); returns (bytes, or a list of
+    #: byte chunks that need never be joined, content type). Runs in a thread
+    #: for a large document: it must not touch the reactor.
+    transform: Callable[[bytes, Any], tuple[bytes | list[bytes], str]] | None = None
     #: Decides whether an upstream status is servable (default: only 200).
     label: str = ""  # for logs: backend and path
 
@@ -67,24 +89,83 @@ class Artifact:
         return self.label or self.key
 
 
-class IFlightListener(Protocol):
-    def flight_data(self, flight: "Flight", chunk: bytes, offset: int) -> None: ...
+class IFlightListener(Interface):
+    """
+    A reader of a L{Flight} (L{artifactvault.serve.FlightReader}). Exactly one
+    of C{flight_done} and C{flight_failed} ends it, unless it unsubscribes first.
+    """
 
-    def flight_done(self, flight: "Flight") -> None: ...
+    def flight_data(flight: "Flight", chunk: bytes, offset: int) -> None:
+        """
+        C{chunk} arrived and was written to the temp file at C{offset}
+        (never for a document with a transform). Bytes beyond
+        L{Flight.readable} must not be sent yet.
+        """
 
-    def flight_failed(self, flight: "Flight", error: UpstreamError) -> None: ...
+    def flight_done(flight: "Flight") -> None:
+        """The body is complete and verified: every byte is readable now."""
+
+    def flight_failed(flight: "Flight", error: UpstreamError) -> None:
+        """
+        The flight failed (upstream, digest, disk or commit) with C{error}:
+        stop reading, cut a client that got bytes, answer one that got none.
+        """
 
 
 class DigestMismatch(UpstreamError):
     pass
 
 
-class Flight:
-    """One upstream fetch of one artifact, shared by every request that wants it."""
+class StoreError(UpstreamError):
+    """The download could not be written to the cache (disk full, I/O error); nothing is stored."""
 
-    # states
-    CONNECTING, STREAMING, COMPLETE, COMMITTED, NOT_MODIFIED, FAILED = (
-        "connecting", "streaming", "complete", "committed", "not-modified", "failed")
+
+class FlightState(Enum):
+    """Where a L{Flight} is; the last four are ends."""
+
+    CONNECTING = "connecting"  # the upstream has not answered yet
+    STREAMING = "streaming"  # the body is arriving (a document: or being transformed)
+    COMPLETE = "complete"  # every byte is here and verified; the commit is under way
+    COMMITTED = "committed"  # stored: L{Flight.entry}
+    PASSED_THROUGH = "passed-through"  # complete, served to its readers, not stored (too large)
+    NOT_MODIFIED = "not-modified"  # the stale copy was revalidated: L{Flight.entry}
+    FAILED = "failed"  # L{Flight.error} says why
+
+    @property
+    def ended(self) -> bool:
+        return self in _ENDED
+
+
+_ENDED = frozenset({FlightState.COMMITTED, FlightState.PASSED_THROUGH, FlightState.NOT_MODIFIED,
+                    FlightState.FAILED})
+
+
+class Flight:
+    """
+    One upstream fetch of one artifact, shared by every request that wants it.
+
+    @ivar state: a L{FlightState} (also reachable as C{Flight.STREAMING} etc.).
+    @ivar artifact: the L{Artifact} fetched.
+    @ivar stale: the stored L{Entry} being revalidated, or C{None}.
+    @ivar response: the upstream's response (headers, status), once it answered.
+    @ivar length: the body's length if announced (or known ahead), else C{None};
+        for a transformed document, the stored length once transformed.
+    @ivar written: bytes written to the temp file so far.
+    @ivar fd: the temp file, open for reading (readers C{pread} it), until the
+        flight has ended and its last reader left; else C{None}.
+    @ivar content_type: the content type that will be stored and served.
+    @ivar error: the L{UpstreamError} it failed with (C{FAILED}), or why it was
+        not stored (C{PASSED_THROUGH}); else C{None}.
+    @ivar entry: the committed or revalidated L{Entry} (C{COMMITTED}, C{NOT_MODIFIED}).
+    """
+
+    CONNECTING = FlightState.CONNECTING
+    STREAMING = FlightState.STREAMING
+    COMPLETE = FlightState.COMPLETE
+    COMMITTED = FlightState.COMMITTED
+    PASSED_THROUGH = FlightState.PASSED_THROUGH
+    NOT_MODIFIED = FlightState.NOT_MODIFIED
+    FAILED = FlightState.FAILED
 
     def __init__(self, artifact: Artifact, store: FileStore, reactor: Any,
                  stale: Entry | None = None, on_end: Callable[["Flight"], None] | None = None):
@@ -104,7 +185,7 @@ class Flight:
         self.entry: Entry | None = None
         self.content_type: str | None = None
         self._hasher = hashlib.new(artifact.digest[0]) if artifact.digest else None
-        self._listeners: list[IFlightListener] = []
+        self._listeners: list[Any] = []  # IFlightListener providers
         self._head_waiters: list[Deferred] = []
         self._commit_waiters: list[Deferred] = []
         self._idle_call: Any = None
@@ -133,7 +214,7 @@ class Flight:
             d: Deferred = Deferred()
             self._head_waiters.append(d)
             return d
-        if self.state == self.FAILED:
+        if self.state == self.FAILED or (self.state == self.PASSED_THROUGH and self.artifact.transform):
             return fail(self.error)
         return succeed(self)
 
@@ -141,7 +222,7 @@ class Flight:
         """Fires with the stored L{Entry} (committed or revalidated), or fails."""
         if self.state in (self.COMMITTED, self.NOT_MODIFIED):
             return succeed(self.entry)
-        if self.state == self.FAILED:
+        if self.state in (self.FAILED, self.PASSED_THROUGH):
             return fail(self.error)
         d: Deferred = Deferred()
         self._commit_waiters.append(d)
@@ -149,7 +230,8 @@ class Flight:
 
     @property
     def complete(self) -> bool:
-        return self.state in (self.COMPLETE, self.COMMITTED)
+        """Whether every byte is here and verified (readers may send the end)."""
+        return self.state in (self.COMPLETE, self.COMMITTED, self.PASSED_THROUGH)
 
     def readable(self) -> int:
         """How many bytes readers may have now (the unverified last byte is held back)."""
@@ -159,10 +241,11 @@ class Flight:
             return max(min(self.written, self.length - 1), 0)
         return max(self.written - 1, 0)
 
-    def subscribe(self, listener: IFlightListener) -> None:
+    def subscribe(self, listener: Any) -> None:
+        """Tell C{listener} (an L{IFlightListener}) what happens from now on."""
         self._listeners.append(listener)
 
-    def unsubscribe(self, listener: IFlightListener) -> None:
+    def unsubscribe(self, listener: Any) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
         self._maybe_close()
@@ -197,7 +280,12 @@ class Flight:
             self.length = expected
         ctype = response.headers.getRawHeaders(b"content-type", [None])[0]
         self.content_type = self.artifact.content_type or (ctype.decode("latin-1") if ctype else None)
-        self.temp_path, self.fd = self.store.new_temp()
+        try:
+            self.temp_path, self.fd = self.store.new_temp()
+        except OSError as e:  # no space for one more file, no descriptor left
+            discard(response)
+            self._fail(_store_error(e))
+            return
         self.state = self.STREAMING
         self._body = _BodyReceiver(self)
         self._reset_idle()
@@ -225,16 +313,23 @@ class Flight:
     # -- body ----------------------------------------------------------------
 
     def _data(self, chunk: bytes) -> None:
+        if self.state != self.STREAMING or self.error is not None:
+            return  # (being stopped: what still comes is dropped)
         offset = self.written
-        view = memoryview(chunk)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
+        try:
+            write_all(self.fd, chunk)  # type: ignore[arg-type]
+        except OSError as e:  # disk full, I/O error: the download cannot go on
+            self._abort_body(_store_error(e))
+            return
         self.written += len(chunk)
         if self._hasher is not None:
             self._hasher.update(chunk)
         if self.length is not None and self.written > self.length:
             self._abort_body(UpstreamError(f"upstream sent more than the {self.length} bytes announced"))
+            return
+        if self.artifact.transform is not None and max(self.written, self.length or 0) > MAX_DOCUMENT:
+            # (stopped now: an endless page must not fill the disk before it is refused)
+            self._abort_body(UpstreamError(f"upstream document is larger than {MAX_DOCUMENT} bytes"))
             return
         self._reset_idle()
         now = self.reactor.seconds()
@@ -274,35 +369,58 @@ class Flight:
         if self.artifact.transform is not None:
             self._transform()
             return
-        self.state = self.COMPLETE
-        for listener in list(self._listeners):
-            listener.flight_done(self)
-        self._commit(self.content_type)
+        self._complete()
 
     def _transform(self) -> None:
+        """Turn the document into what is stored: in the store's thread pool when it is large."""
         if self.written > MAX_DOCUMENT:
             self._fail(UpstreamError(f"upstream document is larger than {MAX_DOCUMENT} bytes"))
             return
-        body = os.pread(self.fd, self.written, 0)
-        try:
-            data, ctype = self.artifact.transform(body, self.response)  # type: ignore[misc]
-        except UpstreamError as e:
-            self._fail(e)
+        d = self.store.work(self.written, _rewrite, self.fd, self.written,
+                            self.artifact.transform, self.response)
+        d.addCallbacks(self._transformed, self._transform_failed)
+        d.addErrback(self._internal_error)
+
+    def _transformed(self, result: tuple[int, str]) -> None:
+        self.written, self.content_type = result
+        self.length = self.written
+        self._complete()
+
+    def _transform_failed(self, failure: Failure) -> None:
+        if failure.check(UpstreamError):
+            self._fail(failure.value)
             return
-        except Exception:
-            _log.failure("cannot read the upstream document for {what}", what=self.artifact.describe())
-            self._fail(UpstreamError("upstream document could not be read"))
-            return
-        os.ftruncate(self.fd, 0)
-        view = memoryview(data)
-        offset = 0
-        while offset < len(data):
-            offset += os.pwrite(self.fd, view[offset:], offset)
-        self.written = len(data)
-        self.length = len(data)
-        self.content_type = ctype
+        _log.failure("cannot read the upstream document for {what}", failure, what=self.artifact.describe())
+        self._fail(UpstreamError("upstream document could not be read"))
+
+    def _complete(self) -> None:
+        """Every byte is here and verified: readers may finish; store it if the store takes it."""
         self.state = self.COMPLETE
-        self._commit(ctype)
+        for listener in list(self._listeners):
+            listener.flight_done(self)
+        if self.store.fits(self.written):
+            self._commit(self.content_type)
+        else:
+            self._pass_through()
+
+    def _pass_through(self) -> None:
+        """
+        Too large to store: readers go on reading the temp file through its fd
+        to the end, and nothing else gets it (the file is unlinked now; its
+        space is freed when the last reader closes it).
+        """
+        count = self.store.refuse_too_large()
+        _log.warn("not storing {what}: {size} bytes is more than max_object_size ({limit}); "
+                  "served, not stored ({count} refused since start)",
+                  what=self.artifact.describe(), size=self.written, limit=self.store.max_object_size,
+                  count=count)
+        self.error = UpstreamError(f"{self.written} bytes is more than max_object_size "
+                                   f"({self.store.max_object_size}); not stored")
+        self._remove_temp()
+        self.state = self.PASSED_THROUGH
+        self._fire(self._head_waiters, self.error, failed=True)  # (a document's; others heard at once)
+        self._fire(self._commit_waiters, self.error, failed=True)
+        self._ended()
 
     def _commit(self, ctype: str | None) -> None:
         response = self.response
@@ -328,14 +446,9 @@ class Flight:
             self._ended()
 
         def failed(failure: Failure) -> None:
+            # Readers still tailing the file are told too: every reader ends.
             _log.failure("cannot store {what}", failure, what=self.artifact.describe())
-            error = UpstreamError("could not store the download")
-            self.error = error
-            self.state = self.FAILED
-            self._remove_temp()
-            self._fire(self._head_waiters, error, failed=True)
-            self._fire(self._commit_waiters, error, failed=True)
-            self._ended()
+            self._fail(_store_error(failure.value))
 
         d.addCallbacks(done, failed)
 
@@ -367,7 +480,7 @@ class Flight:
             f"(after {self.written} bytes)"))
 
     def _fail(self, error: UpstreamError) -> None:
-        if self.state in (self.FAILED, self.COMMITTED, self.NOT_MODIFIED):
+        if self.state.ended:
             return
         self._cancel_idle()
         self.error = error
@@ -395,8 +508,7 @@ class Flight:
         self._maybe_close()
 
     def _maybe_close(self) -> None:
-        if self.state in (self.COMMITTED, self.FAILED, self.NOT_MODIFIED) and not self._listeners \
-                and self.fd is not None:
+        if self.state.ended and not self._listeners and self.fd is not None:
             os.close(self.fd)
             self.fd = None
 
@@ -409,6 +521,34 @@ class Flight:
                 d.errback(Failure(value))
             else:
                 d.callback(value)
+
+
+def _store_error(e: BaseException) -> StoreError:
+    """What a client is told when the cache could not take a download (no path, no secret)."""
+    why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+    return StoreError(f"could not store the download: {why}")
+
+
+def _rewrite(fd: int, size: int, transform: Callable[[bytes, Any], tuple[Any, str]],
+             response: Any) -> tuple[int, str]:
+    """
+    Replace the temp file's C{size} bytes by their transform (in a thread
+    for a large document); returns (new size, content type). A transform's
+    own error passes through; a failed write is a L{StoreError}.
+    """
+    body = os.pread(fd, size, 0)
+    data, ctype = transform(body, response)
+    del body
+    chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+    offset = 0
+    try:
+        os.ftruncate(fd, 0)
+        for chunk in chunks:
+            write_all(fd, chunk, offset)
+            offset += len(chunk)
+    except OSError as e:
+        raise _store_error(e) from e
+    return offset, ctype
 
 
 #: Bytes asked of the upstream socket per read: fewer, larger chunks than

@@ -25,7 +25,7 @@ from zope.interface import implementer
 from artifactvault import logs, zerocopy
 from artifactvault.cache.store import Entry, FileStore
 from artifactvault.fields import response_headers
-from artifactvault.flight import Flight
+from artifactvault.flight import Flight, IFlightListener
 from artifactvault.upstream import UpstreamError, header
 
 _log = Logger(observer=logs.observer)
@@ -481,6 +481,61 @@ class FileProducer(_FileSender):
         self.responder.producer = None
 
 
+# -- bodies in memory ---------------------------------------------------------------
+
+def send_chunks(responder: Responder, chunks: list[bytes]) -> None:
+    """
+    Write a body held in memory as chunks (a rendered page) and finish. A
+    large one goes at the client's pace, a chunk at a time: written at once,
+    tens of MB would be copied into one buffer by the transport, on the reactor.
+    """
+    if sum(map(len, chunks)) <= SMALL:
+        if chunks:
+            responder.request.write(b"".join(chunks))
+        responder.finish()
+        return
+    ChunksProducer(responder, chunks).start()
+
+
+@implementer(IPushProducer)
+class ChunksProducer:
+    """Streams a list of in-memory chunks, pausing and resuming with the transport."""
+
+    def __init__(self, responder: Responder, chunks: list[bytes]):
+        self.responder = responder
+        self.request = responder.request
+        self.chunks = chunks
+        self.next = 0
+        self.paused = False
+        self.done = False
+
+    def start(self) -> None:
+        self.responder.producer = self
+        self.request.registerProducer(self, True)
+        self._pump()
+
+    def _pump(self) -> None:
+        while not self.paused and not self.done:
+            if self.next == len(self.chunks):
+                self.stopProducing()
+                self.request.unregisterProducer()
+                self.responder.finish()
+                return
+            self.next += 1
+            self.request.write(self.chunks[self.next - 1])
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        self.done = True
+        self.responder.producer = None
+
+
 # -- downloads in flight ------------------------------------------------------------
 
 def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS",
@@ -516,7 +571,7 @@ def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS
     FlightReader(responder, flight, first, end, fallback).start()
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IFlightListener)
 class FlightReader(_FileSender):
     """
     One client of a download in flight, tailing its temp file. A client that

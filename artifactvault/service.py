@@ -1,11 +1,30 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-Building the running daemon from a validated L{Config}: the store, the
-shared HTTP client, the backends, the site and its listeners, the janitor.
+Building the running daemon from a validated L{Config}: the store (with its
+own thread pool), the shared HTTP client, the backends, the site and its
+listeners, the janitor.
+
+The store's slow work (fsyncs, directory walks, unlinking evicted files,
+parsing large index pages) runs in a L{ThreadPool} of its own, not the
+reactor's: that one also resolves host names, which must not wait behind a
+long fsync.
+
+Two settings of the interpreter, made when the daemon starts (L{_Interpreter}):
+a thread parsing a page of tens of MB holds the GIL whenever the reactor
+thread lets go of it, which the reactor does at every system call; getting
+it back takes up to the switch interval (5 ms by default), and a request
+makes several calls, so the interval is shortened to L{SWITCH_INTERVAL}.
+And everything made at start (modules, classes, the service tree) lives as
+long as the daemon: it is frozen out of the garbage collector's sight
+(C{gc.freeze}), so that a full collection, which the churn of a large parse
+makes likely, walks only what was made since and holds everyone for a
+fraction of the time. See docs/benchmarks.md, reactor stall.
 """
 
 from __future__ import annotations
 
+import gc
+import sys
 from typing import Any
 
 from twisted.application import strports
@@ -13,6 +32,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
 from artifactvault import logs
@@ -29,6 +49,10 @@ _log = Logger(observer=logs.observer)
 
 #: How often the janitor sweeps orphaned files out of the cache.
 SWEEP_INTERVAL = 3600.0
+#: Threads for the store's slow work (more would only queue on the disk).
+STORE_THREADS = 4
+#: Seconds a thread may hold the GIL while another waits for it (sys.setswitchinterval).
+SWITCH_INTERVAL = 0.0005
 
 
 class _QuietFactory(_HTTP11ClientFactory):
@@ -37,6 +61,38 @@ class _QuietFactory(_HTTP11ClientFactory):
 
 class _QuietPool(HTTPConnectionPool):
     _factory = _QuietFactory
+
+
+class _Interpreter(Service):
+    """Tunes the interpreter for a daemon that parses large pages in threads (see the module's docstring)."""
+
+    def startService(self) -> None:
+        super().startService()
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        gc.freeze()
+
+
+class _StoreService(Service):
+    """
+    Runs the store's thread pool while the daemon runs. At start it writes
+    this process's pid into the cache's lock (twistd may have forked since
+    the lock was taken); at stop it lets the work under way finish, then
+    releases the lock.
+    """
+
+    def __init__(self, store: FileStore, threadpool: Any):
+        self.store = store
+        self.threadpool = threadpool
+
+    def startService(self) -> None:
+        super().startService()
+        self.store.mark_owner()
+        self.threadpool.start()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.threadpool.stop()
+        self.store.close()
 
 
 class _PoolService(Service):
@@ -50,29 +106,40 @@ class _PoolService(Service):
         return self.pool.closeCachedConnections()
 
 
-def build(config: Config, reactor: Any = None) -> tuple[MultiService, Root]:
-    """The daemon's service tree for C{config}, and its resource root."""
+def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[MultiService, Root]:
+    """
+    The daemon's service tree for C{config}, and its resource root. The
+    store's work runs in C{threadpool} (a new L{ThreadPool} if not given;
+    tests give one that runs the work at once).
+    """
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
     logs.set_level(config.log_level)
     pool = _QuietPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 16
     pool.cachedConnectionTimeout = 60
+    if threadpool is None:
+        threadpool = ThreadPool(minthreads=1, maxthreads=STORE_THREADS, name="artifactvault-store")
 
     def run_blocking(f: Any, *args: Any) -> Any:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+        return deferToThreadPool(reactor, threadpool, f, *args)
 
-    store = FileStore(config.cache_dir, run_blocking=run_blocking, max_size=config.max_size)
-    removed = store.open()  # here, so that a bad cache_dir stops the start with a message
-    _log.info("cache at {root}: removed {removed} leftover temp files", root=store.root, removed=removed)
+    store = FileStore(config.cache_dir, run_blocking=run_blocking, max_size=config.max_size,
+                      max_object_size=config.max_object_size)
     vault = Vault(store, reactor)
     context = BuildContext(vault=vault, reactor=reactor, client=make_client(reactor, pool))
     backends = [backend_type(entry.type).build(settings, context)
                 for entry, settings in zip(config.backends, config.settings)]
     root = Root(backends)
     site = VaultSite(root, reactor=reactor)
+    # Here, so that a bad or busy cache_dir stops the start with a message; after
+    # everything else that can refuse the config, so that a refusal leaves no lock held.
+    removed = store.open()
+    _log.info("cache at {root}: removed {removed} leftover temp files", root=store.root, removed=removed)
 
     top = MultiService()
+    _Interpreter().setServiceParent(top)
+    _StoreService(store, threadpool).setServiceParent(top)  # before the janitor, which uses its pool
     janitor = TimerService(SWEEP_INTERVAL, _Janitor(store))
     janitor.clock = reactor
     janitor.setServiceParent(top)

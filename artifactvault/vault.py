@@ -235,20 +235,50 @@ class Vault:
 
         return flight.committed().addCallbacks(got, failed)
 
+    def work(self, size: int, f: Callable[..., Any], *args: Any) -> Deferred:
+        """
+        C{f(*args)} for a backend, as a Deferred: in the store's thread pool
+        when it handles C{size} bytes or more (parsing or rendering a large
+        page must not stall every other client), else at once.
+        """
+        return self.store.work(size, f, *args)
+
     def read(self, entry: Entry) -> bytes | None:
         """
         The bytes of a small committed entry (a document), or None if gone;
         a gone entry is dropped, so that asking for the document again
         fetches it instead of revalidating bytes that no longer exist.
         """
+        fd = self._open_document(entry)
+        return None if fd is None else _read_whole(fd, entry.size)
+
+    def load(self, entry: Entry, parse: Callable[[bytes], Any]) -> Deferred:
+        """
+        Fires with C{parse(bytes)} of a committed document entry, or None if
+        it is gone (dropped, as by L{read}). A large one is read and parsed
+        in the store's thread pool (L{work}).
+        """
+        fd = self._open_document(entry)
+        if fd is None:
+            return succeed(None)
+        return self.work(entry.size, _read_and_parse, fd, entry.size, parse)
+
+    def _open_document(self, entry: Entry) -> int | None:
         fd = self.store.open_data(entry)
         if fd is None:
             current = self.store.lookup(entry.key)
             if current is not None and current.data == entry.data:
                 self.store.remove(entry.key)
-            return None
-        try:
-            return os.pread(fd, entry.size, 0)
-        finally:
-            os.close(fd)
+        return fd
 
+
+def _read_and_parse(fd: int, size: int, parse: Callable[[bytes], Any]) -> Any:
+    return parse(_read_whole(fd, size))
+
+
+def _read_whole(fd: int, size: int) -> bytes:
+    """All C{size} bytes of an open file, closing it."""
+    try:
+        return os.pread(fd, size, 0)
+    finally:
+        os.close(fd)

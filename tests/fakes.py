@@ -177,6 +177,44 @@ class FakeClient:
         return self.requests[-1]
 
 
+class ManualPool:
+    """
+    A thread pool for a store (its C{run_blocking}) whose work waits until
+    the test runs it: the test sees what would have gone to a thread, and
+    that nothing waits for it meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Deferred, Callable[..., Any], tuple]] = []
+
+    def run(self, f: Callable[..., Any], *args: Any) -> Deferred:
+        d: Deferred = Deferred()
+        self.pending.append((d, f, args))
+        return d
+
+    def names(self) -> list[str]:
+        """What waits to be run, by function name."""
+        return [getattr(f, "__name__", repr(f)) for _, f, _ in self.pending]
+
+    def run_next(self) -> str:
+        """Run the oldest piece of work (as a thread would); returns its name."""
+        d, f, args = self.pending.pop(0)
+        try:
+            result = f(*args)
+        except Exception:
+            d.errback(Failure())
+        else:
+            d.callback(result)
+        return getattr(f, "__name__", repr(f))
+
+    def run_all(self) -> list[str]:
+        """Run work until none is left (work may lead to more); the names, in order."""
+        done = []
+        while self.pending:
+            done.append(self.run_next())
+        return done
+
+
 # -- client side -----------------------------------------------------------------
 
 class _Socket:
@@ -324,14 +362,19 @@ class FakeBackend:
 
 
 class Harness:
-    """The vault with a L{FakeBackend} behind a real site, all in memory."""
+    """
+    The vault with a L{FakeBackend} behind a real site, all in memory (with
+    C{pool}, the store's slow work waits for the test to run it).
+    """
 
     def __init__(self, testcase: Any, ttl: float | None = None, idle_timeout: float = 60.0,
-                 timeout: float = 30.0):
+                 timeout: float = 30.0, pool: "ManualPool | None" = None):
         self.clock = Clock()
         self.clock.advance(EPOCH)
-        self.store = FileStore(testcase.mktemp(), clock=self.clock.seconds)
+        self.store = FileStore(testcase.mktemp(), clock=self.clock.seconds,
+                               **({"run_blocking": pool.run} if pool else {}))
         self.store.open()
+        testcase.addCleanup(self.store.close)
         self.vault = Vault(self.store, self.clock)
         self.upstream_client = FakeClient()
         self.upstream = Upstream(self.upstream_client, self.clock, timeout=timeout,

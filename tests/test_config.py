@@ -309,3 +309,29 @@ class SizeTests(SynchronousTestCase):
             with self.assertRaises(ConfigError) as caught:
                 self.size(value)
             self.assertIn(f"c.yml: max_size: {message}", str(caught.exception))
+
+
+class ObjectSizeConfigTests(SynchronousTestCase):
+    """max_object_size: the largest artifact stored."""
+
+    def parse(self, **top: object) -> configmod.Config:
+        return configmod.parse({"backends": [], **top}, "c.yml", parse_backend)
+
+    def test_default_is_max_size(self) -> None:
+        """Unset, it is max_size; without either, there is no limit."""
+        self.assertEqual(self.parse(max_size="1G").max_object_size, 1 << 30)
+        self.assertIsNone(self.parse().max_object_size)
+        self.assertEqual(self.parse(max_object_size="2G").max_object_size, 2 << 30)
+        self.assertEqual(self.parse(max_size="1G", max_object_size="100M").max_object_size, 100 << 20)
+
+    def test_bad_values(self) -> None:
+        """A bad value, or one above max_size, is one line naming the file and the key."""
+        for top, message in (({"max_object_size": "big"}, "must be a size"),
+                             ({"max_object_size": 0}, "must be more than 0"),
+                             ({"max_size": "1G", "max_object_size": "2G"},
+                              f"must not be more than max_size ({1 << 30} bytes), not {2 << 30}")):
+            with self.assertRaises(ConfigError) as caught:
+                self.parse(**top)
+            self.assertEqual(str(caught.exception).split(": ", 2)[:2], ["c.yml", "max_object_size"])
+            self.assertIn(message, str(caught.exception))
+            self.assertNotIn("\n", str(caught.exception))

@@ -8,15 +8,21 @@ from __future__ import annotations
 import hashlib
 import os
 
+import errno
+
 from twisted.internet import error as neterror
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from artifactvault import flight as flightmod
+from artifactvault.cache import store as storemod
 from artifactvault.cache.store import Entry, FileStore
-from artifactvault.flight import Artifact, DigestMismatch, Flight, Flights
+from artifactvault.flight import (Artifact, DigestMismatch, Flight, FlightState, Flights, IFlightListener,
+                                  StoreError)
 from artifactvault.upstream import Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout
-from tests.fakes import EPOCH, FakeClient, FakeResponse
+from tests.fakes import EPOCH, FakeClient, FakeResponse, ManualPool
 
 URL = "http://up.test/repo/a.bin"
 
@@ -25,6 +31,11 @@ def sha256(data: bytes) -> tuple[str, str]:
     return ("sha256", hashlib.sha256(data).hexdigest())
 
 
+def disk_full(*args: object, **kwargs: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@implementer(IFlightListener)
 class Listener:
     """Records what a flight tells its readers."""
 
@@ -47,11 +58,15 @@ class FlightMixin:
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(EPOCH)
-        self.store = FileStore(self.mktemp(), clock=self.clock.seconds)
+        self.store = self.new_store()
         self.store.open()
+        self.addCleanup(self.store.close)
         self.client = FakeClient()
         self.upstream = Upstream(self.client, self.clock, idle_timeout=10)
         self.flights = Flights(self.store, self.clock)
+
+    def new_store(self) -> FileStore:
+        return FileStore(self.mktemp(), clock=self.clock.seconds)
 
     def start(self, key: str = URL, stale: Entry | None = None, **fields: object) -> Flight:
         return self.flights.join(Artifact(key=key, url=key, upstream=self.upstream, **fields), stale)
@@ -243,17 +258,56 @@ class FaultTests(FlightMixin, SynchronousTestCase):
                 self.assertTrue(response.ended)
 
     def test_commit_fails(self) -> None:
-        """A store that cannot commit (disk full) fails the flight and removes the temp file."""
-        def full(*args: object) -> None:
-            raise OSError(28, "No space left on device")
-        self.patch(self.store, "_commit", full)
-        flight, response, listener = self.streaming(length=2)
-        response.send(b"ab").finish()
-        failure = self.failureResultOf(flight.committed(), UpstreamError)
-        self.assertEqual(failure.value.reason, "could not store the download")
-        self.assertEqual(os.listdir(self.store.tmp_dir), [])
+        """
+        A store that cannot commit (disk full) fails the flight, tells the
+        readers still attached, removes the temp file and, once they have
+        left, closes it.
+        """
+        self.patch(self.store, "_commit", disk_full)
+        for digest in (None, sha256(b"ab")):
+            with self.subTest(digest=digest):
+                flight, response, listener = self.streaming(length=2, digest=digest)
+                response.send(b"ab").finish()
+                failure = self.failureResultOf(flight.committed(), StoreError)
+                self.assertEqual((failure.value.status, failure.value.reason),
+                                 (502, "could not store the download: No space left on device"))
+                self.assertIs(listener.error, failure.value)
+                self.assertEqual(os.listdir(self.store.tmp_dir), [])
+                self.assertEqual(len(self.flights), 0)
+                self.assertIsNotNone(flight.fd)  # the listener has not left yet
+                flight.unsubscribe(listener)
+                self.assertIsNone(flight.fd)
+                self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_write_fails(self) -> None:
+        """
+        A write to the temp file that fails mid-download (disk full) stops the
+        download and fails the flight with the reason, nothing raised into
+        the HTTP client.
+        """
+        flight, response, listener = self.streaming(length=6)
+        response.send(b"ab")
+        self.patch(flightmod, "write_all", disk_full)
+        response.send(b"cd", b"ef")
+        self.assertTrue(response.transport.stopped)
+        self.assertEqual(listener.chunks, [(0, b"ab")])
+        error = self.assertFailed(flight, listener, StoreError,
+                                  "could not store the download: No space left on device")
+        self.assertEqual(error.status, 502)
+        flight.unsubscribe(listener)
+        self.assertIsNone(flight.fd)
+
+    def test_no_temp_file(self) -> None:
+        """No temp file to be had (no descriptor, no inode left): a 502 saying so; the body is discarded."""
+        def exhausted() -> None:
+            raise OSError(errno.EMFILE, "Too many open files")
+        self.patch(self.store, "new_temp", exhausted)
+        flight = self.start()
+        response = self.client.last.respond(200, b"abc")
+        failure = self.failureResultOf(flight.head(), StoreError)
+        self.assertEqual(failure.value.reason, "could not store the download: Too many open files")
+        self.assertTrue(response.ended)
         self.assertEqual(len(self.flights), 0)
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
 
 class DigestTests(FlightMixin, SynchronousTestCase):
@@ -352,6 +406,21 @@ class StoredHeadersTests(FlightMixin, SynchronousTestCase):
         self.assertEqual(self.failureResultOf(flight.committed(), UpstreamError).value.reason,
                          "upstream document is larger than 4 bytes")
 
+    def test_endless_document_stopped(self) -> None:
+        """A document that goes on past MAX_DOCUMENT (or announces more) is cut there, not downloaded to the end."""
+        self.patch(flightmod, "MAX_DOCUMENT", 4)
+        for length in (None, 100):
+            with self.subTest(length=length):
+                flight, response, listener = self.streaming(length=length,
+                                                            transform=lambda body, response: (body, "x"))
+                response.send(b"123")
+                self.assertEqual(response.transport.stopped, length is not None)
+                response.send(b"45")
+                self.assertTrue(response.transport.stopped)
+                self.assertEqual(self.failureResultOf(flight.committed(), UpstreamError).value.reason,
+                                 "upstream document is larger than 4 bytes")
+                self.assertEqual(os.listdir(self.store.tmp_dir), [])
+
     def test_transform_fails(self) -> None:
         """A document the backend cannot read is not stored; the reason stays generic."""
         def transform(body: bytes, response: object) -> tuple[bytes, str]:
@@ -405,3 +474,141 @@ class RevalidationTests(FlightMixin, SynchronousTestCase):
         flight = self.start()
         self.client.last.respond(304)
         self.assertEqual(self.failureResultOf(flight.head(), UpstreamStatus).value.status, 502)
+
+
+class TransformWorkTests(FlightMixin, SynchronousTestCase):
+    """A large document is transformed in the store's thread pool, never on the reactor."""
+
+    def new_store(self) -> FileStore:
+        self.pool = ManualPool()
+        return FileStore(self.mktemp(), clock=self.clock.seconds, run_blocking=self.pool.run)
+
+    def test_large_document_in_the_pool(self) -> None:
+        """A document of INLINE_WORK bytes or more is rewritten by the pool; the flight waits for it."""
+        self.patch(storemod, "INLINE_WORK", 4)
+        flight = self.start(transform=lambda body, response: (body.upper(), "text/html"))
+        self.client.last.respond(200, b"abcde")
+        self.assertEqual(self.pool.names(), ["_rewrite"])
+        self.assertEqual(flight.state, Flight.STREAMING)
+        committed = flight.committed()
+        self.pool.run_next()
+        self.assertEqual(flight.state, Flight.COMPLETE)  # now the commit, in the pool too
+        self.assertNoResult(committed)
+        self.pool.run_next()
+        self.assertEqual(self.successResultOf(committed).size, 5)
+        self.assertEqual(self.stored(), b"ABCDE")
+
+    def test_small_document_at_once(self) -> None:
+        """A small document is transformed at once (a trip to the pool would cost more); only the commit goes there."""
+        flight = self.start(transform=lambda body, response: (body.upper(), "text/html"))
+        self.client.last.respond(200, b"abcde")
+        self.assertEqual(self.pool.names(), ["_commit"])
+        self.assertEqual(flight.state, Flight.COMPLETE)
+
+    def test_transform_write_fails(self) -> None:
+        """
+        A document whose rewritten bytes cannot be written (disk full) fails
+        the flight with the reason and leaves no temp file behind.
+        """
+        self.patch(storemod, "INLINE_WORK", 1)
+        flight = self.start(transform=lambda body, response: (body.upper(), "text/html"))
+        head = flight.head()
+        self.client.last.respond(200, b"abc")
+        self.patch(flightmod, "write_all", disk_full)
+        self.pool.run_next()
+        self.assertEqual(self.failureResultOf(head, StoreError).value.reason,
+                         "could not store the download: No space left on device")
+        self.assertEqual(os.listdir(self.store.tmp_dir), [])
+        self.assertEqual((len(self.flights), flight.fd, self.pool.pending), (0, None, []))
+
+    def test_transform_write_fails_inline(self) -> None:
+        """The same for a small document rewritten at once (this used to raise out of the body's end)."""
+        flight = self.start(transform=lambda body, response: (body.upper(), "text/html"))
+        self.client.last.respond(200, length=3).send(b"abc")
+        self.patch(flightmod, "write_all", disk_full)
+        self.client.last.response.finish()
+        self.failureResultOf(flight.committed(), StoreError)
+        self.assertEqual(os.listdir(self.store.tmp_dir), [])
+        self.assertEqual(len(self.flights), 0)
+
+
+class TooLargeTests(FlightMixin, SynchronousTestCase):
+    """A body larger than max_object_size is served to its readers and never stored."""
+
+    def new_store(self) -> FileStore:
+        return FileStore(self.mktemp(), clock=self.clock.seconds, max_size=10, max_object_size=4)
+
+    def test_served_not_stored(self) -> None:
+        """
+        Its readers get every byte and the end; nothing is stored, the temp
+        file is unlinked at once and its fd closed when the last reader leaves.
+        """
+        for digest in (None, sha256(b"abcdef")):
+            with self.subTest(digest=digest):
+                flight, response, listener = self.streaming(length=6, digest=digest)
+                response.send(b"abc", b"def").finish()
+                self.assertEqual((listener.done, listener.error), (1, None))
+                self.assertEqual((flight.state, flight.complete, flight.readable()),
+                                 (Flight.PASSED_THROUGH, True, 6))
+                self.assertEqual(os.pread(flight.fd, 10, 0), b"abcdef")
+                self.assertIsNone(self.stored())
+                self.assertEqual(os.listdir(self.store.tmp_dir), [])
+                self.assertEqual(len(self.flights), 0)
+                self.assertIn("more than max_object_size (4); not stored",
+                              self.failureResultOf(flight.committed(), UpstreamError).value.reason)
+                flight.unsubscribe(listener)
+                self.assertIsNone(flight.fd)
+        self.assertEqual(self.store.refused_too_large, 2)
+
+    def test_at_the_limit_stored(self) -> None:
+        """A body of exactly max_object_size is stored."""
+        flight, response, _ = self.streaming(length=4)
+        response.send(b"abcd").finish()
+        self.assertEqual(flight.state, Flight.COMMITTED)
+        self.assertEqual(self.stored(), b"abcd")
+
+    def test_document_too_large(self) -> None:
+        """A document too large to store fails (it can only be served from the store)."""
+        flight = self.start(transform=lambda body, response: (body, "text/html"))
+        head = flight.head()
+        self.client.last.respond(200, b"12345")
+        self.assertIn("not stored", self.failureResultOf(head, UpstreamError).value.reason)
+        self.failureResultOf(flight.committed(), UpstreamError)
+        self.assertEqual(os.listdir(self.store.tmp_dir), [])
+        self.assertIsNone(flight.fd)
+
+
+class MaxSizeTests(FlightMixin, SynchronousTestCase):
+    """max_size alone: an artifact larger than the whole cache must not empty it."""
+
+    def new_store(self) -> FileStore:
+        return FileStore(self.mktemp(), clock=self.clock.seconds, max_size=10)
+
+    def test_larger_than_max_size_evicts_nothing(self) -> None:
+        """
+        One artifact larger than max_size is served, not stored, and every
+        entry stays (it used to evict them all, then itself).
+        """
+        first = self.start(key=URL + "?small")
+        self.client.last.respond(200, b"12345")
+        self.successResultOf(first.committed())
+        flight, response, listener = self.streaming(length=11)
+        response.send(b"x" * 11).finish()
+        self.assertEqual((flight.state, listener.done), (Flight.PASSED_THROUGH, 1))
+        self.assertIsNotNone(self.store.lookup(URL + "?small"))
+        self.assertEqual(self.store.usage.total, 5)
+
+
+class ContractTests(FlightMixin, SynchronousTestCase):
+
+    def test_states_are_an_enum(self) -> None:
+        """A flight's state is a FlightState, also named on Flight."""
+        flight = self.start()
+        self.assertIsInstance(flight.state, FlightState)
+        self.assertIs(Flight.CONNECTING, FlightState.CONNECTING)
+        self.assertEqual({s for s in FlightState if s.ended},
+                         {Flight.COMMITTED, Flight.PASSED_THROUGH, Flight.NOT_MODIFIED, Flight.FAILED})
+
+    def test_listener_interface(self) -> None:
+        """The test listener provides IFlightListener (FlightReader's check is in test_serve)."""
+        verifyObject(IFlightListener, Listener())

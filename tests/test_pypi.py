@@ -19,13 +19,14 @@ from zope.interface.verify import verifyObject
 from artifactvault.backends import parse_backend
 from artifactvault.backends import pypi_index as index
 from artifactvault.backends.base import BuildContext, IBackend, IBackendType
-from artifactvault.backends.pypi import PypiBackendType
+from artifactvault.backends.pypi import Page, PageMemo, PypiBackendType
+from artifactvault.cache import store as storemod
 from artifactvault.cache.store import Entry, FileStore
 from artifactvault.config import EMBEDDED_DEFAULT, BackendEntry, ConfigError, Section
 from artifactvault.root import Root
 from artifactvault.site import VaultSite
 from artifactvault.vault import Vault
-from tests.fakes import EPOCH, Answer, Client, FakeClient
+from tests.fakes import EPOCH, Answer, Client, FakeClient, ManualPool
 
 INDEX = "http://up.example/simple/"
 JSON_ACCEPT = "application/vnd.pypi.simple.v1+json, text/html;q=0.01"
@@ -68,12 +69,15 @@ class Harness:
     """
 
     def __init__(self, testcase: SynchronousTestCase, after: "Harness | None" = None,
-                 routes: dict[str, tuple[int, str, bytes]] | None = None, **config):
+                 routes: dict[str, tuple[int, str, bytes]] | None = None,
+                 pool: ManualPool | None = None, **config):
         if after is None:
             self.clock = Clock()
             self.clock.advance(EPOCH)
-            self.store = FileStore(testcase.mktemp(), clock=self.clock.seconds)
+            self.store = FileStore(testcase.mktemp(), clock=self.clock.seconds,
+                                   **({"run_blocking": pool.run} if pool else {}))
             self.store.open()
+            testcase.addCleanup(self.store.close)
         else:
             self.clock, self.store = after.clock, after.store
         self.routes = globals()["routes"]() if routes is None else routes
@@ -289,6 +293,57 @@ class PageTests(SynchronousTestCase):
                          ("1.1", len(SDIST), ["1.0"]))
         r = self.h.get(self.h.file_url("demo", "demo-1.0.tar.gz"))
         self.assertEqual((r.status, r.body), (200, SDIST))
+
+
+class LargePageTests(SynchronousTestCase):
+    """A large page is parsed, stored, read back and rendered in the store's thread pool, never here."""
+
+    def test_all_in_the_pool(self) -> None:
+        """Each step of a large project list waits for the pool; the client is answered once all are done."""
+        self.patch(storemod, "INLINE_WORK", 64)
+        pool = ManualPool()
+        h = Harness(self, pool=pool)
+        names = [f"p{i}" for i in range(200)]
+        page = "".join(f'<a href="{n}/">{n}</a>\n' for n in names).encode()
+        client = Client(h.site, h.clock, b"/pypi/", b"GET", {"accept": JSON_ACCEPT})
+        h.client.requests[0].respond(200, page, {"content-type": "text/html"})
+        self.assertFalse(client.has_answer())
+        self.assertEqual(pool.run_all(), ["_rewrite", "_commit", "_read_and_parse", "_render_one"])
+        self.assertEqual(json.loads(client.answer().body)["projects"], [{"name": n} for n in names])
+        html = Client(h.site, h.clock, b"/pypi/", b"GET")
+        self.assertEqual(pool.run_all(), ["_render_one"])  # another form: rendered, once
+        self.assertIn(b'<a href="p199/">p199</a>', html.answer().body)
+        again = Client(h.site, h.clock, b"/pypi/", b"GET")
+        self.assertEqual((pool.pending, again.answer().body), ([], html.answer().body))
+
+    def test_replaced_page_emptied_in_the_pool(self) -> None:
+        """
+        A page the memo replaces has its document emptied in the pool (freed
+        at once, the project list would hold every thread for tens of ms),
+        but only once the rendering under way is done with it.
+        """
+        pool = ManualPool()
+        work = lambda size, f, *args: pool.run(f, *args)  # noqa: E731
+        memo = PageMemo(work)
+        page = Page({"projects": ["a"] * 5}, index.render_root, 10)
+        memo.put(Entry(key="k", data="1", size=10, stored_at=0), page)
+        rendering = page.rendered(index.JSON, work)
+        memo.put(Entry(key="k", data="2", size=1, stored_at=0), Page({"projects": []}, index.render_root, 1))
+        self.assertEqual(pool.names(), ["_render_one"])
+        pool.run_next()
+        self.assertEqual(json.loads(b"".join(self.successResultOf(rendering)[0]))["projects"], [{"name": "a"}] * 5)
+        self.assertEqual(pool.names(), ["discard"])
+        pool.run_next()
+        self.assertEqual(page.doc, {})
+
+    def test_small_page_at_once(self) -> None:
+        """A small page is not worth a trip to a thread: only its commit goes there."""
+        pool = ManualPool()
+        h = Harness(self, pool=pool)
+        client = Client(h.site, h.clock, b"/pypi/demo/", b"GET")
+        h.client.requests[0].respond(200, demo_page(), {"content-type": "text/html"})
+        self.assertEqual(pool.run_all(), ["_commit"])
+        self.assertEqual(client.answer().status, 200)
 
 
 class FileTests(SynchronousTestCase):

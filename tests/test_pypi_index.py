@@ -169,7 +169,7 @@ class RenderTests(SynchronousTestCase):
 
     def test_html_round_trip(self) -> None:
         """Rendered HTML, read back as an upstream page, gives the same files at our URLs."""
-        html = index.render_project(self.doc, index.HTML, self.url)
+        html = b"".join(index.render_project(self.doc, index.HTML, self.url))
         back = index.parse_project(html, "text/html", "http://vault/pypi/demo/", "demo")
         expected = [dict(f, url="http://vault/pypi/+f/" + f["filename"]) for f in self.doc["files"]]
         self.assertEqual(back, dict(self.doc, files=expected))
@@ -178,7 +178,7 @@ class RenderTests(SynchronousTestCase):
 
     def test_json_round_trip(self) -> None:
         """Rendered JSON lists the same files, with both metadata keys for old and new clients."""
-        body = index.render_project(self.doc, index.JSON, self.url)
+        body = b"".join(index.render_project(self.doc, index.JSON, self.url))
         data = json.loads(body)
         self.assertEqual(data["meta"], {"api-version": "1.0"})
         wheel = data["files"][1]
@@ -192,7 +192,7 @@ class RenderTests(SynchronousTestCase):
         """Names and attribute values cannot break out of the markup."""
         doc = {"name": "<x>", "api": "1.0", "files": [
             {"filename": 'a"<b>.tar.gz', "url": "u", "hashes": {}, "yanked": '"><script>'}]}
-        html = index.render_project(doc, index.HTML, lambda f: 'q"r')
+        html = b"".join(index.render_project(doc, index.HTML, lambda f: 'q"r'))
         self.assertNotIn(b"<script>", html)
         self.assertNotIn(b"<x>", html)
         self.assertIn(b'href="q&quot;r"', html)
@@ -201,7 +201,7 @@ class RenderTests(SynchronousTestCase):
         """The project list in both forms, linked by normalised name."""
         doc = index.parse_root(b'<a href="/simple/foo-bar/">Foo_Bar</a><a href="baz/">baz</a>', "text/html")
         self.assertEqual(doc, {"projects": ["Foo_Bar", "baz"]})
-        self.assertIn(b'<a href="foo-bar/">Foo_Bar</a>', index.render_root(doc, index.HTML))
-        self.assertEqual(json.loads(index.render_root(doc, index.JSON)),
+        self.assertIn(b'<a href="foo-bar/">Foo_Bar</a>', b"".join(index.render_root(doc, index.HTML)))
+        self.assertEqual(json.loads(b"".join(index.render_root(doc, index.JSON))),
                          {"meta": {"api-version": "1.0"}, "projects": [{"name": "Foo_Bar"}, {"name": "baz"}]})
-        self.assertEqual(index.parse_root(index.render_root(doc, index.JSON), index.JSON), doc)
+        self.assertEqual(index.parse_root(b"".join(index.render_root(doc, index.JSON)), index.JSON), doc)

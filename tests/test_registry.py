@@ -154,6 +154,7 @@ class BackendTests(SynchronousTestCase):
         self.clock.advance(1_000_000)
         self.store = FileStore(self.mktemp(), clock=self.clock.seconds)
         self.store.open()
+        self.addCleanup(self.store.close)
         self.upstream = ScriptedRegistry()
         self.stub = StubTreq(self.upstream)
         context = BuildContext(vault=Vault(self.store, self.clock), reactor=self.clock, client=self.stub)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel, DummyRequest
+from zope.interface.verify import verifyObject
 
 from artifactvault.cache.store import Entry
+from artifactvault.flight import IFlightListener
 from artifactvault.serve import (CHUNK, SMALL, UNSATISFIABLE, Responder, entry_etag, entry_last_modified, not_modified,
                                  parse_range)
 from artifactvault.upstream import UpstreamTimeout
@@ -323,6 +326,32 @@ class FlightReaderTests(SynchronousTestCase):
         response.send(*self.chunks[2:]).finish()
         self.assertEqual(late.answer().body, self.body)
         self.assertEqual(first.answer().body, self.body)
+
+    def test_reader_provides_its_interfaces(self) -> None:
+        """A FlightReader is the flight's IFlightListener and the request's push producer."""
+        client = self.harness.get("/files/big")
+        self.harness.requests[0].respond(200, length=len(self.body)).send(self.chunks[0])
+        reader = client.channel.requests[0].producer
+        verifyObject(IFlightListener, reader)
+        verifyObject(IPushProducer, reader)
+
+    def test_slow_reader_of_an_artifact_too_large_to_store(self) -> None:
+        """
+        A client still reading when a download too large to store completes
+        reads on to the end, from the temp file already unlinked; the fd is
+        closed when it is done.
+        """
+        self.harness.store.max_object_size = CHUNK
+        client = self.harness.get("/files/big", limit=SMALL)
+        flight = self.harness.vault.flights.get(self.harness.url("big"))
+        self.harness.requests[0].respond(200, length=len(self.body)).send(*self.chunks).finish()
+        self.assertEqual(os.listdir(self.harness.store.tmp_dir), [])
+        self.assertIsNone(self.harness.store.lookup(self.harness.url("big")))
+        while client.read():
+            pass
+        answer = client.answer()
+        self.assertEqual((answer.body, answer.complete, client.aborted), (self.body, True, False))
+        self.assertIsNone(flight.fd)
 
 
 def body(request: Request) -> bytes:

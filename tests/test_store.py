@@ -22,6 +22,7 @@ class StoreMixin:
         self.root = self.mktemp()
         self.store = self.new_store()
         self.store.open()
+        self.addCleanup(lambda: self.store.close())
 
     def new_store(self) -> FileStore:
         """A store on the same directory, with nothing remembered (a restart)."""
@@ -80,7 +81,7 @@ class CommitTests(StoreMixin, SynchronousTestCase):
         """A key that looks like a path outside the cache stays inside it."""
         self.put("../../../../etc/passwd", b"x")
         self.assertEqual(len(self.files("data")), 2)
-        self.assertEqual(sorted(os.listdir(self.root)), ["data", "tmp"])
+        self.assertEqual(sorted(os.listdir(self.root)), ["data", "lock", "tmp"])
 
     def test_recommit_replaces(self) -> None:
         """Committing a key again replaces its bytes and removes the old data file."""
@@ -100,6 +101,22 @@ class CommitTests(StoreMixin, SynchronousTestCase):
         again = self.new_store().lookup("k")
         self.assertTrue(again.is_fresh(self.clock.seconds()))
         self.assertEqual(self.read(again), b"abc")
+
+    def test_update_on_a_full_disk(self) -> None:
+        """
+        A revalidation that cannot be written down (disk full) is still
+        remembered by this process, and logged; it used to raise into the
+        flight (a 502 "internal error" for an upstream that had said 304).
+        """
+        entry = self.put("k", b"abc", fresh_until=self.clock.seconds() + 10)
+
+        def full(*args: object, **kwargs: object) -> None:
+            raise OSError(28, "No space left on device")
+        self.patch(self.store, "_write_meta", full)
+        entry.fresh_until = self.clock.seconds() + 100
+        self.assertIs(self.store.update(entry), entry)
+        self.assertEqual(self.store.lookup("k").fresh_until, self.clock.seconds() + 100)
+        self.assertEqual(self.new_store().lookup("k").fresh_until, self.clock.seconds() + 10)
 
     def test_immutable_is_fresh_forever(self) -> None:
         """An entry without fresh_until never goes stale."""
@@ -138,6 +155,57 @@ class CommitTests(StoreMixin, SynchronousTestCase):
         self.failureResultOf(d, OSError)
         self.assertEqual(self.read(self.new_store().lookup("k")), b"old")
 
+    def fail_fsync(self, nth: int) -> None:
+        """The C{nth} fsync from now on (1: the data's, 2: the metadata's, 3: the directory's) fails."""
+        calls = []
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            calls.append(fd)
+            if len(calls) == nth:
+                raise OSError(28, "No space left on device")
+            real(fd)
+        self.patch(os, "fsync", fsync)
+
+    def test_failed_metadata_write_leaves_nothing(self) -> None:
+        """
+        A commit whose metadata cannot be written removes the data it had
+        moved into place and its half-written metadata: no stray file fills a
+        full disk until the janitor comes, and the old entry stays.
+        """
+        old = self.put("k", b"old")
+        before = self.files("data")
+        self.fail_fsync(2)
+        path, fd = self.store.new_temp()
+        self.addCleanup(os.close, fd)
+        os.write(fd, b"new")
+        self.failureResultOf(self.store.commit(path, fd, Entry(key="k", data="", size=3, stored_at=0)),
+                             OSError)
+        self.assertEqual(self.files("data"), before)
+        self.assertEqual(self.files("tmp"), [])
+        self.assertEqual(self.store.lookup("k").data, old.data)
+
+    def test_failed_directory_sync_names_nothing(self) -> None:
+        """
+        A commit that fails after its metadata was replaced (the directory's
+        fsync) takes the metadata back out: nothing names a failed commit, and
+        the key is a miss rather than an entry the caller was told failed.
+        """
+        self.put("k", b"old")
+        self.fail_fsync(3)
+        path, fd = self.store.new_temp()
+        self.addCleanup(os.close, fd)
+        os.write(fd, b"new")
+        self.failureResultOf(self.store.commit(path, fd, Entry(key="k", data="", size=3, stored_at=0)),
+                             OSError)
+        self.assertIsNone(self.store.lookup("k"))
+        self.assertIsNone(self.new_store().lookup("k"))
+        self.assertNotIn(b"new", [self.raw(name) for name in self.files("data")])
+
+    def raw(self, name: str) -> bytes:
+        with open(os.path.join(self.root, "data", name), "rb") as f:
+            return f.read()
+
 
 class RecoveryTests(StoreMixin, SynchronousTestCase):
     """What a crash leaves behind is cleaned up or ignored, never served."""
@@ -147,18 +215,19 @@ class RecoveryTests(StoreMixin, SynchronousTestCase):
         for _ in range(3):
             _, fd = self.store.new_temp()
             os.close(fd)
-        self.assertEqual(self.new_store().open(), 3)
+        self.store.close()  # (the process that left them is gone: so is its lock)
+        self.store = self.new_store()
+        self.assertEqual(self.store.open(), 3)
         self.assertEqual(self.files("tmp"), [])
 
     def test_data_without_metadata(self) -> None:
-        """Data renamed into place whose metadata was never written is a miss, then swept."""
-        def crash(*args: object, **kwargs: object) -> None:
-            raise OSError("killed")
-        self.patch(self.store, "_write_meta", crash)
+        """Data renamed into place whose metadata was never written (a crash between the two) is a miss, then swept."""
         path, fd = self.store.new_temp()
         os.write(fd, b"orphan")
-        self.failureResultOf(self.store.commit(path, fd, Entry(key="k", data="", size=6, stored_at=0)))
         os.close(fd)
+        kh = FileStore.key_hash("k")
+        os.makedirs(os.path.join(self.root, "data", kh[:2]))
+        os.rename(path, os.path.join(self.root, "data", kh[:2], kh + ".0123456789abcdef"))
         store = self.new_store()
         self.assertIsNone(store.lookup("k"))
         [orphan] = self.files("data")
@@ -236,6 +305,7 @@ class PutTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.store = FileStore(self.mktemp())
         self.store.open()
+        self.addCleanup(self.store.close)
 
     def test_put_commits_bytes(self) -> None:
         """A record a backend made itself is committed like a download: found, readable, hashed."""
@@ -298,3 +368,92 @@ class EvictionTests(StoreMixin, SynchronousTestCase):
         self.assertEqual(self.store.usage.total, 10)
         self.assertIsNone(self.new_store().lookup("old"))
         self.assertIsNotNone(self.new_store().lookup("new"))
+
+
+class LockTests(SynchronousTestCase):
+    """One process per cache directory."""
+
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        self.store = FileStore(self.root)
+        self.store.open()
+        self.addCleanup(self.store.close)
+
+    def test_second_open_refused(self) -> None:
+        """A second store on the same directory is refused, naming the holder's pid; its temp files stay."""
+        path, fd = self.store.new_temp()
+        os.close(fd)
+        other = FileStore(self.root)
+        error = self.assertRaises(storemod.CacheInUse, other.open)
+        self.assertEqual(str(error), f"{os.path.abspath(self.root)}: in use by another artifactvault "
+                                     f"(pid {os.getpid()})")
+        self.assertTrue(os.path.exists(path))
+
+    def test_released_on_close(self) -> None:
+        """Once the holder closes the store (the daemon stops), the directory can be opened again."""
+        self.store.close()
+        other = FileStore(self.root)
+        other.open()
+        other.close()
+
+    def test_pid_written(self) -> None:
+        """The lock file says who holds it."""
+        with open(os.path.join(self.root, "lock")) as f:
+            self.assertEqual(f.read(), f"{os.getpid()}\n")
+
+
+class ObjectSizeTests(SynchronousTestCase):
+    """max_object_size: what may be stored at all."""
+
+    def test_defaults(self) -> None:
+        """Unset, it is max_size; set, never more than max_size; neither: no limit."""
+        self.assertEqual(FileStore("x", max_size=10).max_object_size, 10)
+        self.assertEqual(FileStore("x", max_size=10, max_object_size=4).max_object_size, 4)
+        self.assertEqual(FileStore("x", max_size=10, max_object_size=40).max_object_size, 10)
+        self.assertEqual(FileStore("x", max_object_size=40).max_object_size, 40)
+        store = FileStore("x")
+        self.assertIsNone(store.max_object_size)
+        self.assertTrue(store.fits(10 ** 15))
+
+    def test_commit_refuses(self) -> None:
+        """The store itself refuses to commit more (a flight never asks it to)."""
+        store = FileStore(self.mktemp(), max_object_size=2)
+        store.open()
+        self.addCleanup(store.close)
+        path, fd = store.new_temp()
+        self.addCleanup(os.close, fd)
+        os.write(fd, b"abc")
+        self.failureResultOf(store.commit(path, fd, Entry(key="k", data="", size=3, stored_at=0)), ValueError)
+        self.assertIsNone(store.lookup("k"))
+
+
+class BlockingWorkTests(SynchronousTestCase):
+    """What goes to the thread pool and what is done at once."""
+
+    def setUp(self) -> None:
+        self.calls: list[object] = []
+
+        def run_blocking(f, *args):  # type: ignore[no-untyped-def]
+            self.calls.append(f)
+            return storemod._sync_run(f, *args)
+        self.store = FileStore(self.mktemp(), max_size=10, run_blocking=run_blocking)
+        self.store.open()
+        self.addCleanup(self.store.close)
+
+    def test_work_by_size(self) -> None:
+        """Work on INLINE_WORK bytes or more goes to the pool; less is done at once."""
+        self.assertEqual(self.successResultOf(self.store.work(storemod.INLINE_WORK - 1, len, "ab")), 2)
+        self.assertEqual(self.calls, [])
+        self.assertEqual(self.successResultOf(self.store.work(storemod.INLINE_WORK, len, "ab")), 2)
+        self.assertEqual(self.calls, [len])
+
+    def test_eviction_unlinks_in_the_pool(self) -> None:
+        """Evicted entries' data files are unlinked in the pool (one call for all); their metadata at once."""
+        for key in "abc":
+            path, fd = self.store.new_temp()
+            os.write(fd, b"1234")
+            self.successResultOf(self.store.commit(path, fd, Entry(key=key, data="", size=4, stored_at=0)))
+            os.close(fd)
+        self.assertEqual(self.calls.count(storemod._unlink_all), 1)
+        self.assertIsNone(FileStore(self.store.root).lookup("a"))
+        self.assertEqual(len([n for d, _, names in os.walk(self.store.data_dir) for n in names]), 4)

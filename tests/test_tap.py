@@ -18,7 +18,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from artifactvault import logs, tap
-from artifactvault.service import SWEEP_INTERVAL, build
+from artifactvault import service as service_module
+from artifactvault.cache.store import CacheInUse, FileStore
+from artifactvault.service import SWEEP_INTERVAL, _StoreService, build
 from artifactvault.site import VaultSite
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,6 +42,12 @@ class ThreadlessReactor(MemoryReactorClock):
 
     def callFromThread(self, f, *args, **kwargs):  # type: ignore[no-untyped-def]
         f(*args, **kwargs)
+
+    def start(self) -> None:
+        """(as the store's thread pool)"""
+
+    def stop(self) -> None:
+        """(as the store's thread pool)"""
 
 
 class TapMixin:
@@ -158,11 +166,49 @@ class ServiceTests(TapMixin, SynchronousTestCase):
         self.assertEqual(str(error.code), f"artifactvault: cannot use cache_dir "
                                           f"{os.path.abspath(blocker)}/cache: Not a directory")
 
+    def test_cache_dir_in_use(self) -> None:
+        """A cache_dir another artifactvault holds stops the start with one line naming it and the holder."""
+        holder = FileStore(self.cache)
+        holder.open()
+        self.addCleanup(holder.close)
+        error = self.assertRaises(SystemExit, tap.makeService, self.parse("--config", self.config_file()))
+        self.assertEqual(str(error.code), f"artifactvault: {os.path.abspath(self.cache)}: "
+                                          f"in use by another artifactvault (pid {os.getpid()})")
+
+    def test_interpreter_tuned_at_start(self) -> None:
+        """Starting the daemon shortens the GIL switch interval and freezes what exists out of the collector."""
+        calls: list[object] = []
+        self.patch(service_module.sys, "setswitchinterval", calls.append)
+        self.patch(service_module.gc, "freeze", lambda: calls.append("freeze"))
+        reactor = ThreadlessReactor()
+        service, _ = build(tap.load_config(self.config_file()), reactor, threadpool=reactor)
+        self.assertEqual(calls, [])
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(calls, [service_module.SWITCH_INTERVAL, "freeze"])
+
+    def test_store_service(self) -> None:
+        """The store's own thread pool runs while the service does; stopping releases the cache's lock."""
+        pool = ThreadlessReactor()
+        started = []
+        self.patch(pool, "start", lambda: started.append("start"))
+        self.patch(pool, "stop", lambda: started.append("stop"))
+        service, _ = build(tap.load_config(self.config_file()), pool, threadpool=pool)
+        service.startService()
+        self.assertEqual(started, ["start"])
+        self.assertRaises(CacheInUse, FileStore(self.cache).open)
+        [store_service] = [s for s in service if isinstance(s, _StoreService)]
+        store_service.stopService()
+        self.assertEqual(started, ["start", "stop"])
+        other = FileStore(self.cache)
+        other.open()
+        other.close()
+
     def test_build_uses_given_reactor(self) -> None:
         """build() listens on, and times with, the reactor it is given."""
         reactor = ThreadlessReactor()
         config = tap.load_config(self.config_file(), ["tcp:8123:interface=127.0.0.1"])
-        service, root = build(config, reactor)
+        service, root = build(config, reactor, threadpool=reactor)
         service.startService()
         self.addCleanup(service.stopService)
         [(port, factory, _, interface)] = reactor.tcpServers

@@ -8,14 +8,20 @@ from __future__ import annotations
 import hashlib
 import os
 
+import errno
+
 from twisted.internet import error as neterror
 from twisted.trial.unittest import SynchronousTestCase
 
 from artifactvault.upstream import UpstreamError
-from tests.fakes import Harness
+from tests.fakes import Harness, ManualPool
 
 BODY = b"0123456789"
 LAST_MODIFIED = "Tue, 14 Nov 2023 22:13:20 GMT"
+
+
+def disk_full(*args: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
 
 
 class VaultMixin:
@@ -220,6 +226,32 @@ class FaultTests(VaultMixin, SynchronousTestCase):
         self.harness.requests[0].respond(200, length=10).send(b"01234").cut()
         self.assertAborted(client)
 
+    def test_slow_client_when_commit_fails(self) -> None:
+        """
+        A client still reading when the commit fails (disk full) is cut, not
+        served on from a file that can no longer be vouched for; the temp
+        file's fd is closed once it has gone.
+        """
+        self.patch(self.harness.store, "_commit", disk_full)
+        client = self.get(limit=1)
+        flight = self.harness.vault.flights.get(self.harness.url("a.bin"))
+        self.harness.requests[0].respond(200, length=10).send(BODY[:5], BODY[5:]).finish()
+        self.assertAborted(client)
+        self.harness.clock.advance(0)
+        self.assertIsNone(flight.fd)
+        self.assertEqual(os.listdir(self.harness.store.tmp_dir), [])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_client_that_kept_up_when_commit_fails(self) -> None:
+        """A client that was sent every byte before the commit failed has its whole answer; nothing is stored."""
+        self.patch(self.harness.store, "_commit", disk_full)
+        client = self.get()
+        self.harness.requests[0].respond(200, BODY)
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body, answer.complete, client.aborted), (200, BODY, True, False))
+        self.assertIsNone(self.stored())
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
     def test_next_request_retries(self) -> None:
         """After a failed download, the next request asks the upstream again."""
         self.get()
@@ -227,6 +259,50 @@ class FaultTests(VaultMixin, SynchronousTestCase):
         client = self.get()
         self.harness.requests[1].respond(200, BODY)
         self.assertEqual(client.answer().body, BODY)
+
+
+class SlowCommitTests(VaultMixin, SynchronousTestCase):
+    """A download whose commit (fsync, rename: in the store's thread pool) takes a while."""
+
+    def setUp(self) -> None:
+        self.pool = ManualPool()
+        self.harness = Harness(self, idle_timeout=10, timeout=5, pool=self.pool)
+
+    def test_request_during_the_commit(self) -> None:
+        """
+        A request arriving while the commit is under way is answered from the
+        complete download (a HIT), without a second upstream request, digest
+        checked or not, and ends; the temp file's fd is closed after the commit.
+        """
+        for path, options in (("a.bin", {}), ("b.bin", {"digest": ("sha256", hashlib.sha256(BODY).hexdigest())})):
+            with self.subTest(path=path):
+                self.harness.backend.options[path] = options
+                first = self.get(path)
+                flight = self.harness.vault.flights.get(self.harness.url(path))
+                self.harness.requests[-1].respond(200, BODY)
+                self.assertEqual((self.pool.names(), flight.state.name), (["_commit"], "COMPLETE"))
+                second = self.get(path)
+                requests = len(self.harness.requests)
+                answer = second.answer()
+                self.assertEqual((answer.status, answer.body, answer.complete, answer.header("x-cache")),
+                                 (200, BODY, True, "HIT"))
+                self.assertEqual(first.answer().body, BODY)
+                self.pool.run_all()
+                self.assertEqual((len(self.harness.requests), flight.fd, self.stored(path)), (requests, None, BODY))
+
+    def test_commit_fails_after_a_request_joined(self) -> None:
+        """A failed commit after a reader joined the complete download: that reader, which got it all, keeps it."""
+        self.patch(self.harness.store, "_commit", disk_full)
+        first = self.get()
+        flight = self.harness.vault.flights.get(self.harness.url("a.bin"))
+        self.harness.requests[0].respond(200, BODY)
+        second = self.get()
+        self.pool.run_all()
+        for client in (first, second):
+            self.assertEqual((client.answer().body, client.answer().complete), (BODY, True))
+        self.assertIsNone(flight.fd)
+        self.assertIsNone(self.stored())
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
 
 class DigestTests(VaultMixin, SynchronousTestCase):
@@ -253,6 +329,21 @@ class DigestTests(VaultMixin, SynchronousTestCase):
         self.assertAborted(client)
         self.assertEqual(client.answer().body, b"987654321")
         self.assertIsNone(self.stored())
+
+    def test_slow_client_when_commit_fails(self) -> None:
+        """
+        A client still reading when the commit fails is cut: its last byte,
+        held back until the digest was checked, used to be held back for
+        ever, the connection and the temp file's fd left open.
+        """
+        self.patch(self.harness.store, "_commit", disk_full)
+        client = self.get(limit=1)
+        flight = self.harness.vault.flights.get(self.harness.url("a.bin"))
+        self.harness.requests[0].respond(200, BODY)
+        self.assertAborted(client)
+        self.harness.clock.advance(0)
+        self.assertIsNone(flight.fd)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_empty_body_waits_for_verification(self) -> None:
         """An empty body where the digest wants bytes is not a complete 200: nothing goes out before the check."""

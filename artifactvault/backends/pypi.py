@@ -16,22 +16,23 @@ upstream URL. What only the index vouches for (pages, metadata, ``url-``
 files) is kept per backend: see L{PypiBackend._file_key}. Files are
 immutable: a cached one is served with no index lookup at all. On a miss,
 the project's stored page (kept across restarts) says where the file lives
-upstream and what digest it must have. Pages are fresh for ``index_ttl``, then revalidated, and
-served stale when the upstream fails; each is parsed once per upstream copy
-and rendered once per format.
+upstream and what digest it must have. Pages are fresh for ``index_ttl``,
+then revalidated, and served stale when the upstream fails; each is parsed
+once per upstream copy and rendered once per format. A large page (the
+project list is tens of MB) is parsed, stored, read back and rendered in the
+store's thread pool (L{Vault.work}), never on the reactor.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import quote, urlsplit, unquote
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import provider
 
 from artifactvault.backends import pypi_index as index
@@ -39,7 +40,7 @@ from artifactvault.backends.base import (Backend, BuildContext, CommonSettings, 
                                          parse_common)
 from artifactvault.config import Section
 from artifactvault.flight import Artifact
-from artifactvault.serve import Responder, answer_not_modified, not_modified
+from artifactvault.serve import Responder, answer_not_modified, not_modified, send_chunks
 from artifactvault.upstream import UpstreamError
 from artifactvault.vault import Entry, verified_as
 
@@ -75,33 +76,73 @@ def _basename(url: str) -> str:
 class Page:
     """One stored page, parsed once, with its renderings made on first use."""
 
-    def __init__(self, doc: dict[str, Any], render: Callable[[dict[str, Any], str], bytes], size: int):
+    def __init__(self, doc: dict[str, Any], render: Callable[[dict[str, Any], str], list[bytes]], size: int):
         self.doc = doc
         self._render = render
         self.size = size
-        self._rendered: dict[str, tuple[bytes, str]] = {}
+        self._rendered: dict[str, tuple[list[bytes], str]] = {}
         self._files: dict[str, dict[str, Any]] | None = None
+        self._rendering = 0  # renderings under way (in threads: they read doc)
+        self._retired: Callable[..., Deferred] | None = None
 
-    def rendered(self, fmt: str) -> tuple[bytes, str]:
-        """(body, ETag) of this page in C{fmt}."""
+    def rendered(self, fmt: str, work: Callable[..., Deferred]) -> Deferred:
+        """
+        Fires with (body chunks, ETag) of this page in C{fmt}, rendered
+        through C{work} (L{Vault.work}: in a thread if the page is large) the
+        first time.
+        """
         out = self._rendered.get(fmt)
-        if out is None:
-            body = self._render(self.doc, fmt)
-            out = self._rendered[fmt] = (body, '"%s"' % hashlib.sha256(body).hexdigest()[:32])
-            self.size += len(body)
-        return out
+        if out is not None:
+            return succeed(out)
+
+        def done(result: tuple[list[bytes], str]) -> tuple[list[bytes], str]:
+            if fmt not in self._rendered:
+                self._rendered[fmt] = result
+                self.size += sum(map(len, result[0]))
+            return self._rendered[fmt]
+
+        def ended(result: Any) -> Any:
+            self._rendering -= 1
+            self._maybe_discard()
+            return result
+        self._rendering += 1
+        return work(self.size, self._render_one, fmt).addBoth(ended).addCallback(done)
+
+    def _render_one(self, fmt: str) -> tuple[list[bytes], str]:
+        chunks = self._render(self.doc, fmt)
+        digest = hashlib.sha256()
+        for chunk in chunks:
+            digest.update(chunk)
+        return chunks, '"%s"' % digest.hexdigest()[:32]
 
     def file(self, fid: str) -> dict[str, Any] | None:
         if self._files is None:
             self._files = {file_id(f): f for f in self.doc.get("files", ())}
         return self._files.get(fid)
 
+    def retire(self, work: Callable[..., Deferred]) -> None:
+        """
+        The memo dropped this page. Its document (the project list: hundreds
+        of thousands of names) is emptied a slice at a time, through C{work},
+        once no rendering reads it: freed all at once, wherever its last
+        reference went, it would hold every other thread for tens of ms.
+        Whoever still holds the page has its renderings, not its document.
+        """
+        self._retired = work
+        self._maybe_discard()
+
+    def _maybe_discard(self) -> None:
+        if self._retired is not None and not self._rendering and self.doc:
+            doc, self.doc, self._files = self.doc, {}, None
+            self._retired(self.size, index.discard, doc)
+
 
 class PageMemo:
     """Pages by cache key, least recently used dropped beyond a byte budget."""
 
-    def __init__(self, budget: int = PAGE_MEMORY):
+    def __init__(self, work: Callable[..., Deferred], budget: int = PAGE_MEMORY):
         self.budget = budget
+        self._work = work
         self._pages: collections.OrderedDict[str, tuple[str, Page]] = collections.OrderedDict()
 
     def get(self, entry: Entry) -> Page | None:
@@ -113,10 +154,13 @@ class PageMemo:
         return hit[1]
 
     def put(self, entry: Entry, page: Page) -> None:
+        old = self._pages.get(entry.key)
         self._pages[entry.key] = (entry.data, page)
         self._pages.move_to_end(entry.key)
+        if old is not None and old[1] is not page:
+            old[1].retire(self._work)
         while len(self._pages) > 1 and sum(p.size for _, p in self._pages.values()) > self.budget:
-            self._pages.popitem(last=False)
+            self._pages.popitem(last=False)[1][1].retire(self._work)
 
 
 class PypiBackend(Backend):
@@ -125,7 +169,7 @@ class PypiBackend(Backend):
     def __init__(self, settings: PypiSettings, context: BuildContext):
         super().__init__(settings, context, settings.index_url)
         self.index_url = settings.index_url
-        self.pages = PageMemo()
+        self.pages = PageMemo(self.vault.work)
 
     def handle(self, responder: Responder, segments: list[str]) -> None:
         if not segments:
@@ -159,7 +203,7 @@ class PypiBackend(Backend):
     def _page_artifact(self, project: str | None) -> Artifact:
         url = self.index_url if project is None else f"{self.index_url}{quote(project)}/"
 
-        def transform(body: bytes, response: Any) -> tuple[bytes, str]:
+        def transform(body: bytes, response: Any) -> tuple[list[bytes], str]:
             ctype = response.headers.getRawHeaders(b"content-type", [b""])[0].decode("latin-1")
             if project is None:
                 doc = index.parse_root(body, ctype)
@@ -167,7 +211,9 @@ class PypiBackend(Backend):
                 base = getattr(getattr(response, "request", None), "absoluteURI", None)
                 base = base.decode("utf-8", "replace") if base else url
                 doc = index.parse_project(body, ctype, base, project)
-            return index.dumps(doc), "application/json"
+            chunks = index.dumps(doc)
+            index.discard(doc)
+            return chunks, "application/json"
 
         return Artifact(key=f"pypi-index:{url} for {self.prefix}", url=url, upstream=self.upstream,
                         ttl=self.settings.index_ttl, headers={"Accept": UPSTREAM_ACCEPT},
@@ -180,21 +226,23 @@ class PypiBackend(Backend):
         def loaded(result: tuple[Entry, str], retry: bool) -> Any:
             entry, status = result
             page = self.pages.get(entry)
-            if page is None:
-                raw = self.vault.read(entry)
-                if raw is None:  # the stored copy vanished: fetch it once more
+            if page is not None:
+                return page, status
+            render = index.render_root if project is None else self._renderer(project)
+
+            def parsed(page: Page | None) -> Any:
+                if page is None:  # the stored copy vanished: fetch it once more
                     if retry:
                         return self.vault.document(artifact).addCallback(loaded, False)
                     raise UpstreamError("stored index page vanished")
-                render = index.render_root if project is None else self._renderer(project)
-                page = Page(json.loads(raw), render, len(raw))
                 self.pages.put(entry, page)
-            return page, status
+                return page, status
+            return self.vault.load(entry, lambda raw: Page(index.loads(raw), render, len(raw))).addCallback(parsed)
 
         return self.vault.document(artifact).addCallback(loaded, True)
 
     @staticmethod
-    def _renderer(project: str) -> Callable[[dict[str, Any], str], bytes]:
+    def _renderer(project: str) -> Callable[[dict[str, Any], str], list[bytes]]:
         def file_url(f: dict[str, Any]) -> str:
             return f"../{FILES}/{project}/{file_id(f)}/{quote(f['filename'])}"
         return lambda doc, fmt: index.render_project(doc, fmt, file_url)
@@ -206,16 +254,16 @@ class PypiBackend(Backend):
         if fmt is None:
             responder.error(406, f"acceptable here: {index.JSON}, {index.HTML_V1}, {index.HTML}")
             return
-        self._document(project).addCallbacks(
-            lambda result: self._send_page(responder, result, fmt),
-            responder.fail)
+        d = self._document(project)
+        d.addCallback(lambda result: result[0].rendered(fmt, self.vault.work).addCallback(
+            lambda rendered: (rendered, result[1])))
+        d.addCallbacks(lambda result: self._send_page(responder, result, fmt), responder.fail)
 
     @staticmethod
-    def _send_page(responder: Responder, result: tuple[Page, str], fmt: str) -> None:
+    def _send_page(responder: Responder, result: tuple[tuple[list[bytes], str], str], fmt: str) -> None:
         if responder.gone:
             return
-        page, status = result
-        body, etag = page.rendered(fmt)
+        (body, etag), status = result
         request = responder.request
         responder.cache_status = status
         request.setHeader(b"content-type", index.CONTENT_TYPES[fmt].encode())
@@ -225,9 +273,8 @@ class PypiBackend(Backend):
         if not_modified(request, etag, None):
             answer_not_modified(responder)
             return
-        request.setHeader(b"content-length", b"%d" % len(body))
-        request.write(body)
-        responder.finish()
+        request.setHeader(b"content-length", b"%d" % sum(map(len, body)))
+        send_chunks(responder, body)
 
     # -- files ------------------------------------------------------------------
 

@@ -22,13 +22,13 @@ known, ``requires-python``, ``yanked`` (true or a reason), ``core-metadata``
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from html import escape
 from html.parser import HTMLParser
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import unquote, urljoin, urlsplit
 
+from artifactvault import slicedjson
 from artifactvault.upstream import UpstreamError
 
 JSON = "application/vnd.pypi.simple.v1+json"
@@ -168,19 +168,27 @@ def _fetchable(url: str) -> bool:
 
 
 class _Anchors(HTMLParser):
-    """Collects ``<a>`` tags (attributes and text), ``<base href>`` and the repository version."""
+    """
+    Collects ``<a>`` tags (attributes and text), ``<base href>`` and the
+    repository version. Each anchor goes to C{on_anchor(attrs, text)} as it
+    ends (by default: appended to C{anchors}), so that a caller that needs
+    little of each (the project list) keeps no object per anchor: hundreds of
+    thousands of them would make every garbage collection of the daemon slow.
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, on_anchor: Callable[[dict[str, str | None], str], None] | None = None) -> None:
         super().__init__(convert_charrefs=True)
-        self.anchors: list[tuple[dict[str, str | None], list[str]]] = []
+        self.anchors: list[tuple[dict[str, str | None], str]] = []
+        self._on_anchor = on_anchor or (lambda attrs, text: self.anchors.append((attrs, text)))
         self.base: str | None = None
         self.version: str | None = None
-        self._text: list[str] | None = None
+        self._open: dict[str, str | None] | None = None  # the <a> whose text is being read
+        self._text: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "a":
-            self._text = []
-            self.anchors.append((dict(attrs), self._text))
+            self._end_anchor()
+            self._open, self._text = dict(attrs), []
         elif tag == "base" and self.base is None:
             self.base = dict(attrs).get("href")
         elif tag == "meta":
@@ -190,24 +198,34 @@ class _Anchors(HTMLParser):
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "a":
-            self._text = None
+            self._end_anchor()
 
     def handle_data(self, data: str) -> None:
-        if self._text is not None:
+        if self._open is not None:
             self._text.append(data)
 
+    def close(self) -> None:
+        super().close()
+        self._end_anchor()
 
-def _read_html(body: bytes) -> _Anchors:
-    parser = _Anchors()
-    parser.feed(body.decode("utf-8", "replace"))
+    def _end_anchor(self) -> None:
+        if self._open is not None:
+            attrs, self._open = self._open, None
+            self._on_anchor(attrs, "".join(self._text))
+
+
+def _read_html(body: bytes, on_anchor: Callable[[dict[str, str | None], str], None] | None = None) -> _Anchors:
+    parser = _Anchors(on_anchor)
+    for text in slicedjson.text_slices(body, "replace"):  # (fed whole, a page would be copied whole)
+        parser.feed(text)
     parser.close()
     _check_version(parser.version)
     return parser
 
 
-def _read_json(body: bytes) -> dict[str, Any]:
+def _read_json(body: bytes, item: Callable[[Any], Any] | None = None) -> dict[str, Any]:
     try:
-        data = json.loads(body)
+        data = slicedjson.loads(body, item)
     except ValueError:
         raise UpstreamError("upstream index page is not valid JSON") from None
     if not isinstance(data, dict):
@@ -270,29 +288,46 @@ def parse_project(body: bytes, content_type: str | None, base_url: str, name: st
 
 
 def parse_root(body: bytes, content_type: str | None) -> dict[str, Any]:
-    """The canonical project list of an upstream index root."""
+    """The canonical project list of an upstream index root (each project's name only, as it is read)."""
     names: list[str] = []
     if is_json(content_type):
-        for p in _read_json(body).get("projects") or []:
-            if isinstance(p, dict) and isinstance(p.get("name"), str):
-                names.append(p["name"])
+        def name(p: Any) -> str | None:
+            return p["name"] if isinstance(p, dict) and isinstance(p.get("name"), str) else None
+        projects = _read_json(body, item=name).get("projects")
+        if isinstance(projects, list):
+            names = [n for n in projects if n is not None]
     else:
-        for attrs, text in _read_html(body).anchors:
-            name = "".join(text).strip() or (attrs.get("href") or "").strip("/").rpartition("/")[2]
-            if name:
-                names.append(name)
+        def anchor(attrs: dict[str, str | None], text: str) -> None:
+            n = text.strip() or (attrs.get("href") or "").strip("/").rpartition("/")[2]
+            if n:
+                names.append(n)
+        _read_html(body, anchor)
     return {"projects": names}
 
 
 # -- rendering ------------------------------------------------------------------
 
-def dumps(obj: Any) -> bytes:
-    """Compact UTF-8 JSON."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+def dumps(obj: Any) -> list[bytes]:
+    """
+    Compact UTF-8 JSON as a list of chunks: a large page is made a slice at a
+    time and never joined into one buffer (see L{slicedjson}).
+    """
+    return slicedjson.dump_chunks(obj)
 
 
-def _html(title: str, version: str, links: list[str]) -> bytes:
-    return "\n".join([
+def loads(data: bytes) -> Any:
+    """A stored document back (a large one a slice at a time)."""
+    return slicedjson.loads(data)
+
+
+def discard(doc: dict[str, Any]) -> None:
+    """Empty a document no one else holds, a slice at a time (see L{slicedjson.discard})."""
+    slicedjson.discard(doc)
+
+
+def _html(title: str, version: str, links: Iterable[list[str]]) -> list[bytes]:
+    """A simple-API HTML page as chunks; C{links} come in slices (a long list is never made whole)."""
+    head = "\n".join([
         "<!DOCTYPE html>",
         "<html>",
         "<head>",
@@ -301,11 +336,12 @@ def _html(title: str, version: str, links: list[str]) -> bytes:
         "</head>",
         "<body>",
         f"<h1>{escape(title)}</h1>",
-        *links,
-        "</body>",
-        "</html>",
         "",
-    ]).encode("utf-8")
+    ])
+    parts = [head.encode("utf-8")]
+    parts += [("\n".join(piece) + "\n").encode("utf-8") for piece in links if piece]
+    parts.append(b"</body>\n</html>\n")
+    return parts
 
 
 def pick_digest(hashes: dict[str, str]) -> tuple[str, str] | None:
@@ -317,11 +353,12 @@ def pick_digest(hashes: dict[str, str]) -> tuple[str, str] | None:
     return None
 
 
-def render_project(doc: dict[str, Any], fmt: str, file_url: Callable[[dict[str, Any]], str]) -> bytes:
+def render_project(doc: dict[str, Any], fmt: str, file_url: Callable[[dict[str, Any]], str]) -> list[bytes]:
     """
-    The project page in C{fmt}; C{file_url(file)} says where the vault serves
-    each file (relative to the page). Metadata is offered under both its
-    PEP 714 and its PEP 658 name, for old and new clients alike.
+    The project page in C{fmt}, as a list of chunks; C{file_url(file)} says
+    where the vault serves each file (relative to the page). Metadata is
+    offered under both its PEP 714 and its PEP 658 name, for old and new
+    clients alike.
     """
     files = doc["files"]
     if fmt == JSON:
@@ -356,13 +393,24 @@ def render_project(doc: dict[str, Any], fmt: str, file_url: Callable[[dict[str, 
             value = f"{d[0]}={d[1]}" if d else "true"
             attrs.append(f'data-dist-info-metadata="{value}" data-core-metadata="{value}"')
         links.append(f"<a {' '.join(attrs)}>{escape(f['filename'])}</a><br>")
-    return _html(f"Links for {doc['name']}", doc["api"], links)
+    return _html(f"Links for {doc['name']}", doc["api"], [links])
 
 
-def render_root(doc: dict[str, Any], fmt: str) -> bytes:
-    """The project list in C{fmt}, each project linked by its normalised name."""
+def render_root(doc: dict[str, Any], fmt: str) -> list[bytes]:
+    """The project list in C{fmt}, as a list of chunks, each project linked by its normalised name."""
     names = doc["projects"]
     if fmt == JSON:
-        return dumps({"meta": {"api-version": "1.0"}, "projects": [{"name": n} for n in names]})
-    return _html("Simple Index", "1.0",
-                 [f'<a href="{escape(normalize(n))}/">{escape(n)}</a><br>' for n in names])
+        # written here rather than by dumps() of a dict per project: hundreds of
+        # thousands of dicts would make every garbage collection of the daemon slow
+        encode = slicedjson.encode_string
+        step = slicedjson.SLICE
+        parts = [b'{"meta":{"api-version":"1.0"},"projects":[']
+        for i in range(0, len(names), step):
+            parts.append((("," if i else "") + ",".join(
+                '{"name":%s}' % encode(n) for n in names[i:i + step])).encode("utf-8"))
+        parts.append(b"]}")
+        return parts
+    step = slicedjson.SLICE
+    return _html("Simple Index", "1.0", (
+        [f'<a href="{escape(normalize(n))}/">{escape(n)}</a><br>' for n in names[i:i + step]]
+        for i in range(0, len(names), step)))

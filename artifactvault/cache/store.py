@@ -16,12 +16,25 @@ the data file is fsynced and renamed into place under a new name first, then
 the metadata that points at it replaces the old metadata atomically, and only
 then is the old data file unlinked. Metadata always names a complete file of
 the recorded size; a torn or unreadable metadata file is a miss, and data
-files no metadata names are swept away.
+files no metadata names are swept away. A commit that fails half-way (disk
+full, I/O error) removes what it had moved into place, so it leaves neither
+an entry nor a stray file behind.
+
+One daemon per cache directory: L{FileStore.open} takes an exclusive
+C{flock} on ``cache_dir/lock`` (held for the life of the process, which is
+written into it) before it empties ``tmp/``, so a second daemon started on
+the same directory stops with L{CacheInUse} instead of deleting the first
+one's downloads.
+
+Anything slow (fsyncs, directory walks, unlinking evicted files, parsing a
+large document) goes through C{run_blocking}: in the daemon a thread pool of
+the store's own, in unit tests a synchronous call.
 """
 
 from __future__ import annotations
 
 import collections
+import fcntl
 import hashlib
 import json
 import os
@@ -30,7 +43,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 
 from artifactvault import logs
@@ -41,6 +54,29 @@ _log = Logger(observer=logs.observer)
 #: Data files that no metadata names are removed once they are this old
 #: (a younger one may belong to a commit in progress).
 ORPHAN_AGE = 600.0
+#: Work on fewer bytes than this is done at once, on the calling thread (see L{FileStore.work}).
+INLINE_WORK = 1024 * 1024
+#: The lock file in the cache directory.
+LOCK_NAME = "lock"
+
+
+class CacheInUse(Exception):
+    """Another process holds the cache directory's lock."""
+
+    def __init__(self, root: str, pid: int | None):
+        super().__init__(f"{root}: in use by another artifactvault (pid {pid if pid else 'unknown'})")
+        self.root = root
+        self.pid = pid
+
+
+def write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> None:
+    """Write all of C{data} to C{fd} (at C{offset}, with pwrite, if given); OSError if it cannot."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
+        view = view[n:]
+        if offset is not None:
+            offset += n
 
 
 @dataclass
@@ -85,9 +121,15 @@ class FileStore:
 
     def __init__(self, root: str, clock: Callable[[], float] = time.time,
                  run_blocking: Callable[..., Deferred] = _sync_run, memo_size: int = 8192,
-                 max_size: int | None = None):
+                 max_size: int | None = None, max_object_size: int | None = None):
         self.root = os.path.abspath(root)
         self.max_size = max_size
+        #: The largest artifact stored (never more than max_size: one larger
+        #: would evict everything else and then itself).
+        self.max_object_size = min((n for n in (max_size, max_object_size) if n is not None),
+                                   default=None)
+        #: Complete downloads not stored because they were larger than max_object_size.
+        self.refused_too_large = 0
         self.usage = Usage()
         self.data_dir = os.path.join(self.root, "data")
         self.tmp_dir = os.path.join(self.root, "tmp")
@@ -95,17 +137,40 @@ class FileStore:
         self._run = run_blocking
         self._memo: collections.OrderedDict[str, Entry] = collections.OrderedDict()
         self._memo_size = memo_size
+        self._lock_fd: int | None = None
 
     def now(self) -> float:
         """The wall clock that freshness is measured by (persisted, so not the reactor's)."""
         return self._clock()
 
+    def fits(self, size: int) -> bool:
+        """Whether an artifact of C{size} bytes may be stored (C{max_object_size})."""
+        return self.max_object_size is None or size <= self.max_object_size
+
+    def refuse_too_large(self) -> int:
+        """Count a complete download not stored for its size; returns the count since start."""
+        self.refused_too_large += 1
+        return self.refused_too_large
+
+    def work(self, size: int, f: Callable[..., Any], *args: Any) -> Deferred:
+        """
+        C{f(*args)}, as a Deferred: in the thread pool when it handles C{size}
+        bytes or more (a large document to parse or render), else at once
+        here, where a small one costs less than the trip to a thread (and
+        does not wait behind a long fsync).
+        """
+        return (self._run if size >= INLINE_WORK else _sync_run)(f, *args)
+
     # -- start-up ---------------------------------------------------------
 
     def open(self) -> int:
-        """Create the directories and remove leftover temp files; returns how many."""
+        """
+        Create the directories, take the cache's lock (L{CacheInUse} if another
+        process has it) and remove leftover temp files; returns how many.
+        """
         os.makedirs(self.data_dir, exist_ok=True)
         os.makedirs(self.tmp_dir, exist_ok=True)
+        self._lock()
         removed = 0
         for name in os.listdir(self.tmp_dir):
             try:
@@ -114,6 +179,39 @@ class FileStore:
             except OSError:
                 pass
         return removed
+
+    def _lock(self) -> None:
+        if self._lock_fd is not None:
+            return
+        path = os.path.join(self.root, LOCK_NAME)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raw = os.pread(fd, 32, 0).strip()
+            os.close(fd)
+            raise CacheInUse(self.root, int(raw) if raw.isdigit() else None) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+        self.mark_owner()
+
+    def mark_owner(self) -> None:
+        """
+        Write this process's pid into the lock file (again when the service
+        starts: twistd forks to daemonise after the lock was taken, and the
+        forked process inherits it).
+        """
+        if self._lock_fd is not None:
+            os.ftruncate(self._lock_fd, 0)
+            os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+
+    def close(self) -> None:
+        """Release the cache's lock (the daemon holds it until it stops)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def scan(self) -> Deferred:
         """
@@ -154,13 +252,17 @@ class FileStore:
         if self.max_size is None or self.usage.total <= self.max_size:
             return 0, 0
         count = freed = 0
+        doomed = []
         for key in self.usage.least_recent():
             if self.usage.total <= self.max_size:
                 break
             before = self.usage.total
-            self.remove(key)
+            data = self._drop(key)
+            if data is not None:
+                doomed.append(data)
             count += 1
             freed += before - self.usage.total
+        self._discard(doomed)
         _log.info("evicted {count} entries ({freed} bytes): the cache holds {total} of {limit} bytes",
                   count=count, freed=freed, total=self.usage.total, limit=self.max_size)
         return count, freed
@@ -275,13 +377,17 @@ class FileStore:
     def commit(self, temp_path: str, fd: int, entry: Entry) -> Deferred:
         """
         Make the temp file C{entry}'s data: fsync, rename under a new name,
-        then replace the metadata. Fires with the committed L{Entry}. The fd
-        stays open (readers may still be using it); the caller closes it.
+        then replace the metadata. Fires with the committed L{Entry}; fails
+        with the C{OSError} (disk full, I/O error) if it could not, having
+        left no entry and no file of it behind but the temp file. The fd stays
+        open (readers may still be using it); the caller closes it.
         """
+        if not self.fits(entry.size):
+            return fail(ValueError(f"{entry.size} bytes is more than max_object_size"))
         kh = self.key_hash(entry.key)
         entry.data = f"{kh[:2]}/{kh}.{secrets.token_hex(8)}"
         d = self._run(self._commit, temp_path, fd, entry)
-        d.addCallback(lambda _: self._committed(entry))
+        d.addCallbacks(lambda _: self._committed(entry), self._commit_failed, errbackArgs=(entry.key,))
         return d
 
     def _commit(self, temp_path: str, fd: int, entry: Entry) -> None:
@@ -290,9 +396,21 @@ class FileStore:
         os.makedirs(shard, exist_ok=True)
         meta_path = self._meta_path(self.key_hash(entry.key))
         old = self._read_meta(meta_path)
-        os.rename(temp_path, self.data_path(entry))
-        self._write_meta(meta_path, entry, sync=True)
-        _fsync_dir(shard)
+        data_path = self.data_path(entry)
+        os.rename(temp_path, data_path)
+        try:
+            self._write_meta(meta_path, entry, sync=True)
+            _fsync_dir(shard)
+        except BaseException:
+            # Nothing may name a commit that failed, and its file must not
+            # fill the disk until the janitor comes: the key becomes a miss
+            # (if the old metadata was already replaced, the old data file is
+            # left to the janitor as an orphan).
+            current = self._read_meta(meta_path)
+            if current is not None and current.data == entry.data:
+                _unlink(meta_path)
+            _unlink(data_path)
+            raise
         if old is not None and old.data != entry.data:
             _unlink(self.data_path(old))
 
@@ -302,14 +420,22 @@ class FileStore:
         self.evict()
         return entry
 
+    def _commit_failed(self, failure: Any, key: str) -> Any:
+        self.forget(key)  # what the memo holds may be what the failed commit removed
+        return failure
+
     def _write_meta(self, path: str, entry: Entry, sync: bool) -> None:
         tmp = path + ".tmp-" + secrets.token_hex(4)
-        with open(tmp, "wb") as f:
-            f.write(entry.to_json())
-            if sync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(entry.to_json())
+                if sync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink(tmp)
+            raise
 
     def put(self, entry: Entry, data: bytes) -> Deferred:
         """
@@ -319,9 +445,7 @@ class FileStore:
         """
         path, fd = self.new_temp()
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
         except OSError:
             os.close(fd)
             _unlink(path)
@@ -340,24 +464,47 @@ class FileStore:
         """
         Rewrite C{entry}'s metadata in place (a revalidation moved its
         freshness). Small and not fsynced: losing it in a crash costs one
-        more revalidation, never wrong bytes.
+        more revalidation, never wrong bytes; so does failing to write it
+        (a full disk): this process still remembers it.
         """
-        self._write_meta(self._meta_path(self.key_hash(entry.key)), entry, sync=False)
+        try:
+            self._write_meta(self._meta_path(self.key_hash(entry.key)), entry, sync=False)
+        except OSError as e:
+            _log.warn("cannot record the revalidation of {key}: {reason}", key=entry.key, reason=e.strerror)
         self._remember(entry)
         self.usage.used(entry.key)
         return entry
 
     def remove(self, key: str, only: str | None = None) -> None:
         """Drop C{key}'s entry (if C{only} is given: only if its data file is that one)."""
+        data = self._drop(key, only)
+        if data is not None:
+            self._discard([data])
+
+    def _drop(self, key: str, only: str | None = None) -> str | None:
+        """
+        Forget C{key} and remove its metadata (small: here, at once, so no
+        commit in a thread can race with it); returns the data file's path
+        for the caller to unlink.
+        """
         meta_path = self._meta_path(self.key_hash(key))
         entry = self._read_meta(meta_path)
         if only is not None and entry is not None and entry.data != only:
-            return  # a newer commit replaced it meanwhile: keep that
+            return None  # a newer commit replaced it meanwhile: keep that
         self.forget(key)
         self.usage.removed(key)
         _unlink(meta_path)
-        if entry is not None:
-            _unlink(self.data_path(entry))
+        return self.data_path(entry) if entry is not None else None
+
+    def _discard(self, paths: list[str]) -> None:
+        """
+        Unlink data files no metadata names any more, in the thread pool:
+        freeing a large file's blocks can take a while. Each name is used by
+        one commit only, so a late unlink cannot hit newer data.
+        """
+        if paths:
+            self._run(_unlink_all, paths).addErrback(
+                lambda f: _log.failure("cannot remove evicted cache files", f))
 
 
 def _unlink(path: str) -> None:
@@ -365,6 +512,11 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def _unlink_all(paths: list[str]) -> None:
+    for path in paths:
+        _unlink(path)
 
 
 def _fsync_dir(path: str) -> None:
