@@ -19,7 +19,8 @@ from artifactvault.backends import parse_backend
 from zope.interface.verify import verifyObject
 
 from artifactvault.backends.base import BuildContext, IBackend, dispatch
-from artifactvault.backends.registry import RegistryBackendType, _Bad, parse_path
+from artifactvault.backends.registry import RegistryBackendType, _Bad, _tag_page, parse_path
+from artifactvault.backends.registry_api import SPEC_CODES
 from artifactvault.backends.registry_media import DOCKER_MANIFEST, OCI_INDEX
 from artifactvault.cache.store import Entry, FileStore
 from artifactvault.config import ConfigError, Section
@@ -94,15 +95,24 @@ class PathTests(SynchronousTestCase):
         self.assertEqual(parse_path(["alpine", "tags", "list"]), ("alpine", "tags", ""))
 
     def test_bad_paths(self) -> None:
-        """Each bad path has its registry error code."""
+        """Each bad path has its registry error code, from the spec's list only (a bad tag is MANIFEST_INVALID, not Docker's TAG_INVALID)."""
         cases = [(["library", "alpine"], "NAME_UNKNOWN"), ([""], "NAME_UNKNOWN"),
                  (["Library", "manifests", "x"], "NAME_INVALID"),
                  (["alpine", "blobs", "latest"], "DIGEST_INVALID"),
                  (["alpine", "manifests", "sha256:zz"], "DIGEST_INVALID"),
-                 (["alpine", "manifests", "-x"], "TAG_INVALID")]
+                 (["alpine", "manifests", "-x"], "MANIFEST_INVALID"),
+                 (["alpine", "referrers", "sha256:zz"], "DIGEST_INVALID"),
+                 (["alpine", "referrers", "latest"], "DIGEST_INVALID"),
+                 (["alpine", "blobs", "uploads", "1234"], "BLOB_UPLOAD_UNKNOWN"),
+                 (["alpine", "blobs", "uploads", ""], "BLOB_UPLOAD_UNKNOWN")]
         for segments, code in cases:
             e = self.assertRaises(_Bad, parse_path, segments)
             self.assertEqual(e.args[1], code, segments)
+            self.assertIn(code, SPEC_CODES)
+
+    def test_referrers_path(self) -> None:
+        """<name>/referrers/<digest> is its own kind."""
+        self.assertEqual(parse_path(["a", "b", "referrers", ZERO]), ("a/b", "referrer", ZERO))
 
 
 class ScriptedRegistry(Resource):
@@ -269,7 +279,7 @@ class BackendTests(SynchronousTestCase):
         self.assertEqual(self.store.lookup(key).sha256, self.digest.removeprefix("sha256:"))
 
     def test_tags_list_bad_n(self) -> None:
-        """tags/list with an n that is not ASCII digits ('\u00b2' passes str.isdigit) is a 400; nothing goes upstream."""
+        """tags/list with an n that is not ASCII digits ('\u00b2' passes str.isdigit) is a 400 UNSUPPORTED (PAGINATION_NUMBER_INVALID is not in the spec's list); nothing goes upstream."""
         for raw in (b"x", b"\xb2", b"1\xb2"):
             request = FakeRequest(b"/dockerhub/x/y/tags/list?n=")
             request.prepath = [b"dockerhub"]
@@ -277,7 +287,7 @@ class BackendTests(SynchronousTestCase):
             dispatch(self.backend, request, [b"x", b"y", b"tags", b"list"])
             self.stub.flush()
             self.assertEqual((request.responseCode, json.loads(request.body)["errors"][0]["code"]),
-                             (400, "PAGINATION_NUMBER_INVALID"))
+                             (400, "UNSUPPORTED"))
         self.assertEqual(self.asked(), [])
 
     def test_blob_digest_checked(self) -> None:
@@ -448,3 +458,32 @@ class TagLengthTests(SynchronousTestCase):
                 request = self.get("x/y/manifests/latest", method=b"HEAD")
                 self.assertEqual((request.responseCode or 200, request.header(b"content-length")), (200, None))
                 self.clock.advance(11)
+
+
+class TagPageTests(SynchronousTestCase):
+    """A tag list page as the spec says it, whatever the upstream did with n and last."""
+
+    doc = {"name": "library/x", "tags": ["a", "b", "c"]}
+
+    def page(self, count: int | None, last: str = "", link: str | None = None) -> tuple[dict, str | None]:
+        body, next_query = _tag_page(dict(self.doc), "hub/library/x", count, last, link)
+        return json.loads(body), next_query
+
+    def test_name_is_the_clients(self) -> None:
+        """The name is the one the client asked for; the tags are the upstream's."""
+        self.assertEqual(self.page(None), ({"name": "hub/library/x", "tags": ["a", "b", "c"]}, None))
+
+    def test_n_zero(self) -> None:
+        """n=0 is an empty list and no next page, even if the upstream said there was one."""
+        self.assertEqual(self.page(0, link='</v2/x/tags/list?n=1&last=a>; rel="next"'),
+                         ({"name": "hub/library/x", "tags": []}, None))
+
+    def test_n_and_last_kept_for_the_upstream(self) -> None:
+        """An upstream that ignored n and last: the tags after last, n of them, and a next page if there are more."""
+        self.assertEqual(self.page(1), ({"name": "hub/library/x", "tags": ["a"]}, "n=1&last=a"))
+        self.assertEqual(self.page(1, "a"), ({"name": "hub/library/x", "tags": ["b"]}, "n=1&last=b"))
+        self.assertEqual(self.page(5, "b"), ({"name": "hub/library/x", "tags": ["c"]}, None))
+
+    def test_upstream_link_kept(self) -> None:
+        """An upstream that paginates itself: its next page's query is kept."""
+        self.assertEqual(self.page(3, link='</v2/library/x/tags/list?last=c&n=3>; rel="next"')[1], "last=c&n=3")
