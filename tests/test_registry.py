@@ -28,9 +28,11 @@ from artifactvault.service import build
 from artifactvault.tap import Options, makeService
 from artifactvault.vault import Vault
 from tests.fakes import FakeClient
+from tests.test_registry_media import signed_schema1
 from tests.webhelpers import FakeRequest
 
 ZERO = "sha256:" + "0" * 64
+SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 
 
 def section(data: dict) -> Section:
@@ -423,6 +425,24 @@ class FaultTests(SynchronousTestCase):
         self.assertTrue(request.finished)
         self.assertEqual((request.responseCode or 200, request.header(b"etag")), (200, f'"{self.digest}"'))
         self.assertIsNone(request.header(b"content-length"))
+
+    def test_schema1_checked_by_its_payload(self) -> None:
+        """A signed schema 1 manifest goes out as its payload's digest (what registries name): by digest, after the stored path refuses it (its bytes do not have it), it is relayed; its bytes with any other digest are a 502."""
+        body, payload = signed_schema1()
+        digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+        request = self.get(f"x/y/manifests/{digest}", accept=SCHEMA1)
+        self.client.last.respond(200, body, headers={"Content-Type": SCHEMA1, "Docker-Content-Digest": digest})
+        relay = self.client.last
+        self.assertEqual((relay.method, relay.url), ("GET", f"https://reg.test/v2/x/y/manifests/{digest}"))
+        relay.respond(200, body, headers={"Content-Type": SCHEMA1, "Docker-Content-Digest": digest})
+        self.assertEqual((request.body, request.header(b"docker-content-digest"), request.header(b"x-cache")),
+                         (body, digest, "PASS"))
+        request = self.get("x/y/manifests/v1", accept=SCHEMA1)
+        self.client.last.respond(200, b"", headers={"Content-Type": SCHEMA1, "Docker-Content-Digest": digest})
+        forged = body.replace(b'"name": "x"', b'"name": "z"')
+        self.client.last.respond(200, forged, headers={"Content-Type": SCHEMA1, "Docker-Content-Digest": digest})
+        self.assertEqual(request.responseCode, 502)
+        self.assertEqual(self.store.lookup(f"registry https://reg.test x/y manifest {digest}"), None)
 
     def test_auth_bug_is_a_500(self) -> None:
         """A bug in the auth (a KeyError) is logged with its traceback and answered 500, not a 502 in disguise."""

@@ -135,7 +135,7 @@ class ErrorTests(SynchronousTestCase):
         cause = UpstreamStatus(400, "Bad Request")
         cause.body = b'{"errors":[{"code":"PAGINATION_NUMBER_INVALID","message":"bad n"}]}'
         self.assertEqual(self.error(cause, 400, "tags"),
-                         (400, [{"code": "UNSUPPORTED", "message": "bad n", "detail": None}]))
+                         (400, [{"code": "UNSUPPORTED", "message": "bad n"}]))
 
     def test_upstream_without_words(self) -> None:
         """An upstream 4xx without a readable JSON error (a HEAD, a text page), or a 5xx, gets our own error."""
@@ -156,5 +156,5 @@ class ErrorTests(SynchronousTestCase):
             status, errors = self.error(cause, code)
             self.assertEqual((status, errors[0]["code"], errors[0]["detail"]),
                              (502, name, {"upstream": "reg.test:5000", "status": code,
-                                          "errors": [{"code": "DENIED", "message": "no", "detail": None}]}))
+                                          "errors": [{"code": "DENIED", "message": "no"}]}))
             self.assertIn("reg.test:5000", errors[0]["message"])

@@ -35,7 +35,6 @@ under ``/v2/`` (see L{registry_api}).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -53,10 +52,10 @@ from artifactvault.backends.base import (Backend, BuildContext, CommonSettings, 
 from artifactvault.backends.registry_api import (API_VERSION, RegistryApi, registry_error, reject,
                                                  upstream_errors)
 from artifactvault.backends.registry_auth import TokenAuth
-from artifactvault.backends.registry_media import (MAX_MANIFEST, OCI_INDEX, Accept, digest_of,
-                                                   parse_digest, valid_name, valid_tag)
+from artifactvault.backends.registry_media import (MAX_MANIFEST, OCI_INDEX, Accept, digest_of, has_digest,
+                                                   parse_digest, schema1_payload, valid_name, valid_tag)
 from artifactvault.config import Section
-from artifactvault.flight import Artifact
+from artifactvault.flight import Artifact, DigestMismatch
 from artifactvault.serve import Responder, serve_entry
 from artifactvault.singleflight import SingleFlight
 from artifactvault.upstream import (UpstreamError, UpstreamStatus, content_length, discard, header,
@@ -295,7 +294,16 @@ class RegistryBackend(Backend):
         # whose Accept does not admit the type it turns out to have.
         d = self.vault.document(artifact)
         d.addCallback(lambda result: self._send_manifest(responder, name, digest, accept, *result))
-        d.addErrback(responder.fail)
+
+        def failed(failure: Any) -> None:
+            if failure.check(DigestMismatch) and accept.admits_schema1():
+                # A signed schema 1 manifest's digest is of its payload, not its
+                # bytes: never stored, relayed and checked as such.
+                run(responder, self._relay(responder, artifact.url, accept, digest))
+                return
+            responder.fail(failure)
+
+        d.addErrback(failed).addErrback(responder.fail)
 
     def _send_manifest(self, responder: Responder, name: str, digest: str, accept: Accept,
                        entry: Entry, status: str) -> None:
@@ -380,14 +388,11 @@ class RegistryBackend(Backend):
         """For an upstream whose ``HEAD`` names no digest: ``GET`` the manifest and hash it."""
         response = await self.upstream.request("GET", url, {"Accept": accept.header})
         body = await self._manifest_body(response)
-        claimed = header(response, b"docker-content-digest")
-        algo, expected = parse_digest(claimed or "") or ("sha256", None)
-        actual = hashlib.new(algo, body).hexdigest()
-        if expected is not None and actual != expected:
-            raise UpstreamError(f"upstream manifest {url} does not match its digest {claimed}")
-        digest, ctype = f"{algo}:{actual}", header(response, b"content-type")
+        digest = _served_digest(body, None, header(response, b"docker-content-digest"), url)
+        ctype = header(response, b"content-type")
         key = f"{self._keys} {name} manifest {digest}"
-        if self.store.lookup(key) is None:
+        # (a schema 1 manifest's digest is of its payload, not its bytes: never kept)
+        if has_digest(body, digest) and self.store.lookup(key) is None:
             await self.store.put(Entry(key=key, data="", size=0, stored_at=self.store.now(),
                                        content_type=ctype, url=url), body)
         return TagRecord(digest, ctype, len(body))
@@ -600,15 +605,18 @@ def _served_digest(body: bytes, asked: str | None, claimed: str | None, url: str
     The digest a relayed manifest C{body} goes out as, checked: the one it
     was asked for by (C{asked}), else the one the upstream names
     (C{claimed}, if we can verify it), else its sha256; L{UpstreamError}
-    when the bytes do not have it.
+    when the bytes do not have it (for a signed schema 1 manifest: when its
+    payload does not, L{schema1_payload}).
     """
     digest = asked or (claimed if claimed is not None and parse_digest(claimed) else None)
     if digest is None:
         return digest_of(body)
-    algo, expected = parse_digest(digest)  # type: ignore[misc]
-    if hashlib.new(algo, body).hexdigest() != expected:
-        raise UpstreamError(f"upstream manifest {loggable(url)} does not match its digest {digest}")
-    return digest
+    if has_digest(body, digest):
+        return digest
+    payload = schema1_payload(body)  # (signed schema 1: the digest is of the payload)
+    if payload is not None and has_digest(payload, digest):
+        return digest
+    raise UpstreamError(f"upstream manifest {loggable(url)} does not match its digest {digest}")
 
 
 def _answer_head(responder: Responder, record: TagRecord, status: str) -> None:

@@ -63,8 +63,8 @@ def error_code(request: Request, status: int) -> str:
 def upstream_errors(error: UpstreamStatus) -> list[dict[str, Any]]:
     """
     The errors of an upstream's JSON error answer (C{error.body}), each
-    with a C{code} string and its C{message} and C{detail}; [] if it had
-    none we can read.
+    with a C{code} string and its C{message} and C{detail} if it has them
+    (nothing else); [] if it had none we can read.
     """
     try:
         doc = json.loads(error.body or b"")
@@ -73,7 +73,7 @@ def upstream_errors(error: UpstreamStatus) -> list[dict[str, Any]]:
     found = doc.get("errors") if isinstance(doc, dict) else None
     if not isinstance(found, list):
         return []
-    return [{"code": e["code"], "message": e.get("message"), "detail": e.get("detail")}
+    return [{k: e[k] for k in ("code", "message", "detail") if k in e}
             for e in found[:_MAX_ERRORS] if isinstance(e, dict) and isinstance(e.get("code"), str)]
 
 
