@@ -422,7 +422,7 @@ class Upstream:
         self.timeout = timeout
         self.idle_timeout = idle_timeout
         self.origin_url = origin_url
-        self.rate_limit = RateLimit(reactor.seconds)
+        self.rate_limit = RateLimit(lambda: self.reactor.seconds())
 
     async def request(self, method: str, url: str, headers: dict[str, str] | None = None) -> Any:
         """
