@@ -418,7 +418,7 @@ class RegistryBackend(Backend):
                 if response.code != 200:
                     raise await self.upstream.error_for(response)
                 discard(response)
-                if digest is not None and claimed is not None and claimed != digest:
+                if digest is not None and _contradicts(claimed, digest):
                     raise UpstreamError(f"upstream {host_of(url)} names manifest {claimed} "
                                         f"for {loggable(url)}")
                 served_as = digest or claimed
@@ -598,6 +598,16 @@ def _tag_page(doc: dict, name: str, count: int | None, last: str,
         next_query = m.group(1)
     page = {**doc, "name": name, "tags": tags}
     return json.dumps(page, separators=(",", ":")).encode(), next_query
+
+
+def _contradicts(claimed: str | None, digest: str) -> bool:
+    """
+    Whether an upstream's C{claimed} digest is another manifest than
+    C{digest}: of the same algorithm and different (one of another
+    algorithm may name the same bytes, as the spec allows).
+    """
+    parsed, wanted = parse_digest(claimed or ""), parse_digest(digest)
+    return parsed is not None and wanted is not None and parsed[0] == wanted[0] and parsed[1] != wanted[1]
 
 
 def _served_digest(body: bytes, asked: str | None, claimed: str | None, url: str) -> str:
