@@ -19,7 +19,7 @@ from artifactvault.backends import parse_backend
 from zope.interface.verify import verifyObject
 
 from artifactvault.backends.base import BuildContext, IBackend, dispatch
-from artifactvault.backends.registry import RegistryBackendType, _Bad, _tag_page, parse_path
+from artifactvault.backends.registry import RegistryBackendType, _Bad, _contradicts, _tag_page, parse_path
 from artifactvault.backends.registry_api import SPEC_CODES
 from artifactvault.backends.registry_media import DOCKER_MANIFEST, OCI_INDEX
 from artifactvault.cache.store import Entry, FileStore
@@ -111,6 +111,13 @@ class PathTests(SynchronousTestCase):
             e = self.assertRaises(_Bad, parse_path, segments)
             self.assertEqual(e.args[1], code, segments)
             self.assertIn(code, SPEC_CODES)
+
+    def test_contradicting_digests(self) -> None:
+        """An upstream's digest contradicts the one asked for only if it is another of the same algorithm."""
+        sha512 = "sha512:" + "0" * 128
+        self.assertTrue(_contradicts("sha256:" + "1" * 64, ZERO))
+        for claimed in (ZERO, sha512, None, "md5:00", "garbage"):
+            self.assertFalse(_contradicts(claimed, ZERO), claimed)
 
     def test_referrers_path(self) -> None:
         """<name>/referrers/<digest> is its own kind."""
