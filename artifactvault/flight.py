@@ -266,8 +266,9 @@ class Flight:
             self._not_modified(response)
             return
         if response.code != 200:
-            discard(response)
-            self._fail(UpstreamStatus.of(response))
+            # (its small error answer is kept: a backend may pass on its words)
+            Deferred.fromCoroutine(self.artifact.upstream.error_for(response)).addCallbacks(
+                self._fail, self._internal_error)
             return
         self.length = response.length if isinstance(response.length, int) else None
         expected = self.artifact.size

@@ -36,6 +36,12 @@ SMALL = 64 * 1024
 
 ErrorRenderer = Callable[[Request, int, str], None]
 
+#: The C{Warning} on a stale answer: warn-code 299 and warn-agent ``-``, as
+#: the OCI distribution spec requires of any registry warning (RFC 9111 has
+#: obsoleted the header and its 110 code; 299 is valid under both). One
+#: rule for every backend: L{Responder.cache_status} sets it.
+STALE_WARNING = b'299 - "Response is Stale"'
+
 
 def plain_error(request: Request, status: int, message: str) -> None:
     """The default error body: one line of text saying why."""
@@ -80,14 +86,21 @@ class Responder:
 
     @cache_status.setter
     def cache_status(self, value: str) -> None:
+        """Say where the answer comes from (C{X-Cache}); a stale one also says so in C{Warning}."""
         self.request.cache_status = value  # type: ignore[attr-defined]
         self.request.setHeader(b"x-cache", value.encode())
+        if value == "STALE":
+            self.request.setHeader(b"warning", STALE_WARNING)
 
-    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def error(self, status: int, message: str, headers: dict[str, str] | None = None,
+              cause: UpstreamError | None = None) -> None:
         """
         Answer C{status} with C{message} in this backend's error format, from
         clean headers (see L{reset}) plus C{headers} (e.g. C{Allow} for a
-        405); if the answer has begun, cut it instead.
+        405); if the answer has begun, cut it instead. C{cause}, the upstream
+        failure answered (if that is what this is), is left on the request as
+        C{error_cause} for a backend's error format to draw on (a registry
+        passes on the upstream's own error codes).
         """
         if self.gone or self.request.finished:
             return
@@ -98,18 +111,20 @@ class Responder:
         for name, value in (headers or {}).items():
             self.request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
         self.request.error_reason = message  # type: ignore[attr-defined]
+        self.request.error_cause = cause  # type: ignore[attr-defined]
         self.on_error(self.request, status, message)
 
     def fail(self, failure: Failure | BaseException) -> None:
         """
         The one failure policy: an L{UpstreamError} is answered with its
-        status and reason; anything else is a bug, logged with its traceback
+        status, reason and headers; anything else is a bug, logged with its traceback
         and answered 500.
         """
         if not isinstance(failure, Failure):
             failure = Failure(failure)
-        if isinstance(failure.value, UpstreamError):
-            self.error(failure.value.status, failure.value.reason)
+        error = failure.value
+        if isinstance(error, UpstreamError):
+            self.error(error.status, error.reason, error.headers, cause=error)
             return
         _log.failure("answering {path} failed", failure,
                      path=self.request.path.decode("latin-1", "replace"))
@@ -375,8 +390,6 @@ def _entry_span(responder: Responder, entry: Entry, cache_status: str) -> tuple[
     responder.cache_status = cache_status
     set_headers(request, size=entry.size, content_type=entry.content_type, etag=etag,
                 last_modified=modified, extra=entry.headers)
-    if cache_status == "STALE":
-        request.setHeader(b"warning", b'110 artifactvault "Response is Stale"')
     if not_modified(request, etag, modified):
         answer_not_modified(responder)
         return None
@@ -628,7 +641,7 @@ class FlightReader(_FileSender):
             if self.fallback is not None:
                 self.fallback(error)
             else:
-                self.responder.error(error.status, error.reason)
+                self.responder.fail(error)
 
     def _pump(self) -> None:
         fd = self.flight.fd

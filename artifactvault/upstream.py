@@ -41,22 +41,31 @@ from zope.interface import Interface, implementer
 
 from artifactvault import logs
 from artifactvault import __version__
+from artifactvault.ratelimit import RateLimit
 
 _log = Logger(observer=logs.observer)
 
 USER_AGENT = f"artifactvault/{__version__}"
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
+#: The largest upstream error answer read for its words (L{Upstream.error_for}).
+MAX_ERROR_BODY = 16 * 1024
 
 
 class UpstreamError(Exception):
-    """The upstream could not give an answer; C{status} is what our client gets."""
+    """
+    The upstream could not give an answer; C{status} is what our client gets.
+
+    @ivar headers: Headers the client's error answer carries (a 429's
+        C{Retry-After}).
+    """
 
     status = 502
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, headers: dict[str, str] | None = None):
         super().__init__(reason)
         self.reason = reason
+        self.headers = dict(headers or {})
 
 
 class UpstreamTimeout(UpstreamError):
@@ -64,17 +73,52 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamStatus(UpstreamError):
-    """The upstream answered, but not with what we can serve (e.g. 500, 403)."""
+    """
+    The upstream answered, but not with what we can serve (e.g. 500, 403).
 
-    def __init__(self, code: int, phrase: str = ""):
-        super().__init__(f"upstream answered {code} {phrase}".rstrip())
+    @ivar code: The upstream's status.
+    @ivar host: The upstream host that answered, if known.
+    @ivar body: The upstream's error answer, when it was small and read
+        (L{Upstream.error_for}): a backend may pass on its own words.
+    @ivar content_type: That answer's C{Content-Type}.
+    """
+
+    def __init__(self, code: int, phrase: str = "", headers: dict[str, str] | None = None,
+                 host: str | None = None):
+        super().__init__(f"upstream answered {code} {phrase}".rstrip(), headers)
         self.code = code
         self.status = 404 if code in (404, 410) else (code if 400 <= code < 500 else 502)
+        self.host = host
+        self.body: bytes | None = None
+        self.content_type: str | None = None
 
     @classmethod
     def of(cls, response: Any) -> "UpstreamStatus":
-        """The error for an upstream C{response} whose status we cannot serve."""
-        return cls(response.code, response.phrase.decode("latin-1", "replace"))
+        """
+        The error for an upstream C{response} whose status we cannot serve;
+        a 429's C{Retry-After} goes on to our client.
+        """
+        headers = {}
+        retry = header(response, b"retry-after")
+        if response.code == 429 and retry is not None:
+            headers["Retry-After"] = retry
+        url = getattr(getattr(response, "request", None), "absoluteURI", None)
+        host = host_of(url.decode("latin-1")) if isinstance(url, bytes) else None
+        return cls(response.code, response.phrase.decode("latin-1", "replace"), headers, host)
+
+
+class UpstreamThrottled(UpstreamStatus):
+    """
+    Not asked: the upstream said 429 and its back-off is not over
+    (L{artifactvault.ratelimit}). A 429 like the upstream's, so that stale
+    copies are served as they would be for the upstream's own.
+    """
+
+    def __init__(self, host: str, seconds: int):
+        super().__init__(429, "Too Many Requests", {"Retry-After": str(seconds)}, host)
+        self.reason = (f"upstream {host} asked us to slow down (429): "
+                       f"not asking it again for {seconds} s")
+        self.args = (self.reason,)
 
 
 def origin(url: str) -> tuple[str, str, int]:
@@ -365,6 +409,7 @@ class Upstream:
     @ivar origin_url: The configured upstream: extra C{headers} are sent only to its origin.
     @ivar timeout: Seconds for the whole connecting phase of a request, and for a small body.
     @ivar idle_timeout: Seconds a download may go without a byte (used by the flight).
+    @ivar rate_limit: The back-off after a 429 (L{artifactvault.ratelimit}), with its counts.
     """
 
     def __init__(self, client: HTTPClient, reactor: Any, auth: IUpstreamAuth | None = None,
@@ -377,6 +422,7 @@ class Upstream:
         self.timeout = timeout
         self.idle_timeout = idle_timeout
         self.origin_url = origin_url
+        self.rate_limit = RateLimit(lambda: self.reactor.seconds())
 
     async def request(self, method: str, url: str, headers: dict[str, str] | None = None) -> Any:
         """
@@ -384,7 +430,20 @@ class Upstream:
         only to their own origin) and answering one auth challenge, all within
         C{timeout} seconds. Fires with the treq response, its body not yet
         read; raises L{UpstreamError} (L{UpstreamTimeout} when time ran out).
+        While a 429's back-off lasts nothing is sent: L{UpstreamThrottled}.
         """
+        host = host_of(self.origin_url or url)
+        wait = self.rate_limit.hold()
+        if wait is not None:
+            raise UpstreamThrottled(host, wait)
+        response = await self._within_timeout(method, url, headers)
+        if response.code == 429:
+            seconds = self.rate_limit.throttle(header(response, b"retry-after"))
+            _log.warn("upstream {host} answered 429: no requests to it for {seconds:g} s",
+                      host=host, seconds=seconds)
+        return response
+
+    async def _within_timeout(self, method: str, url: str, headers: dict[str, str] | None) -> Any:
         attempt = Deferred.fromCoroutine(self._request(method, url, headers))
         expired = []
 
@@ -446,6 +505,27 @@ class Upstream:
     def read_small(self, response: Any, limit: int, what: str = "the upstream answer") -> Deferred:
         """L{read_small} with this upstream's reactor and C{timeout}."""
         return read_small(response, limit, self.timeout, self.reactor, what)
+
+    async def error_for(self, response: Any) -> UpstreamStatus:
+        """
+        The L{UpstreamStatus} for an answer we cannot serve, with the
+        upstream's own error answer in it (C{body}) when it announced a
+        length of at most L{MAX_ERROR_BODY} and arrived within C{timeout}
+        (a registry's JSON error says what was unknown, and why). Otherwise
+        the body is dropped; either way the response is consumed.
+        """
+        error = UpstreamStatus.of(response)
+        if error.host is None and self.origin_url:
+            error.host = host_of(self.origin_url)
+        if not isinstance(response.length, int) or response.length > MAX_ERROR_BODY:
+            discard(response)
+            return error
+        try:
+            error.body = await self.read_small(response, MAX_ERROR_BODY, "the upstream's error answer")
+        except UpstreamError:
+            return error
+        error.content_type = header(response, b"content-type")
+        return error
 
     async def _ask_auth(self, method: Any, url: str, *args: Any) -> Any:
         """

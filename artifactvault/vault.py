@@ -154,7 +154,7 @@ class Vault:
             responder.reset()
             if serve_entry(responder, self.store, stale, "STALE"):
                 return
-        responder.error(error.status, error.reason)
+        responder.fail(failure)
 
     def stale_allowed(self, stale: object | None, error: BaseException) -> bool:
         """
@@ -172,9 +172,9 @@ class Vault:
         """A HEAD miss asks the upstream with HEAD; nothing is downloaded."""
         try:
             response = await artifact.upstream.request("HEAD", artifact.url, dict(artifact.headers))
-            discard(response)
             if response.code != 200:
-                raise UpstreamStatus.of(response)
+                raise await artifact.upstream.error_for(response)
+            discard(response)
         except UpstreamError as e:
             self._failed(responder, Failure(e), stale)
             return

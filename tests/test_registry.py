@@ -19,7 +19,8 @@ from artifactvault.backends import parse_backend
 from zope.interface.verify import verifyObject
 
 from artifactvault.backends.base import BuildContext, IBackend, dispatch
-from artifactvault.backends.registry import RegistryBackendType, _Bad, parse_path
+from artifactvault.backends.registry import RegistryBackendType, _Bad, _contradicts, _tag_page, parse_path
+from artifactvault.backends.registry_api import SPEC_CODES
 from artifactvault.backends.registry_media import DOCKER_MANIFEST, OCI_INDEX
 from artifactvault.cache.store import Entry, FileStore
 from artifactvault.config import ConfigError, Section
@@ -27,9 +28,11 @@ from artifactvault.service import build
 from artifactvault.tap import Options, makeService
 from artifactvault.vault import Vault
 from tests.fakes import FakeClient
+from tests.test_registry_media import signed_schema1
 from tests.webhelpers import FakeRequest
 
 ZERO = "sha256:" + "0" * 64
+SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 
 
 def section(data: dict) -> Section:
@@ -94,15 +97,31 @@ class PathTests(SynchronousTestCase):
         self.assertEqual(parse_path(["alpine", "tags", "list"]), ("alpine", "tags", ""))
 
     def test_bad_paths(self) -> None:
-        """Each bad path has its registry error code."""
+        """Each bad path has its registry error code, from the spec's list only (a bad tag is MANIFEST_INVALID, not Docker's TAG_INVALID)."""
         cases = [(["library", "alpine"], "NAME_UNKNOWN"), ([""], "NAME_UNKNOWN"),
                  (["Library", "manifests", "x"], "NAME_INVALID"),
                  (["alpine", "blobs", "latest"], "DIGEST_INVALID"),
                  (["alpine", "manifests", "sha256:zz"], "DIGEST_INVALID"),
-                 (["alpine", "manifests", "-x"], "TAG_INVALID")]
+                 (["alpine", "manifests", "-x"], "MANIFEST_INVALID"),
+                 (["alpine", "referrers", "sha256:zz"], "DIGEST_INVALID"),
+                 (["alpine", "referrers", "latest"], "DIGEST_INVALID"),
+                 (["alpine", "blobs", "uploads", "1234"], "BLOB_UPLOAD_UNKNOWN"),
+                 (["alpine", "blobs", "uploads", ""], "BLOB_UPLOAD_UNKNOWN")]
         for segments, code in cases:
             e = self.assertRaises(_Bad, parse_path, segments)
             self.assertEqual(e.args[1], code, segments)
+            self.assertIn(code, SPEC_CODES)
+
+    def test_contradicting_digests(self) -> None:
+        """An upstream's digest contradicts the one asked for only if it is another of the same algorithm."""
+        sha512 = "sha512:" + "0" * 128
+        self.assertTrue(_contradicts("sha256:" + "1" * 64, ZERO))
+        for claimed in (ZERO, sha512, None, "md5:00", "garbage"):
+            self.assertFalse(_contradicts(claimed, ZERO), claimed)
+
+    def test_referrers_path(self) -> None:
+        """<name>/referrers/<digest> is its own kind."""
+        self.assertEqual(parse_path(["a", "b", "referrers", ZERO]), ("a/b", "referrer", ZERO))
 
 
 class ScriptedRegistry(Resource):
@@ -270,7 +289,7 @@ class BackendTests(SynchronousTestCase):
         self.assertEqual(self.store.lookup(key).sha256, self.digest.removeprefix("sha256:"))
 
     def test_tags_list_bad_n(self) -> None:
-        """tags/list with an n that is not ASCII digits ('\u00b2' passes str.isdigit) is a 400; nothing goes upstream."""
+        """tags/list with an n that is not ASCII digits ('\u00b2' passes str.isdigit) is a 400 UNSUPPORTED (PAGINATION_NUMBER_INVALID is not in the spec's list); nothing goes upstream."""
         for raw in (b"x", b"\xb2", b"1\xb2"):
             request = FakeRequest(b"/dockerhub/x/y/tags/list?n=")
             request.prepath = [b"dockerhub"]
@@ -278,7 +297,7 @@ class BackendTests(SynchronousTestCase):
             dispatch(self.backend, request, [b"x", b"y", b"tags", b"list"])
             self.stub.flush()
             self.assertEqual((request.responseCode, json.loads(request.body)["errors"][0]["code"]),
-                             (400, "PAGINATION_NUMBER_INVALID"))
+                             (400, "UNSUPPORTED"))
         self.assertEqual(self.asked(), [])
 
     def test_blob_digest_checked(self) -> None:
@@ -415,6 +434,24 @@ class FaultTests(SynchronousTestCase):
         self.assertEqual((request.responseCode or 200, request.header(b"etag")), (200, f'"{self.digest}"'))
         self.assertIsNone(request.header(b"content-length"))
 
+    def test_schema1_checked_by_its_payload(self) -> None:
+        """A signed schema 1 manifest goes out as its payload's digest (what registries name): by digest, after the stored path refuses it (its bytes do not have it), it is relayed; its bytes with any other digest are a 502."""
+        body, payload = signed_schema1()
+        digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+        request = self.get(f"x/y/manifests/{digest}", accept=SCHEMA1)
+        self.client.last.respond(200, body, headers={"Content-Type": SCHEMA1, "Docker-Content-Digest": digest})
+        relay = self.client.last
+        self.assertEqual((relay.method, relay.url), ("GET", f"https://reg.test/v2/x/y/manifests/{digest}"))
+        relay.respond(200, body, headers={"Content-Type": SCHEMA1, "Docker-Content-Digest": digest})
+        self.assertEqual((request.body, request.header(b"docker-content-digest"), request.header(b"x-cache")),
+                         (body, digest, "PASS"))
+        request = self.get("x/y/manifests/v1", accept=SCHEMA1)
+        self.client.last.respond(200, b"", headers={"Content-Type": SCHEMA1, "Docker-Content-Digest": digest})
+        forged = body.replace(b'"name": "x"', b'"name": "z"')
+        self.client.last.respond(200, forged, headers={"Content-Type": SCHEMA1, "Docker-Content-Digest": digest})
+        self.assertEqual(request.responseCode, 502)
+        self.assertEqual(self.store.lookup(f"registry https://reg.test x/y manifest {digest}"), None)
+
     def test_auth_bug_is_a_500(self) -> None:
         """A bug in the auth (a KeyError) is logged with its traceback and answered 500, not a 502 in disguise."""
         def broken(url: str) -> dict:
@@ -449,3 +486,32 @@ class TagLengthTests(SynchronousTestCase):
                 request = self.get("x/y/manifests/latest", method=b"HEAD")
                 self.assertEqual((request.responseCode or 200, request.header(b"content-length")), (200, None))
                 self.clock.advance(11)
+
+
+class TagPageTests(SynchronousTestCase):
+    """A tag list page as the spec says it, whatever the upstream did with n and last."""
+
+    doc = {"name": "library/x", "tags": ["a", "b", "c"]}
+
+    def page(self, count: int | None, last: str = "", link: str | None = None) -> tuple[dict, str | None]:
+        body, next_query = _tag_page(dict(self.doc), "hub/library/x", count, last, link)
+        return json.loads(body), next_query
+
+    def test_name_is_the_clients(self) -> None:
+        """The name is the one the client asked for; the tags are the upstream's."""
+        self.assertEqual(self.page(None), ({"name": "hub/library/x", "tags": ["a", "b", "c"]}, None))
+
+    def test_n_zero(self) -> None:
+        """n=0 is an empty list and no next page, even if the upstream said there was one."""
+        self.assertEqual(self.page(0, link='</v2/x/tags/list?n=1&last=a>; rel="next"'),
+                         ({"name": "hub/library/x", "tags": []}, None))
+
+    def test_n_and_last_kept_for_the_upstream(self) -> None:
+        """An upstream that ignored n and last: the tags after last, n of them, and a next page if there are more."""
+        self.assertEqual(self.page(1), ({"name": "hub/library/x", "tags": ["a"]}, "n=1&last=a"))
+        self.assertEqual(self.page(1, "a"), ({"name": "hub/library/x", "tags": ["b"]}, "n=1&last=b"))
+        self.assertEqual(self.page(5, "b"), ({"name": "hub/library/x", "tags": ["c"]}, None))
+
+    def test_upstream_link_kept(self) -> None:
+        """An upstream that paginates itself: its next page's query is kept."""
+        self.assertEqual(self.page(3, link='</v2/library/x/tags/list?last=c&n=3>; rel="next"')[1], "last=c&n=3")

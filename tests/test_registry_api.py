@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from artifactvault.backends.registry_api import RegistryApi, error_code, registry_error
 from artifactvault.config import ConfigError
+from artifactvault.upstream import UpstreamStatus
 from tests.webhelpers import FakeRequest
 
 
@@ -117,3 +118,43 @@ class ErrorTests(SynchronousTestCase):
         self.assertEqual(json.loads(request.body),
                          {"errors": [{"code": "UNAVAILABLE", "message": "upstream down", "detail": None}]})
         self.assertEqual(request.header(b"content-type"), "application/json; charset=utf-8")
+
+    def error(self, cause: UpstreamStatus | None, status: int = 404, kind: str = "manifest") -> tuple[int, list]:
+        request = FakeRequest(b"/x")
+        request.registry_kind = kind
+        request.error_cause = cause
+        registry_error(request, status, "upstream answered")
+        return request.responseCode, json.loads(request.body)["errors"]
+
+    def test_upstream_words_kept(self) -> None:
+        """An upstream 4xx error's code, message and detail are passed on (NAME_UNKNOWN stays NAME_UNKNOWN for a manifest); a code outside the spec's list is replaced by ours, its words kept."""
+        cause = UpstreamStatus(404, "Not Found")
+        cause.body = b'{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known","detail":{"name":"x"}}]}'
+        self.assertEqual(self.error(cause), (404, [{"code": "NAME_UNKNOWN", "message": "repository name not known",
+                                                    "detail": {"name": "x"}}]))
+        cause = UpstreamStatus(400, "Bad Request")
+        cause.body = b'{"errors":[{"code":"PAGINATION_NUMBER_INVALID","message":"bad n"}]}'
+        self.assertEqual(self.error(cause, 400, "tags"),
+                         (400, [{"code": "UNSUPPORTED", "message": "bad n"}]))
+
+    def test_upstream_without_words(self) -> None:
+        """An upstream 4xx without a readable JSON error (a HEAD, a text page), or a 5xx, gets our own error."""
+        for body in (None, b"404 page not found", b'{"errors": "x"}', b'[1]'):
+            cause = UpstreamStatus(404, "Not Found")
+            cause.body = body
+            self.assertEqual(self.error(cause), (404, [{"code": "MANIFEST_UNKNOWN", "message": "upstream answered",
+                                                        "detail": None}]), body)
+        cause = UpstreamStatus(500, "Internal Server Error")
+        cause.body = b'{"errors":[{"code":"UNKNOWN","message":"boom"}]}'
+        self.assertEqual(self.error(cause, 502)[1][0]["code"], "UNAVAILABLE")
+
+    def test_upstream_refusal(self) -> None:
+        """An upstream 401/403 is a 502 UNAUTHORIZED/DENIED whose detail names the upstream and keeps its errors."""
+        for code, name in ((401, "UNAUTHORIZED"), (403, "DENIED")):
+            cause = UpstreamStatus(code, "No", host="reg.test:5000")
+            cause.body = b'{"errors":[{"code":"DENIED","message":"no"}]}'
+            status, errors = self.error(cause, code)
+            self.assertEqual((status, errors[0]["code"], errors[0]["detail"]),
+                             (502, name, {"upstream": "reg.test:5000", "status": code,
+                                          "errors": [{"code": "DENIED", "message": "no"}]}))
+            self.assertIn("reg.test:5000", errors[0]["message"])

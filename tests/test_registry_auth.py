@@ -45,10 +45,12 @@ class ChallengeTests(SynchronousTestCase):
             self.assertIsNone(parse_challenge(value), value)
 
     def test_scope_for(self) -> None:
-        """The pull scope of a registry API URL; none for other URLs."""
+        """The pull scope of a registry API URL (the referrers API's too, so its token is fetched ahead like the others'); none for other URLs."""
         self.assertEqual(scope_for(MANIFEST), "repository:library/alpine:pull")
         self.assertEqual(scope_for(REGISTRY + "/v2/a/b/c/blobs/sha256:00"), "repository:a/b/c:pull")
         self.assertEqual(scope_for(REGISTRY + "/v2/x/tags/list"), "repository:x:pull")
+        self.assertEqual(scope_for(REGISTRY + "/v2/x/y/referrers/sha256:00?artifactType=a%2Fb"),
+                         "repository:x/y:pull")
         self.assertIsNone(scope_for(REGISTRY + "/v2/"))
 
 

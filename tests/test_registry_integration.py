@@ -114,6 +114,11 @@ class _Shared:
                                             "timeout": 5, "idle_timeout": 5}},
             {"type": "registry", "config": {"prefix": "/slow/", "registry_url": self.fake.base,
                                             "timeout": SLOW_TIMEOUT, "idle_timeout": SLOW_TIMEOUT}},
+            {"type": "registry", "config": {"prefix": "/fakeshort/", "registry_url": self.fake.base,
+                                            "tag_ttl": SHORT_TTL, "timeout": 5}},
+            # (its own upstream, so that its back-off after a 429 holds back nobody else)
+            {"type": "registry", "config": {"prefix": "/limited/", "registry_url": self.fake.base,
+                                            "tag_ttl": SHORT_TTL, "timeout": 5}},
         ]).start(env={"AV_TEST_REG_PW": "testpass"})
         self.host = host_of(self.daemon.base)
 
@@ -180,9 +185,9 @@ class RegistryTests(TestCase):
         self.assertEqual(hits("regauth", scope, "token.log"), tokens1, "a cached token was not reused")
 
     def test_credentials_for_tokens(self) -> None:
-        """Configured credentials are used for the token (a wrong password is refused by the realm: UNAUTHORIZED); right ones pull."""
+        """Configured credentials are used for the token (a wrong password is refused by the realm: the upstream's 401 is a 502 UNAUTHORIZED naming it); right ones pull."""
         status, _, body = self.get("/v2/badcreds/library/hello/manifests/latest", {"Accept": SKOPEO_ACCEPT})
-        self.assertEqual(status, 401)
+        self.assertEqual(status, 502)
         self.assertEqual(json.loads(body)["errors"][0]["code"], "UNAUTHORIZED")
         skopeo_copy(f"{self.host}/creds/library/hello:latest", self.dest("vault"))
         self.assertEqual(layout(self.dest("vault"))[0], [HELLO_INDEX])
@@ -347,17 +352,19 @@ class RegistryTests(TestCase):
         self.assertEqual((status, body, headers["docker-distribution-api-version"]), (200, b"{}", "registry/2.0"))
 
     def test_push_refused(self) -> None:
-        """Push methods get 405 UNSUPPORTED; a skopeo push through the vault fails and reaches nobody."""
+        """Push methods get 405 UNSUPPORTED; a skopeo push through the vault fails and no write reaches the upstream (its checks whether blobs exist in the new repository are reads, answered by the upstream: 404)."""
         for method in ("PUT", "POST", "PATCH", "DELETE"):
             for path in ("/v2/dockerhub/library/x/blobs/uploads/", "/dockerhub/library/hello/manifests/latest"):
                 status, headers, body = self.get(path, method=method)
                 self.assertEqual((status, json.loads(body)["errors"][0]["code"]), (405, "UNSUPPORTED"))
         skopeo_copy(f"{self.reg}/library/hello:latest", self.dest("direct"))
-        before = hits("reg", ".")
+        writes = "^(PUT|POST|PATCH|DELETE) "
+        before = hits("reg", writes)
         p = subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{self.dest('direct')}:latest",
                             f"docker://{self.host}/dockerhub/library/pushed:1"], capture_output=True, text=True)
         self.assertNotEqual(p.returncode, 0)
-        self.assertEqual(hits("reg", "."), before)
+        self.assertEqual(hits("reg", writes), before)
+        self.assertEqual(hits("reg", "^GET /v2/library/pushed/"), 0)
 
     # -- stalls: every wait has a deadline, no key stays wedged ------------------------
 
@@ -504,3 +511,335 @@ class RegistryTests(TestCase):
             self.assertEqual((response.status, "sha256:" + hashlib.sha256(response.read()).hexdigest()),
                              (200, digest))
             self.assertEqual(self.fake.count("GET", f"/v2/{repo_b}/blobs/{digest}"), 0 if a_has_it else 1)
+
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+#: The spec's §Warnings: warn-code 299, warn-agent "-", a quoted text, no date.
+SPEC_WARNING = re.compile(r'299 - "[^"]*"')
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def errors_of(body: bytes) -> list[dict]:
+    return json.loads(body)["errors"]
+
+
+class SpecTests(TestCase):
+    """
+    Issue 8's OCI points, each through real sockets: the vault's answer next
+    to the upstream's for the same request (the real distribution registry,
+    or the scripted one for what distribution 2.8 cannot do), or next to the
+    spec's words where the upstream is wrong.
+    """
+
+    setUp = RegistryTests.setUp
+    get = RegistryTests.get
+    dest = RegistryTests.dest
+
+    def new_repo(self, what: str = "img") -> str:
+        return f"t{uuid.uuid4().hex[:10]}/{what}"
+
+    def scripted_manifest(self, repo: str, tag: str = "latest") -> tuple[bytes, str]:
+        """A new OCI index on the scripted upstream, by tag and by digest."""
+        body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [],
+                           "n": uuid.uuid4().hex}).encode()
+        digest = digest_of(body)
+        headers = {"Content-Type": OCI_INDEX, "Docker-Content-Digest": digest}
+        self.fake.scripts[f"/v2/{repo}/manifests/{tag}"] = Script(body=body, headers=headers)
+        self.fake.scripts[f"/v2/{repo}/manifests/{digest}"] = Script(body=body, headers=headers)
+        return body, digest
+
+    def hello_layer(self) -> str:
+        """The digest of a layer of library/hello (the upstream's index, first platform)."""
+        up = support.upstream_url("reg")
+        _, _, index = request("GET", f"{up}/v2/library/hello/manifests/latest", {"Accept": OCI_INDEX})
+        child = json.loads(index)["manifests"][0]
+        _, _, manifest = request("GET", f"{up}/v2/library/hello/manifests/{child['digest']}",
+                                 {"Accept": child["mediaType"]})
+        return json.loads(manifest)["layers"][0]["digest"]
+
+    # -- 1. referrers -------------------------------------------------------------
+
+    def test_referrers_passed_through(self) -> None:
+        """
+        GET /v2/<name>/referrers/<digest>, with and without ?artifactType=,
+        is the upstream's answer (status, type, body, OCI-Filters-Applied),
+        kept for tag_ttl (the second asks nothing upstream); a malformed
+        digest is a 400 (spec: MUST) that reaches nobody.
+        """
+        repo, subject = self.new_repo("signed"), digest_of(uuid.uuid4().bytes)
+        sbom = {"mediaType": OCI_MANIFEST, "size": 321, "digest": digest_of(b"sbom" + uuid.uuid4().bytes),
+                "artifactType": "application/vnd.example.sbom.v1", "annotations": {"org.example": "x"}}
+        sig = {"mediaType": OCI_MANIFEST, "size": 123, "digest": digest_of(b"sig" + uuid.uuid4().bytes),
+               "artifactType": "application/vnd.example.sig.v1"}
+
+        def index(*descriptors: dict) -> bytes:
+            return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                               "manifests": list(descriptors)}).encode()
+
+        path = f"/v2/{repo}/referrers/{subject}"
+        query = "?artifactType=application%2Fvnd.example.sbom.v1"
+        self.fake.scripts[path] = Script(body=index(sbom, sig), headers={"Content-Type": OCI_INDEX})
+        self.fake.scripts[path + query] = Script(body=index(sbom), headers={
+            "Content-Type": OCI_INDEX, "OCI-Filters-Applied": "artifactType"})
+        for q in ("", query):
+            up_status, up_headers, up_body = request("GET", self.fake.base + path + q)
+            asked = self.fake.count("GET", path + q)
+            for cache in ("MISS", "HIT"):
+                status, headers, body = self.get(f"/v2/fake/{repo}/referrers/{subject}{q}")
+                self.assertEqual((status, headers["content-type"], body, headers.get("oci-filters-applied")),
+                                 (up_status, up_headers["content-type"], up_body,
+                                  up_headers.get("oci-filters-applied")), q)
+                self.assertEqual(headers["x-cache"], cache)
+            self.assertEqual(self.fake.count("GET", path + q), asked + 1, q)
+        self.assertEqual(json.loads(body)["manifests"], [sbom])
+        before = len(self.fake.requests)
+        status, _, body = self.get(f"/v2/fake/{repo}/referrers/sha256:zz")
+        self.assertEqual((status, errors_of(body)[0]["code"]), (400, "DIGEST_INVALID"))
+        self.assertEqual(len(self.fake.requests), before)
+
+    def test_referrers_unsupported_upstream(self) -> None:
+        """Distribution 2.8 has no referrers API (404): the 404 is passed on (the spec's signal for clients to read the referrers tag), in the registry's JSON form."""
+        up = support.upstream_url("reg")
+        up_status, _, _ = request("GET", f"{up}/v2/library/hello/referrers/{HELLO_INDEX}")
+        status, headers, body = self.get(f"/v2/dockerhub/library/hello/referrers/{HELLO_INDEX}")
+        self.assertEqual((status, up_status), (404, 404))
+        self.assertEqual(errors_of(body)[0]["code"], "UNSUPPORTED")
+        self.assertIn("sha256-", errors_of(body)[0]["message"])
+
+    # -- 2. a blob belongs to the repositories the upstream has it in ------------------
+
+    def test_blob_only_for_repositories_that_have_it(self) -> None:
+        """
+        A blob cached through library/hello, asked for under a repository the
+        upstream does not have it in: the upstream's answer (404
+        BLOB_UNKNOWN, GET and HEAD), never a HIT. Under one that has it: one
+        upstream HEAD, then the cached bytes (no GET upstream), and the next
+        request asks nothing.
+        """
+        up = support.upstream_url("reg")
+        layer = self.hello_layer()
+        status, _, blob = self.get(f"/v2/dockerhub/library/hello/blobs/{layer}")
+        self.assertEqual(status, 200)
+        for method in ("HEAD", "GET"):
+            up_status, _, up_body = request(method, f"{up}/v2/nosuch/repo/blobs/{layer}")
+            status, headers, body = self.get(f"/v2/dockerhub/nosuch/repo/blobs/{layer}", method=method)
+            self.assertEqual((status, headers.get("x-cache")), (up_status, "MISS"), method)
+            self.assertNotIn("docker-content-digest", headers)
+            if method == "GET":
+                self.assertEqual(errors_of(body)[0]["code"], errors_of(up_body)[0]["code"])
+        copy = self.new_repo("copy")
+        subprocess.run(["skopeo", "copy", "-q", "--all", "--src-tls-verify=false", "--dest-tls-verify=false",
+                        f"docker://{self.reg}/library/hello:latest", f"docker://{self.reg}/{copy}:latest"],
+                       check=True, capture_output=True, timeout=120)
+        heads = hits("reg", f"^HEAD /v2/{copy}/blobs/{layer}$")  # (skopeo's, pushing)
+        for attempt in (1, 2):
+            status, headers, body = self.get(f"/v2/dockerhub/{copy}/blobs/{layer}")
+            self.assertEqual((status, body), (200, blob))
+            self.assertEqual(support.wait_for_hits("reg", f"^HEAD /v2/{copy}/blobs/{layer}$", heads + 1),
+                             heads + 1, attempt)
+            self.assertEqual(hits("reg", f"^GET /v2/{copy}/blobs/{layer}$"), 0)
+
+    # -- 3 and 9. every manifest sent has the digest it is sent as -----------------------
+
+    def test_relayed_manifest_checked(self) -> None:
+        """
+        A manifest relayed by tag (schema 1: X-Cache PASS, never kept) goes out
+        only if its bytes have the Docker-Content-Digest it is sent with (the
+        spec: a client that uses the header MUST verify it): the upstream's
+        right one is passed on as it sent it, a wrong one is a JSON 502.
+        """
+        body = json.dumps({"schemaVersion": 1, "name": "x", "n": uuid.uuid4().hex}).encode()
+        right, wrong = self.new_repo("right"), self.new_repo("wrong")
+        for repo, digest in ((right, digest_of(body)), (wrong, digest_of(body + b" "))):
+            self.fake.scripts[f"/v2/{repo}/manifests/latest"] = Script(
+                body=body, headers={"Content-Type": SCHEMA1, "Docker-Content-Digest": digest})
+        up = request("GET", f"{self.fake.base}/v2/{right}/manifests/latest", {"Accept": SCHEMA1})
+        status, headers, got = self.get(f"/v2/fake/{right}/manifests/latest", {"Accept": SCHEMA1})
+        self.assertEqual((status, got, headers["docker-content-digest"], headers["content-type"]),
+                         (up[0], up[2], up[1]["docker-content-digest"], SCHEMA1))
+        self.assertEqual(headers["x-cache"], "PASS")
+        up_status, _, up_body = request("GET", f"{self.fake.base}/v2/{wrong}/manifests/latest", {"Accept": SCHEMA1})
+        self.assertEqual(up_status, 200)  # the upstream is wrong: its body does not have its digest
+        status, headers, got = self.get(f"/v2/fake/{wrong}/manifests/latest", {"Accept": SCHEMA1})
+        self.assertEqual(status, 502)
+        self.assertIn("does not match its digest", errors_of(got)[0]["message"])
+        self.assertNotIn("docker-content-digest", headers)
+
+    def test_manifest_failing_its_digest_is_a_json_502(self) -> None:
+        """A manifest whose upstream bytes do not have its digest (by digest, and by a tag whose HEAD names that digest): a registry JSON 502 with the reason before any byte, never a cut connection; nothing is stored."""
+        repo = self.new_repo("corrupt")
+        body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [],
+                           "n": uuid.uuid4().hex}).encode()
+        digest = digest_of(body)
+        headers = {"Content-Type": OCI_INDEX, "Docker-Content-Digest": digest}
+        self.fake.scripts[f"/v2/{repo}/manifests/{digest}"] = Script(body=body[:-1] + b"]", headers=headers)
+        self.fake.scripts[f"/v2/{repo}/manifests/latest"] = Script(body=body, headers=headers)
+        for ref in (digest, "latest", digest):
+            status, headers_got, got = self.get(f"/v2/fake/{repo}/manifests/{ref}", {"Accept": OCI_INDEX})
+            self.assertEqual((status, headers_got["content-type"]), (502, "application/json; charset=utf-8"), ref)
+            self.assertIn("sha256", errors_of(got)[0]["message"])
+        self.assertEqual(self.fake.count("GET", f"/v2/{repo}/manifests/{digest}"), 3)
+
+    # -- 4. rate limits ---------------------------------------------------------------
+
+    def test_rate_limit_backs_off(self) -> None:
+        """
+        An upstream 429: the client gets it with its Retry-After and its
+        words; for that long nothing goes upstream (a miss is a 429 with the
+        time left), cached answers are served and a stale tag too; then the
+        upstream is asked again.
+        """
+        repo = self.new_repo("limited")
+        cached = os.urandom(1000)
+        self.fake.scripts[f"/v2/{repo}/blobs/{digest_of(cached)}"] = Script(body=cached)
+        body, _ = self.scripted_manifest(repo)
+        self.assertEqual(self.get(f"/limited/{repo}/blobs/{digest_of(cached)}")[2], cached)
+        self.assertEqual(self.get(f"/limited/{repo}/manifests/latest", {"Accept": OCI_INDEX})[2], body)
+        warmed = time.monotonic()
+        limited = os.urandom(1000)
+        limited_path = f"/v2/{repo}/blobs/{digest_of(limited)}"
+        refusal = json.dumps({"errors": [{"code": "TOOMANYREQUESTS", "message": "slow down",
+                                          "detail": {"limit": 1}}]}).encode()
+        self.fake.scripts[limited_path] = Script(status=429, body=refusal, headers={
+            "Retry-After": "3", "Content-Type": "application/json"})
+        up_status, up_headers, up_body = request("GET", self.fake.base + limited_path)
+        status, headers, got = self.get(f"/limited/{repo}/blobs/{digest_of(limited)}")
+        limited_at = time.monotonic()
+        self.assertEqual((status, headers.get("retry-after"), errors_of(got)),
+                         (up_status, up_headers["retry-after"], errors_of(up_body)))
+        before = len(self.fake.requests)
+        other = digest_of(os.urandom(10))
+        status, headers, got = self.get(f"/limited/{repo}/blobs/{other}")
+        self.assertEqual((status, errors_of(got)[0]["code"]), (429, "TOOMANYREQUESTS"))
+        self.assertIn(headers["retry-after"], ("1", "2", "3"))
+        self.assertEqual(self.get(f"/limited/{repo}/blobs/{digest_of(cached)}")[:3:2], (200, cached))
+        until(warmed + SHORT_TTL + 0.1)
+        self.assertLess(time.monotonic(), limited_at + 3, "the test was too slow to see the back-off")
+        status, headers, got = self.get(f"/limited/{repo}/manifests/latest", {"Accept": OCI_INDEX})
+        self.assertEqual((status, got, headers["x-cache"]), (200, body, "STALE"))
+        self.assertEqual(len(self.fake.requests), before, "a request went upstream during the back-off")
+        # (the other backends of the same upstream are not held back)
+        self.assertEqual(self.get(f"/fake/{repo}/blobs/{digest_of(cached)}")[0], 200)
+        self.fake.scripts[limited_path] = Script(body=limited)
+        deadline = limited_at + 3 + 5
+        while self.get(f"/limited/{repo}/blobs/{digest_of(limited)}")[0] == 429:
+            self.assertLess(time.monotonic(), deadline, "the back-off never ended")
+            time.sleep(0.1)
+        self.assertGreaterEqual(time.monotonic(), limited_at + 2)
+
+    # -- 5. the upstream refuses the vault ------------------------------------------------
+
+    def test_upstream_refusal_is_a_502_naming_it(self) -> None:
+        """
+        An upstream 401 (the realm refused the backend's password) or 403 is
+        the vault's misconfiguration, which no client credentials can fix:
+        502 with UNAUTHORIZED / DENIED, the detail naming the upstream and
+        keeping its errors; never a 401 without WWW-Authenticate.
+        """
+        regauth = support.upstream_url("regauth")
+        up_status, up_headers, _ = request("GET", f"{regauth}/v2/library/hello/manifests/latest")
+        self.assertEqual((up_status, "www-authenticate" in up_headers), (401, True))
+        status, headers, body = self.get("/v2/badcreds/library/hello/manifests/latest", {"Accept": OCI_INDEX})
+        error = errors_of(body)[0]
+        self.assertEqual((status, error["code"], error["detail"]["upstream"], error["detail"]["status"]),
+                         (502, "UNAUTHORIZED", host_of(regauth), 401))
+        self.assertNotIn("www-authenticate", headers)
+        repo = self.new_repo("denied")
+        denied = json.dumps({"errors": [{"code": "DENIED", "message": "requested access to the resource is denied",
+                                         "detail": None}]}).encode()
+        blob = digest_of(os.urandom(10))
+        self.fake.scripts[f"/v2/{repo}/blobs/{blob}"] = Script(status=403, body=denied, headers={
+            "Content-Type": "application/json"})
+        self.fake.scripts[f"/v2/{repo}/manifests/latest"] = Script(status=403, body=denied, headers={
+            "Content-Type": "application/json"})
+        up_status, _, up_body = request("GET", f"{self.fake.base}/v2/{repo}/blobs/{blob}")
+        self.assertEqual(up_status, 403)
+        status, _, body = self.get(f"/v2/fake/{repo}/blobs/{blob}")
+        error = errors_of(body)[0]
+        self.assertEqual((status, error["code"], error["detail"]["upstream"], error["detail"]["errors"]),
+                         (502, "DENIED", host_of(self.fake.base), errors_of(up_body)))
+        status, _, body = self.get(f"/v2/fake/{repo}/manifests/latest")
+        self.assertEqual((status, errors_of(body)[0]["code"]), (502, "DENIED"))
+
+    # -- 6. stale answers warn in the spec's form --------------------------------------------
+
+    def test_stale_answers_warn_with_299(self) -> None:
+        """A stale answer (the upstream fails after tag_ttl) says X-Cache: STALE and Warning: 299 - "…" (the spec's §Warnings: code 299, agent -, no date): a tag's manifest, a tag list, a referrers list."""
+        repo = self.new_repo("stale")
+        body, digest = self.scripted_manifest(repo)
+        tags = json.dumps({"name": repo, "tags": ["latest"]}).encode()
+        referrers = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode()
+        self.fake.scripts[f"/v2/{repo}/tags/list"] = Script(body=tags, headers={"Content-Type": "application/json"})
+        self.fake.scripts[f"/v2/{repo}/referrers/{digest}"] = Script(body=referrers, headers={"Content-Type": OCI_INDEX})
+        paths = [f"/v2/fakeshort/{repo}/manifests/latest", f"/v2/fakeshort/{repo}/tags/list",
+                 f"/v2/fakeshort/{repo}/referrers/{digest}"]
+        fresh = [self.get(path, {"Accept": OCI_INDEX}) for path in paths]
+        warmed = time.monotonic()
+        for path in (f"/v2/{repo}/manifests/latest", f"/v2/{repo}/tags/list", f"/v2/{repo}/referrers/{digest}"):
+            self.fake.scripts[path] = Script(status=503)
+        until(warmed + SHORT_TTL + 0.1)
+        for path, (_, _, was) in zip(paths, fresh):
+            status, headers, got = self.get(path, {"Accept": OCI_INDEX})
+            self.assertEqual((status, got, headers["x-cache"]), (200, was, "STALE"), path)
+            self.assertTrue(SPEC_WARNING.fullmatch(headers["warning"]), headers["warning"])
+
+    # -- 7. tag lists ----------------------------------------------------------------------
+
+    def test_tag_list_name_and_pages(self) -> None:
+        """
+        A tag list names the repository as the client asked for it (with
+        the prefix below /v2/), lists the upstream's tags, and holds to n and
+        last as the spec says even though distribution 2.8 ignores both:
+        n=0 is an empty list without Link, n=1 one tag and a Link to the
+        next page, which ends the list.
+        """
+        up = support.upstream_url("reg")
+        upstream = json.loads(request("GET", f"{up}/v2/library/hello/tags/list")[2])
+        self.assertEqual(upstream["tags"], ["latest", "v2"])
+        for path, name in (("/v2/dockerhub/library/hello/tags/list", "dockerhub/library/hello"),
+                           ("/dockerhub/library/hello/tags/list", "library/hello"),
+                           ("/v2/library/hello/tags/list", "library/hello")):
+            status, headers, body = self.get(path)
+            self.assertEqual((status, json.loads(body)), (200, {"name": name, "tags": upstream["tags"]}), path)
+        self.assertEqual(len(json.loads(request("GET", f"{up}/v2/library/hello/tags/list?n=0")[2])["tags"]), 2)
+        status, headers, body = self.get("/v2/dockerhub/library/hello/tags/list?n=0")
+        self.assertEqual((status, json.loads(body), headers.get("link")),
+                         (200, {"name": "dockerhub/library/hello", "tags": []}, None))
+        status, headers, body = self.get("/v2/dockerhub/library/hello/tags/list?n=1")
+        self.assertEqual((status, json.loads(body)["tags"]), (200, ["latest"]))
+        link = re.fullmatch(r'<([^>]+)>; rel="next"', headers["link"])
+        self.assertTrue(link and link.group(1).startswith("/v2/dockerhub/library/hello/tags/list?"), headers["link"])
+        status, headers, body = self.get(link.group(1))
+        self.assertEqual((status, json.loads(body)["tags"], headers.get("link")), (200, ["v2"], None))
+        status, _, body = self.get("/dockerhub/library/hello/tags/list?last=latest")
+        self.assertEqual(json.loads(body)["tags"], ["v2"])
+
+    # -- 8. error codes: the spec's list, the upstream's words -------------------------------
+
+    def test_upstream_errors_keep_their_words(self) -> None:
+        """An upstream 404 reaches the client with its own code, message and detail (not 'upstream answered 404'); HEADs get the same status."""
+        up = support.upstream_url("reg")
+        zero = "sha256:" + "0" * 64
+        for path in ("library/nope/manifests/latest", "library/hello/manifests/nope",
+                     f"library/hello/manifests/{zero}", f"library/hello/blobs/{zero}", "library/nope/tags/list"):
+            up_status, _, up_body = request("GET", f"{up}/v2/{path}")
+            status, headers, body = self.get(f"/v2/dockerhub/{path}", {"Accept": SKOPEO_ACCEPT})
+            self.assertEqual((status, errors_of(body)), (up_status, errors_of(up_body)), path)
+            if "tags" not in path:
+                self.assertEqual(self.get(f"/v2/dockerhub/{path}", {"Accept": SKOPEO_ACCEPT}, "HEAD")[0],
+                                 request("HEAD", f"{up}/v2/{path}")[0], path)
+
+    def test_own_errors_use_spec_codes(self) -> None:
+        """What the vault refuses itself uses only the spec's codes: a bad tag is 400 MANIFEST_INVALID (distribution: a text 404), a bad n 400 UNSUPPORTED, an upload's status 404 BLOB_UPLOAD_UNKNOWN, a push 405 UNSUPPORTED."""
+        cases = [("GET", "/v2/dockerhub/library/hello/manifests/-x", 400, "MANIFEST_INVALID"),
+                 ("GET", "/v2/dockerhub/library/hello/tags/list?n=x", 400, "UNSUPPORTED"),
+                 ("GET", "/v2/dockerhub/library/hello/blobs/uploads/abc", 404, "BLOB_UPLOAD_UNKNOWN"),
+                 ("POST", "/v2/dockerhub/library/hello/blobs/uploads/", 405, "UNSUPPORTED")]
+        for method, path, status, code in cases:
+            got, _, body = self.get(path, method=method)
+            self.assertEqual((got, errors_of(body)[0]["code"]), (status, code), path)

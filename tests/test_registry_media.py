@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from artifactvault.backends.registry_media import (DEFAULT_TYPES, DOCKER_MANIFEST, OCI_INDEX,
-                                                   OCI_MANIFEST, Accept, parse_digest, valid_name,
-                                                   valid_tag)
+                                                   OCI_MANIFEST, Accept, digest_of, has_digest, parse_digest,
+                                                   schema1_payload, valid_name, valid_tag)
 
 SKOPEO = [b"application/vnd.oci.image.manifest.v1+json",
           b"application/vnd.docker.distribution.manifest.v2+json",
@@ -77,3 +80,39 @@ class NameTests(SynchronousTestCase):
         self.assertEqual(parse_digest("sha512:" + "0" * 128), ("sha512", "0" * 128))
         for bad in ("sha256:" + "A" * 64, "sha256:" + "a" * 63, "md5:00", "latest", "sha256:"):
             self.assertIsNone(parse_digest(bad), bad)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def signed_schema1() -> tuple[bytes, bytes]:
+    """A signed schema 1 manifest as distribution makes it: (body, payload)."""
+    payload = b'{\n   "schemaVersion": 1,\n   "name": "x",\n   "tag": "v2"\n}'
+    length = payload.rindex(b"\n")  # the payload up to its last "\n}", which the signatures replace
+    tail = payload[length:]
+    protected = _b64url(json.dumps({"formatLength": length, "formatTail": _b64url(tail)}).encode())
+    body = payload[:length] + b',\n   "signatures": [{"protected": "' + protected.encode() + b'"}]' + tail
+    return body, payload
+
+
+class Schema1Tests(SynchronousTestCase):
+    def signed(self) -> tuple[bytes, bytes]:
+        return signed_schema1()
+
+    def test_payload(self) -> None:
+        """A signed schema 1 manifest's digest is of its payload (the body without its signatures): has_digest of the payload, not of the body."""
+        body, payload = self.signed()
+        self.assertEqual(schema1_payload(body), payload)
+        self.assertTrue(has_digest(payload, digest_of(payload)))
+        self.assertFalse(has_digest(body, digest_of(payload)))
+
+    def test_not_schema1(self) -> None:
+        """Anything else has no payload: other manifests, broken signatures, lengths out of range."""
+        body, _ = self.signed()
+        broken = [b"{}", b"not json", b'{"signatures": []}', b'{"signatures": [{"protected": "%%%"}]}',
+                  body.replace(b'"protected": "', b'"protected": "x')]
+        too_long = _b64url(json.dumps({"formatLength": 10_000, "formatTail": ""}).encode())
+        broken.append(json.dumps({"signatures": [{"protected": too_long}]}).encode())
+        for data in broken:
+            self.assertIsNone(schema1_payload(data), data[:40])

@@ -2,14 +2,23 @@
 """
 The OCI registry backend: ``type: dockerhub`` (or ``type: registry``).
 
-Serves ``<name>/manifests/<ref>``, ``<name>/blobs/<digest>`` and
-``<name>/tags/list`` at its prefix and under ``/v2/`` (see L{registry_api}).
+Serves ``<name>/manifests/<ref>``, ``<name>/blobs/<digest>``,
+``<name>/tags/list`` and ``<name>/referrers/<digest>`` at its prefix and
+under ``/v2/`` (see L{registry_api}).
 
-- Blobs are immutable and shared by every repository of one upstream (keyed
-  by digest), and verified against their digest while they stream; one
-  repository's 404 is never another's answer (see L{RegistryBackend._blob}).
+- Blobs are immutable and their bytes shared by every repository of one
+  upstream (keyed by digest), verified against their digest while they
+  stream. But a blob belongs to the repositories the upstream has it in: a
+  small record per backend says for which repositories the upstream
+  confirmed it (its ``GET`` answered 200, or a ``HEAD`` did), and a cached
+  blob is served under another name only after the upstream's ``HEAD``
+  for that name says 200 (see L{RegistryBackend._blob}): no public name
+  reads a private repository's layers, and one repository's 404 is never
+  another's answer.
 - A manifest by digest is immutable and verified the same way (keyed per
   repository: one repository's manifest is never served for another's name).
+  Every manifest sent is checked against the digest it is sent as
+  (``Docker-Content-Digest``): cached, stale, or relayed (L{_served_digest}).
 - A tag is a small record (digest, media type, size) per L{Accept} class and
   backend, fresh for ``tag_ttl``; then a ``HEAD`` asks the upstream for the tag's
   digest (Docker Hub counts ``GET``s of manifests against its rate limit, not
@@ -18,11 +27,14 @@ Serves ``<name>/manifests/<ref>``, ``<name>/blobs/<digest>`` and
 - A cached manifest goes only to a client whose ``Accept`` admits its media
   type; any other client's request is relayed to the upstream uncached (so
   is Docker schema 1, which registries sign anew on every request).
+- Tag lists and referrers lists are documents kept per backend for
+  ``tag_ttl`` (stale when the upstream fails); a tag list says the name the
+  client asked for and holds to ``n`` and ``last`` even when the upstream
+  does not (distribution 2.8 ignores both).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -37,16 +49,17 @@ from zope.interface import provider
 from artifactvault import logs
 from artifactvault.backends.base import (Backend, BuildContext, CommonSettings, IBackendType,
                                          parse_common, run)
-from artifactvault.backends.registry_api import API_VERSION, RegistryApi, registry_error, reject
+from artifactvault.backends.registry_api import (API_VERSION, RegistryApi, registry_error, reject,
+                                                 upstream_errors)
 from artifactvault.backends.registry_auth import TokenAuth
-from artifactvault.backends.registry_media import (MAX_MANIFEST, Accept, parse_digest, valid_name,
-                                                   valid_tag)
+from artifactvault.backends.registry_media import (MAX_MANIFEST, OCI_INDEX, Accept, digest_of, has_digest,
+                                                   parse_digest, schema1_payload, valid_name, valid_tag)
 from artifactvault.config import Section
-from artifactvault.flight import Artifact
+from artifactvault.flight import Artifact, DigestMismatch
 from artifactvault.serve import Responder, serve_entry
 from artifactvault.singleflight import SingleFlight
 from artifactvault.upstream import (UpstreamError, UpstreamStatus, content_length, discard, header,
-                                    loggable)
+                                    host_of, loggable)
 from artifactvault.vault import Entry, verified_as
 
 _log = Logger(observer=logs.observer)
@@ -55,6 +68,9 @@ DEFAULT_PREFIX = "/dockerhub/"
 DEFAULT_REGISTRY = "https://registry-1.docker.io"
 DEFAULT_TAG_TTL = 300.0
 _LINK_QUERY = re.compile(r"<[^>?]*\?([^>]*)>")
+#: A page size of more digits than this is "all of them" (and int() of
+#: thousands of digits raises).
+_MAX_N_DIGITS = 9
 
 
 @dataclass(repr=False)
@@ -91,24 +107,41 @@ class _Bad(Exception):
 
 
 def parse_path(segments: list[str]) -> tuple[str, str, str]:
-    """``library/hello/manifests/latest`` → (name, kind, reference); raises L{_Bad}."""
+    """
+    ``library/hello/manifests/latest`` → (name, kind, reference); raises
+    L{_Bad} with a code from the spec's list (a bad tag is a
+    C{MANIFEST_INVALID}: C{TAG_INVALID} is Docker's, not the spec's).
+    """
     if len(segments) >= 3 and segments[-2:] == ["tags", "list"]:
         name, kind, ref = "/".join(segments[:-2]), "tags", ""
-    elif len(segments) >= 3 and segments[-2] in ("manifests", "blobs"):
-        name, kind, ref = "/".join(segments[:-2]), segments[-2][:-1], segments[-1]
+    elif len(segments) >= 3 and segments[-2] in ("manifests", "blobs", "referrers"):
+        name, kind, ref = "/".join(segments[:-2]), segments[-2].removesuffix("s"), segments[-1]
+    elif len(segments) >= 3 and "blobs" in segments[1:-1] and segments[segments.index("blobs", 1) + 1] == "uploads":
+        raise _Bad(404, "BLOB_UPLOAD_UNKNOWN", "no upload is known here: this is a read-only cache")
     else:
-        raise _Bad(404, "NAME_UNKNOWN",
-                   "ask for <name>/manifests/<reference>, <name>/blobs/<digest> or <name>/tags/list")
+        raise _Bad(404, "NAME_UNKNOWN", "ask for <name>/manifests/<reference>, <name>/blobs/<digest>, "
+                                        "<name>/tags/list or <name>/referrers/<digest>")
     if not valid_name(name):
         raise _Bad(400, "NAME_INVALID", f"invalid repository name {name!r}")
-    if kind == "blob" and parse_digest(ref) is None:
+    if kind in ("blob", "referrer") and parse_digest(ref) is None:
         raise _Bad(400, "DIGEST_INVALID", f"invalid or unsupported digest {ref!r}")
     if kind == "manifest" and parse_digest(ref) is None:
         if ":" in ref:
             raise _Bad(400, "DIGEST_INVALID", f"invalid or unsupported digest {ref!r}")
         if not valid_tag(ref):
-            raise _Bad(400, "TAG_INVALID", f"invalid tag {ref!r}")
+            raise _Bad(400, "MANIFEST_INVALID", f"invalid tag {ref!r}")
     return name, kind, ref
+
+
+def client_name(request: Any, name: str) -> str:
+    """
+    The repository name as the client asked for it, which is the name its
+    answers (a tag list's C{name}) must say: below ``/v2/`` the prefix's
+    segments are part of it (``dockerhub/library/hello``), at the prefix
+    (and for the mirror) it is the upstream's name.
+    """
+    prepath = [s.decode("utf-8") for s in request.prepath or []]
+    return "/".join(prepath[1:] + [name]) if prepath[:1] == ["v2"] else name
 
 
 class RegistryBackend(Backend):
@@ -146,6 +179,8 @@ class RegistryBackend(Backend):
             self._blob(responder, name, ref)
         elif kind == "tags":
             self._tags(responder, name)
+        elif kind == "referrer":
+            self._referrers(responder, name, ref)
         else:
             accept = Accept.from_headers(request.requestHeaders.getRawHeaders(b"accept"))
             if parse_digest(ref):
@@ -160,15 +195,76 @@ class RegistryBackend(Backend):
 
     def _blob(self, responder: Responder, name: str, digest: str) -> None:
         """
-        A blob, by digest, whichever repository asks: one download serves
-        them all (the core waits for another repository's download to answer
-        before joining it: its 404 says nothing of this one).
+        A blob, by digest: its bytes are shared by every repository, but it
+        is served for C{name} only if the upstream has it there. Known for
+        C{name} (a record), or neither stored nor downloading: the vault
+        serves it (a download for C{name} is the upstream's own answer, and
+        its 200 is recorded). Otherwise one upstream C{HEAD} for C{name}
+        decides first (the bytes, stored or downloading, came from another
+        repository's answer).
         """
         responder.request.setHeader(b"docker-content-digest", digest.encode())
-        self.vault.serve(responder, Artifact(
+        artifact = Artifact(
             key=f"{self._keys} blob {digest}", url=self._url(name, "blobs", digest),
             upstream=self.upstream, digest=parse_digest(digest),
-            label=f"{self.prefix}{name}/blobs/{digest}"))
+            label=f"{self.prefix}{name}/blobs/{digest}")
+        known = self.store.lookup(self._blob_record_key(name, digest)) is not None
+        if known or not self._from_elsewhere(artifact):
+            self.vault.serve(responder, artifact)
+            if not known:
+                self._record_when_found(name, digest, artifact)
+            return
+        run(responder, self._confirm_then_serve(responder, name, digest, artifact))
+
+    def _blob_record_key(self, name: str, digest: str) -> str:
+        # (per backend: another backend's credentials may see other repositories)
+        return f"{self._keys} {name} has blob {digest} for {self.prefix}"
+
+    def _from_elsewhere(self, artifact: Artifact) -> bool:
+        """Whether the blob's bytes are stored, or downloading from another repository's URL."""
+        if self.store.lookup(artifact.key) is not None:
+            return True
+        flight = self.vault.flights.get(artifact.key)
+        return flight is not None and flight.artifact.url != artifact.url
+
+    def _record_when_found(self, name: str, digest: str, artifact: Artifact) -> None:
+        """Once the download started for C{name} gets the upstream's 200, record that C{name} has it."""
+        flight = self.vault.flights.get(artifact.key)
+        if flight is not None and flight.artifact.url == artifact.url:
+            flight.head().addCallbacks(lambda _: self._record_blob(name, digest), lambda _: None)
+
+    async def _confirm_then_serve(self, responder: Responder, name: str, digest: str,
+                                  artifact: Artifact) -> None:
+        key = self._blob_record_key(name, digest)
+        try:
+            await self._resolving.run(key, lambda: Deferred.fromCoroutine(self._ask_blob(name, digest, artifact)))
+        except UpstreamError as e:
+            responder.cache_status = "MISS"  # (the upstream was asked, as for any miss)
+            responder.fail(e)
+            return
+        if not responder.gone:
+            self.vault.serve(responder, artifact)
+
+    async def _ask_blob(self, name: str, digest: str, artifact: Artifact) -> None:
+        """One upstream C{HEAD}: does C{name} have the blob? Recorded if so; else its error."""
+        response = await self.upstream.request("HEAD", artifact.url)
+        if response.code != 200:
+            raise await self.upstream.error_for(response)
+        discard(response)
+        await self._record_blob(name, digest)
+
+    def _record_blob(self, name: str, digest: str) -> Deferred:
+        key = self._blob_record_key(name, digest)
+        if self.store.lookup(key) is not None:
+            return succeed(None)
+        d = self.store.put(Entry(key=key, data="", size=0, stored_at=self.store.now(),
+                                 content_type="application/octet-stream", url=self._url(name, "blobs", digest)),
+                           b"")
+
+        def failed(failure: Any) -> None:  # (asked again next time: no client's answer depends on it)
+            _log.failure("cannot record that {name} has {digest}", failure, name=name, digest=digest)
+
+        return d.addCallbacks(lambda _: None, failed)
 
     # -- manifests ----------------------------------------------------------------
 
@@ -198,7 +294,16 @@ class RegistryBackend(Backend):
         # whose Accept does not admit the type it turns out to have.
         d = self.vault.document(artifact)
         d.addCallback(lambda result: self._send_manifest(responder, name, digest, accept, *result))
-        d.addErrback(responder.fail)
+
+        def failed(failure: Any) -> None:
+            if failure.check(DigestMismatch) and accept.admits_schema1():
+                # A signed schema 1 manifest's digest is of its payload, not its
+                # bytes: never stored, relayed and checked as such.
+                run(responder, self._relay(responder, artifact.url, accept, digest))
+                return
+            responder.fail(failure)
+
+        d.addErrback(failed).addErrback(responder.fail)
 
     def _send_manifest(self, responder: Responder, name: str, digest: str, accept: Accept,
                        entry: Entry, status: str) -> None:
@@ -211,15 +316,21 @@ class RegistryBackend(Backend):
             responder.error(502, "stored manifest vanished")
 
     async def _tagged(self, responder: Responder, name: str, tag: str, accept: Accept) -> None:
+        url = self._url(name, "manifests", tag)
         try:
             record, stale = await self._resolve(name, tag, accept)
         except UpstreamError as e:
-            responder.error(e.status, e.reason)
+            if isinstance(e, UpstreamStatus) and e.code == 404 and responder.request.method == b"GET":
+                # A HEAD's 404 has no body: the upstream's GET says in its own
+                # words what it does not know (the tag, or the repository).
+                await self._relay(responder, url, accept)
+            else:
+                responder.fail(e)
             return
         if responder.gone:
             return
         if not accept.cacheable(record.media_type):
-            await self._relay(responder, self._url(name, "manifests", tag), accept)
+            await self._relay(responder, url, accept)
             return
         self._manifest(responder, name, record.digest, accept, record, stale)
 
@@ -249,9 +360,9 @@ class RegistryBackend(Backend):
         url = self._url(name, "manifests", tag)
         try:
             response = await self.upstream.request("HEAD", url, {"Accept": accept.header})
-            discard(response)
             if response.code != 200:
-                raise UpstreamStatus.of(response)
+                raise await self.upstream.error_for(response)
+            discard(response)
             digest = header(response, b"docker-content-digest")
             if digest is None or parse_digest(digest) is None:
                 record = await self._fetch_tag(name, url, accept)
@@ -277,14 +388,11 @@ class RegistryBackend(Backend):
         """For an upstream whose ``HEAD`` names no digest: ``GET`` the manifest and hash it."""
         response = await self.upstream.request("GET", url, {"Accept": accept.header})
         body = await self._manifest_body(response)
-        claimed = header(response, b"docker-content-digest")
-        algo, expected = parse_digest(claimed or "") or ("sha256", None)
-        actual = hashlib.new(algo, body).hexdigest()
-        if expected is not None and actual != expected:
-            raise UpstreamError(f"upstream manifest {url} does not match its digest {claimed}")
-        digest, ctype = f"{algo}:{actual}", header(response, b"content-type")
+        digest = _served_digest(body, None, header(response, b"docker-content-digest"), url)
+        ctype = header(response, b"content-type")
         key = f"{self._keys} {name} manifest {digest}"
-        if self.store.lookup(key) is None:
+        # (a schema 1 manifest's digest is of its payload, not its bytes: never kept)
+        if has_digest(body, digest) and self.store.lookup(key) is None:
             await self.store.put(Entry(key=key, data="", size=0, stored_at=self.store.now(),
                                        content_type=ctype, url=url), body)
         return TagRecord(digest, ctype, len(body))
@@ -293,31 +401,40 @@ class RegistryBackend(Backend):
                      digest: str | None = None) -> None:
         """
         Ask the upstream on behalf of a client no cached form suits; store
-        nothing. A manifest asked for by C{digest} must have it, relayed or not.
+        nothing. The manifest goes out as the digest it was asked for by, or
+        else as the one the upstream names, only if its bytes have it
+        (L{_served_digest}); a HEAD, which has no bytes, must name no other.
         """
         request = responder.request
         body = b""
         try:
             response = await self.upstream.request(request.method.decode(), url,
                                                    {"Accept": accept.header})
+            claimed = header(response, b"docker-content-digest")
             if request.method != b"HEAD":
                 body = await self._manifest_body(response)
-                if digest is not None:
-                    _check_digest(body, digest, url)
+                served_as = _served_digest(body, digest, claimed, url)
             else:
-                discard(response)
                 if response.code != 200:
-                    raise UpstreamStatus.of(response)
+                    raise await self.upstream.error_for(response)
+                discard(response)
+                if digest is not None and _contradicts(claimed, digest):
+                    raise UpstreamError(f"upstream {host_of(url)} names manifest {claimed} "
+                                        f"for {loggable(url)}")
+                served_as = digest or claimed
         except UpstreamError as e:
-            responder.error(e.status, e.reason)
+            responder.fail(e)
             return
         if responder.gone:
             return
         responder.cache_status = "PASS"
-        for name in (b"content-type", b"docker-content-digest"):
-            value = response.headers.getRawHeaders(name)
-            if value:
-                request.setHeader(name, value[0])
+        content_type = header(response, b"content-type")
+        if content_type:
+            request.setHeader(b"content-type", content_type.encode("latin-1"))
+        if served_as:
+            request.setHeader(b"docker-content-digest", served_as.encode("latin-1"))
+        else:
+            request.responseHeaders.removeHeader(b"docker-content-digest")
         # (a HEAD's length is the upstream's header, when it is a number; a GET's, the body's)
         length = content_length(response) if request.method == b"HEAD" else len(body)
         if length is not None:
@@ -326,61 +443,190 @@ class RegistryBackend(Backend):
             request.write(body)
         responder.finish()
 
-    def _manifest_body(self, response: Any) -> Deferred:
+    async def _manifest_body(self, response: Any) -> bytes:
         """The body of a manifest answer (size and time bounded); L{UpstreamError} for anything else."""
         if response.code != 200:
-            discard(response)
-            raise UpstreamStatus.of(response)
-        return self.upstream.read_small(response, MAX_MANIFEST, "the upstream manifest")
+            raise await self.upstream.error_for(response)
+        return await self.upstream.read_small(response, MAX_MANIFEST, "the upstream manifest")
 
-    # -- tags/list ------------------------------------------------------------------
+    # -- tags/list and referrers: documents kept for tag_ttl ---------------------------
 
     def _tags(self, responder: Responder, name: str) -> None:
+        """
+        A tag list. The upstream is asked for the page the client asked for
+        (for ``n=0``, the whole list: the repository must exist, but no tag
+        is shown), and the answer holds to the spec whatever the upstream did
+        (L{_tag_page}).
+        """
         request = responder.request
-        query = []
-        n = (request.args.get(b"n") or [b""])[0].decode("latin-1")
-        last = (request.args.get(b"last") or [b""])[0].decode("latin-1")
-        if n:
-            if not (n.isascii() and n.isdigit()):
-                reject(responder, 400, "PAGINATION_NUMBER_INVALID", f"n must be a number, not {n!r}")
-                return
-            query.append(("n", n))
-        if last:
-            query.append(("last", last))
+        n, last = _arg(request, b"n"), _arg(request, b"last")
+        if n and not (n.isascii() and n.isdigit()):
+            reject(responder, 400, "UNSUPPORTED", f"n must be a number, not {n!r}")
+            return
+        count = int(n) if n and len(n.lstrip("0")) <= _MAX_N_DIGITS else None
+        query = [] if count == 0 else [(k, v) for k, v in (("n", str(count or "")), ("last", last)) if v]
         qs = urlencode(query)
         url = self._url(name, "tags", "list") + ("?" + qs if qs else "")
         artifact = Artifact(key=f"{self._keys} {name} tags/list?{qs} for {self.prefix}", url=url,
                             upstream=self.upstream, ttl=self.settings.tag_ttl, keep_headers=("Link",),
-                            content_type="application/json", label=f"{self.prefix}{name}/tags/list")
-        d = self.vault.document(artifact)
-        d.addCallback(lambda result: self._send_tags(responder, name, *result))
-        d.addErrback(responder.fail)
+                            content_type="application/json", transform=_tag_list,
+                            label=f"{self.prefix}{name}/tags/list")
 
-    def _send_tags(self, responder: Responder, name: str, entry: Entry, status: str) -> None:
-        body = self.vault.read(entry)
+        def send(entry: Entry, status: str) -> None:
+            body = self.vault.read(entry)
+            if body is None or responder.gone:
+                self._send_document(responder, None, status, "", "")
+                return
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                doc = None
+            if not isinstance(doc, dict):  # (stored by an older version, without the check)
+                responder.error(502, "the stored tag list is not a JSON tag list")
+                return
+            page, next_query = _tag_page(doc, client_name(request, name), count, last,
+                                         entry.headers.get("Link"))
+            self._send_document(responder, page, status, "application/json",
+                                next_query and f"{name}/tags/list?{next_query}")
+
+        self.vault.document(artifact).addCallback(lambda result: send(*result)).addErrback(responder.fail)
+
+    def _referrers(self, responder: Responder, name: str, digest: str) -> None:
+        """
+        The referrers of manifest C{digest} (signatures, SBOMs, attestations),
+        as the upstream lists them; the query (``artifactType``, a page) is
+        passed on, and ``OCI-Filters-Applied`` kept. An upstream without the
+        referrers API answers 404, which is passed on: clients then read the
+        referrers tag (``sha256-<hex>``), an ordinary tag.
+        """
+        request = responder.request
+        qs = urlencode([(k.decode("latin-1"), v.decode("latin-1"))
+                        for k, values in request.args.items() for v in values])
+        url = self._url(name, "referrers", digest) + ("?" + qs if qs else "")
+        artifact = Artifact(key=f"{self._keys} {name} referrers/{digest}?{qs} for {self.prefix}", url=url,
+                            upstream=self.upstream, ttl=self.settings.tag_ttl,
+                            headers={"Accept": OCI_INDEX}, keep_headers=("Link", "OCI-Filters-Applied"),
+                            transform=_referrers_index, label=f"{self.prefix}{name}/referrers/{digest}")
+
+        def send(entry: Entry, status: str) -> None:
+            body = self.vault.read(entry)
+            link = _LINK_QUERY.search(entry.headers.get("Link") or "")
+            self._send_document(responder, body, status, entry.content_type or OCI_INDEX,
+                                link and f"{name}/referrers/{digest}?{link.group(1)}",
+                                {"OCI-Filters-Applied": entry.headers.get("OCI-Filters-Applied")})
+
+        def failed(failure: Any) -> None:
+            error = failure.value
+            if isinstance(error, UpstreamStatus) and error.code == 404 and not upstream_errors(error):
+                reject(responder, 404, "UNSUPPORTED",
+                       f"upstream {error.host or self.base} has no referrers API (404): "
+                       f"read the referrers tag {digest.replace(':', '-', 1)} instead")
+                return
+            responder.fail(failure)
+
+        self.vault.document(artifact).addCallback(lambda result: send(*result)).addErrback(failed) \
+            .addErrback(responder.fail)
+
+    def _send_document(self, responder: Responder, body: bytes | None, status: str, content_type: str,
+                       next_path: str | None, headers: dict[str, str | None] | None = None) -> None:
+        """
+        Answer with a document's C{body} (None: its stored copy vanished);
+        C{next_path}, below the path the client used, is its next page.
+        """
         if responder.gone:
             return
         if body is None:
-            responder.error(502, "stored tag list vanished")
+            responder.error(502, "the stored copy vanished: ask again")
             return
         request = responder.request
         responder.cache_status = status
-        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-type", content_type.encode("latin-1"))
         request.setHeader(b"content-length", str(len(body)).encode())
-        link = entry.headers.get("Link")
-        m = _LINK_QUERY.search(link or "")
-        if m:  # the next page, at our address
+        for field, value in (headers or {}).items():
+            if value:
+                request.setHeader(field.encode("latin-1"), value.encode("latin-1"))
+        if next_path:  # at our address
             base = "/" + "/".join(s.decode() for s in request.prepath) + "/"
-            request.setHeader(b"link", f'<{base}{name}/tags/list?{m.group(1)}>; rel="next"'.encode())
+            request.setHeader(b"link", f'<{base}{next_path}>; rel="next"'.encode())
         request.write(body)
         responder.finish()
 
 
-def _check_digest(body: bytes, digest: str, url: str) -> None:
-    """L{UpstreamError} unless C{body} has C{digest} (a supported one: the path was checked)."""
-    algo, expected = parse_digest(digest)  # type: ignore[misc]
-    if hashlib.new(algo, body).hexdigest() != expected:
-        raise UpstreamError(f"upstream manifest {loggable(url)} does not match its digest {digest}")
+def _arg(request: Any, name: bytes) -> str:
+    return (request.args.get(name) or [b""])[0].decode("latin-1")
+
+
+def _tag_list(body: bytes, response: Any) -> tuple[bytes, str]:
+    """The transform of a tag list: stored as it came, if it is one."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("tags") or [], list):
+        raise UpstreamError("upstream tag list is not a JSON tag list")
+    return body, "application/json"
+
+
+def _referrers_index(body: bytes, response: Any) -> tuple[bytes, str]:
+    """The transform of a referrers list: stored as it came, if it is a JSON image index."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
+        raise UpstreamError("upstream referrers list is not a JSON image index")
+    return body, header(response, b"content-type") or OCI_INDEX
+
+
+def _tag_page(doc: dict, name: str, count: int | None, last: str,
+              link: str | None) -> tuple[bytes, str | None]:
+    """
+    The tag list page a client gets, and the query of the next page (None:
+    the last one): C{name} as the client asked for it, and the spec's rules
+    for C{n} (C{count}) and C{last} kept even by an upstream that ignores
+    them: the tags after C{last}, at most C{count} of them, a next page
+    when more were there (never for ``n=0``).
+    """
+    tags = [t for t in doc.get("tags") or [] if isinstance(t, str)]
+    if last and last in tags:  # (an upstream that ignored last)
+        tags = tags[tags.index(last) + 1:]
+    next_query = None
+    if count is not None and len(tags) > count:  # (an upstream that ignored n)
+        tags = tags[:count]
+        next_query = urlencode([("n", count), ("last", tags[-1])]) if count else None
+    elif count != 0 and (m := _LINK_QUERY.search(link or "")):
+        next_query = m.group(1)
+    page = {**doc, "name": name, "tags": tags}
+    return json.dumps(page, separators=(",", ":")).encode(), next_query
+
+
+def _contradicts(claimed: str | None, digest: str) -> bool:
+    """
+    Whether an upstream's C{claimed} digest is another manifest than
+    C{digest}: of the same algorithm and different (one of another
+    algorithm may name the same bytes, as the spec allows).
+    """
+    parsed, wanted = parse_digest(claimed or ""), parse_digest(digest)
+    return parsed is not None and wanted is not None and parsed[0] == wanted[0] and parsed[1] != wanted[1]
+
+
+def _served_digest(body: bytes, asked: str | None, claimed: str | None, url: str) -> str:
+    """
+    The digest a relayed manifest C{body} goes out as, checked: the one it
+    was asked for by (C{asked}), else the one the upstream names
+    (C{claimed}, if we can verify it), else its sha256; L{UpstreamError}
+    when the bytes do not have it (for a signed schema 1 manifest: when its
+    payload does not, L{schema1_payload}).
+    """
+    digest = asked or (claimed if claimed is not None and parse_digest(claimed) else None)
+    if digest is None:
+        return digest_of(body)
+    if has_digest(body, digest):
+        return digest
+    payload = schema1_payload(body)  # (signed schema 1: the digest is of the payload)
+    if payload is not None and has_digest(payload, digest):
+        return digest
+    raise UpstreamError(f"upstream manifest {loggable(url)} does not match its digest {digest}")
 
 
 def _answer_head(responder: Responder, record: TagRecord, status: str) -> None:

@@ -9,7 +9,11 @@ proxy-project form: ``docker pull HOST/dockerhub/library/alpine``) and, for
 the one backend marked ``mirror: true``, ``/v2/<name>/…`` unprefixed (what the
 Docker daemon's ``registry-mirrors`` asks for). Every answer carries
 ``Docker-Distribution-API-Version: registry/2.0``; errors are the
-registry's JSON (``{"errors": [{"code": …, "message": …}]}``).
+registry's JSON (``{"errors": [{"code": …, "message": …, "detail": …}]}``)
+with codes from the spec's list only (L{SPEC_CODES}) on every 4xx. An
+upstream's own 4xx error keeps its words (code, message, detail); an
+upstream 401/403 is our misconfiguration, not the client's: a 502 that
+names the upstream (L{registry_error}).
 """
 
 from __future__ import annotations
@@ -23,14 +27,24 @@ from twisted.web.server import NOT_DONE_YET, Request
 from artifactvault.backends.base import dispatch
 from artifactvault.config import ConfigError
 from artifactvault.serve import Responder
+from artifactvault.upstream import UpstreamStatus
 
 API_VERSION = (b"docker-distribution-api-version", b"registry/2.0")
 
+#: The codes the OCI distribution spec allows in a 4xx answer (§Error Codes).
+SPEC_CODES = frozenset({
+    "BLOB_UNKNOWN", "BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN", "DIGEST_INVALID",
+    "MANIFEST_BLOB_UNKNOWN", "MANIFEST_INVALID", "MANIFEST_UNKNOWN", "NAME_INVALID", "NAME_UNKNOWN",
+    "SIZE_INVALID", "UNAUTHORIZED", "DENIED", "UNSUPPORTED", "TOOMANYREQUESTS"})
 #: The error code for a status when the backend named none for the request.
+#: (5xx are not the spec's business: ``UNAVAILABLE`` and ``UNKNOWN`` are
+#: distribution's own codes for them.)
 _CODES = {400: "UNSUPPORTED", 401: "UNAUTHORIZED", 403: "DENIED", 405: "UNSUPPORTED",
           429: "TOOMANYREQUESTS", 500: "UNKNOWN"}
 #: The code of a 404, by what was asked for (``request.registry_kind``).
 _UNKNOWN = {"manifest": "MANIFEST_UNKNOWN", "blob": "BLOB_UNKNOWN"}
+#: The largest upstream error list passed on.
+_MAX_ERRORS = 10
 #: Headers that describe an artifact, set before an error was known.
 _ARTIFACT_HEADERS = (b"docker-content-digest", b"etag", b"last-modified", b"accept-ranges",
                      b"content-range", b"warning")
@@ -46,10 +60,50 @@ def error_code(request: Request, status: int) -> str:
     return _CODES.get(status, "UNAVAILABLE" if status >= 500 else "UNSUPPORTED")
 
 
+def upstream_errors(error: UpstreamStatus) -> list[dict[str, Any]]:
+    """
+    The errors of an upstream's JSON error answer (C{error.body}), each
+    with a C{code} string and its C{message} and C{detail} if it has them
+    (nothing else); [] if it had none we can read.
+    """
+    try:
+        doc = json.loads(error.body or b"")
+    except ValueError:
+        return []
+    found = doc.get("errors") if isinstance(doc, dict) else None
+    if not isinstance(found, list):
+        return []
+    return [{k: e[k] for k in ("code", "message", "detail") if k in e}
+            for e in found[:_MAX_ERRORS] if isinstance(e, dict) and isinstance(e.get("code"), str)]
+
+
+def _errors_for(request: Request, status: int, message: str) -> tuple[int, list[dict[str, Any]]]:
+    """The status and the errors of an answer: our own, or the upstream's (see the module doc)."""
+    cause = getattr(request, "error_cause", None)
+    ours = error_code(request, status)
+    if not isinstance(cause, UpstreamStatus) or not 400 <= cause.code < 500:
+        return status, [{"code": ours, "message": message, "detail": None}]
+    theirs = upstream_errors(cause)
+    if cause.code in (401, 403):
+        code = "UNAUTHORIZED" if cause.code == 401 else "DENIED"
+        host = cause.host or "the upstream"
+        return 502, [{"code": code,
+                      "message": f"upstream {host} refused the vault ({cause.code}): "
+                                 f"the backend's credentials are missing or wrong",
+                      "detail": {"upstream": host, "status": cause.code, "errors": theirs}}]
+    if not theirs:
+        return status, [{"code": ours, "message": message, "detail": None}]
+    return status, [{**e, "code": e["code"] if e["code"] in SPEC_CODES else ours} for e in theirs]
+
+
 def registry_error(request: Request, status: int, message: str) -> None:
-    """Answer with the registry's JSON error form (an L{ErrorRenderer})."""
-    body = json.dumps({"errors": [{"code": error_code(request, status), "message": message,
-                                   "detail": None}]}).encode() + b"\n"
+    """
+    Answer with the registry's JSON error form (an L{ErrorRenderer}): the
+    upstream's own errors for its 4xx (C{request.error_cause}: codes outside
+    the spec's list replaced by ours), a 502 for its 401/403, else ours.
+    """
+    status, errors = _errors_for(request, status, message)
+    body = json.dumps({"errors": errors}).encode() + b"\n"
     for name in _ARTIFACT_HEADERS:
         request.responseHeaders.removeHeader(name)
     request.setResponseCode(status)

@@ -100,7 +100,7 @@ def _fetchable(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
-_API_PATH = re.compile(r"^/v2/(.+?)/(?:manifests|blobs|tags)/[^/]*(?:/[^/]*)?$")
+_API_PATH = re.compile(r"^/v2/(.+?)/(?:manifests|blobs|tags|referrers)/[^/]*(?:/[^/]*)?$")
 
 
 def scope_for(url: str) -> str | None:

@@ -11,7 +11,10 @@ client whose ``Accept`` admits its media type.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 
@@ -62,6 +65,34 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def has_digest(data: bytes, digest: str) -> bool:
+    """Whether C{data} hashes to C{digest} (a supported one, see L{parse_digest})."""
+    parsed = parse_digest(digest)
+    return parsed is not None and hashlib.new(parsed[0], data).hexdigest() == parsed[1]
+
+
+def schema1_payload(body: bytes) -> bytes | None:
+    """
+    What a Docker schema 1 signed manifest's digest is of: the JWS payload,
+    which is the body without its ``signatures`` (the first
+    ``formatLength`` bytes, then ``formatTail``, from a signature's
+    protected header); None if C{body} is no such manifest.
+    """
+    try:
+        doc = json.loads(body)
+        protected = json.loads(_b64url(doc["signatures"][0]["protected"]))
+        length, tail = protected["formatLength"], _b64url(protected["formatTail"])
+    except (ValueError, TypeError, KeyError, IndexError, binascii.Error):
+        return None
+    if not isinstance(length, int) or not 0 < length <= len(body):
+        return None
+    return body[:length] + tail
+
+
+def _b64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
 @dataclass(frozen=True)
 class Accept:
     """The manifest media types a client admits (after ``q=0`` is dropped)."""
@@ -89,6 +120,10 @@ class Accept:
         mtype = media_type.partition(";")[0].strip().lower()
         return mtype in self.types or "*/*" in self.types or \
             mtype.partition("/")[0] + "/*" in self.types
+
+    def admits_schema1(self) -> bool:
+        """Whether the upstream may answer this client with a Docker schema 1 manifest."""
+        return any(self.admits(t) for t in SCHEMA1_TYPES)
 
     def cacheable(self, media_type: str | None) -> bool:
         """Whether a manifest of C{media_type} may be served from the cache to this client."""
