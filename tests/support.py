@@ -3,7 +3,7 @@ Helpers for integration tests: the real upstreams of the project's test kit
 (``tests/upstreams``) and the real daemon, started as a subprocess on a free port.
 
 Upstreams are started once per test run (their ``*-up`` scripts are
-idempotent) under ``$AV_UPSTREAMS_DIR`` (default ``/tmp/av-up``); count
+idempotent) under ``$AV_KIT_DIR`` (default ``/tmp/av-up``); count
 requests they served with L{hits}. Nothing here talks to anything but
 127.0.0.1.
 """
@@ -28,13 +28,13 @@ import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UPSTREAMS = os.path.join(REPO, "tests", "upstreams")
-UP_DIR = os.environ.get("AV_UPSTREAMS_DIR", "/tmp/av-up")
+UP_DIR = os.environ.get("AV_KIT_DIR", "/tmp/av-up")
 #: The large file of files-up is made this big for tests (MiB).
 LARGE_MB = int(os.environ.get("AV_TEST_LARGE_MB", "64"))
 
-#: Ports of the upstreams; AV_UPSTREAMS_PORT_OFFSET moves them all (for a
-#: second checkout testing at the same time, with its own AV_UPSTREAMS_DIR).
-_OFFSET = int(os.environ.get("AV_UPSTREAMS_PORT_OFFSET", "0"))
+#: Ports of the upstreams; AV_KIT_PORT_OFFSET moves them all (for a
+#: second checkout testing at the same time, with its own AV_KIT_DIR).
+_OFFSET = int(os.environ.get("AV_KIT_PORT_OFFSET", "0"))
 UPSTREAM_PORTS = {name: port + _OFFSET for name, port in
                   {"files": 18090, "pypi": 18081, "reg": 15000, "regauth": 15001}.items()}
 TOKEN_PORT = 15002 + _OFFSET
