@@ -28,6 +28,11 @@ class Script:
     hold_headers: threading.Event | None = None
     #: Bytes per write (to spread a body over many packets).
     chunk: int = 65536
+    #: Send the body with ``Transfer-Encoding: chunked`` (one chunk per
+    #: write, no ``Content-Length``), as dynamic servers and many CDNs do.
+    chunked: bool = False
+    #: Send no ``Content-Length`` and end the body by closing the connection.
+    close_delimited: bool = False
 
 
 class FakeUpstream:
@@ -68,7 +73,12 @@ class FakeUpstream:
                 self.send_response(script.status)
                 for k, v in script.headers.items():
                     self.send_header(k, v)
-                if "Content-Length" not in script.headers:
+                if script.chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                elif script.close_delimited:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                elif "Content-Length" not in script.headers:
                     self.send_header("Content-Length", str(len(script.body)))
                 self.end_headers()
                 self.wfile.flush()
@@ -77,21 +87,40 @@ class FakeUpstream:
                     return
                 body = script.body
                 first = body if script.cut_at is None else body[:script.cut_at]
-                self._send(first, script.chunk)
+                self._send(first, script)
                 if script.cut_at is None:
+                    self._end(script)
                     return
                 if script.resume is not None:
                     script.resume.wait(120)
                     if not script.close_after_resume:
-                        self._send(body[script.cut_at:], script.chunk)
+                        self._send(body[script.cut_at:], script)
+                        self._end(script)
                         return
                 self.close_connection = True
                 self.connection.shutdown(2)
 
-            def _send(self, data: bytes, chunk: int) -> None:
+            def _send(self, data: bytes, script: Script) -> None:
                 try:
-                    for i in range(0, len(data), chunk):
-                        self.wfile.write(data[i:i + chunk])
+                    for i in range(0, len(data), script.chunk):
+                        piece = data[i:i + script.chunk]
+                        if script.chunked:
+                            piece = b"%x\r\n%s\r\n" % (len(piece), piece)
+                        self.wfile.write(piece)
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _end(self, script: Script) -> None:
+                """The end of a complete body: the last chunk, or the close that ends it."""
+                if script.chunked:
+                    self._send_raw(b"0\r\n\r\n")
+                elif script.close_delimited:
+                    self.close_connection = True
+
+            def _send_raw(self, data: bytes) -> None:
+                try:
+                    self.wfile.write(data)
                     self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
                     pass
