@@ -29,6 +29,7 @@ from twisted.web.http import PotentialDataLoss
 
 from artifactvault import logs
 from artifactvault.cache.store import Entry, FileStore
+from artifactvault.fields import fresh_until, response_headers
 from artifactvault.upstream import (Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout,
                                     describe_failure, discard, header)
 
@@ -183,7 +184,7 @@ class Flight:
             return
         if response.code != 200:
             discard(response)
-            self._fail(UpstreamStatus(response.code, response.phrase.decode("latin-1", "replace")))
+            self._fail(UpstreamStatus.of(response))
             return
         self.length = response.length if isinstance(response.length, int) else None
         expected = self.artifact.size
@@ -207,17 +208,14 @@ class Flight:
     def _not_modified(self, response: Any) -> None:
         entry = self.stale
         assert entry is not None
-        entry.fresh_until = self._fresh_until()
+        entry.fresh_until = fresh_until(self.artifact, self.store.now())
         etag = header(response, b"etag")
         if etag:
             entry.etag = etag
         last_modified = header(response, b"last-modified")
         if last_modified:
             entry.last_modified = last_modified
-        for name in self.artifact.keep_headers:
-            value = header(response, name.encode())
-            if value:
-                entry.headers[name] = value
+        entry.headers.update(response_headers(self.artifact, response))
         self.entry = self.store.update(entry)
         self.state = self.NOT_MODIFIED
         self._fire(self._head_waiters, self)
@@ -308,17 +306,10 @@ class Flight:
 
     def _commit(self, ctype: str | None) -> None:
         response = self.response
-        headers = {}
-        for name in self.artifact.keep_headers:
-            value = header(response, name.encode())
-            if value is not None:
-                headers[name] = value
-        encoding = header(response, b"x-upstream-content-encoding")
-        if encoding and self.artifact.transform is None:
-            headers["Content-Encoding"] = encoding
+        headers = response_headers(self.artifact, response)
         entry = Entry(
             key=self.key, data="", size=self.written, stored_at=self.store.now(),
-            fresh_until=self._fresh_until(), content_type=ctype,
+            fresh_until=fresh_until(self.artifact, self.store.now()), content_type=ctype,
             etag=header(response, b"etag"), last_modified=header(response, b"last-modified"),
             sha256=self._hasher.hexdigest() if self._hasher and self.artifact.digest[0] == "sha256" else None,
             headers=headers, url=self.artifact.url)
@@ -347,10 +338,6 @@ class Flight:
             self._ended()
 
         d.addCallbacks(done, failed)
-
-    def _fresh_until(self) -> float | None:
-        ttl = self.artifact.ttl
-        return None if ttl is None else self.store.now() + ttl
 
     # -- failure and clean-up ----------------------------------------------
 
@@ -457,9 +444,13 @@ class Flights:
         return self._by_key.get(key)
 
     def join(self, artifact: Artifact, stale: Entry | None = None) -> Flight:
-        """The flight for C{artifact}'s key: the one in progress, or a new one."""
+        """
+        The flight for C{artifact}'s key: the one in progress, or a new one.
+        A failed flight is still here while its failure is being handed out;
+        whoever asks then (a waiter that tries again) gets a new one.
+        """
         flight = self._by_key.get(artifact.key)
-        if flight is None:
+        if flight is None or flight.state == Flight.FAILED:
             flight = Flight(artifact, self.store, self.reactor, stale, on_end=self._ended)
             self._by_key[artifact.key] = flight
             flight.start()

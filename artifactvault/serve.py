@@ -18,11 +18,13 @@ from typing import Any, Callable
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
 from artifactvault import logs, zerocopy
 from artifactvault.cache.store import Entry, FileStore
+from artifactvault.fields import response_headers
 from artifactvault.flight import Flight
 from artifactvault.upstream import UpstreamError, header
 
@@ -46,6 +48,11 @@ def plain_error(request: Request, status: int, message: str) -> None:
     request.finish()
 
 
+#: Headers set while answering that describe the request, not one attempt
+#: at an answer: L{Responder.reset} keeps them.
+_OF_THE_REQUEST = frozenset({b"x-cache", b"vary"})
+
+
 class Responder:
     """
     One request's state as the core answers it: whether the client is still
@@ -57,6 +64,9 @@ class Responder:
         self.on_error = on_error
         self.gone = False
         self.producer: Any = None
+        # What the connection and the resource tree set before any answer
+        # was tried (Server, Date, Connection, an API version): see reset().
+        self._initial = [(name, list(values)) for name, values in request.responseHeaders.getAllRawHeaders()]
         request.notifyFinish().addErrback(self._lost)
 
     def _lost(self, _reason: Any) -> None:
@@ -73,14 +83,58 @@ class Responder:
         self.request.cache_status = value  # type: ignore[attr-defined]
         self.request.setHeader(b"x-cache", value.encode())
 
-    def error(self, status: int, message: str) -> None:
+    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        """
+        Answer C{status} with C{message} in this backend's error format, from
+        clean headers (see L{reset}) plus C{headers} (e.g. C{Allow} for a
+        405); if the answer has begun, cut it instead.
+        """
         if self.gone or self.request.finished:
             return
         if self.request.startedWriting:
             self.abort()
             return
+        self.reset()
+        for name, value in (headers or {}).items():
+            self.request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
         self.request.error_reason = message  # type: ignore[attr-defined]
         self.on_error(self.request, status, message)
+
+    def fail(self, failure: Failure | BaseException) -> None:
+        """
+        The one failure policy: an L{UpstreamError} is answered with its
+        status and reason; anything else is a bug, logged with its traceback
+        and answered 500.
+        """
+        if not isinstance(failure, Failure):
+            failure = Failure(failure)
+        if isinstance(failure.value, UpstreamError):
+            self.error(failure.value.status, failure.value.reason)
+            return
+        _log.failure("answering {path} failed", failure,
+                     path=self.request.path.decode("latin-1", "replace"))
+        self.error(500, "internal error")
+
+    def reset(self) -> None:
+        """
+        Forget the status and every header an answer begun and abandoned has
+        set (a 206 and its Content-Range, a Content-Encoding, validators), so
+        that a fallback (an error, a stale copy) starts clean: back to the
+        headers there were when this responder was made (those of the
+        connection and the resource tree), plus the cache status and Vary
+        (which request headers chose the answer: true of any fallback too).
+        Nothing may have been written yet.
+        """
+        request = self.request
+        if request.startedWriting:
+            raise RuntimeError("cannot reset an answer whose headers are sent")
+        request.setResponseCode(200)
+        headers = request.responseHeaders
+        for name, _values in list(headers.getAllRawHeaders()):
+            if name.lower() not in _OF_THE_REQUEST:
+                headers.removeHeader(name)
+        for name, values in self._initial:
+            headers.setRawHeaders(name, values)
 
     def abort(self) -> None:
         """Cut the connection: never a short body that looks complete."""
@@ -133,6 +187,19 @@ def _parse_date(value: str) -> float | None:
         return None
 
 
+def strong_date(last_modified: str | None, dated: float) -> str | None:
+    """
+    C{last_modified} if it can validate a range, else None. RFC 9110 8.8.2.2:
+    a modification date is a strong validator only if the answer it came
+    with is dated at least a second later (C{dated}: when the upstream
+    answered or the entry was stored); within the same second the bytes could
+    change again under the same date, and a resumed download would splice two
+    versions.
+    """
+    when = _parse_date(last_modified) if last_modified else None
+    return last_modified if when is not None and when <= dated - 1 else None
+
+
 def not_modified(request: Request, etag: str | None, last_modified: str | None) -> bool:
     """RFC 9110 §13.2.2: If-None-Match wins; If-Modified-Since only without it."""
     inm = request.getHeader(b"if-none-match")
@@ -145,8 +212,55 @@ def not_modified(request: Request, etag: str | None, last_modified: str | None) 
     return False
 
 
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+#: Representation headers a 304 leaves out (RFC 9110 15.4.5: it describes no body).
+_NOT_FOR_304 = (b"content-type", b"content-length", b"content-encoding", b"content-range", b"accept-ranges")
+
+
+def answer_not_modified(responder: Responder) -> None:
+    """Answer 304 Not Modified, keeping the validators and dropping what describes a body."""
+    request = responder.request
+    request.setResponseCode(304)
+    for name in _NOT_FOR_304:
+        request.responseHeaders.removeHeader(name)
+    responder.finish()
+
+
+_RANGE = re.compile(r"bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)", re.ASCII)
 UNSATISFIABLE = "unsatisfiable"
+#: A byte position of more digits than this is beyond any file (an exabyte has 19).
+_MAX_DIGITS = 18
+_BEYOND = 10 ** _MAX_DIGITS
+
+
+def _position(digits: str) -> int:
+    """
+    A byte position or suffix length of any number of digits: one longer than
+    any file can be counts as L{_BEYOND} (never C{int()} of 5000 digits, which
+    raises since Python 3.11).
+    """
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _MAX_DIGITS else _BEYOND
+
+
+def _before(a: str, b: str) -> bool:
+    """The decimal number C{a} is less than C{b}, however long either is."""
+    a, b = a.lstrip("0"), b.lstrip("0")
+    return (len(a), a) < (len(b), b)
+
+
+def _if_range_holds(request: Request, etag: str | None, last_modified: str | None) -> bool:
+    """
+    RFC 9110 13.1.5: a Range counts only if If-Range (when given) names the
+    current representation: a strong ETag equal to ours (never a weak one,
+    ours or theirs), or a date exactly equal to our Last-Modified.
+    """
+    if_range = request.getHeader(b"if-range")
+    if if_range is None:
+        return True
+    v = if_range.decode("latin-1").strip()
+    if v.startswith('"') or v.startswith("W/"):
+        return etag is not None and v == etag and not v.startswith("W/")
+    return last_modified is not None and v == last_modified
 
 
 def parse_range(request: Request, size: int, etag: str | None,
@@ -154,36 +268,31 @@ def parse_range(request: Request, size: int, etag: str | None,
     """
     One byte range as (first, last), L{UNSATISFIABLE}, or None for the whole
     body (no Range, a stale If-Range, several ranges, or a header we cannot
-    read: RFC 9110 lets a server ignore those).
+    read: RFC 9110 lets a server ignore those). C{last_modified} is the date
+    an If-Range may name: pass only a strong one (L{strong_date}). Numbers of any length are
+    read as what they mean: a first byte beyond the end is unsatisfiable, a
+    last byte or suffix beyond it means "to the end".
     """
     header = request.getHeader(b"range")
-    if header is None:
+    if header is None or not _if_range_holds(request, etag, last_modified):
         return None
-    if_range = request.getHeader(b"if-range")
-    if if_range is not None:
-        v = if_range.decode("latin-1").strip()
-        if v.startswith('"') or v.startswith("W/"):
-            if etag is None or v != etag or v.startswith("W/"):
-                return None
-        elif last_modified is None or v != last_modified:
-            return None
-    m = _RANGE.match(header.decode("latin-1"))
+    m = _RANGE.fullmatch(header.decode("latin-1").strip(" \t"))
     if not m:
         return None
     first, last = m.group(1), m.group(2)
     if not first and not last:
         return None
     if not first:
-        n = int(last)
-        if n == 0:
+        n = _position(last)
+        if n == 0 or size == 0:
             return UNSATISFIABLE
-        return (max(size - n, 0), size - 1) if size else UNSATISFIABLE
-    start = int(first)
-    end = int(last) if last else size - 1
-    if last and end < start:
+        return max(size - n, 0), size - 1
+    if last and _before(last, first):
         return None
+    start = _position(first)
     if start >= size:
         return UNSATISFIABLE
+    end = _position(last) if last else size - 1
     return start, min(end, size - 1)
 
 
@@ -214,6 +323,7 @@ def _range_or_full(responder: Responder, size: int, etag: str | None,
         request.setHeader(b"content-range", f"bytes */{size}".encode())
         request.setHeader(b"content-length", b"0")
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.responseHeaders.removeHeader(b"content-encoding")  # (it has no body to be encoded)
         responder.finish()
         return None
     if span is None:
@@ -231,11 +341,35 @@ def _range_or_full(responder: Responder, size: int, etag: str | None,
 def serve_entry(responder: Responder, store: FileStore, entry: Entry, cache_status: str) -> bool:
     """
     Answer from a committed entry. Returns False, having sent nothing, when
-    its data is gone (the caller then treats it as a miss).
+    its data is gone (the caller then treats it as a miss). The entry's fd
+    is closed on every path, an exception's too (or handed to a producer
+    that closes it).
     """
     fd = store.open_data(entry)
     if fd is None:
         return False
+    producer = None
+    try:
+        span = _entry_span(responder, entry, cache_status)
+        if span is not None:
+            first, last = span
+            if last - first < SMALL:
+                data = os.pread(fd, last - first + 1, first)
+                responder.request.write(data)
+            else:
+                producer = FileProducer(responder, fd, first, last)
+    finally:
+        if producer is None:
+            os.close(fd)
+    if producer is None:
+        responder.finish()
+    else:
+        producer.start()
+    return True
+
+
+def _entry_span(responder: Responder, entry: Entry, cache_status: str) -> tuple[int, int] | None:
+    """Set the headers of an answer from C{entry}: the bytes to send, or None if there are none."""
     request = responder.request
     etag, modified = entry_etag(entry), entry_last_modified(entry)
     responder.cache_status = cache_status
@@ -244,26 +378,12 @@ def serve_entry(responder: Responder, store: FileStore, entry: Entry, cache_stat
     if cache_status == "STALE":
         request.setHeader(b"warning", b'110 artifactvault "Response is Stale"')
     if not_modified(request, etag, modified):
-        os.close(fd)
-        request.setResponseCode(304)
-        for name in (b"content-type", b"content-length", b"accept-ranges"):
-            request.responseHeaders.removeHeader(name)
-        responder.finish()
-        return True
-    span = _range_or_full(responder, entry.size, etag, modified)
+        answer_not_modified(responder)
+        return None
+    span = _range_or_full(responder, entry.size, etag, strong_date(modified, entry.stored_at))
     if span is None or request.method == b"HEAD" or entry.size == 0:
-        os.close(fd)
-        responder.finish()
-        return True
-    first, last = span
-    if last - first < SMALL:
-        data = os.pread(fd, last - first + 1, first)
-        os.close(fd)
-        request.write(data)
-        responder.finish()
-        return True
-    FileProducer(responder, fd, first, last).start()
-    return True
+        return None
+    return span
 
 
 class _FileSender:
@@ -285,9 +405,13 @@ class _FileSender:
         self._direct = zerocopy.direct_transport(self.request)
         self.request.registerProducer(self, True)
 
+    def _zero_copy(self) -> bool:
+        """May file bytes go to the socket as they are now (see L{zerocopy.raw_body})?"""
+        return self._direct is not None and zerocopy.raw_body(self.request) and zerocopy.drained(self._direct)
+
     def _send(self, fd: int, count: int) -> int | None:
         """Send up to C{count} bytes from C{self.offset}: how many went, None if the connection broke."""
-        if self._direct is not None and self.request.startedWriting and zerocopy.drained(self._direct):
+        if self._zero_copy():
             sent = zerocopy.send(self._direct, fd, self.offset, count)
             if sent != 0:
                 if sent:
@@ -323,8 +447,12 @@ class FileProducer(_FileSender):
         self.end = last + 1
 
     def start(self) -> None:
-        self._begin(self.responder)
-        self._pump()
+        try:
+            self._begin(self.responder)
+            self._pump()
+        except BaseException:
+            self._close()
+            raise
 
     def _pump(self) -> None:
         while not self.paused and self.fd is not None:
@@ -367,17 +495,10 @@ def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS
     responder.cache_status = cache_status
     etag = header(response, b"etag")
     modified = header(response, b"last-modified")
-    extra = {name: v for name in flight.artifact.keep_headers if (v := header(response, name.encode()))}
-    encoding = header(response, b"x-upstream-content-encoding")
-    if encoding:
-        extra["Content-Encoding"] = encoding
     set_headers(request, size=flight.length, content_type=flight.content_type, etag=etag,
-                last_modified=modified, extra=extra)
+                last_modified=modified, extra=response_headers(flight.artifact, response))
     if not_modified(request, etag, modified):
-        request.setResponseCode(304)
-        for name in (b"content-type", b"content-length", b"accept-ranges"):
-            request.responseHeaders.removeHeader(name)
-        responder.finish()
+        answer_not_modified(responder)
         return
     if flight.length is None:
         if request.method == b"HEAD":
@@ -385,7 +506,7 @@ def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS
             return
         first, end = 0, None
     else:
-        span = _range_or_full(responder, flight.length, etag, modified)
+        span = _range_or_full(responder, flight.length, etag, strong_date(modified, flight.store.now()))
         if span is None:
             return
         first, end = span[0], span[1] + 1
@@ -427,7 +548,7 @@ class FlightReader(_FileSender):
     def flight_data(self, flight: Flight, chunk: bytes, offset: int) -> None:
         if self.paused or self.done:
             return
-        if offset != self.offset or (self._direct is not None and zerocopy.drained(self._direct)):
+        if offset != self.offset or self._zero_copy():
             self._pump()
             return
         n = self._limit() - offset

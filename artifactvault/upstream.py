@@ -7,14 +7,23 @@ they were configured for (Docker Hub answers blob requests with a 307 to a
 CDN), ask for ``Accept-Encoding: identity`` so the bytes we store and hash are
 the bytes upstream published, and turn every network failure into an
 L{UpstreamError} whose message says what went wrong without a secret in it.
+
+Every wait on an upstream has a deadline: L{Upstream.request} bounds the
+whole connecting phase (every hop, the auth's token fetch, the retry after a
+401) by the backend's C{timeout}, and L{read_small} bounds a small body (a
+token, a manifest) in time and size, cutting the connection when either runs
+out. Configured extra C{headers:} are treated like credentials (operators put
+API keys in them): they go only to the configured origin, never to a
+redirect target or a file host elsewhere.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass, field
 from http.cookiejar import DefaultCookiePolicy
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from treq.client import HTTPClient
@@ -23,9 +32,12 @@ from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import client as webclient
+from twisted.web.error import SchemeNotSupported
+from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IAgent
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from artifactvault import logs
 from artifactvault import __version__
@@ -59,22 +71,41 @@ class UpstreamStatus(UpstreamError):
         self.code = code
         self.status = 404 if code in (404, 410) else (code if 400 <= code < 500 else 502)
 
+    @classmethod
+    def of(cls, response: Any) -> "UpstreamStatus":
+        """The error for an upstream C{response} whose status we cannot serve."""
+        return cls(response.code, response.phrase.decode("latin-1", "replace"))
+
 
 def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of C{url}: what must match for a secret to be sent to it."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return (parts.scheme, (parts.hostname or "").lower(), port)
 
 
-class IUpstreamAuth(Protocol):
-    """How a backend authenticates to its upstream (checked structurally)."""
+def host_of(url: str) -> str:
+    """The host (and port) of C{url} for a message: never its user info."""
+    return urlsplit(url).netloc.rpartition("@")[2]
 
-    def headers_for(self, url: str) -> Deferred | dict[str, str]: ...
 
-    def challenged(self, url: str, response: Any) -> Deferred:
+def loggable(url: str) -> str:
+    """C{url} fit for a log line: no user info, no query (signed URLs carry secrets there)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{host_of(url)}{parts.path}"
+
+
+class IUpstreamAuth(Interface):
+    """How an L{Upstream} authenticates to its origin (and only there)."""
+
+    def headers_for(url: str) -> Deferred | dict[str, str]:
+        """The headers to send with a request for C{url} (a Deferred if a token must be fetched)."""
+
+    def challenged(url: str, response: Any) -> Deferred:
         """A 401 came back for C{url}; fires True if a retry may now succeed."""
 
 
+@implementer(IUpstreamAuth)
 @dataclass
 class StaticAuth:
     """Basic credentials or a bearer token, sent only to the configured origin."""
@@ -160,11 +191,78 @@ def header(response: Any, name: bytes) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
+#: What a failed request to an upstream can raise that is the network's or the
+#: upstream's fault. Anything else is a bug of ours and is not put into words.
+NETWORK_FAILURES = (
+    CancelledError, neterror.ConnectError, neterror.DNSLookupError, neterror.ConnectionClosed,
+    webclient.ResponseFailed, webclient.RequestTransmissionFailed, webclient.RequestNotSent,
+    SchemeNotSupported)
+
+
+def _invalid_answer(reasons: list[Any]) -> str | None:
+    """
+    What was wrong with an answer Twisted's client refused to read, if that
+    is why it failed: while it parses a response's head, a C{ValueError}
+    comes from its Content-Length (not digits, or repeated with different
+    values).
+    """
+    for reason in reasons:
+        if reason.check(ValueError):
+            return f"an invalid Content-Length ({str(reason.value)[:80]})"
+    return None
+
+
+#: A length is 1*DIGIT, ASCII only (``str.isdigit`` would take ``²``, which
+#: C{int} refuses); more digits than this is no file's length (and C{int} of
+#: 5000 digits raises).
+_LENGTH = re.compile(r"[0-9]{1,18}", re.ASCII)
+
+
+def parse_length(value: str | bytes | None) -> int | None:
+    """
+    A Content-Length field value as a number, or None when it is not one:
+    ASCII digits, optionally repeated as ``42, 42`` (RFC 9110 8.6), nothing
+    else (no sign, no other digits, no conflicting repeats). The one place a
+    length header is read.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    numbers = [v.strip(" \t") for v in value.split(",")]
+    if not all(_LENGTH.fullmatch(n) for n in numbers):
+        return None
+    lengths = {int(n) for n in numbers}
+    return lengths.pop() if len(lengths) == 1 else None
+
+
+def content_length(response: Any) -> int | None:
+    """
+    The C{Content-Length} of C{response} (of a HEAD answer too, whose body is
+    empty: there it is the size a GET would have) as a number, or None when
+    absent or not a length (L{parse_length}). On a GET, Twisted's client has
+    already refused a body framed by a bad one (L{describe_failure} says so).
+    """
+    raw = response.headers.getRawHeaders(b"content-length")
+    return parse_length(b", ".join(raw)) if raw else None
+
+
 def describe_failure(exc: BaseException, url: str, timeout: float) -> UpstreamError:
-    """An L{UpstreamError} saying in words what C{exc} means; no secrets, no traceback."""
-    host = urlsplit(url).netloc.rpartition("@")[2]
+    """
+    An L{UpstreamError} saying in words what the network failure C{exc}
+    means; no secrets, no traceback. Anything that is not a network or HTTP
+    failure (a C{KeyError} is a bug, not an upstream's fault) is raised again,
+    so that it is logged with its traceback and answered 500 (see
+    L{artifactvault.serve.Responder.fail}), never disguised as a 502.
+    """
+    host = host_of(url)
+    invalid = _invalid_answer(getattr(exc, "reasons", []))
+    if invalid:
+        return UpstreamError(f"upstream {host} sent {invalid}")
     if isinstance(exc, UpstreamError):
         return exc
+    if not isinstance(exc, NETWORK_FAILURES):
+        raise exc
     reasons = getattr(exc, "reasons", [])  # of ResponseNeverReceived and the like
     if isinstance(exc, (CancelledError, neterror.TimeoutError)) or \
             any(r.check(CancelledError) for r in reasons):  # treq's timeout cancels the request
@@ -175,40 +273,146 @@ def describe_failure(exc: BaseException, url: str, timeout: float) -> UpstreamEr
         return UpstreamError(f"cannot resolve upstream host {host}")
     if isinstance(exc, neterror.ConnectError):
         return UpstreamError(f"cannot connect to upstream {host}: {exc.__class__.__name__}")
+    if isinstance(exc, SchemeNotSupported):
+        return UpstreamError(f"cannot fetch {urlsplit(url).scheme}: URLs (from upstream {host})")
     if isinstance(exc, (webclient.ResponseNeverReceived, webclient.RequestTransmissionFailed)):
         detail = ""
         if reasons and "SSL" in type(reasons[0].value).__module__ + type(reasons[0].value).__name__:
             detail = ": TLS handshake failed"
         return UpstreamError(f"upstream {host} closed the connection before answering{detail}")
-    return UpstreamError(f"request to upstream {host} failed: {exc.__class__.__name__}")
+    return UpstreamError(f"upstream {host} broke the connection ({exc.__class__.__name__})")
+
+
+class _SmallBody(TwistedProtocol):
+    """Collects a small body for L{read_small}, refusing it as soon as it is too big."""
+
+    def __init__(self, done: Deferred, limit: int, what: str):
+        self.done = done
+        self.limit = limit
+        self.what = what
+        self.size = 0
+        self.parts: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.refuse(UpstreamError(f"{self.what} is larger than {self.limit} bytes"))
+            return
+        self.parts.append(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.done.called:
+            return
+        # (PotentialDataLoss: a body without a length, ended by closing the connection)
+        if reason is not None and reason.check(webclient.ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(UpstreamError(f"the connection broke while reading {self.what}"))
+
+    def refuse(self, error: UpstreamError) -> None:
+        """Fail with C{error} and cut the connection: we want none of the rest."""
+        if not self.done.called:
+            self.done.errback(error)
+        self.cut()
+
+    def cut(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+
+def read_small(response: Any, limit: int, timeout: float, reactor: Any,
+               what: str = "the upstream answer") -> Deferred:
+    """
+    The whole body of C{response} (a token, a manifest: something small the
+    backend needs in memory), fired as bytes. Fails with L{UpstreamError} as
+    soon as more than C{limit} bytes are announced or arrive, and with
+    L{UpstreamTimeout} when the body is not complete C{timeout} seconds from
+    now; either way the connection is cut. C{what} names the body in reasons
+    ("the token answer from auth.example").
+    """
+    protocol: _SmallBody
+
+    def cancelled(d: Deferred) -> None:
+        d.errback(CancelledError())
+        protocol.cut()
+
+    done: Deferred = Deferred(cancelled)
+    protocol = _SmallBody(done, limit, what)
+    response.deliverBody(protocol)
+    if isinstance(response.length, int) and response.length > limit:
+        protocol.refuse(UpstreamError(f"{what} is larger than {limit} bytes"))
+        return done
+    if not done.called:
+        timer = reactor.callLater(timeout, protocol.refuse,
+                                  UpstreamTimeout(f"{what} did not arrive within {timeout:g} s"))
+
+        def stop_timer(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        done.addBoth(stop_timer)
+    return done
 
 
 class Upstream:
     """
     One backend's way to its upstream: the shared client plus that backend's
     extra headers, credentials and timeouts.
+
+    @ivar origin_url: The configured upstream: extra C{headers} are sent only to its origin.
+    @ivar timeout: Seconds for the whole connecting phase of a request, and for a small body.
+    @ivar idle_timeout: Seconds a download may go without a byte (used by the flight).
     """
 
     def __init__(self, client: HTTPClient, reactor: Any, auth: IUpstreamAuth | None = None,
                  headers: dict[str, str] | None = None, timeout: float = 30.0,
-                 idle_timeout: float = 60.0):
+                 idle_timeout: float = 60.0, origin_url: str | None = None):
         self.client = client
         self.reactor = reactor
         self.auth = auth
         self.headers = dict(headers or {})
         self.timeout = timeout
         self.idle_timeout = idle_timeout
+        self.origin_url = origin_url
 
     async def request(self, method: str, url: str, headers: dict[str, str] | None = None) -> Any:
         """
-        Send a request, following redirects (credentials only to their own
-        origin) and answering one auth challenge. Fires with the treq
-        response, its body not yet read; raises L{UpstreamError}.
+        Send a request, following redirects (credentials and extra headers
+        only to their own origin) and answering one auth challenge, all within
+        C{timeout} seconds. Fires with the treq response, its body not yet
+        read; raises L{UpstreamError} (L{UpstreamTimeout} when time ran out).
         """
+        attempt = Deferred.fromCoroutine(self._request(method, url, headers))
+        expired = []
+
+        def expire() -> None:
+            expired.append(True)
+            attempt.cancel()  # reaches whatever is awaited: a connection, a token, a retry
+
+        timer = self.reactor.callLater(self.timeout, expire)
+        try:
+            return await attempt
+        except (UpstreamError, CancelledError):
+            if expired:
+                raise UpstreamTimeout(f"upstream {host_of(url)} did not answer within {self.timeout:g} s "
+                                      f"(connecting, authentication and redirects)") from None
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
+
+    async def _request(self, method: str, url: str, headers: dict[str, str] | None) -> Any:
         first = url
+        home = origin(self.origin_url or first)
         retried = False
         for _hop in range(MAX_REDIRECTS + 1):
-            send = {"User-Agent": USER_AGENT, **self.headers, **(headers or {})}
+            send = {"User-Agent": USER_AGENT}
+            if origin(url) == home:
+                send.update(self.headers)
+            send.update(headers or {})
             if self.auth is not None and origin(url) == origin(first):
                 send.update(await self._ask_auth(self.auth.headers_for, url))
             try:
@@ -220,27 +424,51 @@ class Upstream:
                 raise describe_failure(e, url, self.timeout) from None
             if response.code == 401 and self.auth is not None and not retried:
                 retried = True
-                if await self._ask_auth(self.auth.challenged, url, response):
+                try:
+                    again = await self._ask_auth(self.auth.challenged, url, response)
+                except BaseException:
+                    discard(response)  # (its connection back to the pool)
+                    raise
+                if again:
                     discard(response)
                     continue
             if response.code in REDIRECTS:
                 location = response.headers.getRawHeaders(b"location", [None])[0]
                 if location:
                     discard(response)
-                    url = urljoin(url, location.decode("latin-1"))
+                    url = _redirect_target(url, location)
                     if method == "POST" and response.code == 303:
                         method = "GET"
                     continue
             return response
-        raise UpstreamError(f"upstream {urlsplit(first).netloc} redirected more than {MAX_REDIRECTS} times")
+        raise UpstreamError(f"upstream {host_of(first)} redirected more than {MAX_REDIRECTS} times")
+
+    def read_small(self, response: Any, limit: int, what: str = "the upstream answer") -> Deferred:
+        """L{read_small} with this upstream's reactor and C{timeout}."""
+        return read_small(response, limit, self.timeout, self.reactor, what)
 
     async def _ask_auth(self, method: Any, url: str, *args: Any) -> Any:
-        """Call the auth (it may fetch a token): its failures are L{UpstreamError}s too."""
+        """
+        Call the auth (it may fetch a token): its network failures are
+        L{UpstreamError}s too; its bugs propagate, to be logged and answered 500.
+        """
         try:
             result = method(url, *args)
             return (await result) if isinstance(result, Deferred) else result
         except Exception as e:
-            if not isinstance(e, UpstreamError):
-                _log.failure("authenticating to {url} failed", url=url)
             raise describe_failure(e, url, self.timeout) from None
 
+
+def _redirect_target(url: str, location: bytes) -> str:
+    """Where a redirect from C{url} leads: an http(s) URL with a host, or L{UpstreamError}."""
+    host = host_of(url)
+    try:
+        target = urljoin(url, location.decode("latin-1").strip())
+        parts = urlsplit(target)
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        raise UpstreamError(f"upstream {host} redirected to an unreadable Location") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UpstreamError(f"upstream {host} redirected to a URL that is not fetched "
+                            f"(scheme {parts.scheme!r}{'' if parts.hostname else ', no host'})")
+    return target

@@ -18,11 +18,40 @@ from twisted.python.failure import Failure
 
 from artifactvault import logs
 from artifactvault.cache.store import Entry, FileStore
+from artifactvault.fields import fresh_until, response_headers
 from artifactvault.flight import Artifact, Flight, Flights
-from artifactvault.serve import Responder, serve_entry, serve_flight, set_headers
-from artifactvault.upstream import UpstreamError, UpstreamStatus, describe_failure, discard, header
+from artifactvault.serve import Responder, answer_not_modified, not_modified, serve_entry, serve_flight, set_headers
+from artifactvault.upstream import UpstreamError, UpstreamStatus, content_length, discard, header
 
 _log = Logger(observer=logs.observer)
+
+
+def _range_waits_for_commit(responder: Responder, flight: Flight) -> bool:
+    """
+    A GET with a Range on a miss is answered from the committed entry, after
+    the download, when the flight cannot answer it now with verified bytes:
+    a digest-checked artifact still unverified (a range's bytes would go out
+    before the check), or a download of unknown length (a range cannot be
+    placed, nor a suffix found, before the end).
+    """
+    request = responder.request
+    if request.method == b"HEAD" or request.getHeader(b"range") is None:
+        return False
+    return flight.length is None or (flight.artifact.digest is not None and not flight.complete)
+
+
+def verified_as(entry: Entry, digest: tuple[str, str] | None) -> bool:
+    """
+    Whether a stored entry may be served as an artifact that must have
+    C{digest}. The store records the sha256 of what it committed (checked
+    against the expected digest for a download, computed for a record), so
+    an entry for a sha256 must carry that very one: anything else under the
+    key was never checked as this artifact and is not served. (Other
+    algorithms are not recorded; their entries are trusted to their key.)
+    """
+    if digest is None or digest[0] != "sha256":
+        return True
+    return entry.sha256 == digest[1].lower()
 
 
 class Vault:
@@ -37,6 +66,8 @@ class Vault:
     def serve(self, responder: Responder, artifact: Artifact) -> None:
         """Answer a GET or HEAD for C{artifact}."""
         entry = self.store.lookup(artifact.key)
+        if entry is not None and not verified_as(entry, artifact.digest):
+            entry = None  # never served: the download replaces it
         if entry is not None and entry.is_fresh(self.store.now()):
             if serve_entry(responder, self.store, entry, "HIT"):
                 return
@@ -49,12 +80,20 @@ class Vault:
                     and flight.artifact.transform is None:
                 serve_flight(responder, flight, "HIT" if flight.complete else "MISS")
             else:
-                Deferred.fromCoroutine(self._head(responder, artifact, entry))
+                Deferred.fromCoroutine(self._head(responder, artifact, entry)).addErrback(responder.fail)
+            return
+        flight = self.flights.get(artifact.key)
+        if flight is not None and flight.state == Flight.CONNECTING and flight.artifact.url != artifact.url:
+            # The same bytes asked of another source (a blob of another
+            # repository) with no answer yet: its 404 would say nothing of
+            # this one. Wait for it, then join its download or start ours.
+            flight.head().addBoth(lambda _: responder.gone or self.serve(responder, artifact)).addErrback(
+                responder.fail)
             return
         flight = self.flights.join(artifact, stale=entry)
         flight.head().addCallbacks(
             lambda f: self._answer(responder, f),
-            lambda failure: self._failed(responder, failure, entry))
+            lambda failure: self._failed(responder, failure, entry)).addErrback(responder.fail)
 
     def serve_cached(self, responder: Responder, key: str,
                      accept: Callable[[Entry], bool] | None = None) -> bool:
@@ -82,10 +121,10 @@ class Vault:
             # (an upstream that answered at once, in memory: the flight ended before we looked)
             self._serve_committed(responder, flight.entry, "MISS")
             return
-        if flight.artifact.transform is not None:
+        if flight.artifact.transform is not None or _range_waits_for_commit(responder, flight):
             flight.committed().addCallbacks(
                 lambda entry: self._serve_committed(responder, entry, "MISS"),
-                lambda failure: self._failed(responder, failure, None))
+                lambda failure: self._failed(responder, failure, flight.stale)).addErrback(responder.fail)
             return
         # A download that is already complete (its commit still under way) is
         # served from local bytes: that is a hit.
@@ -97,51 +136,67 @@ class Vault:
             responder.error(502, "stored copy vanished")
 
     def _failed(self, responder: Responder, failure: Failure, stale: Entry | None) -> None:
+        """
+        The upstream failed before this client got a byte: the stale copy
+        where policy allows, else the error. Either starts from clean headers
+        (the abandoned answer may have set a 206, a Content-Range...).
+        """
         if responder.gone:
             return
-        error = failure.value if isinstance(failure.value, UpstreamError) else \
-            describe_failure(failure.value, "", 0)
-        if stale is not None and self.serve_stale and self.may_serve_stale(error):
-            _log.info("serving stale {key}: {reason}", key=stale.key, reason=error.reason)
-            if serve_entry(responder, self.store, stale, "STALE"):
-                return
+        error = failure.value
+        if not isinstance(error, UpstreamError):
+            responder.fail(failure)
+            return
         if responder.cache_status is None:
             responder.cache_status = "MISS"  # the upstream was asked and failed
+        if stale is not None and self.stale_allowed(stale, error):
+            _log.info("serving stale {key}: {reason}", key=stale.key, reason=error.reason)
+            responder.reset()
+            if serve_entry(responder, self.store, stale, "STALE"):
+                return
         responder.error(error.status, error.reason)
 
-    @staticmethod
-    def may_serve_stale(error: UpstreamError) -> bool:
-        """Unreachable or failing upstreams yes; a definite 404/410/403 is believed."""
+    def stale_allowed(self, stale: object | None, error: BaseException) -> bool:
+        """
+        Whether C{stale} (an entry, a record: what was last known) may answer
+        in place of a fetch that failed with C{error}: if there is one, stale
+        copies are allowed, and the upstream is unreachable or failing (5xx,
+        429); a definite 404/410/403 is believed, and a bug is not an
+        upstream failure.
+        """
+        if stale is None or not self.serve_stale or not isinstance(error, UpstreamError):
+            return False
         return not isinstance(error, UpstreamStatus) or error.code >= 500 or error.code == 429
 
     async def _head(self, responder: Responder, artifact: Artifact, stale: Entry | None) -> None:
         """A HEAD miss asks the upstream with HEAD; nothing is downloaded."""
         try:
             response = await artifact.upstream.request("HEAD", artifact.url, dict(artifact.headers))
+            discard(response)
+            if response.code != 200:
+                raise UpstreamStatus.of(response)
         except UpstreamError as e:
             self._failed(responder, Failure(e), stale)
             return
-        discard(response)
         if responder.gone:
             return
-        if response.code != 200:
-            self._failed(responder, Failure(UpstreamStatus(
-                response.code, response.phrase.decode("latin-1", "replace"))), stale)
-            return
+        # (a HEAD response's own length is 0: the size is in its header; one
+        # that is not a number is no size, as for the registry's HEADs)
+        length = content_length(response)
         etag = header(response, b"etag")
         if stale is not None and etag is not None and etag == stale.etag:
-            stale.fresh_until = self._fresh_until(artifact)
+            stale.fresh_until = fresh_until(artifact, self.store.now())
             self.store.update(stale)
             if serve_entry(responder, self.store, stale, "HIT"):
                 return
         request = responder.request
         responder.cache_status = "MISS"
-        # (a HEAD response's own length is 0: the size is in its header)
-        raw_length = header(response, b"content-length")
-        length = int(raw_length) if raw_length and raw_length.isdigit() else None
-        extra = {n: v for n in artifact.keep_headers if (v := header(response, n.encode()))}
+        last_modified = header(response, b"last-modified")
         set_headers(request, size=length, content_type=artifact.content_type or header(response, b"content-type"),
-                    etag=etag, last_modified=header(response, b"last-modified"), extra=extra)
+                    etag=etag, last_modified=last_modified, extra=response_headers(artifact, response))
+        if not_modified(request, etag, last_modified):
+            answer_not_modified(responder)
+            return
         if length is not None:
             request.setHeader(b"content-length", str(length).encode())
         responder.finish()
@@ -153,9 +208,6 @@ class Vault:
         os.close(fd)
         return True
 
-    def _fresh_until(self, artifact: Artifact) -> float | None:
-        return None if artifact.ttl is None else self.store.now() + artifact.ttl
-
     # -- documents ---------------------------------------------------------------
 
     def document(self, artifact: Artifact) -> Deferred:
@@ -165,6 +217,8 @@ class Vault:
         fails. Fires with (entry, "HIT"|"MISS"|"STALE"); fails with L{UpstreamError}.
         """
         entry = self.store.lookup(artifact.key)
+        if entry is not None and not verified_as(entry, artifact.digest):
+            entry = None  # never served: the download replaces it
         if entry is not None and entry.is_fresh(self.store.now()):
             return succeed((entry, "HIT"))
         flight = self.flights.join(artifact, stale=entry)
@@ -174,8 +228,7 @@ class Vault:
 
         def failed(failure: Failure) -> Any:
             error = failure.value
-            if entry is not None and self.serve_stale and isinstance(error, UpstreamError) \
-                    and self.may_serve_stale(error):
+            if self.stale_allowed(entry, error):
                 _log.info("serving stale {key}: {reason}", key=entry.key, reason=error.reason)
                 return entry, "STALE"
             return failure

@@ -8,7 +8,9 @@ nginx does: when the transport has nothing buffered, hand the kernel a file
 range to send straight from the page cache, as much as the socket takes. When
 the socket is full, the caller writes one ordinary chunk through the
 transport; its drain resumes the producer, which then sends from the file
-again. TLS and other transports never take this path.
+again. TLS and other transports never take this path, and neither does a
+body Twisted frames (chunked) or drops (HEAD, 304): there, raw file bytes
+on the socket would corrupt the response.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import ISSLTransport
+from twisted.web.http import NO_BODY_CODES
 
 #: The most one sendfile call is asked to send (the kernel sends what fits).
 MAX_SEND = 16 * 1024 * 1024
@@ -35,6 +38,17 @@ def direct_transport(request: Any) -> Any:
     if not all(hasattr(transport, a) for a in ("dataBuffer", "offset", "_tempDataLen", "socket")):
         return None
     return transport
+
+
+def raw_body(request: Any) -> bool:
+    """
+    The response's body goes on the wire as it is: its headers are out, and
+    Twisted neither frames it (``Transfer-Encoding: chunked``, used for an
+    HTTP/1.1 answer without Content-Length) nor drops it (HEAD, 204, 304).
+    Only then may file bytes bypass C{request.write}.
+    """
+    return bool(request.startedWriting) and not request.chunked and request.method != b"HEAD" \
+        and request.code not in NO_BODY_CODES
 
 
 def drained(transport: Any) -> bool:

@@ -35,6 +35,7 @@ from artifactvault.backends.base import BackendResource, IBackend
 from artifactvault.cache.store import FileStore
 from artifactvault.flight import Artifact
 from artifactvault.root import Root
+from artifactvault.serve import plain_error
 from artifactvault.site import VaultSite
 from artifactvault.upstream import Upstream
 from artifactvault.vault import Vault
@@ -311,10 +312,12 @@ class FakeBackend:
     def extra_mounts(self) -> dict:
         return {}
 
+    render_error = staticmethod(plain_error)
+
     def artifact(self, path: str) -> Artifact:
         url = f"{UPSTREAM}/{path}"
-        fields = {"ttl": self.ttl, **self.options.get(path, {})}
-        return Artifact(key=url, url=url, upstream=self.upstream, label=path, **fields)
+        fields = {"key": url, "ttl": self.ttl, **self.options.get(path, {})}
+        return Artifact(url=url, upstream=self.upstream, label=path, **fields)
 
     def handle(self, responder: Any, segments: list[str]) -> None:
         self.vault.serve(responder, self.artifact("/".join(segments)))

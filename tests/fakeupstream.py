@@ -3,7 +3,13 @@ A scriptable HTTP upstream for fault injection in integration tests.
 
 Real upstreams do not cut connections halfway or stall on demand; this small
 threaded server on 127.0.0.1 does, so tests can check what the real daemon
-does when they happen. Each path maps to a L{Script}.
+does when they happen. Each path maps to a L{Script} (a path with a query
+string falls back to the script of the path alone: a token endpoint).
+
+Stalls: before anything (C{hold_headers}), after the status line and the
+first header (C{stall_in_headers}), or after C{cut_at} body bytes
+(C{resume}). A stalled answer waits for its event; L{FakeUpstream.close}
+sets them all.
 """
 
 from __future__ import annotations
@@ -26,12 +32,19 @@ class Script:
     close_after_resume: bool = False
     #: Wait for this event before sending anything at all.
     hold_headers: threading.Event | None = None
+    #: Send the status line and the first header, then wait for this event.
+    stall_in_headers: threading.Event | None = None
+    #: Answer 401 with C{WWW-Authenticate: <challenge>} unless the request's
+    #: Authorization is this (a registry that wants a token).
+    authorization: str | None = None
+    challenge: str = ""
     #: Bytes per write (to spread a body over many packets).
     chunk: int = 65536
-    #: Send the body with ``Transfer-Encoding: chunked`` (one chunk per
-    #: write, no ``Content-Length``), as dynamic servers and many CDNs do.
+    #: Send the body with ``Transfer-Encoding: chunked`` (one chunk per write), no Content-Length.
     chunked: bool = False
-    #: Send no ``Content-Length`` and end the body by closing the connection.
+    #: The Content-Length field exactly as sent (any bytes, e.g. b"12abc"), instead of the body's length.
+    content_length: bytes | None = None
+    #: Send no length at all and end the body by closing the connection.
     close_delimited: bool = False
 
 
@@ -56,7 +69,7 @@ class FakeUpstream:
 
             def _answer(self, head: bool) -> None:
                 owner.requests.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
-                script = owner.scripts.get(self.path)
+                script = owner.scripts.get(self.path) or owner.scripts.get(self.path.partition("?")[0])
                 if script is None:
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
@@ -64,6 +77,13 @@ class FakeUpstream:
                     return
                 if script.hold_headers is not None:
                     script.hold_headers.wait(60)
+                if script.authorization is not None and \
+                        self.headers.get("Authorization") != script.authorization:
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", script.challenge)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 etag = script.headers.get("ETag")
                 if etag is not None and self.headers.get("If-None-Match") == etag:
                     self.send_response(304)
@@ -71,6 +91,10 @@ class FakeUpstream:
                     self.end_headers()
                     return
                 self.send_response(script.status)
+                if script.stall_in_headers is not None:
+                    self.send_header("X-Stall", "here")
+                    self.flush_headers()
+                    script.stall_in_headers.wait(60)
                 for k, v in script.headers.items():
                     self.send_header(k, v)
                 if script.chunked:
@@ -78,6 +102,8 @@ class FakeUpstream:
                 elif script.close_delimited:
                     self.send_header("Connection", "close")
                     self.close_connection = True
+                elif script.content_length is not None:
+                    self._headers_buffer.append(b"Content-Length: " + script.content_length + b"\r\n")
                 elif "Content-Length" not in script.headers:
                     self.send_header("Content-Length", str(len(script.body)))
                 self.end_headers()
@@ -89,13 +115,13 @@ class FakeUpstream:
                 first = body if script.cut_at is None else body[:script.cut_at]
                 self._send(first, script)
                 if script.cut_at is None:
-                    self._end(script)
+                    self._send_end(script)
                     return
                 if script.resume is not None:
                     script.resume.wait(120)
                     if not script.close_after_resume:
                         self._send(body[script.cut_at:], script)
-                        self._end(script)
+                        self._send_end(script)
                         return
                 self.close_connection = True
                 self.connection.shutdown(2)
@@ -105,25 +131,20 @@ class FakeUpstream:
                     for i in range(0, len(data), script.chunk):
                         piece = data[i:i + script.chunk]
                         if script.chunked:
-                            piece = b"%x\r\n%s\r\n" % (len(piece), piece)
+                            piece = b"%x\r\n" % len(piece) + piece + b"\r\n"
                         self.wfile.write(piece)
                     self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-            def _end(self, script: Script) -> None:
-                """The end of a complete body: the last chunk, or the close that ends it."""
+            def _send_end(self, script: Script) -> None:
+                """The end of a chunked body: the last chunk, no trailers."""
                 if script.chunked:
-                    self._send_raw(b"0\r\n\r\n")
-                elif script.close_delimited:
-                    self.close_connection = True
-
-            def _send_raw(self, data: bytes) -> None:
-                try:
-                    self.wfile.write(data)
-                    self.wfile.flush()
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
+                    try:
+                        self.wfile.write(b"0\r\n\r\n")
+                        self.wfile.flush()
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -140,7 +161,7 @@ class FakeUpstream:
 
     def close(self) -> None:
         for script in self.scripts.values():
-            for event in (script.resume, script.hold_headers):
+            for event in (script.resume, script.hold_headers, script.stall_in_headers):
                 if event is not None:
                     event.set()
         self.server.shutdown()

@@ -1,6 +1,6 @@
 """
-Helpers for integration tests: the real upstreams of ``../shared/upstreams``
-and the real daemon, started as a subprocess on a free port.
+Helpers for integration tests: the real upstreams of the project's test kit
+(``tests/upstreams``) and the real daemon, started as a subprocess on a free port.
 
 Upstreams are started once per test run (their ``*-up`` scripts are
 idempotent) under ``$AV_UPSTREAMS_DIR`` (default ``/tmp/av-up``); count
@@ -27,8 +27,7 @@ from typing import Any
 import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-UPSTREAMS = os.environ.get("AV_UPSTREAMS") or os.path.normpath(
-    os.path.join(REPO, "..", "shared", "upstreams"))
+UPSTREAMS = os.path.join(REPO, "tests", "upstreams")
 UP_DIR = os.environ.get("AV_UPSTREAMS_DIR", "/tmp/av-up")
 #: The large file of files-up is made this big for tests (MiB).
 LARGE_MB = int(os.environ.get("AV_TEST_LARGE_MB", "64"))
@@ -61,7 +60,7 @@ def upstream_url(name: str) -> str:
         if name == "regauth":
             args.append(str(TOKEN_PORT))
         if not os.path.exists(args[0]):
-            raise UpstreamUnavailable(f"{args[0]} not found: set AV_UPSTREAMS to the upstreams kit")
+            raise UpstreamUnavailable(f"{args[0]} not found: the test kit is incomplete")
         env = dict(os.environ, UPSTREAMS_LARGE_MB=str(LARGE_MB))
         p = subprocess.run(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if p.returncode != 0:
@@ -190,6 +189,19 @@ class Daemon:
         while not os.path.exists(meta):
             if time.monotonic() > deadline:
                 raise AssertionError(f"{key} was not stored within {timeout} s")
+            time.sleep(0.02)
+
+    def wait_log(self, text: str, timeout: float = 30.0) -> None:
+        """
+        Poll until the daemon's log has C{text}. (After L{wait_stored}, the
+        download that stored an entry may still be ending on the reactor: a
+        request then joins it instead of reading the entry; its "stored …"
+        line is logged once it has ended.)
+        """
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged within {timeout} s")
             time.sleep(0.02)
 
     def stop(self) -> None:

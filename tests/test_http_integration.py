@@ -80,6 +80,8 @@ class _Shared:
             {"type": "http", "config": {"prefix": "/down/", "base_url": f"http://127.0.0.1:{closed}"}},
             {"type": "http", "config": {"prefix": "/auth/", "base_url": self.fake.base + "/auth",
                                         "username": "vaultuser", "password_env": "AV_TEST_PASSWORD"}},
+            {"type": "http", "config": {"prefix": "/hdr/", "base_url": self.fake.base + "/hdr",
+                                        "headers": {"X-Api-Key": "k3y-s3cret"}}},
         ]).start(env={"AV_TEST_PASSWORD": "s3cret-pw"})
         atexit.register(self.close)
 
@@ -297,6 +299,7 @@ class HttpBackendTests(TestCase):
         status, headers, body = self.get("/fresh/doc.bin")
         self.assertEqual((status, headers["x-cache"], body), (200, "MISS", data))
         self.daemon.wait_stored(self.fake.base + "/fresh/doc.bin")
+        self.daemon.wait_log("stored /fresh/doc.bin")  # the download has ended: a new GET revalidates
         status, headers, body = self.get("/fresh/doc.bin")  # ttl 0: revalidated, 304
         self.assertEqual((status, headers["x-cache"], body), (200, "HIT", data))
         revalidation = [h for m, p, h in self.fake.requests if p == "/fresh/doc.bin"][-1]
@@ -323,10 +326,27 @@ class HttpBackendTests(TestCase):
                          [expected])
         status, _, body = self.get("/auth/moved.bin")
         self.assertEqual((status, body), (200, b"B" * 10))
-        self.assertEqual([h.get("authorization") for m, p, h in self.other.requests], [None])
+        self.assertEqual([h.get("authorization") for m, p, h in self.other.requests if p == "/elsewhere.bin"], [None])
         log = self.daemon.log()
         self.assertNotIn("s3cret-pw", log)
         self.assertNotIn(expected.split()[1], log)
+
+    def test_configured_headers_go_only_to_the_configured_origin(self) -> None:
+        """Configured headers (an API key) reach the upstream, not a redirect target elsewhere, and never the log."""
+        self.fake.scripts["/hdr/a.bin"] = Script(body=b"A" * 10)
+        self.fake.scripts["/hdr/moved.bin"] = Script(
+            status=302, headers={"Location": f"http://localhost:{self.other.port}/hdr-elsewhere.bin"})
+        self.other.scripts["/hdr-elsewhere.bin"] = Script(body=b"B" * 10)
+        self.assertEqual(self.get("/hdr/a.bin")[2], b"A" * 10)
+        self.assertEqual([h.get("x-api-key") for m, p, h in self.fake.requests if p == "/hdr/a.bin"],
+                         ["k3y-s3cret"])
+        status, _, body = self.get("/hdr/moved.bin")
+        self.assertEqual((status, body), (200, b"B" * 10))
+        self.assertEqual([h.get("x-api-key") for m, p, h in self.fake.requests if p == "/hdr/moved.bin"],
+                         ["k3y-s3cret"])
+        self.assertEqual([h.get("x-api-key") for m, p, h in self.other.requests if p == "/hdr-elsewhere.bin"],
+                         [None])
+        self.assertNotIn("k3y-s3cret", self.daemon.log())
 
     def test_one_log_line_per_request(self) -> None:
         """Each request leaves one line: method, path, status, cache status, bytes, duration, backend; no query string."""

@@ -20,7 +20,7 @@ from artifactvault.backends import parse_backend
 from artifactvault.backends import pypi_index as index
 from artifactvault.backends.base import BuildContext, IBackend, IBackendType
 from artifactvault.backends.pypi import PypiBackendType
-from artifactvault.cache.store import FileStore
+from artifactvault.cache.store import Entry, FileStore
 from artifactvault.config import EMBEDDED_DEFAULT, BackendEntry, ConfigError, Section
 from artifactvault.root import Root
 from artifactvault.site import VaultSite
@@ -99,10 +99,11 @@ class Harness:
 
     def file_url(self, project: str, filename: str) -> str:
         """Where the project page (as JSON) says the vault serves C{filename}."""
-        page = json.loads(self.get(f"/pypi/{project}/", {"accept": JSON_ACCEPT}).body)
+        page_url = f"{self.backend.prefix}{project}/"
+        page = json.loads(self.get(page_url, {"accept": JSON_ACCEPT}).body)
         for f in page["files"]:
             if f["filename"] == filename:
-                return urljoin(f"/pypi/{project}/", f["url"])
+                return urljoin(page_url, f["url"])
         raise AssertionError(f"{filename} not listed")
 
 
@@ -231,6 +232,15 @@ class PageTests(SynchronousTestCase):
         self.assertEqual((r.status, r.header("x-cache"), r.body), (200, "STALE", first))
         self.assertIn("110", r.header("warning"))
 
+    def test_bug_is_a_500(self) -> None:
+        """A bug while loading a page (here a KeyError) is logged with its traceback and answered 500, not a 502."""
+        def broken(entry: object) -> None:
+            raise KeyError("page")
+        self.h.backend.pages.get = broken  # type: ignore[method-assign]
+        r = self.h.get("/pypi/demo/")
+        self.assertEqual((r.status, r.body), (500, b"internal error\n"))
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
     def test_upstream_404(self) -> None:
         """A project the upstream does not know is a 404."""
         self.assertEqual(self.h.get("/pypi/nothing/").status, 404)
@@ -247,11 +257,25 @@ class PageTests(SynchronousTestCase):
         """If the stored page's bytes are gone, it is fetched anew rather than failing forever."""
         self.h.get("/pypi/demo/")
         restarted = Harness(self, after=self.h)
-        entry = self.h.store.lookup(f"pypi-index:{INDEX}demo/")
+        entry = self.h.store.lookup(f"pypi-index:{INDEX}demo/ for /pypi/")
         os.unlink(self.h.store.data_path(entry))
         r = restarted.get("/pypi/demo/")
         self.assertEqual((r.status, r.header("x-cache")), (200, "MISS"))
         self.assertEqual(restarted.paths(), ["/simple/demo/"])
+
+    def test_pages_fresh_per_backend(self) -> None:
+        """
+        Two backends of one index keep its pages apart: one whose index_ttl is
+        0 asks the upstream every time, even while the other's copy is fresh.
+        """
+        self.h.get("/pypi/demo/")
+        eager = Harness(self, after=self.h, index_ttl=0, prefix="/eager/")
+        eager.routes["/simple/demo/"] = (200, "text/html", demo_page('<a href="n-2.tar.gz">n</a>'))
+        self.h.clock.advance(1)
+        r = eager.get("/eager/demo/")
+        self.assertEqual((r.header("x-cache"), eager.paths()), ("MISS", ["/simple/demo/"]))
+        self.assertIn(b"n-2.tar.gz", r.body)
+        self.assertNotIn(b"n-2.tar.gz", self.h.get("/pypi/demo/").body)  # the other's copy, still fresh
 
     def test_json_upstream(self) -> None:
         """A PEP 691 JSON upstream is read as such, sizes and all."""
@@ -310,7 +334,49 @@ class FileTests(SynchronousTestCase):
         self.h.routes["/w/demo-1.0-py3-none-any.whl.metadata"] = (200, "text/plain", b"forged")
         r = self.h.get(self.h.file_url("demo", "demo-1.0-py3-none-any.whl") + ".metadata")
         self.assertEqual((r.status, r.complete), (200, False))
-        self.assertIsNone(self.h.store.lookup(f"pypi-metadata:{sha(WHEEL)}"))
+        self.assertIsNone(self.h.store.lookup(f"pypi-metadata:{sha(WHEEL)} for /pypi/"))
+
+    def test_unverified_entry_never_served(self) -> None:
+        """
+        What is stored under a file's sha256 is served only if it was verified
+        as that sha256: other bytes under the key are neither a hit nor served
+        on the miss path that follows; the file is fetched, verified and replaces them.
+        """
+        key = f"pypi-file:{sha(SDIST)}"
+        self.successResultOf(self.h.store.put(Entry(key=key, data="", size=0, stored_at=self.h.store.now(),
+                                                    url="http://elsewhere/demo-1.0.tar.gz"), b"planted"))
+        r = self.h.get(self.h.file_url("demo", "demo-1.0.tar.gz"))
+        self.assertEqual((r.status, r.body, r.header("x-cache")), (200, SDIST, "MISS"))
+        self.assertEqual(self.h.store.lookup(key).sha256, sha(SDIST))
+
+    def test_second_index_cannot_place_what_the_first_serves(self) -> None:
+        """
+        Two PyPI backends on one cache: metadata and files not named by their
+        sha256 are kept per index, so a second index listing the same file
+        (same sha256) with forged metadata, or a file under a url- id, never
+        has them served by the first; the shared, verified file is still shared.
+        """
+        other = "http://other.example/simple/"
+        forged = b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\nRequires-Dist: evil\n"
+        evil = Harness(self, after=self.h, index_url=other, prefix="/other/", routes={
+            "/simple/demo/": (200, "text/html", (
+                f'<a href="/w/demo-1.0-py3-none-any.whl#sha256={sha(WHEEL)}" data-core-metadata="true">w</a>'
+                '<a href="/p/demo-1.0.tar.gz">s</a>').encode()),
+            "/w/demo-1.0-py3-none-any.whl": (200, "application/zip", WHEEL),
+            "/w/demo-1.0-py3-none-any.whl.metadata": (200, "text/plain", forged),
+            "/p/demo-1.0.tar.gz": (200, "application/x-tar", b"not the sdist"),
+        })
+        wheel = evil.file_url("demo", "demo-1.0-py3-none-any.whl")
+        sdist = evil.file_url("demo", "demo-1.0.tar.gz")
+        self.assertEqual([evil.get(u).body for u in (wheel, wheel + ".metadata", sdist)],
+                         [WHEEL, forged, b"not the sdist"])
+        wheel, sdist = (u.replace("/other/", "/pypi/") for u in (wheel, sdist))  # the first backend
+        r = self.h.get(wheel + ".metadata")
+        self.assertEqual((r.status, r.body), (200, METADATA))
+        self.assertEqual(self.h.get(sdist).status, 404)  # no such url- id on the first index
+        r = self.h.get(wheel)
+        self.assertEqual((r.body, r.header("x-cache")), (WHEEL, "HIT"))  # verified: shared
+        self.assertEqual(self.h.paths(), ["/simple/demo/", "/w/demo-1.0-py3-none-any.whl.metadata"])
 
     def test_unlisted(self) -> None:
         """Only what the page lists: unknown ids, other filenames and absent metadata are 404."""

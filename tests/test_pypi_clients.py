@@ -1,6 +1,6 @@
 """
 The PyPI backend through the real daemon, with real clients (pip and uv in
-throwaway venvs) against the real pypiserver of ``../shared/upstreams``, and
+throwaway venvs) against the real pypiserver of the test kit (``tests/upstreams``), and
 against a scripted real upstream (L{tests.fakeupstream}) for what pypiserver
 cannot do: PEP 691 JSON, PEP 658 metadata, a file that is not what its hash
 says.
@@ -348,3 +348,45 @@ class FakeUpstreamTests(ClientTestCase):
                          (1, 1, 1, 1))
         status, headers, body = support.request("GET", d.url(f"/pypi/+f/demo/{sha256(demo_whl)}/{demo}.metadata"))
         self.assertEqual((status, headers["x-cache"], body), (200, "HIT", demo_meta))
+
+    def test_second_index_cannot_place_what_the_first_serves(self) -> None:
+        """
+        Two PyPI backends in one daemon: the trusted pypiserver at /pypi/ and a
+        scripted index at /other/ that lists pypiserver's idna wheel (same name
+        and sha256) with other bytes, forged PEP 658 metadata (``core-metadata:
+        true``, no hash) and a file under a url- id. /pypi/ never serves what
+        /other/ stored: no metadata (pypiserver offers none), no url- file, and
+        the wheel's true bytes (the other index's were refused, not stored).
+        """
+        name, digest = next((f, h) for f, h in upstream_files().items() if f.startswith("idna-"))
+        forged = b"Metadata-Version: 2.1\nName: idna\nVersion: 99\nRequires-Dist: evil\n"
+        self.serve(self.index, "/simple/idna/", "application/vnd.pypi.simple.v1+json", json.dumps({
+            "meta": {"api-version": "1.0"}, "name": "idna",
+            "files": [{"filename": name, "url": f"../../files/{name}", "hashes": {"sha256": digest},
+                       "core-metadata": True},
+                      {"filename": "idna-99.tar.gz", "url": "../../files/idna-99.tar.gz", "hashes": {}}]}).encode())
+        self.serve(self.index, f"/files/{name}", "application/octet-stream", b"not idna" * 1000)
+        self.serve(self.index, f"/files/{name}.metadata", "application/octet-stream", forged)
+        self.serve(self.index, "/files/idna-99.tar.gz", "application/octet-stream", b"from the other index")
+        d = support.Daemon([
+            {"type": "pypi", "config": {"index_url": support.upstream_url("pypi") + "/simple/"}},
+            {"type": "pypi", "config": {"prefix": "/other/", "index_url": self.index.base + "/simple/"}}])
+        self.addCleanup(d.cleanup)
+        d.start()
+        other = json.loads(support.request("GET", d.url("/other/idna/"), {"Accept": PIP_ACCEPT})[2])["files"]
+        paths = [urljoin("/other/idna/", f["url"]) for f in other]
+        wheel, sdist = (p[len("/other/"):] for p in paths)
+        self.assertEqual(wheel, f"+f/idna/{digest}/{name}")
+        self.assertRegex(sdist, r"^\+f/idna/url-[0-9a-f]{32}/idna-99\.tar\.gz$")
+        # What the other index stored: its metadata and its url- file (its wheel fails the sha256).
+        self.assertEqual(support.request("GET", d.url(f"/other/{wheel}.metadata"))[::2], (200, forged))
+        self.assertEqual(support.request("GET", d.url(f"/other/{sdist}"))[::2], (200, b"from the other index"))
+        with self.assertRaises((http.client.IncompleteRead, ConnectionError)):
+            support.request("GET", d.url(f"/other/{wheel}"))
+        # The trusted backend, asked for the same paths.
+        status, _, body = support.request("GET", d.url(f"/pypi/{wheel}.metadata"))
+        self.assertEqual(status, 404, body)
+        status, _, body = support.request("GET", d.url(f"/pypi/{sdist}"))
+        self.assertEqual(status, 404, body)
+        status, _, body = support.request("GET", d.url(f"/pypi/{wheel}"))
+        self.assertEqual((status, sha256(body)), (200, digest))

@@ -16,14 +16,17 @@ from twisted.web.resource import Resource
 
 from artifactvault import config as configmod
 from artifactvault.backends import parse_backend
-from artifactvault.backends.base import BuildContext, dispatch
+from zope.interface.verify import verifyObject
+
+from artifactvault.backends.base import BuildContext, IBackend, dispatch
 from artifactvault.backends.registry import RegistryBackendType, _Bad, parse_path
 from artifactvault.backends.registry_media import DOCKER_MANIFEST, OCI_INDEX
-from artifactvault.cache.store import FileStore
+from artifactvault.cache.store import Entry, FileStore
 from artifactvault.config import ConfigError, Section
 from artifactvault.service import build
 from artifactvault.tap import Options, makeService
 from artifactvault.vault import Vault
+from tests.fakes import FakeClient
 from tests.webhelpers import FakeRequest
 
 ZERO = "sha256:" + "0" * 64
@@ -114,6 +117,7 @@ class ScriptedRegistry(Resource):
         self.fail_with: int | None = None
         self.digest_on_head = True
         self.link: str | None = None
+        self.head_length: bytes | None = None  # a Content-Length for HEAD answers, as sent
 
     def put(self, tag: str, body: bytes, media_type: str = OCI_INDEX) -> str:
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
@@ -138,6 +142,9 @@ class ScriptedRegistry(Resource):
         request.setHeader(b"content-type", media_type.encode())
         if request.method == b"GET" or self.digest_on_head:
             request.setHeader(b"docker-content-digest", ("sha256:" + hashlib.sha256(body).hexdigest()).encode())
+        if request.method == b"HEAD" and self.head_length is not None:
+            request.setHeader(b"content-length", self.head_length)
+            return b""
         return body
 
 
@@ -252,12 +259,170 @@ class BackendTests(SynchronousTestCase):
         self.assertEqual(request.header(b"link"), '</dockerhub/x/y/tags/list?last=a&n=1>; rel="next"')
         self.assertEqual(self.asked(), [("GET", "/v2/x/y/tags/list?n=1")])
 
+    def test_unverified_manifest_never_served(self) -> None:
+        """What is stored under a manifest's digest is served only if it has that digest; otherwise it is fetched again."""
+        key = f"registry https://reg.test x/y manifest {self.digest}"
+        self.successResultOf(self.store.put(Entry(key=key, data="", size=0, stored_at=self.store.now(),
+                                                  content_type=OCI_INDEX), b'{"planted": 1}'))
+        request = self.get(f"x/y/manifests/{self.digest}")
+        self.assertEqual((request.body, request.header(b"x-cache")), (self.index, "MISS"))
+        self.assertEqual(self.store.lookup(key).sha256, self.digest.removeprefix("sha256:"))
+
+    def test_tags_list_bad_n(self) -> None:
+        """tags/list with an n that is not ASCII digits ('\u00b2' passes str.isdigit) is a 400; nothing goes upstream."""
+        for raw in (b"x", b"\xb2", b"1\xb2"):
+            request = FakeRequest(b"/dockerhub/x/y/tags/list?n=")
+            request.prepath = [b"dockerhub"]
+            request.args = {b"n": [raw]}
+            dispatch(self.backend, request, [b"x", b"y", b"tags", b"list"])
+            self.stub.flush()
+            self.assertEqual((request.responseCode, json.loads(request.body)["errors"][0]["code"]),
+                             (400, "PAGINATION_NUMBER_INVALID"))
+        self.assertEqual(self.asked(), [])
+
     def test_blob_digest_checked(self) -> None:
         """A blob is asked for by digest with that digest to verify; an invalid one never reaches the upstream."""
         request = self.get("x/y/blobs/sha256:" + "a" * 63)
         self.assertEqual(request.responseCode, 400)
         self.assertEqual(self.asked(), [])
         self.assertEqual(os.listdir(self.store.tmp_dir), [])
+
+
+class FaultTests(SynchronousTestCase):
+    """The registry backend against an upstream that stalls, sends garbage, or a bug in its auth."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.store = FileStore(self.mktemp(), clock=self.clock.seconds)
+        self.store.open()
+        self.client = FakeClient()
+        context = BuildContext(vault=Vault(self.store, self.clock), reactor=self.clock, client=self.client)
+        settings = RegistryBackendType.parse(section({"registry_url": "https://reg.test", "tag_ttl": 10,
+                                                      "timeout": 10}))
+        self.backend = RegistryBackendType.build(settings, context)
+        self.index = json.dumps({"schemaVersion": 2, "manifests": []}).encode()
+        self.digest = "sha256:" + hashlib.sha256(self.index).hexdigest()
+
+    def get(self, path: str, method: bytes = b"GET", accept: str = OCI_INDEX) -> FakeRequest:
+        request = FakeRequest(b"/dockerhub/" + path.encode(), method, {b"accept": [accept.encode()]})
+        request.prepath = [b"dockerhub"]
+        dispatch(self.backend, request, path.encode().split(b"/"))
+        return request
+
+    def error(self, request: FakeRequest) -> tuple[int, str]:
+        self.assertTrue(request.finished)
+        return request.responseCode, json.loads(request.body)["errors"][0]["message"]
+
+    def stored_then_relayed(self, method: bytes = b"GET") -> FakeRequest:
+        """The manifest stored (OCI index), then asked for by a client that does not accept its type."""
+        stored = self.get(f"x/y/manifests/{self.digest}")
+        self.client.last.respond(200, self.index, headers={"Content-Type": OCI_INDEX})
+        self.assertEqual(stored.body, self.index)
+        return self.get(f"x/y/manifests/{self.digest}", method,
+                        accept="application/vnd.docker.distribution.manifest.v1+json")
+
+    def test_provides_interface(self) -> None:
+        """The built backend is an IBackend (handle and render_error included)."""
+        self.assertTrue(verifyObject(IBackend, self.backend))
+
+    def test_manifest_in_flight_not_served_to_other_accept(self) -> None:
+        """A manifest still downloading is not streamed to a client whose Accept does not admit its type: that client waits for the verified copy, then gets the upstream's answer for its Accept."""
+        first = self.get(f"x/y/manifests/{self.digest}")
+        response = self.client.last.respond(200, headers={"Content-Type": OCI_INDEX},
+                                            length=len(self.index))
+        response.send(self.index[:10])
+        other = self.get(f"x/y/manifests/{self.digest}", accept=DOCKER_MANIFEST)
+        self.assertFalse(other.finished)
+        self.assertEqual(len(self.client.requests), 1)  # nothing asked for it yet
+        response.send(self.index[10:]).finish()
+        self.assertEqual(first.body, self.index)
+        relayed = self.client.last
+        self.assertEqual((relayed.method, relayed.header("accept")), ("GET", DOCKER_MANIFEST))
+        relayed.respond(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no"}]}')
+        self.assertEqual(other.responseCode, 404)
+        self.assertNotEqual(other.body, self.index)
+
+    def test_manifest_failing_its_digest_is_a_json_error(self) -> None:
+        """A manifest miss whose body does not match its digest: a registry JSON 502 before any byte, not a cut connection."""
+        request = self.get(f"x/y/manifests/{self.digest}")
+        self.client.last.respond(200, self.index + b" ", headers={"Content-Type": OCI_INDEX})
+        self.assertEqual(request.responseCode, 502)
+        self.assertIn("sha256", json.loads(request.body)["errors"][0]["message"])
+
+    def test_manifest_by_tag_stalls_mid_body(self) -> None:
+        """An upstream whose HEAD names no digest and whose manifest GET stalls mid-body: 504 within the timeout, connection cut; the tag is not wedged."""
+        request = self.get("x/y/manifests/latest")
+        self.client.last.respond(200, b"", headers={"Content-Type": OCI_INDEX})  # HEAD, no digest
+        self.assertEqual((self.client.last.method, self.client.last.url),
+                         ("GET", "https://reg.test/v2/x/y/manifests/latest"))
+        body = self.client.last.respond(200, headers={"Content-Type": OCI_INDEX}, length=len(self.index))
+        body.send(self.index[:5])
+        self.clock.advance(10)
+        self.assertEqual(self.error(request),
+                         (504, "the upstream manifest did not arrive within 10 s"))
+        self.assertTrue(body.transport.stopped)
+        again = self.get("x/y/manifests/latest")
+        self.client.last.respond(200, b"", headers={"Content-Type": OCI_INDEX})
+        self.client.last.respond(200, self.index, headers={"Content-Type": OCI_INDEX})
+        self.assertEqual((again.body, again.header(b"docker-content-digest")), (self.index, self.digest))
+
+    def test_head_that_never_ends(self) -> None:
+        """A tag's upstream HEAD that never answers: 504, and the next request asks again."""
+        request = self.get("x/y/manifests/latest")
+        self.clock.advance(10)
+        self.assertEqual(self.error(request)[0], 504)
+        self.get("x/y/manifests/latest")
+        self.assertEqual([r.method for r in self.client.requests], ["HEAD", "HEAD"])
+
+    def test_relayed_manifest_stalls(self) -> None:
+        """A manifest relayed to a client no cached form suits, stalling mid-body: 504 within the timeout."""
+        request = self.stored_then_relayed()
+        relay = self.client.last
+        self.assertEqual((relay.method, len(self.client.requests)), ("GET", 2))
+        stalled = relay.respond(200, headers={"Content-Type": OCI_INDEX})
+        stalled.send(b"{")
+        self.clock.advance(10)
+        self.assertEqual(self.error(request)[0], 504)
+        self.assertTrue(stalled.transport.stopped)
+
+    def test_relayed_manifest_checked(self) -> None:
+        """A manifest relayed by digest must have that digest: other bytes are a 502, never served."""
+        request = self.stored_then_relayed()
+        self.client.last.respond(200, b'{"schemaVersion": 1}', headers={"Content-Type": OCI_INDEX})
+        status, message = self.error(request)
+        self.assertEqual(status, 502)
+        self.assertIn("does not match its digest", message)
+
+    def test_relayed_lengths(self) -> None:
+        """A relayed GET carries its body's length (the upstream sent none); a relayed HEAD the upstream's, if it is a number."""
+        request = self.stored_then_relayed()
+        self.client.last.respond(200, headers={"Content-Type": OCI_INDEX}).send(self.index).finish()
+        self.assertEqual((request.body, request.header(b"content-length")), (self.index, str(len(self.index))))
+        for raw, expected in ((b"12", "12"), (b"\xb2", None)):
+            request = self.get(f"x/y/manifests/{self.digest}", b"HEAD",
+                               accept="application/vnd.docker.distribution.manifest.v1+json")
+            self.client.last.respond(200, b"", headers={"Content-Type": OCI_INDEX, "Content-Length": raw})  # type: ignore[dict-item]
+            self.assertEqual((request.finished, request.header(b"content-length")), (True, expected))
+
+    def test_garbage_content_length_on_head(self) -> None:
+        """A tag HEAD whose Content-Length is not ASCII digits ('\u00b2' passes str.isdigit) is a record without a size, not a 500."""
+        request = self.get("x/y/manifests/latest", method=b"HEAD")
+        self.client.last.respond(200, b"", headers={"Content-Type": OCI_INDEX, "Docker-Content-Digest": self.digest,
+                                                    "Content-Length": b"\xb2"})  # type: ignore[dict-item]
+        self.assertTrue(request.finished)
+        self.assertEqual((request.responseCode or 200, request.header(b"etag")), (200, f'"{self.digest}"'))
+        self.assertIsNone(request.header(b"content-length"))
+
+    def test_auth_bug_is_a_500(self) -> None:
+        """A bug in the auth (a KeyError) is logged with its traceback and answered 500, not a 502 in disguise."""
+        def broken(url: str) -> dict:
+            raise KeyError("scope")
+        self.backend.upstream.auth.headers_for = broken
+        request = self.get("x/y/manifests/latest")
+        self.assertEqual(self.error(request), (500, "internal error"))
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+        self.assertEqual(self.client.requests, [])
 
 
 class SampleConfigTests(SynchronousTestCase):
@@ -267,3 +432,19 @@ class SampleConfigTests(SynchronousTestCase):
         sample = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config-sample.yml")
         settings = load_config(sample).settings
         self.assertIn(("/dockerhub/", 300.0), [(s.prefix, getattr(s, "tag_ttl", None)) for s in settings])
+
+
+class TagLengthTests(SynchronousTestCase):
+    """The tag lookup's HEAD reads the manifest size strictly: one that is no length is no size."""
+
+    setUp = BackendTests.setUp
+    get = BackendTests.get
+
+    def test_garbage_head_length(self) -> None:
+        """Lengths that are not numbers, or too long for int(), leave the record without a size, not a 500."""
+        for raw in ("\u00b2".encode("latin-1"), b"12abc", b"9" * 5000, b"4, 5"):
+            with self.subTest(raw=raw[:10]):
+                self.upstream.head_length = raw
+                request = self.get("x/y/manifests/latest", method=b"HEAD")
+                self.assertEqual((request.responseCode or 200, request.header(b"content-length")), (200, None))
+                self.clock.advance(11)

@@ -11,8 +11,12 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
-from artifactvault.backends.registry_auth import TokenAuth, parse_challenge, scope_for
-from artifactvault.upstream import Upstream, UpstreamError
+from zope.interface.verify import verifyObject
+
+from artifactvault.backends.registry_auth import (MAX_TOKEN_ANSWER, MAX_TOKENS, TokenAuth, _Token,
+                                                  parse_challenge, scope_for)
+from artifactvault.upstream import IUpstreamAuth, Upstream, UpstreamError, UpstreamTimeout
+from tests.fakes import FakeClient
 
 REGISTRY = "https://registry.test"
 MANIFEST = REGISTRY + "/v2/library/alpine/manifests/latest"
@@ -200,3 +204,94 @@ class TokenAuthTests(SynchronousTestCase):
         """headers_for never gives a token for another origin."""
         _, auth = self.upstream()
         self.assertEqual(auth.headers_for("https://cdn.test/v2/library/alpine/blobs/sha256:00"), {})
+
+    def test_unfetchable_realm(self) -> None:
+        """A challenge whose realm is no http(s) URL is not answered: the 401 stands, nothing else is asked."""
+        for realm in ("ftp://auth.test/token", "/token", "https://[::1/token"):
+            with self.subTest(realm=realm):
+                self.hosts.realm = realm
+                upstream, _ = self.upstream()
+                self.assertEqual(self.get(upstream).code, 401)
+                self.assertEqual(self.hosts.to("auth.test"), [])
+
+    def test_provides_interface(self) -> None:
+        """TokenAuth is an IUpstreamAuth."""
+        _, auth = self.upstream()
+        self.assertTrue(verifyObject(IUpstreamAuth, auth))
+
+
+CHALLENGE = 'Bearer realm="https://auth.test/token",service="reg",scope="repository:library/alpine:pull"'
+
+
+class TokenDeadlineTests(SynchronousTestCase):
+    """A token realm that stalls or sends too much: every wait ends, no scope stays wedged."""
+
+    def setUp(self) -> None:
+        self.clock, self.client = Clock(), FakeClient()
+        self.auth = TokenAuth(REGISTRY, self.client, self.clock, timeout=10)
+        self.upstream = Upstream(self.client, self.clock, auth=self.auth, timeout=10)
+
+    def challenged(self) -> Deferred:
+        """A manifest request, answered 401: the token request is now the last one."""
+        d = Deferred.fromCoroutine(self.upstream.request("GET", MANIFEST))
+        self.client.last.respond(401, b"", headers={"WWW-Authenticate": CHALLENGE})
+        self.assertTrue(self.client.last.url.startswith("https://auth.test/token?"))
+        return d
+
+    def test_token_body_stalls(self) -> None:
+        """A token answer that stops mid-body: 504 within the timeout, its connection cut; the next request gets a token."""
+        d = self.challenged()
+        token = self.client.last.respond(200, headers={"Content-Type": "application/json"}, length=40)
+        token.send(b'{"token": "tok-')
+        self.clock.advance(10)
+        self.failureResultOf(d, UpstreamTimeout)
+        self.assertTrue(token.transport.stopped)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        d = Deferred.fromCoroutine(self.upstream.request("GET", MANIFEST))  # (the realm known: token first)
+        self.assertTrue(self.client.last.url.startswith("https://auth.test/token?"))
+        self.client.last.respond(200, b'{"token": "tok-2", "expires_in": 300}')
+        self.client.last.respond(200, b"{}")
+        self.assertEqual(self.client.last.header("authorization"), "Bearer tok-2")
+        self.assertEqual(self.successResultOf(d).code, 200)
+
+    def test_token_body_too_big(self) -> None:
+        """A token answer of unknown length is refused as soon as it passes the limit, its connection cut."""
+        d = self.challenged()
+        token = self.client.last.respond(200)
+        token.send(b'{"token": "' + b"x" * MAX_TOKEN_ANSWER)
+        failure = self.failureResultOf(d, UpstreamError)
+        self.assertIn("larger than", failure.value.reason)
+        self.assertTrue(token.transport.stopped)
+
+    def test_auth_bug_propagates(self) -> None:
+        """A bug in the token flow (here: a KeyError) is not turned into an upstream error."""
+        def broken(key: str, scope: str) -> None:
+            raise KeyError(scope)
+        self.auth._fetch = broken  # type: ignore[method-assign]
+        d = Deferred.fromCoroutine(self.upstream.request("GET", MANIFEST))
+        self.client.last.respond(401, b"", headers={"WWW-Authenticate": CHALLENGE})
+        self.failureResultOf(d, KeyError)
+
+
+class TokenCacheTests(SynchronousTestCase):
+    """The token cache does not grow without end."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.auth = TokenAuth(REGISTRY, None, self.clock)
+
+    def test_expired_dropped(self) -> None:
+        """Tokens past their time are dropped when a new one is kept."""
+        self.auth._keep("a", _Token("ta", 100))
+        self.auth._keep("b", _Token("tb", 300))
+        self.clock.advance(200)
+        self.auth._keep("c", _Token("tc", 500))
+        self.assertEqual(sorted(self.auth._tokens), ["b", "c"])
+
+    def test_bounded(self) -> None:
+        """At most MAX_TOKENS are kept; the oldest go first."""
+        for i in range(MAX_TOKENS + 5):
+            self.auth._keep(f"s{i}", _Token("t", 1000))
+        self.assertEqual(len(self.auth._tokens), MAX_TOKENS)
+        self.assertNotIn("s4", self.auth._tokens)
+        self.assertIn("s5", self.auth._tokens)

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 
@@ -37,6 +38,8 @@ SKOPEO_ACCEPT = ", ".join([
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.oci.image.index.v1+json"])
 SHORT_TTL = 1.0
+#: The timeout of the /slow/ backend, whose upstream stalls.
+SLOW_TIMEOUT = 2.0
 
 
 def host_of(url: str) -> str:
@@ -109,6 +112,8 @@ class _Shared:
                                             "tag_ttl": SHORT_TTL}},
             {"type": "registry", "config": {"prefix": "/fake/", "registry_url": self.fake.base,
                                             "timeout": 5, "idle_timeout": 5}},
+            {"type": "registry", "config": {"prefix": "/slow/", "registry_url": self.fake.base,
+                                            "timeout": SLOW_TIMEOUT, "idle_timeout": SLOW_TIMEOUT}},
         ]).start(env={"AV_TEST_REG_PW": "testpass"})
         self.host = host_of(self.daemon.base)
 
@@ -354,6 +359,72 @@ class RegistryTests(TestCase):
         self.assertNotEqual(p.returncode, 0)
         self.assertEqual(hits("reg", "."), before)
 
+    # -- stalls: every wait has a deadline, no key stays wedged ------------------------
+
+    def manifest(self, repository: str, headers: dict[str, str] | None = None,
+                 **script: object) -> tuple[bytes, str]:
+        """A new manifest on the scripted upstream, by tag (with C{script}'s faults) and by digest."""
+        body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                           "manifests": [], "n": uuid.uuid4().hex}).encode()
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        base = {"Content-Type": "application/vnd.oci.image.index.v1+json", **(headers or {})}
+        self.fake.scripts[f"/v2/{repository}/manifests/latest"] = Script(body=body, headers=base, **script)
+        self.fake.scripts[f"/v2/{repository}/manifests/{digest}"] = Script(
+            body=body, headers={**base, "Docker-Content-Digest": digest},
+            **{k: v for k, v in script.items() if k in ("authorization", "challenge")})
+        return body, digest
+
+    def timed_get(self, path: str) -> tuple[int, bytes, float]:
+        """(status, body, seconds): a client that would wait far longer than any deadline."""
+        started = time.monotonic()
+        status, _, body = request("GET", self.daemon.url(path), {"Accept": SKOPEO_ACCEPT}, timeout=30)
+        return status, body, time.monotonic() - started
+
+    def assertGatewayTimeout(self, path: str) -> None:
+        status, body, seconds = self.timed_get(path)
+        self.assertEqual(status, 504, body)
+        self.assertEqual(json.loads(body)["errors"][0]["code"], "UNAVAILABLE")
+        self.assertLess(seconds, 2 * SLOW_TIMEOUT + 1.5)
+
+    def release(self, event: threading.Event) -> None:
+        self.addCleanup(event.set)
+
+    def test_token_body_stalls(self) -> None:
+        """A token realm that stalls mid-body: the pull gets 504 within the timeout; once the realm is fixed the next pull works (the scope is not wedged)."""
+        stall = threading.Event()
+        self.release(stall)
+        realm = f"{self.fake.base}/token-stall"
+        body, digest = self.manifest("tok/img", authorization="Bearer good-token",
+                                     challenge=f'Bearer realm="{realm}",service="fake"')
+        answer = json.dumps({"token": "good-token", "expires_in": 300}).encode()
+        self.fake.scripts["/token-stall"] = Script(body=answer, cut_at=5, resume=stall)
+        self.assertGatewayTimeout("/slow/tok/img/manifests/latest")
+        self.fake.scripts["/token-stall"] = Script(body=answer)
+        status, got, _ = self.timed_get("/slow/tok/img/manifests/latest")
+        self.assertEqual((status, got), (200, body))
+
+    def test_manifest_body_stalls(self) -> None:
+        """An upstream whose tag HEAD names no digest and whose manifest GET stalls mid-body: 504 within the timeout; then the tag works (not wedged)."""
+        stall = threading.Event()
+        self.release(stall)
+        body, digest = self.manifest("stall/img", cut_at=10, resume=stall)
+        self.assertGatewayTimeout("/slow/stall/img/manifests/latest")
+        self.manifest("stall/img")  # fixed (a new manifest, which the next pull must show)
+        fixed = self.fake.scripts["/v2/stall/img/manifests/latest"].body
+        status, got, _ = self.timed_get("/slow/stall/img/manifests/latest")
+        self.assertEqual((status, got), (200, fixed))
+
+    def test_head_stalls_in_headers(self) -> None:
+        """A tag HEAD answered with a status line and one header, then nothing: 504 within the timeout; then the tag works."""
+        stall = threading.Event()
+        self.release(stall)
+        self.manifest("hdr/img", headers={"Docker-Content-Digest": "sha256:" + "0" * 64}, stall_in_headers=stall)
+        self.assertGatewayTimeout("/slow/hdr/img/manifests/latest")
+        body, digest = self.manifest("hdr/img", headers={})
+        self.fake.scripts["/v2/hdr/img/manifests/latest"].headers["Docker-Content-Digest"] = digest
+        status, got, _ = self.timed_get("/slow/hdr/img/manifests/latest")
+        self.assertEqual((status, got), (200, body))
+
     def test_corrupted_blob_never_committed(self) -> None:
         """An upstream blob whose bytes do not match its digest: the client's connection is cut, nothing is stored, the next request asks again; skopeo fails."""
         good = os.urandom(300_000)
@@ -394,3 +465,42 @@ class RegistryTests(TestCase):
         self.assertNotEqual(p.returncode, 0)
         self.assertFalse(os.path.exists(os.path.join(self.daemon.cache_dir, "data", kh[:2], kh + ".json")))
         self.assertTrue(re.search(r"upstream body has sha256 \w+, expected", self.daemon.log()))
+
+    def test_blob_unknown_in_one_repository_not_handed_to_another(self) -> None:
+        """
+        Concurrent pulls of one digest from two repositories share a download,
+        but repository A's 404 (the blob is unknown there) is A's answer: a
+        request for B that came while A's was still waiting for its upstream
+        asks for B itself and gets the blob. When A has it, B shares A's download.
+        """
+        for a_has_it in (False, True):
+            blob = os.urandom(200_000)
+            digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+            repo_a, repo_b = (f"t{uuid.uuid4().hex[:10]}/{r}" for r in ("a", "b"))
+            held = threading.Event()
+            self.fake.scripts[f"/v2/{repo_a}/blobs/{digest}"] = Script(body=blob, hold_headers=held) if a_has_it \
+                else Script(status=404, hold_headers=held, headers={"Content-Type": "application/json"},
+                            body=json.dumps({"errors": [{"code": "BLOB_UNKNOWN", "message": "unknown"}]}).encode())
+            self.fake.scripts[f"/v2/{repo_b}/blobs/{digest}"] = Script(body=blob)
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                answer_a = pool.submit(self.get, f"/v2/fake/{repo_a}/blobs/{digest}")
+                deadline = time.monotonic() + 10
+                while self.fake.count("GET", f"/v2/{repo_a}/blobs/{digest}") < 1:  # A's flight is waiting
+                    self.assertLess(time.monotonic(), deadline, "the request for A never reached the upstream")
+                    time.sleep(0.01)
+                conn = http.client.HTTPConnection("127.0.0.1", self.daemon.port, timeout=30)
+                self.addCleanup(conn.close)
+                conn.request("GET", f"/v2/fake/{repo_b}/blobs/{digest}")
+                # The daemon accepts and reads connections in order: once a later
+                # one is answered, B's request has been read (and met A's flight).
+                self.assertEqual(self.get("/-/health")[0], 200)
+                held.set()
+                status, _, body = answer_a.result(30)
+            if a_has_it:
+                self.assertEqual((status, body), (200, blob))
+            else:
+                self.assertEqual((status, json.loads(body)["errors"][0]["code"]), (404, "BLOB_UNKNOWN"))
+            response = conn.getresponse()
+            self.assertEqual((response.status, "sha256:" + hashlib.sha256(response.read()).hexdigest()),
+                             (200, digest))
+            self.assertEqual(self.fake.count("GET", f"/v2/{repo_b}/blobs/{digest}"), 0 if a_has_it else 1)

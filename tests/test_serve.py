@@ -11,12 +11,15 @@ import time
 
 from hypothesis import given, note
 from hypothesis import strategies as st
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.test.requesthelper import DummyRequest
+from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
 from artifactvault.cache.store import Entry
-from artifactvault.serve import (CHUNK, SMALL, UNSATISFIABLE, entry_etag, entry_last_modified, not_modified,
+from artifactvault.serve import (CHUNK, SMALL, UNSATISFIABLE, Responder, entry_etag, entry_last_modified, not_modified,
                                  parse_range)
+from artifactvault.upstream import UpstreamTimeout
 from tests import rfc9110
 from tests.fakes import Harness
 from tests.headers import (bounded, if_modified_since_values, if_none_match_values, if_range_values, range_values,
@@ -56,9 +59,18 @@ class RangeParsingTests(SynchronousTestCase):
             ("bytes=-", None),
             ("items=0-1", None),
             ("bytes=a-b", None),
+            ("bytes=\u0661-\u0662", None),  # digits, but not ASCII ones
+            ("bytes=" + "9" * 5000 + "-", UNSATISFIABLE),  # beyond any size, not a crash
+            ("bytes=0-" + "9" * 5000, (0, 99)),
+            ("bytes=-" + "9" * 5000, (0, 99)),
+            ("bytes=" + "0" * 5000 + "7-8", (7, 8)),
+            ("bytes=" + "9" * 5000 + "-" + "9" * 4999, None),  # last before first, however long
+            ("bytes=" + "9" * 4999 + "-" + "9" * 5000, UNSATISFIABLE),
         ]:
-            with self.subTest(header=header):
-                self.assertEqual(parse_range(request_with(range=header), 100, '"e"', LAST_MODIFIED), expected)
+            with self.subTest(header=header[:40]):
+                request = DummyRequest([])
+                request.requestHeaders.setRawHeaders(b"range", [header.encode("utf-8")])
+                self.assertEqual(parse_range(request, 100, '"e"', LAST_MODIFIED), expected)
 
     def test_no_range(self) -> None:
         """No Range header: the whole body."""
@@ -198,6 +210,32 @@ class HitTests(SynchronousTestCase):
         self.assertEqual((answer.status, answer.body), (416, b""))
         self.assertEqual(answer.header("Content-Range"), f"bytes */{len(BODY)}")
 
+    def test_if_range_date_must_be_strong(self) -> None:
+        """
+        If-Range with a date is honoured only when the date is strong: the entry
+        was stored at least a second after it (RFC 9110 8.8.2.2). Here it was
+        stored in the same second (the bytes could have changed twice), and a
+        date the vault made up (no upstream Last-Modified) is never strong.
+        """
+        answer = self.get(range="bytes=0-0", if_range=LAST_MODIFIED)
+        self.assertEqual((answer.status, answer.body), (200, BODY))
+        self.harness.clock.advance(5)
+        self.harness.fetched("b.bin", BODY)
+        made_up = self.harness.get("/files/b.bin").answer().header("Last-Modified")
+        answer = self.harness.get("/files/b.bin", headers={"Range": "bytes=0-0", "If-Range": made_up}).answer()
+        self.assertEqual((answer.status, answer.body), (200, BODY))
+
+    def test_if_range_strong_date(self) -> None:
+        """An upstream Last-Modified older than the entry by a second or more: a matching If-Range gets the range."""
+        harness = Harness(self)
+        harness.clock.advance(1)
+        harness.fetched("a.bin", BODY, {"Last-Modified": LAST_MODIFIED})
+        answer = harness.get("/files/a.bin", headers={"Range": "bytes=0-0", "If-Range": LAST_MODIFIED}).answer()
+        self.assertEqual((answer.status, answer.body), (206, BODY[:1]))
+        answer = harness.get("/files/a.bin", headers={"Range": "bytes=0-0",
+                                                     "If-Range": "Mon, 13 Nov 2023 00:00:00 GMT"}).answer()
+        self.assertEqual((answer.status, answer.body), (200, BODY))
+
     def test_multiple_ranges(self) -> None:
         """Several ranges are answered with the whole body."""
         answer = self.get(range="bytes=0-1,3-4")
@@ -227,6 +265,9 @@ class HitTests(SynchronousTestCase):
         answer = self.harness.get("/files/b.tar.gz").answer()
         self.assertEqual((answer.body, answer.header("Content-Encoding"), answer.header("X-Cache")),
                          (b"\x1f\x8bgz", "gzip", "HIT"))
+        answer = self.harness.get("/files/b.tar.gz", headers={"Range": "bytes=10-"}).answer()
+        self.assertEqual((answer.status, answer.header("Content-Encoding"), answer.header("Content-Type")),
+                         (416, None, "text/plain; charset=utf-8"), "a 416's empty body is not gzip")
 
     def test_empty(self) -> None:
         """An empty artifact is a 200 with length 0."""
@@ -336,3 +377,58 @@ class FlightReaderTests(SynchronousTestCase):
         response.send(*self.chunks[2:]).finish()
         self.assertEqual(late.answer().body, self.body)
         self.assertEqual(first.answer().body, self.body)
+
+
+def body(request: Request) -> bytes:
+    """What went out on C{request}'s connection after the headers."""
+    return request.test_channel.transport.written.getvalue().partition(b"\r\n\r\n")[2]
+
+
+class ResponderTests(SynchronousTestCase):
+    """Responder: errors and fallbacks start from clean headers; one failure policy."""
+
+    def responder(self) -> tuple[Responder, Request]:
+        request = Request(DummyChannel())
+        request.method, request.clientproto, request.path = b"GET", b"HTTP/1.1", b"/files/a.bin"
+        request.test_channel = request.channel  # (gone from the request once it is finished)
+        request.setHeader(b"server", b"artifactvault")  # set by the site before any answer
+        responder = Responder(request)
+        responder.cache_status = "MISS"
+        request.setHeader(b"vary", b"Accept")
+        request.setResponseCode(206)
+        for name in (b"content-range", b"content-encoding", b"etag", b"accept-ranges", b"link"):
+            request.setHeader(name, b"from an abandoned answer")
+        return responder, request
+
+    def test_reset(self) -> None:
+        """Back to 200 and the headers from before the first attempt, keeping X-Cache and Vary."""
+        responder, request = self.responder()
+        responder.reset()
+        self.assertEqual(request.code, 200)
+        self.assertEqual(sorted(name for name, _ in request.responseHeaders.getAllRawHeaders()),
+                         [b"Server", b"Vary", b"X-Cache"])
+
+    def test_error_is_clean(self) -> None:
+        """An error carries its own headers only (and those it is given, e.g. Allow)."""
+        responder, request = self.responder()
+        responder.error(405, "no", headers={"Allow": "GET, HEAD"})
+        self.assertEqual(request.code, 405)
+        names = {name.lower() for name, _ in request.responseHeaders.getAllRawHeaders()}
+        self.assertEqual(names, {b"server", b"vary", b"x-cache", b"allow", b"content-type", b"content-length",
+                                 b"cache-control"})
+
+    def test_reset_after_headers_sent(self) -> None:
+        """Once the headers are out there is nothing to reset: that is a bug, not a silent no-op."""
+        responder, request = self.responder()
+        request.write(b"x")
+        self.assertRaises(RuntimeError, responder.reset)
+
+    def test_fail(self) -> None:
+        """An UpstreamError is its status and reason; anything else is logged and a 500."""
+        responder, request = self.responder()
+        responder.fail(Failure(UpstreamTimeout("slow")))
+        self.assertEqual((request.code, body(request)), (504, b"slow\n"))
+        responder, request = self.responder()
+        responder.fail(Failure(KeyError("bug")))
+        self.assertEqual((request.code, body(request)), (500, b"internal error\n"))
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)

@@ -18,9 +18,13 @@ from twisted.web import client as webclient
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from artifactvault.upstream import (MAX_REDIRECTS, StaticAuth, Upstream, UpstreamError, UpstreamStatus,
-                                    UpstreamTimeout, describe_failure, make_client)
-from tests.fakes import FakeClient, Harness
+from zope.interface.verify import verifyObject
+
+from artifactvault.backends.base import BuildContext, CommonSettings
+from artifactvault.upstream import (MAX_REDIRECTS, IUpstreamAuth, StaticAuth, Upstream, UpstreamError,
+                                    UpstreamStatus, UpstreamTimeout, content_length, describe_failure,
+                                    loggable, make_client, parse_length, read_small)
+from tests.fakes import FakeClient, FakeResponse, Harness
 
 
 class Origin(Resource):
@@ -128,6 +132,37 @@ class UpstreamTests(SynchronousTestCase):
                 self.assertEqual(self.origin.auth_seen()[0], ("up.test", "Bearer t0ken"))
                 self.assertIsNone(self.origin.auth_seen()[1][1])
 
+    def test_extra_headers_stay_with_origin(self) -> None:
+        """Configured headers (API keys) go to the configured origin only: not to a redirect target elsewhere, not to a file host."""
+        settings = CommonSettings(prefix="/x/", headers={"X-Api-Key": "k3y"})
+        upstream = BuildContext(vault=None, reactor=self.clock, client=self.client).upstream(  # type: ignore[arg-type]
+            "http://up.test/repo", settings)
+        for target in ("http~//cdn.test/blob", "http~//up.test~8080/blob", "https~//up.test/blob"):
+            with self.subTest(target=target):
+                del self.origin.seen[:]
+                self.fetch(f"http://up.test/to/307/{target}", upstream)
+                keys = [headers.get("x-api-key") for _, _, headers in self.origin.seen]
+                self.assertEqual(keys, ["k3y", None])
+        del self.origin.seen[:]
+        self.fetch("http://up.test/to/302/http~//up.test/b", upstream)
+        self.assertEqual([h.get("x-api-key") for _, _, h in self.origin.seen], ["k3y", "k3y"])
+        del self.origin.seen[:]
+        self.fetch("http://files.test/pkg.whl", upstream)  # a file host an index page points to
+        self.assertEqual([(host, h.get("x-api-key")) for host, _, h in self.origin.seen], [("files.test", None)])
+
+    def test_redirect_to_other_schemes(self) -> None:
+        """A Location that is not an http(s) URL with a host, or cannot be read, is a 502 saying so; nothing is fetched."""
+        for location, reason in [
+                ("ftp~//up.test/a", "upstream up.test redirected to a URL that is not fetched (scheme 'ftp')"),
+                ("file~///etc/passwd", "upstream up.test redirected to a URL that is not fetched (scheme 'file', no host)"),
+                ("http~//[::1", "upstream up.test redirected to an unreadable Location"),
+                ("http~//up.test~99999/", "upstream up.test redirected to an unreadable Location")]:
+            with self.subTest(location=location):
+                del self.origin.seen[:]
+                failure = self.failureResultOf(self.fetch(f"http://up.test/to/302/{location}"), UpstreamError)
+                self.assertEqual((failure.value.status, failure.value.reason), (502, reason))
+                self.assertEqual(len(self.origin.seen), 1)
+
     def test_credentials_follow_same_origin_redirect(self) -> None:
         """A redirect within the origin keeps the credentials."""
         upstream = self.upstream(auth=StaticAuth("http://up.test/", username="u", password="p"))
@@ -186,43 +221,203 @@ class ChallengeTests(SynchronousTestCase):
 
 
 class BrokenAuth:
-    """An auth whose token service is down (or that has a bug)."""
+    """An auth with a bug: its methods raise what no network failure is."""
 
     def headers_for(self, url: str) -> Deferred:
-        return fail(RuntimeError("token service unreachable"))
+        return fail(KeyError("scope"))
 
     def challenged(self, url: str, response: object) -> Deferred:
-        return fail(RuntimeError("token service unreachable"))
+        return fail(KeyError("scope"))
+
+
+class UnreachableAuth:
+    """An auth whose token service cannot be reached."""
+
+    def headers_for(self, url: str) -> Deferred:
+        return fail(neterror.ConnectionRefusedError())
+
+    def challenged(self, url: str, response: object) -> Deferred:
+        return succeed(False)
 
 
 class AuthFailureTests(SynchronousTestCase):
 
-    def test_headers_fail(self) -> None:
-        """An auth that cannot give headers fails the request with an UpstreamError (502)."""
+    def test_unreachable_token_service(self) -> None:
+        """An auth whose token service is unreachable fails the request with an UpstreamError (502)."""
         client = FakeClient()
-        d = Deferred.fromCoroutine(Upstream(client, Clock(), auth=BrokenAuth()).request("GET", "http://x.test/"))
+        d = Deferred.fromCoroutine(Upstream(client, Clock(), auth=UnreachableAuth()).request("GET", "http://x.test/"))
         failure = self.failureResultOf(d, UpstreamError)
         self.assertEqual((failure.value.status, failure.value.reason),
-                         (502, "request to upstream x.test failed: RuntimeError"))
+                         (502, "cannot connect to upstream x.test: connection refused"))
         self.assertEqual(client.requests, [])
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
-    def test_challenge_fails(self) -> None:
-        """An auth that fails to answer a 401 challenge is an UpstreamError too."""
+    def test_auth_bug_is_not_an_upstream_error(self) -> None:
+        """An auth that raises KeyError (a bug) fails the request with that KeyError, not a 502 in disguise."""
+        client = FakeClient()
+        d = Deferred.fromCoroutine(Upstream(client, Clock(), auth=BrokenAuth()).request("GET", "http://x.test/"))
+        self.failureResultOf(d, KeyError)
+        self.assertEqual(client.requests, [])
+
+    def test_challenge_bug(self) -> None:
+        """An auth that breaks answering a 401 challenge: its KeyError propagates, the 401's body is released."""
         client, auth = FakeClient(), BrokenAuth()
         auth.headers_for = lambda url: {}  # type: ignore[method-assign]
         d = Deferred.fromCoroutine(Upstream(client, Clock(), auth=auth).request("GET", "http://x.test/"))
-        client.last.respond(401, b"")
-        self.failureResultOf(d, UpstreamError)
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        response = client.last.respond(401, b"")
+        self.failureResultOf(d, KeyError)
+        self.assertIsNotNone(response.protocol)
 
     def test_head_with_broken_auth(self) -> None:
-        """A HEAD miss whose auth fails is answered (502), never left hanging."""
+        """A HEAD miss whose auth has a bug is answered 500 with its traceback logged, never 502, never left hanging."""
         harness = Harness(self)
         harness.upstream.auth = BrokenAuth()
         answer = harness.get("/files/a", method=b"HEAD").answer()
-        self.assertEqual(answer.status, 502)
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(answer.status, 500)
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+
+class StallingAuth:
+    """An auth whose token requests never finish (the deadline is the Upstream's)."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred] = []
+
+    def headers_for(self, url: str) -> Deferred:
+        self.pending.append(Deferred())
+        return self.pending[-1]
+
+    def challenged(self, url: str, response: object) -> Deferred:
+        self.pending.append(Deferred())
+        return self.pending[-1]
+
+
+class DeadlineTests(SynchronousTestCase):
+    """The whole connecting phase of a request (hops, auth, retry) has one deadline: the timeout."""
+
+    def setUp(self) -> None:
+        self.clock, self.client = Clock(), FakeClient()
+
+    def request(self, auth: object = None) -> Deferred:
+        upstream = Upstream(self.client, self.clock, auth=auth, timeout=10)  # type: ignore[arg-type]
+        return Deferred.fromCoroutine(upstream.request("GET", "http://up.test/a"))
+
+    def assertTimedOut(self, d: Deferred) -> None:
+        failure = self.failureResultOf(d, UpstreamTimeout)
+        self.assertEqual((failure.value.status, failure.value.reason),
+                         (504, "upstream up.test did not answer within 10 s "
+                               "(connecting, authentication and redirects)"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_slow_redirects(self) -> None:
+        """Hops each quicker than the timeout, together slower: 504 at the deadline, the hop in flight cancelled."""
+        d = self.request()
+        self.clock.advance(6)
+        self.client.last.respond(302, b"", headers={"Location": "/b"})
+        self.clock.advance(3.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertTimedOut(d)
+        self.assertTrue(self.client.last.deferred.called)  # (cancelled)
+
+    def test_token_never_comes(self) -> None:
+        """An auth whose token request hangs: 504 at the deadline, nothing sent upstream."""
+        d = self.request(StallingAuth())
+        self.clock.advance(10)
+        self.assertTimedOut(d)
+        self.assertEqual(self.client.requests, [])
+
+    def test_retry_after_401_never_comes(self) -> None:
+        """A 401 whose challenge is never answered: 504 at the deadline, the 401's body released."""
+        auth = StallingAuth()
+        d = self.request(auth)
+        auth.pending[0].callback({})
+        response = self.client.last.respond(401, b"")
+        self.clock.advance(10)
+        self.assertTimedOut(d)
+        self.assertIsNotNone(response.protocol)
+
+    def test_answered_in_time(self) -> None:
+        """An answer within the deadline leaves no timer behind."""
+        d = self.request()
+        self.clock.advance(9)
+        self.client.last.respond(200, b"ok")
+        self.assertEqual(self.successResultOf(d).code, 200)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ReadSmallTests(SynchronousTestCase):
+    """read_small: a small body, bounded in size as it arrives and in time."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    def read(self, response: FakeResponse, limit: int = 10) -> Deferred:
+        return read_small(response, limit, 5, self.clock, "the test body")
+
+    def test_whole_body(self) -> None:
+        """A body within the limit arrives whole; no timer is left."""
+        response = FakeResponse(length=6)
+        d = self.read(response)
+        response.send(b"abc", b"def").finish()
+        self.assertEqual(self.successResultOf(d), b"abcdef")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_unknown_length_closed(self) -> None:
+        """A body without a length, ended by closing the connection, is whole."""
+        response = FakeResponse()
+        d = self.read(response)
+        response.send(b"abc").close()
+        self.assertEqual(self.successResultOf(d), b"abc")
+
+    def test_announced_too_big(self) -> None:
+        """A body announced larger than the limit is refused before any byte, its connection cut."""
+        response = FakeResponse(length=11)
+        d = self.read(response)
+        failure = self.failureResultOf(d, UpstreamError)
+        self.assertEqual(failure.value.reason, "the test body is larger than 10 bytes")
+        self.assertTrue(response.transport.stopped)
+
+    def test_too_big_as_it_arrives(self) -> None:
+        """A body of unknown length is refused as soon as it passes the limit, not after it is read whole."""
+        response = FakeResponse()
+        d = self.read(response)
+        response.send(b"x" * 8)
+        self.assertNoResult(d)
+        response.send(b"x" * 8)
+        self.failureResultOf(d, UpstreamError)
+        self.assertTrue(response.transport.stopped)
+
+    def test_stalls_mid_body(self) -> None:
+        """A body that stops coming is an UpstreamTimeout (504) after the timeout, its connection cut."""
+        response = FakeResponse(length=8)
+        d = self.read(response)
+        response.send(b"abc")
+        self.clock.advance(4.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        failure = self.failureResultOf(d, UpstreamTimeout)
+        self.assertEqual((failure.value.status, failure.value.reason),
+                         (504, "the test body did not arrive within 5 s"))
+        self.assertTrue(response.transport.stopped)
+
+    def test_broken_connection(self) -> None:
+        """A connection that breaks mid-body is an UpstreamError (502); no timer is left."""
+        response = FakeResponse(length=8)
+        d = self.read(response)
+        response.send(b"abc").cut()
+        failure = self.failureResultOf(d, UpstreamError)
+        self.assertEqual((failure.value.status, failure.value.reason),
+                         (502, "the connection broke while reading the test body"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancelled(self) -> None:
+        """Cancelling the read cuts the connection."""
+        response = FakeResponse(length=8)
+        d = self.read(response)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertTrue(response.transport.stopped)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class DescribeFailureTests(SynchronousTestCase):
@@ -252,11 +447,18 @@ class DescribeFailureTests(SynchronousTestCase):
             (neterror.NoRouteError(), "cannot connect to upstream up.test:8443: NoRouteError"),
             (webclient.ResponseNeverReceived([Failure(neterror.ConnectionLost())]),
              "upstream up.test:8443 closed the connection before answering"),
-            (ValueError(), "request to upstream up.test:8443 failed: ValueError"),
+            (webclient.ResponseFailed([Failure(neterror.ConnectionLost())]),
+             "upstream up.test:8443 broke the connection (ResponseFailed)"),
         ]:
             with self.subTest(exc=exc):
                 error = self.describe(exc)
                 self.assertEqual((error.status, error.reason), (502, reason))
+
+    def test_bugs_are_not_described(self) -> None:
+        """Anything that is not a network or HTTP failure (a bug) is raised again, not turned into a 502."""
+        for exc in (KeyError("k"), ValueError(), AttributeError()):
+            with self.subTest(exc=exc):
+                self.assertRaises(type(exc), describe_failure, exc, self.url, 30)
 
     def test_upstream_error_kept(self) -> None:
         """An UpstreamError is passed through as it is."""
@@ -271,6 +473,17 @@ class DescribeFailureTests(SynchronousTestCase):
         self.assertEqual(UpstreamStatus(503, "Service Unavailable").reason,
                          "upstream answered 503 Service Unavailable")
 
+    def test_status_of_response(self) -> None:
+        """UpstreamStatus.of builds the error from a response's code and phrase (any bytes)."""
+        error = UpstreamStatus.of(FakeResponse(418, phrase=b"I'm a teapot \xff"))
+        self.assertEqual((error.code, error.status, error.reason),
+                         (418, 418, "upstream answered 418 I'm a teapot \xff"))
+
+    def test_loggable(self) -> None:
+        """A URL for a log line has no user info and no query."""
+        self.assertEqual(loggable("https://u:p@cdn.test:8443/blob/x?X-Amz-Signature=s3cret#f"),
+                         "https://cdn.test:8443/blob/x")
+
 
 class StaticAuthTests(SynchronousTestCase):
 
@@ -283,6 +496,31 @@ class StaticAuthTests(SynchronousTestCase):
         self.assertEqual(bearer.headers_for("https://up.test/y"), {"Authorization": "Bearer t"})
         self.assertEqual(bearer.headers_for("https://evil.test/y"), {})
 
+    def test_provides_interface(self) -> None:
+        """StaticAuth is an IUpstreamAuth."""
+        self.assertTrue(verifyObject(IUpstreamAuth, StaticAuth("https://up.test/", token="t")))
+
     def test_repr_hides_secret(self) -> None:
         """The repr (logs, tracebacks) does not show credentials."""
         self.assertNotIn("hunter2", repr(StaticAuth("https://up.test/", username="u", password="hunter2")))
+
+
+class LengthTests(SynchronousTestCase):
+    """Content-Length read strictly, in one place."""
+
+
+    def test_parse_length(self) -> None:
+        """ASCII digits (repeated equal values allowed) are a length; anything else is not."""
+        for value, expected in [("0", 0), ("42", 42), (" 42 ", 42), ("42, 42", 42), ("042,42", 42),
+                                (b"7", 7), ("9" * 18, 10 ** 18 - 1), (None, None),
+                                ("", None), ("\u00b2", None), ("\u0663", None), ("12abc", None), ("+5", None),
+                                ("-1", None), ("1 2", None), ("4, 5", None), ("9" * 19, None), (",", None)]:
+            with self.subTest(value=value):
+                self.assertEqual(parse_length(value), expected)
+
+    def test_content_length(self) -> None:
+        """A response's length: None without one or with one that is not a length."""
+        self.assertIsNone(content_length(FakeResponse()))
+        self.assertEqual(content_length(FakeResponse(headers={"Content-Length": "10"})), 10)
+        for raw in ("\u00b2".encode("latin-1"), b"12abc", b"9" * 5000):
+            self.assertIsNone(content_length(FakeResponse(headers={"Content-Length": raw})))

@@ -264,6 +264,35 @@ class DigestTests(VaultMixin, SynchronousTestCase):
         self.assertIsNone(self.stored())
 
 
+class SharedKeyTests(VaultMixin, SynchronousTestCase):
+    """One key asked of two sources (a blob by digest, of two repositories)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        digest = ("sha256", hashlib.sha256(BODY).hexdigest())
+        for path in ("a/blob", "b/blob"):
+            self.harness.backend.options[path] = {"key": "blob", "digest": digest}
+
+    def test_other_source_404_not_handed_on(self) -> None:
+        """A request that arrives while another source's download has no answer waits for it; that source's 404 is not its answer: it asks its own."""
+        first = self.harness.get("/files/a/blob")
+        second = self.harness.get("/files/b/blob")
+        self.assertEqual(len(self.harness.requests), 1)
+        self.harness.requests[0].respond(404, b"", phrase=b"Not Found")
+        self.assertEqual(first.answer().status, 404)
+        self.assertEqual(self.harness.requests[-1].url, self.harness.url("b/blob"))
+        self.harness.requests[-1].respond(200, BODY)
+        self.assertEqual((second.answer().status, second.answer().body), (200, BODY))
+
+    def test_other_source_download_shared(self) -> None:
+        """When the other source has it, the waiting request joins that download: one upstream fetch."""
+        first = self.harness.get("/files/a/blob")
+        second = self.harness.get("/files/b/blob")
+        self.harness.requests[0].respond(200, BODY)
+        self.assertEqual(len(self.harness.requests), 1)
+        self.assertEqual([first.answer().body, second.answer().body], [BODY, BODY])
+
+
 class HeadTests(VaultMixin, SynchronousTestCase):
 
     def test_head_miss_asks_upstream_with_head(self) -> None:
@@ -345,7 +374,6 @@ class StaleTests(VaultMixin, SynchronousTestCase):
 
     def test_broken_revalidation_body_serves_stale(self) -> None:
         """A revalidation answered 200 whose body breaks before the client got a byte: the stale copy is served."""
-        self.harness.backend.options["a.bin"] = {"digest": ("sha256", hashlib.sha256(b"new!").hexdigest())}
         client, request = self.revalidate()
         request.respond(200, length=4).cut()
         answer = client.answer()
@@ -461,3 +489,160 @@ class DocumentTests(VaultMixin, SynchronousTestCase):
         entry, _ = self.successResultOf(d)
         os.unlink(self.harness.store.data_path(entry))
         self.assertIsNone(self.harness.vault.read(entry))
+
+
+class RangeOnMissTests(VaultMixin, SynchronousTestCase):
+    """
+    A Range on a miss that the download cannot answer with verified bytes of
+    a known place (a digest still unchecked, a length unknown) is answered
+    from the committed entry once the download is done.
+    """
+
+    def digest(self, body: bytes = BODY) -> None:
+        self.harness.backend.options["a.bin"] = {"digest": ("sha256", hashlib.sha256(body).hexdigest())}
+
+    def test_digest_checked_range_waits_for_the_commit(self) -> None:
+        """No byte of a range of a digest-checked miss goes out before the digest matched."""
+        self.digest()
+        client = self.get(headers={"Range": "bytes=0-4"})
+        response = self.harness.requests[0].respond(200, length=10)
+        response.send(BODY)
+        self.assertFalse(client.has_answer())
+        response.finish()
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body, answer.complete, answer.header("Content-Range"),
+                          answer.header("X-Cache")), (206, b"01234", True, "bytes 0-4/10", "MISS"))
+
+    def test_digest_mismatch_is_502_for_a_range(self) -> None:
+        """A range of a digest-checked miss whose digest fails gets a 502 saying so, no bytes."""
+        self.digest()
+        client = self.get(headers={"Range": "bytes=0-4"})
+        self.harness.requests[0].respond(200, b"9876543210")
+        answer = client.answer()
+        self.assertEqual(answer.status, 502)
+        self.assertIn("expected", answer.body.decode())
+        self.assertIsNone(answer.header("Content-Range"))
+        self.assertIsNone(self.stored())
+
+    def test_unknown_length_range_is_206(self) -> None:
+        """A range of a miss of unknown length is a 206 once the end is known; a suffix too."""
+        for header, status, body, content_range in [
+                ("bytes=2-4", 206, b"234", "bytes 2-4/10"),
+                ("bytes=-3", 206, b"789", "bytes 7-9/10"),
+                ("bytes=8-20", 206, b"89", "bytes 8-9/10"),
+                ("bytes=50-", 416, b"", "bytes */10")]:
+            with self.subTest(header=header):
+                path = f"u{len(self.harness.requests)}.bin"
+                client = self.get(path, headers={"Range": header})
+                response = self.harness.requests[-1].respond(200)
+                response.send(b"0123456")
+                self.assertFalse(client.has_answer())
+                response.send(b"789").finish()
+                answer = client.answer()
+                self.assertEqual((answer.status, answer.body, answer.header("Content-Range")),
+                                 (status, body, content_range))
+                self.assertEqual(self.stored(path), BODY)
+
+    def test_range_with_known_length_streams(self) -> None:
+        """With a length and no digest the flight answers a range as the bytes arrive (no wait)."""
+        client = self.get(headers={"Range": "bytes=0-2"})
+        response = self.harness.requests[0].respond(200, length=10)
+        response.send(b"0123")
+        self.assertEqual((client.answer().status, client.answer().body), (206, b"012"))
+
+
+class FallbackTests(VaultMixin, SynchronousTestCase):
+    """An answer abandoned before its first byte leaves nothing behind in the fallback's headers."""
+
+    ttl = 60
+
+    def test_stale_copy_after_a_failed_range(self) -> None:
+        """
+        A Range on a stale entry whose revalidation fails after its headers: the
+        stale copy's own range, Content-Range and validators, not the failed
+        attempt's 206, length or Content-Encoding.
+        """
+        self.harness.fetched("a.bin", BODY, {"ETag": '"v1"'})
+        self.harness.clock.advance(61)
+        client = self.get(headers={"Range": "bytes=2-4"})
+        self.harness.requests[-1].respond(200, length=30, headers={
+            "ETag": '"v2"', "X-Upstream-Content-Encoding": "gzip", "Link": "</next>"}).cut()
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body, answer.header("Content-Range"), answer.header("ETag"),
+                          answer.header("X-Cache")), (206, b"234", "bytes 2-4/10", '"v1"', "STALE"))
+        self.assertIsNone(answer.header("Content-Encoding"))
+
+    def test_stale_copy_without_range_after_a_failed_range(self) -> None:
+        """A stale copy that cannot serve the range (If-Range names the new version) is a clean 200."""
+        self.harness.fetched("a.bin", BODY, {"ETag": '"v1"'})
+        self.harness.clock.advance(61)
+        client = self.get(headers={"Range": "bytes=2-4", "If-Range": '"v2"'})
+        self.harness.requests[-1].respond(200, length=30, headers={"ETag": '"v2"'}).cut()
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body, answer.header("Content-Range"), answer.header("X-Cache")),
+                         (200, BODY, None, "STALE"))
+
+    def test_error_after_a_failed_range(self) -> None:
+        """The 502 of a failed ranged miss carries no 206 leftovers: no Content-Range, encoding or validators."""
+        client = self.get(headers={"Range": "bytes=2-4"})
+        self.harness.requests[-1].respond(200, length=30, headers={
+            "ETag": '"v2"', "Last-Modified": LAST_MODIFIED, "X-Upstream-Content-Encoding": "gzip"}).cut()
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.header("Content-Type"), answer.header("X-Cache")),
+                         (502, "text/plain; charset=utf-8", "MISS"))
+        for name in ("Content-Range", "Content-Encoding", "ETag", "Last-Modified", "Accept-Ranges"):
+            self.assertIsNone(answer.header(name), name)
+        self.assertEqual(int(answer.header("Content-Length")), len(answer.body))
+
+
+class HeadMissTests(VaultMixin, SynchronousTestCase):
+    """A HEAD miss: the upstream's HEAD, read strictly, answered like a GET would be."""
+
+    def test_garbage_content_length_is_left_out(self) -> None:
+        """
+        A Content-Length that is no length (a superscript two passes str.isdigit,
+        5000 digits are too many for int()) is no size: a 200 without one, not silence.
+        """
+        for value in ("\u00b2", "12abc", "-1", "+5", "1 2", "9" * 5000, "4, 5"):
+            with self.subTest(value=value[:10]):
+                client = self.get(method=b"HEAD")
+                self.harness.requests[-1].respond(200, b"", headers={"Content-Length": value.encode("latin-1")},
+                                                  length=0)
+                answer = client.answer()
+                self.assertEqual((answer.status, answer.header("Content-Length"), answer.header("X-Cache")),
+                                 (200, None, "MISS"))
+
+    def test_repeated_content_length(self) -> None:
+        """``42, 42`` is one length (RFC 9110 8.6)."""
+        client = self.get(method=b"HEAD")
+        self.harness.requests[-1].respond(200, b"", headers={"Content-Length": "42, 42"}, length=0)
+        self.assertEqual((client.answer().status, client.answer().header("Content-Length")), (200, "42"))
+
+    def test_same_headers_as_a_get(self) -> None:
+        """A HEAD miss carries what a GET miss would: kept headers and the upstream's Content-Encoding."""
+        self.harness.backend.options["a.bin"] = {"keep_headers": ("Link",)}
+        client = self.get(method=b"HEAD")
+        self.harness.requests[-1].respond(200, b"", length=0, headers={
+            "Content-Length": "10", "X-Upstream-Content-Encoding": "gzip", "Link": "</next>"})
+        answer = client.answer()
+        self.assertEqual((answer.header("Content-Encoding"), answer.header("Link")), ("gzip", "</next>"))
+
+    def test_conditional_head_miss(self) -> None:
+        """If-None-Match naming the upstream's ETag: a 304 on a HEAD miss too."""
+        client = self.get(method=b"HEAD", headers={"If-None-Match": '"e"'})
+        self.harness.requests[-1].respond(200, b"", length=0, headers={"Content-Length": "10", "ETag": '"e"'})
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.header("ETag"), answer.header("Content-Length")),
+                         (304, '"e"', None))
+
+    def test_bug_is_logged_and_500(self) -> None:
+        """An exception while answering a HEAD miss is logged with its traceback and answered 500, not lost."""
+        from artifactvault import vault as vault_module
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise KeyError("boom")
+        self.patch(vault_module, "set_headers", broken)
+        client = self.get(method=b"HEAD")
+        self.harness.requests[-1].respond(200, b"", length=0, headers={"Content-Length": "10"})
+        self.assertEqual(client.answer().status, 500)
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)

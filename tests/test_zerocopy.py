@@ -8,6 +8,7 @@ import socket
 from twisted.internet import tcp
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
 
 from artifactvault import zerocopy
 
@@ -41,6 +42,19 @@ class ZeroCopyTests(SynchronousTestCase):
         self.assertFalse(zerocopy.drained(transport))
         transport._tempDataLen, transport.disconnecting = 0, True
         self.assertFalse(zerocopy.drained(transport))
+
+    def test_raw_body_only_when_twisted_does_not_frame_it(self) -> None:
+        """File bytes may bypass request.write only once headers are out and for an unframed body."""
+        request = DummyRequest([b""])
+        request.method, request.code, request.startedWriting, request.chunked = b"GET", 200, 1, 0
+        self.assertTrue(zerocopy.raw_body(request))
+        for name, value in [("startedWriting", 0), ("chunked", 1), ("method", b"HEAD"), ("code", 304),
+                            ("code", 204)]:
+            with self.subTest(**{name: value}):
+                saved = getattr(request, name)
+                setattr(request, name, value)
+                self.assertFalse(zerocopy.raw_body(request))
+                setattr(request, name, saved)
 
     def test_send_file_bytes(self) -> None:
         """send() puts the file's bytes from an offset on the socket; a broken socket gives None."""

@@ -13,18 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.logger import Logger
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import Attribute, Interface, implementer
 
-from artifactvault import logs
 from artifactvault.config import Section
 from artifactvault.serve import Responder, plain_error
 from artifactvault.upstream import StaticAuth, Upstream
 from artifactvault.vault import Vault
-
-_log = Logger(observer=logs.observer)
 
 
 class IBackend(Interface):
@@ -36,6 +34,15 @@ class IBackend(Interface):
 
     def extra_mounts() -> dict[str, IResource]:
         """Further top-level mounts this backend needs (path → resource), e.g. for /v2/."""
+
+    def handle(responder: Responder, segments: list[str]) -> None:
+        """
+        Answer a GET or HEAD for the checked path C{segments} below the
+        prefix through C{responder}; failures go to L{Responder.fail}.
+        """
+
+    def render_error(request: Request, status: int, message: str) -> None:
+        """Write and finish an error answer in this backend's format (an L{ErrorRenderer})."""
 
 
 class IBackendType(Interface):
@@ -65,7 +72,8 @@ class BuildContext:
             auth = StaticAuth(base_url, username=settings.username,
                               password=settings.password, token=settings.token)
         return Upstream(self.client, self.reactor, auth=auth, headers=settings.headers,
-                        timeout=settings.timeout, idle_timeout=settings.idle_timeout)
+                        timeout=settings.timeout, idle_timeout=settings.idle_timeout,
+                        origin_url=base_url)
 
 
 @dataclass
@@ -130,19 +138,24 @@ def safe_segments(postpath: list[bytes]) -> list[str]:
     return out
 
 
-def dispatch(backend: Any, request: Request, postpath: list[bytes]) -> Any:
+def run(responder: Responder, coroutine: Any) -> None:
+    """Run a request's coroutine to its end; a failure is answered by L{Responder.fail}."""
+    Deferred.fromCoroutine(coroutine).addErrback(responder.fail)
+
+
+def dispatch(backend: IBackend, request: Request, postpath: list[bytes]) -> Any:
     """
     Let C{backend} answer C{request} for the path below its mount: GET and
     HEAD only (HEAD is its own method: Twisted's default would run a GET and
     download the whole artifact), after the path is checked. Errors, a 405
     for any other method among them, come in the backend's own format.
     """
-    responder = Responder(request, getattr(backend, "render_error", plain_error))
+    responder = Responder(request, backend.render_error)
     request.backend_name = backend.name  # type: ignore[attr-defined]
     if request.method not in (b"GET", b"HEAD"):
-        request.setHeader(b"allow", b"GET, HEAD")
         method = request.method.decode("latin-1", "replace")
-        responder.error(405, f"method {method} is not supported: this is a read-only cache")
+        responder.error(405, f"method {method} is not supported: this is a read-only cache",
+                        headers={"Allow": "GET, HEAD"})
         return NOT_DONE_YET
     try:
         segments = safe_segments(postpath)
@@ -152,9 +165,7 @@ def dispatch(backend: Any, request: Request, postpath: list[bytes]) -> Any:
     try:
         backend.handle(responder, segments)
     except Exception:
-        _log.failure("{backend} failed on {path}", backend=backend.name,
-                     path=request.path.decode("latin-1"))
-        responder.error(500, "internal error")
+        responder.fail(Failure())
     return NOT_DONE_YET
 
 
@@ -179,6 +190,7 @@ class Backend:
     """
 
     kind = "backend"
+    render_error = staticmethod(plain_error)
 
     def __init__(self, settings: Any, context: BuildContext, upstream_url: str, auth: Any = None):
         self.settings = settings

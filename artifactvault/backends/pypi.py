@@ -10,11 +10,13 @@ Paths below the prefix::
 
 A ``+`` is never part of a normalised project name, so file paths cannot
 collide with projects. ``<id>`` is the file's sha256 (its cache key, so the
-bytes are shared and checked) or, for the rare index that gives none,
-``url-`` and a hash of its upstream URL. Files are immutable: a cached one is
-served with no index lookup at all. On a miss, the project's stored page
-(kept across restarts) says where the file lives upstream and what digest
-it must have. Pages are fresh for ``index_ttl``, then revalidated, and
+bytes are shared by every PyPI backend, checked, and served only once
+verified) or, for the rare index that gives none, ``url-`` and a hash of its
+upstream URL. What only the index vouches for (pages, metadata, ``url-``
+files) is kept per backend: see L{PypiBackend._file_key}. Files are
+immutable: a cached one is served with no index lookup at all. On a miss,
+the project's stored page (kept across restarts) says where the file lives
+upstream and what digest it must have. Pages are fresh for ``index_ttl``, then revalidated, and
 served stale when the upstream fails; each is parsed once per upstream copy
 and rendered once per format.
 """
@@ -30,17 +32,16 @@ from typing import Any, Callable
 from urllib.parse import quote, urlsplit, unquote
 
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 from zope.interface import provider
 
 from artifactvault.backends import pypi_index as index
 from artifactvault.backends.base import (Backend, BuildContext, CommonSettings, IBackendType,
                                          parse_common)
-from artifactvault.cache.store import Entry
 from artifactvault.config import Section
 from artifactvault.flight import Artifact
-from artifactvault.serve import Responder, not_modified
-from artifactvault.upstream import UpstreamError, describe_failure
+from artifactvault.serve import Responder, answer_not_modified, not_modified
+from artifactvault.upstream import UpstreamError
+from artifactvault.vault import Entry, verified_as
 
 DEFAULT_INDEX = "https://pypi.org/simple/"
 DEFAULT_INDEX_TTL = 300.0
@@ -168,7 +169,7 @@ class PypiBackend(Backend):
                 doc = index.parse_project(body, ctype, base, project)
             return index.dumps(doc), "application/json"
 
-        return Artifact(key=f"pypi-index:{url}", url=url, upstream=self.upstream,
+        return Artifact(key=f"pypi-index:{url} for {self.prefix}", url=url, upstream=self.upstream,
                         ttl=self.settings.index_ttl, headers={"Accept": UPSTREAM_ACCEPT},
                         transform=transform, label=f"{self.prefix}{project + '/' if project else ''}")
 
@@ -207,7 +208,7 @@ class PypiBackend(Backend):
             return
         self._document(project).addCallbacks(
             lambda result: self._send_page(responder, result, fmt),
-            lambda failure: self._failed(responder, failure))
+            responder.fail)
 
     @staticmethod
     def _send_page(responder: Responder, result: tuple[Page, str], fmt: str) -> None:
@@ -222,19 +223,11 @@ class PypiBackend(Backend):
         if status == "STALE":
             request.setHeader(b"warning", b'110 artifactvault "Response is Stale"')
         if not_modified(request, etag, None):
-            request.setResponseCode(304)
-            request.responseHeaders.removeHeader(b"content-type")
-        else:
-            request.setHeader(b"content-length", b"%d" % len(body))
-            request.write(body)
+            answer_not_modified(responder)
+            return
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
         responder.finish()
-
-    @staticmethod
-    def _failed(responder: Responder, failure: Failure) -> None:
-        error = failure.value
-        if not isinstance(error, UpstreamError):
-            error = describe_failure(error, "", 0)
-        responder.error(error.status, error.reason)
 
     # -- files ------------------------------------------------------------------
 
@@ -243,12 +236,28 @@ class PypiBackend(Backend):
             responder.error(404, "no such file")
             return
         metadata = filename.endswith(METADATA)
-        key = f"pypi-{'metadata' if metadata else 'file'}:{fid}"
-        if self.vault.serve_cached(responder, key, lambda e: _basename(e.url) == filename):
+        key = self._file_key(fid, metadata)
+        digest = None if metadata or fid.startswith("url-") else ("sha256", fid)
+        if self.vault.serve_cached(
+                responder, key, lambda e: _basename(e.url) == filename and verified_as(e, digest)):
             return
         self._document(project).addCallbacks(
             lambda result: self._fetch_file(responder, result[0], key, fid, filename, metadata),
-            lambda failure: self._failed(responder, failure))
+            responder.fail)
+
+    def _file_key(self, fid: str, metadata: bool) -> str:
+        """
+        Where a file or its metadata is stored. A file named by its sha256 is
+        stored only once verified against it, and served only if it was (see
+        L{verified_as}): it is the same whichever index listed it, so every
+        PyPI backend shares it. Anything else is only its index's word and is
+        kept per backend (as pages are), so that a second, less trusted index
+        cannot place what this one serves: a file named by a hash of its URL,
+        and metadata (on a hit, before any page is read, its hash is unknown).
+        """
+        if not metadata and not fid.startswith("url-"):
+            return f"pypi-file:{fid}"
+        return f"pypi-{'metadata' if metadata else 'file'}:{fid} for {self.prefix}"
 
     def _fetch_file(self, responder: Responder, page: Page, key: str, fid: str, filename: str,
                     metadata: bool) -> None:

@@ -6,7 +6,8 @@ Serves ``<name>/manifests/<ref>``, ``<name>/blobs/<digest>`` and
 ``<name>/tags/list`` at its prefix and under ``/v2/`` (see L{registry_api}).
 
 - Blobs are immutable and shared by every repository of one upstream (keyed
-  by digest), and verified against their digest while they stream.
+  by digest), and verified against their digest while they stream; one
+  repository's 404 is never another's answer (see L{RegistryBackend._blob}).
 - A manifest by digest is immutable and verified the same way (keyed per
   repository: one repository's manifest is never served for another's name).
 - A tag is a small record (digest, media type, size) per L{Accept} class and
@@ -28,27 +29,25 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-import treq
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from zope.interface import provider
 
 from artifactvault import logs
 from artifactvault.backends.base import (Backend, BuildContext, CommonSettings, IBackendType,
-                                         parse_common)
+                                         parse_common, run)
 from artifactvault.backends.registry_api import API_VERSION, RegistryApi, registry_error, reject
 from artifactvault.backends.registry_auth import TokenAuth
 from artifactvault.backends.registry_media import (MAX_MANIFEST, Accept, parse_digest, valid_name,
                                                    valid_tag)
-from artifactvault.cache.store import Entry
 from artifactvault.config import Section
 from artifactvault.flight import Artifact
 from artifactvault.serve import Responder, serve_entry
 from artifactvault.singleflight import SingleFlight
-from artifactvault.upstream import UpstreamError, UpstreamStatus, discard, header
-from artifactvault.vault import Vault
+from artifactvault.upstream import (UpstreamError, UpstreamStatus, content_length, discard, header,
+                                    loggable)
+from artifactvault.vault import Entry, verified_as
 
 _log = Logger(observer=logs.observer)
 
@@ -126,7 +125,8 @@ class RegistryBackend(Backend):
         self.mirror = settings.mirror
         self.store = context.vault.store
         self._keys = f"registry {self.base}"
-        self._resolving = SingleFlight()
+        # (the guard behind the deadlines of a tag's HEAD, GET by tag and its body)
+        self._resolving = SingleFlight(context.reactor, timeout=3 * settings.timeout + 1)
         self.api = RegistryApi.of(context)
         self.api.add(self, settings.mirror_key)
 
@@ -151,7 +151,7 @@ class RegistryBackend(Backend):
             if parse_digest(ref):
                 self._manifest(responder, name, ref, accept)
             else:
-                _run(responder, self._tagged(responder, name, ref, accept))
+                run(responder, self._tagged(responder, name, ref, accept))
 
     def _url(self, name: str, kind: str, ref: str) -> str:
         return f"{self.base}/v2/{name}/{kind}/{ref}"
@@ -159,6 +159,11 @@ class RegistryBackend(Backend):
     # -- blobs ------------------------------------------------------------------
 
     def _blob(self, responder: Responder, name: str, digest: str) -> None:
+        """
+        A blob, by digest, whichever repository asks: one download serves
+        them all (the core waits for another repository's download to answer
+        before joining it: its 404 says nothing of this one).
+        """
         responder.request.setHeader(b"docker-content-digest", digest.encode())
         self.vault.serve(responder, Artifact(
             key=f"{self._keys} blob {digest}", url=self._url(name, "blobs", digest),
@@ -174,19 +179,36 @@ class RegistryBackend(Backend):
         request.setHeader(b"docker-content-digest", digest.encode())
         key = f"{self._keys} {name} manifest {digest}"
         entry = self.store.lookup(key)
-        if entry is not None:
-            if not accept.cacheable(entry.content_type):
-                _run(responder, self._relay(responder, self._url(name, "manifests", digest), accept))
-                return
-            if serve_entry(responder, self.store, entry, "STALE" if stale else "HIT"):
-                return
+        if entry is not None and verified_as(entry, parse_digest(digest)):
+            self._send_manifest(responder, name, digest, accept, entry, "STALE" if stale else "HIT")
+            return
         if request.method == b"HEAD" and record is not None:
             _answer_head(responder, record, "STALE" if stale else "MISS")
             return
-        self.vault.serve(responder, Artifact(
+        artifact = Artifact(
             key=key, url=self._url(name, "manifests", digest), upstream=self.upstream,
             digest=parse_digest(digest), size=record.size if record else None,
-            headers={"Accept": accept.header}, label=f"{self.prefix}{name}/manifests/{digest}"))
+            headers={"Accept": accept.header}, label=f"{self.prefix}{name}/manifests/{digest}")
+        if request.method == b"HEAD":
+            self.vault.serve(responder, artifact)
+            return
+        # A manifest is small: it is answered once stored and verified, never
+        # streamed, so a body that fails its digest is a JSON 502 (not a cut
+        # connection), and a download in flight is never handed to a client
+        # whose Accept does not admit the type it turns out to have.
+        d = self.vault.document(artifact)
+        d.addCallback(lambda result: self._send_manifest(responder, name, digest, accept, *result))
+        d.addErrback(responder.fail)
+
+    def _send_manifest(self, responder: Responder, name: str, digest: str, accept: Accept,
+                       entry: Entry, status: str) -> None:
+        """Answer with a stored, verified manifest, or relay for a client whose Accept it does not suit."""
+        if responder.gone:
+            return
+        if not accept.cacheable(entry.content_type):
+            run(responder, self._relay(responder, self._url(name, "manifests", digest), accept, digest))
+        elif not serve_entry(responder, self.store, entry, status):
+            responder.error(502, "stored manifest vanished")
 
     async def _tagged(self, responder: Responder, name: str, tag: str, accept: Accept) -> None:
         try:
@@ -229,16 +251,14 @@ class RegistryBackend(Backend):
             response = await self.upstream.request("HEAD", url, {"Accept": accept.header})
             discard(response)
             if response.code != 200:
-                raise UpstreamStatus(response.code, response.phrase.decode("latin-1", "replace"))
+                raise UpstreamStatus.of(response)
             digest = header(response, b"docker-content-digest")
             if digest is None or parse_digest(digest) is None:
                 record = await self._fetch_tag(name, url, accept)
             else:
-                length = header(response, b"content-length")
-                record = TagRecord(digest, header(response, b"content-type"),
-                                   int(length) if length and length.isdigit() else None)
+                record = TagRecord(digest, header(response, b"content-type"), content_length(response))
         except UpstreamError as e:
-            if known is not None and self.vault.serve_stale and Vault.may_serve_stale(e):
+            if self.vault.stale_allowed(known, e):
                 _log.info("serving the last known {what}: {reason}",
                           what=f"{self.prefix}{name}:{tag}", reason=e.reason)
                 return known, True
@@ -256,7 +276,7 @@ class RegistryBackend(Backend):
     async def _fetch_tag(self, name: str, url: str, accept: Accept) -> TagRecord:
         """For an upstream whose ``HEAD`` names no digest: ``GET`` the manifest and hash it."""
         response = await self.upstream.request("GET", url, {"Accept": accept.header})
-        body = await _small_body(response)
+        body = await self._manifest_body(response)
         claimed = header(response, b"docker-content-digest")
         algo, expected = parse_digest(claimed or "") or ("sha256", None)
         actual = hashlib.new(algo, body).hexdigest()
@@ -269,33 +289,49 @@ class RegistryBackend(Backend):
                                        content_type=ctype, url=url), body)
         return TagRecord(digest, ctype, len(body))
 
-    async def _relay(self, responder: Responder, url: str, accept: Accept) -> None:
-        """Ask the upstream on behalf of a client no cached form suits; store nothing."""
+    async def _relay(self, responder: Responder, url: str, accept: Accept,
+                     digest: str | None = None) -> None:
+        """
+        Ask the upstream on behalf of a client no cached form suits; store
+        nothing. A manifest asked for by C{digest} must have it, relayed or not.
+        """
         request = responder.request
         body = b""
         try:
             response = await self.upstream.request(request.method.decode(), url,
                                                    {"Accept": accept.header})
             if request.method != b"HEAD":
-                body = await _small_body(response)
+                body = await self._manifest_body(response)
+                if digest is not None:
+                    _check_digest(body, digest, url)
             else:
                 discard(response)
                 if response.code != 200:
-                    raise UpstreamStatus(response.code, response.phrase.decode("latin-1", "replace"))
+                    raise UpstreamStatus.of(response)
         except UpstreamError as e:
             responder.error(e.status, e.reason)
             return
         if responder.gone:
             return
         responder.cache_status = "PASS"
-        for name in (b"content-type", b"docker-content-digest", b"content-length"):
+        for name in (b"content-type", b"docker-content-digest"):
             value = response.headers.getRawHeaders(name)
             if value:
                 request.setHeader(name, value[0])
+        # (a HEAD's length is the upstream's header, when it is a number; a GET's, the body's)
+        length = content_length(response) if request.method == b"HEAD" else len(body)
+        if length is not None:
+            request.setHeader(b"content-length", str(length).encode())
         if body:
-            request.setHeader(b"content-length", str(len(body)).encode())
             request.write(body)
         responder.finish()
+
+    def _manifest_body(self, response: Any) -> Deferred:
+        """The body of a manifest answer (size and time bounded); L{UpstreamError} for anything else."""
+        if response.code != 200:
+            discard(response)
+            raise UpstreamStatus.of(response)
+        return self.upstream.read_small(response, MAX_MANIFEST, "the upstream manifest")
 
     # -- tags/list ------------------------------------------------------------------
 
@@ -305,7 +341,7 @@ class RegistryBackend(Backend):
         n = (request.args.get(b"n") or [b""])[0].decode("latin-1")
         last = (request.args.get(b"last") or [b""])[0].decode("latin-1")
         if n:
-            if not n.isdigit():
+            if not (n.isascii() and n.isdigit()):
                 reject(responder, 400, "PAGINATION_NUMBER_INVALID", f"n must be a number, not {n!r}")
                 return
             query.append(("n", n))
@@ -318,7 +354,7 @@ class RegistryBackend(Backend):
                             content_type="application/json", label=f"{self.prefix}{name}/tags/list")
         d = self.vault.document(artifact)
         d.addCallback(lambda result: self._send_tags(responder, name, *result))
-        d.addErrback(_failed, responder)
+        d.addErrback(responder.fail)
 
     def _send_tags(self, responder: Responder, name: str, entry: Entry, status: str) -> None:
         body = self.vault.read(entry)
@@ -340,6 +376,13 @@ class RegistryBackend(Backend):
         responder.finish()
 
 
+def _check_digest(body: bytes, digest: str, url: str) -> None:
+    """L{UpstreamError} unless C{body} has C{digest} (a supported one: the path was checked)."""
+    algo, expected = parse_digest(digest)  # type: ignore[misc]
+    if hashlib.new(algo, body).hexdigest() != expected:
+        raise UpstreamError(f"upstream manifest {loggable(url)} does not match its digest {digest}")
+
+
 def _answer_head(responder: Responder, record: TagRecord, status: str) -> None:
     """A HEAD for a tag whose manifest is not stored: the record has all it needs."""
     request = responder.request
@@ -349,38 +392,6 @@ def _answer_head(responder: Responder, record: TagRecord, status: str) -> None:
     if record.size is not None:
         request.setHeader(b"content-length", str(record.size).encode())
     responder.finish()
-
-
-async def _small_body(response: Any) -> bytes:
-    """The body of a manifest answer; L{UpstreamError} for a failure or one too big to be one."""
-    if response.code != 200:
-        discard(response)
-        raise UpstreamStatus(response.code, response.phrase.decode("latin-1", "replace"))
-    if isinstance(response.length, int) and response.length > MAX_MANIFEST:
-        discard(response)
-        raise UpstreamError(f"upstream manifest is larger than {MAX_MANIFEST} bytes")
-    try:
-        body = await treq.content(response)
-    except Exception as e:
-        raise UpstreamError(f"upstream connection broke while sending a manifest: "
-                            f"{e.__class__.__name__}") from None
-    if len(body) > MAX_MANIFEST:
-        raise UpstreamError(f"upstream manifest is larger than {MAX_MANIFEST} bytes")
-    return body
-
-
-def _failed(failure: Failure, responder: Responder) -> None:
-    """An upstream failure is the client's error; anything else is logged and a 500."""
-    if failure.check(UpstreamError):
-        responder.error(failure.value.status, failure.value.reason)
-        return
-    _log.failure("registry request failed", failure)
-    responder.error(500, "internal error")
-
-
-def _run(responder: Responder, coroutine: Any) -> None:
-    """Run a request's coroutine to its end, failures answered by L{_failed}."""
-    Deferred.fromCoroutine(coroutine).addErrback(_failed, responder)
 
 
 @provider(IBackendType)

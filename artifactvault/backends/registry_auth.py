@@ -14,6 +14,12 @@ Credentials go to the token realm only, and only over https or to the
 registry's own host; tokens go to the registry's origin only (the
 L{Upstream} never sends auth headers across a redirect to a CDN). Neither is
 ever logged.
+
+Every wait has a deadline: the token request and its answer each within the
+backend's C{timeout}, and a token request that is still running after both
+have passed is given up (L{SingleFlight}'s guard), so that a stalled realm
+never holds a scope's key. Expired tokens are dropped as new ones come, and
+at most L{MAX_TOKENS} are kept.
 """
 
 from __future__ import annotations
@@ -24,14 +30,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-import treq
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
-from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from artifactvault import logs
 from artifactvault.singleflight import SingleFlight
-from artifactvault.upstream import StaticAuth, Upstream, UpstreamError, discard, origin
+from artifactvault.upstream import (IUpstreamAuth, StaticAuth, Upstream, UpstreamError, discard,
+                                    host_of, loggable, origin)
 
 _log = Logger(observer=logs.observer)
 
@@ -41,6 +47,8 @@ EXPIRY_MARGIN = 0.1
 DEFAULT_EXPIRES_IN = 60
 #: A token answer larger than this is refused.
 MAX_TOKEN_ANSWER = 1024 * 1024
+#: Tokens kept at most (one per repository pulled); the oldest go first.
+MAX_TOKENS = 1000
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _PARAM = re.compile(r'\s*(' + _TOKEN + r')\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s"]*)\s*(?:,|$)')
@@ -72,12 +80,24 @@ def parse_challenge(value: str) -> tuple[str, dict[str, str]] | None:
 
 
 def bearer_challenge(response: Any) -> dict[str, str] | None:
-    """The params of the first Bearer challenge with a realm in C{response}, if any."""
+    """
+    The params of the first Bearer challenge in C{response} whose realm is an
+    http(s) URL, if any (a realm we could not ask leaves the 401 standing).
+    """
     for raw in response.headers.getRawHeaders(b"www-authenticate", []):
         parsed = parse_challenge(raw.decode("latin-1"))
-        if parsed and parsed[0] == "bearer" and parsed[1].get("realm"):
+        if parsed and parsed[0] == "bearer" and _fetchable(parsed[1].get("realm", "")):
             return parsed[1]
     return None
+
+
+def _fetchable(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 _API_PATH = re.compile(r"^/v2/(.+?)/(?:manifests|blobs|tags)/[^/]*(?:/[^/]*)?$")
@@ -95,6 +115,7 @@ class _Token:
     use_until: float
 
 
+@implementer(IUpstreamAuth)
 class TokenAuth:
     """The Bearer token flow against one upstream registry (see the module doc)."""
 
@@ -110,7 +131,8 @@ class TokenAuth:
         self._timeout = timeout
         self._realm: tuple[str, str | None] | None = None  # (realm, service) last challenged
         self._tokens: dict[str, _Token] = {}
-        self._pending = SingleFlight()
+        # (the guard: the token request's own deadline, then its answer's)
+        self._pending = SingleFlight(reactor, timeout=2 * timeout + 1)
         self._warned: set[str] = set()
 
     def __repr__(self) -> str:  # never show a secret
@@ -151,8 +173,7 @@ class TokenAuth:
 
     def _token(self, key: str, scope: str) -> Deferred:
         """Fires with a token for C{scope} (cached under C{key}), or None; one request per key."""
-        return self._pending.run(key, lambda: Deferred.fromCoroutine(
-            self._fetch(key, scope)).addErrback(_as_upstream_error))
+        return self._pending.run(key, lambda: Deferred.fromCoroutine(self._fetch(key, scope)))
 
     async def _fetch(self, key: str, scope: str) -> str | None:
         assert self._realm is not None
@@ -167,41 +188,43 @@ class TokenAuth:
             elif realm not in self._warned:
                 self._warned.add(realm)
                 _log.warn("not sending credentials to token realm {realm}: neither https nor the "
-                          "registry's own host; asking for an anonymous token", realm=realm)
+                          "registry's own host; asking for an anonymous token", realm=loggable(realm))
         upstream = Upstream(self._client, self._reactor, auth=auth, timeout=self._timeout)
         started = self._reactor.seconds()
         response = await upstream.request("GET", url)
         if response.code != 200:
             discard(response)
             _log.warn("token realm {realm} refused a token for {scope}: {code}",
-                      realm=realm, scope=scope, code=response.code)
+                      realm=loggable(realm), scope=scope, code=response.code)
             return None
-        if isinstance(response.length, int) and response.length > MAX_TOKEN_ANSWER:
-            discard(response)
-            raise UpstreamError(f"token realm {urlsplit(realm).netloc} sent an oversized answer")
+        body = await upstream.read_small(response, MAX_TOKEN_ANSWER,
+                                         f"the token answer of {host_of(realm)}")
         try:
-            answer = json.loads(await treq.content(response))
+            answer = json.loads(body)
             token = answer.get("token") or answer.get("access_token")
             expires_in = int(answer.get("expires_in") or DEFAULT_EXPIRES_IN)
         except (ValueError, TypeError, AttributeError):
             token = None
         if not isinstance(token, str) or not token:
-            raise UpstreamError(f"token realm {urlsplit(realm).netloc} sent no token")
+            raise UpstreamError(f"token realm {host_of(realm)} sent no token")
         lifetime = max(expires_in - max(5.0, expires_in * EXPIRY_MARGIN), 0.0)
-        self._tokens[key] = _Token(token, started + lifetime)
+        self._keep(key, _Token(token, started + lifetime))
         _log.debug("got a token for {scope}, valid {seconds} s", scope=scope, seconds=expires_in)
         return token
+
+    def _keep(self, key: str, token: _Token) -> None:
+        """Remember C{token}, dropping expired ones and, beyond L{MAX_TOKENS}, the oldest."""
+        now = self._reactor.seconds()
+        for old in [k for k, t in self._tokens.items() if t.use_until <= now]:
+            del self._tokens[old]
+        self._tokens.pop(key, None)  # (re-inserted: the newest)
+        while len(self._tokens) >= MAX_TOKENS:
+            del self._tokens[next(iter(self._tokens))]
+        self._tokens[key] = token
 
     def _may_send_credentials(self, realm: str) -> bool:
         parts = urlsplit(realm)
         return parts.scheme == "https" or (parts.hostname or "").lower() == self._host
-
-
-def _as_upstream_error(failure: Failure) -> Failure:
-    if failure.check(UpstreamError):
-        return failure
-    _log.failure("token request broke", failure)
-    return Failure(UpstreamError(f"token request failed: {failure.value.__class__.__name__}"))
 
 
 def _bearer(token: str) -> dict[str, str]:

@@ -1,0 +1,32 @@
+"""Tests for L{artifactvault.fields}: the headers kept, freshness."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from artifactvault.fields import fresh_until, response_headers
+from artifactvault.flight import Artifact
+from tests.fakes import FakeResponse
+
+
+class KeptTests(SynchronousTestCase):
+
+    def artifact(self, **kwargs: object) -> Artifact:
+        return Artifact(key="k", url="http://u/k", upstream=None, **kwargs)  # type: ignore[arg-type]
+
+    def test_response_headers(self) -> None:
+        """The backend's keep_headers that are there, and the upstream's Content-Encoding."""
+        response = FakeResponse(headers={"Link": "<x>", "X-Upstream-Content-Encoding": "gzip", "Other": "no"})
+        self.assertEqual(response_headers(self.artifact(keep_headers=("Link", "Missing")), response),
+                         {"Link": "<x>", "Content-Encoding": "gzip"})
+
+    def test_transformed_has_no_encoding(self) -> None:
+        """What a transform stored is not the upstream's encoded bytes."""
+        response = FakeResponse(headers={"X-Upstream-Content-Encoding": "gzip"})
+        artifact = self.artifact(transform=lambda body, response: (body, "text/html"))
+        self.assertEqual(response_headers(artifact, response), {})
+
+    def test_fresh_until(self) -> None:
+        """ttl None is forever; else now + ttl."""
+        self.assertIsNone(fresh_until(self.artifact(), 100.0))
+        self.assertEqual(fresh_until(self.artifact(ttl=60), 100.0), 160.0)
