@@ -127,7 +127,16 @@ class _Shared:
                                             "timeout": 5, "idle_timeout": 5}},
             {"type": "pypi", "config": {"prefix": "/liarpypi/", "index_url": self.liar.base + "/simple/",
                                         "index_ttl": 0, "timeout": 5, "idle_timeout": 5}},
-        ]).start()
+        ])
+        try:
+            self.daemon.start()
+            self.make_hits()
+        except BaseException:
+            self.close()  # (shared_fixture registers close only once this returns)
+            raise
+
+    def make_hits(self) -> None:
+        """The artifacts every test has as hits (or as misses, where the daemon will not store them)."""
         self.www = os.path.join(support.upstream_dir("files"), "www")
         self.packages = os.path.join(support.upstream_dir("pypi"), "packages")
         self.file_hits = self.hits([(f"/files/{name}", read_file(os.path.join(self.www, name)))
