@@ -44,6 +44,8 @@ class Script:
     chunked: bool = False
     #: The Content-Length field exactly as sent (any bytes, e.g. b"12abc"), instead of the body's length.
     content_length: bytes | None = None
+    #: Send no length at all and end the body by closing the connection.
+    close_delimited: bool = False
 
 
 class FakeUpstream:
@@ -97,6 +99,9 @@ class FakeUpstream:
                     self.send_header(k, v)
                 if script.chunked:
                     self.send_header("Transfer-Encoding", "chunked")
+                elif script.close_delimited:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 elif script.content_length is not None:
                     self._headers_buffer.append(b"Content-Length: " + script.content_length + b"\r\n")
                 elif "Content-Length" not in script.headers:

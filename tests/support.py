@@ -290,3 +290,57 @@ def shared_fixture(factory: Any) -> Any:
         _fixtures[factory] = fixture = factory()
         atexit.register(fixture.close)
     return _fixtures[factory]
+
+
+# -- descriptors -----------------------------------------------------------------
+
+def descriptors(pid: int) -> dict[int, str]:
+    """Process C{pid}'s open descriptors: number → what it refers to (a path, ``socket:[inode]``…)."""
+    out = {}
+    base = f"/proc/{pid}/fd"
+    for name in os.listdir(base):
+        try:
+            out[int(name)] = os.readlink(f"{base}/{name}")
+        except FileNotFoundError:
+            pass  # closed while we looked
+    return out
+
+
+def outgoing_sockets(pid: int, port: int) -> set[str]:
+    """The ``socket:[inode]`` names of C{pid}'s TCP sockets whose local port is not C{port}."""
+    out = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                rows = f.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if int(fields[1].rpartition(":")[2], 16) != port:
+                out.add(f"socket:[{fields[9]}]")
+    return out
+
+
+def wait_descriptors_released(daemon: Daemon, before: dict[int, str], timeout: float = 10.0) -> None:
+    """
+    Poll until every descriptor the daemon opened since C{before} (a
+    L{descriptors} snapshot) is closed again, or fail naming the ones still
+    open. Connections to upstreams are left out: the connection pool keeps
+    idle ones by design (a bounded number per host).
+    """
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+    deadline = time.monotonic() + timeout
+    while True:
+        now = descriptors(pid)
+        opened = {(fd, what) for fd, what in now.items() if before.get(fd) != what}
+        if opened:
+            upstream = outgoing_sockets(pid, daemon.port)
+            opened = {(fd, what) for fd, what in opened if what not in upstream}
+        if not opened:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the daemon still holds {len(opened)} descriptors opened during the "
+                                 f"exchange {timeout} s later: {sorted(opened)}")
+        time.sleep(0.02)

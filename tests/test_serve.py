@@ -7,7 +7,10 @@ from a client connection on the real HTTP server.
 from __future__ import annotations
 
 import os
+import time
 
+from hypothesis import given, note
+from hypothesis import strategies as st
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -20,7 +23,10 @@ from artifactvault.flight import IFlightListener
 from artifactvault.serve import (CHUNK, SMALL, UNSATISFIABLE, Responder, entry_etag, entry_last_modified, not_modified,
                                  parse_range)
 from artifactvault.upstream import UpstreamTimeout
+from tests import rfc9110
 from tests.fakes import Harness
+from tests.headers import (bounded, if_modified_since_values, if_none_match_values, if_range_values, range_values,
+                           resolve)
 
 LAST_MODIFIED = "Tue, 14 Nov 2023 22:13:20 GMT"
 BODY = bytes(range(256)) * 40  # 10240 bytes
@@ -118,6 +124,54 @@ class ConditionalTests(SynchronousTestCase):
         entry.etag = '"up"'
         self.assertEqual(entry_etag(entry), '"up"')
         self.assertEqual(entry_last_modified(entry), LAST_MODIFIED)
+
+
+#: The validators the property tests below give their representation.
+ETAG = '"e-1"'
+
+
+class HeaderParserProperties(SynchronousTestCase):
+    """
+    parse_range and not_modified against the independent reference of
+    L{tests.rfc9110}, for arbitrary headers (hypothesis): every answer they
+    lead to is one the RFC allows, and no header makes them raise.
+    """
+
+    @bounded(400)
+    @given(size=st.integers(0, 100_000), data=st.data())
+    def test_parse_range(self, size: int, data: st.DataObject) -> None:
+        """Any Range (and If-Range), any size: the span, 416 or the whole body, as RFC 9110 allows."""
+        generated = data.draw(st.fixed_dictionaries({"Range": range_values(max(size, 1))},
+                                                    optional={"If-Range": if_range_values}))
+        headers = {k: resolve(v, ETAG, LAST_MODIFIED) for k, v in generated.items()}
+        note(f"{size} bytes, {headers!r:.300}")
+        request = request_with(**{k.lower().replace("-", "_"): v for k, v in headers.items()})
+        span = parse_range(request, size, ETAG, LAST_MODIFIED)
+        allowed = rfc9110.allowed_outcomes("GET", headers, ETAG, LAST_MODIFIED, size, time.time())
+        if span is None:
+            outcome = rfc9110.FULL
+        elif span == UNSATISFIABLE:
+            outcome = rfc9110.UNSATISFIABLE
+        else:
+            first, last = span  # type: ignore[misc]
+            self.assertTrue(0 <= first <= last < size, span)
+            outcome = ("206", first, last)
+            if outcome not in allowed and rfc9110.ANY_PARTIAL in allowed:
+                outcome = rfc9110.ANY_PARTIAL
+        self.assertIn(outcome, allowed, headers)
+
+    @bounded(400)
+    @given(etag=st.sampled_from([ETAG, 'W/"e-1"', None]), modified=st.sampled_from([LAST_MODIFIED, None]),
+           data=st.data())
+    def test_not_modified(self, etag: str | None, modified: str | None, data: st.DataObject) -> None:
+        """Any If-None-Match / If-Modified-Since: a 304 when RFC 9110 requires one, never when it forbids it."""
+        generated = data.draw(st.fixed_dictionaries({}, optional={"If-None-Match": if_none_match_values,
+                                                                  "If-Modified-Since": if_modified_since_values}))
+        headers = {k: resolve(v, etag or ETAG, modified or LAST_MODIFIED) for k, v in generated.items()}
+        note(f"ETag {etag}, Last-Modified {modified}, {headers!r}")
+        request = request_with(**{k.lower().replace("-", "_"): v for k, v in headers.items()})
+        outcome = rfc9110.NOT_MODIFIED if not_modified(request, etag, modified) else rfc9110.FULL
+        self.assertIn(outcome, rfc9110.allowed_outcomes("GET", headers, etag, modified, 10, time.time()), headers)
 
 
 class HitTests(SynchronousTestCase):
