@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from email.utils import formatdate, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 
 from twisted.internet.interfaces import IPushProducer
@@ -165,10 +165,6 @@ class Responder:
 
 # -- HTTP semantics -----------------------------------------------------------
 
-def http_date(t: float) -> str:
-    return formatdate(t, usegmt=True)
-
-
 def entry_etag(entry: Entry) -> str:
     """The upstream's ETag, else one that changes whenever the bytes do."""
     if entry.etag:
@@ -178,8 +174,14 @@ def entry_etag(entry: Entry) -> str:
     return '"' + entry.data.rpartition(".")[2] + '"'
 
 
-def entry_last_modified(entry: Entry) -> str:
-    return entry.last_modified or http_date(entry.stored_at)
+def entry_last_modified(entry: Entry) -> str | None:
+    """
+    The upstream's Last-Modified, kept through commit and revalidation, or
+    None: the time the vault stored a copy is no modification date of the
+    bytes (it would change when the same bytes are stored again, and differ
+    from what the miss said).
+    """
+    return entry.last_modified
 
 
 def _etag_matches(header: str, etag: str) -> bool:

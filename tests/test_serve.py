@@ -116,13 +116,19 @@ class ConditionalTests(SynchronousTestCase):
         self.assertFalse(not_modified(request, '"e"', LAST_MODIFIED))
 
     def test_entry_validators(self) -> None:
-        """An entry's ETag is the upstream's, else from its digest, else from its data file name."""
+        """
+        An entry's ETag is the upstream's, else from its digest, else from its
+        data file name; its Last-Modified is the upstream's or none (never the
+        time it was stored).
+        """
         entry = Entry(key="k", data="ab/abcd.f00d", size=1, stored_at=1_700_000_000)
+        self.assertIsNone(entry_last_modified(entry))
         self.assertEqual(entry_etag(entry), '"f00d"')
         entry.sha256 = "ab" * 32
         self.assertEqual(entry_etag(entry), '"sha256-' + "ab" * 20 + '"')
         entry.etag = '"up"'
         self.assertEqual(entry_etag(entry), '"up"')
+        entry.last_modified = LAST_MODIFIED
         self.assertEqual(entry_last_modified(entry), LAST_MODIFIED)
 
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -55,6 +55,7 @@ from artifactvault.backends.registry_auth import TokenAuth
 from artifactvault.backends.registry_media import (MAX_MANIFEST, OCI_INDEX, Accept, digest_of, has_digest,
                                                    parse_digest, schema1_payload, valid_name, valid_tag)
 from artifactvault.config import Section
+from artifactvault.fields import IMMUTABLE_HEADERS
 from artifactvault.flight import Artifact, DigestMismatch
 from artifactvault.serve import Responder, serve_entry
 from artifactvault.singleflight import SingleFlight
@@ -276,7 +277,8 @@ class RegistryBackend(Backend):
         key = f"{self._keys} {name} manifest {digest}"
         entry = self.store.lookup(key)
         if entry is not None and verified_as(entry, parse_digest(digest)):
-            self._send_manifest(responder, name, digest, accept, entry, "STALE" if stale else "HIT")
+            self._send_manifest(responder, name, digest, accept, entry, "STALE" if stale else "HIT",
+                                by_tag=record is not None)
             return
         if request.method == b"HEAD" and record is not None:
             _answer_head(responder, record, "STALE" if stale else "MISS")
@@ -293,7 +295,8 @@ class RegistryBackend(Backend):
         # connection), and a download in flight is never handed to a client
         # whose Accept does not admit the type it turns out to have.
         d = self.vault.document(artifact)
-        d.addCallback(lambda result: self._send_manifest(responder, name, digest, accept, *result))
+        d.addCallback(lambda result: self._send_manifest(responder, name, digest, accept, *result,
+                                                         by_tag=record is not None))
 
         def failed(failure: Any) -> None:
             if failure.check(DigestMismatch) and accept.admits_schema1():
@@ -306,10 +309,16 @@ class RegistryBackend(Backend):
         d.addErrback(failed).addErrback(responder.fail)
 
     def _send_manifest(self, responder: Responder, name: str, digest: str, accept: Accept,
-                       entry: Entry, status: str) -> None:
-        """Answer with a stored, verified manifest, or relay for a client whose Accept it does not suit."""
+                       entry: Entry, status: str, by_tag: bool = False) -> None:
+        """
+        Answer with a stored, verified manifest, or relay for a client whose
+        Accept it does not suit. Asked for C{by_tag}, it is the same bytes
+        under a name that may move: not immutable.
+        """
         if responder.gone:
             return
+        if by_tag:
+            entry = replace(entry, headers={k: v for k, v in entry.headers.items() if k.lower() != "cache-control"})
         if not accept.cacheable(entry.content_type):
             run(responder, self._relay(responder, self._url(name, "manifests", digest), accept, digest))
         elif not serve_entry(responder, self.store, entry, status):
@@ -394,7 +403,7 @@ class RegistryBackend(Backend):
         # (a schema 1 manifest's digest is of its payload, not its bytes: never kept)
         if has_digest(body, digest) and self.store.lookup(key) is None:
             await self.store.put(Entry(key=key, data="", size=0, stored_at=self.store.now(),
-                                       content_type=ctype, url=url), body)
+                                       content_type=ctype, url=url, headers=dict(IMMUTABLE_HEADERS)), body)
         return TagRecord(digest, ctype, len(body))
 
     async def _relay(self, responder: Responder, url: str, accept: Accept,

@@ -1,0 +1,133 @@
+"""
+The core's rules through the real daemon and real sockets, each next to
+what the upstream itself answers: the headers of content-addressed files,
+ranged pass-through of uncached files, a client that asks for a refresh, an
+upstream that hangs or fails, and a small file that fails its digest.
+
+Upstreams: the test kit's real ones (pypiserver, nginx, distribution) and
+scripted ones (L{tests.fakeupstream}) for what real servers never do (stall,
+lie about a file's bytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import uuid
+
+from twisted.trial.unittest import TestCase
+
+from tests import support
+from tests.support import Daemon, request
+
+OCI_ACCEPT = ", ".join(["application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json",
+                        "application/vnd.docker.distribution.manifest.v2+json",
+                        "application/vnd.docker.distribution.manifest.list.v2+json"])
+#: What content-addressed files carry (registries send max-age=31536000 for blobs).
+IMMUTABLE = "max-age=31536000, immutable"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def pypi_file(project: str) -> tuple[str, str]:
+    """(upstream path, sha256) of a file pypiserver lists for C{project}."""
+    page = request("GET", support.upstream_url("pypi") + f"/simple/{project}/")[2]
+    m = re.search(rb'href="([^"#]+)#sha256=([0-9a-f]{64})"', page)
+    assert m, page[:300]
+    return m.group(1).decode(), m.group(2).decode()
+
+
+class _KitDaemon:
+    """One daemon in front of the kit's pypiserver, nginx and registry, shared by the tests that only read."""
+
+    def __init__(self) -> None:
+        self.pypi = support.upstream_url("pypi")
+        self.files = support.upstream_url("files")
+        self.reg = support.upstream_url("reg")
+        self.daemon = Daemon([
+            {"type": "pypi", "config": {"index_url": self.pypi + "/simple/"}},
+            {"type": "http", "config": {"prefix": "/files/", "base_url": self.files}},
+            {"type": "registry", "config": {"prefix": "/hub/", "registry_url": self.reg}},
+        ]).start()
+
+    def close(self) -> None:
+        self.daemon.cleanup()
+
+
+class FileHeaderTests(TestCase):
+    """Issue 8, item 16: what a file's answer says about it, on a miss, a hit and a HEAD."""
+
+    def setUp(self) -> None:
+        kit = support.shared_fixture(_KitDaemon)
+        self.kit, self.daemon = kit, kit.daemon
+
+    def answers(self, vault_path: str, upstream_url: str, headers: dict[str, str] | None = None,
+                key: str | None = None) -> tuple[dict[str, str], list[dict[str, str]]]:
+        """The upstream's headers, and the vault's for a GET miss, a GET hit (once stored) and a HEAD hit."""
+        up = request("GET", upstream_url, headers)
+        self.assertEqual(up[0], 200)
+        miss = request("GET", self.daemon.url(vault_path), headers)
+        self.assertEqual((miss[0], miss[2], miss[1]["x-cache"]), (200, up[2], "MISS"))
+        if key is not None:
+            self.daemon.wait_stored(key)
+        hit = request("GET", self.daemon.url(vault_path), headers)
+        head = request("HEAD", self.daemon.url(vault_path), headers)
+        self.assertEqual((hit[0], hit[1]["x-cache"], head[0], head[1]["x-cache"]), (200, "HIT", 200, "HIT"))
+        return up[1], [miss[1], hit[1], head[1]]
+
+    def test_pypi_file_last_modified_and_immutable(self) -> None:
+        """
+        A PyPI file (by sha256): the upstream's Last-Modified on a miss, a hit
+        and a HEAD, and If-Modified-Since against it is a 304; every answer
+        says it never changes (Cache-Control: immutable, as files.pythonhosted.org does).
+        """
+        path, digest = pypi_file("attrs")
+        name = path.rpartition("/")[2]
+        up, vault = self.answers(f"/pypi/+f/attrs/{digest}/{name}", self.kit.pypi + path, key=f"pypi-file:{digest}")
+        self.assertIn("last-modified", up)
+        for answer in vault:
+            self.assertEqual((answer.get("last-modified"), answer.get("cache-control")),
+                             (up["last-modified"], IMMUTABLE), answer)
+        status, _, _ = request("GET", self.daemon.url(f"/pypi/+f/attrs/{digest}/{name}"),
+                               {"If-Modified-Since": up["last-modified"]})
+        self.assertEqual(status, 304)
+
+    def test_registry_blob_and_manifest(self) -> None:
+        """
+        A registry blob and a manifest by digest: the upstream sends no
+        Last-Modified, and neither does the vault (never its own store time);
+        both are immutable (distribution sends max-age=31536000 for blobs).
+        """
+        index = json.loads(request("GET", self.kit.reg + "/v2/library/hello/manifests/latest",
+                                   {"Accept": OCI_ACCEPT})[2])
+        manifest = index["manifests"][0]["digest"]
+        layers = json.loads(request("GET", self.kit.reg + f"/v2/library/hello/manifests/{manifest}",
+                                    {"Accept": OCI_ACCEPT})[2])["layers"]
+        blob = layers[-1]["digest"]
+        keys = {f"library/hello/blobs/{blob}": f"registry {self.kit.reg} blob {blob}",
+                f"library/hello/manifests/{manifest}": f"registry {self.kit.reg} library/hello manifest {manifest}"}
+        for path, key in keys.items():
+            with self.subTest(path=path):
+                up, vault = self.answers(f"/v2/hub/{path}", f"{self.kit.reg}/v2/{path}", {"Accept": OCI_ACCEPT}, key)
+                self.assertNotIn("last-modified", up)
+                for answer in vault:
+                    self.assertEqual((answer.get("last-modified"), answer.get("cache-control")),
+                                     (None, IMMUTABLE), answer)
+        for _ in range(2):  # (a miss, then from the stored manifest): a tag may move
+            status, headers, _ = request("GET", self.daemon.url("/v2/hub/library/hello/manifests/latest"),
+                                         {"Accept": OCI_ACCEPT})
+            self.assertEqual((status, headers.get("cache-control")), (200, None))
+
+    def test_http_file_is_not_immutable(self) -> None:
+        """A file of the http backend is not content-addressed: its upstream's Last-Modified, no immutable."""
+        name, _ = support.new_upstream_file("small.bin")
+        self.addCleanup(support.drop_upstream_file, name)
+        up, vault = self.answers(f"/files/{name}", f"{self.kit.files}/{name}", key=f"{self.kit.files}/{name}")
+        for answer in vault:
+            self.assertEqual((answer.get("last-modified"), answer.get("cache-control")),
+                             (up["last-modified"], None), answer)
