@@ -59,6 +59,9 @@ _log = Logger(observer=logs.observer)
 PROGRESS_INTERVAL = 10.0
 #: A transformed document (an index page) larger than this is refused.
 MAX_DOCUMENT = 64 * 1024 * 1024
+#: A digest-checked download no larger than this (or of unknown length) is
+#: verified before a byte of it is sent (L{Artifact.verify_before_send}).
+VERIFY_BEFORE_SEND = 8 * 1024 * 1024
 
 
 @dataclass
@@ -82,8 +85,12 @@ class Artifact:
     #: byte chunks that need never be joined, content type). Runs in a thread
     #: for a large document: it must not touch the reactor.
     transform: Callable[[bytes, Any], tuple[bytes | list[bytes], str]] | None = None
-    #: Decides whether an upstream status is servable (default: only 200).
     label: str = ""  # for logs: backend and path
+    #: A digest-checked body announced no larger than this, or of unknown
+    #: length, is held until verified: bytes that fail the check are then a
+    #: clean error answer, not a connection cut after the headers went out.
+    #: A larger one streams as it arrives (0: every one streams).
+    verify_before_send: int = VERIFY_BEFORE_SEND
 
     def describe(self) -> str:
         return self.label or self.key
@@ -187,6 +194,7 @@ class Flight:
         self._hasher = hashlib.new(artifact.digest[0]) if artifact.digest else None
         self._listeners: list[Any] = []  # IFlightListener providers
         self._head_waiters: list[Deferred] = []
+        self._verified_waiters: list[Deferred] = []
         self._commit_waiters: list[Deferred] = []
         self._idle_call: Any = None
         self._body: _BodyReceiver | None = None
@@ -217,6 +225,20 @@ class Flight:
         if self.state == self.FAILED or (self.state == self.PASSED_THROUGH and self.artifact.transform):
             return fail(self.error)
         return succeed(self)
+
+    def verified(self) -> Deferred:
+        """
+        Fires with this flight once every byte is here and verified (its fd
+        still open: a reader subscribed in the callback may read it all), or
+        fails with L{UpstreamError}; for a document, once transformed.
+        """
+        if self.complete:
+            return succeed(self)
+        if self.state.ended:
+            return fail(self.error)
+        d: Deferred = Deferred()
+        self._verified_waiters.append(d)
+        return d
 
     def committed(self) -> Deferred:
         """Fires with the stored L{Entry} (committed or revalidated), or fails."""
@@ -396,9 +418,12 @@ class Flight:
 
     def _complete(self) -> None:
         """Every byte is here and verified: readers may finish; store it if the store takes it."""
+        if self.length is None:
+            self.length = self.written  # (the end is known now: ranges can be placed)
         self.state = self.COMPLETE
         for listener in list(self._listeners):
             listener.flight_done(self)
+        self._fire(self._verified_waiters, self)
         if self.store.fits(self.written):
             self._commit(self.content_type)
         else:
@@ -491,6 +516,7 @@ class Flight:
         self._fire(self._head_waiters, error, failed=True)
         for listener in list(self._listeners):
             listener.flight_failed(self, error)
+        self._fire(self._verified_waiters, error, failed=True)
         self._fire(self._commit_waiters, error, failed=True)
         self._ended()
 

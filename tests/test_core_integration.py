@@ -21,6 +21,7 @@ import uuid
 from twisted.trial.unittest import TestCase
 
 from tests import support
+from tests.fakeupstream import FakeUpstream, Script
 from tests.support import Daemon, request
 
 OCI_ACCEPT = ", ".join(["application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json",
@@ -131,3 +132,73 @@ class FileHeaderTests(TestCase):
         for answer in vault:
             self.assertEqual((answer.get("last-modified"), answer.get("cache-control")),
                              (up["last-modified"], None), answer)
+
+
+def curl(url: str, *args: str) -> tuple[int, str, bytes]:
+    """curl's exit status, the status it saw (``000``: none) and the body."""
+    p = subprocess.run(["curl", "-s", "--noproxy", "*", "-o", "-", "-w", "\n%{http_code}", *args, url],
+                       capture_output=True, timeout=60)
+    body, _, status = p.stdout.rpartition(b"\n")
+    return p.returncode, status.decode(), body
+
+
+class VerifyBeforeSendTests(TestCase):
+    """
+    Issue 8, item 15: a digest-checked file no larger than
+    C{verify_before_send} is held until verified, so bytes that fail their
+    digest are a clean 502 with the reason; a larger one streams, and is cut.
+    """
+
+    def setUp(self) -> None:
+        self.fake = FakeUpstream()
+        self.addCleanup(self.fake.close)
+        self.daemon = Daemon([
+            {"type": "pypi", "config": {"index_url": self.fake.base + "/simple/"}},
+            {"type": "pypi", "config": {"prefix": "/streamed/", "index_url": self.fake.base + "/simple/",
+                                        "verify_before_send": 0}},
+            {"type": "registry", "config": {"prefix": "/reg/", "registry_url": self.fake.base}},
+        ])
+        self.addCleanup(self.daemon.cleanup)
+        self.daemon.start()
+
+    def liar(self, size: int) -> str:
+        """A file of C{size} bytes whose index gives the sha256 of other bytes: its path below the prefix."""
+        good = os.urandom(size)
+        bad = good[:-1] + bytes([good[-1] ^ 1])
+        name = f"liar-{uuid.uuid4().hex[:8]}-py3-none-any.whl"
+        self.fake.scripts[f"/files/{name}"] = Script(body=bad, chunk=65536)
+        self._links = {**getattr(self, "_links", {}), f"/files/{name}": sha256(good)}
+        links = "".join(f'<a href="../../files/{p.rpartition("/")[2]}#sha256={h}">{p.rpartition("/")[2]}</a>\n'
+                        for p, h in self._links.items())
+        self.fake.scripts["/simple/liar/"] = Script(body=links.encode(), headers={"Content-Type": "text/html"})
+        return f"+f/liar/{sha256(good)}/{name}"
+
+    def test_small_file_failing_its_digest_is_a_502(self) -> None:
+        """curl sees a 502 saying why (not a reset connection); nothing is stored: the next request asks again."""
+        path = self.liar(200_000)
+        for attempt in (1, 2):
+            code, status, body = curl(self.daemon.url(f"/pypi/{path}"))
+            self.assertEqual((code, status), (0, "502"), body[:300])
+            self.assertIn(b"expected", body)
+            self.assertEqual(self.fake.count("GET", "/files/" + path.rpartition("/")[2]), attempt)
+
+    def test_registry_blob_failing_its_digest_is_a_json_502(self) -> None:
+        """A registry blob: the registry's JSON error, with the reason."""
+        good = os.urandom(50_000)
+        digest = "sha256:" + sha256(good)
+        self.fake.scripts[f"/v2/liar/blobs/{digest}"] = Script(body=good[::-1])
+        status, headers, body = request("GET", self.daemon.url(f"/v2/reg/liar/blobs/{digest}"))
+        self.assertEqual((status, headers["content-type"].split(";")[0]), (502, "application/json"))
+        self.assertIn("expected", json.loads(body)["errors"][0]["message"])
+
+    def test_larger_file_streams_and_is_cut(self) -> None:
+        """
+        Beyond verify_before_send (0 here; 8 MiB by default), the file streams
+        as it arrives: a mismatch can only cut the connection (curl: status
+        200, a partial transfer).
+        """
+        path = self.liar(1_000_000)
+        code, status, body = curl(self.daemon.url(f"/streamed/{path}"))
+        # (18: a partial transfer; 56: the reset came before curl read all that was sent)
+        self.assertEqual((code in (18, 56), status), (True, "200"), code)
+        self.assertLess(len(body), 1_000_000)

@@ -306,11 +306,15 @@ class SlowCommitTests(VaultMixin, SynchronousTestCase):
 
 
 class DigestTests(VaultMixin, SynchronousTestCase):
-    """With a digest expected, no client sees a complete body before it is verified."""
+    """
+    With a digest expected, no client sees a complete body before it is
+    verified; one larger than verify_before_send (0 here: every one) streams.
+    """
 
     def setUp(self) -> None:
         super().setUp()
-        self.harness.backend.options["a.bin"] = {"digest": ("sha256", hashlib.sha256(BODY).hexdigest())}
+        self.harness.backend.options["a.bin"] = {"digest": ("sha256", hashlib.sha256(BODY).hexdigest()),
+                                                 "verify_before_send": 0}
 
     def test_last_byte_waits_for_verification(self) -> None:
         """All bytes but the last go out as they arrive; the last once the digest matched."""
@@ -353,6 +357,68 @@ class DigestTests(VaultMixin, SynchronousTestCase):
         self.harness.requests[0].response.finish()
         self.assertEqual(client.answer().status, 502)
         self.assertIsNone(self.stored())
+
+
+class VerifyBeforeSendTests(VaultMixin, SynchronousTestCase):
+    """A digest-checked miss no larger than verify_before_send (or of unknown length) is held until verified."""
+
+    def digest(self, body: bytes = BODY, limit: int = 10) -> None:
+        self.harness.backend.options["a.bin"] = {"digest": ("sha256", hashlib.sha256(body).hexdigest()),
+                                                 "verify_before_send": limit}
+
+    def test_held_until_verified(self) -> None:
+        """Nothing goes out while the body arrives; all of it once the digest matched."""
+        self.digest()
+        client = self.get()
+        response = self.harness.requests[0].respond(200, length=10)
+        response.send(BODY)
+        self.assertFalse(client.has_answer())
+        response.finish()
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body, answer.complete, answer.header("X-Cache")),
+                         (200, BODY, True, "MISS"))
+
+    def test_mismatch_is_a_502(self) -> None:
+        """A mismatch is a clean 502 with the reason, not a cut connection; nothing is stored."""
+        self.digest()
+        client = self.get()
+        self.harness.requests[0].respond(200, b"9876543210")
+        answer = client.answer()
+        self.assertEqual((answer.status, client.aborted), (502, False))
+        self.assertIn("expected", answer.body.decode())
+        self.assertIsNone(self.stored())
+
+    def test_unknown_length_held(self) -> None:
+        """A body of unknown length is held too (it may be small), and answered with its length."""
+        self.digest(limit=5)
+        client = self.get()
+        response = self.harness.requests[0].respond(200)
+        response.send(BODY)
+        self.assertFalse(client.has_answer())
+        response.finish()
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body, answer.header("Content-Length")), (200, BODY, "10"))
+
+    def test_larger_streams(self) -> None:
+        """A body announced larger than the limit streams as it arrives (its last byte held back)."""
+        self.digest(limit=9)
+        client = self.get()
+        self.harness.requests[0].respond(200, length=10).send(BODY)
+        self.assertEqual(client.answer().body, BODY[:-1])
+
+    def test_joined_during_the_download(self) -> None:
+        """A client that joins the held download is held too, and all get the whole verified body."""
+        self.digest()
+        first = self.get()
+        response = self.harness.requests[0].respond(200, length=10)
+        response.send(BODY[:5])
+        second = self.get()
+        response.send(BODY[5:])
+        self.assertFalse(first.has_answer() or second.has_answer())
+        response.finish()
+        for client in (first, second):
+            self.assertEqual((client.answer().status, client.answer().body), (200, BODY))
+        self.assertEqual(len(self.harness.requests), 1)
 
 
 class SharedKeyTests(VaultMixin, SynchronousTestCase):

@@ -20,6 +20,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import Attribute, Interface, implementer
 
 from artifactvault.config import Section
+from artifactvault.flight import VERIFY_BEFORE_SEND
 from artifactvault.serve import Responder, plain_error
 from artifactvault.upstream import StaticAuth, Upstream
 from artifactvault.vault import Vault
@@ -87,6 +88,7 @@ class CommonSettings:
     headers: dict[str, str] | None = None
     timeout: float = 30.0
     idle_timeout: float = 60.0
+    verify_before_send: int = VERIFY_BEFORE_SEND
 
     def __repr__(self) -> str:  # credentials stay out of logs and tracebacks
         return f"{type(self).__name__}(prefix={self.prefix!r})"
@@ -105,7 +107,8 @@ def parse_common(section: Section, default_prefix: str | None = None) -> dict[st
     return dict(prefix=prefix, username=username, password=password, token=token,
                 headers=section.headers("headers"),
                 timeout=section.seconds("timeout", 30.0),
-                idle_timeout=section.seconds("idle_timeout", 60.0))
+                idle_timeout=section.seconds("idle_timeout", 60.0),
+                verify_before_send=section.size("verify_before_send", VERIFY_BEFORE_SEND, zero=True))
 
 
 class BadPath(ValueError):

@@ -324,7 +324,8 @@ class PypiBackend(Backend):
         url, hashes, size = target
         self.vault.serve(responder, Artifact(
             key=key, url=url, upstream=self.upstream, digest=index.pick_digest(hashes), size=size,
-            content_type="application/octet-stream", label=f"{self.prefix}{FILES}/{filename}"))
+            content_type="application/octet-stream", label=f"{self.prefix}{FILES}/{filename}",
+            verify_before_send=self.settings.verify_before_send))
 
 
 @provider(IBackendType)

@@ -208,7 +208,7 @@ class RegistryBackend(Backend):
         artifact = Artifact(
             key=f"{self._keys} blob {digest}", url=self._url(name, "blobs", digest),
             upstream=self.upstream, digest=parse_digest(digest),
-            label=f"{self.prefix}{name}/blobs/{digest}")
+            label=f"{self.prefix}{name}/blobs/{digest}", verify_before_send=self.settings.verify_before_send)
         known = self.store.lookup(self._blob_record_key(name, digest)) is not None
         if known or not self._from_elsewhere(artifact):
             self.vault.serve(responder, artifact)
@@ -286,7 +286,8 @@ class RegistryBackend(Backend):
         artifact = Artifact(
             key=key, url=self._url(name, "manifests", digest), upstream=self.upstream,
             digest=parse_digest(digest), size=record.size if record else None,
-            headers={"Accept": accept.header}, label=f"{self.prefix}{name}/manifests/{digest}")
+            headers={"Accept": accept.header}, label=f"{self.prefix}{name}/manifests/{digest}",
+            verify_before_send=self.settings.verify_before_send)
         if request.method == b"HEAD":
             self.vault.serve(responder, artifact)
             return
