@@ -51,7 +51,7 @@ from artifactvault import logs
 from artifactvault.cache.store import Entry, FileStore, write_all
 from artifactvault.fields import fresh_until, response_headers
 from artifactvault.upstream import (Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout,
-                                    describe_failure, discard, header)
+                                    abandon, describe_failure, discard, header)
 
 _log = Logger(observer=logs.observer)
 
@@ -204,7 +204,17 @@ class Flight:
 
     # -- public -------------------------------------------------------------
 
-    def start(self) -> "Flight":
+    def start(self, response: Any = None) -> "Flight":
+        """
+        Ask the upstream (conditionally, to revalidate a stale copy); or,
+        given its C{response} to a request made elsewhere (a ranged request
+        it answered with the whole file), take that.
+        """
+        if response is not None:
+            d = succeed(response)
+            d.addCallback(self._got_response)
+            d.addErrback(self._internal_error)
+            return self
         headers = dict(self.artifact.headers)
         if self.stale is not None:
             if self.stale.etag:
@@ -610,17 +620,21 @@ class Flights:
     def get(self, key: str) -> Flight | None:
         return self._by_key.get(key)
 
-    def join(self, artifact: Artifact, stale: Entry | None = None) -> Flight:
+    def join(self, artifact: Artifact, stale: Entry | None = None, response: Any = None) -> Flight:
         """
-        The flight for C{artifact}'s key: the one in progress, or a new one.
-        A failed flight is still here while its failure is being handed out;
-        whoever asks then (a waiter that tries again) gets a new one.
+        The flight for C{artifact}'s key: the one in progress, or a new one
+        (taking the upstream's C{response}, if given: see L{Flight.start};
+        unused, it is dropped). A failed flight is still here while its
+        failure is being handed out; whoever asks then (a waiter that tries
+        again) gets a new one.
         """
         flight = self._by_key.get(artifact.key)
         if flight is None or flight.state == Flight.FAILED:
             flight = Flight(artifact, self.store, self.reactor, stale, on_end=self._ended)
             self._by_key[artifact.key] = flight
-            flight.start()
+            flight.start(response)
+        elif response is not None:
+            abandon(response)
         return flight
 
     def _ended(self, flight: Flight) -> None:

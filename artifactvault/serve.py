@@ -313,6 +313,32 @@ def parse_range(request: Request, size: int, etag: str | None,
     return start, min(end, size - 1)
 
 
+def requested_range(request: Request) -> tuple[int | None, int | None] | None:
+    """
+    The one byte range a request asks for, read without knowing the size:
+    (first, last) with C{last} None for "to the end", or (None, n) for the
+    last n bytes; None when there is no Range, several, one that cannot be
+    read or answered whatever the size (``bytes=5-2``, ``bytes=-0``), or
+    numbers longer than any file (L{parse_range} makes sense of those once
+    the size is known).
+    """
+    header = request.getHeader(b"range")
+    if header is None:
+        return None
+    m = _RANGE.fullmatch(header.decode("latin-1").strip(" \t"))
+    if not m or not (m.group(1) or m.group(2)):
+        return None
+    digits = [d.lstrip("0") or "0" for d in m.groups() if d]
+    if any(len(d) > _MAX_DIGITS for d in digits):
+        return None
+    first, last = (int(g) if g else None for g in m.groups())
+    if first is None:
+        return None if last == 0 else (None, last)
+    if last is not None and last < first:
+        return None
+    return first, last
+
+
 def set_headers(request: Request, *, size: int | None, content_type: str | None, etag: str | None,
                 last_modified: str | None, extra: dict[str, str]) -> None:
     set_ = request.setHeader

@@ -227,6 +227,19 @@ def discard(response: Any) -> None:
         pass
 
 
+class _Abandon(_Discard):
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
+def abandon(response: Any) -> None:
+    """Drop a body we do not want at all (a whole file we will not use): its connection is closed, not read to the end."""
+    try:
+        response.deliverBody(_Abandon())
+    except Exception:  # already consumed
+        pass
+
+
 def header(response: Any, name: bytes) -> str | None:
     """The first value of a response header, as text."""
     if response is None:

@@ -20,7 +20,9 @@ from artifactvault import logs
 from artifactvault.cache.store import Entry, FileStore
 from artifactvault.fields import fresh_until, response_headers
 from artifactvault.flight import Artifact, Flight, Flights
-from artifactvault.serve import Responder, answer_not_modified, not_modified, serve_entry, serve_flight, set_headers
+from artifactvault.relay import RangeRelay
+from artifactvault.serve import (Responder, answer_not_modified, not_modified, requested_range, serve_entry,
+                                 serve_flight, set_headers)
 from artifactvault.upstream import UpstreamError, UpstreamStatus, content_length, discard, header
 
 _log = Logger(observer=logs.observer)
@@ -48,6 +50,45 @@ def _held_until_verified(responder: Responder, flight: Flight) -> bool:
     if checked and limit > 0 and (flight.length is None or flight.length <= limit):
         return True
     return request.getHeader(b"range") is not None and (flight.length is None or checked)
+
+
+#: A file known (from its index) to be no larger than this is downloaded
+#: whole for a Range on a miss: it costs about what a ranged round trip
+#: does, and the next request (the install after the metadata read) hits.
+RANGE_FULL_BELOW = 256 * 1024
+#: Request fields that make a Range conditional: such a request is served
+#: from a download, where the vault evaluates them itself.
+_CONDITIONS = (b"if-range", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since")
+
+
+def range_to_pass(request: Any, artifact: Artifact) -> tuple[int | None, int | None] | None:
+    """
+    The rule for a GET with a Range on a miss (nothing stored, no download
+    in flight): the range to pass through to the upstream (a ranged
+    upstream request, relayed and not stored: L{artifactvault.relay}), or
+    None when a full download answers it instead (and fills the cache):
+
+    - the range asks for the whole file: from byte 0 with no end, or an end
+      (or a suffix) that reaches the size the index gave;
+    - the index gave a size of at most L{RANGE_FULL_BELOW};
+    - the request is conditional (If-Range, If-None-Match...), or its Range
+      is not one readable range (several, or numbers beyond any file):
+      the download's answer evaluates those as for any miss.
+    """
+    if request.method != b"GET" or any(request.getHeader(name) is not None for name in _CONDITIONS):
+        return None
+    span = requested_range(request)
+    if span is None:
+        return None
+    first, last = span
+    size = artifact.size
+    if size is not None and size <= RANGE_FULL_BELOW:
+        return None
+    if first == 0 and (last is None or (size is not None and last >= size - 1)):
+        return None
+    if first is None and size is not None and last >= size:  # type: ignore[operator]
+        return None
+    return span
 
 
 def verified_as(entry: Entry, digest: tuple[str, str] | None) -> bool:
@@ -100,10 +141,20 @@ class Vault:
             flight.head().addBoth(lambda _: responder.gone or self.serve(responder, artifact)).addErrback(
                 responder.fail)
             return
-        flight = self.flights.join(artifact, stale=entry)
+        span = range_to_pass(responder.request, artifact) if entry is None and flight is None else None
+        if span is not None:
+            RangeRelay(responder, artifact, span,
+                       whole=lambda response: self._join(responder, artifact, None, response),
+                       failed=lambda failure: self._failed(responder, failure, None)).start()
+            return
+        self._join(responder, artifact, entry)
+
+    def _join(self, responder: Responder, artifact: Artifact, stale: Entry | None, response: Any = None) -> None:
+        """Answer from the download of C{artifact}: the one in flight, or a new one (from C{response}, if given)."""
+        flight = self.flights.join(artifact, stale=stale, response=response)
         flight.head().addCallbacks(
             lambda f: self._answer(responder, f),
-            lambda failure: self._failed(responder, failure, entry)).addErrback(responder.fail)
+            lambda failure: self._failed(responder, failure, stale)).addErrback(responder.fail)
 
     def serve_cached(self, responder: Responder, key: str,
                      accept: Callable[[Entry], bool] | None = None) -> bool:

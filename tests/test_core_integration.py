@@ -12,10 +12,13 @@ lie about a file's bytes).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import re
 import subprocess
+import sys
+import time
 import uuid
 
 from twisted.trial.unittest import TestCase
@@ -202,3 +205,127 @@ class VerifyBeforeSendTests(TestCase):
         # (18: a partial transfer; 56: the reset came before curl read all that was sent)
         self.assertEqual((code in (18, 56), status), (True, "200"), code)
         self.assertLess(len(body), 1_000_000)
+
+
+class AccessLog:
+    """What a kit upstream logged from now on: (method, path, status, length) per request."""
+
+    LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) (\S+)')
+
+    def __init__(self, name: str):
+        self.path = os.path.join(support.upstream_dir(name), "access.log")
+        self.start = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+
+    def wait(self, path_pattern: str, count: int, timeout: float = 10.0) -> list[tuple[str, str, int, str]]:
+        """Poll until C{count} requests matching are logged (servers log as they answer); those requests."""
+        deadline = time.monotonic() + timeout
+        while len(found := self.requests(path_pattern)) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return found
+
+    def requests(self, path_pattern: str = "") -> list[tuple[str, str, int, str]]:
+        with open(self.path, "rb") as f:
+            f.seek(self.start)
+            lines = f.read().decode("utf-8", "replace").splitlines()
+        out = []
+        for line in lines:
+            m = self.LINE.search(line)
+            if m and re.search(path_pattern, m.group(2)):
+                out.append((m.group(1), m.group(2), int(m.group(3)), m.group(4)))
+        return out
+
+
+class RangePassThroughTests(TestCase):
+    """
+    Issue 8, item 10: a Range on an uncached file is passed to the upstream
+    as a ranged request and relayed (X-Cache: PASS, not stored), unless the
+    rule says a full download serves it better.
+    """
+
+    def setUp(self) -> None:
+        self.pypi = support.upstream_url("pypi")
+        self.files = support.upstream_url("files")
+        self.daemon = Daemon([
+            {"type": "pypi", "config": {"index_url": self.pypi + "/simple/"}},
+            {"type": "http", "config": {"prefix": "/files/", "base_url": self.files}},
+        ])
+        self.addCleanup(self.daemon.cleanup)
+        self.daemon.start()
+
+    def test_cold_range_of_a_pypi_file_is_a_ranged_upstream_request(self) -> None:
+        """
+        A cold ``Range: bytes=1000-1999`` (and a suffix) of the largest wheel:
+        the upstream's bytes with its 206 and Content-Range, the upstream asked
+        for those bytes only (its log: 206 of 1000 bytes, no 200), nothing
+        stored (asked again: passed through again).
+        """
+        path, digest = pypi_file("setuptools")
+        name = path.rpartition("/")[2]
+        vault_path = f"/pypi/+f/setuptools/{digest}/{name}"
+        log = AccessLog("pypi")
+        for spec in ("bytes=1000-1999", "bytes=-16384", "bytes=1000-1999"):
+            with self.subTest(spec=spec):
+                up = request("GET", self.pypi + path, {"Range": spec})
+                got = request("GET", self.daemon.url(vault_path), {"Range": spec})
+                self.assertEqual((got[0], got[2], got[1]["content-range"], got[1]["x-cache"]),
+                                 (206, up[2], up[1]["content-range"], "PASS"))
+                self.assertEqual(got[1]["content-length"], str(len(up[2])))
+        # (three ranges asked by the test, three by the vault: each a 206 of the range's length)
+        self.assertEqual(sorted(r[2:] for r in log.wait(re.escape(path), 6)),
+                         [(206, "1000")] * 4 + [(206, "16384")] * 2)
+        self.assertIsNone(self.stored(f"pypi-file:{digest}"))
+
+    def test_whole_file_ranges_start_a_download(self) -> None:
+        """``bytes=0-`` asks for the whole file: it is downloaded, served (206) and stored, then a hit."""
+        name, _ = support.new_upstream_file("medium.bin")
+        self.addCleanup(support.drop_upstream_file, name)
+        with open(os.path.join(support.upstream_dir("files"), "www", name), "rb") as f:
+            content = f.read()
+        status, headers, body = request("GET", self.daemon.url(f"/files/{name}"), {"Range": "bytes=0-"})
+        self.assertEqual((status, headers["x-cache"], headers["content-range"], body),
+                         (206, "MISS", f"bytes 0-{len(content) - 1}/{len(content)}", content))
+        self.daemon.wait_stored(f"{self.files}/{name}")
+        self.daemon.wait_log(f"stored /files/{name}")
+        status, headers, body = request("GET", self.daemon.url(f"/files/{name}"), {"Range": "bytes=10-19"})
+        self.assertEqual((status, headers["x-cache"], body), (206, "HIT", content[10:20]))
+
+    def test_range_joins_a_download_in_flight(self) -> None:
+        """A Range while the file downloads is answered from that download: no second upstream request."""
+        name, _ = support.new_upstream_file("medium.bin")
+        self.addCleanup(support.drop_upstream_file, name)
+        log = AccessLog("files")
+        stream = http.client.HTTPConnection("127.0.0.1", self.daemon.port, timeout=30)
+        stream.request("GET", f"/files/{name}")
+        response = stream.getresponse()
+        response.read(1000)
+        status, headers, body = request("GET", self.daemon.url(f"/files/{name}"), {"Range": "bytes=100-199"})
+        response.read()
+        stream.close()
+        self.assertEqual((status, len(body)), (206, 100))
+        self.assertIn(headers["x-cache"], ("MISS", "HIT"))
+        self.assertEqual([r[2] for r in log.wait(re.escape(name), 1)], [200])
+
+    def test_uv_compile_reads_ranges(self) -> None:
+        """
+        A cold ``uv pip compile`` (no PEP 658 metadata upstream: uv reads
+        each wheel's metadata with HEAD and a ranged GET) through the vault:
+        the upstream sends the ranges, never a whole wheel.
+        """
+        requirements = os.path.abspath(self.mktemp())
+        with open(requirements, "w") as f:
+            f.write("requests\n")
+        log = AccessLog("pypi")
+        uv = os.path.join(os.path.dirname(sys.executable), "uv")
+        p = subprocess.run([uv, "pip", "compile", "--no-cache", "-q", "--index-url", self.daemon.url("/pypi/"),
+                            requirements], env=support.pip_env(), capture_output=True, text=True, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr[-2000:])
+        for pin in ("requests==2.32.3", "urllib3==2.2.3", "idna==3.8", "certifi==2024.8.30"):
+            self.assertIn(pin, p.stdout)
+        wheels = log.requests(r"^/packages/.*\.whl$")
+        gets = [(status, length) for method, _, status, length in wheels if method == "GET"]
+        self.assertTrue(gets)
+        self.assertEqual({status for status, _ in gets}, {206}, wheels)
+
+    def stored(self, key: str) -> bool | None:
+        kh = hashlib.sha256(key.encode()).hexdigest()
+        return True if os.path.exists(os.path.join(self.daemon.cache_dir, "data", kh[:2], kh + ".json")) else None
