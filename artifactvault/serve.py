@@ -219,6 +219,8 @@ def not_modified(request: Request, etag: str | None, last_modified: str | None) 
     """RFC 9110 §13.2.2: If-None-Match wins; If-Modified-Since only without it."""
     inm = request.getHeader(b"if-none-match")
     if inm is not None:
+        if inm.strip(b" \t") == b"*":
+            return True  # 13.1.2: any current representation matches, even one without an ETag
         return etag is not None and _etag_matches(inm.decode("latin-1"), etag)
     ims = request.getHeader(b"if-modified-since")
     if ims is not None and last_modified:
@@ -240,7 +242,8 @@ def answer_not_modified(responder: Responder) -> None:
     responder.finish()
 
 
-_RANGE = re.compile(r"bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)", re.ASCII)
+#: RFC 9110 14.1: range units are case-insensitive ("Bytes=0-" is a range).
+_RANGE = re.compile(r"bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)", re.ASCII | re.IGNORECASE)
 UNSATISFIABLE = "unsatisfiable"
 #: A byte position of more digits than this is beyond any file (an exabyte has 19).
 _MAX_DIGITS = 18
