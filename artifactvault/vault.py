@@ -28,30 +28,6 @@ from artifactvault.upstream import UpstreamError, UpstreamStatus, content_length
 _log = Logger(observer=logs.observer)
 
 
-def _held_until_verified(responder: Responder, flight: Flight) -> bool:
-    """
-    Whether a GET joining C{flight} is answered only once the download is
-    complete and verified (then from the whole temp file), not as it arrives:
-
-    - a digest-checked artifact announced no larger than its
-      C{verify_before_send}, or of unknown length: bytes that fail their
-      check are then a clean error answer (a registry's JSON 502, a reason
-      curl and pip can show), never a connection cut after a 200;
-    - a Range the flight cannot answer now with verified bytes at known
-      places: a digest still unchecked (a range's bytes would go out before
-      the check), or no length announced (a range cannot be placed, nor a
-      suffix found, before the end).
-    """
-    request = responder.request
-    if request.method == b"HEAD" or flight.complete:
-        return False
-    checked = flight.artifact.digest is not None
-    limit = flight.artifact.verify_before_send
-    if checked and limit > 0 and (flight.length is None or flight.length <= limit):
-        return True
-    return request.getHeader(b"range") is not None and (flight.length is None or checked)
-
-
 #: A file known (from its index) to be no larger than this is downloaded
 #: whole for a Range on a miss: it costs about what a ranged round trip
 #: does, and the next request (the install after the metadata read) hits.
@@ -187,27 +163,10 @@ class Vault:
                 lambda entry: self._serve_committed(responder, entry, "MISS"),
                 lambda failure: self._failed(responder, failure, flight.stale)).addErrback(responder.fail)
             return
-        if _held_until_verified(responder, flight):
-            flight.verified().addCallbacks(
-                lambda _: self._serve_verified(responder, flight),
-                lambda failure: self._failed(responder, failure, flight.stale)).addErrback(responder.fail)
-            return
         # A download that is already complete (its commit still under way) is
         # served from local bytes: that is a hit.
         serve_flight(responder, flight, "HIT" if flight.complete else "MISS",
                      fallback=lambda error: self._failed(responder, Failure(error), flight.stale))
-
-    def _serve_verified(self, responder: Responder, flight: Flight) -> None:
-        """Answer a held request from a complete, verified download (its stored copy once it has ended)."""
-        if responder.gone:
-            return
-        if flight.fd is not None:
-            serve_flight(responder, flight, "MISS",
-                         fallback=lambda error: self._failed(responder, Failure(error), flight.stale))
-        elif flight.entry is not None:
-            self._serve_committed(responder, flight.entry, "MISS")
-        else:
-            responder.error(502, "the download ended before it could be served")
 
     def _serve_committed(self, responder: Responder, entry: Entry, status: str) -> None:
         if not responder.gone and not serve_entry(responder, self.store, entry, status):
