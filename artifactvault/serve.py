@@ -231,6 +231,28 @@ def not_modified(request: Request, etag: str | None, last_modified: str | None) 
     return False
 
 
+def wants_revalidation(request: Request) -> bool:
+    """
+    Whether the client asks that no stored copy answer it before the
+    upstream confirmed it (RFC 9111 5.2.1): ``Cache-Control: no-cache`` or
+    ``max-age=0``, or, from a client that sends no Cache-Control,
+    ``Pragma: no-cache`` (5.4). pip sends ``max-age=0`` for an index page
+    with ``--refresh-package``; uv ``no-cache`` with ``--refresh``. What
+    it may apply to, a backend says (a mutable document: an index page, a
+    tag; never a file named by its digest).
+    """
+    values = request.requestHeaders.getRawHeaders(b"cache-control")
+    if values is None:
+        pragma = b",".join(request.requestHeaders.getRawHeaders(b"pragma", []))
+        return any(p.strip().lower() == b"no-cache" for p in pragma.split(b","))
+    for directive in b",".join(values).split(b","):
+        name, _, value = directive.partition(b"=")
+        name, value = name.strip().lower(), value.strip().strip(b'"')
+        if name == b"no-cache" or (name == b"max-age" and value.isdigit() and int(value[:12]) == 0):
+            return True
+    return False
+
+
 #: Representation headers a 304 leaves out (RFC 9110 15.4.5: it describes no body).
 _NOT_FOR_304 = (b"content-type", b"content-length", b"content-encoding", b"content-range", b"accept-ranges")
 

@@ -22,7 +22,7 @@ from artifactvault.fields import fresh_until, response_headers
 from artifactvault.flight import Artifact, Flight, Flights
 from artifactvault.relay import RangeRelay
 from artifactvault.serve import (Responder, answer_not_modified, not_modified, requested_range, serve_entry,
-                                 serve_flight, set_headers)
+                                 serve_flight, set_headers, wants_revalidation)
 from artifactvault.upstream import UpstreamError, UpstreamStatus, content_length, discard, header
 
 _log = Logger(observer=logs.observer)
@@ -91,11 +91,16 @@ class Vault:
     # -- streamed artifacts ------------------------------------------------------
 
     def serve(self, responder: Responder, artifact: Artifact) -> None:
-        """Answer a GET or HEAD for C{artifact}."""
+        """
+        Answer a GET or HEAD for C{artifact}. A mutable one (with a ttl) is
+        revalidated before it is served when the client asks for that
+        (L{wants_revalidation}), fresh or not.
+        """
         entry = self.store.lookup(artifact.key)
         if entry is not None and not verified_as(entry, artifact.digest):
             entry = None  # never served: the download replaces it
-        if entry is not None and entry.is_fresh(self.store.now()):
+        refresh = artifact.ttl is not None and wants_revalidation(responder.request)
+        if entry is not None and not refresh and entry.is_fresh(self.store.now()):
             if serve_entry(responder, self.store, entry, "HIT"):
                 return
             entry = None
@@ -247,16 +252,19 @@ class Vault:
 
     # -- documents ---------------------------------------------------------------
 
-    def document(self, artifact: Artifact) -> Deferred:
+    def document(self, artifact: Artifact, revalidate: bool = False) -> Deferred:
         """
         The stored entry for a document (a page a backend renders itself):
         fresh from the cache, revalidated, fetched, or stale when the upstream
         fails. Fires with (entry, "HIT"|"MISS"|"STALE"); fails with L{UpstreamError}.
+        C{revalidate} (the client asked for it: L{wants_revalidation}) makes
+        a fresh copy of a mutable document revalidated too.
         """
         entry = self.store.lookup(artifact.key)
         if entry is not None and not verified_as(entry, artifact.digest):
             entry = None  # never served: the download replaces it
-        if entry is not None and entry.is_fresh(self.store.now()):
+        refresh = revalidate and artifact.ttl is not None
+        if entry is not None and not refresh and entry.is_fresh(self.store.now()):
             return succeed((entry, "HIT"))
         flight = self.flights.join(artifact, stale=entry)
 

@@ -329,3 +329,136 @@ class RangePassThroughTests(TestCase):
     def stored(self, key: str) -> bool | None:
         kh = hashlib.sha256(key.encode()).hexdigest()
         return True if os.path.exists(os.path.join(self.daemon.cache_dir, "data", kh[:2], kh + ".json")) else None
+
+
+class ClientRefreshTests(TestCase):
+    """
+    Issue 8, item 13: a client's ``Cache-Control: no-cache`` or ``max-age=0``
+    (``Pragma: no-cache`` from an HTTP/1.0 client) makes the vault revalidate
+    a mutable document with the upstream before answering; immutable files
+    stay answered from the cache.
+    """
+
+    def setUp(self) -> None:
+        self.pypi = support.upstream_url("pypi")
+        self.packages = os.path.join(support.upstream_dir("pypi"), "packages")
+        self.project = f"refresh{uuid.uuid4().hex[:8]}"
+        self.daemon = Daemon([{"type": "pypi", "config": {"index_url": self.pypi + "/simple/", "index_ttl": "1h"}}])
+        self.addCleanup(self.daemon.cleanup)
+        self.daemon.start()
+
+    def publish(self, version: str) -> str:
+        """A new release of the test's project in pypiserver's directory (served at once): its file name."""
+        from tests.test_pypi_clients import make_wheel
+        name, wheel, _ = make_wheel(self.project, version)
+        path = os.path.join(self.packages, name)
+        with open(path, "wb") as f:
+            f.write(wheel)
+        self.addCleanup(os.unlink, path)
+        return name
+
+    def page(self, headers: dict[str, str] | None = None) -> tuple[str, bytes]:
+        status, got, body = request("GET", self.daemon.url(f"/pypi/{self.project}/"),
+                                    {"Accept": "text/html", **(headers or {})})
+        self.assertEqual(status, 200, body[:200])
+        return got["x-cache"], body
+
+    def test_refresh_sees_a_new_release(self) -> None:
+        """
+        A page cached (index_ttl 1h), then a release published upstream: a
+        plain request still gets the cached page; each way of asking for a
+        refresh gets the new one.
+        """
+        first = self.publish("1.0")
+        self.assertEqual(self.page()[0], "MISS")
+        for n, headers in enumerate(({"Cache-Control": "no-cache"}, {"Cache-Control": "max-age=0"},
+                                     {"Pragma": "no-cache"}, {"Cache-Control": "max-stale=10, No-Cache"}), 2):
+            with self.subTest(headers=headers):
+                release = self.publish(f"{n}.0")
+                status, body = self.page()
+                self.assertEqual(status, "HIT")
+                self.assertNotIn(release.encode(), body)
+                status, body = self.page(headers)
+                self.assertIn(release.encode(), body)
+                self.assertIn(first.encode(), body)
+                self.assertIn(release.encode(), self.page()[1])  # (and kept for the next client)
+        self.assertNotIn(b"9.0", self.page({"Cache-Control": "max-age=60"})[1])
+
+    def test_pip_refresh_package(self) -> None:
+        """pip ``--refresh-package`` (it sends max-age=0) finds a release the cached page does not list; without it pip does not."""
+        self.publish("1.0")
+        self.page()
+        self.publish("2.0")
+        dest = os.path.abspath(self.mktemp())
+        base = [sys.executable, "-m", "pip", "--isolated", "download", "--no-cache-dir", "--no-deps", "-d", dest,
+                "--retries", "0", "--index-url", self.daemon.url("/pypi/"), f"{self.project}==2.0"]
+        p = subprocess.run(base, env=support.pip_env(), capture_output=True, text=True, timeout=120)
+        self.assertNotEqual(p.returncode, 0, p.stdout)
+        p = subprocess.run(base + ["--refresh-package", self.project], env=support.pip_env(),
+                           capture_output=True, text=True, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertEqual(os.listdir(dest), [f"{self.project}-2.0-py3-none-any.whl"])
+
+    def test_files_stay_cached(self) -> None:
+        """A file (immutable, by its sha256) asked with no-cache is a hit: the upstream is not asked."""
+        name = self.publish("1.0")
+        with open(os.path.join(self.packages, name), "rb") as f:
+            digest = sha256(f.read())
+        path = f"/pypi/+f/{self.project}/{digest}/{name}"
+        self.assertEqual(request("GET", self.daemon.url(path))[0], 200)
+        self.daemon.wait_stored(f"pypi-file:{digest}")
+        self.daemon.wait_log(f"stored /pypi/+f/{name}")
+        before = support.hits("pypi", re.escape(name))
+        status, headers, _ = request("GET", self.daemon.url(path), {"Cache-Control": "no-cache"})
+        self.assertEqual((status, headers["x-cache"]), (200, "HIT"))
+        self.assertEqual(support.hits("pypi", re.escape(name)), before)
+
+
+class ScriptedRefreshTests(TestCase):
+    """Item 13 for the registry (a tag, a tag list) and the http backend (a file with a ttl), against a scripted upstream."""
+
+    def setUp(self) -> None:
+        self.fake = FakeUpstream()
+        self.addCleanup(self.fake.close)
+        self.daemon = Daemon([
+            {"type": "registry", "config": {"prefix": "/reg/", "registry_url": self.fake.base, "tag_ttl": "1h"}},
+            {"type": "http", "config": {"prefix": "/files/", "base_url": self.fake.base, "ttl": "1h"}},
+        ])
+        self.addCleanup(self.daemon.cleanup)
+        self.daemon.start()
+
+    def tag(self, n: int) -> bytes:
+        """Point the tag ``latest`` of repository ``r`` at a new manifest: its bytes."""
+        body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                           "manifests": [], "annotations": {"n": str(n)}}).encode()
+        digest = "sha256:" + sha256(body)
+        headers = {"Content-Type": "application/vnd.oci.image.index.v1+json", "Docker-Content-Digest": digest}
+        self.fake.scripts["/v2/r/manifests/latest"] = Script(body=body, headers=headers)
+        self.fake.scripts[f"/v2/r/manifests/{digest}"] = Script(body=body, headers=headers)
+        self.fake.scripts["/v2/r/tags/list"] = Script(body=json.dumps({"name": "r", "tags": [f"v{n}"]}).encode(),
+                                                      headers={"Content-Type": "application/json"})
+        self.fake.scripts["/doc.txt"] = Script(body=b"version %d" % n)
+        return body
+
+    def test_refresh(self) -> None:
+        """A tag, a tag list and a file with a ttl: the cached answer, until the client asks for a refresh."""
+        first = self.tag(1)
+        paths = {"/v2/reg/r/manifests/latest": first, "/v2/reg/r/tags/list": b'"v1"', "/files/doc.txt": b"version 1"}
+        for path, body in paths.items():
+            self.assertIn(body, request("GET", self.daemon.url(path), {"Accept": OCI_ACCEPT})[2])
+        second = self.tag(2)
+        updated = {"/v2/reg/r/manifests/latest": second, "/v2/reg/r/tags/list": b'"v2"', "/files/doc.txt": b"version 2"}
+        for path, body in updated.items():
+            with self.subTest(path=path):
+                status, headers, got = request("GET", self.daemon.url(path), {"Accept": OCI_ACCEPT})
+                self.assertIn(paths[path], got)
+                status, headers, got = request("GET", self.daemon.url(path),
+                                               {"Accept": OCI_ACCEPT, "Cache-Control": "no-cache"})
+                self.assertEqual(status, 200)
+                self.assertIn(body, got)
+                label = path.replace("/v2/reg/", "/reg/")
+                if not path.endswith("/latest"):  # (a document: its new copy is committed after it was sent)
+                    deadline = time.monotonic() + 10
+                    while self.daemon.log().count(f"stored {label}:") < 2 and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                self.assertIn(body, request("GET", self.daemon.url(path), {"Accept": OCI_ACCEPT})[2])

@@ -20,7 +20,7 @@ from zope.interface.verify import verifyObject
 
 from artifactvault.cache.store import Entry
 from artifactvault.flight import IFlightListener
-from artifactvault.serve import (CHUNK, SMALL, UNSATISFIABLE, Responder, entry_etag, entry_last_modified, not_modified,
+from artifactvault.serve import (wants_revalidation, CHUNK, SMALL, UNSATISFIABLE, Responder, entry_etag, entry_last_modified, not_modified,
                                  parse_range)
 from artifactvault.upstream import UpstreamTimeout
 from tests import rfc9110
@@ -41,6 +41,22 @@ def request_with(**headers: str) -> DummyRequest:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+class WantsRevalidationTests(SynchronousTestCase):
+    """wants_revalidation: the request directives that ask a cache to check with the origin first."""
+
+    def test_directives(self) -> None:
+        """no-cache and max-age=0 (in any case, among others); Pragma: no-cache only without Cache-Control."""
+        for headers, expected in (({"cache_control": "no-cache"}, True), ({"cache_control": "max-age=0"}, True),
+                                  ({"cache_control": "Max-Age=\"0\""}, True),
+                                  ({"cache_control": "max-stale=5, NO-CACHE"}, True),
+                                  ({"pragma": "no-cache"}, True), ({}, False),
+                                  ({"cache_control": "max-age=60"}, False), ({"cache_control": "no-store"}, False),
+                                  ({"cache_control": "max-age=x"}, False),
+                                  ({"cache_control": "max-age=60", "pragma": "no-cache"}, False)):
+            with self.subTest(headers=headers):
+                self.assertEqual(wants_revalidation(request_with(**headers)), expected)
 
 
 class RangeParsingTests(SynchronousTestCase):

@@ -610,6 +610,44 @@ class StaleTests(VaultMixin, SynchronousTestCase):
         self.assertEqual((status, self.harness.vault.read(entry)), ("STALE", BODY))
 
 
+class ClientRefreshTests(VaultMixin, SynchronousTestCase):
+    """A client's Cache-Control: no-cache revalidates a fresh mutable entry first; an immutable one stays a hit."""
+
+    ttl = 60
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.harness.fetched("a.bin", BODY, {"ETag": '"v1"'})
+
+    def test_fresh_entry_revalidated(self) -> None:
+        """A conditional request goes upstream; its 304 serves the stored copy, its 200 the new one."""
+        client = self.get(headers={"Cache-Control": "no-cache"})
+        self.assertEqual(len(self.harness.requests), 2)
+        self.assertEqual(self.harness.requests[-1].header("If-None-Match"), '"v1"')
+        self.harness.requests[-1].respond(304, headers={"ETag": '"v1"'})
+        self.assertEqual((client.answer().body, client.answer().header("X-Cache")), (BODY, "HIT"))
+        client = self.get(headers={"Cache-Control": "max-age=0"})
+        self.harness.requests[-1].respond(200, b"new", headers={"ETag": '"v2"'})
+        self.assertEqual(client.answer().body, b"new")
+        self.assertEqual(self.get().answer().body, b"new")
+
+    def test_immutable_stays_a_hit(self) -> None:
+        """An artifact without a ttl (a file named by its digest) is never revalidated."""
+        self.harness.backend.options["b.bin"] = {"ttl": None}
+        self.harness.fetched("b.bin", BODY)
+        answer = self.get("b.bin", headers={"Cache-Control": "no-cache"}).answer()
+        self.assertEqual((answer.body, answer.header("X-Cache"), len(self.harness.requests)), (BODY, "HIT", 2))
+
+    def test_document(self) -> None:
+        """vault.document(revalidate=True) revalidates a fresh document."""
+        artifact = self.harness.backend.artifact("a.bin")
+        self.assertEqual(self.successResultOf(self.harness.vault.document(artifact))[1], "HIT")
+        d = self.harness.vault.document(artifact, revalidate=True)
+        self.harness.requests[-1].respond(304, headers={"ETag": '"v1"'})
+        self.assertEqual(self.successResultOf(d)[1], "HIT")
+        self.assertEqual(len(self.harness.requests), 2)
+
+
 class DocumentTests(VaultMixin, SynchronousTestCase):
     """Vault.document: the stored entry of a page a backend renders itself."""
 

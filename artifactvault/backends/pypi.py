@@ -40,7 +40,7 @@ from artifactvault.backends.base import (Backend, BuildContext, CommonSettings, 
                                          parse_common)
 from artifactvault.config import Section
 from artifactvault.flight import Artifact
-from artifactvault.serve import Responder, answer_not_modified, not_modified, send_chunks
+from artifactvault.serve import Responder, answer_not_modified, not_modified, send_chunks, wants_revalidation
 from artifactvault.upstream import UpstreamError
 from artifactvault.vault import Entry, verified_as
 
@@ -219,8 +219,11 @@ class PypiBackend(Backend):
                         ttl=self.settings.index_ttl, headers={"Accept": UPSTREAM_ACCEPT},
                         transform=transform, label=f"{self.prefix}{project + '/' if project else ''}")
 
-    def _document(self, project: str | None) -> Deferred:
-        """Fires with (L{Page}, cache status) for the project (None: the list); fails with L{UpstreamError}."""
+    def _document(self, project: str | None, revalidate: bool = False) -> Deferred:
+        """
+        Fires with (L{Page}, cache status) for the project (None: the list),
+        revalidated first if C{revalidate}; fails with L{UpstreamError}.
+        """
         artifact = self._page_artifact(project)
 
         def loaded(result: tuple[Entry, str], retry: bool) -> Any:
@@ -239,7 +242,7 @@ class PypiBackend(Backend):
                 return page, status
             return self.vault.load(entry, lambda raw: Page(index.loads(raw), render, len(raw))).addCallback(parsed)
 
-        return self.vault.document(artifact).addCallback(loaded, True)
+        return self.vault.document(artifact, revalidate).addCallback(loaded, True)
 
     @staticmethod
     def _renderer(project: str) -> Callable[[dict[str, Any], str], list[bytes]]:
@@ -254,7 +257,7 @@ class PypiBackend(Backend):
         if fmt is None:
             responder.error(406, f"acceptable here: {index.JSON}, {index.HTML_V1}, {index.HTML}")
             return
-        d = self._document(project)
+        d = self._document(project, wants_revalidation(request))
         d.addCallback(lambda result: result[0].rendered(fmt, self.vault.work).addCallback(
             lambda rendered: (rendered, result[1])))
         d.addCallbacks(lambda result: self._send_page(responder, result, fmt), responder.fail)

@@ -57,7 +57,7 @@ from artifactvault.backends.registry_media import (MAX_MANIFEST, OCI_INDEX, Acce
 from artifactvault.config import Section
 from artifactvault.fields import IMMUTABLE_HEADERS
 from artifactvault.flight import Artifact, DigestMismatch
-from artifactvault.serve import Responder, serve_entry
+from artifactvault.serve import Responder, serve_entry, wants_revalidation
 from artifactvault.singleflight import SingleFlight
 from artifactvault.upstream import (UpstreamError, UpstreamStatus, content_length, discard, header,
                                     host_of, loggable)
@@ -328,7 +328,7 @@ class RegistryBackend(Backend):
     async def _tagged(self, responder: Responder, name: str, tag: str, accept: Accept) -> None:
         url = self._url(name, "manifests", tag)
         try:
-            record, stale = await self._resolve(name, tag, accept)
+            record, stale = await self._resolve(name, tag, accept, wants_revalidation(responder.request))
         except UpstreamError as e:
             if isinstance(e, UpstreamStatus) and e.code == 404 and responder.request.method == b"GET":
                 # A HEAD's 404 has no body: the upstream's GET says in its own
@@ -344,17 +344,18 @@ class RegistryBackend(Backend):
             return
         self._manifest(responder, name, record.digest, accept, record, stale)
 
-    def _resolve(self, name: str, tag: str, accept: Accept) -> Deferred:
+    def _resolve(self, name: str, tag: str, accept: Accept, revalidate: bool = False) -> Deferred:
         """
         Fires with (L{TagRecord}, stale) for C{tag} as a client of C{accept}
-        sees it: the fresh record, else what one upstream ``HEAD`` (shared by
-        every request that wants it meanwhile) says; fails with L{UpstreamError}.
+        sees it: the fresh record (unless the client asked to C{revalidate}),
+        else what one upstream ``HEAD`` (shared by every request that wants
+        it meanwhile) says; fails with L{UpstreamError}.
         """
         # (per backend: two backends of one upstream may keep tags fresh for different times)
         key = f"{self._keys} {name} tag {tag} accept {accept.key} for {self.prefix}"
         entry = self.store.lookup(key)
         record = self._record(entry)
-        if record is not None and entry.is_fresh(self.store.now()):
+        if record is not None and not revalidate and entry.is_fresh(self.store.now()):
             return succeed((record, False))
         return self._resolving.run(key, lambda: Deferred.fromCoroutine(
             self._ask_upstream(key, name, tag, accept, entry, record)))
@@ -499,7 +500,8 @@ class RegistryBackend(Backend):
             self._send_document(responder, page, status, "application/json",
                                 next_query and f"{name}/tags/list?{next_query}")
 
-        self.vault.document(artifact).addCallback(lambda result: send(*result)).addErrback(responder.fail)
+        self.vault.document(artifact, wants_revalidation(request)).addCallback(
+            lambda result: send(*result)).addErrback(responder.fail)
 
     def _referrers(self, responder: Responder, name: str, digest: str) -> None:
         """
@@ -534,7 +536,8 @@ class RegistryBackend(Backend):
                 return
             responder.fail(failure)
 
-        self.vault.document(artifact).addCallback(lambda result: send(*result)).addErrback(failed) \
+        self.vault.document(artifact, wants_revalidation(request)).addCallback(
+            lambda result: send(*result)).addErrback(failed) \
             .addErrback(responder.fail)
 
     def _send_document(self, responder: Responder, body: bytes | None, status: str, content_type: str,
