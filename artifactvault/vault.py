@@ -23,7 +23,7 @@ from artifactvault.flight import Artifact, Flight, Flights
 from artifactvault.relay import RangeRelay
 from artifactvault.serve import (Responder, answer_not_modified, not_modified, requested_range, serve_entry,
                                  serve_flight, set_headers, wants_revalidation)
-from artifactvault.upstream import UpstreamError, UpstreamStatus, content_length, discard, header
+from artifactvault.upstream import Upstream, UpstreamError, UpstreamStatus, content_length, discard, header
 
 _log = Logger(observer=logs.observer)
 
@@ -106,6 +106,12 @@ class Vault:
             entry = None
         if entry is not None and not self._has_data(entry):
             entry = None  # nothing left to revalidate or to serve stale
+        if self.stale_first(artifact.upstream, artifact.url, entry):
+            self.revalidate_in_background(artifact.upstream, artifact.url,
+                                          lambda: self.flights.join(artifact, stale=entry).committed())
+            _log.info("serving stale {key} at once: its upstream failed lately", key=entry.key)
+            if serve_entry(responder, self.store, entry, "STALE"):
+                return
         if responder.request.method == b"HEAD":
             flight = self.flights.get(artifact.key)
             if flight is not None and flight.state in (Flight.STREAMING, Flight.COMPLETE) \
@@ -198,6 +204,39 @@ class Vault:
                 return
         responder.fail(failure)
 
+    def stale_first(self, upstream: Upstream, url: str, stale: object | None) -> bool:
+        """
+        Whether C{stale} (what was last known of something past its
+        freshness, or that the client wants revalidated) answers at once,
+        without waiting for the upstream: it failed lately and has not
+        answered since, or is backed off (L{artifactvault.ratelimit}); a
+        hanging upstream must not make every request wait its timeout.
+        """
+        return stale is not None and self.serve_stale and upstream.backoff_for(url).troubled
+
+    def revalidate_in_background(self, upstream: Upstream, url: str, start: Callable[[], Deferred]) -> None:
+        """
+        With a stale copy answered at once (L{stale_first}), let one
+        revalidation for C{url}'s origin at a time (C{start()}) find out
+        whether the upstream is back, once its back-off is over; its outcome
+        is for the next request (and the upstream's state), not for a client.
+        """
+        backoff = upstream.backoff_for(url)
+        if not backoff.probe():
+            return
+
+        def ended(result: Any) -> None:
+            backoff.probe_ended()
+            if isinstance(result, Failure) and not result.check(UpstreamError):
+                _log.failure("revalidating in the background failed", result)
+
+        try:
+            d = start()
+        except BaseException:
+            backoff.probe_ended()
+            raise
+        d.addBoth(ended)
+
     def stale_allowed(self, stale: object | None, error: BaseException) -> bool:
         """
         Whether C{stale} (an entry, a record: what was last known) may answer
@@ -252,13 +291,16 @@ class Vault:
 
     # -- documents ---------------------------------------------------------------
 
-    def document(self, artifact: Artifact, revalidate: bool = False) -> Deferred:
+    def document(self, artifact: Artifact, revalidate: bool = False, stale_ok: bool = False) -> Deferred:
         """
         The stored entry for a document (a page a backend renders itself):
         fresh from the cache, revalidated, fetched, or stale when the upstream
-        fails. Fires with (entry, "HIT"|"MISS"|"STALE"); fails with L{UpstreamError}.
+        fails (at once, when it failed lately: L{stale_first}). Fires with
+        (entry, "HIT"|"MISS"|"STALE"); fails with L{UpstreamError}.
         C{revalidate} (the client asked for it: L{wants_revalidation}) makes
-        a fresh copy of a mutable document revalidated too.
+        a fresh copy of a mutable document revalidated too; C{stale_ok}
+        takes a stored copy however old, without asking the upstream (the
+        caller asks again, without it, if that copy does not do).
         """
         entry = self.store.lookup(artifact.key)
         if entry is not None and not verified_as(entry, artifact.digest):
@@ -266,6 +308,12 @@ class Vault:
         refresh = revalidate and artifact.ttl is not None
         if entry is not None and not refresh and entry.is_fresh(self.store.now()):
             return succeed((entry, "HIT"))
+        if entry is not None and (stale_ok or self.stale_first(artifact.upstream, artifact.url, entry)):
+            if not stale_ok:
+                self.revalidate_in_background(artifact.upstream, artifact.url,
+                                              lambda: self.flights.join(artifact, stale=entry).committed())
+                _log.info("serving stale {key} at once: its upstream failed lately", key=entry.key)
+            return succeed((entry, "STALE"))
         flight = self.flights.join(artifact, stale=entry)
 
         def got(result: Entry) -> tuple[Entry, str]:

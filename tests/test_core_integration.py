@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -207,34 +208,6 @@ class VerifyBeforeSendTests(TestCase):
         self.assertLess(len(body), 1_000_000)
 
 
-class AccessLog:
-    """What a kit upstream logged from now on: (method, path, status, length) per request."""
-
-    LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) (\S+)')
-
-    def __init__(self, name: str):
-        self.path = os.path.join(support.upstream_dir(name), "access.log")
-        self.start = os.path.getsize(self.path) if os.path.exists(self.path) else 0
-
-    def wait(self, path_pattern: str, count: int, timeout: float = 10.0) -> list[tuple[str, str, int, str]]:
-        """Poll until C{count} requests matching are logged (servers log as they answer); those requests."""
-        deadline = time.monotonic() + timeout
-        while len(found := self.requests(path_pattern)) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return found
-
-    def requests(self, path_pattern: str = "") -> list[tuple[str, str, int, str]]:
-        with open(self.path, "rb") as f:
-            f.seek(self.start)
-            lines = f.read().decode("utf-8", "replace").splitlines()
-        out = []
-        for line in lines:
-            m = self.LINE.search(line)
-            if m and re.search(path_pattern, m.group(2)):
-                out.append((m.group(1), m.group(2), int(m.group(3)), m.group(4)))
-        return out
-
-
 class RangePassThroughTests(TestCase):
     """
     Issue 8, item 10: a Range on an uncached file is passed to the upstream
@@ -262,7 +235,7 @@ class RangePassThroughTests(TestCase):
         path, digest = pypi_file("setuptools")
         name = path.rpartition("/")[2]
         vault_path = f"/pypi/+f/setuptools/{digest}/{name}"
-        log = AccessLog("pypi")
+        log = support.AccessLog("pypi")
         for spec in ("bytes=1000-1999", "bytes=-16384", "bytes=1000-1999"):
             with self.subTest(spec=spec):
                 up = request("GET", self.pypi + path, {"Range": spec})
@@ -293,7 +266,7 @@ class RangePassThroughTests(TestCase):
         """A Range while the file downloads is answered from that download: no second upstream request."""
         name, _ = support.new_upstream_file("medium.bin")
         self.addCleanup(support.drop_upstream_file, name)
-        log = AccessLog("files")
+        log = support.AccessLog("files")
         stream = http.client.HTTPConnection("127.0.0.1", self.daemon.port, timeout=30)
         stream.request("GET", f"/files/{name}")
         response = stream.getresponse()
@@ -314,7 +287,7 @@ class RangePassThroughTests(TestCase):
         requirements = os.path.abspath(self.mktemp())
         with open(requirements, "w") as f:
             f.write("requests\n")
-        log = AccessLog("pypi")
+        log = support.AccessLog("pypi")
         uv = os.path.join(os.path.dirname(sys.executable), "uv")
         p = subprocess.run([uv, "pip", "compile", "--no-cache", "-q", "--index-url", self.daemon.url("/pypi/"),
                             requirements], env=support.pip_env(), capture_output=True, text=True, timeout=120)
@@ -462,3 +435,56 @@ class ScriptedRefreshTests(TestCase):
                     while self.daemon.log().count(f"stored {label}:") < 2 and time.monotonic() < deadline:
                         time.sleep(0.02)
                 self.assertIn(body, request("GET", self.daemon.url(path), {"Accept": OCI_ACCEPT})[2])
+
+
+class HangingUpstreamTests(TestCase):
+    """
+    Issue 8, item 14: after an upstream failed (here: it stopped answering),
+    a stale copy is answered at once and the upstream is left alone for a
+    while; a file the stale page lists is fetched without waiting for the page.
+    """
+
+    def setUp(self) -> None:
+        self.index = FakeUpstream()
+        self.files = FakeUpstream()  # (the files' own host, as files.pythonhosted.org is pypi.org's)
+        self.hang = threading.Event()
+        self.addCleanup(self.files.close)
+        self.addCleanup(self.index.close)
+        self.addCleanup(self.hang.set)
+        # index_ttl 0: the page is stale as soon as it is stored, so every request revalidates it.
+        self.daemon = Daemon([{"type": "pypi", "config": {"index_url": self.index.base + "/simple/",
+                                                          "index_ttl": 0, "timeout": 2}}])
+        self.addCleanup(self.daemon.cleanup)
+        self.daemon.start()
+
+    def test_stale_at_once_after_a_timeout(self) -> None:
+        """
+        The index page, cached, then the index hangs: the first request waits
+        for the timeout and gets the stale page; the next ones get it at once,
+        the index seeing no new request (one stalled connection, five
+        answers); a file and its metadata the stale page lists are fetched
+        from their host meanwhile, no page revalidation waited for.
+        """
+        from tests.test_pypi_clients import make_wheel
+        name, wheel, metadata = make_wheel("hangdemo", "1.0")
+        self.files.scripts[f"/f/{name}"] = Script(body=wheel)
+        self.files.scripts[f"/f/{name}.metadata"] = Script(body=metadata)
+        page = (f'<a href="{self.files.base}/f/{name}#sha256={sha256(wheel)}" '
+                f'data-dist-info-metadata="sha256={sha256(metadata)}">{name}</a>').encode()
+        self.index.scripts["/simple/hangdemo/"] = Script(body=page, headers={"Content-Type": "text/html"})
+        url = self.daemon.url("/pypi/hangdemo/")
+        self.assertEqual(request("GET", url)[1]["x-cache"], "MISS")
+        self.index.scripts["/simple/hangdemo/"] = Script(body=page, headers={"Content-Type": "text/html"},
+                                                         hold_headers=self.hang)
+        status, headers, body = request("GET", url)
+        self.assertEqual((status, headers["x-cache"]), (200, "STALE"))
+        self.assertEqual(self.index.count("GET", "/simple/hangdemo/"), 2)
+        for _ in range(5):
+            status, headers, body = request("GET", url)
+            self.assertEqual((status, headers["x-cache"]), (200, "STALE"))
+            self.assertIn(name.encode(), body)
+        for suffix, content in (("", wheel), (".metadata", metadata)):
+            status, _, got = request("GET", self.daemon.url(f"/pypi/+f/hangdemo/{sha256(wheel)}/{name}{suffix}"))
+            self.assertEqual((status, got), (200, content))
+        self.assertEqual(self.index.count("GET", "/simple/hangdemo/"), 2)
+        self.assertIn("did not answer within 2 s", self.daemon.log())

@@ -360,6 +360,24 @@ class FileTests(SynchronousTestCase):
         self.assertEqual(self.h.paths(), ["/simple/demo/", "/packages/demo-1.0.tar.gz"])
         self.assertEqual(self.h.store.lookup(f"pypi-file:{sha(SDIST)}").sha256, sha(SDIST))
 
+    def test_file_does_not_wait_for_its_page(self) -> None:
+        """
+        A file miss whose stored page is past index_ttl but lists it: fetched
+        at once, the page not revalidated (a page that hangs upstream must not
+        hold files back); a file the stale page does not list: the page is
+        revalidated first (the file may be new).
+        """
+        url = self.h.file_url("demo", "demo-1.0.tar.gz")
+        self.h.clock.advance(301)  # (index_ttl: 5 minutes)
+        self.assertEqual(self.h.get(url).body, SDIST)
+        self.assertEqual(self.h.paths(), ["/simple/demo/", "/packages/demo-1.0.tar.gz"])
+        self.h.routes["/simple/demo/"] = (200, "text/html", demo_page(
+            f'<a href="/packages/demo-2.0.tar.gz#sha256={sha(b"two")}">demo-2.0.tar.gz</a>'))
+        self.h.routes["/packages/demo-2.0.tar.gz"] = (200, "application/x-tar", b"two")
+        r = self.h.get(f"/pypi/+f/demo/{sha(b'two')}/demo-2.0.tar.gz")
+        self.assertEqual((r.status, r.body), (200, b"two"))
+        self.assertEqual(self.h.paths()[2:], ["/simple/demo/", "/packages/demo-2.0.tar.gz"])
+
     def test_file_on_another_host(self) -> None:
         """An absolute upstream URL on another host is fetched there."""
         r = self.h.get(self.h.file_url("demo", "demo-1.0-py3-none-any.whl"))

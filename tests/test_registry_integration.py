@@ -112,8 +112,10 @@ class _Shared:
                                             "tag_ttl": SHORT_TTL}},
             {"type": "registry", "config": {"prefix": "/fake/", "registry_url": self.fake.base,
                                             "timeout": 5, "idle_timeout": 5}},
+            # (its tests make one request each time out: no back-off between them)
             {"type": "registry", "config": {"prefix": "/slow/", "registry_url": self.fake.base,
-                                            "timeout": SLOW_TIMEOUT, "idle_timeout": SLOW_TIMEOUT}},
+                                            "timeout": SLOW_TIMEOUT, "idle_timeout": SLOW_TIMEOUT,
+                                            "backoff": 0}},
             {"type": "registry", "config": {"prefix": "/fakeshort/", "registry_url": self.fake.base,
                                             "tag_ttl": SHORT_TTL, "timeout": 5}},
             # (its own upstream, so that its back-off after a 429 holds back nobody else)

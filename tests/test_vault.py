@@ -13,6 +13,7 @@ import errno
 from twisted.internet import error as neterror
 from twisted.trial.unittest import SynchronousTestCase
 
+from artifactvault.ratelimit import FAILURE_BACKOFF
 from artifactvault.upstream import UpstreamError
 from tests.fakes import Harness, ManualPool
 
@@ -256,9 +257,18 @@ class FaultTests(VaultMixin, SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_next_request_retries(self) -> None:
-        """After a failed download, the next request asks the upstream again."""
+        """
+        After a failed download, the upstream is backed off: a request then
+        fails at once, saying so; once the back-off is over the next request
+        asks the upstream again.
+        """
         self.get()
         self.harness.requests[0].fail(neterror.ConnectionRefusedError())
+        answer = self.get().answer()
+        self.assertEqual((answer.status, len(self.harness.requests)), (502, 1))
+        self.assertIn("not asking upstream upstream.test for 10 s after it failed: cannot connect",
+                      answer.body.decode())
+        self.harness.clock.advance(FAILURE_BACKOFF)
         client = self.get()
         self.harness.requests[1].respond(200, BODY)
         self.assertEqual(client.answer().body, BODY)
@@ -646,6 +656,71 @@ class ClientRefreshTests(VaultMixin, SynchronousTestCase):
         self.harness.requests[-1].respond(304, headers={"ETag": '"v1"'})
         self.assertEqual(self.successResultOf(d)[1], "HIT")
         self.assertEqual(len(self.harness.requests), 2)
+
+
+class FailingUpstreamTests(VaultMixin, SynchronousTestCase):
+    """
+    After the upstream failed: stale copies at once (no request upstream)
+    while it is backed off; after that at once too, while one background
+    revalidation finds out whether it is back; a miss fails at once.
+    """
+
+    ttl = 60
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.harness.fetched("a.bin", BODY, {"ETag": '"v1"'})
+        self.harness.fetched("b.bin", b"b" * 10, {"ETag": '"b1"'})
+        self.harness.clock.advance(61)
+        client = self.get()
+        self.harness.requests[-1].fail(neterror.ConnectionRefusedError())
+        self.assertEqual(client.answer().header("X-Cache"), "STALE")
+        self.asked = len(self.harness.requests)
+
+    def test_stale_at_once_while_backed_off(self) -> None:
+        """GET and HEAD of stale entries are answered at once; nothing goes upstream; a miss fails at once."""
+        for path, method in (("a.bin", b"GET"), ("b.bin", b"GET"), ("a.bin", b"HEAD")):
+            answer = self.get(path, method=method).answer()
+            self.assertEqual((answer.status, answer.header("X-Cache"), answer.header("Warning")),
+                             (200, "STALE", '299 - "Response is Stale"'), path)
+        answer = self.get("new.bin").answer()
+        self.assertEqual(answer.status, 502)
+        self.assertIn("after it failed", answer.body.decode())
+        self.assertEqual(len(self.harness.requests), self.asked)
+
+    def test_one_background_revalidation(self) -> None:
+        """
+        Once the back-off is over: still stale at once, and one revalidation
+        upstream for all of them; when it succeeds, the upstream is trusted
+        again: the next request is a hit of what it fetched.
+        """
+        self.harness.clock.advance(FAILURE_BACKOFF)
+        for path in ("a.bin", "b.bin", "a.bin"):
+            self.assertEqual(self.get(path).answer().header("X-Cache"), "STALE")
+        self.assertEqual(len(self.harness.requests), self.asked + 1)
+        probe = self.harness.requests[-1]
+        self.assertEqual((probe.url, probe.header("If-None-Match")), (self.harness.url("a.bin"), '"v1"'))
+        probe.respond(200, b"new", headers={"ETag": '"v2"'})
+        answer = self.get().answer()
+        self.assertEqual((answer.body, answer.header("X-Cache")), (b"new", "HIT"))
+        client = self.get("b.bin")  # (stale, the upstream trusted again: revalidated before answering)
+        self.harness.requests[-1].respond(304, headers={"ETag": '"b1"'})
+        self.assertEqual(client.answer().header("X-Cache"), "HIT")
+
+    def test_failed_revalidation_backs_off_again(self) -> None:
+        """A background revalidation that fails starts a new back-off; the client never waited for it."""
+        self.harness.clock.advance(FAILURE_BACKOFF)
+        self.assertEqual(self.get().answer().header("X-Cache"), "STALE")
+        self.harness.requests[-1].fail(neterror.ConnectionRefusedError())
+        self.harness.clock.advance(FAILURE_BACKOFF - 1)
+        self.assertEqual(self.get().answer().header("X-Cache"), "STALE")
+        self.assertEqual(len(self.harness.requests), self.asked + 1)
+
+    def test_document_stale_at_once(self) -> None:
+        """vault.document answers a stale document at once too."""
+        d = self.harness.vault.document(self.harness.backend.artifact("b.bin"))
+        self.assertEqual(self.successResultOf(d)[1], "STALE")
+        self.assertEqual(len(self.harness.requests), self.asked)
 
 
 class DocumentTests(VaultMixin, SynchronousTestCase):

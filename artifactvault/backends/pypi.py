@@ -219,10 +219,11 @@ class PypiBackend(Backend):
                         ttl=self.settings.index_ttl, headers={"Accept": UPSTREAM_ACCEPT},
                         transform=transform, label=f"{self.prefix}{project + '/' if project else ''}")
 
-    def _document(self, project: str | None, revalidate: bool = False) -> Deferred:
+    def _document(self, project: str | None, revalidate: bool = False, stale_ok: bool = False) -> Deferred:
         """
         Fires with (L{Page}, cache status) for the project (None: the list),
-        revalidated first if C{revalidate}; fails with L{UpstreamError}.
+        revalidated first if C{revalidate}, any stored copy if C{stale_ok}
+        (L{Vault.document}); fails with L{UpstreamError}.
         """
         artifact = self._page_artifact(project)
 
@@ -242,7 +243,7 @@ class PypiBackend(Backend):
                 return page, status
             return self.vault.load(entry, lambda raw: Page(index.loads(raw), render, len(raw))).addCallback(parsed)
 
-        return self.vault.document(artifact, revalidate).addCallback(loaded, True)
+        return self.vault.document(artifact, revalidate, stale_ok).addCallback(loaded, True)
 
     @staticmethod
     def _renderer(project: str) -> Callable[[dict[str, Any], str], list[bytes]]:
@@ -291,8 +292,10 @@ class PypiBackend(Backend):
         if self.vault.serve_cached(
                 responder, key, lambda e: _basename(e.url) == filename and verified_as(e, digest)):
             return
-        self._document(project).addCallbacks(
-            lambda result: self._fetch_file(responder, result[0], key, fid, filename, metadata),
+        # (any stored copy of the page will do if it lists the file: a file
+        # never waits for its page's revalidation; else the page is asked for)
+        self._document(project, stale_ok=True).addCallbacks(
+            lambda result: self._fetch_file(responder, result, key, fid, filename, metadata, project),
             responder.fail)
 
     def _file_key(self, fid: str, metadata: bool) -> str:
@@ -309,11 +312,16 @@ class PypiBackend(Backend):
             return f"pypi-file:{fid}"
         return f"pypi-{'metadata' if metadata else 'file'}:{fid} for {self.prefix}"
 
-    def _fetch_file(self, responder: Responder, page: Page, key: str, fid: str, filename: str,
-                    metadata: bool) -> None:
-        """A miss: the project page says where the file is and what it must hash to."""
+    def _fetch_file(self, responder: Responder, found: tuple[Page, str], key: str, fid: str, filename: str,
+                    metadata: bool, project: str) -> None:
+        """
+        A miss: the project page says where the file is and what it must hash
+        to. A stale page that does not list it is revalidated first (the file
+        may be new).
+        """
         if responder.gone:
             return
+        page, status = found
         f = page.file(fid)
         target = None
         if f is not None and not metadata and filename == f["filename"]:
@@ -321,6 +329,12 @@ class PypiBackend(Backend):
         elif f is not None and metadata and "core-metadata" in f and filename == f["filename"] + METADATA:
             meta = f["core-metadata"]
             target = f["url"] + METADATA, meta if isinstance(meta, dict) else {}, None
+        if target is None and status == "STALE":
+            self._document(project).addCallbacks(
+                lambda result: self._fetch_file(responder, (result[0], "FRESH"), key, fid, filename, metadata,
+                                                project),
+                responder.fail)
+            return
         if target is None:
             responder.error(404, f"{filename} is not a file of {page.doc.get('name')} here")
             return

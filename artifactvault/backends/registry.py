@@ -357,8 +357,16 @@ class RegistryBackend(Backend):
         record = self._record(entry)
         if record is not None and not revalidate and entry.is_fresh(self.store.now()):
             return succeed((record, False))
-        return self._resolving.run(key, lambda: Deferred.fromCoroutine(
-            self._ask_upstream(key, name, tag, accept, entry, record)))
+
+        def ask() -> Deferred:
+            return self._resolving.run(key, lambda: Deferred.fromCoroutine(
+                self._ask_upstream(key, name, tag, accept, entry, record)))
+
+        url = self._url(name, "manifests", tag)
+        if self.vault.stale_first(self.upstream, url, record):  # (an upstream that failed lately)
+            self.vault.revalidate_in_background(self.upstream, url, ask)
+            return succeed((record, True))
+        return ask()
 
     def _record(self, entry: Entry | None) -> TagRecord | None:
         if entry is None:
