@@ -45,7 +45,7 @@ VERSION = {"info": INFO, "last_serial": 4242, "urls": [SDIST_ENTRY, WHEEL_ENTRY]
 
 def in_vault(entry: dict, base: str = "http://vault.test/pypi/") -> dict:
     """A file entry as the vault should give it: the upstream's, its url the vault's."""
-    return dict(entry, url=f"{base}+f/demo/{entry['digests']['sha256']}/{entry['filename']}")
+    return dict(entry, url=f"{base}%2Bf/demo/{entry['digests']['sha256']}/{entry['filename']}")
 
 
 def json_routes(harness: Harness) -> Harness:
@@ -187,8 +187,8 @@ class DocumentTests(SynchronousTestCase):
         self.h.routes["/pypi/demo/json"] = (200, JSON_TYPE, json.dumps(bare).encode())
         body = self.get("/pypi/demo/json")[2]
         sdist, gone = body["releases"]["1.0"]
-        self.assertEqual(sdist, {"url": f"http://vault.test/pypi/+f/demo/{sha(SDIST)}/demo-1.0.tar.gz"})
-        self.assertRegex(gone["url"], r"^http://vault\.test/pypi/\+f/demo/url-[0-9a-f]{32}/gone\.tar\.gz$")
+        self.assertEqual(sdist, {"url": f"http://vault.test/pypi/%2Bf/demo/{sha(SDIST)}/demo-1.0.tar.gz"})
+        self.assertRegex(gone["url"], r"^http://vault\.test/pypi/%2Bf/demo/url-[0-9a-f]{32}/gone\.tar\.gz$")
         self.assertEqual(self.h.paths(), ["/pypi/demo/json", "/simple/demo/"])
         r = self.h.get(urlsplit(sdist["url"]).path)
         self.assertEqual((r.status, r.body), (200, SDIST))
@@ -200,7 +200,7 @@ class DocumentTests(SynchronousTestCase):
         self.h.routes["/pypi/other/json"] = (200, JSON_TYPE, json.dumps(bare).encode())
         status, _, body = self.get("/pypi/other/json")
         self.assertEqual(status, 200)
-        self.assertRegex(body["urls"][0]["url"], r"/\+f/other/url-[0-9a-f]{32}/other-1\.0\.tar\.gz$")
+        self.assertRegex(body["urls"][0]["url"], r"/%2Bf/other/url-[0-9a-f]{32}/other-1\.0\.tar\.gz$")
 
     def test_head(self) -> None:
         """HEAD: the GET's headers, no body."""

@@ -373,7 +373,10 @@ class PypiBackend(Backend):
         base = pypi_json.base_url(responder.request, self.prefix)
 
         def file_url(url: str, filename: str, sha256: str | None) -> str:
-            return f"{base}{FILES}/{project}/{sha256 or ids.get(url) or url_id(url)}/{quote(filename)}"
+            # Quoted as pip quotes the links it reads ("+" as %2B): pip-tools
+            # takes a file's hash from here only if its URL is, to the byte,
+            # the one pip found on the simple page.
+            return f"{base}{quote(FILES, safe='')}/{project}/{sha256 or ids.get(url) or url_id(url)}/{quote(filename)}"
 
         rendered = await page.rendered(f"{base} {token}", self.vault.work,
                                        lambda doc: pypi_json.render(doc, artifact.url, file_url))
