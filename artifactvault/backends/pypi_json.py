@@ -7,8 +7,9 @@ pip-tools (``--generate-hashes``), pip-audit, renovate and others read
 ``https://pypi.org/pypi/<project>/json`` and ``…/<project>/<version>/json``
 rather than the simple API; without it pip-tools downloads every file to
 hash it. They find it from the index URL: renovate asks ``<index
-URL><project>/json``, pip-tools ``urljoin(<index URL>, "pypi")`` plus
-``/<project>/json``. So under a backend's prefix both are answered::
+URL><project>/json``, pip-tools ``urljoin(<index URL less a trailing
+simple/>, "pypi/<project>/json")``. So under a backend's prefix both are
+answered::
 
     <prefix><project>/json                 <prefix>pypi/<project>/json
     <prefix><project>/<version>/json       <prefix>pypi/<project>/<version>/json
@@ -24,7 +25,9 @@ against the sha256 the index gives. Nothing else is changed: the other
 fields (``info`` with its links to the upstream's web pages, digests,
 ``vulnerabilities``, keys this module does not know) are the upstream's.
 The URLs are absolute, as PyPI's are (clients of this API do not resolve
-relative ones), made from the request's ``Host`` (see L{base_url}).
+relative ones), made from the request's ``Host`` (see L{base_url}), and
+quoted as pip quotes the links it reads (``+`` as ``%2B``): pip-tools takes
+a hash from here only for a URL equal to the one pip found on the simple page.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from artifactvault.backends import pypi_index as index
 from artifactvault.upstream import UpstreamError
 
 CONTENT_TYPE = "application/json"
-#: The path segment pip-tools puts before a project (``urljoin(<index URL>, "pypi")``).
+#: The path segment pip-tools puts before a project (``urljoin(<index URL>, "pypi/<project>/json")``).
 ALIAS = "pypi"
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+!-]{0,127}")
 _HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
