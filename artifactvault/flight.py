@@ -185,6 +185,8 @@ class Flight:
         self.entry: Entry | None = None
         self.content_type: str | None = None
         self._hasher = hashlib.new(artifact.digest[0]) if artifact.digest else None
+        #: The body ended by a close, with nothing to vouch for it: relayed, never stored.
+        self._unvouched = False
         self._listeners: list[Any] = []  # IFlightListener providers
         self._head_waiters: list[Deferred] = []
         self._commit_waiters: list[Deferred] = []
@@ -232,6 +234,13 @@ class Flight:
     def complete(self) -> bool:
         """Whether every byte is here and verified (readers may send the end)."""
         return self.state in (self.COMPLETE, self.COMMITTED, self.PASSED_THROUGH)
+
+    @property
+    def size(self) -> int | None:
+        """The body's size when known: announced, or counted once complete (a body ended by a close)."""
+        if self.length is None and self.complete and self.artifact.transform is None:
+            return self.written
+        return self.length
 
     def readable(self) -> int:
         """How many bytes readers may have now (the unverified last byte is held back)."""
@@ -352,8 +361,11 @@ class Flight:
             self._fail(self.error)
             return
         # A body ended by closing the connection (HTTP/1.0, no length) cannot
-        # be told from a cut one; it is accepted only when a digest vouches for it.
-        if not (reason.check(ResponseDone) or (reason.check(PotentialDataLoss) and self._hasher)):
+        # be told from a cut one. It is what the upstream sent, so it is relayed
+        # whole; it is stored only when a digest vouches for it (see _complete).
+        closed = reason.check(PotentialDataLoss) is not None and self.length is None
+        self._unvouched = closed and self._hasher is None
+        if not (reason.check(ResponseDone) or closed) or (self._unvouched and self.artifact.transform):
             got = f"{self.written} of {self.length}" if self.length is not None else f"{self.written}"
             self._fail(UpstreamError(f"upstream connection broke after {got} bytes"))
             return
@@ -399,24 +411,30 @@ class Flight:
         self.state = self.COMPLETE
         for listener in list(self._listeners):
             listener.flight_done(self)
-        if self.store.fits(self.written):
+        if self._unvouched:
+            _log.warn("not storing {what}: the upstream ended its body by closing the connection, "
+                      "with no length and no digest to tell it from a cut one; served, not stored",
+                      what=self.artifact.describe())
+            self._pass_through(UpstreamError("upstream body had no length and no digest; not stored"))
+        elif self.store.fits(self.written):
             self._commit(self.content_type)
         else:
-            self._pass_through()
+            count = self.store.refuse_too_large()
+            _log.warn("not storing {what}: {size} bytes is more than max_object_size ({limit}); "
+                      "served, not stored ({count} refused since start)",
+                      what=self.artifact.describe(), size=self.written, limit=self.store.max_object_size,
+                      count=count)
+            self._pass_through(UpstreamError(f"{self.written} bytes is more than max_object_size "
+                                             f"({self.store.max_object_size}); not stored"))
 
-    def _pass_through(self) -> None:
+    def _pass_through(self, error: UpstreamError) -> None:
         """
-        Too large to store: readers go on reading the temp file through its fd
-        to the end, and nothing else gets it (the file is unlinked now; its
-        space is freed when the last reader closes it).
+        Not to be stored (too large, or unvouched): readers go on reading the
+        temp file through its fd to the end, and nothing else gets it (the
+        file is unlinked now; its space is freed when the last reader closes
+        it). Whoever waits for the commit hears C{error}.
         """
-        count = self.store.refuse_too_large()
-        _log.warn("not storing {what}: {size} bytes is more than max_object_size ({limit}); "
-                  "served, not stored ({count} refused since start)",
-                  what=self.artifact.describe(), size=self.written, limit=self.store.max_object_size,
-                  count=count)
-        self.error = UpstreamError(f"{self.written} bytes is more than max_object_size "
-                                   f"({self.store.max_object_size}); not stored")
+        self.error = error
         self._remove_temp()
         self.state = self.PASSED_THROUGH
         self._fire(self._head_waiters, self.error, failed=True)  # (a document's; others heard at once)

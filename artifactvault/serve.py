@@ -219,6 +219,8 @@ def not_modified(request: Request, etag: str | None, last_modified: str | None) 
     """RFC 9110 §13.2.2: If-None-Match wins; If-Modified-Since only without it."""
     inm = request.getHeader(b"if-none-match")
     if inm is not None:
+        if inm.strip(b" \t") == b"*":
+            return True  # 13.1.2: any current representation matches, even one without an ETag
         return etag is not None and _etag_matches(inm.decode("latin-1"), etag)
     ims = request.getHeader(b"if-modified-since")
     if ims is not None and last_modified:
@@ -240,7 +242,8 @@ def answer_not_modified(responder: Responder) -> None:
     responder.finish()
 
 
-_RANGE = re.compile(r"bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)", re.ASCII)
+#: RFC 9110 14.1: range units are case-insensitive ("Bytes=0-" is a range).
+_RANGE = re.compile(r"bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)", re.ASCII | re.IGNORECASE)
 UNSATISFIABLE = "unsatisfiable"
 #: A byte position of more digits than this is beyond any file (an exabyte has 19).
 _MAX_DIGITS = 18
@@ -559,22 +562,26 @@ def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS
     answers instead of an error.
     """
     request = responder.request
+    if _range_waits(request, flight):
+        _CompletionWaiter(responder, flight, cache_status, fallback).start()
+        return
     response = flight.response
+    size = flight.size
     responder.cache_status = cache_status
     etag = header(response, b"etag")
     modified = header(response, b"last-modified")
-    set_headers(request, size=flight.length, content_type=flight.content_type, etag=etag,
+    set_headers(request, size=size, content_type=flight.content_type, etag=etag,
                 last_modified=modified, extra=response_headers(flight.artifact, response))
     if not_modified(request, etag, modified):
         answer_not_modified(responder)
         return
-    if flight.length is None:
+    if size is None:
         if request.method == b"HEAD":
             responder.finish()
             return
         first, end = 0, None
     else:
-        span = _range_or_full(responder, flight.length, etag, strong_date(modified, flight.store.now()))
+        span = _range_or_full(responder, size, etag, strong_date(modified, flight.store.now()))
         if span is None:
             return
         first, end = span[0], span[1] + 1
@@ -582,6 +589,61 @@ def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS
             responder.finish()
             return
     FlightReader(responder, flight, first, end, fallback).start()
+
+
+def _range_waits(request: Request, flight: Flight) -> bool:
+    """
+    A GET with a Range on a miss is answered only once the download is
+    complete when the flight cannot answer it now with verified bytes at
+    known places: a digest-checked artifact still unverified (a range's
+    bytes would go out before the check), or a body of unknown length (a
+    range cannot be placed, nor a suffix found, before the end).
+    """
+    if request.method == b"HEAD" or request.getHeader(b"range") is None or flight.complete:
+        return False
+    return flight.length is None or flight.artifact.digest is not None
+
+
+@implementer(IFlightListener)
+class _CompletionWaiter:
+    """
+    A ranged request waiting, sending nothing, for its download to be
+    complete and verified; then answered from the flight's file like any
+    reader (a 206 or 416 of the verified size; stored or not: a body too
+    large to store, or one no digest vouches for, is answered all the same).
+    Subscribed meanwhile, so the file stays open for it.
+    """
+
+    def __init__(self, responder: Responder, flight: Flight, cache_status: str,
+                 fallback: Callable[[UpstreamError], None] | None):
+        self.responder = responder
+        self.flight = flight
+        self.cache_status = cache_status
+        self.fallback = fallback
+
+    def start(self) -> None:
+        self.flight.subscribe(self)
+        if self.flight.state == Flight.FAILED:
+            self.flight_failed(self.flight, self.flight.error)  # type: ignore[arg-type]
+
+    def flight_data(self, flight: Flight, chunk: bytes, offset: int) -> None:
+        pass
+
+    def flight_done(self, flight: Flight) -> None:
+        try:
+            if not self.responder.gone:
+                serve_flight(self.responder, flight, self.cache_status, self.fallback)
+        finally:
+            flight.unsubscribe(self)  # (after the reader subscribed: the file stays open)
+
+    def flight_failed(self, flight: Flight, error: UpstreamError) -> None:
+        flight.unsubscribe(self)
+        if self.responder.gone:
+            return
+        if self.fallback is not None:
+            self.fallback(error)
+        else:
+            self.responder.fail(error)
 
 
 @implementer(IPushProducer, IFlightListener)

@@ -26,20 +26,6 @@ from artifactvault.upstream import UpstreamError, UpstreamStatus, content_length
 _log = Logger(observer=logs.observer)
 
 
-def _range_waits_for_commit(responder: Responder, flight: Flight) -> bool:
-    """
-    A GET with a Range on a miss is answered from the committed entry, after
-    the download, when the flight cannot answer it now with verified bytes:
-    a digest-checked artifact still unverified (a range's bytes would go out
-    before the check), or a download of unknown length (a range cannot be
-    placed, nor a suffix found, before the end).
-    """
-    request = responder.request
-    if request.method == b"HEAD" or request.getHeader(b"range") is None:
-        return False
-    return flight.length is None or (flight.artifact.digest is not None and not flight.complete)
-
-
 def verified_as(entry: Entry, digest: tuple[str, str] | None) -> bool:
     """
     Whether a stored entry may be served as an artifact that must have
@@ -121,7 +107,7 @@ class Vault:
             # (an upstream that answered at once, in memory: the flight ended before we looked)
             self._serve_committed(responder, flight.entry, "MISS")
             return
-        if flight.artifact.transform is not None or _range_waits_for_commit(responder, flight):
+        if flight.artifact.transform is not None:
             flight.committed().addCallbacks(
                 lambda entry: self._serve_committed(responder, entry, "MISS"),
                 lambda failure: self._failed(responder, failure, flight.stale)).addErrback(responder.fail)

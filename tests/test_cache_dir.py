@@ -198,6 +198,30 @@ class ObjectSizeTests(TestCase):
         self.assertEqual(support.wait_for_hits("files", f"^GET /{name}$", 2), 2)
         self.assertEqual(os.listdir(os.path.join(daemon.cache_dir, "tmp")), [])
 
+    def test_range_of_too_large_digest_checked(self) -> None:
+        """
+        A Range of a digest-checked artifact too large to store (a PyPI
+        wheel over max_object_size) waits for the check, then is a 206 of
+        verified bytes; it was a 502, the range waiting for a commit that
+        never comes.
+        """
+        packages = os.path.join(support.upstream_dir("pypi"), "packages")
+        pypi = support.upstream_url("pypi")
+        name = sorted(n for n in os.listdir(packages) if n.endswith(".whl"))[0]
+        with open(os.path.join(packages, name), "rb") as f:
+            data = f.read()
+        self.assertGreater(len(data), 1024)
+        project = name.split("-")[0].replace("_", "-").lower()
+        path = f"/pypi/+f/{project}/{hashlib.sha256(data).hexdigest()}/{name}"
+        daemon = Daemon([{"type": "pypi", "config": {"prefix": "/pypi/", "index_url": pypi + "/simple/"}}],
+                        max_size="100M", max_object_size="1K")
+        self.addCleanup(daemon.cleanup)
+        daemon.start()
+        for spec, first, last in (("bytes=100-199", 100, 199), ("bytes=-10", len(data) - 10, len(data) - 1)):
+            status, headers, body = request("GET", daemon.url(path), {"Range": spec})
+            self.assertEqual((status, headers.get("content-range"), body),
+                             (206, f"bytes {first}-{last}/{len(data)}", data[first:last + 1]), spec)
+        self.assertIn("more than max_object_size (1024); served, not stored", daemon.log())
 
 class OneDaemonPerDirectoryTests(TestCase):
     """Two daemons on one cache_dir would delete each other's downloads: the second refuses to start."""

@@ -187,11 +187,39 @@ class FaultTests(FlightMixin, SynchronousTestCase):
         response.send(b"abcd").cut(neterror.ConnectionLost())
         self.assertFailed(flight, listener, UpstreamError, "upstream connection broke after 4 of 10 bytes")
 
-    def test_unknown_length_cut(self) -> None:
-        """Without a length or digest, a body ended by closing cannot be trusted."""
+    def test_unknown_length_closed(self) -> None:
+        """
+        Without a length or digest, a body ended by closing (RFC 9112 6.3) is
+        relayed whole to its readers (ending a reader's answer with an error
+        after its 200 would look like a network failure), but never stored:
+        nothing tells it from a cut one.
+        """
         flight, response, listener = self.streaming()
         response.send(b"abcd").close()
-        self.assertFailed(flight, listener, UpstreamError, "upstream connection broke after 4 bytes")
+        self.assertEqual((listener.done, listener.error), (1, None))
+        self.assertEqual((flight.state, flight.complete, flight.readable()), (Flight.PASSED_THROUGH, True, 4))
+        self.assertEqual(os.pread(flight.fd, 10, 0), b"abcd")
+        self.assertIn("no length and no digest; not stored",
+                      self.failureResultOf(flight.committed(), UpstreamError).value.reason)
+        self.assertIsNone(self.stored())
+        self.assertEqual(os.listdir(self.store.tmp_dir), [])
+        flight.unsubscribe(listener)
+        self.assertIsNone(flight.fd)
+
+    def test_unknown_length_closed_digest(self) -> None:
+        """A digest vouches for a body ended by closing: it is stored."""
+        flight, response, _ = self.streaming(digest=sha256(b"abcd"))
+        response.send(b"abcd").close()
+        self.assertEqual(flight.state, Flight.COMMITTED)
+        self.assertEqual(self.stored(), b"abcd")
+
+    def test_unknown_length_document_closed(self) -> None:
+        """A document ended by closing, with nothing to vouch for it, is refused (it is served only once stored)."""
+        flight = self.start(transform=lambda body, response: (body, "text/html"))
+        head = flight.head()
+        self.client.last.respond(200, length=None).send(b"<html>").close()
+        self.assertIn("connection broke", self.failureResultOf(head, UpstreamError).value.reason)
+        self.assertIsNone(self.stored())
 
     def test_longer_than_announced(self) -> None:
         """More bytes than announced stops the download."""

@@ -55,6 +55,8 @@ class RangeParsingTests(SynchronousTestCase):
             ("bytes=-10", (90, 99)),
             ("bytes=-200", (0, 99)),
             (" bytes = 5 - 5 ", (5, 5)),
+            ("Bytes=0-9", (0, 9)),  # range units are case-insensitive (RFC 9110 14.1)
+            ("BYTES=-10", (90, 99)),
             ("bytes=100-", UNSATISFIABLE),
             ("bytes=-0", UNSATISFIABLE),
             ("bytes=0-1,5-6", None),  # several ranges: the whole body
@@ -109,6 +111,12 @@ class ConditionalTests(SynchronousTestCase):
             with self.subTest(header=header):
                 self.assertEqual(not_modified(request_with(if_modified_since=header), '"e"', LAST_MODIFIED),
                                  expected)
+
+    def test_if_none_match_star_without_etag(self) -> None:
+        """* matches any current representation, one without an ETag too (RFC 9110 13.1.2)."""
+        self.assertTrue(not_modified(request_with(if_none_match="*"), None, None))
+        self.assertTrue(not_modified(request_with(if_none_match=" * "), None, LAST_MODIFIED))
+        self.assertFalse(not_modified(request_with(if_none_match='"e"'), None, LAST_MODIFIED))
 
     def test_if_none_match_wins(self) -> None:
         """With If-None-Match present, If-Modified-Since is ignored."""

@@ -235,6 +235,23 @@ class WireTests(TestCase):
             got = read_raw(self.daemon.port, path, {"Range": header})
             self.assertEqual((got[0], got[1].get("content-range"), got[2]), (status, content_range, body), header)
 
+    def test_close_delimited_miss_is_relayed_not_stored(self) -> None:
+        """
+        An upstream that ends its body by closing (no length, no chunks, no
+        digest): the miss is relayed whole and well framed (never a 200 cut
+        by a reset), a Range of it is a 206 once the end is known, and it is
+        never stored, so the next request asks the upstream again.
+        """
+        data = os.urandom(BIG)
+        path = self.script(Script(body=data, close_delimited=True, chunk=256 * 1024))
+        status, headers, body = read_raw(self.daemon.port, path)
+        self.assertEqual((status, len(body), sha(body)), (200, len(data), sha(data)))
+        self.daemon.wait_log(f"not storing {path}: the upstream ended its body by closing")
+        got = read_raw(self.daemon.port, path, {"Range": "bytes=-5000"})
+        self.assertEqual((got[0], got[1].get("content-range"), got[1].get("x-cache"), got[2]),
+                         (206, f"bytes {BIG - 5000}-{BIG - 1}/{BIG}", "MISS", data[-5000:]))
+        self.assertEqual(sum(1 for _, asked, _ in self.fake.requests if asked == path[len("/fake"):]), 2)
+
     def test_stale_copy_after_a_failed_range_is_clean(self) -> None:
         """
         An expired entry, a Range, an upstream that answers 200 (compressed, a
