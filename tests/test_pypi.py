@@ -64,12 +64,13 @@ def routes() -> dict[str, tuple[int, str, bytes]]:
 class Harness:
     """
     The pypi backend behind a real site, in memory, its upstream answering
-    from L{routes} (anything else: 404). Another harness on the same store
-    and clock is the daemon after a restart.
+    from L{routes} (path → status, content type, body, and optionally more
+    headers; anything else: 404). Another harness on the same store and
+    clock is the daemon after a restart.
     """
 
     def __init__(self, testcase: SynchronousTestCase, after: "Harness | None" = None,
-                 routes: dict[str, tuple[int, str, bytes]] | None = None,
+                 routes: dict[str, tuple] | None = None,
                  pool: ManualPool | None = None, **config):
         if after is None:
             self.clock = Clock()
@@ -93,8 +94,9 @@ class Harness:
         while self._answered < len(self.client.requests):  # a page fetch may lead to a file fetch
             request = self.client.requests[self._answered]
             self._answered += 1
-            status, ctype, body = self.routes.get(urlsplit(request.url).path, (404, "text/plain", b"no"))
-            request.respond(status, b"" if request.method == "HEAD" else body, {"content-type": ctype})
+            status, ctype, body, *more = self.routes.get(urlsplit(request.url).path, (404, "text/plain", b"no"))
+            request.respond(status, b"" if request.method == "HEAD" else body,
+                            {"content-type": ctype, **(more[0] if more else {})})
         return client.answer()
 
     def paths(self) -> list[str]:
@@ -116,9 +118,21 @@ class ConfigTests(SynchronousTestCase):
         return PypiBackendType.parse(Section("c.yml", "backends[0].config", config))
 
     def test_defaults(self) -> None:
-        """Prefix /pypi/, pypi.org, a few minutes of index freshness."""
+        """Prefix /pypi/, pypi.org and its JSON API, a few minutes of index freshness."""
         s = self.parse({})
-        self.assertEqual((s.prefix, s.index_url, s.index_ttl), ("/pypi/", "https://pypi.org/simple/", 300.0))
+        self.assertEqual((s.prefix, s.index_url, s.index_ttl, s.json_api_url),
+                         ("/pypi/", "https://pypi.org/simple/", 300.0, "https://pypi.org/pypi/"))
+
+    def test_json_api_url(self) -> None:
+        """
+        The JSON API is beside an index URL ending in simple/ (pypi/), else
+        below it (another vault); json_api_url says otherwise, with its slash.
+        """
+        for config, expected in [({"index_url": "http://h/simple"}, "http://h/pypi/"),
+                                 ({"index_url": "http://h/a/simple/"}, "http://h/a/pypi/"),
+                                 ({"index_url": "http://vault/pypi/"}, "http://vault/pypi/"),
+                                 ({"json_api_url": "http://j:8/api"}, "http://j:8/api/")]:
+            self.assertEqual(self.parse(config).json_api_url, expected, config)
 
     def test_values(self) -> None:
         """index_url gains its trailing slash; index_ttl takes durations; credentials never in repr."""
@@ -131,7 +145,10 @@ class ConfigTests(SynchronousTestCase):
         """Bad values stop the start with the file and key in the message."""
         for config, where in [({"index_url": "ftp://x/"}, "backends[0].config.index_url"),
                               ({"index_url": "http://x/s/?a=1"}, "backends[0].config.index_url"),
-                              ({"index_ttl": "soon"}, "backends[0].config.index_ttl")]:
+                              ({"index_ttl": "soon"}, "backends[0].config.index_ttl"),
+                              ({"json_api_url": "file:///x/"}, "backends[0].config.json_api_url"),
+                              ({"json_api_url": "http://x/p/#f"}, "backends[0].config.json_api_url"),
+                              ({"json_api_url": 5}, "backends[0].config.json_api_url")]:
             e = self.assertRaises(ConfigError, self.parse, config)
             self.assertTrue(str(e).startswith(f"c.yml: {where}: "), str(e))
 
@@ -173,10 +190,11 @@ class PathTests(SynchronousTestCase):
         self.assertEqual(self.h.client.requests, [])
 
     def test_not_acceptable(self) -> None:
-        """An Accept we cannot meet is a 406 that varies on Accept, decided before any fetch."""
+        """An Accept we cannot meet gets HTML, as from PyPI (PEP 691 allows it), not a 406; it varies on Accept."""
         r = self.h.get("/pypi/demo/", {"accept": "application/json"})
-        self.assertEqual((r.status, r.header("vary")), (406, "Accept"))
-        self.assertEqual(self.h.client.requests, [])
+        self.assertEqual((r.status, r.header("content-type"), r.header("vary")),
+                         (200, "text/html; charset=utf-8", "Accept"))
+        self.assertIn(b"demo-1.0.tar.gz", r.body)
 
 
 class PageTests(SynchronousTestCase):
@@ -234,7 +252,7 @@ class PageTests(SynchronousTestCase):
         self.h.routes["/simple/demo/"] = (503, "text/plain", b"down")
         r = self.h.get("/pypi/demo/")
         self.assertEqual((r.status, r.header("x-cache"), r.body), (200, "STALE", first))
-        self.assertIn("110", r.header("warning"))
+        self.assertEqual(r.header("warning"), '299 - "Response is Stale"')
 
     def test_bug_is_a_500(self) -> None:
         """A bug while loading a page (here a KeyError) is logged with its traceback and answered 500, not a 502."""
@@ -490,3 +508,71 @@ class FileTests(SynchronousTestCase):
         offline = Harness(self, after=self.h, routes={})
         r = offline.get(url)
         self.assertEqual((r.body, r.header("x-cache"), offline.client.requests), (SDIST, "HIT", []))
+
+
+class PepFieldTests(SynchronousTestCase):
+    """What PEPs 503, 708, 740 and 792 add reaches the client through the backend (issue 8, item 12)."""
+
+    maxDiff = None
+
+    def setUp(self) -> None:
+        from tests.test_pypi_index import FULL_JSON
+        self.upstream = FULL_JSON
+        self.h = Harness(self, index_ttl=60)
+        self.h.routes["/simple/demo/"] = (200, index.JSON, json.dumps(FULL_JSON).encode(),
+                                          {"X-PyPI-Last-Serial": "4242"})
+        self.h.routes["/demo-1.0-py3-none-any.whl.asc"] = (200, "text/plain", b"-----BEGIN PGP SIGNATURE-----")
+        self.h.routes["/integrity/demo/1.0/demo-1.0-py3-none-any.whl/provenance"] = (
+            200, "application/json", b'{"version": 1, "attestation_bundles": []}')
+
+    def test_json_answer(self) -> None:
+        """The JSON answer is the upstream's page but for URLs (the vault's), and X-PyPI-Last-Serial is passed on, on a hit too."""
+        r = self.h.get("/pypi/demo/", {"accept": JSON_ACCEPT})
+        body = json.loads(r.body)
+        for vault, upstream in zip(body["files"], self.upstream["files"]):
+            vault.pop("dist-info-metadata", None)
+            self.assertTrue(vault.pop("url").startswith("../+f/demo/"))
+            if isinstance(upstream.get("provenance"), str):
+                self.assertTrue(vault.pop("provenance").startswith("../+f/demo/"))
+        expected = json.loads(json.dumps(self.upstream))
+        for f in expected["files"]:
+            del f["url"]
+            if isinstance(f.get("provenance"), str):
+                del f["provenance"]
+        self.assertEqual(body, expected)
+        self.assertEqual(r.header("x-pypi-last-serial"), "4242")
+        hit = self.h.get("/pypi/demo/")
+        self.assertEqual((hit.header("x-cache"), hit.header("x-pypi-last-serial")), ("HIT", "4242"))
+
+    def test_signature_and_provenance(self) -> None:
+        """
+        A file with gpg-sig true has its .asc beside it, one with a provenance
+        its .provenance (from the provenance's upstream URL); a file without
+        either has none (404, unasked).
+        """
+        wheel = self.h.file_url("demo", "demo-1.0-py3-none-any.whl")
+        sdist = self.h.file_url("demo", "demo-1.0.tar.gz")
+        page = json.loads(self.h.get("/pypi/demo/", {"accept": JSON_ACCEPT}).body)
+        self.assertEqual(urljoin("/pypi/demo/", page["files"][1]["provenance"]), wheel + ".provenance")
+        r = self.h.get(wheel + ".asc")
+        self.assertEqual((r.status, r.body, r.header("content-type")),
+                         (200, b"-----BEGIN PGP SIGNATURE-----", "application/pgp-signature"))
+        r = self.h.get(wheel + ".provenance")
+        self.assertEqual((r.status, r.header("content-type")), (200, "application/json"))
+        self.assertEqual(json.loads(r.body), {"version": 1, "attestation_bundles": []})
+        self.assertEqual([self.h.get(sdist + suffix).status for suffix in (".asc", ".provenance", ".metadata")],
+                         [404, 404, 404])
+        self.assertEqual([self.h.get(u).header("x-cache") for u in (wheel + ".asc", wheel + ".provenance")],
+                         ["HIT", "HIT"])
+        self.assertEqual(self.h.paths(), ["/simple/demo/", "/demo-1.0-py3-none-any.whl.asc",
+                                          "/integrity/demo/1.0/demo-1.0-py3-none-any.whl/provenance"])
+
+    def test_provenance_may_change(self) -> None:
+        """A provenance is fresh for index_ttl (the index may add attestations), then asked again."""
+        url = self.h.file_url("demo", "demo-1.0-py3-none-any.whl") + ".provenance"
+        self.h.get(url)
+        self.h.clock.advance(61)
+        self.h.routes["/integrity/demo/1.0/demo-1.0-py3-none-any.whl/provenance"] = (
+            200, "application/json", b'{"version": 1, "attestation_bundles": [{}]}')
+        r = self.h.get(url)
+        self.assertEqual(json.loads(r.body)["attestation_bundles"], [{}])
