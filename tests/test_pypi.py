@@ -378,6 +378,24 @@ class FileTests(SynchronousTestCase):
         self.assertEqual(self.h.paths(), ["/simple/demo/", "/packages/demo-1.0.tar.gz"])
         self.assertEqual(self.h.store.lookup(f"pypi-file:{sha(SDIST)}").sha256, sha(SDIST))
 
+    def test_file_does_not_wait_for_its_page(self) -> None:
+        """
+        A file miss whose stored page is past index_ttl but lists it: fetched
+        at once, the page not revalidated (a page that hangs upstream must not
+        hold files back); a file the stale page does not list: the page is
+        revalidated first (the file may be new).
+        """
+        url = self.h.file_url("demo", "demo-1.0.tar.gz")
+        self.h.clock.advance(301)  # (index_ttl: 5 minutes)
+        self.assertEqual(self.h.get(url).body, SDIST)
+        self.assertEqual(self.h.paths(), ["/simple/demo/", "/packages/demo-1.0.tar.gz"])
+        self.h.routes["/simple/demo/"] = (200, "text/html", demo_page(
+            f'<a href="/packages/demo-2.0.tar.gz#sha256={sha(b"two")}">demo-2.0.tar.gz</a>'))
+        self.h.routes["/packages/demo-2.0.tar.gz"] = (200, "application/x-tar", b"two")
+        r = self.h.get(f"/pypi/+f/demo/{sha(b'two')}/demo-2.0.tar.gz")
+        self.assertEqual((r.status, r.body), (200, b"two"))
+        self.assertEqual(self.h.paths()[2:], ["/simple/demo/", "/packages/demo-2.0.tar.gz"])
+
     def test_file_on_another_host(self) -> None:
         """An absolute upstream URL on another host is fetched there."""
         r = self.h.get(self.h.file_url("demo", "demo-1.0-py3-none-any.whl"))
@@ -385,11 +403,15 @@ class FileTests(SynchronousTestCase):
         self.assertEqual(self.h.client.requests[-1].url, "http://files.example/w/demo-1.0-py3-none-any.whl")
 
     def test_digest_mismatch_commits_nothing(self) -> None:
-        """A body that is not what the index's sha256 says: the client is cut off, nothing is stored."""
+        """
+        A body that is not what the index's sha256 says: the client gets a
+        502 saying so (a small file is verified before it is sent), nothing
+        is stored.
+        """
         url = self.h.file_url("demo", "evil-1.0.tar.gz")
         r = self.h.get(url)
-        self.assertEqual((r.status, r.complete), (200, False))
-        self.assertNotEqual(r.body, b"evil bytes")
+        self.assertEqual(r.status, 502)
+        self.assertIn("expected", r.body.decode())
         self.assertIsNone(self.h.store.lookup(f"pypi-file:{sha(EVIL_LISTED)}"))
         self.h.get(url)
         self.assertEqual(self.h.paths().count("/packages/evil-1.0.tar.gz"), 2)
@@ -406,7 +428,7 @@ class FileTests(SynchronousTestCase):
         """Metadata that does not match its own listed hash is not stored either."""
         self.h.routes["/w/demo-1.0-py3-none-any.whl.metadata"] = (200, "text/plain", b"forged")
         r = self.h.get(self.h.file_url("demo", "demo-1.0-py3-none-any.whl") + ".metadata")
-        self.assertEqual((r.status, r.complete), (200, False))
+        self.assertEqual(r.status, 502)
         self.assertIsNone(self.h.store.lookup(f"pypi-metadata:{sha(WHEEL)} for /pypi/"))
 
     def test_unverified_entry_never_served(self) -> None:
@@ -470,8 +492,7 @@ class FileTests(SynchronousTestCase):
         self.assertEqual((self.h.get(url).body, self.h.get(url).header("x-cache")), (body, "HIT"))
         self.h.routes["/simple/bad/"] = (200, "text/html", b'<a href="/p/bad-1.0.tar.gz#md5=00">b</a>')
         self.h.routes["/p/bad-1.0.tar.gz"] = (200, "application/x-tar", body)
-        cut = self.h.get(self.h.file_url("bad", "bad-1.0.tar.gz"))
-        self.assertEqual((cut.status, cut.complete), (200, False))
+        self.assertEqual(self.h.get(self.h.file_url("bad", "bad-1.0.tar.gz")).status, 502)
 
     def test_after_restart(self) -> None:
         """

@@ -48,7 +48,7 @@ from artifactvault.backends.base import (Backend, BuildContext, CommonSettings, 
                                          parse_common, run)
 from artifactvault.config import Section
 from artifactvault.flight import Artifact
-from artifactvault.serve import Responder, answer_not_modified, not_modified, send_chunks
+from artifactvault.serve import Responder, answer_not_modified, not_modified, send_chunks, wants_revalidation
 from artifactvault.upstream import UpstreamError
 from artifactvault.vault import Entry, verified_as
 
@@ -265,18 +265,22 @@ class PypiBackend(Backend):
                         keep_headers=KEEP_HEADERS, transform=transform,
                         label=f"{self.prefix}{project + '/' if project else ''}")
 
-    def _document(self, project: str | None) -> Deferred:
+    def _document(self, project: str | None, revalidate: bool = False, stale_ok: bool = False) -> Deferred:
         """
         Fires with (L{Page}, cache status, entry) for the project (None: the
-        list); fails with L{UpstreamError}.
+        list); fails with L{UpstreamError}. See L{_load} for the flags.
         """
         render = index.render_root if project is None else self._renderer(project)
-        return self._load(self._page_artifact(project), lambda raw: Page(index.loads(raw), render, len(raw)))
+        return self._load(self._page_artifact(project), lambda raw: Page(index.loads(raw), render, len(raw)),
+                          revalidate, stale_ok)
 
-    def _load(self, artifact: Artifact, parse: Callable[[bytes], Page]) -> Deferred:
+    def _load(self, artifact: Artifact, parse: Callable[[bytes], Page], revalidate: bool = False,
+              stale_ok: bool = False) -> Deferred:
         """
         Fires with (L{Page}, cache status, entry) of a document: parsed once
-        per stored copy (in the store's thread pool if large) and memoised.
+        per stored copy (in the store's thread pool if large) and memoised;
+        revalidated first if C{revalidate} (the client asked for it), any
+        stored copy if C{stale_ok} (L{Vault.document}).
         """
         def loaded(result: tuple[Entry, str], retry: bool) -> Any:
             entry, status = result
@@ -293,7 +297,7 @@ class PypiBackend(Backend):
                 return page, status, entry
             return self.vault.load(entry, parse).addCallback(parsed)
 
-        return self.vault.document(artifact).addCallback(loaded, True)
+        return self.vault.document(artifact, revalidate, stale_ok).addCallback(loaded, True)
 
     @staticmethod
     def _renderer(project: str) -> Callable[[dict[str, Any], str], list[bytes]]:
@@ -305,7 +309,7 @@ class PypiBackend(Backend):
         request = responder.request
         request.setHeader(b"vary", b"Accept")
         fmt = index.negotiate(request.getHeader(b"accept"))
-        d = self._document(project)
+        d = self._document(project, wants_revalidation(request))
         d.addCallback(lambda result: result[0].rendered(fmt, self.vault.work).addCallback(
             lambda rendered: (rendered, result[1], result[2])))
         d.addCallbacks(lambda result: self._send_page(responder, result, index.CONTENT_TYPES[fmt]),
@@ -359,7 +363,7 @@ class PypiBackend(Backend):
         URL, which the page would give it without hashes).
         """
         artifact = self._json_artifact(project, version)
-        page, status, entry = await self._load(artifact, _json_page)
+        page, status, entry = await self._load(artifact, _json_page, wants_revalidation(responder.request))
         ids: dict[str, str] = {}
         token = "-"
         if page.needs_index:
@@ -394,8 +398,10 @@ class PypiBackend(Backend):
         if self.vault.serve_cached(responder, key, lambda e: verified_as(e, digest) and (
                 kind == index.PROVENANCE or _basename(e.url) == filename)):
             return
-        self._document(project).addCallbacks(
-            lambda result: self._fetch_file(responder, result[0], key, fid, filename, kind),
+        # (any stored copy of the page will do if it lists the file: a file
+        # never waits for its page's revalidation; else the page is asked for)
+        self._document(project, stale_ok=True).addCallbacks(
+            lambda result: self._fetch_file(responder, result, key, fid, filename, kind, project),
             responder.fail)
 
     def _file_key(self, fid: str, kind: str, filename: str) -> str:
@@ -417,16 +423,19 @@ class PypiBackend(Backend):
         name = f"/{filename}" if kind == index.PROVENANCE else ""
         return f"pypi-{what}:{fid}{name} for {self.prefix}"
 
-    def _fetch_file(self, responder: Responder, page: Page, key: str, fid: str, filename: str,
-                    kind: str) -> None:
+    def _fetch_file(self, responder: Responder, found: tuple[Page, str, Entry], key: str, fid: str,
+                    filename: str, kind: str, project: str) -> None:
         """
         A miss: the project page says where the file (or what lies beside
         it) is, what it must hash to, and whether it may change: a file, its
         metadata and its signature never do; a provenance may (PEP 740: the
-        index may add attestations), so it is fresh for index_ttl.
+        index may add attestations), so it is fresh for index_ttl. A stale
+        copy of the page that does not list the file is revalidated first
+        (the file may be new).
         """
         if responder.gone:
             return
+        page, status, _ = found
         f = page.file(fid)
         target = None
         if f is None or filename != f["filename"] + kind:
@@ -441,13 +450,20 @@ class PypiBackend(Backend):
             target = f["url"] + SIGNATURE, {}, None, None, "application/pgp-signature"
         elif kind == index.PROVENANCE and "provenance" in f:
             target = f["provenance"], {}, None, self.settings.index_ttl, "application/json"
+        if target is None and status == "STALE":
+            self._document(project).addCallbacks(
+                lambda result: self._fetch_file(responder, (result[0], "FRESH", result[2]), key, fid, filename,
+                                                kind, project),
+                responder.fail)
+            return
         if target is None:
             responder.error(404, f"{filename} is not a file of {page.doc.get('name')} here")
             return
         url, hashes, size, ttl, content_type = target
         self.vault.serve(responder, Artifact(
             key=key, url=url, upstream=self.upstream, digest=index.pick_digest(hashes), size=size, ttl=ttl,
-            content_type=content_type, label=f"{self.prefix}{FILES}/{filename}"))
+            content_type=content_type, label=f"{self.prefix}{FILES}/{filename}",
+            verify_before_send=self.settings.verify_before_send))
 
 
 def _json_page(raw: bytes) -> Page:
