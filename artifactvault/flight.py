@@ -50,6 +50,7 @@ from zope.interface import Interface
 from artifactvault import logs
 from artifactvault.cache.store import Entry, FileStore, write_all
 from artifactvault.fields import fresh_until, response_headers
+from artifactvault.observe import body_error_kind
 from artifactvault.upstream import (Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout,
                                     abandon, describe_failure, discard, header)
 
@@ -202,6 +203,8 @@ class Flight:
         self._started = self.reactor.seconds()
         self._last_progress = self._started
         self._closing = False
+        #: Purged while in flight: served to its readers, never stored (L{discard}).
+        self.discarded = False
 
     # -- public -------------------------------------------------------------
 
@@ -266,6 +269,23 @@ class Flight:
         if self.length is not None:
             return max(min(self.written, self.length - 1), 0)
         return max(self.written - 1, 0)
+
+    @property
+    def started(self) -> float:
+        """When the flight began (the reactor's clock)."""
+        return self._started
+
+    @property
+    def readers(self) -> int:
+        """How many clients are attached to this download (readers and waiters)."""
+        return len(self._listeners)
+
+    def discard(self) -> None:
+        """
+        Its entry was purged: the download goes on for its readers, but is
+        not stored (or, if its commit is under way, removed once it is).
+        """
+        self.discarded = True
 
     def subscribe(self, listener: Any) -> None:
         """Tell C{listener} (an L{IFlightListener}) what happens from now on."""
@@ -349,6 +369,7 @@ class Flight:
             self._abort_body(_store_error(e))
             return
         self.written += len(chunk)
+        self.artifact.upstream.observer.received(len(chunk))
         if self._hasher is not None:
             self._hasher.update(chunk)
         if self.length is not None and self.written > self.length:
@@ -433,6 +454,8 @@ class Flight:
                       "with no length and no digest to tell it from a cut one; served, not stored",
                       what=self.artifact.describe())
             self._pass_through(UpstreamError("upstream body had no length and no digest; not stored"))
+        elif self.discarded:
+            self._pass_through(UpstreamError("purged while downloading; not stored"))
         elif self.store.fits(self.written):
             self._commit(self.content_type)
         else:
@@ -471,6 +494,8 @@ class Flight:
         d = self.store.commit(self.temp_path, self.fd, entry)
 
         def done(entry: Entry) -> None:
+            if self.discarded:  # (purged while it was being committed)
+                self.store.remove(entry.key, only=entry.data)
             self.entry = entry
             self.temp_path = None
             self.state = self.COMMITTED
@@ -518,6 +543,9 @@ class Flight:
     def _fail(self, error: UpstreamError) -> None:
         if self.state.ended:
             return
+        kind = body_error_kind(error) if self.state == self.STREAMING else None
+        if kind is not None:
+            self.artifact.upstream.observer.failed(kind, error.reason)
         self._cancel_idle()
         self.error = error
         self.state = self.FAILED
