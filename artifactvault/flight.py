@@ -287,6 +287,11 @@ class Flight:
         """
         self.discarded = True
 
+    def cancel(self, reason: str) -> None:
+        """Stop the download now (the daemon is stopping): it fails with C{reason}, its temp file removed."""
+        if self.state in (self.CONNECTING, self.STREAMING):
+            self._abort_body(UpstreamError(reason))
+
     def subscribe(self, listener: Any) -> None:
         """Tell C{listener} (an L{IFlightListener}) what happens from now on."""
         self._listeners.append(listener)
@@ -306,6 +311,9 @@ class Flight:
         self._fail(UpstreamError("internal error while fetching"))
 
     def _got_response(self, response: Any) -> None:
+        if self.state.ended:  # (cancelled while connecting)
+            abandon(response)
+            return
         self.response = response
         if response.code == 304 and self.stale is not None:
             discard(response)
@@ -489,7 +497,7 @@ class Flight:
             fresh_until=fresh_until(self.artifact, self.store.now()), content_type=ctype,
             etag=header(response, b"etag"), last_modified=header(response, b"last-modified"),
             sha256=self._hasher.hexdigest() if self._hasher and self.artifact.digest[0] == "sha256" else None,
-            headers=headers, url=self.artifact.url)
+            headers=headers, url=self.artifact.url, label=self.artifact.label)
         seconds = self.reactor.seconds() - self._started
         d = self.store.commit(self.temp_path, self.fd, entry)
 
@@ -549,7 +557,8 @@ class Flight:
         self._cancel_idle()
         self.error = error
         self.state = self.FAILED
-        _log.warn("fetching {what} failed: {reason}", what=self.artifact.describe(), reason=error.reason)
+        (_log.debug if getattr(error, "negative", False) else _log.warn)(
+            "fetching {what} failed: {reason}", what=self.artifact.describe(), reason=error.reason)
         self._remove_temp()
         self._fire(self._head_waiters, error, failed=True)
         for listener in list(self._listeners):

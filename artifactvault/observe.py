@@ -43,6 +43,9 @@ class IUpstreamObserver(Interface):
     def negative_hit() -> None:
         """A request was answered from the negative cache (not sent)."""
 
+    def watch(upstream: Any) -> None:
+        """C{upstream} is one of the backend's (its back-offs and negative cache are read when scraped)."""
+
 
 class IRequestObserver(Interface):
     """Hears about every request the site answered (or whose client left)."""
@@ -72,6 +75,9 @@ class _Null:
         pass
 
     def negative_hit(self) -> None:
+        pass
+
+    def watch(self, upstream: Any) -> None:
         pass
 
 

@@ -18,7 +18,9 @@ from twisted.python import usage
 
 from artifactvault import config as configmod
 from artifactvault.backends import parse_backend
+from artifactvault import logs
 from artifactvault.cache.store import CacheInUse
+from artifactvault.startup import CacheDirUnusable
 
 
 def _fail(message: str) -> None:
@@ -34,6 +36,8 @@ class Options(usage.Options):
         ["config", "c", None, "YAML config file (default: the embedded default config)."],
         ["cache-dir", None, None, "Cache directory (overrides cache_dir)."],
         ["log-level", None, None, "debug, info, warn, error or critical (overrides log_level)."],
+        ["log-format", None, "text", "text (one line an event) or json (one JSON object a line, "
+                                     "to twistd's --logfile or standard output)."],
     ]
 
     def __init__(self) -> None:
@@ -54,6 +58,12 @@ class Options(usage.Options):
                                       self["log-level"])
         except configmod.ConfigError as e:
             _fail(str(e))
+        if self["log-format"] not in ("text", "json"):
+            _fail(f"--log-format: must be text or json, not {self['log-format']!r}")
+        parent = getattr(self, "parent", None)
+        if self["log-format"] == "json" and parent is not None:
+            # twistd reads its --logger after all options are parsed: our observer replaces its text one
+            parent["logger"] = logs.json_observer_to(parent.get("logfile"))
 
 
 def load_config(path: str | None, listen: list[str] = (), cache_dir: str | None = None,
@@ -88,8 +98,8 @@ def makeService(options: Any) -> IService:
                              options.get("cache-dir"), options.get("log-level"))
     try:
         service, _root = build(loaded)
-    except CacheInUse as e:  # a second daemon on one cache_dir would delete the first one's downloads
-        _fail(str(e))
+    except (CacheInUse, CacheDirUnusable) as e:  # a second daemon on one cache_dir would delete the
+        _fail(str(e))                             # first one's downloads; a full disk fails every one
     except OSError as e:
         _fail(f"cannot use cache_dir {loaded.cache_dir}: {e.strerror}")
     except configmod.ConfigError as e:  # a combination of backends only building can judge

@@ -80,11 +80,13 @@ class BuildContext:
             auth = StaticAuth(base_url, username=settings.username,
                               password=settings.password, token=settings.token)
         offline = self.offline if settings.offline is None else settings.offline
-        return Upstream(self.client, self.reactor, auth=auth, headers=settings.headers,
-                        timeout=settings.timeout, idle_timeout=settings.idle_timeout,
-                        origin_url=base_url, backoff=settings.backoff, negative_ttl=settings.negative_ttl,
-                        max_stale=settings.max_stale, offline=offline,
-                        observer=self.observe(settings.prefix) if self.observe else NULL)
+        observer = self.observe(settings.prefix) if self.observe else NULL
+        upstream = Upstream(self.client, self.reactor, auth=auth, headers=settings.headers,
+                            timeout=settings.timeout, idle_timeout=settings.idle_timeout,
+                            origin_url=base_url, backoff=settings.backoff, negative_ttl=settings.negative_ttl,
+                            max_stale=settings.max_stale, offline=offline, observer=observer)
+        observer.watch(upstream)
+        return upstream
 
 
 @dataclass

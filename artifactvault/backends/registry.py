@@ -192,6 +192,10 @@ class RegistryBackend(Backend):
     def _url(self, name: str, kind: str, ref: str) -> str:
         return f"{self.base}/v2/{name}/{kind}/{ref}"
 
+    def upstream_urls(self, rest: str) -> list[str]:
+        """Upstream URLs (or their beginnings) of what is kept for the path C{rest} below the prefix (an admin purge)."""
+        return [f"{self.base}/v2/{rest}"]
+
     # -- blobs ------------------------------------------------------------------
 
     def _blob(self, responder: Responder, name: str, digest: str) -> None:

@@ -41,7 +41,7 @@ import os
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
@@ -94,6 +94,7 @@ class Entry:
     sha256: str | None = None
     headers: dict[str, str] = field(default_factory=dict)  # replayed to clients
     url: str = ""  # where it came from (never with credentials)
+    label: str = ""  # the backend's name for it: its prefix and path (an admin purge matches it)
 
     def is_fresh(self, now: float) -> bool:
         return self.fresh_until is None or now < self.fresh_until
@@ -130,6 +131,12 @@ class FileStore:
                                    default=None)
         #: Complete downloads not stored because they were larger than max_object_size.
         self.refused_too_large = 0
+        #: Counts since start, for metrics: entries evicted (and their bytes),
+        #: commits, orphaned or leftover temp files removed.
+        self.evictions = 0
+        self.evicted_bytes = 0
+        self.commits = 0
+        self.orphans_removed = 0
         self.usage = Usage()
         self.data_dir = os.path.join(self.root, "data")
         self.tmp_dir = os.path.join(self.root, "tmp")
@@ -178,6 +185,7 @@ class FileStore:
                 removed += 1
             except OSError:
                 pass
+        self.orphans_removed += removed
         return removed
 
     def _lock(self) -> None:
@@ -263,13 +271,18 @@ class FileStore:
             count += 1
             freed += before - self.usage.total
         self._discard(doomed)
+        self.evictions += count
+        self.evicted_bytes += freed
         _log.info("evicted {count} entries ({freed} bytes): the cache holds {total} of {limit} bytes",
                   count=count, freed=freed, total=self.usage.total, limit=self.max_size)
         return count, freed
 
     def sweep(self) -> Deferred:
         """Remove orphaned data and broken metadata (in a thread); fires with a count."""
-        return self._run(self._sweep, self._clock())
+        def count(removed: int) -> int:
+            self.orphans_removed += removed
+            return removed
+        return self._run(self._sweep, self._clock()).addCallback(count)
 
     def _sweep(self, now: float) -> int:
         removed = 0
@@ -362,6 +375,26 @@ class FileStore:
     def forget(self, key: str) -> None:
         self._memo.pop(key, None)
 
+    def entries(self) -> Iterator[Entry]:
+        """
+        Every committed entry, read from its metadata: a walk of the whole
+        cache, for a thread (L{run_blocking}), never the reactor.
+        """
+        for shard in sorted(os.listdir(self.data_dir)):
+            sdir = os.path.join(self.data_dir, shard)
+            try:
+                names = [n for n in os.listdir(sdir) if n.endswith(".json")]
+            except OSError:
+                continue
+            for name in names:
+                entry = self._read_meta(os.path.join(sdir, name))
+                if entry is not None:
+                    yield entry
+
+    def run_blocking(self, f: Callable[..., Any], *args: Any) -> Deferred:
+        """C{f(*args)} in the store's thread pool (synchronously in unit tests), as a Deferred."""
+        return self._run(f, *args)
+
     # -- writing ------------------------------------------------------------
 
     def new_temp(self) -> tuple[str, int]:
@@ -417,6 +450,7 @@ class FileStore:
     def _committed(self, entry: Entry) -> Entry:
         self._remember(entry)
         self.usage.stored(entry.key, entry.size)
+        self.commits += 1
         self.evict()
         return entry
 
