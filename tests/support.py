@@ -278,7 +278,7 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = N
 
 
 def request(method: str, url: str, headers: dict[str, str] | None = None,
-            timeout: float = 60.0) -> tuple[int, dict[str, str], bytes]:
+            timeout: float = 60.0, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
     """One HTTP request with a fresh connection: (status, lower-cased headers, body)."""
     assert url.startswith("http://127.0.0.1:") or url.startswith("http://[::1]:")
     rest = url[len("http://"):]
@@ -286,7 +286,7 @@ def request(method: str, url: str, headers: dict[str, str] | None = None,
     host, _, port = hostport.rpartition(":")
     conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
     try:
-        conn.request(method, "/" + path, headers=headers or {})
+        conn.request(method, "/" + path, body=body, headers=headers or {})
         resp = conn.getresponse()
         body = resp.read()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
