@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import time
 from typing import Any, Callable, Iterable
+from urllib.parse import unquote
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -215,7 +216,7 @@ class Metrics:
             children[1].inc(sent)
         path = None
         if backend != OWN and result != "none" and code < 400:
-            path = (request.path or b"").decode("utf-8", "replace")
+            path = unquote((request.path or b"").decode("utf-8", "replace"))  # (shown as text: /pypi/+f/…)
         self.totals.count(result, path, sent)
 
     # -- exposition ----------------------------------------------------------
