@@ -18,7 +18,7 @@ import re
 import sys
 import time
 from datetime import datetime, timezone
-from typing import IO, Any, Callable
+from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.logger import (FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate,
@@ -114,13 +114,16 @@ class JsonLinesObserver:
             pass
 
 
-def json_observer_to(path: str | None) -> Callable[[], ILogObserver]:
+#: Where L{json_lines} writes: a file name, or None (or ``-``) for standard output.
+json_target: str | None = None
+
+
+def json_lines() -> ILogObserver:
     """
-    A twistd C{--logger} factory writing JSON lines to C{path} (a file,
-    appended to) or, for None or ``-``, to standard output.
+    The twistd C{--logger} of C{--log-format json} (given by name:
+    ``artifactvault.logs.json_lines``): JSON lines to L{json_target}, set
+    from twistd's C{--logfile}, appended to; else to standard output.
     """
-    def factory() -> ILogObserver:
-        if path and path != "-":
-            return JsonLinesObserver(open(path, "a", encoding="utf-8"))
-        return JsonLinesObserver(sys.stdout)
-    return factory
+    if json_target and json_target != "-":
+        return JsonLinesObserver(open(json_target, "a", encoding="utf-8"))
+    return JsonLinesObserver(sys.stdout)

@@ -15,6 +15,7 @@ daemon's services stop one after the other, the last added first
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -58,6 +59,7 @@ class Drain(Service):
 
     def stopService(self) -> Deferred | None:
         super().stopService()
+        _exit_zero(self.reactor)
         requests, flights = self._busy()
         if not requests and not flights:
             return None
@@ -92,3 +94,15 @@ class Drain(Service):
             transport = getattr(getattr(request, "channel", None), "transport", None)
             if transport is not None:
                 transport.abortConnection()
+
+
+def _exit_zero(reactor: Any) -> None:
+    """
+    twistd ends a process stopped by SIGTERM by raising SIGTERM again once
+    its services have stopped (the exit status is then 143). A vault stops
+    gracefully on SIGTERM (it is how systemd and docker ask it to): that
+    is a clean exit, status 0, and supervisors should see it so. (Twisted
+    keeps the signal in the reactor's C{_exitSignal}; other reactors have none.)
+    """
+    if getattr(reactor, "_exitSignal", None) == signal.SIGTERM:
+        reactor._exitSignal = None

@@ -62,8 +62,9 @@ class Options(usage.Options):
             _fail(f"--log-format: must be text or json, not {self['log-format']!r}")
         parent = getattr(self, "parent", None)
         if self["log-format"] == "json" and parent is not None:
-            # twistd reads its --logger after all options are parsed: our observer replaces its text one
-            parent["logger"] = logs.json_observer_to(parent.get("logfile"))
+            # twistd reads its --logger (a name) after all options are parsed: ours replaces its text one
+            logs.json_target = parent.get("logfile")
+            parent["logger"] = "artifactvault.logs.json_lines"
 
 
 def load_config(path: str | None, listen: list[str] = (), cache_dir: str | None = None,

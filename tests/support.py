@@ -201,11 +201,13 @@ class Daemon:
         with open(self.config_path, "w") as f:
             yaml.safe_dump(self.config, f)
 
-    def start(self, timeout: float = 20.0, env: dict[str, str] | None = None) -> "Daemon":
+    def start(self, timeout: float = 20.0, env: dict[str, str] | None = None,
+              args: list[str] | tuple[str, ...] = ()) -> "Daemon":
+        """Start it (with C{args}, more options of the artifactvault command); poll until it answers."""
         self.write_config()
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [twistd(), "-n", "--pidfile=", "artifactvault", "--config", self.config_path],
+            [twistd(), "-n", "--pidfile=", "artifactvault", "--config", self.config_path, *args],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
             env={**os.environ, **(env or {})})
         log.close()
