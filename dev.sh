@@ -33,8 +33,9 @@ case $cmd in
     exec "$VENV/bin/twistd" -n --pidfile= artifactvault "$@" ;;
   test)
     # curl for the upstream scripts; nginx, the registry and skopeo for the
-    # real upstreams and clients the integration tests drive.
-    apt_install curl nginx-light docker-registry skopeo
+    # real upstreams and clients the integration tests drive; chromium to
+    # look at the status page as a person would (headless).
+    apt_install curl nginx-light docker-registry skopeo chromium
     setup "[test]"
     exec "$VENV/bin/trial" "${@:-tests}" ;;
   *)
