@@ -489,7 +489,7 @@ class Upstream:
         self.backoff = backoff
         self._backoffs: dict[tuple[str, str, int], Backoff] = {}
         #: Upstream 404/410 answers remembered for C{negative_ttl} seconds (0: none).
-        self.negative = NegativeCache(reactor.seconds, negative_ttl)
+        self.negative = NegativeCache(lambda: self.reactor.seconds(), negative_ttl)
         #: Seconds past its freshness a copy may still answer for a failing upstream (None: any).
         self.max_stale = max_stale
         #: Never ask the upstream: hits and stale copies only, misses a 504.
@@ -525,7 +525,7 @@ class Upstream:
         429, L{UpstreamThrottled}; after a failure, L{UpstreamBackedOff}.
         """
         host = host_of(self.origin_url or url)
-        known = self.negative.lookup(method, url)
+        known = self.negative.lookup(method, url, headers)
         if known is not None:
             self.observer.negative_hit()
             raise NegativeHit(known)
@@ -549,7 +549,7 @@ class Upstream:
         self.observer.answered(response.code, self.reactor.seconds() - started)
         if response.code in (404, 410):
             remembered = self.negative.remember(method, url, response.code,
-                                                response.phrase.decode("latin-1", "replace"), host_of(url))
+                                                response.phrase.decode("latin-1", "replace"), host_of(url), headers)
             if remembered is not None:
                 self._unread[id(response)] = (response, remembered)
                 while len(self._unread) > _UNREAD:

@@ -51,6 +51,13 @@ class NegativeCacheTests(SynchronousTestCase):
             cache.remember("GET", f"http://u/{name}", 404)
         self.assertEqual([cache.lookup("GET", f"http://u/{n}") is not None for n in "abc"], [False, True, True])
 
+    def test_by_variant(self) -> None:
+        """The headers that choose the answer are part of the key (a registry's Accept); validators are not."""
+        self.cache.remember("GET", "http://u/m", 404, headers={"Accept": "a/index"})
+        self.assertIsNotNone(self.cache.lookup("GET", "http://u/m", {"accept": "a/index", "If-None-Match": '"x"'}))
+        self.assertIsNone(self.cache.lookup("GET", "http://u/m", {"Accept": "a/manifest"}))
+        self.assertIsNone(self.cache.lookup("GET", "http://u/m"))
+
     def test_forget(self) -> None:
         """forget() drops the answers under a URL prefix, or all."""
         for name in ("a/1", "a/2", "b/1"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from twisted.internet import error as neterror
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -126,7 +127,8 @@ class _Hello(Resource):
 
 class TlsOnPlainPortTests(SynchronousTestCase):
     def connect(self):
-        protocol = VaultSite(_Hello()).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+        # (its own clock: the channel's timeouts must not stay behind in the global reactor)
+        protocol = VaultSite(_Hello(), reactor=Clock()).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
         transport = StringTransport()
         protocol.makeConnection(transport)
         return protocol, transport
