@@ -305,6 +305,16 @@ class IndexTests(SynchronousTestCase):
         self.assertEqual(h.get("dists/stable/InRelease").body, h.repo.inrelease)
         self.assertEqual(h.get("dists/stable/main/binary-amd64/Packages.xz").body, h.repo.packages_xz)
 
+    def test_component_release(self) -> None:
+        """A component's Release below a suite is one of the suite's index files, not a release set."""
+        h = Harness(self)
+        body = b"Archive: stable\nComponent: main\nArchitecture: amd64\n"
+        h.repo = Repo(extra="")
+        h.repo.files["dists/stable/main/binary-amd64/Release"] = body
+        h.get("dists/stable/InRelease")
+        a = h.get("dists/stable/main/binary-amd64/Release")
+        self.assertEqual((a.status, a.body), (200, body))
+
     def test_unlisted_file_under_dists(self) -> None:
         """A file the Release does not list is an ordinary file, fresh for index_ttl."""
         h = Harness(self)

@@ -254,16 +254,17 @@ class AptBackend(Backend):
             return
         path = "/".join(segments)
         name = segments[-1]
-        if name in RELEASE_FILES and len(segments) > 1:
-            run(responder, self._release_file(responder, "/".join(segments[:-1]), name))
+        own = "/".join(segments[:-1])
+        directory = self._dir_for(path)
+        # (a component's Release, below a suite's directory, is one of its index files)
+        if name in RELEASE_FILES and own and (name != "Release" or directory in (None, own)):
+            run(responder, self._release_file(responder, own, name))
         elif by_hash_path(path) is not None:
             self._by_hash(responder, path)
+        elif directory is not None:
+            run(responder, self._index(responder, directory, path))
         else:
-            directory = self._dir_for(path)
-            if directory is not None:
-                run(responder, self._index(responder, directory, path))
-            else:
-                run(responder, self._other(responder, path))
+            run(responder, self._other(responder, path))
 
     def _url(self, path: str) -> str:
         return f"{self.base_url}/{upstream_path(path.split('/'))}"

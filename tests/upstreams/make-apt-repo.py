@@ -61,6 +61,7 @@ def ensure_key(home: str) -> None:
     run("gpg", "--batch", "--quiet", "--passphrase", "", "--quick-gen-key", KEY_UID, "ed25519", "sign",
         "never", env=env)
     run("gpg", "--batch", "--quiet", "--export", KEY_UID, env=env, out=os.path.join(home, "key.gpg.tmp"))
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, check=False)
     os.rename(os.path.join(home, "key.gpg.tmp"), os.path.join(home, "key.gpg"))
 
 
@@ -187,6 +188,7 @@ def main() -> None:
     run(*sign, "--clearsign", "--output", os.path.join(dist, "InRelease"), os.path.join(dist, "Release"), env=env)
     run(*sign, "--detach-sign", "--armor", "--output", os.path.join(dist, "Release.gpg"),
         os.path.join(dist, "Release"), env=env)
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, check=False)  # (gpg started it: leave none behind)
     shutil.rmtree(out, ignore_errors=True)
     os.rename(tmp_out, out)
 
