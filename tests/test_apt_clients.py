@@ -436,6 +436,7 @@ class SignedByTests(AptTestCase):
         other = tempfile.mkdtemp(prefix="av-gpg-")  # (gpg-agent's socket path must be short)
         self.addCleanup(shutil.rmtree, other, True)
         env = dict(os.environ, GNUPGHOME=other)
+        self.addCleanup(subprocess.run, ["gpgconf", "--kill", "gpg-agent"], env=env)  # (gpg started one)
         subprocess.run(["gpg", "--batch", "--quiet", "--passphrase", "", "--quick-gen-key", "Other <o@example.invalid>",
                         "ed25519", "sign", "never"], env=env, check=True)
         with open(os.path.join(other, "other.gpg"), "wb") as f:
