@@ -33,9 +33,11 @@ case $cmd in
     exec "$VENV/bin/twistd" -n --pidfile= artifactvault "$@" ;;
   test)
     # curl for the upstream scripts; nginx, the registry and skopeo for the
-    # real upstreams and clients the integration tests drive; chromium to
-    # look at the status page as a person would (headless).
-    apt_install curl nginx-light docker-registry skopeo chromium
+    # real upstreams and clients the integration tests drive; apt-utils
+    # (apt-ftparchive), dpkg-dev, gnupg, gpgv and xz-utils for the signed
+    # Debian repository of the apt backend's tests (tests/upstreams/apt-up);
+    # chromium to look at the status page as a person would (headless).
+    apt_install curl nginx-light docker-registry skopeo apt-utils dpkg-dev gnupg gpgv xz-utils chromium
     setup "[test]"
     exec "$VENV/bin/trial" "${@:-tests}" ;;
   *)

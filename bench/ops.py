@@ -39,24 +39,36 @@ from artifactvault.cache.store import Entry, FileStore  # noqa: E402
 from tests import support  # noqa: E402
 
 
-def wrk(url: str, seconds: int, connections: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process C{pid} so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, seconds: int, connections: int, pid: int | None = None) -> tuple[float, float | None]:
+    """(requests/s, the daemon's CPU microseconds per request) of a wrk run."""
+    before = cpu_seconds(pid) if pid else None
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", url],
                          capture_output=True, text=True, check=True).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if m is None:
+    n = re.search(r"(\d+) requests in", out)
+    if m is None or n is None:
         raise RuntimeError(f"wrk said:\n{out}")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"wrk saw errors:\n{out}")
-    return float(m.group(1))
+    cpu = (cpu_seconds(pid) - before) * 1e6 / int(n.group(1)) if pid and before is not None else None
+    return float(m.group(1)), cpu
 
 
-def hits(rounds: int, seconds: int, connections: int) -> dict[str, list[float]]:
+def hits(rounds: int, seconds: int, connections: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     files = support.upstream_url("files")
     backends = [{"type": "http", "config": {"prefix": "/files/", "base_url": files}}]
     daemons = {"metrics on": support.Daemon(backends, log_level="warn"),
                "metrics off": support.Daemon(backends, log_level="warn", metrics=False)}
     results: dict[str, list[float]] = {name: [] for name in daemons}
+    cpu: dict[str, list[float]] = {name: [] for name in daemons}
     try:
         for daemon in daemons.values():
             daemon.start()
@@ -66,13 +78,14 @@ def hits(rounds: int, seconds: int, connections: int) -> dict[str, list[float]]:
         order = list(daemons)
         for i in range(rounds):
             for name in (order if i % 2 == 0 else order[::-1]):
-                rate = wrk(daemons[name].url("/files/small.bin"), seconds, connections)
+                rate, us = wrk(daemons[name].url("/files/small.bin"), seconds, connections, daemons[name].proc.pid)
                 results[name].append(rate)
-                print(f"  round {i + 1} {name}: {rate:.0f} req/s", file=sys.stderr)
+                cpu[name].append(us)
+                print(f"  round {i + 1} {name}: {rate:.0f} req/s, {us:.1f} µs CPU/request", file=sys.stderr)
     finally:
         for daemon in daemons.values():
             daemon.cleanup()
-    return results
+    return results, cpu
 
 
 def fill(cache_dir: str, entries: int) -> None:
@@ -146,18 +159,25 @@ def main() -> None:
     fcntl.flock(lock, fcntl.LOCK_EX)
 
     print("A. small hits, metrics on and off (alternating rounds)", file=sys.stderr)
-    rates = hits(args.rounds, args.seconds, args.connections)
+    rates, cpu = hits(args.rounds, args.seconds, args.connections)
     print("B. scrapes with a large cache", file=sys.stderr)
     times = scrape_times(args.entries, args.scrapes)
 
     on, off = statistics.median(rates["metrics on"]), statistics.median(rates["metrics off"])
     print(f"\nSmall hits (4 KiB, wrk -t1 -c{args.connections}, {args.rounds} alternating rounds of "
-          f"{args.seconds} s each; median, min-max):\n")
-    print("| daemon | req/s (median) | min | max |")
-    print("|---|---:|---:|---:|")
+          f"{args.seconds} s each; median, min-max; the daemon's CPU time per request):\n")
+    print("| daemon | req/s (median) | min | max | CPU µs/request (median) | min | max |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, values in rates.items():
-        print(f"| {name} | {statistics.median(values):.0f} | {min(values):.0f} | {max(values):.0f} |")
-    print(f"\nmetrics on / off: {on / off:.3f} ({(on / off - 1) * 100:+.1f} %)")
+        c = cpu[name]
+        print(f"| {name} | {statistics.median(values):.0f} | {min(values):.0f} | {max(values):.0f} "
+              f"| {statistics.median(c):.1f} | {min(c):.1f} | {max(c):.1f} |")
+    pairs = [a / b for a, b in zip(rates["metrics on"], rates["metrics off"])]
+    cpu_pairs = [a / b for a, b in zip(cpu["metrics on"], cpu["metrics off"])]
+    print(f"\nreq/s, metrics on / off: medians {on / off:.3f} ({(on / off - 1) * 100:+.1f} %), "
+          f"median of the rounds' ratios {statistics.median(pairs):.3f}")
+    print(f"CPU per request, metrics on / off: median of the rounds' ratios {statistics.median(cpu_pairs):.3f} "
+          f"({(statistics.median(cpu_pairs) - 1) * 100:+.1f} %)")
     print(f"\nScrapes with {args.entries} entries in the cache ({args.scrapes} each, one kept-alive "
           f"connection, client-side ms):\n")
     print("| page | median | p95 | max |")
