@@ -42,6 +42,8 @@ from artifactvault.observe import ERROR_KINDS, IRequestObserver, IUpstreamObserv
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: Cache results counted (X-Cache, lower-cased; a remembered 404 is "negative").
 RESULTS = ("hit", "miss", "stale", "pass", "negative", "none")
+#: X-Cache values as labels.
+_RESULT = {"HIT": "hit", "MISS": "miss", "STALE": "stale", "PASS": "pass"}
 #: The label of requests no backend answered (the vault's own pages, unknown paths).
 OWN = "-"
 #: Paths whose requests are counted for "most requested" (L{Totals}); beyond, the rarest go.
@@ -196,27 +198,30 @@ class Metrics:
     # -- IRequestObserver ----------------------------------------------------
 
     def request_done(self, request: Any) -> None:
-        name = getattr(request, "backend_name", None)
+        # (once per request: kept to a few dictionary lookups and two increments)
+        name = request.backend_name
         backend = self._prefix_of.get(name, OWN) if name else OWN
         if getattr(request, "negative", False):
             result = "negative"
         else:
-            status = getattr(request, "cache_status", None)
-            result = status.lower() if status else "none"
+            status = request.cache_status
+            result = _RESULT.get(status) or (status.lower() if status else "none")
         code = request.code or 0
-        klass = f"{code // 100}xx"
-        key = (backend, result, klass)
+        key = (backend, result, code // 100)
         children = self._children.get(key)
         if children is None:
-            children = self._children[key] = (self.requests.labels(backend, result, klass),
+            children = self._children[key] = (self.requests.labels(backend, result, f"{code // 100}xx"),
                                                self.sent.labels(backend, result))
-        sent = request.sentLength or 0
+        sent = request.sentLength
         children[0].inc()
         if sent:
             children[1].inc(sent)
         path = None
         if backend != OWN and result != "none" and code < 400:
-            path = unquote((request.path or b"").decode("utf-8", "replace"))  # (shown as text: /pypi/+f/…)
+            raw = request.path or b""
+            path = raw.decode("utf-8", "replace")
+            if b"%" in raw:
+                path = unquote(path)  # (shown as text: /pypi/+f/…)
         self.totals.count(result, path, sent)
 
     # -- exposition ----------------------------------------------------------
