@@ -172,8 +172,8 @@ class Vault:
         if flight.artifact.transform is not None:
             flight.committed().addCallbacks(
                 lambda entry: self._serve_committed(responder, entry, "MISS"),
-                lambda failure: self._failed(responder, failure, flight.stale, flight.artifact.upstream)
-        ).addErrback(responder.fail)
+                lambda failure: self._failed(responder, failure, flight.stale, flight.artifact.upstream),
+            ).addErrback(responder.fail)
             return
         # A download that is already complete (its commit still under way) is
         # served from local bytes: that is a hit.
