@@ -48,7 +48,8 @@ from twisted.web.http import PotentialDataLoss
 from zope.interface import Interface
 
 from artifactvault import logs
-from artifactvault.cache.store import Entry, FileStore, write_all
+from artifactvault.cache.entry import Entry, write_all
+from artifactvault.cache.interface import IStore, IStoreWrite
 from artifactvault.fields import fresh_until, response_headers
 from artifactvault.upstream import (Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout,
                                     abandon, describe_failure, discard, header)
@@ -127,6 +128,12 @@ class StoreError(UpstreamError):
     """The download could not be written to the cache (disk full, I/O error); nothing is stored."""
 
 
+class StoreDown(StoreError):
+    """The store could not be reached (an S3 endpoint down): 503, worth asking again."""
+
+    status = 503
+
+
 class FlightState(Enum):
     """Where a L{Flight} is; the last four are ends."""
 
@@ -174,7 +181,7 @@ class Flight:
     NOT_MODIFIED = FlightState.NOT_MODIFIED
     FAILED = FlightState.FAILED
 
-    def __init__(self, artifact: Artifact, store: FileStore, reactor: Any,
+    def __init__(self, artifact: Artifact, store: IStore, reactor: Any,
                  stale: Entry | None = None, on_end: Callable[["Flight"], None] | None = None):
         self.artifact = artifact
         self.key = artifact.key
@@ -188,6 +195,8 @@ class Flight:
         self.written = 0
         self.fd: int | None = None
         self.temp_path: str | None = None
+        #: The store's write of this download (L{IStoreWrite}), once it streams.
+        self.write: IStoreWrite | None = None
         self.error: UpstreamError | None = None
         self.entry: Entry | None = None
         self.content_type: str | None = None
@@ -308,11 +317,12 @@ class Flight:
         ctype = response.headers.getRawHeaders(b"content-type", [None])[0]
         self.content_type = self.artifact.content_type or (ctype.decode("latin-1") if ctype else None)
         try:
-            self.temp_path, self.fd = self.store.new_temp()
+            self.temp_path, self.fd = self.store.spool.new_temp()
         except OSError as e:  # no space for one more file, no descriptor left
             discard(response)
             self._fail(_store_error(e))
             return
+        self.write = self.store.begin(self.key, self.temp_path, self.fd)
         self.state = self.STREAMING
         self._body = _BodyReceiver(self)
         self._reset_idle()
@@ -367,6 +377,7 @@ class Flight:
                       total=self.length if self.length is not None else "?",
                       rate=self.written / max(now - self._started, 1e-6) / 1e6)
         if self.artifact.transform is None:
+            self.write.grown(self.written)  # type: ignore[union-attr]
             for listener in list(self._listeners):
                 listener.flight_data(self, chunk, offset)
 
@@ -468,11 +479,12 @@ class Flight:
             sha256=self._hasher.hexdigest() if self._hasher and self.artifact.digest[0] == "sha256" else None,
             headers=headers, url=self.artifact.url)
         seconds = self.reactor.seconds() - self._started
-        d = self.store.commit(self.temp_path, self.fd, entry)
+        d = self.write.commit(entry)  # type: ignore[union-attr]
 
         def done(entry: Entry) -> None:
             self.entry = entry
-            self.temp_path = None
+            self.write = None
+            self._remove_temp()  # (gone already if the store renamed it)
             self.state = self.COMMITTED
             _log.info("stored {what}: {size} bytes in {seconds:.2f} s",
                       what=self.artifact.describe(), size=entry.size, seconds=seconds)
@@ -530,6 +542,9 @@ class Flight:
         self._ended()
 
     def _remove_temp(self) -> None:
+        if self.write is not None:
+            self.write.abort()
+            self.write = None
         if self.temp_path is not None:
             try:
                 os.unlink(self.temp_path)
@@ -611,7 +626,7 @@ class _BodyReceiver(TwistedProtocol):
 class Flights:
     """The flights in progress, by cache key."""
 
-    def __init__(self, store: FileStore, reactor: Any):
+    def __init__(self, store: IStore, reactor: Any):
         self.store = store
         self.reactor = reactor
         self._by_key: dict[str, Flight] = {}
