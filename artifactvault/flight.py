@@ -40,6 +40,7 @@ from enum import Enum
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import deferLater
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -49,7 +50,7 @@ from zope.interface import Interface
 
 from artifactvault import logs
 from artifactvault.cache.entry import Entry, write_all
-from artifactvault.cache.interface import IStore, IStoreWrite
+from artifactvault.cache.interface import ILease, IStore, IStoreWrite, StoreUnavailable
 from artifactvault.fields import fresh_until, response_headers
 from artifactvault.upstream import (Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout,
                                     abandon, describe_failure, discard, header)
@@ -60,6 +61,9 @@ _log = Logger(observer=logs.observer)
 PROGRESS_INTERVAL = 10.0
 #: A transformed document (an index page) larger than this is refused.
 MAX_DOCUMENT = 64 * 1024 * 1024
+#: Seconds between the first looks for another node's commit (doubling up to LEASE_POLL_MAX).
+LEASE_POLL = 0.25
+LEASE_POLL_MAX = 2.0
 #: A digest-checked download no larger than this (or of unknown length) is
 #: verified before a byte of it is sent (L{Artifact.verify_before_send}).
 VERIFY_BEFORE_SEND = 8 * 1024 * 1024
@@ -95,6 +99,20 @@ class Artifact:
 
     def describe(self) -> str:
         return self.label or self.key
+
+
+def verified_as(entry: Entry, digest: tuple[str, str] | None) -> bool:
+    """
+    Whether a stored entry may be served as an artifact that must have
+    C{digest}. The store records the sha256 of what it committed (checked
+    against the expected digest for a download, computed for a record), so
+    an entry for a sha256 must carry that very one: anything else under the
+    key was never checked as this artifact and is not served. (Other
+    algorithms are not recorded; their entries are trusted to their key.)
+    """
+    if digest is None or digest[0] != "sha256":
+        return True
+    return entry.sha256 == digest[1].lower()
 
 
 class IFlightListener(Interface):
@@ -197,6 +215,8 @@ class Flight:
         self.temp_path: str | None = None
         #: The store's write of this download (L{IStoreWrite}), once it streams.
         self.write: IStoreWrite | None = None
+        #: The key's lease, held while this node downloads it for every node (a shared store).
+        self.lease: ILease | None = None
         self.error: UpstreamError | None = None
         self.entry: Entry | None = None
         self.content_type: str | None = None
@@ -225,6 +245,57 @@ class Flight:
             d.addCallback(self._got_response)
             d.addErrback(self._internal_error)
             return self
+        if self.store.shared and self.stale is None:
+            Deferred.fromCoroutine(self._lease_then_ask()).addErrback(self._internal_error)
+            return self
+        self._ask()
+        return self
+
+    async def _lease_then_ask(self) -> None:
+        """
+        A store shared by several nodes: one of them downloads a key, the
+        others wait for its commit and answer from the stored entry. Take the
+        key's lease, or, while another node holds it, look for its commit
+        (polling with back-off) until C{lease_wait}; then download anyway.
+        A lease its holder stopped renewing goes stale and is taken over.
+        """
+        deadline = self.reactor.seconds() + self.store.lease_wait
+        delay = LEASE_POLL
+        waited = False
+        while True:
+            try:
+                lease = await self.store.lease(self.key)
+                entry = await self.store.get(self.key)  # (committed meanwhile: nothing to fetch)
+            except StoreUnavailable as e:
+                self._fail(StoreDown(f"the cache's store is unavailable: {e}"))
+                return
+            if entry is not None and verified_as(entry, self.artifact.digest):
+                lease.release()
+                if waited:
+                    _log.info("{what} was stored by another node", what=self.artifact.describe())
+                self._found(entry)
+                return
+            if lease.held:
+                self.lease = lease
+                break
+            if self.reactor.seconds() >= deadline:
+                _log.warn("{what}: another node's download did not end within {wait:g} s; fetching it here",
+                          what=self.artifact.describe(), wait=self.store.lease_wait)
+                break
+            waited = True
+            await deferLater(self.reactor, delay, lambda: None)
+            delay = min(delay * 2, LEASE_POLL_MAX)
+        self._ask()
+
+    def _found(self, entry: Entry) -> None:
+        """Another node committed the key: this flight ends with its entry (nothing fetched here)."""
+        self.entry = entry
+        self.state = self.COMMITTED
+        self._fire(self._head_waiters, self)
+        self._fire(self._commit_waiters, entry)
+        self._ended()
+
+    def _ask(self) -> None:
         headers = dict(self.artifact.headers)
         if self.stale is not None:
             if self.stale.etag:
@@ -234,7 +305,6 @@ class Flight:
         d = Deferred.fromCoroutine(self.artifact.upstream.request("GET", self.artifact.url, headers))
         d.addCallbacks(self._got_response, self._got_failure)
         d.addErrback(self._internal_error)
-        return self
 
     def head(self) -> Deferred:
         """Fires with this flight once it knows what it will serve; fails with L{UpstreamError}."""
@@ -553,6 +623,9 @@ class Flight:
             self.temp_path = None
 
     def _ended(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
         if self._on_end is not None:
             self._on_end(self)
             self._on_end = None
@@ -576,6 +649,8 @@ class Flight:
 
 def _store_error(e: BaseException) -> StoreError:
     """What a client is told when the cache could not take a download (no path, no secret)."""
+    if isinstance(e, StoreUnavailable):
+        return StoreDown(f"could not store the download: {e}")
     why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
     return StoreError(f"could not store the download: {why}")
 

@@ -16,7 +16,7 @@ import re
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,6 +33,10 @@ from artifactvault.upstream import UpstreamError, header
 _log = Logger(observer=logs.observer)
 
 CHUNK = 256 * 1024
+#: With a store that offers it (S3, C{redirect: true}), a hit of this size or
+#: more is a 307 to a presigned URL (a conditional or ranged one is not: the
+#: vault answers those itself).
+REDIRECT_FROM = 8 * 1024 * 1024
 #: Bodies up to this size are read and written in one go.
 SMALL = 64 * 1024
 
@@ -415,6 +419,18 @@ def serve_entry(responder: Responder, store: IStore, entry: Entry, cache_status:
     once the answer is under way. The entry's body is closed on every path,
     an exception's too (or handed to a producer that closes it).
     """
+    request = responder.request
+    if request.method == b"GET" and entry.size >= REDIRECT_FROM and not any(
+            request.getHeader(name) is not None for name in (b"range", b"if-none-match", b"if-modified-since")):
+        url = store.redirect_url(entry)
+        if url is not None:
+            responder.cache_status = cache_status
+            request.setResponseCode(307)
+            request.setHeader(b"location", url.encode("latin-1"))
+            request.setHeader(b"cache-control", b"no-store")  # (the URL expires)
+            request.setHeader(b"content-length", b"0")
+            responder.finish()
+            return succeed(True)
     return store.body(entry).addCallback(_serve_body, responder, entry, cache_status)
 
 

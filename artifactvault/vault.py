@@ -20,7 +20,7 @@ from artifactvault import logs
 from artifactvault.cache.entry import Entry
 from artifactvault.cache.interface import IStore, StoreUnavailable
 from artifactvault.fields import fresh_until, response_headers
-from artifactvault.flight import Artifact, DigestMismatch, Flight, Flights, StoreDown
+from artifactvault.flight import Artifact, DigestMismatch, Flight, Flights, StoreDown, verified_as
 from artifactvault.relay import RangeRelay
 from artifactvault.serve import (Responder, answer_not_modified, not_modified, requested_range, serve_entry,
                                  serve_flight, set_headers, wants_revalidation)
@@ -66,20 +66,6 @@ def range_to_pass(request: Any, artifact: Artifact) -> tuple[int | None, int | N
     if first is None and size is not None and last >= size:  # type: ignore[operator]
         return None
     return span
-
-
-def verified_as(entry: Entry, digest: tuple[str, str] | None) -> bool:
-    """
-    Whether a stored entry may be served as an artifact that must have
-    C{digest}. The store records the sha256 of what it committed (checked
-    against the expected digest for a download, computed for a record), so
-    an entry for a sha256 must carry that very one: anything else under the
-    key was never checked as this artifact and is not served. (Other
-    algorithms are not recorded; their entries are trusted to their key.)
-    """
-    if digest is None or digest[0] != "sha256":
-        return True
-    return entry.sha256 == digest[1].lower()
 
 
 class Vault:

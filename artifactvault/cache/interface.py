@@ -108,6 +108,12 @@ class IStore(Interface):
         are gone (the entry is then forgotten: a miss, never wrong bytes).
         """
 
+    def redirect_url(entry: object) -> str | None:
+        """
+        A URL a client may fetch C{entry}'s bytes from itself (an S3 store
+        with C{redirect: true}: presigned), or None: the vault sends them.
+        """
+
     def read_small(entry: object) -> object:
         """Fires with all the bytes of a small entry (a record, a document), or None if gone."""
 

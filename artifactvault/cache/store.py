@@ -308,6 +308,10 @@ class FileStore:
         fd = self.open_data(entry)
         return succeed(None if fd is None else LocalBody(fd, entry.size))
 
+    def redirect_url(self, entry: Entry) -> None:
+        """Never: the disk is this node's own."""
+        return None
+
     def read_small(self, entry: Entry) -> Deferred:
         """All of a small entry's bytes, or None if gone."""
         fd = self.open_data(entry)
