@@ -180,8 +180,10 @@ class Vault:
             ).addErrback(responder.fail)
             return
         if flight.state == Flight.COMMITTED and flight.artifact.transform is None:
-            # (an upstream that answered at once, in memory: the flight ended before we looked)
-            self._serve_committed(responder, flight.entry, "MISS")
+            # (an upstream that answered at once, in memory: the flight ended
+            # before we looked; or another node's download, committed to a
+            # shared store while this one waited: a hit, no upstream asked)
+            self._serve_committed(responder, flight.entry, "HIT" if flight.response is None else "MISS")
             return
         if flight.artifact.transform is not None:
             flight.committed().addCallbacks(
