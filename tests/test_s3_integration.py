@@ -91,6 +91,19 @@ class SharedBucketTests(TestCase):
         self.assertEqual((status, headers["content-range"], len(body)), (206, "bytes 100-199/10485760", 100))
         self.assertEqual(len(log.requests(name)), 1)
 
+    def test_missing_bucket_stops_the_start(self) -> None:
+        """A bucket that does not exist: the daemon stops at once with one line saying so, exit status 1."""
+        s3 = kit()
+        daemon = Daemon(self.nodes.backends, store=s3.store("x", bucket="no-such-bucket-here"))
+        self.addCleanup(daemon.cleanup)
+        daemon.write_config()
+        p = subprocess.run([support.twistd(), "-n", "--pidfile=", "artifactvault", "--config", daemon.config_path],
+                           env={**os.environ, **s3.daemon_env()}, capture_output=True, text=True, timeout=60,
+                           cwd=daemon.dir)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(f"artifactvault: cannot use the S3 store: bucket no-such-bucket-here at {s3.endpoint}: 404",
+                      p.stderr.strip().splitlines()[-1])
+
     def test_concurrent_cold_requests_over_three_nodes_are_one_download(self) -> None:
         """20 clients spread over three nodes ask for one cold large file: one upstream download, every body exact."""
         nodes = self.nodes.start(3)
