@@ -344,6 +344,8 @@ def parse(data: Any, source: str,
         raise top.error("max_object_size", f"must not be more than max_size ({config.max_size} bytes), "
                                            f"not {config.max_object_size}")
     config.store = parse_store(top)
+    if config.store.local_cache_dir is not None and config.store.local_cache_dir == config.cache_dir:
+        raise top.error("store", "local_cache.dir must not be cache_dir (each has its own lock)")
     if config.store.type == "s3" and config.max_size is not None:
         raise top.error("max_size", "with store type s3 the bucket's size is the bucket's (its lifecycle "
                                     "rules); give store.local_cache.max_size for the local tier")

@@ -129,10 +129,14 @@ def make_store(config: Config, reactor: Any, run_blocking: Any) -> tuple[Any, An
     http = treq.client.HTTPClient(Agent(reactor, pool=pool))
     wire = S3Wire(http, reactor, run_blocking, settings.endpoint_url, settings.bucket, settings.region,
                   settings.access_key_id, settings.secret_access_key, settings.profile)
+    local = None
+    if settings.local_cache_dir is not None:
+        local = FileStore(settings.local_cache_dir, run_blocking=run_blocking,
+                          max_size=settings.local_cache_max_size, max_object_size=config.max_object_size)
     store = S3Store(wire, Spool(config.cache_dir), reactor, prefix=settings.prefix,
                     part_size=settings.part_size, lease_ttl=settings.lease_ttl, lease_wait=settings.lease_wait,
                     redirect=settings.redirect, max_object_size=config.max_object_size,
-                    run_blocking=run_blocking)
+                    run_blocking=run_blocking, local=local)
     return store, pool
 
 

@@ -51,10 +51,13 @@ class _Nodes:
         self.daemons: list[Daemon] = []
         testcase.addCleanup(self.cleanup)
 
-    def start(self, count: int = 1) -> list[Daemon]:
+    def start(self, count: int = 1, local: bool = False) -> list[Daemon]:
         new = []
         for _ in range(count):
             daemon = Daemon(self.backends, store=self.s3.store(self.prefix, **self.store))
+            if local:
+                daemon.config["store"]["local_cache"] = {"dir": os.path.join(daemon.dir, "local"),
+                                                         "max_size": "1G"}
             self.daemons.append(daemon)
             daemon.start(env=self.s3.daemon_env())
             new.append(daemon)
@@ -103,6 +106,29 @@ class SharedBucketTests(TestCase):
         self.assertEqual(p.returncode, 1)
         self.assertIn(f"artifactvault: cannot use the S3 store: bucket no-such-bucket-here at {s3.endpoint}: 404",
                       p.stderr.strip().splitlines()[-1])
+
+    def test_local_tier(self) -> None:
+        """A node with local_cache: a hit from the bucket is copied to its disk; later hits never ask the bucket."""
+        (a,) = self.nodes.start(1)
+        (b,) = self.nodes.start(1, local=True)
+        name, digest = support.new_upstream_file("medium.bin")
+        self.addCleanup(support.drop_upstream_file, name)
+        self.assertEqual(sha(get(a, f"/files/{name}")[2]), digest)
+        self.assertEqual(sha(get(b, f"/files/{name}")[2]), digest)  # (from the bucket; copied meanwhile)
+        pattern = f"^GET /{self.nodes.s3.bucket}/{self.nodes.prefix}/data/"
+        def copied() -> bool:  # (the copy's metadata: written last, after its data)
+            return any(n.endswith(".json") for _, _, names in os.walk(os.path.join(b.dir, "local", "data"))
+                       for n in names)
+        deadline = time.monotonic() + 20
+        while not copied():
+            self.assertLess(time.monotonic(), deadline, "not copied to the local tier")
+            time.sleep(0.05)
+        before = self.nodes.s3.hits(pattern)
+        for _ in range(3):
+            status, headers, body = get(b, f"/files/{name}")
+            self.assertEqual((status, headers["x-cache"], sha(body)), (200, "HIT", digest))
+        time.sleep(0.2)  # (radosgw logs from a thread, within ~2 ms: an absence is checked after a while)
+        self.assertEqual(self.nodes.s3.hits(pattern), before)
 
     def test_concurrent_cold_requests_over_three_nodes_are_one_download(self) -> None:
         """20 clients spread over three nodes ask for one cold large file: one upstream download, every body exact."""

@@ -367,3 +367,37 @@ class SharedFlightTests(S3StoreMixin, SynchronousTestCase):
         flight = self.flights.join(self.artifact())
         failure = self.failureResultOf(flight.head(), StoreDown)
         self.assertEqual(failure.value.status, 503)
+
+
+class LocalTierTests(S3StoreMixin, SynchronousTestCase):
+    """local_cache: a node's own disk in front of the bucket (the bucket stays the source of truth)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        from artifactvault.cache.store import FileStore
+        self.local = FileStore(os.path.join(self.spool.root, "..", "local"), clock=self.clock.seconds)
+        self.store.local = self.local
+        self.local.open()
+        self.addCleanup(self.local.close)
+
+    def test_own_commit_is_kept_locally_and_served_from_it(self) -> None:
+        """This node's download, once in the bucket, is also the local tier's: hits are a local file."""
+        path, fd = self.temp(b"hello")
+        entry = self.successResultOf(self.store.begin("k", path, fd).commit(self.entry("k", 5)))
+        self.store.forget("k")
+        self.wire.calls.clear()
+        found = self.successResultOf(self.store.get("k"))
+        self.assertEqual((found.data, self.wire.calls), (entry.data, []))  # (immutable: no need to ask)
+        body = self.successResultOf(self.store.body(found))
+        self.addCleanup(body.close)
+        self.assertIsNotNone(body.fd)
+        self.assertEqual(os.pread(body.fd, 5, 0), b"hello")
+
+    def test_other_version_is_not_served_locally(self) -> None:
+        """A local copy of another version of the entry (the bucket's moved on) is not what is served."""
+        path, fd = self.temp(b"hello")
+        entry = self.successResultOf(self.store.begin("k", path, fd).commit(self.entry("k", 5)))
+        newer = Entry(**{**entry.__dict__, "data": "ab/other"})
+        self.patch(self.store, "_fill", lambda entry: None)
+        body = self.successResultOf(self.store.body(newer))
+        self.assertIsNone(body.fd)

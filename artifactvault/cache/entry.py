@@ -36,6 +36,8 @@ class Entry:
     sha256: str | None = None
     headers: dict[str, str] = field(default_factory=dict)  # replayed to clients
     url: str = ""  # where it came from (never with credentials)
+    #: For a node's local copy of a shared store's entry: that entry's data name.
+    source: str | None = None
 
     def is_fresh(self, now: float) -> bool:
         return self.fresh_until is None or now < self.fresh_until

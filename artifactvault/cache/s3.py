@@ -36,6 +36,7 @@ import json
 import os
 import secrets
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -45,9 +46,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from artifactvault import logs
-from artifactvault.cache.entry import Entry
+from artifactvault.cache.entry import Entry, write_all
 from artifactvault.cache.interface import ILease, IStore, IStoredBody, IStoreWrite, StoreUnavailable
 from artifactvault.cache.spool import Spool
+from artifactvault.cache.store import FileStore, LocalBody
 from artifactvault.s3wire import PreconditionFailed, RangeReader, S3Wire, etag_of, last_modified, server_time
 
 _log = Logger(observer=logs.observer)
@@ -86,8 +88,11 @@ class S3Store:
                  part_size: int = DEFAULT_PART_SIZE, lease_ttl: float = DEFAULT_LEASE_TTL,
                  lease_wait: float = DEFAULT_LEASE_WAIT, redirect: bool = False,
                  max_object_size: int | None = None, clock: Callable[[], float] = time.time,
-                 run_blocking: Callable[..., Deferred] = _sync_run):
+                 run_blocking: Callable[..., Deferred] = _sync_run, local: FileStore | None = None):
         self.wire = wire
+        #: The node's local tier (C{local_cache}): recently used entries on its own disk, or None.
+        self.local = local
+        self._filling: set[str] = set()
         self.spool = spool
         self.reactor = reactor
         self.prefix = prefix
@@ -129,6 +134,8 @@ class S3Store:
         written); returns the leftover temp files removed.
         """
         removed = self.spool.open()
+        if self.local is not None:
+            removed += self.local.open()
         self.wire.check_bucket(f"{self.prefix}probe/{secrets.token_hex(8)}")
         return removed
 
@@ -177,9 +184,13 @@ class S3Store:
 
     def mark_owner(self) -> None:
         self.spool.mark_owner()
+        if self.local is not None:
+            self.local.mark_owner()
 
     def close(self) -> None:
         self.spool.close()
+        if self.local is not None:
+            self.local.close()
 
     # -- small things -------------------------------------------------------------
 
@@ -197,8 +208,11 @@ class S3Store:
         return (self._run if size >= 1024 * 1024 else _sync_run)(f, *args)
 
     def stats(self) -> dict:
-        return {"entries": self._scanned["entries"], "bytes": self._scanned["bytes"], "max_size": None,
-                "shared": True, "leases": self.conditional}
+        out = {"entries": self._scanned["entries"], "bytes": self._scanned["bytes"], "max_size": None,
+               "shared": True, "leases": self.conditional}
+        if self.local is not None:
+            out["local"] = self.local.stats()
+        return out
 
     # -- lookups ------------------------------------------------------------------
 
@@ -207,6 +221,10 @@ class S3Store:
         if entry is not None:
             self._memo.move_to_end(key)
             return succeed(entry)
+        local = self.local.lookup(key) if self.local is not None else None
+        if local is not None and local.fresh_until is None and local.source:
+            # (immutable, and a copy of the bucket's entry: no need to ask the bucket)
+            return succeed(replace(local, data=local.source, source=None))
         return Deferred.fromCoroutine(self._get(key))
 
     async def _get(self, key: str) -> Entry | None:
@@ -233,8 +251,51 @@ class S3Store:
             self._memo.popitem(last=False)
 
     def body(self, entry: Entry) -> Deferred:
-        """The bytes, streamed from the bucket when asked (no request until then)."""
+        """
+        The bytes: from the local tier when it has this very entry (a file,
+        sent with sendfile), else streamed from the bucket when asked (no
+        request until then), and copied to the local tier meanwhile.
+        """
+        if self.local is not None:
+            local = self.local.lookup(entry.key)
+            if local is not None and local.source == entry.data:
+                fd = self.local.open_data(local)
+                if fd is not None:
+                    return succeed(LocalBody(fd, local.size))
+            self._fill(entry)
         return succeed(S3Body(self, entry))
+
+    def _fill(self, entry: Entry) -> None:
+        """Copy C{entry} from the bucket to the local tier, in the background (once at a time per key)."""
+        assert self.local is not None
+        if entry.key in self._filling or not self.local.fits(entry.size):
+            return
+        self._filling.add(entry.key)
+
+        async def fill() -> None:
+            path, fd = self.local.spool.new_temp()  # type: ignore[union-attr]
+            try:
+                response = await self.wire.request("GET", self.wire.url("get_object", self.data_key(entry)))
+                reader = RangeReader(_FileSink(fd), entry.size, self.reactor)
+                response.deliverBody(reader)
+                await reader.done
+                await self.local.commit(path, fd, replace(entry, data="", source=entry.data))  # type: ignore[union-attr]
+            finally:
+                os.close(fd)
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+                self._filling.discard(entry.key)
+        Deferred.fromCoroutine(fill()).addErrback(
+            lambda f: _log.info("not copied to the local tier: {key}: {reason}", key=entry.key, reason=str(f.value)))
+
+    def keep_local(self, temp_path: str, fd: int, entry: Entry) -> None:
+        """A download this node committed to the bucket: its spool file becomes the local tier's copy."""
+        if self.local is None or not self.local.fits(entry.size):
+            return
+        self.local.commit(temp_path, fd, replace(entry, data="", source=entry.data)).addErrback(
+            lambda f: _log.info("not kept in the local tier: {key}: {reason}", key=entry.key, reason=str(f.value)))
 
     def redirect_url(self, entry: Entry) -> str | None:
         """With C{redirect: true}: a presigned URL of the entry's data a client may fetch itself."""
@@ -259,7 +320,7 @@ class S3Store:
         return f"{kh[:2]}/{kh}.{secrets.token_hex(8)}"
 
     def begin(self, key: str, temp_path: str, fd: int) -> "_S3Write":
-        return _S3Write(self, key, fd)
+        return _S3Write(self, key, fd, temp_path)
 
     def put(self, entry: Entry, data: bytes) -> Deferred:
         entry.size = len(data)
@@ -331,6 +392,8 @@ class S3Store:
     def scan(self) -> Deferred:
         """Count what the bucket holds (for stats); fires with the number of entries."""
         async def scan() -> int:
+            if self.local is not None:
+                await self.local.scan()
             metas = await self.wire.list(f"{self.prefix}meta/")
             datas = await self.wire.list(f"{self.prefix}data/")
             self._scanned = {"entries": len(metas), "bytes": sum(size for _, size, _ in datas)}
@@ -347,7 +410,7 @@ class S3Store:
         return Deferred.fromCoroutine(self._sweep(self.now()))
 
     async def _sweep(self, now: float) -> int:
-        removed = 0
+        removed = await self.local.sweep() if self.local is not None else 0
         for key, upload_id, initiated in await self.wire.list_uploads(f"{self.prefix}data/"):
             if now - initiated > STALE_UPLOAD_AGE:
                 await self.wire.abort_multipart(key, upload_id)
@@ -419,6 +482,22 @@ class S3Body:
             self._reader = None
 
 
+class _FileSink:
+    """A consumer writing to a file (a copy for the local tier): the disk keeps up, so it never pauses."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        write_all(self.fd, data)
+
+
 class _Null:
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         producer.stopProducing()
@@ -438,10 +517,11 @@ class _S3Write:
     limits, and memory holds a chunk, not a part), the rest at commit.
     """
 
-    def __init__(self, store: S3Store, key: str, fd: int):
+    def __init__(self, store: S3Store, key: str, fd: int, temp_path: str = ""):
         self.store = store
         self.key = key
         self.fd = fd
+        self.temp_path = temp_path
         self.written = 0
         self.entry_data = store._new_data_name(key)
         self.object_key = f"{store.prefix}data/{self.entry_data}"
@@ -507,6 +587,7 @@ class _S3Write:
         except BaseException:
             self.abort()
             raise
+        self.store.keep_local(self.temp_path, self.fd, entry)
         return entry
 
     def abort(self) -> None:
