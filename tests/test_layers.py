@@ -43,6 +43,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
                 "artifactvault.serve")),
     ("flight.py", ("twisted.web.server", "twisted.web.resource")),
     ("upstream.py", ("twisted.web.server", "twisted.web.resource")),
+    ("s3wire.py", ("twisted.web.server", "twisted.web.resource", "artifactvault.backends")),
 ]
 
 

@@ -401,3 +401,28 @@ class LocalTierTests(S3StoreMixin, SynchronousTestCase):
         self.patch(self.store, "_fill", lambda entry: None)
         body = self.successResultOf(self.store.body(newer))
         self.assertIsNone(body.fd)
+
+
+class RedirectTests(SynchronousTestCase):
+    """redirect: true — a large hit is a 307 to the store's presigned URL, when the store offers one."""
+
+    def setUp(self) -> None:
+        from tests.fakes import Harness
+        self.h = Harness(self)
+        self.big = b"x" * (8 * 1024 * 1024)
+        self.h.fetched("big", self.big)
+        self.h.fetched("small", b"small")
+        self.patch(self.h.store, "redirect_url", lambda entry: f"http://s3.test/{entry.data}?sig")
+
+    def test_large_hit_is_a_redirect(self) -> None:
+        """A GET of a large stored entry is a 307 to the URL, with no body and no caching of it."""
+        answer = self.h.get("/files/big").answer()
+        self.assertEqual((answer.status, answer.body, answer.header("cache-control")), (307, b"", "no-store"))
+        self.assertTrue(answer.header("location").startswith("http://s3.test/"))
+
+    def test_small_ranged_and_conditional_hits_are_answered(self) -> None:
+        """Small entries, ranges and conditional requests are answered by the vault itself."""
+        self.assertEqual(self.h.get("/files/small").answer().status, 200)
+        self.assertEqual(self.h.get("/files/big", headers={"Range": "bytes=0-9"}).answer().status, 206)
+        etag = self.h.get("/files/big", method=b"HEAD").answer().header("etag")
+        self.assertEqual(self.h.get("/files/big", headers={"If-None-Match": etag}).answer().status, 304)
