@@ -18,6 +18,7 @@ large file of --mb MiB, then, in alternating rounds:
 
 Prints a table; --json appends one JSON line per measurement. Needs the
 project's .venv (boto3) and curl. Ports: $BENCH_PORT_BASE (31800) and up.
+Runs under flock -o /tmp/av-bench.lock (one benchmark at a time on this machine).
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ class Node:
 
 
 def main() -> None:
+    if not os.environ.get("AV_BENCH_LOCKED"):  # one benchmark at a time on this machine (as bench/*.sh)
+        os.execvpe("flock", ["flock", "-o", "/tmp/av-bench.lock", sys.executable, *sys.argv],
+                   {**os.environ, "AV_BENCH_LOCKED": "1"})
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=3)

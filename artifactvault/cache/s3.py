@@ -55,6 +55,10 @@ from artifactvault.s3wire import PreconditionFailed, RangeReader, S3Wire, etag_o
 _log = Logger(observer=logs.observer)
 
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
+#: Parts of one download uploaded at once: enough to keep up with a fast
+#: upstream (one at a time fell behind and left seconds of upload after the
+#: last byte: docs/benchmarks.md); each holds a chunk of memory, not a part.
+PARALLEL_PARTS = 3
 MIN_PART_SIZE = 5 * 1024 * 1024
 DEFAULT_LEASE_TTL = 30.0
 DEFAULT_LEASE_WAIT = 300.0
@@ -513,8 +517,8 @@ class _Null:
 class _S3Write:
     """
     A download uploaded while it arrives: each full part as soon as the
-    spool file has it (one part at a time: the disk and the link are the
-    limits, and memory holds a chunk, not a part), the rest at commit.
+    spool file has it (up to L{PARALLEL_PARTS} at once; memory holds a
+    chunk of each, not a part), the rest at commit.
     """
 
     def __init__(self, store: S3Store, key: str, fd: int, temp_path: str = ""):
@@ -526,9 +530,9 @@ class _S3Write:
         self.entry_data = store._new_data_name(key)
         self.object_key = f"{store.prefix}data/{self.entry_data}"
         self.upload_id: Deferred | None = None  # fires with the id
-        self.etags: list[str] = []
+        self.etags: dict[int, str] = {}  # part number → its ETag
         self.uploaded = 0  # bytes in parts done or under way
-        self.busy: Deferred | None = None
+        self.busy: set[Deferred] = set()
         self.error: Exception | None = None
         self.aborted = False
 
@@ -537,29 +541,30 @@ class _S3Write:
         self._next()
 
     def _next(self) -> None:
-        if self.busy is not None or self.error is not None or self.aborted:
-            return
-        if self.written - self.uploaded < self.store.part_size:
-            return
-        offset, length = self.uploaded, self.store.part_size
-        self.uploaded += length
-        self.busy = Deferred.fromCoroutine(self._part(offset, length))
-        self.busy.addCallbacks(self._part_done, self._part_failed)
+        while (len(self.busy) < PARALLEL_PARTS and self.error is None and not self.aborted
+               and self.written - self.uploaded >= self.store.part_size):
+            offset, length = self.uploaded, self.store.part_size
+            self.uploaded += length
+            d = Deferred.fromCoroutine(self._part(offset, length))
+            self.busy.add(d)
+            d.addBoth(self._part_ended, d)
 
     async def _part(self, offset: int, length: int) -> None:
         if self.upload_id is None:
             self.upload_id = Deferred.fromCoroutine(self.store.wire.create_multipart(self.object_key))
         upload_id = await _shared(self.upload_id)
-        etag = await self.store.wire.upload_part(self.object_key, upload_id, len(self.etags) + 1,
-                                                 self.fd, offset, length)
-        self.etags.append(etag)
+        number = offset // self.store.part_size + 1
+        self.etags[number] = await self.store.wire.upload_part(self.object_key, upload_id, number,
+                                                               self.fd, offset, length)
 
-    def _part_done(self, _: Any) -> None:
-        self.busy = None
-        self._next()
+    def _part_ended(self, result: Any, d: Deferred) -> None:
+        self.busy.discard(d)
+        if isinstance(result, Failure):
+            self._part_failed(result)
+        else:
+            self._next()
 
     def _part_failed(self, failure: Any) -> None:
-        self.busy = None
         self.error = failure.value if isinstance(failure.value, StoreUnavailable) else \
             StoreUnavailable(f"uploading a part failed: {failure.value!r}")
         _log.warn("uploading {key} to the bucket failed: {reason}", key=self.key, reason=str(self.error))
@@ -569,8 +574,8 @@ class _S3Write:
 
     async def _commit(self, entry: Entry) -> Entry:
         wire = self.store.wire
-        while self.busy is not None:
-            await _shared(self.busy)
+        while self.busy:
+            await _shared(next(iter(self.busy)))
         if self.error is not None:
             self.abort()
             raise self.error
@@ -582,7 +587,8 @@ class _S3Write:
                 if entry.size > self.uploaded:
                     await self._part(self.uploaded, entry.size - self.uploaded)
                     self.uploaded = entry.size
-                await wire.complete_multipart(self.object_key, await _shared(self.upload_id), self.etags)
+                await wire.complete_multipart(self.object_key, await _shared(self.upload_id),
+                                              [self.etags[n] for n in sorted(self.etags)])
             await self.store._write_meta(entry)
         except BaseException:
             self.abort()
