@@ -12,8 +12,8 @@ large file of --mb MiB, then, in alternating rounds:
   (presigned URL); and through a node with local_cache (after its copy)
   against a hit of a vault on the local disk (store: disk);
 - cold miss into the bucket against curl's direct download of the file to
-  disk; and how long after the client's last byte the entry is visible to
-  other nodes (its metadata object exists);
+  disk (and a vault on the local disk); and how long after the client's
+  last byte the entry is visible to other nodes (its metadata object exists);
 - peak RSS (VmHWM) of every vault node after all of it.
 
 Prints a table; --json appends one JSON line per measurement. Needs the
@@ -142,10 +142,14 @@ def main() -> None:
             a = Node("a", BASE + 30, {**store, "prefix": prefix}, files).start(aws)
             b = Node("b", BASE + 31, {**store, "prefix": prefix}, files).start(aws)
             local = Node("local", BASE + 32, {**store, "prefix": prefix, "local_cache": "here"}, files).start(aws)
-            nodes += [a, b, local]
-            # cold miss into the bucket vs a direct download to disk (alternating)
+            disk = Node("disk", BASE + 33, {"type": "disk"}, files).start({})
+            nodes += [a, b, local, disk]
+            # cold miss into the bucket vs a direct download to disk (alternating), and
+            # into a vault on the local disk (what the vault costs without the upload)
             direct_s, size = curl(f"{files}/large.bin", os.path.join(tmp, "direct.bin"))
             record("cold miss", "curl direct to disk", direct_s, size)
+            disk_s, size = curl(disk.url("/files/large.bin"), os.path.join(tmp, "disk.bin"))
+            record("cold miss", "vault into disk store", disk_s, size)
             t0 = time.monotonic()
             miss_s, size = curl(a.url("/files/large.bin"), os.path.join(tmp, "miss.bin"))
             key = hashlib.sha256(f"{files}/large.bin".encode()).hexdigest()
@@ -173,10 +177,6 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     sys.exit("the local tier was not filled")
                 time.sleep(0.05)
-            disk = Node("disk", BASE + 33, {"type": "disk"}, files).start({})
-            nodes.append(disk)
-            curl(disk.url("/files/large.bin"))
-            time.sleep(1)  # (its commit)
             for who, node in (("vault disk store hit", disk), ("vault local tier hit", local)) * 2:
                 s, size = curl(node.url("/files/large.bin"))
                 record("hit (local)", who, s, size)

@@ -17,12 +17,8 @@ once the core has checked its length and digest (L{IStoreWrite.commit});
 a failed or refused download aborts its upload; uploads nobody completed
 or aborted (a node killed mid-download) are aborted by the janitor.
 
-Leases: a node about to download a key puts ``lease/<keyhash>`` with
-C{If-None-Match: *}; only one such PUT succeeds. The holder renews it every
-quarter of C{lease_ttl} with C{If-Match} (its ETag), and deletes it after its
-commit or abort. A lease whose Last-Modified is more than C{lease_ttl} behind
-the storage server's own clock (its C{Date}) is stale, its holder presumed
-dead: one node takes it over with C{If-Match} on the stale ETag. Whether the
+Leases (L{artifactvault.cache.s3lease}): one node downloads a key for
+every node, the others wait for its commit. Whether the
 store honours conditional PUTs is probed at start (L{S3Store.probe}); one
 that does not gets every node downloading its own misses, which content
 addressing still stores as one entry.
@@ -32,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import os
 import secrets
 import time
@@ -40,17 +35,17 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from artifactvault import logs
 from artifactvault.cache.entry import Entry, write_all
-from artifactvault.cache.interface import ILease, IStore, IStoredBody, IStoreWrite, StoreUnavailable
+from artifactvault.cache.interface import IStore, IStoredBody, IStoreWrite, StoreUnavailable
+from artifactvault.cache.s3lease import UNLEASED, acquire
 from artifactvault.cache.spool import Spool
 from artifactvault.cache.store import FileStore, LocalBody
-from artifactvault.s3wire import PreconditionFailed, RangeReader, S3Wire, etag_of, last_modified, server_time
+from artifactvault.s3wire import PreconditionFailed, RangeReader, S3Wire, etag_of
 
 _log = Logger(observer=logs.observer)
 
@@ -363,33 +358,10 @@ class S3Store:
     # -- leases -------------------------------------------------------------------
 
     def lease(self, key: str) -> Deferred:
+        """The key's lease (L{artifactvault.cache.s3lease}); always held when leases are off."""
         if not self.conditional:
-            return succeed(_Unleased())
-        return Deferred.fromCoroutine(self._lease(key))
-
-    async def _lease(self, key: str) -> "ILease":
-        name = self.lease_key(key)
-        body = json.dumps({"node": self.node, "key": key}).encode()
-        for _ in range(3):
-            try:
-                response = await self.wire.put(name, body, {"If-None-Match": "*"})
-                return _Lease(self, name, body, etag_of(response) or "")
-            except PreconditionFailed:
-                pass
-            head = await self.wire.head(name)
-            if head is None:
-                continue  # (released meanwhile: try again)
-            now, modified = server_time(head), last_modified(head)
-            if now is None or modified is None or now - modified <= self.lease_ttl:
-                return _Held()
-            try:
-                response = await self.wire.put(name, body, {"If-Match": self.wire.if_match(etag_of(head) or "")})
-            except PreconditionFailed:
-                return _Held()  # (another node took it over first)
-            _log.warn("took over the stale lease on {key} ({age:.0f} s without renewal)", key=key,
-                      age=now - modified)
-            return _Lease(self, name, body, etag_of(response) or "")
-        return _Held()
+            return succeed(UNLEASED)
+        return Deferred.fromCoroutine(acquire(self, key))
 
     # -- janitor and stats -----------------------------------------------------------
 
@@ -624,73 +596,3 @@ def _shared(d: Deferred) -> Deferred:
 
     d.addBoth(fire)
     return out
-
-
-@implementer(ILease)
-class _Lease:
-    """A lease this node holds: renewed every quarter of lease_ttl until released."""
-
-    held = True
-
-    def __init__(self, store: S3Store, name: str, body: bytes, etag: str):
-        self.store = store
-        self.name = name
-        self.body = body
-        self.etag = etag
-        self.renewing = False
-        self.loop = LoopingCall(self._renew)
-        self.loop.clock = store.reactor
-        self.loop.start(store.lease_ttl / 4, now=False).addErrback(
-            lambda f: _log.failure("renewing a lease broke", f))
-
-    def _renew(self) -> None:
-        if self.renewing:
-            return
-        self.renewing = True
-
-        async def renew() -> None:
-            try:
-                response = await self.store.wire.put(self.name, self.body,
-                                                     {"If-Match": self.store.wire.if_match(self.etag)})
-                self.etag = etag_of(response) or self.etag
-            except PreconditionFailed:
-                _log.warn("lost the lease {name}: another node took it over", name=self.name)
-                self._stop()
-            except StoreUnavailable as e:
-                _log.warn("cannot renew the lease {name}: {reason}", name=self.name, reason=str(e))
-            finally:
-                self.renewing = False
-        Deferred.fromCoroutine(renew())
-
-    def _stop(self) -> None:
-        if self.loop.running:
-            self.loop.stop()
-
-    def release(self) -> None:
-        if not self.held:
-            return
-        self.held = False
-        self._stop()
-        Deferred.fromCoroutine(self.store.wire.delete(self.name)).addErrback(
-            lambda f: _log.info("cannot release the lease {name}: {reason} (it goes stale)",
-                                name=self.name, reason=str(f.value)))
-
-
-@implementer(ILease)
-class _Held:
-    """Another node holds the lease."""
-
-    held = False
-
-    def release(self) -> None:
-        pass
-
-
-@implementer(ILease)
-class _Unleased:
-    """A store without conditional PUTs: every node downloads (its lease is always 'held')."""
-
-    held = True
-
-    def release(self) -> None:
-        pass
