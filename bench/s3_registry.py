@@ -98,8 +98,10 @@ class Proc:
 
     def start(self, health: str) -> "Proc":
         log = open(os.path.join(self.dir, "log"), "ab")
+        # (distribution's AWS SDK panics on an AWS_CA_BUNDLE with its own HTTP transport)
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
-                                     env={**os.environ, **(self.env or {})})
+                                     env={**env, **(self.env or {})})
         deadline = time.monotonic() + 30
         while subprocess.run(["curl", "-s", "--noproxy", "*", "-o", "/dev/null", health]).returncode:
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -137,6 +139,11 @@ def main() -> None:
     layers = make_image(os.path.join(AV, "s3reg-image"), args.mb)
     run("skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{os.path.join(AV, 's3reg-image')}:big",
         f"docker://127.0.0.1:{up}/bench/big:latest")
+    # (skopeo may have compressed the layers on the way: the registry's manifest names them)
+    manifest = json.loads(run("curl", "-sf", "--noproxy", "*", "-H",
+                              "Accept: application/vnd.oci.image.manifest.v1+json",
+                              f"http://127.0.0.1:{up}/v2/bench/big/manifests/latest"))
+    layers = [layer["digest"] for layer in manifest["layers"]]
     env = dict(line.strip().split("=", 1) for line in open(os.path.join(s3dir, "env")) if "=" in line)
     aws = {k: v for k, v in env.items() if k.startswith("AWS_")}
     access_log = os.path.join(regdir, "access.log")

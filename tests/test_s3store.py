@@ -196,6 +196,33 @@ class WriteTests(S3StoreMixin, SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.store.read_small(entry)), b"0123456789abcdefghij")
         self.assertEqual(self.successResultOf(self.store.get("k")).data, entry.data)
 
+    def test_parts_upload_in_parallel(self) -> None:
+        """
+        Up to PARALLEL_PARTS parts are under way at once, so the upload keeps
+        up with a fast upstream (one at a time left seconds of upload after the
+        last byte); the commit waits for all of them and lists them in order.
+        """
+        pending: list[tuple[int, Deferred]] = []
+
+        def slow_part(key: str, upload_id: str, number: int, fd: int, offset: int, length: int) -> Deferred:
+            d: Deferred = Deferred()
+            pending.append((number, d))
+            return d
+        self.patch(self.wire, "upload_part", slow_part)
+        path, fd = self.temp(b"x" * 40)
+        write = self.store.begin("k", path, fd)
+        write.grown(40)
+        self.assertEqual([n for n, _ in pending], [1, 2, 3])  # (the 4th, 5th wait for a free slot)
+        done = write.commit(self.entry("k", 40))
+        pending[1][1].callback('"p2"')
+        self.assertEqual([n for n, _ in pending], [1, 2, 3, 4])
+        for number, d in list(pending):
+            if not d.called:
+                d.callback(f'"p{number}"')
+        self.assertEqual(len(pending), 5)
+        pending[4][1].callback('"p5"')
+        self.successResultOf(done)
+
     def test_small_download_is_one_put(self) -> None:
         """A download smaller than a part is one PUT at commit, no multipart upload."""
         path, fd = self.temp(b"abc")
