@@ -424,6 +424,10 @@ class Vault:
                       content_type=content_type, url=url, headers=dict(headers or {}))
         return self.store.put(entry, data).addErrback(_store_failed)
 
+    def drop(self, entry: Entry) -> None:
+        """Forget a stored entry a backend found unusable (a record it cannot read, a file of the wrong size)."""
+        self.store.remove(entry.key, only=entry.data)
+
     def refresh(self, entry: Entry, ttl: float) -> Entry:
         """A record confirmed unchanged: fresh for C{ttl} seconds more."""
         entry.fresh_until = self.store.now() + ttl
