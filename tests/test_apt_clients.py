@@ -390,12 +390,14 @@ class SwapTests(AptTestCase):
         settled = threading.Event()
         done = threading.Event()
         updates = [0]
+        last: dict[int, str] = {}
 
         def loop(c: AptClient) -> None:
             while not done.is_set():
                 p = c.run("update")
                 updates[0] += 1
                 out = p.stdout + p.stderr
+                last[id(c)] = f"exit {p.returncode}: {out[-1500:]}"
                 if any(m in out for m in MISMATCH):
                     mismatches.append(out[-2000:])
                 if settled.is_set() and p.returncode == 0 and "W: " not in p.stderr and \
@@ -418,7 +420,8 @@ class SwapTests(AptTestCase):
             for t in threads:
                 t.join(max(settle_by - time.monotonic(), 0))
             self.assertEqual([t for t in threads if t.is_alive()], [],
-                             f"clients still not on the new release {SETTLE_SECONDS} s after it settled")
+                             f"clients still not on the new release {SETTLE_SECONDS} s after it settled; "
+                             f"the last update of one said: {next(iter(last.values()), '')}")
         finally:
             done.set()
             for t in threads:
