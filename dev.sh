@@ -36,8 +36,11 @@ case $cmd in
     # real upstreams and clients the integration tests drive; apt-utils
     # (apt-ftparchive), dpkg-dev, gnupg, gpgv and xz-utils for the signed
     # Debian repository of the apt backend's tests (tests/upstreams/apt-up);
-    # chromium to look at the status page as a person would (headless).
-    apt_install curl nginx-light docker-registry skopeo apt-utils dpkg-dev gnupg gpgv xz-utils chromium
+    # Ceph (a mon, an OSD and its RADOS Gateway) for the S3 store's
+    # (tests/upstreams/s3-up); chromium to look at the status page as a
+    # person would (headless).
+    apt_install curl nginx-light docker-registry skopeo apt-utils dpkg-dev gnupg gpgv xz-utils \
+      ceph-mon ceph-osd radosgw chromium
     setup "[test]"
     exec "$VENV/bin/trial" "${@:-tests}" ;;
   *)

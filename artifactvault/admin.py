@@ -31,7 +31,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -116,15 +116,12 @@ class Admin:
                 stopped += 1
         forgotten = sum(up.negative.forget() for up in _upstreams(selection.backend))
 
-        def remove(entries: list[Any]) -> dict[str, int]:
+        def remove(current: list[Any]) -> dict[str, int]:
             count = size = 0
-            for entry in entries:
-                current = store.lookup(entry.key)
-                if current is None:
-                    continue
+            for entry in current:
                 store.remove(entry.key)
                 count += 1
-                size += current.size
+                size += entry.size
                 flight = self.vault.flights.get(entry.key)
                 if flight is not None:  # (a download of a shared key, under another name)
                     flight.discard()
@@ -134,29 +131,43 @@ class Admin:
             return {"entries": count, "bytes": size, "downloads_not_stored": stopped,
                     "negative_forgotten": forgotten}
 
-        return store.run_blocking(_matching, store, selection).addCallback(remove)
+        return self._current(selection).addCallback(remove)
 
     def revalidate(self, selection: Selection) -> Deferred:
         """Mark the selected entries stale; fires with C{{"entries": n, "bytes": n}}."""
         store = self.vault.store
 
-        def mark(entries: list[Any]) -> dict[str, int]:
+        def mark(current: list[Any]) -> dict[str, int]:
             count = size = 0
             stale = store.now() - 1
-            for entry in entries:
-                current = store.lookup(entry.key)
-                if current is None:
-                    continue
-                if current.fresh_until is None or current.fresh_until > stale:
-                    current.fresh_until = stale
-                    store.update(current)
+            for entry in current:
+                if entry.fresh_until is None or entry.fresh_until > stale:
+                    entry.fresh_until = stale
+                    store.update(entry)
                 count += 1
-                size += current.size
+                size += entry.size
             _log.info("admin revalidation of {what}: {count} entries marked stale",
                       what=logs.printable(selection.path), count=count)
             return {"entries": count, "bytes": size}
 
-        return store.run_blocking(_matching, store, selection).addCallback(mark)
+        return self._current(selection).addCallback(mark)
+
+    def _current(self, selection: Selection) -> Deferred:
+        """
+        Fires with the selected entries as the store has them now: found by
+        a walk of the metadata (in the store's thread pool), each then
+        looked up again (a commit may have replaced it meanwhile).
+        """
+        store = self.vault.store
+        if not hasattr(store, "entries"):
+            return fail(BadRequest("this store cannot be searched by path (an S3 store): "
+                                   "purge and revalidate work on the disk store"))
+
+        def again(found: list[Any]) -> Deferred:
+            return gatherResults([store.get(e.key) for e in found], consumeErrors=True).addCallback(
+                lambda current: [e for e in current if e is not None])
+
+        return store.run_blocking(_matching, store, selection).addCallback(again)
 
 
 def _upstreams(backend: Any) -> list[Any]:
@@ -220,9 +231,13 @@ class AdminResource(Resource):
                 request.finish()
 
         def failed(failure: Any) -> None:
-            _log.failure("admin {action} failed", failure, action=action)
+            if failure.check(BadRequest):
+                status, doc = 501, {"error": str(failure.value)}
+            else:
+                _log.failure("admin {action} failed", failure, action=action)
+                status, doc = 500, {"error": "internal error"}
             if not request.finished and not getattr(request, "_disconnected", False):
-                request.write(_answer(request, 500, {"error": "internal error"}))
+                request.write(_answer(request, status, doc))
                 request.finish()
 
         d.addCallbacks(done, failed)

@@ -303,19 +303,23 @@ def _cache_metrics(store: Any, cache_dir: str | None) -> Iterable[Any]:
     def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
         return CounterMetricFamily(name, doc, value=value)
 
+    stats = store.stats()
     yield gauge("artifactvault_cache_size_bytes", "Bytes the cache holds (learnt from the disk at start).",
-                store.usage.total)
-    yield gauge("artifactvault_cache_entries", "Entries the cache holds.", len(store.usage))
-    if store.max_size is not None:
-        yield gauge("artifactvault_cache_max_size_bytes", "The configured max_size.", store.max_size)
-    yield counter("artifactvault_cache_evictions", "Entries evicted to keep under max_size.", store.evictions)
-    yield counter("artifactvault_cache_evicted_bytes", "Bytes evicted to keep under max_size.", store.evicted_bytes)
-    yield counter("artifactvault_cache_commits", "Downloads and records committed to the cache.", store.commits)
-    yield counter("artifactvault_cache_orphans_removed",
-                  "Orphaned data files, broken metadata and leftover temp files removed.", store.orphans_removed)
-    yield counter("artifactvault_cache_refused_too_large",
-                  "Complete downloads not stored for being larger than max_object_size.", store.refused_too_large)
-    free = disk_space(cache_dir or store.root)
+                stats.get("bytes") or 0)
+    yield gauge("artifactvault_cache_entries", "Entries the cache holds.", stats.get("entries") or 0)
+    if stats.get("max_size") is not None:
+        yield gauge("artifactvault_cache_max_size_bytes", "The configured max_size.", stats["max_size"])
+    # (a store that does not count one of these, a shared one, shows 0)
+    for name, doc, attribute in (
+            ("artifactvault_cache_evictions", "Entries evicted to keep under max_size.", "evictions"),
+            ("artifactvault_cache_evicted_bytes", "Bytes evicted to keep under max_size.", "evicted_bytes"),
+            ("artifactvault_cache_commits", "Downloads and records committed to the cache.", "commits"),
+            ("artifactvault_cache_orphans_removed",
+             "Orphaned data files, broken metadata and leftover temp files removed.", "orphans_removed"),
+            ("artifactvault_cache_refused_too_large",
+             "Complete downloads not stored for being larger than max_object_size.", "refused_too_large")):
+        yield counter(name, doc, getattr(store, attribute, 0))
+    free = disk_space(cache_dir or store.spool.root)
     if free is not None:
         yield gauge("artifactvault_cache_disk_free_bytes", "Free bytes on the cache's filesystem.", free[0])
         yield gauge("artifactvault_cache_disk_size_bytes", "Size of the cache's filesystem.", free[1])

@@ -54,7 +54,7 @@ def install(ops: Operations, root: Any, site: Any, backends: list[Any], reactor:
     L{artifactvault.shutdown}).
     """
     store = ops.vault.store
-    ops.warnings = check_cache_dir(store.root, store.tmp_dir)
+    ops.warnings = check_cache_dir(store.spool.root, store.spool.tmp_dir)
     for warning in ops.warnings:
         _log.warn("{warning}", warning=warning)
     pages = root.children[b"-"]

@@ -56,6 +56,12 @@ def low_disk_warning(path: str, space: tuple[int, int] | None) -> str | None:
             f"({free} of {size} bytes): the cache may fail to store downloads")
 
 
+def largest(store: Any, n: int) -> list[tuple[str, int]]:
+    """The C{n} largest entries (key, size) of a store that keeps their sizes (the disk store), else []."""
+    usage = getattr(store, "usage", None)
+    return usage.largest(n) if usage is not None and hasattr(usage, "largest") else []
+
+
 class StatusSource:
     """
     Builds the status document.
@@ -77,10 +83,12 @@ class StatusSource:
 
     def document(self) -> dict[str, Any]:
         store = self.vault.store
+        stats = store.stats()
         now = self._seconds()
-        space = disk_space(store.root)
+        root = store.spool.root
+        space = disk_space(root)
         warnings = list(self.warnings)
-        low = low_disk_warning(store.root, space)
+        low = low_disk_warning(root, space)
         if low is not None and low not in warnings:
             warnings.append(low)
         doc: dict[str, Any] = {
@@ -90,16 +98,16 @@ class StatusSource:
             "offline": self.offline,
             "warnings": warnings,
             "cache": {
-                "bytes": store.usage.total,
-                "entries": len(store.usage),
-                "max_size": store.max_size,
+                "bytes": stats.get("bytes") or 0,
+                "entries": stats.get("entries") or 0,
+                "max_size": stats.get("max_size"),
                 "disk_free": space[0] if space else None,
                 "disk_size": space[1] if space else None,
-                "evictions": store.evictions,
-                "commits": store.commits,
+                "evictions": getattr(store, "evictions", 0),
+                "commits": getattr(store, "commits", 0),
             },
             "flights": [self._flight(f, now) for f in self.vault.flights],
-            "biggest": [{"key": without_query(key), "bytes": size} for key, size in store.usage.largest(TOP)],
+            "biggest": [{"key": without_query(key), "bytes": size} for key, size in largest(store, TOP)],
             "backends": [self._backend(b) for b in self.backends],
         }
         if self.metrics is not None:

@@ -19,6 +19,7 @@ from twisted.python import usage
 from artifactvault import config as configmod
 from artifactvault.backends import parse_backend
 from artifactvault import logs
+from artifactvault.cache.interface import StoreUnavailable
 from artifactvault.cache.store import CacheInUse
 from artifactvault.startup import CacheDirUnusable
 
@@ -101,6 +102,8 @@ def makeService(options: Any) -> IService:
         service, _root = build(loaded)
     except (CacheInUse, CacheDirUnusable) as e:  # a second daemon on one cache_dir would delete the
         _fail(str(e))                             # first one's downloads; a full disk fails every one
+    except StoreUnavailable as e:  # a bucket that is not there, or cannot be written
+        _fail(f"cannot use the S3 store: {e}")
     except OSError as e:
         _fail(f"cannot use cache_dir {loaded.cache_dir}: {e.strerror}")
     except configmod.ConfigError as e:  # a combination of backends only building can judge
