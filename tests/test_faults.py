@@ -440,3 +440,69 @@ class UpstreamFaultTests(TestCase):
             self.assertTrue(got.strip(), "no reason given")
             self.check_mended(path, b"mended")
         self.check_bystander()
+
+
+class KillNineTests(TestCase):
+    """The daemon killed with kill -9 at random moments of 20 downloads, and restarted, again and again."""
+
+    def setUp(self) -> None:
+        self.fake = FakeUpstream()
+        self.addCleanup(self.fake.close)
+        self.daemon = Daemon([{"type": "http", "config": {"prefix": "/fake/", "base_url": self.fake.base}}])
+        self.addCleanup(self.daemon.cleanup)
+        self.daemon.start()
+
+    def test_kill9_at_random_points_of_20_downloads(self) -> None:
+        """
+        Twenty downloads (64 KiB to 4 MiB, paced so that a kill lands in
+        them) at once; the daemon is killed at a random moment, restarted,
+        and the downloads not yet stored asked again, until all are stored.
+        After every restart, and at the end: every entry in the cache has
+        exactly the upstream's bytes, no temp file is left, and every answer
+        any client got whole was right.
+        """
+        seed = int(os.environ.get("AV_TEST_SEED", time.time_ns() % 1_000_000))
+        rng = random.Random(seed)
+        truth: dict[str, bytes] = {}
+        for i in range(20):
+            body = os.urandom(rng.randrange(64 * 1024, 4 * MIB))
+            truth[f"/k{i}.bin"] = body
+            self.fake.scripts[f"/k{i}.bin"] = Script(body=body, chunk=64 * 1024, pace=0.03)
+        wrong: list[str] = []
+        kills = 0
+
+        def get(path: str) -> None:
+            try:
+                status, _, got = outcome(self.daemon.port, "/fake" + path, timeout=30)
+            except OSError:
+                return  # (the daemon died under it)
+            if status == 200 and got != truth[path]:
+                wrong.append(f"{path}: {len(got)} wrong bytes")
+
+        def stored() -> set[str]:
+            out = set()
+            for meta, data in stored_entries(self.daemon.cache_dir):
+                path = meta["url"][len(self.fake.base):]
+                if data != truth[path]:
+                    wrong.append(f"{path}: stored {len(data)} wrong bytes (seed {seed})")
+                out.add(path)
+            return out
+
+        while (left := sorted(set(truth) - stored())) and kills < 6:
+            threads = [threading.Thread(target=get, args=(p,), daemon=True) for p in left]
+            for t in threads:
+                t.start()
+            time.sleep(rng.uniform(0.05, 1.0))  # (the fault's moment: random by design)
+            self.daemon.kill9()
+            kills += 1
+            for t in threads:
+                t.join(30)
+            self.daemon.start()
+            self.assertEqual(os.listdir(os.path.join(self.daemon.cache_dir, "tmp")), [])
+        for path, body in truth.items():
+            status, _, got = outcome(self.daemon.port, "/fake" + path)
+            self.assertEqual((status, sha(got)), (200, sha(body)), f"{path} (seed {seed})")
+            self.daemon.wait_stored(self.fake.base + path)
+        self.assertEqual(stored(), set(truth))
+        self.assertEqual(wrong, [], f"seed {seed}")
+        self.assertGreater(kills, 0)
