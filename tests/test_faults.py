@@ -506,3 +506,99 @@ class KillNineTests(TestCase):
         self.assertEqual(stored(), set(truth))
         self.assertEqual(wrong, [], f"seed {seed}")
         self.assertGreater(kills, 0)
+
+
+class FullDiskTests(TestCase):
+    """
+    The cache's disk fills up in the middle of downloads (a small tmpfs:
+    tests.test_cache_dir.Tmpfs, skipped where none can be mounted): the
+    clients still get their bytes, relayed from memory; nothing is stored;
+    the error is logged and counted; hits are still served.
+    """
+
+    def setUp(self) -> None:
+        from tests.test_cache_dir import Tmpfs
+        self.disk = Tmpfs("24m")
+        self.addCleanup(self.disk.close)
+        self.fake = FakeUpstream()
+        self.addCleanup(self.fake.close)
+        cache = os.path.join(self.disk.path, "cache")
+        self.daemon = Daemon([
+            {"type": "http", "config": {"prefix": "/fake/", "base_url": self.fake.base}},
+            {"type": "pypi", "config": {"prefix": "/pypi/", "index_url": self.fake.base + "/simple/"}},
+        ], cache_dir=cache)
+        self.daemon.cache_dir = cache
+        self.addCleanup(self.daemon.cleanup)
+        self.daemon.start()
+        self.hit = os.urandom(300_000)
+        self.fake.scripts["/hit.bin"] = Script(body=self.hit)
+        self.assertEqual(request("GET", self.daemon.url("/fake/hit.bin"))[2], self.hit)
+        self.daemon.wait_stored(self.fake.base + "/hit.bin")
+
+    def metric(self, name: str) -> float:
+        _, _, body = request("GET", self.daemon.url("/-/metrics"))
+        for line in body.decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"{name} not in /-/metrics")
+
+    def hits_served(self, stop: threading.Event, errors: list[str], count: list[int]) -> None:
+        while not stop.is_set():
+            status, headers, got = outcome(self.daemon.port, "/fake/hit.bin", timeout=20)
+            if (status, headers.get("x-cache"), got) != (200, "HIT", self.hit):
+                errors.append(f"{status} {headers.get('x-cache')} {len(got)} bytes")
+            count[0] += 1
+
+    def test_clients_get_their_bytes_nothing_stored(self) -> None:
+        """
+        Two clients of an 8 MiB download (a plain file: it streams) and one of
+        a 3 MiB PyPI file (verified before it is sent) while the disk has 1 MiB
+        left: each gets every byte, right; the cache keeps only what it had;
+        the error is logged and counted; a client of a hit is served all along.
+        """
+        big = os.urandom(8 * MIB)
+        self.fake.scripts["/big.bin"] = Script(body=big, chunk=64 * 1024, pace=0.002)
+        small = os.urandom(3 * MIB)
+        digest = sha(small)
+        self.fake.scripts["/simple/pkg/"] = Script(
+            body=f'<a href="/files/pkg-1.0.tar.gz#sha256={digest}">pkg-1.0.tar.gz</a>'.encode(),
+            headers={"Content-Type": "text/html"})
+        self.fake.scripts["/files/pkg-1.0.tar.gz"] = Script(body=small, chunk=64 * 1024, pace=0.002)
+        self.assertEqual(request("GET", self.daemon.url("/pypi/pkg/"))[0], 200)
+        before = sorted(meta["key"] for meta, _ in stored_entries(self.daemon.cache_dir))
+        self.disk.fill(leave=MIB)
+        stop, errors, count = threading.Event(), [], [0]
+        hits = threading.Thread(target=self.hits_served, args=(stop, errors, count), daemon=True)
+        hits.start()
+        self.addCleanup(stop.set)
+        results: dict[str, tuple[object, bytes]] = {}
+
+        def get(name: str, path: str) -> None:
+            status, _, got = outcome(self.daemon.port, path)
+            results[name] = (status, got)
+
+        clients = [threading.Thread(target=get, args=("big1", "/fake/big.bin")),
+                   threading.Thread(target=get, args=("big2", "/fake/big.bin")),
+                   threading.Thread(target=get, args=("pkg", f"/pypi/+f/pkg/{digest}/pkg-1.0.tar.gz"))]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(60)
+        stop.set()
+        hits.join(30)
+        self.assertEqual({k: (s, sha(b)) for k, (s, b) in results.items()},
+                         {"big1": (200, sha(big)), "big2": (200, sha(big)), "pkg": (200, digest)})
+        self.assertEqual(errors, [])
+        self.assertGreater(count[0], 0)
+        log = self.daemon.log()
+        self.assertIn("No space left on device", log)
+        self.assertNotIn("Unhandled", log)
+        self.assertGreaterEqual(self.metric("artifactvault_cache_write_errors_total"), 2)
+        after = sorted(meta["key"] for meta, _ in stored_entries(self.daemon.cache_dir))
+        self.assertEqual(after, before)
+        deadline = time.monotonic() + 15
+        while os.listdir(os.path.join(self.daemon.cache_dir, "tmp")):
+            self.assertLess(time.monotonic(), deadline, "temp files left behind")
+            time.sleep(0.02)
+        status, headers, got = outcome(self.daemon.port, "/fake/hit.bin")
+        self.assertEqual((status, headers["x-cache"], got), (200, "HIT", self.hit))
