@@ -437,6 +437,8 @@ class Flight:
         if not self._relay_paused and self._memory_bytes > RELAY_BUFFER:
             self._relay_paused = True
             self._cancel_idle()  # (the wait is ours, not the upstream's)
+            _log.info("relaying {what}: {held} bytes held, the upstream paused for the slowest client",
+                      what=self.artifact.describe(), held=self._memory_bytes)
             transport.pauseProducing()
         elif self._relay_paused and self._memory_bytes <= RELAY_BUFFER // 2:
             self._relay_paused = False

@@ -551,12 +551,16 @@ class FullDiskTests(TestCase):
 
     def test_clients_get_their_bytes_nothing_stored(self) -> None:
         """
-        Two clients of an 8 MiB download (a plain file: it streams) and one of
-        a 3 MiB PyPI file (verified before it is sent) while the disk has 1 MiB
-        left: each gets every byte, right; the cache keeps only what it had;
-        the error is logged and counted; a client of a hit is served all along.
+        Three clients of a 24 MiB download (a plain file: it streams), one of
+        them reading nothing until the rest is relayed from memory (it then
+        reads the start from the file, the rest from memory, and the upstream
+        waits for it past 16 MiB), and one of a 3 MiB PyPI file (verified
+        before it is sent), while the disk has 1 MiB left: each gets every
+        byte, right; the cache keeps only what it had; the error is logged
+        and counted; a client of a hit is served all along.
         """
-        big = os.urandom(8 * MIB)
+        from tests.test_cache_dir import slow_client
+        big = os.urandom(24 * MIB)
         self.fake.scripts["/big.bin"] = Script(body=big, chunk=64 * 1024, pace=0.002)
         small = os.urandom(3 * MIB)
         digest = sha(small)
@@ -580,8 +584,18 @@ class FullDiskTests(TestCase):
         clients = [threading.Thread(target=get, args=("big1", "/fake/big.bin")),
                    threading.Thread(target=get, args=("big2", "/fake/big.bin")),
                    threading.Thread(target=get, args=("pkg", f"/pypi/+f/pkg/{digest}/pkg-1.0.tar.gz"))]
+        slow = slow_client(self.daemon.port, "/fake/big.bin")
+        self.addCleanup(slow.close)
         for t in clients:
             t.start()
+        self.daemon.wait_log("cannot write /fake/big.bin to the cache")
+        self.daemon.wait_log("the upstream paused for the slowest client")  # (the slow client reads nothing)
+        slow.settimeout(30)
+        h, got = hashlib.sha256(), 0
+        while got < len(big) and (chunk := slow.recv(min(65536, len(big) - got))):
+            h.update(chunk)
+            got += len(chunk)
+        self.assertEqual(h.hexdigest(), sha(big))
         for t in clients:
             t.join(60)
         stop.set()
