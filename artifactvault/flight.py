@@ -436,14 +436,37 @@ class Flight:
             return
         if not self._relay_paused and self._memory_bytes > RELAY_BUFFER:
             self._relay_paused = True
-            self._cancel_idle()  # (the wait is ours, not the upstream's)
+            self._cancel_idle()  # (the wait is ours, not the upstream's: the slowest client's)
+            self._idle_call = self.reactor.callLater(self.artifact.upstream.idle_timeout, self._drop_slowest)
             _log.info("relaying {what}: {held} bytes held, the upstream paused for the slowest client",
                       what=self.artifact.describe(), held=self._memory_bytes)
             transport.pauseProducing()
         elif self._relay_paused and self._memory_bytes <= RELAY_BUFFER // 2:
             self._relay_paused = False
+            self._cancel_idle()
             self._reset_idle()
             transport.resumeProducing()
+
+    def _drop_slowest(self) -> None:
+        """
+        The upstream has waited C{idle_timeout} for the slowest reader of a
+        relayed download: that reader is cut (one client that stopped reading
+        must not hold the others for ever), and the rest go on.
+        """
+        self._idle_call = None
+        low = min((self.spilled if listener.offset is None else listener.offset  # type: ignore[misc]
+                   for listener in self._listeners), default=self.written)
+        error = UpstreamTimeout(f"client read nothing for {self.artifact.upstream.idle_timeout:g} s "
+                                f"while the download waited for it")
+        for listener in list(self._listeners):
+            if listener.offset is None or listener.offset <= low:
+                self._listeners.remove(listener)
+                listener.flight_failed(self, error)
+        _log.warn("relaying {what}: cut the slowest client(s) at {offset} bytes, {reason}",
+                  what=self.artifact.describe(), offset=low, reason=error.reason)
+        self.trim()
+        if self._relay_paused and self._idle_call is None:
+            self._idle_call = self.reactor.callLater(self.artifact.upstream.idle_timeout, self._drop_slowest)
 
     # -- upstream answer -----------------------------------------------------
 

@@ -367,8 +367,7 @@ class FaultTests(FlightMixin, SynchronousTestCase):
     def test_relay_paced_by_the_slowest(self) -> None:
         """
         Relayed bytes are held until the slowest reader has them; past
-        RELAY_BUFFER the upstream is paused (its idle timeout with it), and
-        resumed once half is read.
+        RELAY_BUFFER the upstream is paused, and resumed once half is read.
         """
         self.patch(flightmod, "RELAY_BUFFER", 4)
         flight, response, listener = self.streaming(length=12)
@@ -379,7 +378,7 @@ class FaultTests(FlightMixin, SynchronousTestCase):
         self.assertFalse(response.transport.paused)
         response.send(b"ef")
         self.assertTrue(response.transport.paused)
-        self.clock.advance(3600)  # (paused by us: no idle timeout)
+        self.clock.advance(self.upstream.idle_timeout - 1)  # (paused by us: not the upstream's silence)
         self.assertEqual(flight.state, Flight.STREAMING)
         slow.offset = 4
         flight.trim()
@@ -389,6 +388,26 @@ class FaultTests(FlightMixin, SynchronousTestCase):
         slow.offset = 12
         flight.unsubscribe(slow)
         self.assertEqual(flight.state, Flight.PASSED_THROUGH)
+
+    def test_relay_cuts_a_reader_that_stopped(self) -> None:
+        """
+        A reader that reads nothing for idle_timeout while the upstream waits
+        for it is cut (told the flight failed, for it); the others go on.
+        """
+        self.patch(flightmod, "RELAY_BUFFER", 4)
+        flight, response, listener = self.streaming(length=12)
+        stuck = Listener(keeps_up=False)
+        flight.subscribe(stuck)
+        self.patch(flightmod, "write_all", disk_full)
+        response.send(b"ab", b"cd", b"ef")
+        self.assertTrue(response.transport.paused)
+        self.clock.advance(self.upstream.idle_timeout)
+        self.assertIsInstance(stuck.error, UpstreamTimeout)
+        self.assertIsNone(listener.error)
+        self.assertFalse(response.transport.paused)
+        response.send(b"gh", b"ij", b"kl").finish()
+        self.assertEqual((listener.done, flight.state), (1, Flight.PASSED_THROUGH))
+        self.assertEqual(b"".join(c for _, c in listener.chunks), b"abcdefghijkl")
 
     def test_write_fails_waiter_of_unknown_length(self) -> None:
         """
