@@ -16,6 +16,7 @@ and downloads in flight (/-/metrics).
 
     .venv/bin/python bench/soak.py                 # ~2 min; a markdown table on stdout
     .venv/bin/python bench/soak.py --connections 256 --seconds 60
+    .venv/bin/python bench/soak.py --repeat 3      # three soaks in a row on one daemon
 
 Runs under an exclusive lock on /tmp/av-bench.lock (one benchmark at a time
 on this machine). Env: AV_KIT_DIR, AV_KIT_PORT_OFFSET as for the tests (the
@@ -176,6 +177,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--connections", type=int, default=256)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="soaks in a row on the same daemon (does RSS keep growing, or level off?)")
     args = ap.parse_args()
     lock = open("/tmp/av-bench.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
@@ -184,7 +187,7 @@ def main() -> None:
     daemon = support.Daemon([{"type": "http", "config": {"prefix": "/files/", "base_url": files}}],
                             log_level="warn")
     daemon.start()
-    soak = Soak(daemon, www, args.seconds)
+    soaks = [Soak(daemon, www, args.seconds) for _ in range(args.repeat)]
     try:
         for path in ("/files/small.bin", "/files/medium.bin"):  # (the hits, stored)
             support.request("GET", daemon.url(path))
@@ -195,8 +198,11 @@ def main() -> None:
         warm.close()
         baseline = settle(daemon, {"open fds": 1 << 30})
         load = os.getloadavg()
-        wall = soak.run(args.connections)
-        after = settle(daemon, baseline)
+        afters = []
+        for soak in soaks:
+            wall = soak.run(args.connections)
+            afters.append(settle(daemon, baseline))
+        soak = soaks[0]
         served = sum(soak.counts.values())
         commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True).stdout.strip()
@@ -210,16 +216,20 @@ def main() -> None:
                 p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
                 print(f"| {kind} | {soak.counts[kind]} | {statistics.median(lat) * 1000:.1f} | {p99 * 1000:.1f} |")
         print(f"| all | {served} ({served / wall:.0f}/s) | | |\n")
-        print(f"errors other than the intended ones: {len(soak.errors)}")
-        for e in collections.Counter(soak.errors).most_common(10):
+        all_errors = [e for s in soaks for e in s.errors]
+        print(f"errors other than the intended ones: {len(all_errors)} "
+              f"(in {len(soaks)} soak(s), {sum(sum(s.counts.values()) for s in soaks)} requests)")
+        for e in collections.Counter(all_errors).most_common(10):
             print(f"  {e[1]} × {e[0]}")
-        print("\n| resource | baseline | after |\n|---|---:|---:|")
+        print("\n| resource | baseline | " + " | ".join(f"after soak {i + 1}" for i in range(len(soaks))) + " |")
+        print("|---|---:|" + "---:|" * len(soaks))
         for key in baseline:
-            print(f"| {key} | {baseline[key]:g} | {after[key]:g} |")
+            print(f"| {key} | {baseline[key]:g} | " + " | ".join(f"{a[key]:g}" for a in afters) + " |")
         bad = [line for line in daemon.log().splitlines() if "Traceback" in line or "Unhandled" in line]
         print(f"\ntracebacks in the daemon's log: {len(bad)}")
     finally:
-        soak.close()
+        for soak in soaks:
+            soak.close()
         daemon.cleanup()
 
 
