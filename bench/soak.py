@@ -198,11 +198,11 @@ def main() -> None:
         warm.close()
         baseline = settle(daemon, {"open fds": 1 << 30})
         load = os.getloadavg()
-        afters = []
+        afters, walls = [], []
         for soak in soaks:
-            wall = soak.run(args.connections)
+            walls.append(soak.run(args.connections))
             afters.append(settle(daemon, baseline))
-        soak = soaks[0]
+        soak, wall = soaks[0], walls[0]
         served = sum(soak.counts.values())
         commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True).stdout.strip()
@@ -216,6 +216,9 @@ def main() -> None:
                 p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
                 print(f"| {kind} | {soak.counts[kind]} | {statistics.median(lat) * 1000:.1f} | {p99 * 1000:.1f} |")
         print(f"| all | {served} ({served / wall:.0f}/s) | | |\n")
+        if len(soaks) > 1:
+            print("(the table is the first soak's; the others': " + ", ".join(
+                f"{sum(s.counts.values())} requests in {w:.1f} s" for s, w in zip(soaks[1:], walls[1:])) + ")\n")
         all_errors = [e for s in soaks for e in s.errors]
         print(f"errors other than the intended ones: {len(all_errors)} "
               f"(in {len(soaks)} soak(s), {sum(sum(s.counts.values()) for s in soaks)} requests)")
