@@ -33,13 +33,14 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
-from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import HTTPConnectionPool
 
 from artifactvault import logs
 from artifactvault.backends import backend_type
 from artifactvault.backends.base import BuildContext
 from artifactvault.cache.store import FileStore
 from artifactvault.config import Config
+from artifactvault.framing import TolerantClientFactory
 from artifactvault.root import Root
 from artifactvault.site import VaultSite
 from artifactvault.upstream import make_client
@@ -55,12 +56,10 @@ STORE_THREADS = 4
 SWITCH_INTERVAL = 0.0005
 
 
-class _QuietFactory(_HTTP11ClientFactory):
-    noisy = False  # no "Starting factory" line for every upstream connection
-
-
 class _QuietPool(HTTPConnectionPool):
-    _factory = _QuietFactory
+    """The upstream connection pool: answers read as nginx reads them (L{artifactvault.framing}), quietly."""
+
+    _factory = TolerantClientFactory
 
 
 class _Interpreter(Service):

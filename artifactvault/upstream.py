@@ -41,6 +41,7 @@ from zope.interface import Interface, implementer
 
 from artifactvault import logs
 from artifactvault import __version__
+from artifactvault.framing import UnsupportedTransferCoding
 from artifactvault.ratelimit import FAILURE_BACKOFF, FAILURE_STATUSES, Backoff
 
 _log = Logger(observer=logs.observer)
@@ -275,11 +276,14 @@ NETWORK_FAILURES = (
 def _invalid_answer(reasons: list[Any]) -> str | None:
     """
     What was wrong with an answer Twisted's client refused to read, if that
-    is why it failed: while it parses a response's head, a C{ValueError}
-    comes from its Content-Length (not digits, or repeated with different
-    values).
+    is why it failed: a transfer coding nobody can undo
+    (L{UnsupportedTransferCoding}); while it parses a response's head, a
+    C{ValueError} comes from its Content-Length (not digits, or repeated
+    with different values).
     """
     for reason in reasons:
+        if reason.check(UnsupportedTransferCoding):
+            return f"a body in transfer coding {reason.value.value}, which cannot be decoded"
         if reason.check(ValueError):
             return f"an invalid Content-Length ({str(reason.value)[:80]})"
     return None
