@@ -381,6 +381,25 @@ def set_headers(request: Request, *, size: int | None, content_type: str | None,
         set_(name.encode("latin-1"), value.encode("latin-1"))
 
 
+def _relayed(responder: Responder, status: int, size: int | None, content_type: str | None) -> bool:
+    """
+    Set status and length of an answer with the upstream's C{status}, not
+    200 (an artifact with an HTTP caching policy relays those): the whole
+    body, never a 206 (a Range is for a 200's bytes) nor a 304 (conditions
+    are for a 2xx answer: RFC 9110 13.2.1), no Accept-Ranges, no type the
+    upstream did not give. Whether a body follows.
+    """
+    request = responder.request
+    request.setResponseCode(status)
+    if content_type is None:
+        request.responseHeaders.removeHeader(b"content-type")
+    if status in (204, 304):
+        return False
+    if size is not None:
+        request.setHeader(b"content-length", str(size).encode())
+    return request.method != b"HEAD"
+
+
 def _range_or_full(responder: Responder, size: int, etag: str | None,
                    last_modified: str | None) -> tuple[int, int] | None:
     """Set status and length for the span to send; None if a 416 was sent."""
@@ -418,7 +437,7 @@ def serve_entry(responder: Responder, store: FileStore, entry: Entry, cache_stat
         return False
     producer = None
     try:
-        span = _entry_span(responder, entry, cache_status)
+        span = _entry_span(responder, entry, cache_status, store.now())
         if span is not None:
             first, last = span
             if last - first < SMALL:
@@ -436,13 +455,19 @@ def serve_entry(responder: Responder, store: FileStore, entry: Entry, cache_stat
     return True
 
 
-def _entry_span(responder: Responder, entry: Entry, cache_status: str) -> tuple[int, int] | None:
+def _entry_span(responder: Responder, entry: Entry, cache_status: str, now: float) -> tuple[int, int] | None:
     """Set the headers of an answer from C{entry}: the bytes to send, or None if there are none."""
     request = responder.request
     etag, modified = entry_etag(entry), entry_last_modified(entry)
     responder.cache_status = cache_status
-    set_headers(request, size=entry.size, content_type=entry.content_type, etag=etag,
-                last_modified=modified, extra=entry.headers)
+    set_headers(request, size=entry.size if entry.status == 200 else None, content_type=entry.content_type,
+                etag=etag, last_modified=modified, extra=entry.headers)
+    if entry.age is not None:
+        request.setHeader(b"age", b"%d" % (entry.age + max(0.0, now - entry.stored_at)))
+    if entry.status != 200:
+        if not _relayed(responder, entry.status, entry.size, entry.content_type) or not entry.size:
+            return None
+        return 0, entry.size - 1
     if not_modified(request, etag, modified):
         answer_not_modified(responder)
         return None
@@ -620,8 +645,17 @@ def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS
     responder.cache_status = cache_status
     etag = header(response, b"etag")
     modified = header(response, b"last-modified")
-    set_headers(request, size=size, content_type=flight.content_type, etag=etag,
-                last_modified=modified, extra=response_headers(flight.artifact, response))
+    set_headers(request, size=size if flight.status == 200 else None, content_type=flight.content_type,
+                etag=etag, last_modified=modified, extra=response_headers(flight.artifact, response))
+    age = flight.age(flight.store.now())
+    if age is not None:
+        request.setHeader(b"age", b"%d" % age)
+    if flight.status != 200:
+        if _relayed(responder, flight.status, size, flight.content_type) and size != 0:
+            FlightReader(responder, flight, 0, size, fallback).start()
+        else:
+            responder.finish()
+        return
     if not_modified(request, etag, modified):
         answer_not_modified(responder)
         return
@@ -661,7 +695,7 @@ def _waits_for_completion(request: Request, flight: Flight) -> bool:
     limit = flight.artifact.verify_before_send
     if checked and limit > 0 and (flight.length is None or flight.length <= limit):
         return True
-    return request.getHeader(b"range") is not None and (flight.length is None or checked)
+    return request.getHeader(b"range") is not None and flight.status == 200 and (flight.length is None or checked)
 
 
 @implementer(IFlightListener)

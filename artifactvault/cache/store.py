@@ -94,6 +94,9 @@ class Entry:
     sha256: str | None = None
     headers: dict[str, str] = field(default_factory=dict)  # replayed to clients
     url: str = ""  # where it came from (never with credentials)
+    status: int = 200  # the upstream's status (the http backend stores others too)
+    age: float | None = None  # its age (RFC 9111 4.2.3) at stored_at: hits say Age; None: they do not
+    variant: dict[str, str | None] | None = None  # the request fields sent upstream its Vary chose by
 
     def is_fresh(self, now: float) -> bool:
         return self.fresh_until is None or now < self.fresh_until
