@@ -14,6 +14,7 @@ L{NOT_KEPT}, and its freshness is the policy's.
 
 from __future__ import annotations
 
+from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Iterable
 
 from artifactvault.httpcache import Exchange, fields_of, stored_fields
@@ -51,13 +52,15 @@ NOT_KEPT = frozenset({
     "content-encoding", "x-upstream-content-encoding",
 })
 
-#: Client request fields never sent upstream: hop-by-hop ones, credentials
-#: and cookies (the vault sends its own credentials, and a shared cache must
-#: not answer one client with another's), and those the vault sets itself for
-#: what it fetches (a whole body, unconditionally, uncoded, as itself).
+#: Client request fields never sent upstream: hop-by-hop ones, cookies (a
+#: client's state, not the shared cache's), and those the vault sets itself
+#: for what it fetches (a whole body, unconditionally, uncoded, as itself).
+#: A client's Authorization goes, to the configured origin only
+#: (L{artifactvault.upstream.ORIGIN_ONLY}; the backend's own credentials win),
+#: and an answer to it is stored only as RFC 9111 3.5 allows.
 NOT_FORWARDED = frozenset({
     "host", "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
-    "proxy-authorization", "content-length", "expect", "authorization", "cookie",
+    "proxy-authorization", "content-length", "expect", "cookie",
     "range", "if-range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since",
     "cache-control", "pragma", "accept-encoding", "user-agent",
 })
@@ -94,16 +97,20 @@ def forwarded(headers: Any, own: Iterable[str] = ()) -> dict[str, str]:
     return out
 
 
-def response_headers(artifact: "Artifact", response: Any) -> dict[str, str]:
+def response_headers(artifact: "Artifact", response: Any, answered: float | None = None) -> dict[str, str]:
     """
     The headers an answer for C{artifact} carries, on a miss as on every
     later hit: the backend's C{keep_headers} from the upstream's answer (with
-    an HTTP caching policy: L{end_to_end}), the upstream's Content-Encoding
-    (the stored bytes are still encoded) unless a transform stored something
-    else, and L{IMMUTABLE_HEADERS} for a content-addressed artifact.
+    an HTTP caching policy: L{end_to_end}, and a Date of when it C{answered}
+    if it had none, as RFC 9110 6.6.1 has a recipient with a clock add), the
+    upstream's Content-Encoding (the stored bytes are still encoded) unless
+    a transform stored something else, and L{IMMUTABLE_HEADERS} for a
+    content-addressed artifact.
     """
     if artifact.policy is not None:
         kept = end_to_end(response)
+        if answered is not None and not response.headers.hasHeader(b"date"):
+            kept["Date"] = formatdate(answered, usegmt=True)
     else:
         kept = {name: value for name in artifact.keep_headers
                 if (value := header(response, name.encode("latin-1")))}
@@ -160,7 +167,7 @@ def refreshed(artifact: "Artifact", entry: "Entry", response: Any, requested: fl
     last_modified = header(response, b"last-modified")
     if last_modified:
         entry.last_modified = last_modified
-    entry.headers.update(response_headers(artifact, response))
+    entry.headers.update(response_headers(artifact, response, answered))
     fields = stored_fields(entry.headers)
     if entry.last_modified:
         fields["last-modified"] = [entry.last_modified]

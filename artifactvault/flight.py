@@ -504,7 +504,7 @@ class Flight:
 
     def _commit(self, ctype: str | None) -> None:
         response = self.response
-        headers = response_headers(self.artifact, response)
+        headers = response_headers(self.artifact, response, self.answered)
         now = self.store.now()
         entry = Entry(
             key=self.key, data="", size=self.written, stored_at=now, content_type=ctype,

@@ -471,11 +471,11 @@ class Exchange:
         return None
 
 
-def storable(status: int, fields: Fields, request: Directives | None = None) -> bool:
+def storable(status: int, fields: Fields, request: Directives | None = None, authorized: bool = False) -> bool:
     """
     RFC 9111 section 3 for a shared cache: whether an answer to a GET may
-    be stored. (Requests with credentials never reach the upstream from
-    the vault: it sends its own.)
+    be stored (C{authorized}: the request carried a client's Authorization,
+    3.5).
     """
     if status < 200 or status in (206, 304):
         return False
@@ -490,6 +490,8 @@ def storable(status: int, fields: Fields, request: Directives | None = None) -> 
     if "no-store" in directives and not understood:
         return False
     if "private" in directives:
+        return False
+    if authorized and not {"public", "s-maxage", "must-revalidate"} & directives.names:
         return False
     return bool({"public", "max-age", "s-maxage"} & directives.names) or "expires" in fields \
         or status in HEURISTIC_STATUSES
@@ -587,7 +589,7 @@ class HttpPolicy:
         """Whether the answer is stored (else relayed to the requests that share it, and dropped)."""
         if not self.upstream:
             return status == 200
-        return storable(status, fields, self.client)
+        return storable(status, fields, self.client, authorized="authorization" in self.sent)
 
     def shared(self, status: int, fields: Fields) -> bool:
         """

@@ -646,7 +646,7 @@ def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS
     etag = header(response, b"etag")
     modified = header(response, b"last-modified")
     set_headers(request, size=size if flight.status == 200 else None, content_type=flight.content_type,
-                etag=etag, last_modified=modified, extra=response_headers(flight.artifact, response))
+                etag=etag, last_modified=modified, extra=response_headers(flight.artifact, response, flight.answered))
     age = flight.age(flight.store.now())
     if age is not None:
         request.setHeader(b"age", b"%d" % age)

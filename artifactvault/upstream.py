@@ -47,6 +47,10 @@ from artifactvault.ratelimit import FAILURE_BACKOFF, FAILURE_STATUSES, Backoff
 _log = Logger(observer=logs.observer)
 
 USER_AGENT = f"artifactvault/{__version__}"
+#: Request headers that carry credentials: whoever gives them (a backend, a
+#: client's request passed on), they go only to the configured origin, never
+#: to a redirect target elsewhere.
+ORIGIN_ONLY = frozenset({"authorization", "proxy-authorization", "cookie"})
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
 #: The largest upstream error answer read for its words (L{Upstream.error_for}).
@@ -539,7 +543,9 @@ class Upstream:
             send = {"User-Agent": USER_AGENT}
             if origin(url) == home:
                 send.update(self.headers)
-            send.update(headers or {})
+                send.update(headers or {})
+            else:
+                send.update({k: v for k, v in (headers or {}).items() if k.lower() not in ORIGIN_ONLY})
             if self.auth is not None and origin(url) == origin(first):
                 send.update(await self._ask_auth(self.auth.headers_for, url))
             try:

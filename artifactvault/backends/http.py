@@ -11,7 +11,9 @@ the default), a fixed ``ttl``, or ``upstream`` (RFC 9111, as a shared cache
 reads the upstream's fields), per backend and per ``ttl_rules`` pattern.
 
 With ``freshness: upstream`` the client's end-to-end request fields go
-upstream (L{artifactvault.fields.forwarded}), so that an answer that
+upstream (L{artifactvault.fields.forwarded}; its Authorization to the
+configured origin only, and not where the backend has credentials of its
+own), so that an answer that
 ``Vary``s on them is kept per variant: the first answer for a URL is stored
 under the URL itself, and a request its ``Vary`` does not select is sent
 to the variant's own key (L{artifactvault.httpcache.variant_key}), with a
@@ -86,6 +88,14 @@ class HttpBackend(Backend):
         super().__init__(settings, context, settings.base_url)
         self.base_url = settings.base_url.rstrip("/")
 
+    @property
+    def _own_headers(self) -> set[str]:
+        """Request fields the backend sets itself (its configured headers, its credentials): a client's do not go."""
+        own = set(self.settings.headers or {})
+        if self.settings.username is not None or self.settings.token is not None:
+            own.add("authorization")
+        return own
+
     def freshness_for(self, path: str) -> Freshness:
         """The first ``ttl_rules`` pattern matching C{path} decides; else the backend's freshness."""
         for pattern, freshness in self.settings.ttl_rules:
@@ -107,8 +117,7 @@ class HttpBackend(Backend):
         if query:
             url += "?" + query.decode("latin-1")
         freshness = self.freshness_for(path)
-        sent = forwarded(request.requestHeaders, own=self.settings.headers or {}) \
-            if freshness.mode is Mode.UPSTREAM else {}
+        sent = forwarded(request.requestHeaders, own=self._own_headers) if freshness.mode is Mode.UPSTREAM else {}
         policy = HttpPolicy(freshness.mode, freshness.ttl, sent, request_directives(fields_of(request.requestHeaders)),
                             key=url)
         self.vault.serve(responder, Artifact(
