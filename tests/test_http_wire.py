@@ -7,11 +7,16 @@ framings the upstream may use, and (freshness: upstream) RFC 9111.
 
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import os
 import shutil
 import subprocess
+import threading
+import time
 import uuid
+
+import unittest
 
 from twisted.trial.unittest import TestCase
 
@@ -33,6 +38,7 @@ class _Shared:
         self.daemon = Daemon([
             {"type": "http", "config": {"prefix": "/imm/", **common}},
             {"type": "http", "config": {"prefix": "/ttl/", "ttl": 60, **common}},
+            {"type": "http", "config": {"prefix": "/up/", "freshness": "upstream", **common}},
         ]).start()
 
     def close(self) -> None:
@@ -175,3 +181,135 @@ class WireTests(TestCase):
         path = self.path()
         self.fake.scripts[path] = Script(body=b"v1", headers={"ETag": '"v1"'})
         self.assertEqual(self.get("imm", path, {"If-None-Match": '"v0"'})[::2], (200, b"v1"))
+
+
+def curl(url: str, *args: str) -> tuple[int, dict[str, str], bytes]:
+    """One request with curl (a real client): (status, lower-cased headers of the last answer, body)."""
+    exe = shutil.which("curl")
+    if exe is None:
+        raise unittest.SkipTest("curl is not installed")
+    p = subprocess.run([exe, "-sS", "-D", "-", "-o", "/dev/stdout", *args, url], capture_output=True, timeout=30,
+                       check=True)
+    head, _, body = p.stdout.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, body
+
+
+class UpstreamFreshnessWireTests(TestCase):
+    """freshness: upstream through the real daemon, with curl: what RFC 9111 asks of a shared cache."""
+
+    def setUp(self) -> None:
+        shared = support.shared_fixture(_Shared)
+        self.daemon, self.fake = shared.daemon, shared.fake
+
+    def script(self, **kwargs: object) -> str:
+        path = f"/{uuid.uuid4().hex[:12]}"
+        self.fake.scripts[path] = Script(**kwargs)  # type: ignore[arg-type]
+        return path
+
+    def curl(self, path: str, *args: str) -> tuple[int, dict[str, str], bytes]:
+        return curl(self.daemon.url(f"/up{path}"), *args)
+
+    def sent(self, path: str) -> list[dict[str, str]]:
+        """The headers of each request the upstream got for C{path}."""
+        return [headers for _, p, headers in self.fake.requests if p == path]
+
+    def test_fresh_hit_counts_the_upstream_age(self) -> None:
+        """max-age=600 with Age: 100: the next request is a hit that says Age of at least 100; one upstream request."""
+        path = self.script(body=b"fresh", headers={"Cache-Control": "max-age=600", "Age": "100"})
+        status, headers, body = self.curl(path)
+        self.assertEqual((status, body, headers["x-cache"]), (200, b"fresh", "MISS"))
+        status, headers, body = self.curl(path)
+        self.assertEqual((status, body, headers["x-cache"]), (200, b"fresh", "HIT"))
+        self.assertGreaterEqual(int(headers["age"]), 100)
+        self.assertEqual(headers["cache-control"], "max-age=600")
+        self.assertEqual(self.fake.count("GET", path), 1)
+
+    def test_stale_by_age_is_fetched_again(self) -> None:
+        """max-age=60 with Age: 7200 is stale on arrival: every request goes upstream."""
+        path = self.script(body=b"old", headers={"Cache-Control": "max-age=60", "Age": "7200"})
+        self.curl(path)
+        self.curl(path)
+        self.assertEqual(self.fake.count("GET", path), 2)
+
+    def test_no_store_is_not_stored(self) -> None:
+        """no-store: relayed each time, nothing kept."""
+        path = self.script(body=b"secret", headers={"Cache-Control": "no-store, max-age=600"})
+        for _ in range(2):
+            self.assertEqual(self.curl(path)[2], b"secret")
+        self.assertEqual(self.fake.count("GET", path), 2)
+
+    def test_no_cache_revalidates_every_time(self) -> None:
+        """no-cache with an ETag: each request after the first asks with If-None-Match; the 304 serves the copy."""
+        path = self.script(body=b"doc", headers={"Cache-Control": "no-cache", "ETag": '"d1"'})
+        self.curl(path)
+        status, headers, body = self.curl(path)
+        self.assertEqual((status, body, headers["x-cache"]), (200, b"doc", "HIT"))
+        self.assertEqual([h.get("if-none-match") for h in self.sent(path)], [None, '"d1"'])
+
+    def test_client_no_cache_and_only_if_cached(self) -> None:
+        """curl -H 'Cache-Control: no-cache' revalidates a fresh copy; only-if-cached is a 504 on a miss, a hit after."""
+        path = self.script(body=b"doc", headers={"Cache-Control": "max-age=600", "ETag": '"d1"'})
+        status, _, _ = self.curl(path, "-H", "Cache-Control: only-if-cached")
+        self.assertEqual((status, self.fake.count("GET", path)), (504, 0))
+        self.curl(path)
+        self.curl(path, "-H", "Cache-Control: no-cache")
+        self.assertEqual([h.get("if-none-match") for h in self.sent(path)], [None, '"d1"'])
+        status, headers, body = self.curl(path, "-H", "Cache-Control: only-if-cached")
+        self.assertEqual((status, body, headers["x-cache"]), (200, b"doc", "HIT"))
+
+    def test_vary_selects_variants(self) -> None:
+        """
+        Vary: Accept-Language: the field goes upstream, each language is
+        fetched once and then a hit; a request without it is a variant too.
+        """
+        path = self.script(body=b"hallo", headers={"Cache-Control": "max-age=600", "Vary": "Accept-Language"})
+        for language in ("de", "en", "de", "en"):
+            self.assertEqual(self.curl(path, "-H", f"Accept-Language: {language}")[0], 200)
+        self.assertEqual([h.get("accept-language") for h in self.sent(path)], ["de", "en"])
+        self.assertEqual(self.curl(path)[1]["x-cache"], "MISS")
+        self.assertEqual(self.curl(path)[1]["x-cache"], "HIT")
+        self.assertEqual(self.fake.count("GET", path), 3)
+
+    def test_concurrent_misses_one_fetch_per_variant(self) -> None:
+        """Ten clients at once, two languages: two upstream requests, each client its language's answer."""
+        hold = threading.Event()
+        self.addCleanup(hold.set)
+        path = self.script(body=b"x" * 100_000, hold_headers=hold,
+                           headers={"Cache-Control": "max-age=600", "Vary": "Accept-Language"})
+        languages = ["de", "en"] * 5
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            futures = [pool.submit(request, "GET", self.daemon.url(f"/up{path}"), {"Accept-Language": lang})
+                       for lang in languages]
+            wait_until(lambda: self.fake.count("GET", path) >= 1)
+            hold.set()
+            results = [f.result() for f in futures]
+        self.assertEqual([(s, len(b)) for s, _, b in results], [(200, 100_000)] * 10)
+        self.assertEqual(sorted(h.get("accept-language") for h in self.sent(path)), ["de", "en"])
+
+    def test_must_revalidate_gives_no_stale_copy(self) -> None:
+        """A stale copy stands in for a failing upstream, unless it said must-revalidate: then the 503 is passed on."""
+        ok = self.script(body=b"ok", headers={"Cache-Control": "max-age=1, stale-if-error=600", "ETag": '"o"'})
+        strict = self.script(body=b"strict", headers={"Cache-Control": "max-age=1, must-revalidate", "ETag": '"s"'})
+        self.curl(ok)
+        self.curl(strict)
+        for path in (ok, strict):
+            self.fake.scripts[path] = Script(body=b"down", status=503)
+        wait_until(lambda: self.curl(ok)[1].get("x-cache") == "STALE")
+        answers = []
+        wait_until(lambda: answers.append(self.curl(strict)) or answers[-1][1].get("x-cache") != "HIT")
+        status, headers, body = answers[-1]
+        self.assertEqual((status, body, headers.get("x-cache")), (503, b"down", "MISS"))
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll C{condition} until it holds (or fail after C{timeout} s)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
