@@ -33,8 +33,10 @@ case $cmd in
     exec "$VENV/bin/twistd" -n --pidfile= artifactvault "$@" ;;
   test)
     # curl for the upstream scripts; nginx, the registry and skopeo for the
-    # real upstreams and clients the integration tests drive.
-    apt_install curl nginx-light docker-registry skopeo
+    # real upstreams and clients the integration tests drive; apt-utils
+    # (apt-ftparchive), dpkg-dev, gnupg, gpgv and xz-utils for the signed
+    # Debian repository of the apt backend's tests (tests/upstreams/apt-up).
+    apt_install curl nginx-light docker-registry skopeo apt-utils dpkg-dev gnupg gpgv xz-utils
     setup "[test]"
     exec "$VENV/bin/trial" "${@:-tests}" ;;
   *)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from artifactvault.backends.apt import AptBackendType
 from artifactvault.backends.base import IBackendType
 from artifactvault.backends.http import HttpBackendType
 from artifactvault.backends.pypi import PypiBackendType
 from artifactvault.backends.registry import RegistryBackendType
 from artifactvault.config import BackendEntry, ConfigError
 
-TYPES: tuple[Any, ...] = (HttpBackendType, PypiBackendType, RegistryBackendType)
+TYPES: tuple[Any, ...] = (HttpBackendType, PypiBackendType, RegistryBackendType, AptBackendType)
 
 
 def backend_type(name: str) -> Any | None:
