@@ -468,7 +468,8 @@ def _entry_span(responder: Responder, entry: Entry, cache_status: str, now: floa
         if not _relayed(responder, entry.status, entry.size, entry.content_type) or not entry.size:
             return None
         return 0, entry.size - 1
-    if not_modified(request, etag, modified):
+    # (RFC 9111 4.3.2: with no Last-Modified, If-Modified-Since is held against the stored Date)
+    if not_modified(request, etag, modified or entry.headers.get("Date")):
         answer_not_modified(responder)
         return None
     span = _range_or_full(responder, entry.size, etag, strong_date(modified, entry.stored_at))

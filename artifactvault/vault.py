@@ -136,7 +136,7 @@ class Vault:
         if responder.request.method == b"HEAD":
             flight = self.flights.get(artifact.key)
             if flight is not None and flight.state in (Flight.STREAMING, Flight.COMPLETE) \
-                    and flight.artifact.transform is None:
+                    and flight.artifact.transform is None and not self._not_for(artifact, flight):
                 serve_flight(responder, flight, "HIT" if flight.complete else "MISS")
             else:
                 Deferred.fromCoroutine(self._head(responder, artifact, entry)).addErrback(responder.fail)
@@ -178,10 +178,7 @@ class Vault:
         shared, or another variant) is answered from its own instead.
         Whether it was.
         """
-        policy, starter = artifact.policy, flight.artifact.policy
-        if policy is None or starter is None or flight.artifact is artifact or flight.response is None:
-            return False
-        key = policy.rejoin(starter, flight.response)
+        key = self._not_for(artifact, flight)
         if key is None:
             return False
         if key == ALONE:
@@ -204,6 +201,18 @@ class Vault:
         if accept is not None and not accept(entry):
             return False
         return serve_entry(responder, self.store, entry, "HIT")
+
+    @staticmethod
+    def _not_for(artifact: Artifact, flight: Flight) -> str | None:
+        """
+        None if C{flight}'s answer may answer a request for C{artifact} (the
+        same request, one without a caching policy, or one the policy lets
+        share it); else the key it must be fetched under instead, or L{ALONE}.
+        """
+        policy, starter = artifact.policy, flight.artifact.policy
+        if policy is None or starter is None or flight.artifact is artifact or flight.response is None:
+            return None
+        return policy.rejoin(starter, flight.response)
 
     def _answer(self, responder: Responder, flight: Flight, artifact: Artifact | None = None) -> None:
         if responder.gone:

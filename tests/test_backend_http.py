@@ -290,3 +290,12 @@ class UpstreamFreshnessTests(SynchronousTestCase):
         self.assertEqual((answer.status, answer.body), (404, b"not here"))
         self.fetch(b"oops", path="/maven/b", status=500)
         self.fetch(b"oops", path="/maven/b", status=500)
+
+    def test_if_modified_since_against_the_stored_date(self) -> None:
+        """A stored answer with no Last-Modified: If-Modified-Since is held against its Date (RFC 9111 4.3.2)."""
+        self.fetch(headers={"Cache-Control": "max-age=600"})
+        date = http_date(self.clock.seconds())
+        self.clock.advance(10)
+        self.assertEqual(self.get(headers={"If-Modified-Since": date}).answer().status, 304)
+        self.assertEqual(self.get(headers={"If-Modified-Since": http_date(self.clock.seconds() - 3600)}).answer().status,
+                         200)
