@@ -318,7 +318,7 @@ class Flight:
             fields = fields_of(response.headers)
             self.kept = policy.storable(response.code, fields) and not policy.no_store
             if not policy.shared(response.code, fields):
-                self._detach()  # (one client's answer: nobody else joins it)
+                self.detach()  # (one client's answer: nobody else joins it)
         self.length = response.length if isinstance(response.length, int) else None
         expected = self.artifact.size
         if expected is not None and self.length is not None and expected != self.length:
@@ -356,8 +356,8 @@ class Flight:
         return not (response.code >= 500 and self.stale is not None
                     and policy.stale_on_failure(self.stale.headers))
 
-    def _detach(self) -> None:
-        """Leave L{Flights}: requests from now on start their own download."""
+    def detach(self) -> None:
+        """Leave L{Flights}: requests from now on start their own download (this one goes on for its readers)."""
         if self._on_end is not None:
             self._on_end(self)
             self._on_end = None

@@ -676,6 +676,16 @@ class HttpPolicy:
             return Reuse.STALE_REVALIDATE
         return Reuse.VALIDATE
 
+    def reuse_arriving(self, starter: "HttpPolicy", exchange: Exchange, now: float) -> Reuse:
+        """
+        What an answer still arriving (the download another request, whose
+        policy is C{starter}, started) is good for, for this request: joining
+        it once its head has come is reusing it, so it must be fresh enough.
+        """
+        stored = starter.stored(exchange, now)
+        headers = {name: ", ".join(values) for name, values in exchange.fields.items()}
+        return self.reuse(stored["fresh_until"], stored["age"], now, headers, now)
+
     def stale_on_failure(self, headers: Mapping[str, str]) -> bool:
         """
         Whether a stale copy may stand in when the upstream fails (the

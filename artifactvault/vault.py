@@ -21,7 +21,7 @@ from artifactvault import logs
 from artifactvault.cache.store import Entry, FileStore
 from artifactvault.fields import refreshed, response_headers
 from artifactvault.flight import Artifact, Flight, Flights
-from artifactvault.httpcache import ALONE, Reuse
+from artifactvault.httpcache import ALONE, Exchange, Reuse, fields_of
 from artifactvault.relay import RangeRelay
 from artifactvault.serve import (Responder, answer_not_modified, not_modified, requested_range, serve_entry,
                                  serve_flight, set_headers, wants_revalidation)
@@ -133,6 +133,7 @@ class Vault:
             _log.info("serving stale {key} at once: its upstream failed lately", key=entry.key)
             if serve_entry(responder, self.store, entry, "STALE"):
                 return
+        self._drop_stale_download(artifact)
         if responder.request.method == b"HEAD":
             flight = self.flights.get(artifact.key)
             if flight is not None and flight.state in (Flight.STREAMING, Flight.COMPLETE) \
@@ -201,6 +202,23 @@ class Vault:
         if accept is not None and not accept(entry):
             return False
         return serve_entry(responder, self.store, entry, "HIT")
+
+    def _drop_stale_download(self, artifact: Artifact) -> None:
+        """
+        A download whose answer has begun is a stored answer in all but
+        name: a request with a caching policy joins it only if that answer
+        may be reused for it now (fresh, as the client asks). If not, the
+        download leaves L{Flights} (its readers go on) and this request
+        starts a new one.
+        """
+        flight = self.flights.get(artifact.key)
+        if artifact.policy is None or flight is None or flight.artifact.policy is None \
+                or flight.state not in (Flight.STREAMING, Flight.COMPLETE):
+            return
+        response = flight.response
+        exchange = Exchange(response.code, fields_of(response.headers), flight.requested, flight.answered)
+        if artifact.policy.reuse_arriving(flight.artifact.policy, exchange, self.store.now()) is not Reuse.FRESH:
+            flight.detach()
 
     @staticmethod
     def _not_for(artifact: Artifact, flight: Flight) -> str | None:

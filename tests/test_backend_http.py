@@ -299,3 +299,25 @@ class UpstreamFreshnessTests(SynchronousTestCase):
         self.assertEqual(self.get(headers={"If-Modified-Since": date}).answer().status, 304)
         self.assertEqual(self.get(headers={"If-Modified-Since": http_date(self.clock.seconds() - 3600)}).answer().status,
                          200)
+
+    def test_download_under_way_is_joined_only_while_fresh(self) -> None:
+        """
+        A request that comes once a download's answer has begun joins it only
+        if that answer may be reused now: a stale-on-arrival one (max-age=0)
+        makes it ask the upstream itself; a fresh one is shared.
+        """
+        first = self.get("/maven/stale")
+        response = self.harness.requests[-1].respond(200, None, {"Cache-Control": "max-age=0"}, length=6)
+        response.send(b"abc")
+        second = self.get("/maven/stale")
+        self.assertEqual(len(self.harness.requests), 2)
+        self.harness.requests[-1].respond(200, b"second", {"Cache-Control": "max-age=0"})
+        response.send(b"def").finish()
+        self.assertEqual((first.answer().body, second.answer().body), (b"abcdef", b"second"))
+        first = self.get("/maven/fresh")
+        response = self.harness.requests[-1].respond(200, None, {"Cache-Control": "max-age=60"}, length=6)
+        response.send(b"abc")
+        second = self.get("/maven/fresh")
+        self.assertEqual(len(self.harness.requests), 3)
+        response.send(b"def").finish()
+        self.assertEqual((first.answer().body, second.answer().body), (b"abcdef", b"abcdef"))
