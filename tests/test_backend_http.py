@@ -12,8 +12,9 @@ from zope.interface.verify import verifyObject
 
 from artifactvault.backends import backend_type
 from artifactvault.backends.base import BuildContext, IBackend, IBackendType
-from artifactvault.backends.http import HttpBackend, HttpBackendType, upstream_path
-from artifactvault.config import Section
+from artifactvault.backends.http import Freshness, HttpBackend, HttpBackendType, upstream_path
+from artifactvault.config import ConfigError, Section
+from artifactvault.httpcache import Mode
 from artifactvault.root import Root
 from artifactvault.site import VaultSite
 from tests.fakes import Client, Harness
@@ -80,6 +81,21 @@ class HttpBackendTests(SynchronousTestCase):
         self.assertEqual(backend.ttl_for("org/x/pom.xml"), 60)
         self.assertEqual(backend.ttl_for("org/x/a.jar"), 3600)
         self.assertIsNone(self.backend().ttl_for("a.jar"))
+
+    def test_freshness(self) -> None:
+        """freshness per backend and per rule; ttl is a fixed freshness; both at once, or another word, are refused."""
+        backend = self.backend(freshness="upstream", ttl_rules=[{"match": "*.jar", "freshness": "immutable"},
+                                                                {"match": "*.xml", "ttl": 60}])
+        self.assertEqual(backend.freshness_for("a/b.jar"), Freshness(Mode.IMMUTABLE))
+        self.assertEqual(backend.freshness_for("a/m.xml"), Freshness(Mode.TTL, 60.0))
+        self.assertEqual(backend.freshness_for("a/latest"), Freshness(Mode.UPSTREAM))
+        self.assertEqual(self.backend().freshness_for("x"), Freshness(Mode.IMMUTABLE))
+        for config, message in [({"ttl": 5, "freshness": "upstream"}, "config.freshness: give ttl or freshness"),
+                                ({"freshness": "sometimes"}, "config.freshness: must be one of immutable, upstream"),
+                                ({"ttl_rules": [{"match": "*"}]}, "ttl_rules[0].ttl: required (or freshness)")]:
+            with self.assertRaises(ConfigError) as caught:
+                settings(**config)
+            self.assertIn(message, str(caught.exception))
 
     def test_ttl_applied(self) -> None:
         """A file with a ttl is revalidated once it has passed."""
