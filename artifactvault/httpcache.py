@@ -588,7 +588,7 @@ class HttpPolicy:
     def storable(self, status: int, fields: Fields) -> bool:
         """Whether the answer is stored (else relayed to the requests that share it, and dropped)."""
         if not self.upstream:
-            return status == 200
+            return status == 200 and vary_fields(fields) != STAR
         return storable(status, fields, self.client, authorized="authorization" in self.sent)
 
     def shared(self, status: int, fields: Fields) -> bool:

@@ -240,6 +240,15 @@ class StorableTests(SynchronousTestCase):
         self.assertTrue(storable(200, fields(cache_control=cc)))
         self.assertFalse(storable(599, fields(cache_control=cc)))
 
+    def test_other_modes(self) -> None:
+        """immutable and ttl store 200s only (never Vary: *), whatever Cache-Control says, and share any answer but Vary: *."""
+        for policy in (HttpPolicy(Mode.IMMUTABLE), HttpPolicy(Mode.TTL, ttl=60)):
+            self.assertTrue(policy.storable(200, fields(cache_control="no-store")))
+            self.assertFalse(policy.storable(404, fields(cache_control="max-age=60")))
+            self.assertFalse(policy.storable(200, fields(vary="*")))
+            self.assertTrue(policy.shared(404, {}))
+            self.assertFalse(policy.shared(200, fields(vary="*")))
+
     def test_authorized(self) -> None:
         """An answer to a request with Authorization is stored only when public, s-maxage or must-revalidate say so."""
         self.assertFalse(storable(200, fields(cache_control="max-age=60"), authorized=True))
