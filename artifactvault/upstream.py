@@ -543,9 +543,9 @@ class Upstream:
             send = {"User-Agent": USER_AGENT}
             if origin(url) == home:
                 send.update(self.headers)
-                send.update(headers or {})
+                send.update(_octets(headers or {}))
             else:
-                send.update({k: v for k, v in (headers or {}).items() if k.lower() not in ORIGIN_ONLY})
+                send.update(_octets({k: v for k, v in (headers or {}).items() if k.lower() not in ORIGIN_ONLY}))
             if self.auth is not None and origin(url) == origin(first):
                 send.update(await self._ask_auth(self.auth.headers_for, url))
             try:
@@ -611,6 +611,22 @@ class Upstream:
             return (await result) if isinstance(result, Deferred) else result
         except Exception as e:
             raise describe_failure(e, url, self.timeout) from None
+
+
+def _octets(headers: dict[str, str]) -> dict[str, Any]:
+    """
+    A request's header values as the octets they stand for: a field passed
+    on from a client was read as latin-1, and goes out as the very bytes it
+    came as (Twisted would send text as UTF-8: ``\xfc`` as two bytes);
+    text beyond latin-1 goes as UTF-8.
+    """
+    out: dict[str, Any] = {}
+    for name, value in headers.items():
+        try:
+            out[name] = value.encode("latin-1")
+        except UnicodeEncodeError:
+            out[name] = value.encode("utf-8")
+    return out
 
 
 def _redirect_target(url: str, location: bytes) -> str:

@@ -11,6 +11,7 @@ import concurrent.futures
 import gzip
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -313,3 +314,25 @@ def wait_until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-unt
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
+
+
+class ForwardedFieldTests(TestCase):
+    """What goes upstream of a client's request (freshness: upstream), byte for byte."""
+
+    def setUp(self) -> None:
+        shared = support.shared_fixture(_Shared)
+        self.daemon, self.fake = shared.daemon, shared.fake
+
+    def test_field_octets_are_passed_as_they_came(self) -> None:
+        """A field value with obs-text (a latin-1 byte) reaches the upstream as that byte, not re-encoded as UTF-8."""
+        path = f"/{uuid.uuid4().hex[:12]}"
+        self.fake.scripts[path] = Script(body=b"ok", headers={"Cache-Control": "max-age=60", "Vary": "X-Lang"})
+        with socket.create_connection(("127.0.0.1", self.daemon.port), timeout=10) as s:
+            s.sendall(f"GET /up{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode()
+                      + b"X-Lang: \xfcber\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 "), data[:60])
+        sent = [headers for _, p, headers in self.fake.requests if p == path]
+        self.assertEqual([h.get("x-lang") for h in sent], ["\xfcber"])  # (the upstream reads octets as latin-1)
