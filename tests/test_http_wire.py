@@ -109,6 +109,7 @@ class WireTests(TestCase):
             for cache in ("MISS", "HIT"):
                 status, headers, body = self.get(prefix, path)
                 self.assertEqual((status, headers["x-cache"], body), (200, cache, b"report"))
+                wait_stored(self.daemon, f"/{prefix}{path}")
                 for name, value in kept.items():
                     self.assertEqual(headers.get(name.lower()), value, (prefix, cache, name))
                 for name in dropped:
@@ -224,6 +225,7 @@ class UpstreamFreshnessWireTests(TestCase):
         path = self.script(body=b"fresh", headers={"Cache-Control": "max-age=600", "Age": "100"})
         status, headers, body = self.curl(path)
         self.assertEqual((status, body, headers["x-cache"]), (200, b"fresh", "MISS"))
+        wait_stored(self.daemon, f"/up{path}")
         status, headers, body = self.curl(path)
         self.assertEqual((status, body, headers["x-cache"]), (200, b"fresh", "HIT"))
         self.assertGreaterEqual(int(headers["age"]), 100)
@@ -248,6 +250,7 @@ class UpstreamFreshnessWireTests(TestCase):
         """no-cache with an ETag: each request after the first asks with If-None-Match; the 304 serves the copy."""
         path = self.script(body=b"doc", headers={"Cache-Control": "no-cache", "ETag": '"d1"'})
         self.curl(path)
+        wait_stored(self.daemon, f"/up{path}")
         status, headers, body = self.curl(path)
         self.assertEqual((status, body, headers["x-cache"]), (200, b"doc", "HIT"))
         self.assertEqual([h.get("if-none-match") for h in self.sent(path)], [None, '"d1"'])
@@ -258,6 +261,7 @@ class UpstreamFreshnessWireTests(TestCase):
         status, _, _ = self.curl(path, "-H", "Cache-Control: only-if-cached")
         self.assertEqual((status, self.fake.count("GET", path)), (504, 0))
         self.curl(path)
+        wait_stored(self.daemon, f"/up{path}")
         self.curl(path, "-H", "Cache-Control: no-cache")
         self.assertEqual([h.get("if-none-match") for h in self.sent(path)], [None, '"d1"'])
         status, headers, body = self.curl(path, "-H", "Cache-Control: only-if-cached")
@@ -269,10 +273,12 @@ class UpstreamFreshnessWireTests(TestCase):
         fetched once and then a hit; a request without it is a variant too.
         """
         path = self.script(body=b"hallo", headers={"Cache-Control": "max-age=600", "Vary": "Accept-Language"})
-        for language in ("de", "en", "de", "en"):
+        for n, language in enumerate(("de", "en", "de", "en")):
             self.assertEqual(self.curl(path, "-H", f"Accept-Language: {language}")[0], 200)
+            wait_stored(self.daemon, f"/up{path}", min(n + 1, 2))
         self.assertEqual([h.get("accept-language") for h in self.sent(path)], ["de", "en"])
         self.assertEqual(self.curl(path)[1]["x-cache"], "MISS")
+        wait_stored(self.daemon, f"/up{path}", 3)
         self.assertEqual(self.curl(path)[1]["x-cache"], "HIT")
         self.assertEqual(self.fake.count("GET", path), 3)
 
@@ -298,6 +304,8 @@ class UpstreamFreshnessWireTests(TestCase):
         strict = self.script(body=b"strict", headers={"Cache-Control": "max-age=1, must-revalidate", "ETag": '"s"'})
         self.curl(ok)
         self.curl(strict)
+        wait_stored(self.daemon, f"/up{ok}")
+        wait_stored(self.daemon, f"/up{strict}")
         for path in (ok, strict):
             self.fake.scripts[path] = Script(body=b"down", status=503)
         wait_until(lambda: self.curl(ok)[1].get("x-cache") == "STALE")
@@ -305,6 +313,15 @@ class UpstreamFreshnessWireTests(TestCase):
         wait_until(lambda: answers.append(self.curl(strict)) or answers[-1][1].get("x-cache") != "HIT")
         status, headers, body = answers[-1]
         self.assertEqual((status, body, headers.get("x-cache")), (503, b"down", "MISS"))
+
+
+def wait_stored(daemon: Daemon, label: str, times: int = 1) -> None:
+    """
+    Wait until the daemon has stored C{label} (a backend prefix and path)
+    C{times} times: a request after that finds the entry, not the download
+    (which, on a loaded machine, may still be committing).
+    """
+    wait_until(lambda: daemon.log().count(f"stored {label}:") >= times, timeout=30)
 
 
 def wait_until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
