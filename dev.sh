@@ -35,8 +35,11 @@ case $cmd in
     # curl for the upstream scripts; nginx, the registry and skopeo for the
     # real upstreams and clients the integration tests drive; apt-utils
     # (apt-ftparchive), dpkg-dev, gnupg, gpgv and xz-utils for the signed
-    # Debian repository of the apt backend's tests (tests/upstreams/apt-up).
-    apt_install curl nginx-light docker-registry skopeo apt-utils dpkg-dev gnupg gpgv xz-utils
+    # Debian repository of the apt backend's tests (tests/upstreams/apt-up);
+    # Ceph (a mon, an OSD and its RADOS Gateway) for the S3 store's
+    # (tests/upstreams/s3-up).
+    apt_install curl nginx-light docker-registry skopeo apt-utils dpkg-dev gnupg gpgv xz-utils \
+      ceph-mon ceph-osd radosgw
     setup "[test]"
     exec "$VENV/bin/trial" "${@:-tests}" ;;
   *)

@@ -14,6 +14,7 @@ from email.utils import formatdate
 from urllib.parse import urlsplit
 
 from twisted.internet.task import Clock
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -258,7 +259,7 @@ class ReleaseTests(SynchronousTestCase):
     def test_record_round_trip(self) -> None:
         h = Harness(self)
         h.get("dists/stable/Release")
-        entry, rs = h.backend._stored("dists/stable")
+        entry, rs = self.successResultOf(Deferred.fromCoroutine(h.backend._stored("dists/stable")))
         again = ReleaseSet.from_bytes(rs.to_bytes())
         self.assertEqual((again.bodies, again.pair, again.release.files), (rs.bodies, True, rs.release.files))
 

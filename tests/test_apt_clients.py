@@ -360,6 +360,12 @@ class CorruptUpstreamTests(AptTestCase):
         self.assertEqual([n for n in os.listdir(os.path.join(c.root, "lists")) if "Packages" in n], [])
 
 
+#: Clients updating at once while the repository flaps (each an apt-get process: 4 keep a
+#: 2-core machine busy), and how long after it settles all must have the new release.
+CLIENTS = 4
+SETTLE_SECONDS = 120
+
+
 class SwapTests(AptTestCase):
     def test_resigned_under_running_clients(self) -> None:
         """
@@ -379,17 +385,19 @@ class SwapTests(AptTestCase):
         name = self.repo("v1")
         d = self.daemon(name, index_ttl=0)  # (every update revalidates: the widest window for a mix-up)
         v2_inrelease = open(kit_dir("repos", "v2", "dists/stable/InRelease"), "rb").read()
-        clients = [self.client(d.url("/debian"), **options) for _ in range(8)]
+        clients = [self.client(d.url("/debian"), **options) for _ in range(CLIENTS)]
         mismatches: list[str] = []
         settled = threading.Event()
         done = threading.Event()
         updates = [0]
+        last: dict[int, str] = {}
 
         def loop(c: AptClient) -> None:
             while not done.is_set():
                 p = c.run("update")
                 updates[0] += 1
                 out = p.stdout + p.stderr
+                last[id(c)] = f"exit {p.returncode}: {out[-1500:]}"
                 if any(m in out for m in MISMATCH):
                     mismatches.append(out[-2000:])
                 if settled.is_set() and p.returncode == 0 and "W: " not in p.stderr and \
@@ -408,8 +416,12 @@ class SwapTests(AptTestCase):
                 self.swap(name, version)
             self.swap(name, "v2")
             settled.set()
+            settle_by = time.monotonic() + SETTLE_SECONDS  # (one budget for all, not one per client)
             for t in threads:
-                t.join(90)
+                t.join(max(settle_by - time.monotonic(), 0))
+            self.assertEqual([t for t in threads if t.is_alive()], [],
+                             f"clients still not on the new release {SETTLE_SECONDS} s after it settled; "
+                             f"the last update of one said: {next(iter(last.values()), '')}")
         finally:
             done.set()
             for t in threads:

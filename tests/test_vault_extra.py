@@ -26,9 +26,11 @@ class ServeCachedTests(SynchronousTestCase):
         served: list[bool] = []
 
         def handle(responder: Any, segments: list[str]) -> None:
-            served.append(self.h.vault.serve_cached(responder, self.key, accept))
-            if not served[-1]:
-                responder.error(404, "declined")
+            def answered(result: bool) -> None:
+                served.append(result)
+                if not result:
+                    responder.error(404, "declined")
+            self.h.vault.serve_cached(responder, self.key, accept).addCallback(answered)
 
         self.h.backend.handle = handle
         answer = self.h.get("/files/whatever").answer()
@@ -63,5 +65,5 @@ class ServeCachedTests(SynchronousTestCase):
         """Reading a document whose data file is gone gives None and forgets the entry."""
         entry = self.h.store.lookup(self.key)
         os.unlink(self.h.store.data_path(entry))
-        self.assertIsNone(self.h.vault.read(entry))
+        self.assertIsNone(self.successResultOf(self.h.vault.read(entry)))
         self.assertIsNone(self.h.store.lookup(self.key))

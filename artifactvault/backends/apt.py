@@ -222,7 +222,6 @@ class AptBackend(Backend):
         self.settings: AptSettings = settings
         self.base_url = settings.mirror_url.rstrip("/")
         self.mirror_path = urlsplit(self.base_url).path.rstrip("/")
-        self.store = context.vault.store
         self.reactor = context.reactor
         self.pool = PoolIndex()
         self._sets: dict[str, tuple[str, ReleaseSet]] = {}  # dir → (entry data, set)
@@ -255,16 +254,20 @@ class AptBackend(Backend):
         path = "/".join(segments)
         name = segments[-1]
         own = "/".join(segments[:-1])
+        run(responder, self._route(responder, path, name, own))
+
+    async def _route(self, responder: Responder, path: str, name: str, own: str) -> None:
+        await self._load_dirs()
         directory = self._dir_for(path)
         # (a component's Release, below a suite's directory, is one of its index files)
         if name in RELEASE_FILES and own and (name != "Release" or directory in (None, own)):
-            run(responder, self._release_file(responder, own, name))
+            await self._release_file(responder, own, name)
         elif by_hash_path(path) is not None:
-            self._by_hash(responder, path)
+            await self._by_hash(responder, path)
         elif directory is not None:
-            run(responder, self._index(responder, directory, path))
+            await self._index(responder, directory, path)
         else:
-            run(responder, self._other(responder, path))
+            await self._other(responder, path)
 
     def _url(self, path: str) -> str:
         return f"{self.base_url}/{upstream_path(path.split('/'))}"
@@ -277,22 +280,22 @@ class AptBackend(Backend):
     def _set_key(self, directory: str) -> str:
         return f"apt-release:{directory} for {self.prefix}"
 
-    def _stored(self, directory: str) -> tuple[Entry | None, ReleaseSet | None]:
+    async def _stored(self, directory: str) -> tuple[Entry | None, ReleaseSet | None]:
         """The stored set of C{directory}, however old (read and parsed once per commit)."""
-        entry = self.store.lookup(self._set_key(directory))
+        entry = await self.vault.lookup(self._set_key(directory))
         if entry is None:
             return None, None
         memo = self._sets.get(directory)
         if memo is not None and memo[0] == entry.data:
             return entry, memo[1]
-        raw = self.vault.read(entry)
+        raw = await self.vault.read(entry)
         if raw is None:
             return None, None
         try:
             rs = ReleaseSet.from_bytes(raw)
         except (MetaError, ValueError, KeyError, TypeError):
             _log.warn("dropping an unreadable release record for {dir}", dir=directory)
-            self.store.remove(entry.key, only=entry.data)
+            self.vault.drop(entry)
             return None, None
         self._sets[directory] = (entry.data, rs)
         return entry, rs
@@ -316,8 +319,8 @@ class AptBackend(Backend):
         revalidated, fetched, or stale when the mirror fails (at once while
         it is known to be failing), never one past its Valid-Until.
         """
-        entry, rs = self._stored(directory)
-        now = self.store.now()
+        entry, rs = await self._stored(directory)
+        now = self.vault.now()
         want_pair = name != "InRelease"
         usable = rs is not None and not rs.expired(now) and rs.covers(name)
         if usable and not refresh and entry.is_fresh(now):  # type: ignore[union-attr]
@@ -350,7 +353,7 @@ class AptBackend(Backend):
         changed. A mirror whose InRelease and Release disagree is asked once
         more (it was caught half-way through an update).
         """
-        entry, old = self._stored(directory)
+        entry, old = await self._stored(directory)
         pair = want_pair or (old is not None and old.pair)
         rs = None
         for attempt in (1, 2):
@@ -372,19 +375,16 @@ class AptBackend(Backend):
                 raise UpstreamError(f"the mirror's release files of {directory} are not valid: {e}; "
                                     f"not stored") from None
         assert rs is not None
-        now = self.store.now()
         if old is not None and entry is not None and rs.bodies == old.bodies and rs.pair == old.pair:
-            entry.fresh_until = now + self.settings.index_ttl
-            self.store.update(entry)
+            self.vault.refresh(entry, self.settings.index_ttl)
             self._sets[directory] = (entry.data, rs)
             return rs, False
         if self.settings.signed_by:
             await self._check_signatures(rs)
-        record = Entry(key=self._set_key(directory), data="", size=0, stored_at=now,
-                       fresh_until=now + self.settings.index_ttl, content_type="application/x-apt-release-set",
-                       url=self._url(directory))
         try:
-            entry = await self.store.put(record, rs.to_bytes())
+            entry = await self.vault.keep(self._set_key(directory), rs.to_bytes(), url=self._url(directory),
+                                          content_type="application/x-apt-release-set",
+                                          ttl=self.settings.index_ttl)
         except OSError as e:
             raise UpstreamError(f"could not store the release files: {e.strerror}") from None
         self._sets[directory] = (entry.data, rs)
@@ -458,24 +458,29 @@ class AptBackend(Backend):
     def _dirs_key(self) -> str:
         return f"apt-dirs for {self.prefix}"
 
-    def _known_dirs(self) -> list[str]:
-        """The release directories this backend has stored sets for (kept across restarts)."""
+    async def _load_dirs(self) -> None:
+        """Learn the release directories this backend has stored sets for (kept across restarts), once."""
         if self._dirs is None:
-            entry = self.store.lookup(self._dirs_key())
-            raw = self.vault.read(entry) if entry is not None else None
+            found = await self.vault.record(self._dirs_key())
+            if self._dirs is not None:  # (learnt meanwhile by another request)
+                return
             try:
-                self._dirs = [d for d in json.loads(raw) if isinstance(d, str)] if raw else []
+                self._dirs = [d for d in json.loads(found[1]) if isinstance(d, str)] if found else []
             except ValueError:
                 self._dirs = []
-        return self._dirs
+
+    def _known_dirs(self) -> list[str]:
+        """The release directories known (after L{_load_dirs})."""
+        return self._dirs or []
 
     def _note_dir(self, directory: str) -> None:
-        dirs = self._known_dirs()
+        if self._dirs is None:
+            self._dirs = []
+        dirs = self._dirs
         if directory in dirs:
             return
         dirs.append(directory)
-        entry = Entry(key=self._dirs_key(), data="", size=0, stored_at=self.store.now())
-        self.store.put(entry, json.dumps(sorted(dirs)).encode()).addErrback(
+        self.vault.keep(self._dirs_key(), json.dumps(sorted(dirs)).encode(), url="").addErrback(
             lambda f: _log.warn("cannot record the release directories of {prefix}: {why}",
                                 prefix=self.prefix, why=f.getErrorMessage()))
 
@@ -497,7 +502,7 @@ class AptBackend(Backend):
 
     async def _current(self, directory: str) -> ReleaseSet | None:
         """The set the vault serves now for C{directory} (fetched if it has none), or None if there is none."""
-        _, rs = self._stored(directory)
+        _, rs = await self._stored(directory)
         if rs is not None:
             return rs
         try:
@@ -537,10 +542,10 @@ class AptBackend(Backend):
         artifact = Artifact(key=hash_key(algo, hexdigest, self.prefix), url=url, upstream=self.upstream,
                             digest=(algo, hexdigest), size=info.size, label=self._label(path),
                             verify_before_send=self.settings.verify_before_send)
-        self.vault.serve(responder, artifact)
-        self._learn_from(directory, rel, artifact)
+        await self.vault.serve(responder, artifact)
+        await self._learn_from(directory, rel, artifact)
 
-    def _by_hash(self, responder: Responder, path: str) -> None:
+    async def _by_hash(self, responder: Responder, path: str) -> None:
         """
         ``…/by-hash/<Algo>/<hex>``: immutable, verified against its hash; kept
         under the strongest hash the stored release set lists for it (so it
@@ -549,7 +554,7 @@ class AptBackend(Backend):
         algo, hexdigest = by_hash_path(path)  # type: ignore[misc]
         digest, size, found = (algo, hexdigest), None, None
         directory = self._dir_for(path)
-        rs = self._stored(directory)[1] if directory is not None else None
+        rs = (await self._stored(directory))[1] if directory is not None else None
         if rs is not None:
             found = rs.release.find_hash(algo, hexdigest)
             if found is not None:
@@ -558,13 +563,13 @@ class AptBackend(Backend):
         artifact = Artifact(key=hash_key(digest[0], digest[1], self.prefix), url=self._url(path),
                             upstream=self.upstream, digest=digest, size=size, label=self._label(path),
                             verify_before_send=self.settings.verify_before_send)
-        self.vault.serve(responder, artifact)
+        await self.vault.serve(responder, artifact)
         if found is not None:
-            self._learn_from(directory, found[0], artifact)  # type: ignore[arg-type]
+            await self._learn_from(directory, found[0], artifact)  # type: ignore[arg-type]
 
     # -- learning pool hashes from indexes ------------------------------------------
 
-    def _learn_from(self, directory: str, rel: str, artifact: Artifact) -> None:
+    async def _learn_from(self, directory: str, rel: str, artifact: Artifact) -> None:
         """
         After serving a Packages or Sources index, learn the pool files it
         lists (once per stored copy): at once from the stored entry, or when
@@ -572,7 +577,7 @@ class AptBackend(Backend):
         """
         if index_kind(rel) is None or artifact.key in self.pool.learning:
             return
-        entry = self.store.lookup(artifact.key)
+        entry = await self.vault.lookup(artifact.key)
         if entry is not None and verified_as(entry, artifact.digest):
             self._learn(directory, rel, entry)
             return
@@ -614,23 +619,27 @@ class AptBackend(Backend):
         files are verified across restarts.
         """
         if self._restored is None:
-            pending = []
-            for directory in list(self._known_dirs()):
-                _, rs = self._stored(directory)
-                if rs is None:
-                    continue
-                seen = set()
-                for rel, info in sorted(rs.release.files.items()):
-                    best = info.best()
-                    where = uncompressed(rel)
-                    if best is None or index_kind(rel) is None or where in seen:
-                        continue
-                    entry = self.store.lookup(hash_key(best[0], best[1], self.prefix))
-                    if entry is not None and verified_as(entry, best):
-                        seen.add(where)
-                        pending.append(self._learn(directory, rel, entry))
-            self._restored = DeferredList(pending)
+            self._restored = Deferred.fromCoroutine(self._restore_all())
         return self._restored
+
+    async def _restore_all(self) -> None:
+        await self._load_dirs()
+        pending = []
+        for directory in list(self._known_dirs()):
+            _, rs = await self._stored(directory)
+            if rs is None:
+                continue
+            seen = set()
+            for rel, info in sorted(rs.release.files.items()):
+                best = info.best()
+                where = uncompressed(rel)
+                if best is None or index_kind(rel) is None or where in seen:
+                    continue
+                entry = await self.vault.lookup(hash_key(best[0], best[1], self.prefix))
+                if entry is not None and verified_as(entry, best):
+                    seen.add(where)
+                    pending.append(self._learn(directory, rel, entry))
+        await DeferredList(pending)
 
     async def _pool_info(self, path: str) -> tuple[str | None, int | None] | None:
         """(sha256, size) of a pool file from the indexes learnt, waiting for learning under way."""
@@ -648,7 +657,7 @@ class AptBackend(Backend):
     async def _other(self, responder: Responder, path: str) -> None:
         """A pool file (immutable, verified where an index vouches for it), or any other file (ttl)."""
         if not is_pool_file(path):
-            self.vault.serve(responder, Artifact(
+            await self.vault.serve(responder, Artifact(
                 key=f"apt-file:{path} for {self.prefix}", url=self._url(path), upstream=self.upstream,
                 ttl=self.settings.index_ttl, label=self._label(path)))
             return
@@ -658,12 +667,12 @@ class AptBackend(Backend):
         sha, size = found if found is not None else (None, None)
         key = f"apt-pool:{path} for {self.prefix}"
         if sha is None and size is not None:
-            entry = self.store.lookup(key)
+            entry = await self.vault.lookup(key)
             if entry is not None and entry.size != size:  # the index says another size: fetch it again
                 _log.info("{path}: the index says {size} bytes, the cache has {had}: fetching it again",
                           path=self._label(path), size=size, had=entry.size)
-                self.store.remove(key, only=entry.data)
-        self.vault.serve(responder, Artifact(
+                self.vault.drop(entry)
+        await self.vault.serve(responder, Artifact(
             key=key, url=self._url(path), upstream=self.upstream,
             ttl=None if sha is not None else UNVERIFIED_TTL,
             digest=("sha256", sha) if sha is not None else None, size=size,

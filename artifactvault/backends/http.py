@@ -23,14 +23,14 @@ download of its own.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
 from zope.interface import provider
 
 from artifactvault.backends.base import (Backend, BuildContext, CommonSettings, IBackendType,
-                                         parse_common)
+                                         parse_common, run)
 from artifactvault.config import Section
 from artifactvault.fields import forwarded
 from artifactvault.flight import Artifact
@@ -120,20 +120,22 @@ class HttpBackend(Backend):
         sent = forwarded(request.requestHeaders, own=self._own_headers) if freshness.mode is Mode.UPSTREAM else {}
         policy = HttpPolicy(freshness.mode, freshness.ttl, sent, request_directives(fields_of(request.requestHeaders)),
                             key=url)
-        self.vault.serve(responder, Artifact(
-            key=self._key(url, policy), url=url, upstream=self.upstream, ttl=freshness.ttl, headers=sent,
-            policy=policy, label=f"{self.prefix}{path}", verify_before_send=self.settings.verify_before_send))
+        run(responder, self._serve(responder, Artifact(
+            key=url, url=url, upstream=self.upstream, ttl=freshness.ttl, headers=sent,
+            policy=policy, label=f"{self.prefix}{path}", verify_before_send=self.settings.verify_before_send)))
 
-    def _key(self, url: str, policy: HttpPolicy) -> str:
+    async def _serve(self, responder: Responder, artifact: Artifact) -> None:
         """
-        Where this request's answer is stored: under the URL, unless the
-        answer stored there varies on request fields whose values this
-        request does not share (then under its variant's key).
+        Serve C{artifact} under its key: the URL, unless the answer stored
+        there varies on request fields whose values this request does not
+        share (then under its variant's key).
         """
-        entry = self.vault.store.lookup(url)
-        if entry is None or not entry.variant or policy.selects(entry.variant):
-            return url
-        return variant_key(url, selecting(tuple(entry.variant), policy.sent))
+        entry = await self.vault.lookup(artifact.url)
+        policy = artifact.policy
+        if entry is not None and entry.variant and not policy.selects(entry.variant):
+            artifact = replace(artifact, key=variant_key(artifact.url, selecting(tuple(entry.variant), policy.sent)))
+        if not responder.gone:
+            await self.vault.serve(responder, artifact)
 
 
 @provider(IBackendType)
