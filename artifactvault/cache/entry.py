@@ -41,6 +41,8 @@ class Entry:
     status: int = 200  # the upstream's status (the http backend stores others too)
     age: float | None = None  # its age (RFC 9111 4.2.3) at stored_at: hits say Age; None: they do not
     variant: dict[str, str | None] | None = None  # the request fields sent upstream its Vary chose by
+    #: The backend's name for it: its prefix and path (an admin purge matches it).
+    label: str = ""
 
     def is_fresh(self, now: float) -> bool:
         return self.fresh_until is None or now < self.fresh_until
