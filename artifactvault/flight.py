@@ -54,7 +54,7 @@ from artifactvault.cache.interface import ILease, IStore, IStoreWrite, StoreUnav
 from artifactvault.fields import current_age, refreshed, response_headers, stored
 from artifactvault.httpcache import fields_of
 from artifactvault.observe import body_error_kind
-from artifactvault.upstream import (Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout,
+from artifactvault.upstream import (MAX_ERROR_BODY, Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout,
                                     abandon, describe_failure, discard, header)
 
 _log = Logger(observer=logs.observer)
@@ -588,6 +588,7 @@ class Flight:
         elif not self.kept:
             _log.debug("relayed {what} ({status}), not stored: its caching policy says so",
                        what=self.artifact.describe(), status=self.status)
+            self._relayed_answer_read()
             self._pass_through(UpstreamError(f"upstream answer ({self.status}) is not to be stored"))
         elif self.store.fits(self.written):
             self._commit(self.content_type)
@@ -599,6 +600,21 @@ class Flight:
                       count=count)
             self._pass_through(UpstreamError(f"{self.written} bytes is more than max_object_size "
                                              f"({self.store.max_object_size}); not stored"))
+
+    def _relayed_answer_read(self) -> None:
+        """
+        A relayed 404/410 was read whole: the negative cache (L{Upstream.relayed})
+        replays it as it came, unless the backend follows HTTP's caching
+        rules (C{freshness: upstream}), which decide alone.
+        """
+        response = self.response
+        if response.code not in (404, 410):
+            return
+        policy = self.artifact.policy
+        small = self.written <= MAX_ERROR_BODY and self.fd is not None
+        body = os.pread(self.fd, self.written, 0) if small else None  # type: ignore[arg-type]
+        self.artifact.upstream.relayed(response, body, response_headers(self.artifact, response, self.answered),
+                                       self.content_type, remember=not (policy is not None and policy.upstream))
 
     def _pass_through(self, error: UpstreamError) -> None:
         """

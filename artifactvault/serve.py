@@ -133,11 +133,32 @@ class Responder:
             if getattr(error, "negative", False):  # (answered from the negative cache)
                 self.cache_status = "HIT"
                 self.request.negative = True  # type: ignore[attr-defined]
+                if getattr(error, "relayed", False):
+                    self._replay(error)
+                    return
             self.error(error.status, error.reason, error.headers, cause=error)
             return
         _log.failure("answering {path} failed", failure,
                      path=self.request.path.decode("latin-1", "replace"))
         self.error(500, "internal error")
+
+    def _replay(self, error: UpstreamError) -> None:
+        """A remembered upstream answer that was relayed as it came: again, as it came."""
+        if self.gone or self.request.finished:
+            return
+        if self.request.startedWriting:
+            self.abort()
+            return
+        self.reset()
+        request = self.request
+        request.error_reason = error.reason  # type: ignore[attr-defined]
+        request.setResponseCode(error.status)
+        for name, value in (error.headers or {}).items():
+            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        body = getattr(error, "body", None) or b""
+        request.setHeader(b"content-length", str(len(body)).encode())
+        request.write(body)
+        request.finish()
 
     def reset(self) -> None:
         """

@@ -152,11 +152,15 @@ class NegativeHit(UpstreamStatus):
     negative = True
 
     def __init__(self, known: Remembered):
-        super().__init__(known.code, known.phrase, None, known.host)
+        super().__init__(known.code, known.phrase, known.headers, known.host)
         self.reason += " (remembered: not asked again yet)"
         self.args = (self.reason,)
         self.body = known.body
         self.content_type = known.content_type
+        #: Replayed as the upstream's answer was relayed (L{Upstream.relayed}), not in our words.
+        self.relayed = known.relayed
+        if known.relayed:
+            self.status = known.code
 
 
 class UpstreamThrottled(UpstreamStatus):
@@ -668,6 +672,24 @@ class Upstream:
         if remembered is not None:  # (the negative cache answers with the same words)
             remembered.body, remembered.content_type = error.body, error.content_type
         return error
+
+    def relayed(self, response: Any, body: bytes | None, headers: dict[str, str],
+                content_type: str | None, remember: bool = True) -> None:
+        """
+        C{response}, a 404/410 perhaps remembered (L{negative}), was relayed
+        to the client as it came (a backend that passes final statuses on):
+        the negative cache answers with it again as it was — its status,
+        C{headers} and C{body} — or, when its body was not kept (too long,
+        cut) or C{remember} is false (HTTP's own caching rules decide), forgets it.
+        """
+        remembered = self._unread.pop(id(response), (None, None))[1]
+        if remembered is None:
+            return
+        if body is None or len(body) > MAX_ERROR_BODY or not remember:
+            self.negative.drop(remembered)
+            return
+        remembered.relayed, remembered.body = True, body
+        remembered.headers, remembered.content_type = headers, content_type
 
     async def _ask_auth(self, method: Any, url: str, *args: Any) -> Any:
         """

@@ -139,17 +139,18 @@ class WireTests(TestCase):
         410 stays 410, a 403's words are its own, a 300 is not followed, 201
         to 204 and 5xx are not 502s), with its headers; none of them is stored.
         """
-        for status in (201, 202, 203, 204, 300, 403, 405, 410, 418, 500, 501, 503, 599):
+        for status in (201, 202, 203, 204, 300, 403, 404, 405, 410, 418, 500, 501, 503, 599):
             path = self.path()
             body = b"" if status == 204 else b"upstream says %d" % status
             self.fake.scripts[path] = Script(body=body, status=status, headers={"X-Why": f"because {status}"})
+            remembered = status in (404, 410)  # (the negative cache answers it again, as it came)
             for prefix in ("imm", "ttl"):
-                for _ in range(2):
+                for n in range(2):
                     got, headers, content = self.get(prefix, path)
                     self.assertEqual((got, content, headers.get("x-why")), (status, body, f"because {status}"),
                                      (prefix, status))
-                    self.assertEqual(headers["x-cache"], "MISS", (prefix, status))
-            self.assertEqual(self.fake.count("GET", path), 4, status)
+                    self.assertEqual(headers["x-cache"], "HIT" if remembered and n else "MISS", (prefix, status))
+            self.assertEqual(self.fake.count("GET", path), 2 if remembered else 4, status)
 
     def test_unasked_partial_content_is_relayed(self) -> None:
         """An upstream 206 to a request without Range is passed on as it came (its Content-Range too), not stored."""
@@ -244,6 +245,14 @@ class UpstreamFreshnessWireTests(TestCase):
         path = self.script(body=b"secret", headers={"Cache-Control": "no-store, max-age=600"})
         for _ in range(2):
             self.assertEqual(self.curl(path)[2], b"secret")
+        self.assertEqual(self.fake.count("GET", path), 2)
+
+    def test_not_found_no_store_is_asked_again(self) -> None:
+        """A 404 with no-store: HTTP's rules decide alone (the negative cache does not keep it); asked each time."""
+        path = self.script(body=b"nothing here", status=404, headers={"Cache-Control": "no-store"})
+        for _ in range(2):
+            status, headers, body = self.curl(path)
+            self.assertEqual((status, body, headers["x-cache"]), (404, b"nothing here", "MISS"))
         self.assertEqual(self.fake.count("GET", path), 2)
 
     def test_no_cache_revalidates_every_time(self) -> None:
