@@ -438,8 +438,11 @@ class _FileSender:
         data = os.pread(fd, min(CHUNK, count), self.offset)
         self.offset += len(data)
         if data:
-            self.request.write(data)
+            self._write(data)
         return len(data)
+
+    def _write(self, data: bytes) -> None:
+        self.request.write(data)
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -454,13 +457,26 @@ class _FileSender:
 
 @implementer(IPushProducer)
 class FileProducer(_FileSender):
-    """Streams bytes first..last of an open file, closing it when done."""
+    """
+    Streams bytes first..last of an open file, closing it when done. With
+    C{rewrite}, each chunk read is sent as C{rewrite(chunk)} (never with
+    sendfile): for a stored template that is completed per request, where
+    no part of what is replaced can span two chunks (one byte).
+    """
 
-    def __init__(self, responder: Responder, fd: int, first: int, last: int):
+    def __init__(self, responder: Responder, fd: int, first: int, last: int,
+                 rewrite: Callable[[bytes], bytes] | None = None):
         self.responder = responder
         self.fd: int | None = fd
         self.offset = first
         self.end = last + 1
+        self.rewrite = rewrite
+
+    def _zero_copy(self) -> bool:
+        return self.rewrite is None and super()._zero_copy()
+
+    def _write(self, data: bytes) -> None:
+        self.request.write(data if self.rewrite is None else self.rewrite(data))
 
     def start(self) -> None:
         try:

@@ -424,27 +424,31 @@ class Upstream:
         self.origin_url = origin_url
         self.rate_limit = RateLimit(lambda: self.reactor.seconds())
 
-    async def request(self, method: str, url: str, headers: dict[str, str] | None = None) -> Any:
+    async def request(self, method: str, url: str, headers: dict[str, str] | None = None,
+                      body: bytes | None = None) -> Any:
         """
         Send a request, following redirects (credentials and extra headers
         only to their own origin) and answering one auth challenge, all within
         C{timeout} seconds. Fires with the treq response, its body not yet
         read; raises L{UpstreamError} (L{UpstreamTimeout} when time ran out).
         While a 429's back-off lasts nothing is sent: L{UpstreamThrottled}.
+        C{body} is sent with the request (a relayed POST), again after a
+        redirect that keeps the method, never after a 303.
         """
         host = host_of(self.origin_url or url)
         wait = self.rate_limit.hold()
         if wait is not None:
             raise UpstreamThrottled(host, wait)
-        response = await self._within_timeout(method, url, headers)
+        response = await self._within_timeout(method, url, headers, body)
         if response.code == 429:
             seconds = self.rate_limit.throttle(header(response, b"retry-after"))
             _log.warn("upstream {host} answered 429: no requests to it for {seconds:g} s",
                       host=host, seconds=seconds)
         return response
 
-    async def _within_timeout(self, method: str, url: str, headers: dict[str, str] | None) -> Any:
-        attempt = Deferred.fromCoroutine(self._request(method, url, headers))
+    async def _within_timeout(self, method: str, url: str, headers: dict[str, str] | None,
+                              body: bytes | None = None) -> Any:
+        attempt = Deferred.fromCoroutine(self._request(method, url, headers, body))
         expired = []
 
         def expire() -> None:
@@ -463,7 +467,8 @@ class Upstream:
             if timer.active():
                 timer.cancel()
 
-    async def _request(self, method: str, url: str, headers: dict[str, str] | None) -> Any:
+    async def _request(self, method: str, url: str, headers: dict[str, str] | None,
+                       body: bytes | None = None) -> Any:
         first = url
         home = origin(self.origin_url or first)
         retried = False
@@ -475,10 +480,11 @@ class Upstream:
             if self.auth is not None and origin(url) == origin(first):
                 send.update(await self._ask_auth(self.auth.headers_for, url))
             try:
+                extra = {} if body is None else {"data": body}
                 response = await self.client.request(
                     method, url, headers={k: [v] for k, v in send.items()},
                     allow_redirects=False, unbuffered=True, reactor=self.reactor,
-                    timeout=self.timeout)
+                    timeout=self.timeout, **extra)
             except Exception as e:
                 raise describe_failure(e, url, self.timeout) from None
             if response.code == 401 and self.auth is not None and not retried:
@@ -497,7 +503,7 @@ class Upstream:
                     discard(response)
                     url = _redirect_target(url, location)
                     if method == "POST" and response.code == 303:
-                        method = "GET"
+                        method, body = "GET", None
                     continue
             return response
         raise UpstreamError(f"upstream {host_of(first)} redirected more than {MAX_REDIRECTS} times")

@@ -196,16 +196,18 @@ class Vault:
 
     # -- documents ---------------------------------------------------------------
 
-    def document(self, artifact: Artifact) -> Deferred:
+    def document(self, artifact: Artifact, revalidate: bool = False) -> Deferred:
         """
         The stored entry for a document (a page a backend renders itself):
         fresh from the cache, revalidated, fetched, or stale when the upstream
         fails. Fires with (entry, "HIT"|"MISS"|"STALE"); fails with L{UpstreamError}.
+        With C{revalidate}, a fresh entry is revalidated as a stale one would
+        be (a backend that found it lacks what it was asked for).
         """
         entry = self.store.lookup(artifact.key)
         if entry is not None and not verified_as(entry, artifact.digest):
             entry = None  # never served: the download replaces it
-        if entry is not None and entry.is_fresh(self.store.now()):
+        if entry is not None and entry.is_fresh(self.store.now()) and not revalidate:
             return succeed((entry, "HIT"))
         flight = self.flights.join(artifact, stale=entry)
 
@@ -248,6 +250,14 @@ class Vault:
         if fd is None:
             return succeed(None)
         return self.work(entry.size, _read_and_parse, fd, entry.size, parse)
+
+    def open_document(self, entry: Entry) -> int | None:
+        """
+        An open descriptor on a committed document entry's bytes (the caller
+        closes it), or None if they are gone (then dropped, as by L{read}):
+        for a backend that sends part of a large document without reading it whole.
+        """
+        return self._open_document(entry)
 
     def _open_document(self, entry: Entry) -> int | None:
         fd = self.store.open_data(entry)

@@ -12,11 +12,12 @@ from typing import Any
 
 from artifactvault.backends.base import IBackendType
 from artifactvault.backends.http import HttpBackendType
+from artifactvault.backends.npm import NpmBackendType
 from artifactvault.backends.pypi import PypiBackendType
 from artifactvault.backends.registry import RegistryBackendType
 from artifactvault.config import BackendEntry, ConfigError
 
-TYPES: tuple[Any, ...] = (HttpBackendType, PypiBackendType, RegistryBackendType)
+TYPES: tuple[Any, ...] = (HttpBackendType, PypiBackendType, RegistryBackendType, NpmBackendType)
 
 
 def backend_type(name: str) -> Any | None:
