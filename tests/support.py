@@ -36,7 +36,8 @@ LARGE_MB = int(os.environ.get("AV_TEST_LARGE_MB", "64"))
 #: second checkout testing at the same time, with its own AV_KIT_DIR).
 _OFFSET = int(os.environ.get("AV_KIT_PORT_OFFSET", "0"))
 UPSTREAM_PORTS = {name: port + _OFFSET for name, port in
-                  {"files": 18090, "pypi": 18081, "reg": 15000, "regauth": 15001}.items()}
+                  {"files": 18090, "pypi": 18081, "reg": 15000, "regauth": 15001,
+                   "npm": 14873}.items()}
 TOKEN_PORT = 15002 + _OFFSET
 
 _started: set[str] = set()
@@ -51,11 +52,11 @@ def upstream_dir(name: str) -> str:
 
 
 def upstream_url(name: str) -> str:
-    """Start upstream C{name} (files, pypi, reg, regauth) if needed; its base URL."""
+    """Start upstream C{name} (files, pypi, reg, regauth, npm) if needed; its base URL."""
     port = UPSTREAM_PORTS[name]
     if name not in _started:
         script = {"files": "files-up", "pypi": "pypi-up", "reg": "registry-up",
-                  "regauth": "registry-auth-up"}[name]
+                  "regauth": "registry-auth-up", "npm": "npm-up"}[name]
         args = [os.path.join(UPSTREAMS, script), upstream_dir(name), str(port)]
         if name == "regauth":
             args.append(str(TOKEN_PORT))

@@ -70,12 +70,15 @@ def integrity(data: bytes) -> str:
     return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
 
 
-def _request(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, dict]:
+def _request(method: str, url: str, body: Any = None, token: str | None = None,
+             basic: str | None = None) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)
     req.add_header("Content-Type", "application/json")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
+    elif basic:
+        req.add_header("Authorization", "Basic " + base64.b64encode(basic.encode()).decode())
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(req, timeout=60) as resp:
@@ -88,9 +91,12 @@ def _request(method: str, url: str, body: Any = None, token: str | None = None) 
 
 
 def login(registry: str) -> str:
-    """A token for the kit's user (created on first use)."""
-    status, answer = _request("PUT", f"{registry}/-/user/org.couchdb.user:{USER}",
-                              {"name": USER, "password": PASSWORD, "type": "user", "roles": []})
+    """A token for the kit's user (created on first use, as `npm adduser` does; then logged in)."""
+    url = f"{registry}/-/user/org.couchdb.user:{USER}"
+    body = {"name": USER, "password": PASSWORD, "type": "user", "roles": []}
+    status, answer = _request("PUT", url, body)
+    if status == 409:  # registered before: log in, as `npm login` does
+        status, answer = _request("PUT", url, body, basic=f"{USER}:{PASSWORD}")
     if status not in (200, 201) or "token" not in answer:
         sys.exit(f"npm-publish: cannot log in to {registry}: {status} {answer}")
     return answer["token"]
