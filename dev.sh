@@ -35,6 +35,8 @@ case $cmd in
     # curl for the upstream scripts; nginx, the registry and skopeo for the
     # real upstreams and clients the integration tests drive.
     apt_install curl nginx-light docker-registry skopeo
+    # Node.js, npm and verdaccio (from the npm registry) for the npm backend's upstream.
+    tests/upstreams/npm-kit-install
     setup "[test]"
     exec "$VENV/bin/trial" "${@:-tests}" ;;
   *)

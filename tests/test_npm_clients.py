@@ -31,6 +31,8 @@ from tests.support import (UPSTREAMS, Daemon, UpstreamUnavailable, hits, request
 
 PUBLIC_REGISTRY = "https://registry.npmjs.org/"
 NPM = shutil.which("npm")
+#: yarn v1 and pnpm, installed into the kit by npm-kit-install.
+KIT_BIN = os.path.join(UPSTREAMS, "npm-kit", "node_modules", ".bin")
 
 
 def publish(spec: list[dict[str, Any]]) -> None:
@@ -159,6 +161,43 @@ class InstallTests(_Case):
         self.assertNotEqual(p.returncode, 0)
         self.assertIn("405", p.stderr)
         self.assertIn("read-only", p.stderr)
+
+
+class OtherClientTests(_Case):
+    def _client(self, tool: str, *args: str) -> str:
+        """Run C{tool} (yarn or pnpm from the kit) in a fresh project, with a fresh HOME (no user config)."""
+        path = os.path.join(KIT_BIN, tool)
+        if not os.path.exists(path):
+            raise SkipTest(f"{tool} is not in the kit: run tests/upstreams/npm-kit-install")
+        npm = NpmClient(self, "")
+        proj = npm.project()
+        home = os.path.join(npm.dir, "home")
+        os.makedirs(home)
+        env = {**npm_env(), "HOME": home, "XDG_CONFIG_HOME": home, "XDG_CACHE_HOME": home}
+        env = {k: v for k, v in env.items() if not k.lower().startswith(("yarn_", "pnpm_"))}
+        p = subprocess.run([path, *args], cwd=proj, env=env, capture_output=True, text=True, timeout=120)
+        if p.returncode != 0:
+            raise AssertionError(f"{tool} {' '.join(args)} failed:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+        return proj
+
+    def test_yarn_v1(self) -> None:
+        """yarn (v1) add resolves and fetches through the vault: its lockfile names the vault."""
+        d = self.daemon()
+        registry = d.url("/npm/")
+        proj = self._client("yarn", "add", "av-app", "--registry", registry, "--no-progress",
+                            "--non-interactive", "--cache-folder", "cache")
+        self.assertEqual((installed(proj, "av-app"), installed(proj, "@av/base")), ("1.1.0", "1.1.0"))
+        with open(os.path.join(proj, "yarn.lock")) as f:
+            self.assertIn(f'resolved "{registry}@av/base/-/base-1.1.0.tgz#', f.read())
+
+    def test_pnpm(self) -> None:
+        """pnpm add resolves and fetches through the vault (scoped names as @scope%2Fname)."""
+        d = self.daemon()
+        proj = self._client("pnpm", "add", "av-app", "--registry", d.url("/npm/"), "--store-dir", "store",
+                            "--config.update-notifier=false")
+        self.assertEqual(installed(proj, "av-app"), "1.1.0")
+        self.assertIn("GET /npm/@av%2Fbase 200", d.log())
+        self.assertIn("GET /npm/@av/base/-/base-1.1.0.tgz 200", d.log())
 
 
 class OfflineTests(_Case):
