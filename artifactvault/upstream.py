@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from twisted.web import client as webclient
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IAgent
+from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import Interface, implementer
 
 from artifactvault import logs
@@ -480,7 +480,7 @@ class Upstream:
             if self.auth is not None and origin(url) == origin(first):
                 send.update(await self._ask_auth(self.auth.headers_for, url))
             try:
-                extra = {} if body is None else {"data": body}
+                extra = {} if body is None else {"data": _Body(body)}
                 response = await self.client.request(
                     method, url, headers={k: [v] for k, v in send.items()},
                     allow_redirects=False, unbuffered=True, reactor=self.reactor,
@@ -543,6 +543,32 @@ class Upstream:
             return (await result) if isinstance(result, Deferred) else result
         except Exception as e:
             raise describe_failure(e, url, self.timeout) from None
+
+
+@implementer(IBodyProducer)
+class _Body:
+    """
+    A small request body (a relayed POST), written at once. (treq's own
+    producer for bytes runs on the global reactor's cooperator, not on the
+    reactor we are given.)
+    """
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred:
+        consumer.write(self.data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 def _redirect_target(url: str, location: bytes) -> str:

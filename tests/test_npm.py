@@ -507,7 +507,7 @@ class RelayTests(SynchronousTestCase):
         client = self.h.send("/npm/-/npm/v1/security/advisories/bulk", method=b"POST", body=report,
                              headers={"content-type": "application/json", "content-encoding": "gzip"})
         sent = self.h.client.requests[0]
-        self.assertEqual((sent.method, sent.url, sent.kwargs.get("data")),
+        self.assertEqual((sent.method, sent.url, sent.kwargs["data"].data),
                          ("POST", REGISTRY + "-/npm/v1/security/advisories/bulk", report))
         self.assertEqual((sent.header("content-encoding"), sent.header("content-type")), ("gzip", "application/json"))
         sent.respond(200, b'{"av-app":[]}', {"content-type": "application/json"})
