@@ -126,6 +126,34 @@ def publish(registry: str, token: str, name: str, version: str,
     return manifest["dist"]["integrity"], len(data)
 
 
+def publish_tarball(registry: str, token: str, data: bytes) -> tuple[str, str] | None:
+    """
+    Publish an existing package tarball as it is (its own package.json, its
+    bytes, so its integrity is the one it had elsewhere); (name, version),
+    or None if that version was already there.
+    """
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        member = next(m for m in tar.getmembers() if m.name.split("/", 1)[-1] == "package.json"
+                      and m.name.count("/") == 1)
+        manifest = json.load(tar.extractfile(member))  # type: ignore[arg-type]
+    name, version = manifest["name"], manifest["version"]
+    basename = f"{name.rpartition('/')[2]}-{version}.tgz"
+    manifest.update(_id=f"{name}@{version}", dist={
+        "integrity": integrity(data), "shasum": hashlib.sha1(data).hexdigest(),
+        "tarball": f"{registry}/{name}/-/{basename}"})
+    body = {"_id": name, "name": name, "description": manifest.get("description", ""),
+            "dist-tags": {"latest": version}, "versions": {version: manifest},
+            "_attachments": {f"{name}-{version}.tgz": {
+                "content_type": "application/octet-stream",
+                "data": base64.b64encode(data).decode(), "length": len(data)}}}
+    status, answer = _request("PUT", f"{registry}/{urllib.parse.quote(name, safe='@')}", body, token)
+    if status == 409 or (status == 403 and "exist" in json.dumps(answer)):
+        return None
+    if status not in (200, 201):
+        sys.exit(f"npm-publish: PUT {name}@{version}: {status} {answer}")
+    return name, version
+
+
 def main() -> None:
     if len(sys.argv) != 3:
         sys.exit(__doc__)
