@@ -123,8 +123,11 @@ class Section:
             raise self.error(key, "must not be negative")
         return seconds
 
-    def size(self, key: str, default: Any = _MISSING) -> Any:
-        """A number of bytes: an integer, or a string like ``500M``, ``20G``, ``1.5T`` (powers of 1024)."""
+    def size(self, key: str, default: Any = _MISSING, zero: bool = False) -> Any:
+        """
+        A number of bytes: an integer, or a string like ``500M``, ``20G``,
+        ``1.5T`` (powers of 1024); more than 0 unless C{zero} allows it.
+        """
         value = self._get(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -135,8 +138,8 @@ class Section:
             size = int(float(m.group(1)) * units[m.group(2).upper()])
         else:
             raise self.error(key, f"must be a size (bytes, or like 500M, 20G), not {value!r}")
-        if size <= 0:
-            raise self.error(key, "must be more than 0")
+        if size < 0 or (size == 0 and not zero):
+            raise self.error(key, "must not be negative" if zero else "must be more than 0")
         return size
 
     def bool(self, key: str, default: Any = _MISSING) -> Any:

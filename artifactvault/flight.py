@@ -51,7 +51,7 @@ from artifactvault import logs
 from artifactvault.cache.store import Entry, FileStore, write_all
 from artifactvault.fields import fresh_until, response_headers
 from artifactvault.upstream import (Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout,
-                                    describe_failure, discard, header)
+                                    abandon, describe_failure, discard, header)
 
 _log = Logger(observer=logs.observer)
 
@@ -59,6 +59,9 @@ _log = Logger(observer=logs.observer)
 PROGRESS_INTERVAL = 10.0
 #: A transformed document (an index page) larger than this is refused.
 MAX_DOCUMENT = 64 * 1024 * 1024
+#: A digest-checked download no larger than this (or of unknown length) is
+#: verified before a byte of it is sent (L{Artifact.verify_before_send}).
+VERIFY_BEFORE_SEND = 8 * 1024 * 1024
 
 
 @dataclass
@@ -82,8 +85,12 @@ class Artifact:
     #: byte chunks that need never be joined, content type). Runs in a thread
     #: for a large document: it must not touch the reactor.
     transform: Callable[[bytes, Any], tuple[bytes | list[bytes], str]] | None = None
-    #: Decides whether an upstream status is servable (default: only 200).
     label: str = ""  # for logs: backend and path
+    #: A digest-checked body announced no larger than this, or of unknown
+    #: length, is held until verified: bytes that fail the check are then a
+    #: clean error answer, not a connection cut after the headers went out.
+    #: A larger one streams as it arrives (0: every one streams).
+    verify_before_send: int = VERIFY_BEFORE_SEND
 
     def describe(self) -> str:
         return self.label or self.key
@@ -198,7 +205,17 @@ class Flight:
 
     # -- public -------------------------------------------------------------
 
-    def start(self) -> "Flight":
+    def start(self, response: Any = None) -> "Flight":
+        """
+        Ask the upstream (conditionally, to revalidate a stale copy); or,
+        given its C{response} to a request made elsewhere (a ranged request
+        it answered with the whole file), take that.
+        """
+        if response is not None:
+            d = succeed(response)
+            d.addCallback(self._got_response)
+            d.addErrback(self._internal_error)
+            return self
         headers = dict(self.artifact.headers)
         if self.stale is not None:
             if self.stale.etag:
@@ -602,17 +619,21 @@ class Flights:
     def get(self, key: str) -> Flight | None:
         return self._by_key.get(key)
 
-    def join(self, artifact: Artifact, stale: Entry | None = None) -> Flight:
+    def join(self, artifact: Artifact, stale: Entry | None = None, response: Any = None) -> Flight:
         """
-        The flight for C{artifact}'s key: the one in progress, or a new one.
-        A failed flight is still here while its failure is being handed out;
-        whoever asks then (a waiter that tries again) gets a new one.
+        The flight for C{artifact}'s key: the one in progress, or a new one
+        (taking the upstream's C{response}, if given: see L{Flight.start};
+        unused, it is dropped). A failed flight is still here while its
+        failure is being handed out; whoever asks then (a waiter that tries
+        again) gets a new one.
         """
         flight = self._by_key.get(artifact.key)
         if flight is None or flight.state == Flight.FAILED:
             flight = Flight(artifact, self.store, self.reactor, stale, on_end=self._ended)
             self._by_key[artifact.key] = flight
-            flight.start()
+            flight.start(response)
+        elif response is not None:
+            abandon(response)
         return flight
 
     def _ended(self, flight: Flight) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from email.utils import formatdate, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 
 from twisted.internet.interfaces import IPushProducer
@@ -165,10 +165,6 @@ class Responder:
 
 # -- HTTP semantics -----------------------------------------------------------
 
-def http_date(t: float) -> str:
-    return formatdate(t, usegmt=True)
-
-
 def entry_etag(entry: Entry) -> str:
     """The upstream's ETag, else one that changes whenever the bytes do."""
     if entry.etag:
@@ -178,8 +174,14 @@ def entry_etag(entry: Entry) -> str:
     return '"' + entry.data.rpartition(".")[2] + '"'
 
 
-def entry_last_modified(entry: Entry) -> str:
-    return entry.last_modified or http_date(entry.stored_at)
+def entry_last_modified(entry: Entry) -> str | None:
+    """
+    The upstream's Last-Modified, kept through commit and revalidation, or
+    None: the time the vault stored a copy is no modification date of the
+    bytes (it would change when the same bytes are stored again, and differ
+    from what the miss said).
+    """
+    return entry.last_modified
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -226,6 +228,28 @@ def not_modified(request: Request, etag: str | None, last_modified: str | None) 
     if ims is not None and last_modified:
         since, modified = _parse_date(ims.decode("latin-1")), _parse_date(last_modified)
         return since is not None and modified is not None and modified <= since
+    return False
+
+
+def wants_revalidation(request: Request) -> bool:
+    """
+    Whether the client asks that no stored copy answer it before the
+    upstream confirmed it (RFC 9111 5.2.1): ``Cache-Control: no-cache`` or
+    ``max-age=0``, or, from a client that sends no Cache-Control,
+    ``Pragma: no-cache`` (5.4). pip sends ``max-age=0`` for an index page
+    with ``--refresh-package``; uv ``no-cache`` with ``--refresh``. What
+    it may apply to, a backend says (a mutable document: an index page, a
+    tag; never a file named by its digest).
+    """
+    values = request.requestHeaders.getRawHeaders(b"cache-control")
+    if values is None:
+        pragma = b",".join(request.requestHeaders.getRawHeaders(b"pragma", []))
+        return any(p.strip().lower() == b"no-cache" for p in pragma.split(b","))
+    for directive in b",".join(values).split(b","):
+        name, _, value = directive.partition(b"=")
+        name, value = name.strip().lower(), value.strip().strip(b'"')
+        if name == b"no-cache" or (name == b"max-age" and value.isdigit() and int(value[:12]) == 0):
+            return True
     return False
 
 
@@ -312,6 +336,32 @@ def parse_range(request: Request, size: int, etag: str | None,
         return UNSATISFIABLE
     end = _position(last) if last else size - 1
     return start, min(end, size - 1)
+
+
+def requested_range(request: Request) -> tuple[int | None, int | None] | None:
+    """
+    The one byte range a request asks for, read without knowing the size:
+    (first, last) with C{last} None for "to the end", or (None, n) for the
+    last n bytes; None when there is no Range, several, one that cannot be
+    read or answered whatever the size (``bytes=5-2``, ``bytes=-0``), or
+    numbers longer than any file (L{parse_range} makes sense of those once
+    the size is known).
+    """
+    header = request.getHeader(b"range")
+    if header is None:
+        return None
+    m = _RANGE.fullmatch(header.decode("latin-1").strip(" \t"))
+    if not m or not (m.group(1) or m.group(2)):
+        return None
+    digits = [d.lstrip("0") or "0" for d in m.groups() if d]
+    if any(len(d) > _MAX_DIGITS for d in digits):
+        return None
+    first, last = (int(g) if g else None for g in m.groups())
+    if first is None:
+        return None if last == 0 else (None, last)
+    if last is not None and last < first:
+        return None
+    return first, last
 
 
 def set_headers(request: Request, *, size: int | None, content_type: str | None, etag: str | None,
@@ -578,7 +628,7 @@ def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS
     answers instead of an error.
     """
     request = responder.request
-    if _range_waits(request, flight):
+    if _waits_for_completion(request, flight):
         _CompletionWaiter(responder, flight, cache_status, fallback).start()
         return
     response = flight.response
@@ -607,26 +657,37 @@ def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS
     FlightReader(responder, flight, first, end, fallback).start()
 
 
-def _range_waits(request: Request, flight: Flight) -> bool:
+def _waits_for_completion(request: Request, flight: Flight) -> bool:
     """
-    A GET with a Range on a miss is answered only once the download is
-    complete when the flight cannot answer it now with verified bytes at
-    known places: a digest-checked artifact still unverified (a range's
-    bytes would go out before the check), or a body of unknown length (a
-    range cannot be placed, nor a suffix found, before the end).
+    Whether a GET from a download is answered only once the download is
+    complete and verified, sending nothing before:
+
+    - a digest-checked artifact announced no larger than its
+      C{verify_before_send}, or of unknown length: bytes that fail their
+      check are then a clean error answer (a registry's JSON 502, a reason
+      curl and pip can show), never a connection cut after a 200;
+    - a Range the flight cannot answer now with verified bytes at known
+      places: a digest still unchecked (a range's bytes would go out before
+      the check), or a body of unknown length (a range cannot be placed,
+      nor a suffix found, before the end).
     """
-    if request.method == b"HEAD" or request.getHeader(b"range") is None or flight.complete:
+    if request.method == b"HEAD" or flight.complete:
         return False
-    return flight.length is None or flight.artifact.digest is not None
+    checked = flight.artifact.digest is not None
+    limit = flight.artifact.verify_before_send
+    if checked and limit > 0 and (flight.length is None or flight.length <= limit):
+        return True
+    return request.getHeader(b"range") is not None and (flight.length is None or checked)
 
 
 @implementer(IFlightListener)
 class _CompletionWaiter:
     """
-    A ranged request waiting, sending nothing, for its download to be
-    complete and verified; then answered from the flight's file like any
-    reader (a 206 or 416 of the verified size; stored or not: a body too
-    large to store, or one no digest vouches for, is answered all the same).
+    A request waiting, sending nothing, for its download to be complete and
+    verified (L{_waits_for_completion}); then answered from the flight's
+    file like any reader (a 200, or a 206 or 416 of the verified size;
+    stored or not: a body too large to store, or one no digest vouches for,
+    is answered all the same; a mismatch is an error answer, not a cut).
     Subscribed meanwhile, so the file stays open for it.
     """
 

@@ -3,6 +3,11 @@
 The HTTP site: one structured log line per request (backend, path, cache
 status, HTTP status, bytes, duration), including requests whose client left.
 The query string is left out of the log: it may carry a signature or token.
+A request's duration counts from when its first bytes arrived (the
+channel's clock reading for the data that held its request line), not from
+when Twisted made its request object: a pipelined request waits, parsed
+but unanswered, until the one before it is done, and that wait is the
+client's too.
 
 A TLS handshake sent to a plain HTTP port gets a 400 at once, as Go's
 servers answer it: clients such as skopeo and docker try https first and
@@ -37,7 +42,10 @@ class VaultRequest(Request):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.started = time.monotonic()
+        channel = self.channel
+        self._clock = getattr(getattr(channel, "site", None), "monotonic", time.monotonic)
+        #: When the data holding this request's first line arrived.
+        self.started = getattr(channel, "arrived", None) or self._clock()
         self._logged = False
 
     def render(self, resrc: Any) -> None:
@@ -59,7 +67,7 @@ class VaultRequest(Request):
         method = (self.method or b"-").decode("latin-1")
         path = (self.path or b"").decode("utf-8", "replace")
         cache = self.cache_status or "-"
-        ms = (time.monotonic() - self.started) * 1000
+        ms = (self._clock() - self.started) * 1000
         backend = f" [{self.backend_name}]" if self.backend_name else ""
         note = (" (client gone)" if aborted else "") + (f": {self.error_reason}" if self.error_reason else "")
         _log.info("{request_line}",
@@ -69,11 +77,24 @@ class VaultRequest(Request):
 
 
 class VaultChannel(HTTPChannel):
-    """An HTTP/1.1 channel that answers a TLS handshake with a 400 (see the module doc)."""
+    """
+    An HTTP/1.1 channel that answers a TLS handshake with a 400, and knows
+    when the bytes of the request it parses next arrived (see the module doc).
+
+    @ivar arrived: The site clock's reading when the data now being parsed
+        arrived: for bytes Twisted buffered while it answered the request
+        before them (pipelining), when those arrived.
+    """
 
     _first = True
+    arrived: float | None = None
+    _buffered_at: float | None = None
+    _replaying_from: float | None = None
 
     def dataReceived(self, data: bytes) -> None:
+        # (Twisted replays buffered bytes through here too: see requestDone)
+        replayed, self._replaying_from = self._replaying_from, None
+        self.arrived = replayed if replayed is not None else self.site.monotonic()
         if self._first and data:
             self._first = False
             if data.startswith(TLS_HANDSHAKE):
@@ -82,10 +103,29 @@ class VaultChannel(HTTPChannel):
                 return
         super().dataReceived(data)
 
+    def rawDataReceived(self, data: bytes) -> None:
+        # (while a request is answered, Twisted keeps what follows in
+        # _dataBuffer, to parse it once that request is done)
+        if self._handlingRequest and not self._dataBuffer:
+            self._buffered_at = self.arrived
+        super().rawDataReceived(data)
+
+    def requestDone(self, request: Any) -> None:
+        # The bytes buffered meanwhile are parsed now, passed to dataReceived.
+        if self._dataBuffer:
+            self._replaying_from = self._buffered_at
+        self._buffered_at = None
+        try:
+            super().requestDone(request)
+        finally:
+            self._replaying_from = None
+
 
 class VaultSite(Site):
     requestFactory = VaultRequest
     displayTracebacks = False
+    #: The clock request durations are measured by (tests replace it).
+    monotonic = staticmethod(time.monotonic)
 
     #: Plain HTTP/1.1 channels (HTTP/2 needs TLS with ALPN, which we do not offer).
     protocol = VaultChannel

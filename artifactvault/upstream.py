@@ -41,7 +41,7 @@ from zope.interface import Interface, implementer
 
 from artifactvault import logs
 from artifactvault import __version__
-from artifactvault.ratelimit import RateLimit
+from artifactvault.ratelimit import FAILURE_BACKOFF, FAILURE_STATUSES, Backoff
 
 _log = Logger(observer=logs.observer)
 
@@ -70,6 +70,22 @@ class UpstreamError(Exception):
 
 class UpstreamTimeout(UpstreamError):
     status = 504
+
+
+class UpstreamUnreachable(UpstreamError):
+    """No answer: the connection was refused, could not be made, or broke before an answer."""
+
+
+class UpstreamBackedOff(UpstreamError):
+    """
+    Not asked: the upstream failed lately and its back-off is not over
+    (L{artifactvault.ratelimit}). Answered as that failure was (504 after a
+    timeout), so that stale copies are served as they would have been.
+    """
+
+    def __init__(self, host: str, seconds: int, failure: str, status: int):
+        super().__init__(f"not asking upstream {host} for {seconds} s after it failed: {failure}")
+        self.status = status
 
 
 class UpstreamStatus(UpstreamError):
@@ -227,6 +243,19 @@ def discard(response: Any) -> None:
         pass
 
 
+class _Abandon(_Discard):
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
+def abandon(response: Any) -> None:
+    """Drop a body we do not want at all (a whole file we will not use): its connection is closed, not read to the end."""
+    try:
+        response.deliverBody(_Abandon())
+    except Exception:  # already consumed
+        pass
+
+
 def header(response: Any, name: bytes) -> str | None:
     """The first value of a response header, as text."""
     if response is None:
@@ -312,19 +341,19 @@ def describe_failure(exc: BaseException, url: str, timeout: float) -> UpstreamEr
             any(r.check(CancelledError) for r in reasons):  # treq's timeout cancels the request
         return UpstreamTimeout(f"upstream {host} did not answer within {timeout:g} s")
     if isinstance(exc, neterror.ConnectionRefusedError):
-        return UpstreamError(f"cannot connect to upstream {host}: connection refused")
+        return UpstreamUnreachable(f"cannot connect to upstream {host}: connection refused")
     if isinstance(exc, neterror.DNSLookupError):
-        return UpstreamError(f"cannot resolve upstream host {host}")
+        return UpstreamUnreachable(f"cannot resolve upstream host {host}")
     if isinstance(exc, neterror.ConnectError):
-        return UpstreamError(f"cannot connect to upstream {host}: {exc.__class__.__name__}")
+        return UpstreamUnreachable(f"cannot connect to upstream {host}: {exc.__class__.__name__}")
     if isinstance(exc, SchemeNotSupported):
         return UpstreamError(f"cannot fetch {urlsplit(url).scheme}: URLs (from upstream {host})")
     if isinstance(exc, (webclient.ResponseNeverReceived, webclient.RequestTransmissionFailed)):
         detail = ""
         if reasons and "SSL" in type(reasons[0].value).__module__ + type(reasons[0].value).__name__:
             detail = ": TLS handshake failed"
-        return UpstreamError(f"upstream {host} closed the connection before answering{detail}")
-    return UpstreamError(f"upstream {host} broke the connection ({exc.__class__.__name__})")
+        return UpstreamUnreachable(f"upstream {host} closed the connection before answering{detail}")
+    return UpstreamUnreachable(f"upstream {host} broke the connection ({exc.__class__.__name__})")
 
 
 class _SmallBody(TwistedProtocol):
@@ -409,12 +438,14 @@ class Upstream:
     @ivar origin_url: The configured upstream: extra C{headers} are sent only to its origin.
     @ivar timeout: Seconds for the whole connecting phase of a request, and for a small body.
     @ivar idle_timeout: Seconds a download may go without a byte (used by the flight).
-    @ivar rate_limit: The back-off after a 429 (L{artifactvault.ratelimit}), with its counts.
+    @ivar backoff: Seconds of back-off after a failure (0: none); see
+        L{backoff_for} and L{artifactvault.ratelimit}.
     """
 
     def __init__(self, client: HTTPClient, reactor: Any, auth: IUpstreamAuth | None = None,
                  headers: dict[str, str] | None = None, timeout: float = 30.0,
-                 idle_timeout: float = 60.0, origin_url: str | None = None):
+                 idle_timeout: float = 60.0, origin_url: str | None = None,
+                 backoff: float = FAILURE_BACKOFF):
         self.client = client
         self.reactor = reactor
         self.auth = auth
@@ -422,7 +453,20 @@ class Upstream:
         self.timeout = timeout
         self.idle_timeout = idle_timeout
         self.origin_url = origin_url
-        self.rate_limit = RateLimit(lambda: self.reactor.seconds())
+        self.backoff = backoff
+        self._backoffs: dict[tuple[str, str, int], Backoff] = {}
+
+    def backoff_for(self, url: str) -> Backoff:
+        """
+        The back-off of C{url}'s origin (after a 429 or a failure), with its
+        counts: one per origin, so that an index that hangs holds back
+        nothing of the file host it links to (pypi.org, files.pythonhosted.org).
+        """
+        key = origin(url)
+        found = self._backoffs.get(key)
+        if found is None:
+            found = self._backoffs[key] = Backoff(self.reactor.seconds, after_failure=self.backoff)
+        return found
 
     async def request(self, method: str, url: str, headers: dict[str, str] | None = None,
                       body: bytes | None = None) -> Any:
@@ -431,20 +475,40 @@ class Upstream:
         only to their own origin) and answering one auth challenge, all within
         C{timeout} seconds. Fires with the treq response, its body not yet
         read; raises L{UpstreamError} (L{UpstreamTimeout} when time ran out).
-        While a 429's back-off lasts nothing is sent: L{UpstreamThrottled}.
+        While a back-off of the URL's origin lasts nothing is sent: after a
+        429, L{UpstreamThrottled}; after a failure, L{UpstreamBackedOff}.
         C{body} is sent with the request (a relayed POST), again after a
         redirect that keeps the method, never after a 303.
         """
         host = host_of(self.origin_url or url)
-        wait = self.rate_limit.hold()
+        backoff = self.backoff_for(url)
+        wait = backoff.hold()
         if wait is not None:
-            raise UpstreamThrottled(host, wait)
-        response = await self._within_timeout(method, url, headers, body)
+            if backoff.throttling:
+                raise UpstreamThrottled(host, wait)
+            raise UpstreamBackedOff(host_of(url), wait, backoff.failure or "", backoff.failure_status)
+        try:
+            response = await self._within_timeout(method, url, headers, body)
+        except (UpstreamTimeout, UpstreamUnreachable) as e:
+            self._failed(backoff, url, e.reason, e.status)
+            raise
         if response.code == 429:
-            seconds = self.rate_limit.throttle(header(response, b"retry-after"))
+            seconds = backoff.throttle(header(response, b"retry-after"))
             _log.warn("upstream {host} answered 429: no requests to it for {seconds:g} s",
                       host=host, seconds=seconds)
+        elif response.code in FAILURE_STATUSES:
+            self._failed(backoff, url, f"upstream {host_of(url)} answered {response.code}", 502,
+                         header(response, b"retry-after") if response.code == 503 else None)
+        else:
+            backoff.answered()
         return response
+
+    @staticmethod
+    def _failed(backoff: Backoff, url: str, reason: str, status: int, retry: str | None = None) -> None:
+        seconds = backoff.failed(reason, status, retry)
+        if seconds:
+            _log.warn("upstream {host} failed ({reason}): stale copies served at once, "
+                      "nothing sent to it for {seconds:g} s", host=host_of(url), reason=reason, seconds=seconds)
 
     async def _within_timeout(self, method: str, url: str, headers: dict[str, str] | None,
                               body: bytes | None = None) -> Any:

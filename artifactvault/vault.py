@@ -20,10 +20,51 @@ from artifactvault import logs
 from artifactvault.cache.store import Entry, FileStore
 from artifactvault.fields import fresh_until, response_headers
 from artifactvault.flight import Artifact, Flight, Flights
-from artifactvault.serve import Responder, answer_not_modified, not_modified, serve_entry, serve_flight, set_headers
-from artifactvault.upstream import UpstreamError, UpstreamStatus, content_length, discard, header
+from artifactvault.relay import RangeRelay
+from artifactvault.serve import (Responder, answer_not_modified, not_modified, requested_range, serve_entry,
+                                 serve_flight, set_headers, wants_revalidation)
+from artifactvault.upstream import Upstream, UpstreamError, UpstreamStatus, content_length, discard, header
 
 _log = Logger(observer=logs.observer)
+
+
+#: A file known (from its index) to be no larger than this is downloaded
+#: whole for a Range on a miss: it costs about what a ranged round trip
+#: does, and the next request (the install after the metadata read) hits.
+RANGE_FULL_BELOW = 256 * 1024
+#: Request fields that make a Range conditional: such a request is served
+#: from a download, where the vault evaluates them itself.
+_CONDITIONS = (b"if-range", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since")
+
+
+def range_to_pass(request: Any, artifact: Artifact) -> tuple[int | None, int | None] | None:
+    """
+    The rule for a GET with a Range on a miss (nothing stored, no download
+    in flight): the range to pass through to the upstream (a ranged
+    upstream request, relayed and not stored: L{artifactvault.relay}), or
+    None when a full download answers it instead (and fills the cache):
+
+    - the range asks for the whole file: from byte 0 with no end, or an end
+      (or a suffix) that reaches the size the index gave;
+    - the index gave a size of at most L{RANGE_FULL_BELOW};
+    - the request is conditional (If-Range, If-None-Match...), or its Range
+      is not one readable range (several, or numbers beyond any file):
+      the download's answer evaluates those as for any miss.
+    """
+    if request.method != b"GET" or any(request.getHeader(name) is not None for name in _CONDITIONS):
+        return None
+    span = requested_range(request)
+    if span is None:
+        return None
+    first, last = span
+    size = artifact.size
+    if size is not None and size <= RANGE_FULL_BELOW:
+        return None
+    if first == 0 and (last is None or (size is not None and last >= size - 1)):
+        return None
+    if first is None and size is not None and last >= size:  # type: ignore[operator]
+        return None
+    return span
 
 
 def verified_as(entry: Entry, digest: tuple[str, str] | None) -> bool:
@@ -50,16 +91,27 @@ class Vault:
     # -- streamed artifacts ------------------------------------------------------
 
     def serve(self, responder: Responder, artifact: Artifact) -> None:
-        """Answer a GET or HEAD for C{artifact}."""
+        """
+        Answer a GET or HEAD for C{artifact}. A mutable one (with a ttl) is
+        revalidated before it is served when the client asks for that
+        (L{wants_revalidation}), fresh or not.
+        """
         entry = self.store.lookup(artifact.key)
         if entry is not None and not verified_as(entry, artifact.digest):
             entry = None  # never served: the download replaces it
-        if entry is not None and entry.is_fresh(self.store.now()):
+        refresh = artifact.ttl is not None and wants_revalidation(responder.request)
+        if entry is not None and not refresh and entry.is_fresh(self.store.now()):
             if serve_entry(responder, self.store, entry, "HIT"):
                 return
             entry = None
         if entry is not None and not self._has_data(entry):
             entry = None  # nothing left to revalidate or to serve stale
+        if self.stale_first(artifact.upstream, artifact.url, entry):
+            self.revalidate_in_background(artifact.upstream, artifact.url,
+                                          lambda: self.flights.join(artifact, stale=entry).committed())
+            _log.info("serving stale {key} at once: its upstream failed lately", key=entry.key)
+            if serve_entry(responder, self.store, entry, "STALE"):
+                return
         if responder.request.method == b"HEAD":
             flight = self.flights.get(artifact.key)
             if flight is not None and flight.state in (Flight.STREAMING, Flight.COMPLETE) \
@@ -76,10 +128,20 @@ class Vault:
             flight.head().addBoth(lambda _: responder.gone or self.serve(responder, artifact)).addErrback(
                 responder.fail)
             return
-        flight = self.flights.join(artifact, stale=entry)
+        span = range_to_pass(responder.request, artifact) if entry is None and flight is None else None
+        if span is not None:
+            RangeRelay(responder, artifact, span,
+                       whole=lambda response: self._join(responder, artifact, None, response),
+                       failed=lambda failure: self._failed(responder, failure, None)).start()
+            return
+        self._join(responder, artifact, entry)
+
+    def _join(self, responder: Responder, artifact: Artifact, stale: Entry | None, response: Any = None) -> None:
+        """Answer from the download of C{artifact}: the one in flight, or a new one (from C{response}, if given)."""
+        flight = self.flights.join(artifact, stale=stale, response=response)
         flight.head().addCallbacks(
             lambda f: self._answer(responder, f),
-            lambda failure: self._failed(responder, failure, entry)).addErrback(responder.fail)
+            lambda failure: self._failed(responder, failure, stale)).addErrback(responder.fail)
 
     def serve_cached(self, responder: Responder, key: str,
                      accept: Callable[[Entry], bool] | None = None) -> bool:
@@ -142,6 +204,39 @@ class Vault:
                 return
         responder.fail(failure)
 
+    def stale_first(self, upstream: Upstream, url: str, stale: object | None) -> bool:
+        """
+        Whether C{stale} (what was last known of something past its
+        freshness, or that the client wants revalidated) answers at once,
+        without waiting for the upstream: it failed lately and has not
+        answered since, or is backed off (L{artifactvault.ratelimit}); a
+        hanging upstream must not make every request wait its timeout.
+        """
+        return stale is not None and self.serve_stale and upstream.backoff_for(url).troubled
+
+    def revalidate_in_background(self, upstream: Upstream, url: str, start: Callable[[], Deferred]) -> None:
+        """
+        With a stale copy answered at once (L{stale_first}), let one
+        revalidation for C{url}'s origin at a time (C{start()}) find out
+        whether the upstream is back, once its back-off is over; its outcome
+        is for the next request (and the upstream's state), not for a client.
+        """
+        backoff = upstream.backoff_for(url)
+        if not backoff.probe():
+            return
+
+        def ended(result: Any) -> None:
+            backoff.probe_ended()
+            if isinstance(result, Failure) and not result.check(UpstreamError):
+                _log.failure("revalidating in the background failed", result)
+
+        try:
+            d = start()
+        except BaseException:
+            backoff.probe_ended()
+            raise
+        d.addBoth(ended)
+
     def stale_allowed(self, stale: object | None, error: BaseException) -> bool:
         """
         Whether C{stale} (an entry, a record: what was last known) may answer
@@ -196,19 +291,29 @@ class Vault:
 
     # -- documents ---------------------------------------------------------------
 
-    def document(self, artifact: Artifact, revalidate: bool = False) -> Deferred:
+    def document(self, artifact: Artifact, revalidate: bool = False, stale_ok: bool = False) -> Deferred:
         """
         The stored entry for a document (a page a backend renders itself):
         fresh from the cache, revalidated, fetched, or stale when the upstream
-        fails. Fires with (entry, "HIT"|"MISS"|"STALE"); fails with L{UpstreamError}.
-        With C{revalidate}, a fresh entry is revalidated as a stale one would
-        be (a backend that found it lacks what it was asked for).
+        fails (at once, when it failed lately: L{stale_first}). Fires with
+        (entry, "HIT"|"MISS"|"STALE"); fails with L{UpstreamError}.
+        C{revalidate} (the client asked for it: L{wants_revalidation}) makes
+        a fresh copy of a mutable document revalidated too; C{stale_ok}
+        takes a stored copy however old, without asking the upstream (the
+        caller asks again, without it, if that copy does not do).
         """
         entry = self.store.lookup(artifact.key)
         if entry is not None and not verified_as(entry, artifact.digest):
             entry = None  # never served: the download replaces it
-        if entry is not None and entry.is_fresh(self.store.now()) and not revalidate:
+        refresh = revalidate and artifact.ttl is not None
+        if entry is not None and not refresh and entry.is_fresh(self.store.now()):
             return succeed((entry, "HIT"))
+        if entry is not None and (stale_ok or self.stale_first(artifact.upstream, artifact.url, entry)):
+            if not stale_ok:
+                self.revalidate_in_background(artifact.upstream, artifact.url,
+                                              lambda: self.flights.join(artifact, stale=entry).committed())
+                _log.info("serving stale {key} at once: its upstream failed lately", key=entry.key)
+            return succeed((entry, "STALE"))
         flight = self.flights.join(artifact, stale=entry)
 
         def got(result: Entry) -> tuple[Entry, str]:

@@ -282,7 +282,10 @@ class _ClientTransport(StringTransport):
 
 
 class Client:
-    """One HTTP/1.1 client connection to C{site} that sends one request."""
+    """
+    One HTTP/1.1 client connection to C{site} that sends one request, with
+    C{Host: vault.test} unless C{headers} say another (None: no Host at all).
+    """
 
     def __init__(self, site: Any, clock: Clock, path: bytes, method: bytes = b"GET",
                  headers: dict[str, str] | None = None, limit: int | None = None):
@@ -291,8 +294,9 @@ class Client:
         self.channel = site.buildProtocol(None)
         self.transport.protocol = self.channel
         self.channel.makeConnection(self.transport)
-        lines = [method + b" " + path + b" HTTP/1.1", b"Host: vault.test"]
-        lines += [f"{k}: {v}".encode("latin-1") for k, v in (headers or {}).items()]
+        headers = {"host": "vault.test", **{k.lower(): v for k, v in (headers or {}).items()}}
+        lines = [method + b" " + path + b" HTTP/1.1"]
+        lines += [f"{k}: {v}".encode("latin-1") for k, v in headers.items() if v is not None]
         self.channel.dataReceived(b"\r\n".join(lines) + b"\r\n\r\n")
 
     @property

@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -90,6 +91,37 @@ def wait_for_hits(name: str, pattern: str, expected: int, timeout: float = 5.0) 
         if n >= expected or time.monotonic() > deadline:
             return n
         time.sleep(0.05)
+
+
+class AccessLog:
+    """
+    What upstream C{name} of the kit logged from now on: (method, path,
+    status, length) per request (where L{hits} counts request lines only).
+    """
+
+    LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) (\S+)')
+
+    def __init__(self, name: str):
+        self.path = os.path.join(upstream_dir(name), "access.log")
+        self.start = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+
+    def wait(self, path_pattern: str, count: int, timeout: float = 10.0) -> list[tuple[str, str, int, str]]:
+        """Poll until C{count} requests matching are logged (servers log as they answer); those requests."""
+        deadline = time.monotonic() + timeout
+        while len(found := self.requests(path_pattern)) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return found
+
+    def requests(self, path_pattern: str = "") -> list[tuple[str, str, int, str]]:
+        with open(self.path, "rb") as f:
+            f.seek(self.start)
+            lines = f.read().decode("utf-8", "replace").splitlines()
+        out = []
+        for line in lines:
+            m = self.LINE.search(line)
+            if m and re.search(path_pattern, m.group(2)):
+                out.append((m.group(1), m.group(2), int(m.group(3)), m.group(4)))
+        return out
 
 
 def new_upstream_file(source: str = "medium.bin", suffix: str = ".bin") -> tuple[str, str]:

@@ -111,6 +111,16 @@ class CommonSettingsTests(SynchronousTestCase):
         self.assertEqual((settings.prefix, settings.username, settings.token, settings.headers,
                           settings.timeout, settings.idle_timeout), ("/p/", None, None, {}, 30.0, 60.0))
 
+    def test_verify_before_send(self) -> None:
+        """verify_before_send is a size (8 MiB by default); 0 streams every body; a bad one names the key."""
+        self.assertEqual(self.parse(prefix="/p/").verify_before_send, 8 << 20)
+        self.assertEqual(self.parse(prefix="/p/", verify_before_send="1M").verify_before_send, 1 << 20)
+        self.assertEqual(self.parse(prefix="/p/", verify_before_send=0).verify_before_send, 0)
+        for value in (-1, "lots"):
+            with self.assertRaises(ConfigError) as caught:
+                self.parse(prefix="/p/", verify_before_send=value)
+            self.assertIn("f.yml: backends[0].config.verify_before_send: must", str(caught.exception))
+
     def test_default_prefix(self) -> None:
         """A backend type may give a default prefix."""
         section = Section("f.yml", "backends[0].config", {})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from artifactvault.fields import fresh_until, response_headers
+from artifactvault.fields import IMMUTABLE, fresh_until, response_headers
 from artifactvault.flight import Artifact
 from tests.fakes import FakeResponse
 
@@ -25,6 +25,14 @@ class KeptTests(SynchronousTestCase):
         response = FakeResponse(headers={"X-Upstream-Content-Encoding": "gzip"})
         artifact = self.artifact(transform=lambda body, response: (body, "text/html"))
         self.assertEqual(response_headers(artifact, response), {})
+
+    def test_content_addressed_is_immutable(self) -> None:
+        """An artifact with a digest and no ttl says so (Cache-Control: immutable); one with a ttl or no digest does not."""
+        response = FakeResponse()
+        digest = ("sha256", "0" * 64)
+        self.assertEqual(response_headers(self.artifact(digest=digest), response), {"Cache-Control": IMMUTABLE})
+        self.assertEqual(response_headers(self.artifact(digest=digest, ttl=60), response), {})
+        self.assertEqual(response_headers(self.artifact(), response), {})
 
     def test_fresh_until(self) -> None:
         """ttl None is forever; else now + ttl."""

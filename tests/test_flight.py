@@ -21,6 +21,7 @@ from artifactvault.cache import store as storemod
 from artifactvault.cache.store import Entry, FileStore
 from artifactvault.flight import (Artifact, DigestMismatch, Flight, FlightState, Flights, IFlightListener,
                                   StoreError)
+from artifactvault.ratelimit import FAILURE_BACKOFF
 from artifactvault.upstream import Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout
 from tests.fakes import EPOCH, FakeClient, FakeResponse, ManualPool
 
@@ -139,6 +140,7 @@ class SingleFlightTests(FlightMixin, SynchronousTestCase):
         """Once a flight has ended, the key's next miss starts a new one."""
         first = self.start()
         self.client.last.fail(neterror.ConnectionRefusedError())
+        self.clock.advance(FAILURE_BACKOFF)  # (the upstream's back-off after the failure)
         self.assertIsNot(self.start(), first)
         self.assertEqual(len(self.client.requests), 2)
 

@@ -64,12 +64,13 @@ def routes() -> dict[str, tuple[int, str, bytes]]:
 class Harness:
     """
     The pypi backend behind a real site, in memory, its upstream answering
-    from L{routes} (anything else: 404). Another harness on the same store
-    and clock is the daemon after a restart.
+    from L{routes} (path → status, content type, body, and optionally more
+    headers; anything else: 404). Another harness on the same store and
+    clock is the daemon after a restart.
     """
 
     def __init__(self, testcase: SynchronousTestCase, after: "Harness | None" = None,
-                 routes: dict[str, tuple[int, str, bytes]] | None = None,
+                 routes: dict[str, tuple] | None = None,
                  pool: ManualPool | None = None, **config):
         if after is None:
             self.clock = Clock()
@@ -93,8 +94,9 @@ class Harness:
         while self._answered < len(self.client.requests):  # a page fetch may lead to a file fetch
             request = self.client.requests[self._answered]
             self._answered += 1
-            status, ctype, body = self.routes.get(urlsplit(request.url).path, (404, "text/plain", b"no"))
-            request.respond(status, b"" if request.method == "HEAD" else body, {"content-type": ctype})
+            status, ctype, body, *more = self.routes.get(urlsplit(request.url).path, (404, "text/plain", b"no"))
+            request.respond(status, b"" if request.method == "HEAD" else body,
+                            {"content-type": ctype, **(more[0] if more else {})})
         return client.answer()
 
     def paths(self) -> list[str]:
@@ -116,9 +118,21 @@ class ConfigTests(SynchronousTestCase):
         return PypiBackendType.parse(Section("c.yml", "backends[0].config", config))
 
     def test_defaults(self) -> None:
-        """Prefix /pypi/, pypi.org, a few minutes of index freshness."""
+        """Prefix /pypi/, pypi.org and its JSON API, a few minutes of index freshness."""
         s = self.parse({})
-        self.assertEqual((s.prefix, s.index_url, s.index_ttl), ("/pypi/", "https://pypi.org/simple/", 300.0))
+        self.assertEqual((s.prefix, s.index_url, s.index_ttl, s.json_api_url),
+                         ("/pypi/", "https://pypi.org/simple/", 300.0, "https://pypi.org/pypi/"))
+
+    def test_json_api_url(self) -> None:
+        """
+        The JSON API is beside an index URL ending in simple/ (pypi/), else
+        below it (another vault); json_api_url says otherwise, with its slash.
+        """
+        for config, expected in [({"index_url": "http://h/simple"}, "http://h/pypi/"),
+                                 ({"index_url": "http://h/a/simple/"}, "http://h/a/pypi/"),
+                                 ({"index_url": "http://vault/pypi/"}, "http://vault/pypi/"),
+                                 ({"json_api_url": "http://j:8/api"}, "http://j:8/api/")]:
+            self.assertEqual(self.parse(config).json_api_url, expected, config)
 
     def test_values(self) -> None:
         """index_url gains its trailing slash; index_ttl takes durations; credentials never in repr."""
@@ -131,7 +145,10 @@ class ConfigTests(SynchronousTestCase):
         """Bad values stop the start with the file and key in the message."""
         for config, where in [({"index_url": "ftp://x/"}, "backends[0].config.index_url"),
                               ({"index_url": "http://x/s/?a=1"}, "backends[0].config.index_url"),
-                              ({"index_ttl": "soon"}, "backends[0].config.index_ttl")]:
+                              ({"index_ttl": "soon"}, "backends[0].config.index_ttl"),
+                              ({"json_api_url": "file:///x/"}, "backends[0].config.json_api_url"),
+                              ({"json_api_url": "http://x/p/#f"}, "backends[0].config.json_api_url"),
+                              ({"json_api_url": 5}, "backends[0].config.json_api_url")]:
             e = self.assertRaises(ConfigError, self.parse, config)
             self.assertTrue(str(e).startswith(f"c.yml: {where}: "), str(e))
 
@@ -173,10 +190,11 @@ class PathTests(SynchronousTestCase):
         self.assertEqual(self.h.client.requests, [])
 
     def test_not_acceptable(self) -> None:
-        """An Accept we cannot meet is a 406 that varies on Accept, decided before any fetch."""
+        """An Accept we cannot meet gets HTML, as from PyPI (PEP 691 allows it), not a 406; it varies on Accept."""
         r = self.h.get("/pypi/demo/", {"accept": "application/json"})
-        self.assertEqual((r.status, r.header("vary")), (406, "Accept"))
-        self.assertEqual(self.h.client.requests, [])
+        self.assertEqual((r.status, r.header("content-type"), r.header("vary")),
+                         (200, "text/html; charset=utf-8", "Accept"))
+        self.assertIn(b"demo-1.0.tar.gz", r.body)
 
 
 class PageTests(SynchronousTestCase):
@@ -234,7 +252,7 @@ class PageTests(SynchronousTestCase):
         self.h.routes["/simple/demo/"] = (503, "text/plain", b"down")
         r = self.h.get("/pypi/demo/")
         self.assertEqual((r.status, r.header("x-cache"), r.body), (200, "STALE", first))
-        self.assertIn("110", r.header("warning"))
+        self.assertEqual(r.header("warning"), '299 - "Response is Stale"')
 
     def test_bug_is_a_500(self) -> None:
         """A bug while loading a page (here a KeyError) is logged with its traceback and answered 500, not a 502."""
@@ -360,6 +378,24 @@ class FileTests(SynchronousTestCase):
         self.assertEqual(self.h.paths(), ["/simple/demo/", "/packages/demo-1.0.tar.gz"])
         self.assertEqual(self.h.store.lookup(f"pypi-file:{sha(SDIST)}").sha256, sha(SDIST))
 
+    def test_file_does_not_wait_for_its_page(self) -> None:
+        """
+        A file miss whose stored page is past index_ttl but lists it: fetched
+        at once, the page not revalidated (a page that hangs upstream must not
+        hold files back); a file the stale page does not list: the page is
+        revalidated first (the file may be new).
+        """
+        url = self.h.file_url("demo", "demo-1.0.tar.gz")
+        self.h.clock.advance(301)  # (index_ttl: 5 minutes)
+        self.assertEqual(self.h.get(url).body, SDIST)
+        self.assertEqual(self.h.paths(), ["/simple/demo/", "/packages/demo-1.0.tar.gz"])
+        self.h.routes["/simple/demo/"] = (200, "text/html", demo_page(
+            f'<a href="/packages/demo-2.0.tar.gz#sha256={sha(b"two")}">demo-2.0.tar.gz</a>'))
+        self.h.routes["/packages/demo-2.0.tar.gz"] = (200, "application/x-tar", b"two")
+        r = self.h.get(f"/pypi/+f/demo/{sha(b'two')}/demo-2.0.tar.gz")
+        self.assertEqual((r.status, r.body), (200, b"two"))
+        self.assertEqual(self.h.paths()[2:], ["/simple/demo/", "/packages/demo-2.0.tar.gz"])
+
     def test_file_on_another_host(self) -> None:
         """An absolute upstream URL on another host is fetched there."""
         r = self.h.get(self.h.file_url("demo", "demo-1.0-py3-none-any.whl"))
@@ -367,11 +403,15 @@ class FileTests(SynchronousTestCase):
         self.assertEqual(self.h.client.requests[-1].url, "http://files.example/w/demo-1.0-py3-none-any.whl")
 
     def test_digest_mismatch_commits_nothing(self) -> None:
-        """A body that is not what the index's sha256 says: the client is cut off, nothing is stored."""
+        """
+        A body that is not what the index's sha256 says: the client gets a
+        502 saying so (a small file is verified before it is sent), nothing
+        is stored.
+        """
         url = self.h.file_url("demo", "evil-1.0.tar.gz")
         r = self.h.get(url)
-        self.assertEqual((r.status, r.complete), (200, False))
-        self.assertNotEqual(r.body, b"evil bytes")
+        self.assertEqual(r.status, 502)
+        self.assertIn("expected", r.body.decode())
         self.assertIsNone(self.h.store.lookup(f"pypi-file:{sha(EVIL_LISTED)}"))
         self.h.get(url)
         self.assertEqual(self.h.paths().count("/packages/evil-1.0.tar.gz"), 2)
@@ -388,7 +428,7 @@ class FileTests(SynchronousTestCase):
         """Metadata that does not match its own listed hash is not stored either."""
         self.h.routes["/w/demo-1.0-py3-none-any.whl.metadata"] = (200, "text/plain", b"forged")
         r = self.h.get(self.h.file_url("demo", "demo-1.0-py3-none-any.whl") + ".metadata")
-        self.assertEqual((r.status, r.complete), (200, False))
+        self.assertEqual(r.status, 502)
         self.assertIsNone(self.h.store.lookup(f"pypi-metadata:{sha(WHEEL)} for /pypi/"))
 
     def test_unverified_entry_never_served(self) -> None:
@@ -452,8 +492,7 @@ class FileTests(SynchronousTestCase):
         self.assertEqual((self.h.get(url).body, self.h.get(url).header("x-cache")), (body, "HIT"))
         self.h.routes["/simple/bad/"] = (200, "text/html", b'<a href="/p/bad-1.0.tar.gz#md5=00">b</a>')
         self.h.routes["/p/bad-1.0.tar.gz"] = (200, "application/x-tar", body)
-        cut = self.h.get(self.h.file_url("bad", "bad-1.0.tar.gz"))
-        self.assertEqual((cut.status, cut.complete), (200, False))
+        self.assertEqual(self.h.get(self.h.file_url("bad", "bad-1.0.tar.gz")).status, 502)
 
     def test_after_restart(self) -> None:
         """
@@ -469,3 +508,71 @@ class FileTests(SynchronousTestCase):
         offline = Harness(self, after=self.h, routes={})
         r = offline.get(url)
         self.assertEqual((r.body, r.header("x-cache"), offline.client.requests), (SDIST, "HIT", []))
+
+
+class PepFieldTests(SynchronousTestCase):
+    """What PEPs 503, 708, 740 and 792 add reaches the client through the backend (issue 8, item 12)."""
+
+    maxDiff = None
+
+    def setUp(self) -> None:
+        from tests.test_pypi_index import FULL_JSON
+        self.upstream = FULL_JSON
+        self.h = Harness(self, index_ttl=60)
+        self.h.routes["/simple/demo/"] = (200, index.JSON, json.dumps(FULL_JSON).encode(),
+                                          {"X-PyPI-Last-Serial": "4242"})
+        self.h.routes["/demo-1.0-py3-none-any.whl.asc"] = (200, "text/plain", b"-----BEGIN PGP SIGNATURE-----")
+        self.h.routes["/integrity/demo/1.0/demo-1.0-py3-none-any.whl/provenance"] = (
+            200, "application/json", b'{"version": 1, "attestation_bundles": []}')
+
+    def test_json_answer(self) -> None:
+        """The JSON answer is the upstream's page but for URLs (the vault's), and X-PyPI-Last-Serial is passed on, on a hit too."""
+        r = self.h.get("/pypi/demo/", {"accept": JSON_ACCEPT})
+        body = json.loads(r.body)
+        for vault, upstream in zip(body["files"], self.upstream["files"]):
+            vault.pop("dist-info-metadata", None)
+            self.assertTrue(vault.pop("url").startswith("../+f/demo/"))
+            if isinstance(upstream.get("provenance"), str):
+                self.assertTrue(vault.pop("provenance").startswith("../+f/demo/"))
+        expected = json.loads(json.dumps(self.upstream))
+        for f in expected["files"]:
+            del f["url"]
+            if isinstance(f.get("provenance"), str):
+                del f["provenance"]
+        self.assertEqual(body, expected)
+        self.assertEqual(r.header("x-pypi-last-serial"), "4242")
+        hit = self.h.get("/pypi/demo/")
+        self.assertEqual((hit.header("x-cache"), hit.header("x-pypi-last-serial")), ("HIT", "4242"))
+
+    def test_signature_and_provenance(self) -> None:
+        """
+        A file with gpg-sig true has its .asc beside it, one with a provenance
+        its .provenance (from the provenance's upstream URL); a file without
+        either has none (404, unasked).
+        """
+        wheel = self.h.file_url("demo", "demo-1.0-py3-none-any.whl")
+        sdist = self.h.file_url("demo", "demo-1.0.tar.gz")
+        page = json.loads(self.h.get("/pypi/demo/", {"accept": JSON_ACCEPT}).body)
+        self.assertEqual(urljoin("/pypi/demo/", page["files"][1]["provenance"]), wheel + ".provenance")
+        r = self.h.get(wheel + ".asc")
+        self.assertEqual((r.status, r.body, r.header("content-type")),
+                         (200, b"-----BEGIN PGP SIGNATURE-----", "application/pgp-signature"))
+        r = self.h.get(wheel + ".provenance")
+        self.assertEqual((r.status, r.header("content-type")), (200, "application/json"))
+        self.assertEqual(json.loads(r.body), {"version": 1, "attestation_bundles": []})
+        self.assertEqual([self.h.get(sdist + suffix).status for suffix in (".asc", ".provenance", ".metadata")],
+                         [404, 404, 404])
+        self.assertEqual([self.h.get(u).header("x-cache") for u in (wheel + ".asc", wheel + ".provenance")],
+                         ["HIT", "HIT"])
+        self.assertEqual(self.h.paths(), ["/simple/demo/", "/demo-1.0-py3-none-any.whl.asc",
+                                          "/integrity/demo/1.0/demo-1.0-py3-none-any.whl/provenance"])
+
+    def test_provenance_may_change(self) -> None:
+        """A provenance is fresh for index_ttl (the index may add attestations), then asked again."""
+        url = self.h.file_url("demo", "demo-1.0-py3-none-any.whl") + ".provenance"
+        self.h.get(url)
+        self.h.clock.advance(61)
+        self.h.routes["/integrity/demo/1.0/demo-1.0-py3-none-any.whl/provenance"] = (
+            200, "application/json", b'{"version": 1, "attestation_bundles": [{}]}')
+        r = self.h.get(url)
+        self.assertEqual(json.loads(r.body)["attestation_bundles"], [{}])

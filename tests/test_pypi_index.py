@@ -75,10 +75,10 @@ class NegotiateTests(SynchronousTestCase):
         self.check("application/vnd.pypi.simple.latest+html", index.HTML_V1)
 
     def test_nothing_acceptable(self) -> None:
-        """Only types we cannot produce: None, which the backend answers with 406."""
-        self.check("application/json", None)
-        self.check("application/vnd.pypi.simple.v2+json", None)
-        self.check("text/html;q=0", None)
+        """Only types we cannot produce: HTML, as PyPI answers (PEP 691 lets a server pick a default instead of a 406)."""
+        self.check("application/json", index.HTML)
+        self.check("application/vnd.pypi.simple.v2+json", index.HTML)
+        self.check("text/html;q=0", index.HTML)
 
 
 class ParseHtmlTests(SynchronousTestCase):
@@ -141,11 +141,11 @@ class ParseJsonTests(SynchronousTestCase):
                        "core-metadata": {"sha256": META_SHA}, "size": 12, "upload-time": "2024-01-01T00:00:00Z",
                        "provenance": "https://elsewhere/"}]})
         self.assertEqual(doc, {
-            "name": "Demo", "api": "1.1", "versions": ["1.0"],
+            "name": "Demo", "api": "1.1", "source": "json", "versions": ["1.0"],
             "files": [{"filename": "demo-1.0.tar.gz", "url": "http://up.example/packages/demo-1.0.tar.gz",
                        "hashes": {"sha256": SHA}, "requires-python": ">=3.9", "yanked": "oops",
                        "core-metadata": {"sha256": META_SHA}, "size": 12,
-                       "upload-time": "2024-01-01T00:00:00Z"}]})
+                       "upload-time": "2024-01-01T00:00:00Z", "provenance": "https://elsewhere/"}]})
 
     def test_old_metadata_name_and_bad_entries(self) -> None:
         """dist-info-metadata counts as core-metadata; entries without a filename or URL are skipped."""
@@ -200,8 +200,152 @@ class RenderTests(SynchronousTestCase):
     def test_root(self) -> None:
         """The project list in both forms, linked by normalised name."""
         doc = index.parse_root(b'<a href="/simple/foo-bar/">Foo_Bar</a><a href="baz/">baz</a>', "text/html")
-        self.assertEqual(doc, {"projects": ["Foo_Bar", "baz"]})
+        self.assertEqual(doc, {"projects": ["Foo_Bar", "baz"], "api": "1.0"})
         self.assertIn(b'<a href="foo-bar/">Foo_Bar</a>', b"".join(index.render_root(doc, index.HTML)))
         self.assertEqual(json.loads(b"".join(index.render_root(doc, index.JSON))),
                          {"meta": {"api-version": "1.0"}, "projects": [{"name": "Foo_Bar"}, {"name": "baz"}]})
         self.assertEqual(index.parse_root(b"".join(index.render_root(doc, index.JSON)), index.JSON), doc)
+
+
+#: A PEP 691 page with every field a PEP defines (and some no PEP does), as PyPI sends them.
+FULL_JSON = {
+    "meta": {"api-version": "1.4", "_last-serial": 4242, "tracks": ["https://other.example/simple/demo/"]},
+    "name": "demo",
+    "project-status": {"status": "deprecated", "reason": "use demo2"},
+    "alternate-locations": ["https://mirror.example/simple/demo/"],
+    "versions": ["0.9", "1.0"],
+    "_private": {"index": "only"},
+    "files": [
+        {"filename": "demo-1.0.tar.gz", "url": "../../packages/demo-1.0.tar.gz", "hashes": {"sha256": SHA},
+         "requires-python": ">=3.9", "size": 12, "upload-time": "2024-01-01T00:00:00.000000Z",
+         "yanked": False, "core-metadata": False, "provenance": None, "gpg-sig": False, "_vendor": [1, 2]},
+        {"filename": "demo-1.0-py3-none-any.whl", "url": "https://files.example/demo-1.0-py3-none-any.whl",
+         "hashes": {"sha256": SHA, "blake2b": "c" * 128}, "size": 34, "yanked": "broken",
+         "core-metadata": {"sha256": META_SHA}, "data-dist-info-metadata": {"sha256": META_SHA},
+         "provenance": "/integrity/demo/1.0/demo-1.0-py3-none-any.whl/provenance", "gpg-sig": True},
+    ],
+}
+
+#: A PEP 503 page with every field a PEP defines, and PyPI's serial.
+FULL_HTML = f"""<!DOCTYPE html><html><head>
+<meta name="pypi:repository-version" content="1.4">
+<meta name="pypi:project-status" content="quarantined">
+<meta name="pypi:project-status-reason" content="the project is &quot;haunted&quot;">
+<meta name="pypi:tracks" content="https://a.example/simple/demo/">
+<meta name="pypi:tracks" content="https://b.example/simple/demo/">
+<meta name="pypi:alternate-locations" content="https://c.example/simple/demo/">
+<title>Links for demo</title></head><body>
+<a href="/p/demo-1.0.tar.gz#sha256={SHA}" data-gpg-sig="true" data-requires-python="&gt;=3.8"
+   data-provenance="/integrity/demo/1.0/demo-1.0.tar.gz/provenance">demo-1.0.tar.gz</a><br>
+<a href="/p/demo-0.9.tar.gz#sha256={SHA}" data-gpg-sig="false" data-yanked="">demo-0.9.tar.gz</a><br>
+</body></html>
+<!--SERIAL 77-->
+""".encode()
+
+
+def vault_url(f: dict) -> str:
+    return "../+f/demo/" + f["filename"]
+
+
+class PepFieldTests(SynchronousTestCase):
+    """Every field a PEP defines survives the trip through the vault, in both forms (issue 8, item 12)."""
+
+    def render(self, body: bytes, ctype: str, fmt: str) -> bytes:
+        doc = index.parse_project(body, ctype, "http://up.example/simple/demo/", "demo")
+        return b"".join(index.render_project(doc, fmt, vault_url))
+
+    def test_json_upstream_json_answer(self) -> None:
+        """
+        JSON in, JSON out: the upstream's document exactly, api-version 1.4
+        and unknown keys included, but for the URLs (file and provenance:
+        the vault's) and the PEP 658 name offered beside the PEP 714 one.
+        """
+        out = json.loads(self.render(json.dumps(FULL_JSON).encode(), index.JSON, index.JSON))
+        expected = json.loads(json.dumps(FULL_JSON))
+        for f in expected["files"]:
+            f["url"] = vault_url(f)
+        wheel = expected["files"][1]
+        wheel["provenance"] = vault_url(wheel) + ".provenance"
+        wheel["dist-info-metadata"] = wheel["core-metadata"]
+        self.assertEqual(out, expected)
+
+    def test_json_upstream_html_answer(self) -> None:
+        """JSON in, HTML out: version 1.4, PEP 792 and 708 <meta> tags, data-gpg-sig, data-provenance, the serial."""
+        html = self.render(json.dumps(FULL_JSON).encode(), index.JSON, index.HTML).decode()
+        for tag in ('<meta name="pypi:repository-version" content="1.4">',
+                    '<meta name="pypi:project-status" content="deprecated">',
+                    '<meta name="pypi:project-status-reason" content="use demo2">',
+                    '<meta name="pypi:tracks" content="https://other.example/simple/demo/">',
+                    '<meta name="pypi:alternate-locations" content="https://mirror.example/simple/demo/">',
+                    'data-gpg-sig="false"', 'data-gpg-sig="true"',
+                    'data-provenance="../+f/demo/demo-1.0-py3-none-any.whl.provenance"',
+                    'data-yanked="broken"', "<!--SERIAL 4242-->"):
+            self.assertIn(tag, html)
+        self.assertEqual(html.count("data-provenance"), 1)
+
+    def test_html_upstream_both_answers(self) -> None:
+        """
+        HTML in: the HTML answer, read back, has what the upstream's has (at
+        the vault's URLs); the JSON answer carries the same in its JSON form
+        (PEP 792 project-status, PEP 708 meta.tracks and alternate-locations,
+        gpg-sig, provenance, meta._last-serial).
+        """
+        upstream = index.parse_project(FULL_HTML, "text/html", "http://up.example/simple/demo/", "demo")
+        html = self.render(FULL_HTML, "text/html", index.HTML)
+        back = index.parse_project(html, "text/html", "http://up.example/simple/demo/", "demo")
+        for f in upstream["files"]:
+            f["url"] = "http://up.example/simple/+f/demo/" + f["filename"]
+            if "provenance" in f:
+                f["provenance"] = f["url"] + ".provenance"
+        self.assertEqual(back, upstream)
+        self.assertEqual(upstream["extra"]["project-status"],
+                         {"status": "quarantined", "reason": 'the project is "haunted"'})
+        out = json.loads(self.render(FULL_HTML, "text/html", index.JSON))
+        self.assertEqual(out["meta"], {"api-version": "1.0", "_last-serial": 77,
+                                       "tracks": ["https://a.example/simple/demo/", "https://b.example/simple/demo/"]})
+        self.assertEqual((out["project-status"], out["alternate-locations"]),
+                         ({"status": "quarantined", "reason": 'the project is "haunted"'},
+                          ["https://c.example/simple/demo/"]))
+        first, second = out["files"]
+        self.assertEqual((first["gpg-sig"], first["provenance"], first["requires-python"], second["gpg-sig"],
+                          second["yanked"]),
+                         (True, "../+f/demo/demo-1.0.tar.gz.provenance", ">=3.8", False, True))
+        self.assertNotIn("provenance", second)
+
+    def test_api_version_not_lowered(self) -> None:
+        """
+        The upstream's version is claimed: by both forms from JSON, by HTML
+        from HTML; JSON made from HTML claims 1.0 (it lacks PEP 700's
+        mandatory versions and sizes). No version at all means 1.0 (PEP 629).
+        """
+        def claims(body: bytes, ctype: str) -> tuple[str, str]:
+            html = self.render(body, ctype, index.HTML)
+            parser = index._read_html(html)
+            return parser.version, json.loads(self.render(body, ctype, index.JSON))["meta"]["api-version"]
+        self.assertEqual(claims(json.dumps(FULL_JSON).encode(), index.JSON), ("1.4", "1.4"))
+        self.assertEqual(claims(FULL_HTML, "text/html"), ("1.4", "1.0"))
+        self.assertEqual(claims(b'<a href="d-1.tar.gz">d</a>', "text/html"), ("1.0", "1.0"))
+        bare = json.dumps({"meta": {"api-version": "1.1"}, "files": [], "versions": []}).encode()
+        self.assertEqual(claims(bare, index.JSON), ("1.1", "1.1"))
+
+    def test_urls_never_passed_on(self) -> None:
+        """A file's upstream URLs are never sent: a relative provenance is resolved and rewritten, a bad one dropped."""
+        page = {"meta": {"api-version": "1.3"}, "name": "demo", "files": [
+            {"filename": "a-1.tar.gz", "url": "https://f.example/a-1.tar.gz", "hashes": {}, "provenance": "ftp://x/"}]}
+        out = self.render(json.dumps(page).encode(), index.JSON, index.JSON)
+        self.assertNotIn(b"f.example", out)
+        self.assertNotIn(b"ftp://", out)
+        self.assertNotIn("provenance", json.loads(out)["files"][0])
+
+    def test_root_meta(self) -> None:
+        """The project list keeps the upstream's version and serial, in both forms."""
+        body = json.dumps({"meta": {"api-version": "1.4", "_last-serial": 9},
+                           "projects": [{"name": "a"}]}).encode()
+        doc = index.parse_root(body, index.JSON)
+        self.assertEqual(json.loads(b"".join(index.render_root(doc, index.JSON)))["meta"],
+                         {"api-version": "1.4", "_last-serial": 9})
+        html = b"".join(index.render_root(doc, index.HTML))
+        self.assertIn(b'content="1.4"', html)
+        self.assertIn(b"<!--SERIAL 9-->", html)
+        self.assertEqual(index.parse_root(html, "text/html"), {"projects": ["a"], "api": "1.4",
+                                                               "meta": {"_last-serial": 9}})

@@ -12,8 +12,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from artifactvault.ratelimit import DEFAULT_BACKOFF, MAX_BACKOFF, RateLimit, retry_after
-from artifactvault.upstream import MAX_ERROR_BODY, Upstream, UpstreamStatus, UpstreamThrottled
+from artifactvault.ratelimit import DEFAULT_BACKOFF, FAILURE_BACKOFF, MAX_BACKOFF, Backoff, retry_after
+from artifactvault.upstream import (MAX_ERROR_BODY, Upstream, UpstreamBackedOff, UpstreamStatus, UpstreamThrottled,
+                                    UpstreamTimeout)
 from tests.fakes import EPOCH, FakeClient
 
 
@@ -29,11 +30,11 @@ class RetryAfterTests(SynchronousTestCase):
             self.assertIsNone(retry_after(value, now), value)
 
 
-class RateLimitTests(SynchronousTestCase):
+class ThrottleTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(EPOCH)
-        self.limit = RateLimit(self.clock.seconds)
+        self.limit = Backoff(self.clock.seconds)
 
     def test_backoff(self) -> None:
         """After a 429, requests are held back (and counted) for its Retry-After; then they go."""
@@ -53,6 +54,48 @@ class RateLimitTests(SynchronousTestCase):
         self.limit.throttle("1")
         self.assertEqual(self.limit.remaining(), MAX_BACKOFF)
         self.assertEqual(self.limit.throttled, 3)
+
+
+class FailureBackoffTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(EPOCH)
+        self.backoff = Backoff(self.clock.seconds)
+
+    def test_failure(self) -> None:
+        """After a failure, requests are held for after_failure; it is troubled until the upstream answers again."""
+        self.assertFalse(self.backoff.troubled)
+        self.assertEqual(self.backoff.failed("timeout", 504), FAILURE_BACKOFF)
+        self.assertTrue(self.backoff.troubled)
+        self.assertEqual((self.backoff.hold(), self.backoff.throttling), (FAILURE_BACKOFF, False))
+        self.clock.advance(FAILURE_BACKOFF)
+        self.assertIsNone(self.backoff.hold())
+        self.assertTrue(self.backoff.troubled)  # (not answered yet)
+        self.backoff.answered()
+        self.assertFalse(self.backoff.troubled)
+        self.assertEqual((self.backoff.failures, self.backoff.held), (1, 1))
+
+    def test_retry_after_of_a_503(self) -> None:
+        """A 503's Retry-After longer than the back-off is kept (at most MAX_BACKOFF); a shorter one is not."""
+        self.assertEqual(self.backoff.failed("503", retry="120"), 120.0)
+        self.assertEqual(Backoff(self.clock.seconds).failed("503", retry="1"), FAILURE_BACKOFF)
+        self.assertEqual(Backoff(self.clock.seconds).failed("503", retry="99999999"), MAX_BACKOFF)
+
+    def test_one_probe_at_a_time(self) -> None:
+        """A background revalidation may start once the hold is over, and only one at a time."""
+        self.backoff.failed("refused")
+        self.assertFalse(self.backoff.probe())
+        self.clock.advance(FAILURE_BACKOFF)
+        self.assertTrue(self.backoff.probe())
+        self.assertFalse(self.backoff.probe())
+        self.backoff.probe_ended()
+        self.assertTrue(self.backoff.probe())
+
+    def test_disabled(self) -> None:
+        """after_failure 0: no hold, never troubled (every request waits for the upstream, as before)."""
+        backoff = Backoff(self.clock.seconds, after_failure=0)
+        self.assertEqual(backoff.failed("timeout"), 0.0)
+        self.assertEqual((backoff.hold(), backoff.troubled, backoff.failures), (None, False, 1))
 
 
 class UpstreamBackoffTests(SynchronousTestCase):
@@ -76,12 +119,38 @@ class UpstreamBackoffTests(SynchronousTestCase):
                          (429, 429, {"Retry-After": "20"}, "reg.test"))
         self.assertIn("reg.test", error.reason)
         self.assertEqual(len(self.client.requests), 1)
-        self.assertEqual((self.upstream.rate_limit.throttled, self.upstream.rate_limit.held), (1, 1))
+        backoff = self.upstream.backoff_for("https://reg.test/v2/")
+        self.assertEqual((backoff.throttled, backoff.held), (1, 1))
         self.clock.advance(20)
         d = self.ask()
         self.assertEqual(len(self.client.requests), 2)
         self.client.last.respond(200, b"ok")
         self.assertEqual(self.successResultOf(d).code, 200)
+
+    def test_failure_backs_off_that_origin(self) -> None:
+        """
+        A request that times out: the next one to that origin fails at once,
+        as a 504 saying why, nothing sent; another origin (a file host) is
+        asked as usual; a 502/503/504 answer counts as a failure, any other
+        answer (a 500, a 404) says the upstream is there (and clears it).
+        """
+        d = self.ask()
+        self.clock.advance(30)
+        self.failureResultOf(d, UpstreamTimeout)
+        error = self.failureResultOf(self.ask(), UpstreamBackedOff).value
+        self.assertEqual((error.status, len(self.client.requests)), (504, 1))
+        self.assertIn("not asking upstream reg.test for 10 s after it failed: upstream reg.test did not answer",
+                      error.reason)
+        other = Deferred.fromCoroutine(self.upstream.request("GET", "https://cdn.test/blob"))
+        self.client.last.respond(200, b"ok")
+        self.assertEqual(self.successResultOf(other).code, 200)
+        self.clock.advance(FAILURE_BACKOFF)
+        backoff = self.upstream.backoff_for("https://reg.test/")
+        for code, troubled in ((500, False), (503, True), (404, False), (504, True), (200, False), (502, True)):
+            self.clock.advance(MAX_BACKOFF)
+            d = self.ask()
+            self.client.last.respond(code, b"")
+            self.assertEqual((self.successResultOf(d).code, backoff.troubled), (code, troubled), code)
 
     def test_status_keeps_retry_after(self) -> None:
         """The error for an upstream 429 carries its Retry-After on to our client."""

@@ -24,6 +24,7 @@ from artifactvault.backends.registry_api import SPEC_CODES
 from artifactvault.backends.registry_media import DOCKER_MANIFEST, OCI_INDEX
 from artifactvault.cache.store import Entry, FileStore
 from artifactvault.config import ConfigError, Section
+from artifactvault.ratelimit import FAILURE_BACKOFF
 from artifactvault.service import build
 from artifactvault.tap import Options, makeService
 from artifactvault.vault import Vault
@@ -221,13 +222,25 @@ class BackendTests(SynchronousTestCase):
         self.assertEqual((request.body, request.header(b"docker-content-digest")), (newer, digest))
 
     def test_stale_when_upstream_fails(self) -> None:
-        """An upstream that fails (5xx) after tag_ttl: the last known manifest, marked STALE; a 404 is believed."""
+        """
+        An upstream that fails (5xx) after tag_ttl: the last known manifest,
+        marked STALE, then at once (no HEAD) while the upstream is backed
+        off, and after it while one background HEAD asks; that one's 404 is
+        believed, by the next request.
+        """
         self.get("x/y/manifests/latest")
         self.clock.advance(11)
         self.upstream.fail_with = 503
         request = self.get("x/y/manifests/latest")
         self.assertEqual((request.body, request.header(b"x-cache")), (self.index, "STALE"))
+        self.asked()
+        request = self.get("x/y/manifests/latest")
+        self.assertEqual((request.body, request.header(b"x-cache"), self.asked()), (self.index, "STALE", []))
+        self.clock.advance(FAILURE_BACKOFF)
         self.upstream.fail_with = 404
+        request = self.get("x/y/manifests/latest")
+        self.assertEqual((request.body, request.header(b"x-cache")), (self.index, "STALE"))
+        self.assertEqual(self.asked(), [("HEAD", "/v2/x/y/manifests/latest")])
         request = self.get("x/y/manifests/latest")
         self.assertEqual(request.responseCode, 404)
         self.assertEqual(json.loads(request.body)["errors"][0]["code"], "MANIFEST_UNKNOWN")
@@ -388,10 +401,18 @@ class FaultTests(SynchronousTestCase):
         self.assertEqual((again.body, again.header(b"docker-content-digest")), (self.index, self.digest))
 
     def test_head_that_never_ends(self) -> None:
-        """A tag's upstream HEAD that never answers: 504, and the next request asks again."""
+        """
+        A tag's upstream HEAD that never answers: 504; the next request at
+        once 504 too (the upstream is backed off), and after the back-off it
+        asks again.
+        """
         request = self.get("x/y/manifests/latest")
         self.clock.advance(10)
         self.assertEqual(self.error(request)[0], 504)
+        status, error = self.error(self.get("x/y/manifests/latest"))
+        self.assertEqual((status, len(self.client.requests)), (504, 1))
+        self.assertIn("after it failed", error)
+        self.clock.advance(FAILURE_BACKOFF)
         self.get("x/y/manifests/latest")
         self.assertEqual([r.method for r in self.client.requests], ["HEAD", "HEAD"])
 

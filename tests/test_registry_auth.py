@@ -15,6 +15,7 @@ from zope.interface.verify import verifyObject
 
 from artifactvault.backends.registry_auth import (MAX_TOKEN_ANSWER, MAX_TOKENS, TokenAuth, _Token,
                                                   parse_challenge, scope_for)
+from artifactvault.ratelimit import FAILURE_BACKOFF
 from artifactvault.upstream import IUpstreamAuth, Upstream, UpstreamError, UpstreamTimeout
 from tests.fakes import FakeClient
 
@@ -249,6 +250,7 @@ class TokenDeadlineTests(SynchronousTestCase):
         self.failureResultOf(d, UpstreamTimeout)
         self.assertTrue(token.transport.stopped)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(FAILURE_BACKOFF)  # (the upstream's back-off after the timeout)
         d = Deferred.fromCoroutine(self.upstream.request("GET", MANIFEST))  # (the realm known: token first)
         self.assertTrue(self.client.last.url.startswith("https://auth.test/token?"))
         self.client.last.respond(200, b'{"token": "tok-2", "expires_in": 300}')

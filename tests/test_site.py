@@ -78,6 +78,25 @@ class SiteLogTests(SynchronousTestCase):
         client.leave()
         self.assertIn("(client gone)", self.line())
 
+    def test_duration_from_arrival(self) -> None:
+        """
+        A request's duration counts from when its first bytes arrived, not
+        from when the server got round to it: the second of two pipelined
+        requests waited while the first was answered (5 s on the site's
+        clock), and its line says so, as the client saw it.
+        """
+        now = [100.0]
+        self.harness.site.monotonic = lambda: now[0]
+        channel = self.harness.site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /files/a.bin HTTP/1.1\r\nHost: x\r\n\r\n"
+                             b"GET /files/a.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        now[0] += 5
+        self.harness.requests[0].respond(200, b"0123456789")
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 2)
+        self.assertEqual([e["ms"] for e in self.events], [5000.0, 5000.0])
+
     def test_server_header(self) -> None:
         """Responses name the vault in Server."""
         answer = self.harness.get("/files/a/../b").answer()

@@ -13,6 +13,7 @@ import errno
 from twisted.internet import error as neterror
 from twisted.trial.unittest import SynchronousTestCase
 
+from artifactvault.ratelimit import FAILURE_BACKOFF
 from artifactvault.upstream import UpstreamError
 from tests.fakes import Harness, ManualPool
 
@@ -109,8 +110,10 @@ class MissTests(VaultMixin, SynchronousTestCase):
         self.assertEqual(self.stored(), BODY)
 
     def test_range_from_flight(self) -> None:
-        """A Range on a miss is a 206 answered from the download as it arrives."""
+        """A Range on a miss whose download is in flight is a 206 answered from the download as it arrives."""
+        self.get()
         client = self.get(headers={"Range": "bytes=2-4"})
+        self.assertEqual(len(self.harness.requests), 1)
         response = self.harness.requests[0].respond(200, length=10)
         self.assertNotIn("range", self.harness.requests[0].headers, "the whole artifact is fetched")
         response.send(b"0123")
@@ -124,6 +127,7 @@ class MissTests(VaultMixin, SynchronousTestCase):
 
     def test_unsatisfiable_range_on_miss(self) -> None:
         """A range past the announced length is a 416; the download goes on."""
+        self.get()
         client = self.get(headers={"Range": "bytes=50-"})
         self.harness.requests[0].respond(200, BODY)
         self.assertEqual(client.answer().status, 416)
@@ -253,9 +257,18 @@ class FaultTests(VaultMixin, SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_next_request_retries(self) -> None:
-        """After a failed download, the next request asks the upstream again."""
+        """
+        After a failed download, the upstream is backed off: a request then
+        fails at once, saying so; once the back-off is over the next request
+        asks the upstream again.
+        """
         self.get()
         self.harness.requests[0].fail(neterror.ConnectionRefusedError())
+        answer = self.get().answer()
+        self.assertEqual((answer.status, len(self.harness.requests)), (502, 1))
+        self.assertIn("not asking upstream upstream.test for 10 s after it failed: cannot connect",
+                      answer.body.decode())
+        self.harness.clock.advance(FAILURE_BACKOFF)
         client = self.get()
         self.harness.requests[1].respond(200, BODY)
         self.assertEqual(client.answer().body, BODY)
@@ -306,11 +319,15 @@ class SlowCommitTests(VaultMixin, SynchronousTestCase):
 
 
 class DigestTests(VaultMixin, SynchronousTestCase):
-    """With a digest expected, no client sees a complete body before it is verified."""
+    """
+    With a digest expected, no client sees a complete body before it is
+    verified; one larger than verify_before_send (0 here: every one) streams.
+    """
 
     def setUp(self) -> None:
         super().setUp()
-        self.harness.backend.options["a.bin"] = {"digest": ("sha256", hashlib.sha256(BODY).hexdigest())}
+        self.harness.backend.options["a.bin"] = {"digest": ("sha256", hashlib.sha256(BODY).hexdigest()),
+                                                 "verify_before_send": 0}
 
     def test_last_byte_waits_for_verification(self) -> None:
         """All bytes but the last go out as they arrive; the last once the digest matched."""
@@ -353,6 +370,68 @@ class DigestTests(VaultMixin, SynchronousTestCase):
         self.harness.requests[0].response.finish()
         self.assertEqual(client.answer().status, 502)
         self.assertIsNone(self.stored())
+
+
+class VerifyBeforeSendTests(VaultMixin, SynchronousTestCase):
+    """A digest-checked miss no larger than verify_before_send (or of unknown length) is held until verified."""
+
+    def digest(self, body: bytes = BODY, limit: int = 10) -> None:
+        self.harness.backend.options["a.bin"] = {"digest": ("sha256", hashlib.sha256(body).hexdigest()),
+                                                 "verify_before_send": limit}
+
+    def test_held_until_verified(self) -> None:
+        """Nothing goes out while the body arrives; all of it once the digest matched."""
+        self.digest()
+        client = self.get()
+        response = self.harness.requests[0].respond(200, length=10)
+        response.send(BODY)
+        self.assertFalse(client.has_answer())
+        response.finish()
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body, answer.complete, answer.header("X-Cache")),
+                         (200, BODY, True, "MISS"))
+
+    def test_mismatch_is_a_502(self) -> None:
+        """A mismatch is a clean 502 with the reason, not a cut connection; nothing is stored."""
+        self.digest()
+        client = self.get()
+        self.harness.requests[0].respond(200, b"9876543210")
+        answer = client.answer()
+        self.assertEqual((answer.status, client.aborted), (502, False))
+        self.assertIn("expected", answer.body.decode())
+        self.assertIsNone(self.stored())
+
+    def test_unknown_length_held(self) -> None:
+        """A body of unknown length is held too (it may be small), and answered with its length."""
+        self.digest(limit=5)
+        client = self.get()
+        response = self.harness.requests[0].respond(200)
+        response.send(BODY)
+        self.assertFalse(client.has_answer())
+        response.finish()
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body, answer.header("Content-Length")), (200, BODY, "10"))
+
+    def test_larger_streams(self) -> None:
+        """A body announced larger than the limit streams as it arrives (its last byte held back)."""
+        self.digest(limit=9)
+        client = self.get()
+        self.harness.requests[0].respond(200, length=10).send(BODY)
+        self.assertEqual(client.answer().body, BODY[:-1])
+
+    def test_joined_during_the_download(self) -> None:
+        """A client that joins the held download is held too, and all get the whole verified body."""
+        self.digest()
+        first = self.get()
+        response = self.harness.requests[0].respond(200, length=10)
+        response.send(BODY[:5])
+        second = self.get()
+        response.send(BODY[5:])
+        self.assertFalse(first.has_answer() or second.has_answer())
+        response.finish()
+        for client in (first, second):
+            self.assertEqual((client.answer().status, client.answer().body), (200, BODY))
+        self.assertEqual(len(self.harness.requests), 1)
 
 
 class SharedKeyTests(VaultMixin, SynchronousTestCase):
@@ -541,6 +620,109 @@ class StaleTests(VaultMixin, SynchronousTestCase):
         self.assertEqual((status, self.harness.vault.read(entry)), ("STALE", BODY))
 
 
+class ClientRefreshTests(VaultMixin, SynchronousTestCase):
+    """A client's Cache-Control: no-cache revalidates a fresh mutable entry first; an immutable one stays a hit."""
+
+    ttl = 60
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.harness.fetched("a.bin", BODY, {"ETag": '"v1"'})
+
+    def test_fresh_entry_revalidated(self) -> None:
+        """A conditional request goes upstream; its 304 serves the stored copy, its 200 the new one."""
+        client = self.get(headers={"Cache-Control": "no-cache"})
+        self.assertEqual(len(self.harness.requests), 2)
+        self.assertEqual(self.harness.requests[-1].header("If-None-Match"), '"v1"')
+        self.harness.requests[-1].respond(304, headers={"ETag": '"v1"'})
+        self.assertEqual((client.answer().body, client.answer().header("X-Cache")), (BODY, "HIT"))
+        client = self.get(headers={"Cache-Control": "max-age=0"})
+        self.harness.requests[-1].respond(200, b"new", headers={"ETag": '"v2"'})
+        self.assertEqual(client.answer().body, b"new")
+        self.assertEqual(self.get().answer().body, b"new")
+
+    def test_immutable_stays_a_hit(self) -> None:
+        """An artifact without a ttl (a file named by its digest) is never revalidated."""
+        self.harness.backend.options["b.bin"] = {"ttl": None}
+        self.harness.fetched("b.bin", BODY)
+        answer = self.get("b.bin", headers={"Cache-Control": "no-cache"}).answer()
+        self.assertEqual((answer.body, answer.header("X-Cache"), len(self.harness.requests)), (BODY, "HIT", 2))
+
+    def test_document(self) -> None:
+        """vault.document(revalidate=True) revalidates a fresh document."""
+        artifact = self.harness.backend.artifact("a.bin")
+        self.assertEqual(self.successResultOf(self.harness.vault.document(artifact))[1], "HIT")
+        d = self.harness.vault.document(artifact, revalidate=True)
+        self.harness.requests[-1].respond(304, headers={"ETag": '"v1"'})
+        self.assertEqual(self.successResultOf(d)[1], "HIT")
+        self.assertEqual(len(self.harness.requests), 2)
+
+
+class FailingUpstreamTests(VaultMixin, SynchronousTestCase):
+    """
+    After the upstream failed: stale copies at once (no request upstream)
+    while it is backed off; after that at once too, while one background
+    revalidation finds out whether it is back; a miss fails at once.
+    """
+
+    ttl = 60
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.harness.fetched("a.bin", BODY, {"ETag": '"v1"'})
+        self.harness.fetched("b.bin", b"b" * 10, {"ETag": '"b1"'})
+        self.harness.clock.advance(61)
+        client = self.get()
+        self.harness.requests[-1].fail(neterror.ConnectionRefusedError())
+        self.assertEqual(client.answer().header("X-Cache"), "STALE")
+        self.asked = len(self.harness.requests)
+
+    def test_stale_at_once_while_backed_off(self) -> None:
+        """GET and HEAD of stale entries are answered at once; nothing goes upstream; a miss fails at once."""
+        for path, method in (("a.bin", b"GET"), ("b.bin", b"GET"), ("a.bin", b"HEAD")):
+            answer = self.get(path, method=method).answer()
+            self.assertEqual((answer.status, answer.header("X-Cache"), answer.header("Warning")),
+                             (200, "STALE", '299 - "Response is Stale"'), path)
+        answer = self.get("new.bin").answer()
+        self.assertEqual(answer.status, 502)
+        self.assertIn("after it failed", answer.body.decode())
+        self.assertEqual(len(self.harness.requests), self.asked)
+
+    def test_one_background_revalidation(self) -> None:
+        """
+        Once the back-off is over: still stale at once, and one revalidation
+        upstream for all of them; when it succeeds, the upstream is trusted
+        again: the next request is a hit of what it fetched.
+        """
+        self.harness.clock.advance(FAILURE_BACKOFF)
+        for path in ("a.bin", "b.bin", "a.bin"):
+            self.assertEqual(self.get(path).answer().header("X-Cache"), "STALE")
+        self.assertEqual(len(self.harness.requests), self.asked + 1)
+        probe = self.harness.requests[-1]
+        self.assertEqual((probe.url, probe.header("If-None-Match")), (self.harness.url("a.bin"), '"v1"'))
+        probe.respond(200, b"new", headers={"ETag": '"v2"'})
+        answer = self.get().answer()
+        self.assertEqual((answer.body, answer.header("X-Cache")), (b"new", "HIT"))
+        client = self.get("b.bin")  # (stale, the upstream trusted again: revalidated before answering)
+        self.harness.requests[-1].respond(304, headers={"ETag": '"b1"'})
+        self.assertEqual(client.answer().header("X-Cache"), "HIT")
+
+    def test_failed_revalidation_backs_off_again(self) -> None:
+        """A background revalidation that fails starts a new back-off; the client never waited for it."""
+        self.harness.clock.advance(FAILURE_BACKOFF)
+        self.assertEqual(self.get().answer().header("X-Cache"), "STALE")
+        self.harness.requests[-1].fail(neterror.ConnectionRefusedError())
+        self.harness.clock.advance(FAILURE_BACKOFF - 1)
+        self.assertEqual(self.get().answer().header("X-Cache"), "STALE")
+        self.assertEqual(len(self.harness.requests), self.asked + 1)
+
+    def test_document_stale_at_once(self) -> None:
+        """vault.document answers a stale document at once too."""
+        d = self.harness.vault.document(self.harness.backend.artifact("b.bin"))
+        self.assertEqual(self.successResultOf(d)[1], "STALE")
+        self.assertEqual(len(self.harness.requests), self.asked)
+
+
 class DocumentTests(VaultMixin, SynchronousTestCase):
     """Vault.document: the stored entry of a page a backend renders itself."""
 
@@ -584,31 +766,40 @@ class DocumentTests(VaultMixin, SynchronousTestCase):
 
 class RangeOnMissTests(VaultMixin, SynchronousTestCase):
     """
-    A Range on a miss that the download cannot answer with verified bytes of
-    a known place (a digest still unchecked, a length unknown) is answered
-    from the committed entry once the download is done.
+    A Range that joins a download in flight which cannot answer it with
+    verified bytes of a known place (a digest still unchecked, a length
+    unknown) is answered from the whole download once it is verified.
     """
 
     def digest(self, body: bytes = BODY) -> None:
-        self.harness.backend.options["a.bin"] = {"digest": ("sha256", hashlib.sha256(body).hexdigest())}
+        self.harness.backend.options["a.bin"] = {"digest": ("sha256", hashlib.sha256(body).hexdigest()),
+                                                 "verify_before_send": 0}
 
-    def test_digest_checked_range_waits_for_the_commit(self) -> None:
+    def ranged(self, header: str, path: str = "a.bin"):  # type: ignore[no-untyped-def]
+        """A client's Range joining the download another client started: (that client, the upstream request)."""
+        self.get(path)
+        client = self.get(path, headers={"Range": header})
+        request = self.harness.requests[-1]
+        self.assertIsNone(request.header("Range"))
+        return client, request
+
+    def test_digest_checked_range_waits_for_verification(self) -> None:
         """No byte of a range of a digest-checked miss goes out before the digest matched."""
         self.digest()
-        client = self.get(headers={"Range": "bytes=0-4"})
-        response = self.harness.requests[0].respond(200, length=10)
+        client, request = self.ranged("bytes=2-4")
+        response = request.respond(200, length=10)
         response.send(BODY)
         self.assertFalse(client.has_answer())
         response.finish()
         answer = client.answer()
         self.assertEqual((answer.status, answer.body, answer.complete, answer.header("Content-Range"),
-                          answer.header("X-Cache")), (206, b"01234", True, "bytes 0-4/10", "MISS"))
+                          answer.header("X-Cache")), (206, b"234", True, "bytes 2-4/10", "MISS"))
 
     def test_digest_mismatch_is_502_for_a_range(self) -> None:
         """A range of a digest-checked miss whose digest fails gets a 502 saying so, no bytes."""
         self.digest()
-        client = self.get(headers={"Range": "bytes=0-4"})
-        self.harness.requests[0].respond(200, b"9876543210")
+        client, request = self.ranged("bytes=2-4")
+        request.respond(200, b"9876543210")
         answer = client.answer()
         self.assertEqual(answer.status, 502)
         self.assertIn("expected", answer.body.decode())
@@ -624,8 +815,8 @@ class RangeOnMissTests(VaultMixin, SynchronousTestCase):
                 ("bytes=50-", 416, b"", "bytes */10")]:
             with self.subTest(header=header):
                 path = f"u{len(self.harness.requests)}.bin"
-                client = self.get(path, headers={"Range": header})
-                response = self.harness.requests[-1].respond(200)
+                client, request = self.ranged(header, path)
+                response = request.respond(200)
                 response.send(b"0123456")
                 self.assertFalse(client.has_answer())
                 response.send(b"789").finish()
@@ -636,10 +827,18 @@ class RangeOnMissTests(VaultMixin, SynchronousTestCase):
 
     def test_range_with_known_length_streams(self) -> None:
         """With a length and no digest the flight answers a range as the bytes arrive (no wait)."""
-        client = self.get(headers={"Range": "bytes=0-2"})
-        response = self.harness.requests[0].respond(200, length=10)
-        response.send(b"0123")
-        self.assertEqual((client.answer().status, client.answer().body), (206, b"012"))
+        client, request = self.ranged("bytes=1-2")
+        request.respond(200, length=10).send(b"0123")
+        self.assertEqual((client.answer().status, client.answer().body), (206, b"12"))
+
+    def test_too_large_to_store(self) -> None:
+        """A held range of a download too large to store is answered from it all the same (it used to be a 502)."""
+        self.patch(self.harness.store, "max_object_size", 5)
+        client, request = self.ranged("bytes=-3")
+        request.respond(200).send(BODY).finish()
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body), (206, b"789"))
+        self.assertIsNone(self.stored())
 
 
 class FallbackTests(VaultMixin, SynchronousTestCase):

@@ -20,6 +20,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import Attribute, Interface, implementer
 
 from artifactvault.config import Section
+from artifactvault.flight import VERIFY_BEFORE_SEND
+from artifactvault.ratelimit import FAILURE_BACKOFF
 from artifactvault.serve import Responder, plain_error
 from artifactvault.upstream import StaticAuth, Upstream
 from artifactvault.vault import Vault
@@ -73,7 +75,7 @@ class BuildContext:
                               password=settings.password, token=settings.token)
         return Upstream(self.client, self.reactor, auth=auth, headers=settings.headers,
                         timeout=settings.timeout, idle_timeout=settings.idle_timeout,
-                        origin_url=base_url)
+                        origin_url=base_url, backoff=settings.backoff)
 
 
 @dataclass
@@ -87,6 +89,8 @@ class CommonSettings:
     headers: dict[str, str] | None = None
     timeout: float = 30.0
     idle_timeout: float = 60.0
+    verify_before_send: int = VERIFY_BEFORE_SEND
+    backoff: float = FAILURE_BACKOFF
 
     def __repr__(self) -> str:  # credentials stay out of logs and tracebacks
         return f"{type(self).__name__}(prefix={self.prefix!r})"
@@ -105,7 +109,9 @@ def parse_common(section: Section, default_prefix: str | None = None) -> dict[st
     return dict(prefix=prefix, username=username, password=password, token=token,
                 headers=section.headers("headers"),
                 timeout=section.seconds("timeout", 30.0),
-                idle_timeout=section.seconds("idle_timeout", 60.0))
+                idle_timeout=section.seconds("idle_timeout", 60.0),
+                verify_before_send=section.size("verify_before_send", VERIFY_BEFORE_SEND, zero=True),
+                backoff=section.seconds("backoff", FAILURE_BACKOFF))
 
 
 class BadPath(ValueError):

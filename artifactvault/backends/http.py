@@ -60,7 +60,7 @@ class HttpBackend(Backend):
             url += "?" + query.decode("latin-1")
         self.vault.serve(responder, Artifact(
             key=url, url=url, upstream=self.upstream, ttl=self.ttl_for(path),
-            label=f"{self.prefix}{path}"))
+            label=f"{self.prefix}{path}", verify_before_send=self.settings.verify_before_send))
 
 
 @provider(IBackendType)

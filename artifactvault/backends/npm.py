@@ -44,7 +44,7 @@ from artifactvault.backends.base import (Backend, BackendResource, BuildContext,
                                          IBackendType, dispatch, parse_common, run)
 from artifactvault.config import Section
 from artifactvault.flight import Artifact
-from artifactvault.serve import FileProducer, Responder, answer_not_modified, not_modified
+from artifactvault.serve import FileProducer, Responder, answer_not_modified, not_modified, wants_revalidation
 from artifactvault.upstream import UpstreamError, header
 from artifactvault.vault import Entry
 
@@ -238,7 +238,7 @@ class NpmBackend(Backend):
             return
         variant = "abbreviated" if doc.wants_abbreviated(request.getHeader(b"accept")) else "full"
         artifact = self._packument_artifact(name, variant)
-        self.vault.document(artifact).addCallback(
+        self.vault.document(artifact, wants_revalidation(request)).addCallback(
             lambda result: self._send_packument(responder, artifact, result, base, True)
         ).addErrback(responder.fail)
 
@@ -290,9 +290,12 @@ class NpmBackend(Backend):
         run(responder, self._fetch_tarball(responder, name, filename, key))
 
     async def _fetch_tarball(self, responder: Responder, name: str, filename: str, key: str) -> None:
-        index, status = await self._index(name, revalidate=False)
+        # Any stored copy of the document will do if it lists the file (a
+        # tarball never waits for its document's revalidation); else the
+        # registry is asked once: perhaps the version was published since.
+        index, status = await self._index(name, stale_ok=True)
         target = index.get(filename)
-        if target is None and status == "HIT":  # perhaps published since: ask the registry once
+        if target is None and status != "MISS":
             index, status = await self._index(name, revalidate=True)
             target = index.get(filename)
         if responder.gone:
@@ -306,18 +309,19 @@ class NpmBackend(Backend):
             digest=(algo, digest) if algo else None, content_type="application/octet-stream",
             label=f"{self.prefix}{name}/-/{filename}"))
 
-    async def _index(self, name: str, revalidate: bool) -> tuple[dict[str, list[Any]], str]:
+    async def _index(self, name: str, revalidate: bool = False,
+                     stale_ok: bool = False) -> tuple[dict[str, list[Any]], str]:
         """The tarball index of C{name}'s abbreviated packument, and its cache status."""
         artifact = self._packument_artifact(name, "abbreviated")
         for _attempt in range(2):
-            entry, status = await self.vault.document(artifact, revalidate=revalidate)
+            entry, status = await self.vault.document(artifact, revalidate, stale_ok)
             index = self.indexes.get(entry)
             if index is not None:
                 return index, status
             index = await self._read_index(entry)
             if index is not None:
                 return index, status
-            revalidate = False  # (the stored copy vanished: fetched anew)
+            revalidate = stale_ok = False  # (the stored copy vanished: fetched anew)
         raise UpstreamError("stored package document vanished")
 
     def _read_index(self, entry: Entry) -> Deferred:

@@ -11,12 +11,32 @@ vault.
 
 A project document::
 
-    {"name": "requests", "api": "1.0", "files": [FILE, ...], "versions": [...]?}
+    {"name": "requests", "api": "1.4", "source": "json"|"html", "files": [FILE, ...],
+     "versions": [...]?, "meta": {...}?, "extra": {...}?}
 
 with each FILE ``{"filename", "url", "hashes": {algo: hex}}`` plus, when
 known, ``requires-python``, ``yanked`` (true or a reason), ``core-metadata``
-(true or hashes), ``size`` and ``upload-time``. The project list is
-``{"projects": [name, ...]}``.
+(true or hashes), ``size``, ``upload-time``, ``gpg-sig`` (a boolean),
+``provenance`` (the upstream URL of its PEP 740 provenance) and ``extra``.
+The project list is ``{"projects": [name, ...], "api": ..., "meta": {...}}``.
+
+Nothing a PEP defines is dropped, in either direction: ``meta`` holds the
+upstream's ``meta`` keys but ``api-version`` (``_last-serial``, PEP 708
+``tracks``); the document's ``extra`` its other top-level keys (PEP 708
+``alternate-locations``, PEP 792 ``project-status``, keys no PEP defines
+yet); a file's ``extra`` the file keys not read into the document (``yanked:
+false``, ``provenance: null``, PyPI's ``data-dist-info-metadata``, private
+``_`` keys), all passed on as they came. The one exception is a value that
+is an upstream URL (``url``, ``provenance``): those are rewritten to the
+vault's, never passed on. From an HTML page the PEP 708 and 792 ``<meta>``
+tags, ``data-gpg-sig``, ``data-provenance`` and PyPI's ``<!--SERIAL n-->``
+are read into the same places, so either form renders them.
+
+API version (PEP 629): the HTML form claims the upstream's version, whichever
+form it came in (every field up to 1.4 has an HTML form). The JSON form
+claims the upstream's version when the upstream spoke JSON; rendered from an
+HTML page it claims 1.0, since PEP 700 makes ``versions`` and file ``size``
+mandatory from 1.1 on and HTML carries neither.
 """
 
 from __future__ import annotations
@@ -34,6 +54,8 @@ from artifactvault.upstream import UpstreamError
 JSON = "application/vnd.pypi.simple.v1+json"
 HTML_V1 = "application/vnd.pypi.simple.v1+html"
 HTML = "text/html"
+#: Beside a file, its PEP 740 provenance (as the vault serves it).
+PROVENANCE = ".provenance"
 
 #: What a response of each format says it is.
 CONTENT_TYPES = {JSON: JSON, HTML_V1: HTML_V1, HTML: "text/html; charset=utf-8"}
@@ -41,6 +63,8 @@ CONTENT_TYPES = {JSON: JSON, HTML_V1: HTML_V1, HTML: "text/html; charset=utf-8"}
 #: Hash algorithms a file or metadata digest may name: every Python has them.
 ALGORITHMS = frozenset(hashlib.algorithms_guaranteed) - {"shake_128", "shake_256"}
 _HEX = re.compile(r"[0-9a-f]+")
+_VERSION = re.compile(r"[0-9]+\.[0-9]+")
+_SERIAL = re.compile(r"\s*SERIAL\s+([0-9]+)\s*")
 _NORMALIZE = re.compile(r"[-_.]+")
 _VALID_NAME = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?")
 
@@ -62,15 +86,18 @@ def valid_name(normalized: str) -> bool:
 _OFFERS = (HTML, HTML_V1, JSON)
 _ALIASES = {"application/vnd.pypi.simple.latest+json": JSON,
             "application/vnd.pypi.simple.latest+html": HTML_V1}
-_negotiated: dict[bytes | None, str | None] = {}
+_negotiated: dict[bytes | None, str] = {}
 
 
-def negotiate(accept: bytes | None) -> str | None:
+def negotiate(accept: bytes | None) -> str:
     """
-    The format to answer in (L{JSON}, L{HTML_V1} or L{HTML}), or None when
-    the client accepts none of them (a 406). No header means HTML. The highest
-    q wins; among equal q the more specific range, then the one the client
-    listed first. Memoised: clients send the same few headers over and over.
+    The format to answer in (L{JSON}, L{HTML_V1} or L{HTML}). No header
+    means HTML. The highest q wins; among equal q the more specific range,
+    then the one the client listed first. A client that accepts none of them
+    gets HTML, as from PyPI itself: PEP 691 lets a server pick a default
+    instead of a 406 (and clients that send ``Accept: application/json``
+    out of habit read the HTML). Memoised: clients send the same few headers
+    over and over.
     """
     try:
         return _negotiated[accept]
@@ -82,7 +109,7 @@ def negotiate(accept: bytes | None) -> str | None:
     return result
 
 
-def _negotiate(accept: str | None) -> str | None:
+def _negotiate(accept: str | None) -> str:
     if accept is None or not accept.strip():
         return HTML
     ranges = []
@@ -112,7 +139,7 @@ def _negotiate(accept: str | None) -> str | None:
         rank = (match[1], match[0], -match[2], -preference)
         if best is None or rank > best[0]:
             best = (rank, offer)
-    return best[1] if best else None
+    return best[1] if best else HTML
 
 
 # -- parsing upstream pages -----------------------------------------------------
@@ -145,9 +172,13 @@ def _metadata_attr(value: str | None) -> bool | dict[str, str] | None:
     return hashes or None
 
 
+#: File keys whose value is an upstream URL: rewritten to the vault's, never passed on as they came.
+_URL_KEYS = ("url", "provenance")
+
+
 def _file(filename: str, url: str, hashes: dict[str, str], requires_python: Any = None,
           yanked: Any = None, metadata: Any = None, size: Any = None,
-          upload_time: Any = None) -> dict[str, Any]:
+          upload_time: Any = None, gpg_sig: Any = None, provenance: str | None = None) -> dict[str, Any]:
     f: dict[str, Any] = {"filename": filename, "url": url, "hashes": hashes}
     if isinstance(requires_python, str) and requires_python.strip():
         f["requires-python"] = requires_python.strip()
@@ -159,6 +190,10 @@ def _file(filename: str, url: str, hashes: dict[str, str], requires_python: Any 
         f["size"] = size
     if isinstance(upload_time, str):
         f["upload-time"] = upload_time
+    if isinstance(gpg_sig, bool):
+        f["gpg-sig"] = gpg_sig
+    if provenance is not None:
+        f["provenance"] = provenance
     return f
 
 
@@ -167,13 +202,30 @@ def _fetchable(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
+def _upstream_url(base: str, value: Any) -> str | None:
+    """An upstream URL given in a page (absolute or relative to it), if it is one we could fetch."""
+    if not isinstance(value, str) or not value:
+        return None
+    url = urljoin(base, value)
+    return url if _fetchable(url) else None
+
+
+def _bool_attr(value: str | None) -> bool | None:
+    """``data-gpg-sig``: ``true`` or ``false``; anything else says nothing."""
+    if value is None:
+        return None
+    return {"true": True, "false": False}.get(value.strip().lower())
+
+
 class _Anchors(HTMLParser):
     """
-    Collects ``<a>`` tags (attributes and text), ``<base href>`` and the
-    repository version. Each anchor goes to C{on_anchor(attrs, text)} as it
-    ends (by default: appended to C{anchors}), so that a caller that needs
-    little of each (the project list) keeps no object per anchor: hundreds of
-    thousands of them would make every garbage collection of the daemon slow.
+    Collects ``<a>`` tags (attributes and text), ``<base href>``, the
+    repository version, the other ``pypi:`` ``<meta>`` tags (PEP 708, 792)
+    and PyPI's ``<!--SERIAL n-->``. Each anchor goes to C{on_anchor(attrs,
+    text)} as it ends (by default: appended to C{anchors}), so that a caller
+    that needs little of each (the project list) keeps no object per anchor:
+    hundreds of thousands of them would make every garbage collection of the
+    daemon slow.
     """
 
     def __init__(self, on_anchor: Callable[[dict[str, str | None], str], None] | None = None) -> None:
@@ -182,6 +234,8 @@ class _Anchors(HTMLParser):
         self._on_anchor = on_anchor or (lambda attrs, text: self.anchors.append((attrs, text)))
         self.base: str | None = None
         self.version: str | None = None
+        self.metas: list[tuple[str, str]] = []  # (name, content) of the other pypi: <meta> tags
+        self.serial: int | None = None
         self._open: dict[str, str | None] | None = None  # the <a> whose text is being read
         self._text: list[str] = []
 
@@ -193,8 +247,11 @@ class _Anchors(HTMLParser):
             self.base = dict(attrs).get("href")
         elif tag == "meta":
             a = dict(attrs)
-            if a.get("name") == "pypi:repository-version":
-                self.version = a.get("content")
+            name, content = a.get("name"), a.get("content")
+            if name == "pypi:repository-version":
+                self.version = content
+            elif name and name.startswith("pypi:") and content is not None and len(self.metas) < 1000:
+                self.metas.append((name, content))
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "a":
@@ -204,6 +261,11 @@ class _Anchors(HTMLParser):
         if self._open is not None:
             self._text.append(data)
 
+    def handle_comment(self, data: str) -> None:
+        match = _SERIAL.fullmatch(data)
+        if match is not None and len(match.group(1)) < 20:
+            self.serial = int(match.group(1))
+
     def close(self) -> None:
         super().close()
         self._end_anchor()
@@ -212,6 +274,9 @@ class _Anchors(HTMLParser):
         if self._open is not None:
             attrs, self._open = self._open, None
             self._on_anchor(attrs, "".join(self._text))
+
+    def meta(self, name: str) -> list[str]:
+        return [content for n, content in self.metas if n == name]
 
 
 def _read_html(body: bytes, on_anchor: Callable[[dict[str, str | None], str], None] | None = None) -> _Anchors:
@@ -241,6 +306,75 @@ def _check_version(version: Any) -> None:
         raise UpstreamError(f"upstream index speaks API version {version}, not 1.x")
 
 
+def _version(version: Any) -> str:
+    """The upstream's ``Major.Minor`` (PEP 629), or 1.0 when it gave none (as clients must assume)."""
+    return version.strip() if isinstance(version, str) and _VERSION.fullmatch(version.strip()) else "1.0"
+
+
+def _json_meta(data: dict[str, Any]) -> dict[str, Any]:
+    """The upstream's ``meta`` keys but ``api-version`` (which the vault sets), as they came."""
+    meta = data.get("meta")
+    return {k: v for k, v in meta.items() if k != "api-version"} if isinstance(meta, dict) else {}
+
+
+def _html_meta(parser: _Anchors) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The (meta, extra) of a document from an HTML page's ``<meta>`` tags and serial."""
+    meta: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    if parser.serial is not None:
+        meta["_last-serial"] = parser.serial
+    tracks = parser.meta("pypi:tracks")
+    if tracks:
+        meta["tracks"] = tracks
+    alternates = parser.meta("pypi:alternate-locations")
+    if alternates:
+        extra["alternate-locations"] = alternates
+    status = parser.meta("pypi:project-status")
+    reason = parser.meta("pypi:project-status-reason")
+    if status or reason:
+        extra["project-status"] = {"status": status[0] if status else "active"}
+        if reason:
+            extra["project-status"]["reason"] = reason[0]
+    return meta, extra
+
+
+def _json_file(raw: Any, base_url: str) -> dict[str, Any] | None:
+    """A file of a PEP 691 page, or None if it has no usable filename and URL."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("filename"), str) or not raw["filename"]:
+        return None
+    url = _upstream_url(base_url, raw.get("url"))
+    if url is None:
+        return None
+    meta = raw.get("core-metadata", raw.get("dist-info-metadata"))
+    f = _file(raw["filename"], url, _hashes(raw.get("hashes")), raw.get("requires-python"),
+              raw.get("yanked"), meta if meta is True else _hashes(meta) or None,
+              raw.get("size"), raw.get("upload-time"), raw.get("gpg-sig"),
+              _upstream_url(base_url, raw.get("provenance")))
+    extra = {k: v for k, v in raw.items()
+             if k not in f and not (k in _URL_KEYS and isinstance(v, str))}
+    if extra:
+        f["extra"] = extra
+    return f
+
+
+def _html_file(attrs: dict[str, str | None], base: str) -> dict[str, Any] | None:
+    """A file of a PEP 503 page from its anchor, or None if it links to nothing we could fetch."""
+    href = attrs.get("href")
+    if not href:
+        return None
+    url, _, fragment = urljoin(base, href).partition("#")
+    filename = unquote(urlsplit(url).path.rpartition("/")[2])
+    if not filename or not _fetchable(url):
+        return None
+    algo, _, value = fragment.partition("=")
+    yanked = attrs.get("data-yanked", False)
+    meta = attrs.get("data-core-metadata", attrs.get("data-dist-info-metadata"))
+    return _file(filename, url, _hashes({algo: value}), attrs.get("data-requires-python"),
+                 True if yanked in (None, "") else yanked, _metadata_attr(meta),
+                 gpg_sig=_bool_attr(attrs.get("data-gpg-sig")),
+                 provenance=_upstream_url(base, attrs.get("data-provenance")))
+
+
 def parse_project(body: bytes, content_type: str | None, base_url: str, name: str) -> dict[str, Any]:
     """The canonical document of an upstream project page (HTML or JSON)."""
     files: list[dict[str, Any]] = []
@@ -250,40 +384,29 @@ def parse_project(body: bytes, content_type: str | None, base_url: str, name: st
         if isinstance(data.get("name"), str):
             doc["name"] = data["name"]
         for raw in data.get("files") or []:
-            if not isinstance(raw, dict) or not isinstance(raw.get("url"), str) \
-                    or not isinstance(raw.get("filename"), str) or not raw["filename"]:
-                continue
-            url = urljoin(base_url, raw["url"])
-            if not _fetchable(url):
-                continue
-            meta = raw.get("core-metadata", raw.get("dist-info-metadata"))
-            files.append(_file(raw["filename"], url, _hashes(raw.get("hashes")),
-                               raw.get("requires-python"), raw.get("yanked"),
-                               meta if meta is True else _hashes(meta) or None,
-                               raw.get("size"), raw.get("upload-time")))
+            f = _json_file(raw, base_url)
+            if f is not None:
+                files.append(f)
         versions = data.get("versions")
         if isinstance(versions, list) and all(isinstance(v, str) for v in versions):
             doc["versions"] = versions
+        meta, extra = _json_meta(data), {k: v for k, v in data.items()
+                                         if k not in ("meta", "name", "files") and k not in doc}
+        doc.update(api=_version(data["meta"].get("api-version") if isinstance(data.get("meta"), dict) else None),
+                   source="json")
     else:
         parser = _read_html(body)
         base = urljoin(base_url, parser.base) if parser.base else base_url
         for attrs, _text in parser.anchors:
-            href = attrs.get("href")
-            if not href:
-                continue
-            url, _, fragment = urljoin(base, href).partition("#")
-            filename = unquote(urlsplit(url).path.rpartition("/")[2])
-            if not filename or not _fetchable(url):
-                continue
-            algo, _, value = fragment.partition("=")
-            yanked = attrs.get("data-yanked", False)
-            meta = attrs.get("data-core-metadata", attrs.get("data-dist-info-metadata"))
-            files.append(_file(filename, url, _hashes({algo: value}),
-                               attrs.get("data-requires-python"),
-                               True if yanked in (None, "") else yanked,
-                               _metadata_attr(meta)))
-    complete = "versions" in doc and all("size" in f for f in files)
-    doc["api"] = "1.1" if complete else "1.0"
+            f = _html_file(attrs, base)
+            if f is not None:
+                files.append(f)
+        meta, extra = _html_meta(parser)
+        doc.update(api=_version(parser.version), source="html")
+    if meta:
+        doc["meta"] = meta
+    if extra:
+        doc["extra"] = extra
     return doc
 
 
@@ -293,16 +416,24 @@ def parse_root(body: bytes, content_type: str | None) -> dict[str, Any]:
     if is_json(content_type):
         def name(p: Any) -> str | None:
             return p["name"] if isinstance(p, dict) and isinstance(p.get("name"), str) else None
-        projects = _read_json(body, item=name).get("projects")
+        data = _read_json(body, item=name)
+        projects = data.get("projects")
         if isinstance(projects, list):
             names = [n for n in projects if n is not None]
+        meta = data.get("meta")
+        version, extra = _version(meta.get("api-version") if isinstance(meta, dict) else None), _json_meta(data)
     else:
         def anchor(attrs: dict[str, str | None], text: str) -> None:
             n = text.strip() or (attrs.get("href") or "").strip("/").rpartition("/")[2]
             if n:
                 names.append(n)
-        _read_html(body, anchor)
-    return {"projects": names}
+        parser = _read_html(body, anchor)
+        version, extra = _version(parser.version), ({"_last-serial": parser.serial}
+                                                     if parser.serial is not None else {})
+    doc: dict[str, Any] = {"projects": names, "api": version}
+    if extra:
+        doc["meta"] = extra
+    return doc
 
 
 # -- rendering ------------------------------------------------------------------
@@ -325,22 +456,26 @@ def discard(doc: dict[str, Any]) -> None:
     slicedjson.discard(doc)
 
 
-def _html(title: str, version: str, links: Iterable[list[str]]) -> list[bytes]:
+def _html(title: str, version: str, links: Iterable[list[str]], head: Iterable[str] = (),
+          serial: Any = None) -> list[bytes]:
     """A simple-API HTML page as chunks; C{links} come in slices (a long list is never made whole)."""
-    head = "\n".join([
+    top = "\n".join([
         "<!DOCTYPE html>",
         "<html>",
         "<head>",
-        f'<meta name="pypi:repository-version" content="{version}">',
+        f'<meta name="pypi:repository-version" content="{escape(version)}">',
+        *head,
         f"<title>{escape(title)}</title>",
         "</head>",
         "<body>",
         f"<h1>{escape(title)}</h1>",
         "",
     ])
-    parts = [head.encode("utf-8")]
+    parts = [top.encode("utf-8")]
     parts += [("\n".join(piece) + "\n").encode("utf-8") for piece in links if piece]
     parts.append(b"</body>\n</html>\n")
+    if isinstance(serial, int) and not isinstance(serial, bool):
+        parts.append(b"<!--SERIAL %d-->\n" % serial)
     return parts
 
 
@@ -353,25 +488,56 @@ def pick_digest(hashes: dict[str, str]) -> tuple[str, str] | None:
     return None
 
 
+def json_version(doc: dict[str, Any]) -> str:
+    """The API version the JSON form of C{doc} claims (see the module's docstring)."""
+    return "1.0" if doc.get("source") == "html" else doc.get("api", "1.0")
+
+
+def _strings(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _head(doc: dict[str, Any]) -> list[str]:
+    """The PEP 792 and 708 ``<meta>`` tags of a project document."""
+    extra, meta = doc.get("extra", {}), doc.get("meta", {})
+    tags = []
+    status = extra.get("project-status")
+    if isinstance(status, dict):
+        state, reason = status.get("status", status.get("state")), status.get("reason")
+        if isinstance(state, str):
+            tags.append(f'<meta name="pypi:project-status" content="{escape(state)}">')
+        if isinstance(reason, str):
+            tags.append(f'<meta name="pypi:project-status-reason" content="{escape(reason)}">')
+    tags += [f'<meta name="pypi:tracks" content="{escape(url)}">' for url in _strings(meta.get("tracks"))]
+    tags += [f'<meta name="pypi:alternate-locations" content="{escape(url)}">'
+             for url in _strings(extra.get("alternate-locations"))]
+    return tags
+
+
 def render_project(doc: dict[str, Any], fmt: str, file_url: Callable[[dict[str, Any]], str]) -> list[bytes]:
     """
     The project page in C{fmt}, as a list of chunks; C{file_url(file)} says
-    where the vault serves each file (relative to the page). Metadata is
-    offered under both its PEP 714 and its PEP 658 name, for old and new
-    clients alike.
+    where the vault serves each file (relative to the page), and a file's
+    provenance is served beside it (C{+ ".provenance"}). Metadata is offered
+    under both its PEP 714 and its PEP 658 name, for old and new clients alike.
     """
     files = doc["files"]
     if fmt == JSON:
         out_files = []
         for f in files:
-            o = {"filename": f["filename"], "url": file_url(f), "hashes": f["hashes"]}
-            for k in ("requires-python", "yanked", "size", "upload-time"):
+            o = dict(f.get("extra", ()))
+            o.update(filename=f["filename"], url=file_url(f), hashes=f["hashes"])
+            for k in ("requires-python", "yanked", "size", "upload-time", "gpg-sig"):
                 if k in f:
                     o[k] = f[k]
             if "core-metadata" in f:
                 o["core-metadata"] = o["dist-info-metadata"] = f["core-metadata"]
+            if "provenance" in f:
+                o["provenance"] = file_url(f) + PROVENANCE
             out_files.append(o)
-        out: dict[str, Any] = {"meta": {"api-version": doc["api"]}, "name": doc["name"], "files": out_files}
+        out: dict[str, Any] = {"meta": {**doc.get("meta", {}), "api-version": json_version(doc)}}
+        out.update(doc.get("extra", ()))
+        out.update(name=doc["name"], files=out_files)
         if "versions" in doc:
             out["versions"] = doc["versions"]
         return dumps(out)
@@ -379,9 +545,7 @@ def render_project(doc: dict[str, Any], fmt: str, file_url: Callable[[dict[str, 
     for f in files:
         href = file_url(f)
         digest = pick_digest(f["hashes"])
-        if digest:
-            href += f"#{digest[0]}={digest[1]}"
-        attrs = [f'href="{escape(href)}"']
+        attrs = [f'href="{escape(href)}#{digest[0]}={digest[1]}"' if digest else f'href="{escape(href)}"']
         if "requires-python" in f:
             attrs.append(f'data-requires-python="{escape(f["requires-python"])}"')
         if "yanked" in f:
@@ -392,25 +556,32 @@ def render_project(doc: dict[str, Any], fmt: str, file_url: Callable[[dict[str, 
             d = pick_digest(meta) if isinstance(meta, dict) else None
             value = f"{d[0]}={d[1]}" if d else "true"
             attrs.append(f'data-dist-info-metadata="{value}" data-core-metadata="{value}"')
+        if "gpg-sig" in f:
+            attrs.append(f'data-gpg-sig="{"true" if f["gpg-sig"] else "false"}"')
+        if "provenance" in f:
+            attrs.append(f'data-provenance="{escape(href + PROVENANCE)}"')
         links.append(f"<a {' '.join(attrs)}>{escape(f['filename'])}</a><br>")
-    return _html(f"Links for {doc['name']}", doc["api"], [links])
+    return _html(f"Links for {doc['name']}", doc.get("api", "1.0"), [links], _head(doc),
+                 doc.get("meta", {}).get("_last-serial"))
 
 
 def render_root(doc: dict[str, Any], fmt: str) -> list[bytes]:
     """The project list in C{fmt}, as a list of chunks, each project linked by its normalised name."""
     names = doc["projects"]
+    version = doc.get("api", "1.0")
+    meta = doc.get("meta", {})
     if fmt == JSON:
         # written here rather than by dumps() of a dict per project: hundreds of
         # thousands of dicts would make every garbage collection of the daemon slow
         encode = slicedjson.encode_string
         step = slicedjson.SLICE
-        parts = [b'{"meta":{"api-version":"1.0"},"projects":[']
+        parts = [b'{"meta":' + slicedjson.dumps({**meta, "api-version": version}) + b',"projects":[']
         for i in range(0, len(names), step):
             parts.append((("," if i else "") + ",".join(
                 '{"name":%s}' % encode(n) for n in names[i:i + step])).encode("utf-8"))
         parts.append(b"]}")
         return parts
     step = slicedjson.SLICE
-    return _html("Simple Index", "1.0", (
+    return _html("Simple Index", version, (
         [f'<a href="{escape(normalize(n))}/">{escape(n)}</a><br>' for n in names[i:i + step]]
-        for i in range(0, len(names), step)))
+        for i in range(0, len(names), step)), serial=meta.get("_last-serial"))

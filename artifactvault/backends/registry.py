@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -55,8 +55,9 @@ from artifactvault.backends.registry_auth import TokenAuth
 from artifactvault.backends.registry_media import (MAX_MANIFEST, OCI_INDEX, Accept, digest_of, has_digest,
                                                    parse_digest, schema1_payload, valid_name, valid_tag)
 from artifactvault.config import Section
+from artifactvault.fields import IMMUTABLE_HEADERS
 from artifactvault.flight import Artifact, DigestMismatch
-from artifactvault.serve import Responder, serve_entry
+from artifactvault.serve import Responder, serve_entry, wants_revalidation
 from artifactvault.singleflight import SingleFlight
 from artifactvault.upstream import (UpstreamError, UpstreamStatus, content_length, discard, header,
                                     host_of, loggable)
@@ -207,7 +208,7 @@ class RegistryBackend(Backend):
         artifact = Artifact(
             key=f"{self._keys} blob {digest}", url=self._url(name, "blobs", digest),
             upstream=self.upstream, digest=parse_digest(digest),
-            label=f"{self.prefix}{name}/blobs/{digest}")
+            label=f"{self.prefix}{name}/blobs/{digest}", verify_before_send=self.settings.verify_before_send)
         known = self.store.lookup(self._blob_record_key(name, digest)) is not None
         if known or not self._from_elsewhere(artifact):
             self.vault.serve(responder, artifact)
@@ -276,7 +277,8 @@ class RegistryBackend(Backend):
         key = f"{self._keys} {name} manifest {digest}"
         entry = self.store.lookup(key)
         if entry is not None and verified_as(entry, parse_digest(digest)):
-            self._send_manifest(responder, name, digest, accept, entry, "STALE" if stale else "HIT")
+            self._send_manifest(responder, name, digest, accept, entry, "STALE" if stale else "HIT",
+                                by_tag=record is not None)
             return
         if request.method == b"HEAD" and record is not None:
             _answer_head(responder, record, "STALE" if stale else "MISS")
@@ -284,7 +286,8 @@ class RegistryBackend(Backend):
         artifact = Artifact(
             key=key, url=self._url(name, "manifests", digest), upstream=self.upstream,
             digest=parse_digest(digest), size=record.size if record else None,
-            headers={"Accept": accept.header}, label=f"{self.prefix}{name}/manifests/{digest}")
+            headers={"Accept": accept.header}, label=f"{self.prefix}{name}/manifests/{digest}",
+            verify_before_send=self.settings.verify_before_send)
         if request.method == b"HEAD":
             self.vault.serve(responder, artifact)
             return
@@ -293,7 +296,8 @@ class RegistryBackend(Backend):
         # connection), and a download in flight is never handed to a client
         # whose Accept does not admit the type it turns out to have.
         d = self.vault.document(artifact)
-        d.addCallback(lambda result: self._send_manifest(responder, name, digest, accept, *result))
+        d.addCallback(lambda result: self._send_manifest(responder, name, digest, accept, *result,
+                                                         by_tag=record is not None))
 
         def failed(failure: Any) -> None:
             if failure.check(DigestMismatch) and accept.admits_schema1():
@@ -306,10 +310,16 @@ class RegistryBackend(Backend):
         d.addErrback(failed).addErrback(responder.fail)
 
     def _send_manifest(self, responder: Responder, name: str, digest: str, accept: Accept,
-                       entry: Entry, status: str) -> None:
-        """Answer with a stored, verified manifest, or relay for a client whose Accept it does not suit."""
+                       entry: Entry, status: str, by_tag: bool = False) -> None:
+        """
+        Answer with a stored, verified manifest, or relay for a client whose
+        Accept it does not suit. Asked for C{by_tag}, it is the same bytes
+        under a name that may move: not immutable.
+        """
         if responder.gone:
             return
+        if by_tag:
+            entry = replace(entry, headers={k: v for k, v in entry.headers.items() if k.lower() != "cache-control"})
         if not accept.cacheable(entry.content_type):
             run(responder, self._relay(responder, self._url(name, "manifests", digest), accept, digest))
         elif not serve_entry(responder, self.store, entry, status):
@@ -318,7 +328,7 @@ class RegistryBackend(Backend):
     async def _tagged(self, responder: Responder, name: str, tag: str, accept: Accept) -> None:
         url = self._url(name, "manifests", tag)
         try:
-            record, stale = await self._resolve(name, tag, accept)
+            record, stale = await self._resolve(name, tag, accept, wants_revalidation(responder.request))
         except UpstreamError as e:
             if isinstance(e, UpstreamStatus) and e.code == 404 and responder.request.method == b"GET":
                 # A HEAD's 404 has no body: the upstream's GET says in its own
@@ -334,20 +344,29 @@ class RegistryBackend(Backend):
             return
         self._manifest(responder, name, record.digest, accept, record, stale)
 
-    def _resolve(self, name: str, tag: str, accept: Accept) -> Deferred:
+    def _resolve(self, name: str, tag: str, accept: Accept, revalidate: bool = False) -> Deferred:
         """
         Fires with (L{TagRecord}, stale) for C{tag} as a client of C{accept}
-        sees it: the fresh record, else what one upstream ``HEAD`` (shared by
-        every request that wants it meanwhile) says; fails with L{UpstreamError}.
+        sees it: the fresh record (unless the client asked to C{revalidate}),
+        else what one upstream ``HEAD`` (shared by every request that wants
+        it meanwhile) says; fails with L{UpstreamError}.
         """
         # (per backend: two backends of one upstream may keep tags fresh for different times)
         key = f"{self._keys} {name} tag {tag} accept {accept.key} for {self.prefix}"
         entry = self.store.lookup(key)
         record = self._record(entry)
-        if record is not None and entry.is_fresh(self.store.now()):
+        if record is not None and not revalidate and entry.is_fresh(self.store.now()):
             return succeed((record, False))
-        return self._resolving.run(key, lambda: Deferred.fromCoroutine(
-            self._ask_upstream(key, name, tag, accept, entry, record)))
+
+        def ask() -> Deferred:
+            return self._resolving.run(key, lambda: Deferred.fromCoroutine(
+                self._ask_upstream(key, name, tag, accept, entry, record)))
+
+        url = self._url(name, "manifests", tag)
+        if self.vault.stale_first(self.upstream, url, record):  # (an upstream that failed lately)
+            self.vault.revalidate_in_background(self.upstream, url, ask)
+            return succeed((record, True))
+        return ask()
 
     def _record(self, entry: Entry | None) -> TagRecord | None:
         if entry is None:
@@ -394,7 +413,7 @@ class RegistryBackend(Backend):
         # (a schema 1 manifest's digest is of its payload, not its bytes: never kept)
         if has_digest(body, digest) and self.store.lookup(key) is None:
             await self.store.put(Entry(key=key, data="", size=0, stored_at=self.store.now(),
-                                       content_type=ctype, url=url), body)
+                                       content_type=ctype, url=url, headers=dict(IMMUTABLE_HEADERS)), body)
         return TagRecord(digest, ctype, len(body))
 
     async def _relay(self, responder: Responder, url: str, accept: Accept,
@@ -489,7 +508,8 @@ class RegistryBackend(Backend):
             self._send_document(responder, page, status, "application/json",
                                 next_query and f"{name}/tags/list?{next_query}")
 
-        self.vault.document(artifact).addCallback(lambda result: send(*result)).addErrback(responder.fail)
+        self.vault.document(artifact, wants_revalidation(request)).addCallback(
+            lambda result: send(*result)).addErrback(responder.fail)
 
     def _referrers(self, responder: Responder, name: str, digest: str) -> None:
         """
@@ -524,7 +544,8 @@ class RegistryBackend(Backend):
                 return
             responder.fail(failure)
 
-        self.vault.document(artifact).addCallback(lambda result: send(*result)).addErrback(failed) \
+        self.vault.document(artifact, wants_revalidation(request)).addCallback(
+            lambda result: send(*result)).addErrback(failed) \
             .addErrback(responder.fail)
 
     def _send_document(self, responder: Responder, body: bytes | None, status: str, content_type: str,
