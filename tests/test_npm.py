@@ -357,6 +357,22 @@ class FreshnessTests(SynchronousTestCase):
         self.assertEqual(self.h.get("/npm/av-app").header("x-cache"), "HIT")
         self.assertEqual(len(self.h.client.requests), 2)
 
+    def test_client_refresh_revalidates(self) -> None:
+        """npm --prefer-online (Cache-Control: no-cache) has a fresh copy revalidated first."""
+        self.h.get("/npm/av-app")
+        self.h.publish("av-app", {"1.0.0": ONE, "1.1.0": TWO}, etag='"app-2"')
+        r = self.h.get("/npm/av-app", {"cache-control": "no-cache"})
+        self.assertEqual(list(json.loads(r.body)["versions"]), ["1.0.0", "1.1.0"])
+        self.assertEqual(len(self.h.client.requests), 2)
+
+    def test_tarball_does_not_wait_for_revalidation(self) -> None:
+        """A stale stored document that lists the tarball is enough: no document request before it."""
+        self.h.get("/npm/av-app", {"accept": CORGI})
+        self.h.clock.advance(3600)
+        r = self.h.get("/npm/av-app/-/av-app-1.0.0.tgz")
+        self.assertEqual((r.status, r.body), (200, ONE))
+        self.assertEqual(self.h.paths(), ["/av-app", "/av-app/-/av-app-1.0.0.tgz"])
+
     def test_stale_when_registry_fails(self) -> None:
         """The registry down or failing after metadata_ttl: the last copy, marked STALE."""
         first = self.h.get("/npm/av-app")
