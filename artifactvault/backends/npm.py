@@ -307,7 +307,7 @@ class NpmBackend(Backend):
         self.vault.serve(responder, Artifact(
             key=key, url=url, upstream=self.upstream, ttl=None,
             digest=(algo, digest) if algo else None, content_type="application/octet-stream",
-            label=f"{self.prefix}{name}/-/{filename}"))
+            label=f"{self.prefix}{name}/-/{filename}", verify_before_send=self.settings.verify_before_send))
 
     async def _index(self, name: str, revalidate: bool = False,
                      stale_ok: bool = False) -> tuple[dict[str, list[Any]], str]:
