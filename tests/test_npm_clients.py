@@ -163,6 +163,35 @@ class InstallTests(_Case):
         self.assertIn("read-only", p.stderr)
 
 
+class RelayTests(_Case):
+    def test_search_and_ping(self) -> None:
+        """npm search goes to the registry through the vault; npm ping is answered."""
+        d = self.daemon()
+        npm = NpmClient(self, d.url("/npm/"))
+        proj = npm.project()
+        found = npm.run(proj, "search", "av-app", "--json")
+        self.assertIn("av-app", [p["name"] for p in json.loads(found.stdout)])
+        npm.run(proj, "ping")
+        self.assertIn("GET /npm/-/v1/search 200 PASS", d.log())
+
+    def test_audit_with_the_registry_down_fails_fast_and_says_why(self) -> None:
+        """npm audit with the registry unreachable: a 502 at once that says so, not a hang."""
+        d = Daemon([{"type": "npm", "config": {"prefix": "/npm/", "registry_url": "http://127.0.0.1:9/"}}])
+        self.addCleanup(d.cleanup)
+        d.start()
+        npm = NpmClient(self, d.url("/npm/"))
+        proj = npm.project()
+        started = time.monotonic()
+        status, _, body = request("POST", d.url("/npm/-/npm/v1/security/advisories/bulk"), {"content-length": "0"})
+        # (refused at once: well within the 30 s the vault would wait for an answer)
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertEqual(status, 502)
+        self.assertIn("127.0.0.1:9", json.loads(body)["error"])
+        p = npm.run(proj, "search", "anything", "--fetch-retries=0", check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("502", p.stderr)
+
+
 class OtherClientTests(_Case):
     def _client(self, tool: str, *args: str) -> str:
         """Run C{tool} (yarn or pnpm from the kit) in a fresh project, with a fresh HOME (no user config)."""
