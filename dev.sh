@@ -33,9 +33,14 @@ case $cmd in
     exec "$VENV/bin/twistd" -n --pidfile= artifactvault "$@" ;;
   test)
     # curl for the upstream scripts; nginx, the registry and skopeo for the
-    # real upstreams and clients the integration tests drive.
-    apt_install curl nginx-light docker-registry skopeo
-    # Node.js, npm and verdaccio (from the npm registry) for the npm backend's upstream.
+    # real upstreams and clients the integration tests drive; apt-utils
+    # (apt-ftparchive), dpkg-dev, gnupg, gpgv and xz-utils for the signed
+    # Debian repository of the apt backend's tests (tests/upstreams/apt-up);
+    # Ceph (a mon, an OSD and its RADOS Gateway) for the S3 store's
+    # (tests/upstreams/s3-up).
+    apt_install curl nginx-light docker-registry skopeo apt-utils dpkg-dev gnupg gpgv xz-utils \
+      ceph-mon ceph-osd radosgw
+    # Node.js, npm, verdaccio, yarn and pnpm (from the npm registry) for the npm backend's tests.
     tests/upstreams/npm-kit-install
     setup "[test]"
     exec "$VENV/bin/trial" "${@:-tests}" ;;

@@ -244,6 +244,71 @@ class BackendEntry:
     index: int = 0
 
 
+@dataclass(repr=False)
+class StoreSettings:
+    """The top-level ``store:`` section: where committed entries live."""
+
+    type: str = "disk"
+    endpoint_url: str | None = None
+    bucket: str = ""
+    region: str = "us-east-1"
+    prefix: str = ""
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    profile: str | None = None
+    part_size: int = 16 * 1024 * 1024
+    lease_ttl: float = 30.0
+    lease_wait: float = 300.0
+    redirect: bool = False
+    local_cache_dir: str | None = None
+    local_cache_max_size: int | None = None
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"StoreSettings(type={self.type!r}, endpoint_url={self.endpoint_url!r}, bucket={self.bucket!r})"
+
+
+def parse_store(top: Section) -> StoreSettings:
+    """``store:`` — ``type: disk`` (the default) or ``type: s3`` with its bucket."""
+    section = top.section("store")
+    settings = StoreSettings(type=section.str("type", "disk", choices=("disk", "s3")))
+    if settings.type == "s3":
+        settings.endpoint_url = section.url("endpoint_url", None)
+        settings.bucket = section.str("bucket")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", settings.bucket):
+            raise section.error("bucket", f"must be an S3 bucket name (3-63 of a-z 0-9 . -), not {settings.bucket!r}")
+        settings.region = section.str("region", os.environ.get("AWS_REGION") or
+                                      os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+        prefix = section.str("prefix", "")
+        if prefix and (prefix.startswith("/") or ".." in prefix.split("/")):
+            raise section.error("prefix", f"must be a key prefix like cache/ (no leading /), not {prefix!r}")
+        settings.prefix = prefix.rstrip("/") + "/" if prefix else ""
+        for key in ("access_key_id", "secret_access_key"):
+            name = section.str(key + "_env", None)
+            if name is not None:
+                if name not in os.environ:
+                    raise section.error(key + "_env", f"environment variable {name} is not set")
+                setattr(settings, key, os.environ[name])
+        if (settings.access_key_id is None) != (settings.secret_access_key is None):
+            raise section.error("access_key_id_env", "give both access_key_id_env and secret_access_key_env, "
+                                                     "or neither (then the AWS environment or profile is used)")
+        settings.profile = section.str("profile", None)
+        settings.part_size = section.size("part_size", settings.part_size)
+        if settings.part_size < 5 * 1024 * 1024 or settings.part_size > 5 * 1024 ** 3:
+            raise section.error("part_size", "must be between 5MiB and 5GiB (S3's limits for a part)")
+        settings.lease_ttl = section.seconds("lease_ttl", settings.lease_ttl)
+        if settings.lease_ttl < 1:
+            raise section.error("lease_ttl", "must be at least 1s")
+        settings.lease_wait = section.seconds("lease_wait", settings.lease_wait)
+        settings.redirect = section.bool("redirect", False)
+        local = section.section("local_cache")
+        if local.data:
+            settings.local_cache_dir = os.path.abspath(os.path.expanduser(local.str("dir")))
+            settings.local_cache_max_size = local.size("max_size")
+            local.check_unknown()
+    section.check_unknown()
+    return settings
+
+
 @dataclass
 class Config:
     source: str
@@ -255,6 +320,7 @@ class Config:
     #: The largest artifact stored (larger ones are served, not stored): max_size if unset.
     max_object_size: int | None = None
     log_level: str = "info"
+    store: StoreSettings = field(default_factory=StoreSettings)
     backends: list[BackendEntry] = field(default_factory=list)
     settings: list[Any] = field(default_factory=list)
 
@@ -288,6 +354,12 @@ def parse(data: Any, source: str,
     elif config.max_size is not None and config.max_object_size > config.max_size:
         raise top.error("max_object_size", f"must not be more than max_size ({config.max_size} bytes), "
                                            f"not {config.max_object_size}")
+    config.store = parse_store(top)
+    if config.store.local_cache_dir is not None and config.store.local_cache_dir == config.cache_dir:
+        raise top.error("store", "local_cache.dir must not be cache_dir (each has its own lock)")
+    if config.store.type == "s3" and config.max_size is not None:
+        raise top.error("max_size", "with store type s3 the bucket's size is the bucket's (its lifecycle "
+                                    "rules); give store.local_cache.max_size for the local tier")
     config.log_level = top.str("log_level", "info").lower()
     if config.log_level == "warning":
         config.log_level = "warn"

@@ -40,6 +40,7 @@ from enum import Enum
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import deferLater
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -48,7 +49,8 @@ from twisted.web.http import PotentialDataLoss
 from zope.interface import Interface
 
 from artifactvault import logs
-from artifactvault.cache.store import Entry, FileStore, write_all
+from artifactvault.cache.entry import Entry, write_all
+from artifactvault.cache.interface import ILease, IStore, IStoreWrite, StoreUnavailable
 from artifactvault.fields import fresh_until, response_headers
 from artifactvault.upstream import (Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout,
                                     abandon, describe_failure, discard, header)
@@ -59,6 +61,9 @@ _log = Logger(observer=logs.observer)
 PROGRESS_INTERVAL = 10.0
 #: A transformed document (an index page) larger than this is refused.
 MAX_DOCUMENT = 64 * 1024 * 1024
+#: Seconds between the first looks for another node's commit (doubling up to LEASE_POLL_MAX).
+LEASE_POLL = 0.25
+LEASE_POLL_MAX = 2.0
 #: A digest-checked download no larger than this (or of unknown length) is
 #: verified before a byte of it is sent (L{Artifact.verify_before_send}).
 VERIFY_BEFORE_SEND = 8 * 1024 * 1024
@@ -96,6 +101,20 @@ class Artifact:
         return self.label or self.key
 
 
+def verified_as(entry: Entry, digest: tuple[str, str] | None) -> bool:
+    """
+    Whether a stored entry may be served as an artifact that must have
+    C{digest}. The store records the sha256 of what it committed (checked
+    against the expected digest for a download, computed for a record), so
+    an entry for a sha256 must carry that very one: anything else under the
+    key was never checked as this artifact and is not served. (Other
+    algorithms are not recorded; their entries are trusted to their key.)
+    """
+    if digest is None or digest[0] != "sha256":
+        return True
+    return entry.sha256 == digest[1].lower()
+
+
 class IFlightListener(Interface):
     """
     A reader of a L{Flight} (L{artifactvault.serve.FlightReader}). Exactly one
@@ -125,6 +144,12 @@ class DigestMismatch(UpstreamError):
 
 class StoreError(UpstreamError):
     """The download could not be written to the cache (disk full, I/O error); nothing is stored."""
+
+
+class StoreDown(StoreError):
+    """The store could not be reached (an S3 endpoint down): 503, worth asking again."""
+
+    status = 503
 
 
 class FlightState(Enum):
@@ -174,7 +199,7 @@ class Flight:
     NOT_MODIFIED = FlightState.NOT_MODIFIED
     FAILED = FlightState.FAILED
 
-    def __init__(self, artifact: Artifact, store: FileStore, reactor: Any,
+    def __init__(self, artifact: Artifact, store: IStore, reactor: Any,
                  stale: Entry | None = None, on_end: Callable[["Flight"], None] | None = None):
         self.artifact = artifact
         self.key = artifact.key
@@ -188,6 +213,10 @@ class Flight:
         self.written = 0
         self.fd: int | None = None
         self.temp_path: str | None = None
+        #: The store's write of this download (L{IStoreWrite}), once it streams.
+        self.write: IStoreWrite | None = None
+        #: The key's lease, held while this node downloads it for every node (a shared store).
+        self.lease: ILease | None = None
         self.error: UpstreamError | None = None
         self.entry: Entry | None = None
         self.content_type: str | None = None
@@ -216,6 +245,57 @@ class Flight:
             d.addCallback(self._got_response)
             d.addErrback(self._internal_error)
             return self
+        if self.store.shared and self.stale is None:
+            Deferred.fromCoroutine(self._lease_then_ask()).addErrback(self._internal_error)
+            return self
+        self._ask()
+        return self
+
+    async def _lease_then_ask(self) -> None:
+        """
+        A store shared by several nodes: one of them downloads a key, the
+        others wait for its commit and answer from the stored entry. Take the
+        key's lease, or, while another node holds it, look for its commit
+        (polling with back-off) until C{lease_wait}; then download anyway.
+        A lease its holder stopped renewing goes stale and is taken over.
+        """
+        deadline = self.reactor.seconds() + self.store.lease_wait
+        delay = LEASE_POLL
+        waited = False
+        while True:
+            try:
+                lease = await self.store.lease(self.key)
+                entry = await self.store.get(self.key)  # (committed meanwhile: nothing to fetch)
+            except StoreUnavailable as e:
+                self._fail(StoreDown(f"the cache's store is unavailable: {e}"))
+                return
+            if entry is not None and verified_as(entry, self.artifact.digest):
+                lease.release()
+                if waited:
+                    _log.info("{what} was stored by another node", what=self.artifact.describe())
+                self._found(entry)
+                return
+            if lease.held:
+                self.lease = lease
+                break
+            if self.reactor.seconds() >= deadline:
+                _log.warn("{what}: another node's download did not end within {wait:g} s; fetching it here",
+                          what=self.artifact.describe(), wait=self.store.lease_wait)
+                break
+            waited = True
+            await deferLater(self.reactor, delay, lambda: None)
+            delay = min(delay * 2, LEASE_POLL_MAX)
+        self._ask()
+
+    def _found(self, entry: Entry) -> None:
+        """Another node committed the key: this flight ends with its entry (nothing fetched here)."""
+        self.entry = entry
+        self.state = self.COMMITTED
+        self._fire(self._head_waiters, self)
+        self._fire(self._commit_waiters, entry)
+        self._ended()
+
+    def _ask(self) -> None:
         headers = dict(self.artifact.headers)
         if self.stale is not None:
             if self.stale.etag:
@@ -225,7 +305,6 @@ class Flight:
         d = Deferred.fromCoroutine(self.artifact.upstream.request("GET", self.artifact.url, headers))
         d.addCallbacks(self._got_response, self._got_failure)
         d.addErrback(self._internal_error)
-        return self
 
     def head(self) -> Deferred:
         """Fires with this flight once it knows what it will serve; fails with L{UpstreamError}."""
@@ -308,11 +387,12 @@ class Flight:
         ctype = response.headers.getRawHeaders(b"content-type", [None])[0]
         self.content_type = self.artifact.content_type or (ctype.decode("latin-1") if ctype else None)
         try:
-            self.temp_path, self.fd = self.store.new_temp()
+            self.temp_path, self.fd = self.store.spool.new_temp()
         except OSError as e:  # no space for one more file, no descriptor left
             discard(response)
             self._fail(_store_error(e))
             return
+        self.write = self.store.begin(self.key, self.temp_path, self.fd)
         self.state = self.STREAMING
         self._body = _BodyReceiver(self)
         self._reset_idle()
@@ -367,6 +447,7 @@ class Flight:
                       total=self.length if self.length is not None else "?",
                       rate=self.written / max(now - self._started, 1e-6) / 1e6)
         if self.artifact.transform is None:
+            self.write.grown(self.written)  # type: ignore[union-attr]
             for listener in list(self._listeners):
                 listener.flight_data(self, chunk, offset)
 
@@ -468,11 +549,12 @@ class Flight:
             sha256=self._hasher.hexdigest() if self._hasher and self.artifact.digest[0] == "sha256" else None,
             headers=headers, url=self.artifact.url)
         seconds = self.reactor.seconds() - self._started
-        d = self.store.commit(self.temp_path, self.fd, entry)
+        d = self.write.commit(entry)  # type: ignore[union-attr]
 
         def done(entry: Entry) -> None:
             self.entry = entry
-            self.temp_path = None
+            self.write = None
+            self._remove_temp()  # (gone already if the store renamed it)
             self.state = self.COMMITTED
             _log.info("stored {what}: {size} bytes in {seconds:.2f} s",
                       what=self.artifact.describe(), size=entry.size, seconds=seconds)
@@ -530,6 +612,9 @@ class Flight:
         self._ended()
 
     def _remove_temp(self) -> None:
+        if self.write is not None:
+            self.write.abort()
+            self.write = None
         if self.temp_path is not None:
             try:
                 os.unlink(self.temp_path)
@@ -538,6 +623,9 @@ class Flight:
             self.temp_path = None
 
     def _ended(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
         if self._on_end is not None:
             self._on_end(self)
             self._on_end = None
@@ -561,6 +649,8 @@ class Flight:
 
 def _store_error(e: BaseException) -> StoreError:
     """What a client is told when the cache could not take a download (no path, no secret)."""
+    if isinstance(e, StoreUnavailable):
+        return StoreDown(f"could not store the download: {e}")
     why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
     return StoreError(f"could not store the download: {why}")
 
@@ -611,7 +701,7 @@ class _BodyReceiver(TwistedProtocol):
 class Flights:
     """The flights in progress, by cache key."""
 
-    def __init__(self, store: FileStore, reactor: Any):
+    def __init__(self, store: IStore, reactor: Any):
         self.store = store
         self.reactor = reactor
         self._by_key: dict[str, Flight] = {}

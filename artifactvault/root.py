@@ -1,15 +1,19 @@
 # -*- test-case-name: tests.test_root -*-
 """
 The resource tree: each backend's resource at its prefix, and ``/-/`` for
-the vault's own pages (``/-/health``).
+the vault's own pages (``/-/health``); and which local path a proxy request
+(an absolute URI) is answered as, for the backends that claim its host.
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable
+from urllib.parse import urlsplit
 
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
+
+from artifactvault.backends.base import IProxyTarget
 
 
 class Root(Resource):
@@ -51,6 +55,27 @@ class Root(Resource):
         elif existing is not None:
             raise ValueError(f"two backends want {path}")
         node.putChild(segments[-1], resource)
+
+    def route_absolute(self, uri: bytes) -> bytes | None:
+        """
+        The local path (and query) to answer a proxy request for C{uri}, an
+        absolute ``http://`` URI, as: the most specific claim of the
+        backends that answer for its host (L{IProxyTarget}), or None when
+        none does: the vault is never an open proxy.
+        """
+        try:
+            parts = urlsplit(uri.decode("ascii"))
+            port = parts.port
+        except (UnicodeDecodeError, ValueError):
+            return None
+        if parts.scheme.lower() != "http" or not parts.hostname:
+            return None
+        claims = [claim for backend in self.backends if IProxyTarget.providedBy(backend)
+                  if (claim := backend.claim(parts.hostname, port, parts.path or "/")) is not None]
+        if not claims:
+            return None
+        local = max(claims)[1]
+        return (local + (f"?{parts.query}" if parts.query else "")).encode("ascii")
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         if path == b"":

@@ -16,14 +16,16 @@ import re
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
 from artifactvault import logs, zerocopy
-from artifactvault.cache.store import Entry, FileStore
+from artifactvault.cache.entry import Entry
+from artifactvault.cache.interface import IStore, IStoredBody, StoreUnavailable
 from artifactvault.fields import response_headers
 from artifactvault.flight import Flight, IFlightListener
 from artifactvault.upstream import UpstreamError, header
@@ -31,6 +33,10 @@ from artifactvault.upstream import UpstreamError, header
 _log = Logger(observer=logs.observer)
 
 CHUNK = 256 * 1024
+#: With a store that offers it (S3, C{redirect: true}), a hit of this size or
+#: more is a 307 to a presigned URL (a conditional or ranged one is not: the
+#: vault answers those itself).
+REDIRECT_FROM = 8 * 1024 * 1024
 #: Bodies up to this size are read and written in one go.
 SMALL = 64 * 1024
 
@@ -406,34 +412,130 @@ def _range_or_full(responder: Responder, size: int, etag: str | None,
 
 # -- committed files ------------------------------------------------------------
 
-def serve_entry(responder: Responder, store: FileStore, entry: Entry, cache_status: str) -> bool:
+def serve_entry(responder: Responder, store: IStore, entry: Entry, cache_status: str) -> Deferred:
     """
-    Answer from a committed entry. Returns False, having sent nothing, when
-    its data is gone (the caller then treats it as a miss). The entry's fd
-    is closed on every path, an exception's too (or handed to a producer
-    that closes it).
+    Answer from a committed entry. Fires with False, having sent nothing,
+    when its data is gone (the caller then treats it as a miss), else True
+    once the answer is under way. The entry's body is closed on every path,
+    an exception's too (or handed to a producer that closes it).
     """
-    fd = store.open_data(entry)
-    if fd is None:
+    request = responder.request
+    if request.method == b"GET" and entry.size >= REDIRECT_FROM and not any(
+            request.getHeader(name) is not None for name in (b"range", b"if-none-match", b"if-modified-since")):
+        url = store.redirect_url(entry)
+        if url is not None:
+            responder.cache_status = cache_status
+            request.setResponseCode(307)
+            request.setHeader(b"location", url.encode("latin-1"))
+            request.setHeader(b"cache-control", b"no-store")  # (the URL expires)
+            request.setHeader(b"content-length", b"0")
+            responder.finish()
+            return succeed(True)
+    return store.body(entry).addCallback(_serve_body, responder, entry, cache_status)
+
+
+def _serve_body(body: IStoredBody | None, responder: Responder, entry: Entry, cache_status: str) -> bool:
+    if body is None:
         return False
-    producer = None
     try:
-        span = _entry_span(responder, entry, cache_status)
-        if span is not None:
-            first, last = span
-            if last - first < SMALL:
-                data = os.pread(fd, last - first + 1, first)
-                responder.request.write(data)
-            else:
-                producer = FileProducer(responder, fd, first, last)
-    finally:
-        if producer is None:
-            os.close(fd)
-    if producer is None:
+        span = None if responder.gone else _entry_span(responder, entry, cache_status)
+    except BaseException:
+        body.close()
+        raise
+    if span is None:
+        body.close()
         responder.finish()
     else:
-        producer.start()
+        send_body(responder, body, *span)
     return True
+
+
+def send_body(responder: Responder, body: IStoredBody, first: int, last: int,
+              rewrite: Callable[[bytes], bytes] | None = None) -> None:
+    """
+    Send bytes C{first}..C{last} of a stored body as the answer's body (its
+    headers already set) and finish, each chunk through C{rewrite} if given
+    (never with sendfile then): a small local span at once, a larger one by
+    a L{FileProducer}, a remote body as its store streams it. The body is
+    closed on every path (by its producer, when there is one).
+    """
+    if responder.gone:
+        body.close()
+        return
+    if body.fd is None:
+        _RemoteSender(responder, body, rewrite).start(first, last)
+        return
+    if last - first < SMALL:
+        try:
+            data = os.pread(body.fd, last - first + 1, first)
+        finally:
+            body.close()
+        responder.request.write(data if rewrite is None else rewrite(data))
+        responder.finish()
+        return
+    producer = FileProducer(responder, body.fd, first, last, rewrite)
+    body.fd = None  # (the producer closes it)
+    body.close()
+    producer.start()
+
+
+@implementer(IConsumer)
+class _Rewriting:
+    """The request as a remote body's consumer, each chunk through C{rewrite} (L{send_body})."""
+
+    def __init__(self, request: Request, rewrite: Callable[[bytes], bytes]):
+        self.request = request
+        self.rewrite = rewrite
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.request.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.request.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        self.request.write(self.rewrite(data))
+
+
+class _RemoteSender:
+    """
+    Streams a range of a remote body (an S3 object) to a client: the body
+    registers its own push producer on the request, so the client's pace
+    pauses the store's connection. A store that breaks off before the first
+    byte is an error answer (503); after it, the connection is cut.
+    """
+
+    def __init__(self, responder: Responder, body: IStoredBody,
+                 rewrite: Callable[[bytes], bytes] | None = None):
+        self.responder = responder
+        self.body = body
+        self.rewrite = rewrite
+
+    def start(self, first: int, last: int) -> None:
+        self.responder.producer = self
+        consumer = self.responder.request if self.rewrite is None else _Rewriting(self.responder.request, self.rewrite)
+        d = self.body.stream(first, last, consumer)
+        d.addCallbacks(self._done, self._failed)
+        d.addErrback(lambda f: _log.failure("streaming a stored entry failed", f))
+
+    def _done(self, _: Any) -> None:
+        self.body.close()
+        self.responder.producer = None
+        self.responder.finish()
+
+    def _failed(self, failure: Failure) -> None:
+        self.body.close()
+        self.responder.producer = None
+        if self.responder.gone:
+            return
+        reason = str(failure.value) if failure.check(StoreUnavailable) else "internal error"
+        if not failure.check(StoreUnavailable):
+            _log.failure("streaming a stored entry failed", failure)
+        _log.warn("stored entry broke off: {reason}", reason=reason)
+        self.responder.error(503, f"the cache's store failed: {reason}")
+
+    def stopProducing(self) -> None:
+        self.body.close()
 
 
 def _entry_span(responder: Responder, entry: Entry, cache_status: str) -> tuple[int, int] | None:
@@ -528,7 +630,7 @@ class FileProducer(_FileSender):
     def _write(self, data: bytes) -> None:
         self.request.write(data if self.rewrite is None else self.rewrite(data))
 
-    def start(self) -> None:
+    def start(self, *_span: int) -> None:
         try:
             self._begin(self.responder)
             self._pump()

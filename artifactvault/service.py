@@ -33,11 +33,14 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
-from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.internet.defer import Deferred
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from artifactvault import logs
 from artifactvault.backends import backend_type
 from artifactvault.backends.base import BuildContext
+from artifactvault.cache.s3 import S3Store
+from artifactvault.cache.spool import Spool
 from artifactvault.cache.store import FileStore
 from artifactvault.config import Config
 from artifactvault.root import Root
@@ -51,6 +54,8 @@ _log = Logger(observer=logs.observer)
 SWEEP_INTERVAL = 3600.0
 #: Threads for the store's slow work (more would only queue on the disk).
 STORE_THREADS = 4
+#: Connections kept open to the S3 endpoint (hits streaming, parts uploading).
+S3_CONNECTIONS = 32
 #: Seconds a thread may hold the GIL while another waits for it (sys.setswitchinterval).
 SWITCH_INTERVAL = 0.0005
 
@@ -80,7 +85,7 @@ class _StoreService(Service):
     releases the lock.
     """
 
-    def __init__(self, store: FileStore, threadpool: Any):
+    def __init__(self, store: Any, threadpool: Any):
         self.store = store
         self.threadpool = threadpool
 
@@ -106,6 +111,53 @@ class _PoolService(Service):
         return self.pool.closeCachedConnections()
 
 
+def make_store(config: Config, reactor: Any, run_blocking: Any) -> tuple[Any, Any]:
+    """
+    The L{IStore} the config asks for (and the S3 store's own connection
+    pool, or None): the local disk, or a bucket (checked when opened).
+    """
+    settings = config.store
+    if settings.type == "disk":
+        return FileStore(config.cache_dir, run_blocking=run_blocking, max_size=config.max_size,
+                         max_object_size=config.max_object_size), None
+    import treq.client
+    from artifactvault.s3wire import S3Wire
+
+    pool = _QuietPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = S3_CONNECTIONS
+    pool.cachedConnectionTimeout = 60
+    http = treq.client.HTTPClient(Agent(reactor, pool=pool))
+    wire = S3Wire(http, reactor, run_blocking, settings.endpoint_url, settings.bucket, settings.region,
+                  settings.access_key_id, settings.secret_access_key, settings.profile)
+    local = None
+    if settings.local_cache_dir is not None:
+        local = FileStore(settings.local_cache_dir, run_blocking=run_blocking,
+                          max_size=settings.local_cache_max_size, max_object_size=config.max_object_size)
+    store = S3Store(wire, Spool(config.cache_dir), reactor, prefix=settings.prefix,
+                    part_size=settings.part_size, lease_ttl=settings.lease_ttl, lease_wait=settings.lease_wait,
+                    redirect=settings.redirect, max_object_size=config.max_object_size,
+                    run_blocking=run_blocking, local=local)
+    return store, pool
+
+
+class _S3Service(Service):
+    """At start, probes the bucket for conditional PUTs (leases); at stop, closes its connections."""
+
+    def __init__(self, store: S3Store, pool: HTTPConnectionPool):
+        self.store = store
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        Deferred.fromCoroutine(self.store.probe()).addErrback(
+            lambda f: _log.warn("cannot probe the S3 store for conditional PUT: {reason}; leases stay on",
+                                reason=str(f.value)))
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.pool.closeCachedConnections()
+
+
 def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[MultiService, Root]:
     """
     The daemon's service tree for C{config}, and its resource root. The
@@ -124,8 +176,7 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
     def run_blocking(f: Any, *args: Any) -> Any:
         return deferToThreadPool(reactor, threadpool, f, *args)
 
-    store = FileStore(config.cache_dir, run_blocking=run_blocking, max_size=config.max_size,
-                      max_object_size=config.max_object_size)
+    store, s3pool = make_store(config, reactor, run_blocking)
     vault = Vault(store, reactor)
     context = BuildContext(vault=vault, reactor=reactor, client=make_client(reactor, pool))
     backends = [backend_type(entry.type).build(settings, context)
@@ -135,7 +186,7 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
     # Here, so that a bad or busy cache_dir stops the start with a message; after
     # everything else that can refuse the config, so that a refusal leaves no lock held.
     removed = store.open()
-    _log.info("cache at {root}: removed {removed} leftover temp files", root=store.root, removed=removed)
+    _log.info("cache at {root}: removed {removed} leftover temp files", root=store.spool.root, removed=removed)
 
     top = MultiService()
     _Interpreter().setServiceParent(top)
@@ -144,6 +195,8 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
     janitor.clock = reactor
     janitor.setServiceParent(top)
     _PoolService(pool).setServiceParent(top)
+    if isinstance(store, S3Store):
+        _S3Service(store, s3pool).setServiceParent(top)
     for description in config.endpoints:
         strports.service(description, site, reactor=reactor).setServiceParent(top)
     for backend in backends:
@@ -157,7 +210,7 @@ class _Janitor:
     the cache holds, for eviction down to max_size (which commits then keep up).
     """
 
-    def __init__(self, store: FileStore):
+    def __init__(self, store: Any):
         self.store = store
         self.scanned = False
 
@@ -169,6 +222,6 @@ class _Janitor:
             d.addCallback(lambda _: self.store.scan())
             d.addCallback(lambda n: _log.info(
                 "cache holds {n} entries, {total} bytes (max_size {limit})", n=n,
-                total=self.store.usage.total, limit=self.store.max_size or "unlimited"))
+                total=self.store.stats()["bytes"], limit=self.store.stats()["max_size"] or "unlimited"))
         d.addErrback(lambda f: _log.failure("janitor failed", f))
         return d

@@ -9,6 +9,12 @@ when Twisted made its request object: a pipelined request waits, parsed
 but unanswered, until the one before it is done, and that wait is the
 client's too.
 
+A request whose target is an absolute URI (``GET http://host/path``: a
+client using the vault as its HTTP proxy, like apt with
+``Acquire::http::Proxy``) is answered as the local path a backend claims
+for that host (L{artifactvault.root.Root.route_absolute}); one no backend
+claims, and every ``CONNECT``, gets a 403: the vault is never an open proxy.
+
 A TLS handshake sent to a plain HTTP port gets a 400 at once, as Go's
 servers answer it: clients such as skopeo and docker try https first and
 fall back to http only when that attempt fails, and a server that just waits
@@ -17,6 +23,7 @@ for a request line costs each of them a 10 s timeout.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -31,6 +38,8 @@ _log = Logger(observer=logs.observer)
 SERVER = f"artifactvault/{__version__}".encode()
 #: The first byte of a TLS record carrying a handshake.
 TLS_HANDSHAKE = b"\x16"
+#: A request target in absolute form (RFC 9112 3.2.2): a scheme, then "://".
+_ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://")
 NOT_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
            b"This is a plain HTTP server: TLS is not spoken here.\n")
 
@@ -51,6 +60,32 @@ class VaultRequest(Request):
     def render(self, resrc: Any) -> None:
         self.setHeader(b"server", SERVER)
         super().render(resrc)
+
+    def process(self) -> None:
+        if self.method == b"CONNECT" or _ABSOLUTE.match(self.uri):
+            local = None if self.method == b"CONNECT" else self.channel.site.route_absolute(self.uri)
+            if local is None:
+                self._refuse_proxy()
+                return
+            self.uri = local
+            self.path = local.partition(b"?")[0]
+        super().process()
+
+    def _refuse_proxy(self) -> None:
+        """403 for a proxy request no backend claims (its host is named; never a path's query)."""
+        target = self.uri.partition(b"?")[0].decode("latin-1", "replace")
+        self.site = self.channel.site
+        self.prepath, self.postpath = [], []
+        self.error_reason = f"not an open proxy: no backend answers for {target}"
+        body = (self.error_reason + "\n").encode("utf-8", "replace")
+        self.setHeader(b"server", SERVER)
+        self.setResponseCode(403)
+        self.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.setHeader(b"cache-control", b"no-store")
+        if self.method != b"HEAD":
+            self.write(body)
+        self.finish()
 
     def connectionLost(self, reason: Any) -> None:
         if not self.finished and not self._logged:
@@ -129,6 +164,11 @@ class VaultSite(Site):
 
     #: Plain HTTP/1.1 channels (HTTP/2 needs TLS with ALPN, which we do not offer).
     protocol = VaultChannel
+
+    def route_absolute(self, uri: bytes) -> bytes | None:
+        """The local path to answer a proxy request for C{uri} as, if a backend claims it (see L{Root})."""
+        route = getattr(self.resource, "route_absolute", None)
+        return route(uri) if route is not None else None
 
     def log(self, request: Request) -> None:
         if isinstance(request, VaultRequest) and not request._logged:

@@ -18,6 +18,7 @@ from twisted.python import usage
 
 from artifactvault import config as configmod
 from artifactvault.backends import parse_backend
+from artifactvault.cache.interface import StoreUnavailable
 from artifactvault.cache.store import CacheInUse
 
 
@@ -90,6 +91,8 @@ def makeService(options: Any) -> IService:
         service, _root = build(loaded)
     except CacheInUse as e:  # a second daemon on one cache_dir would delete the first one's downloads
         _fail(str(e))
+    except StoreUnavailable as e:  # a bucket that is not there, or cannot be written
+        _fail(f"cannot use the S3 store: {e}")
     except OSError as e:
         _fail(f"cannot use cache_dir {loaded.cache_dir}: {e.strerror}")
     except configmod.ConfigError as e:  # a combination of backends only building can judge

@@ -9,20 +9,24 @@ if the upstream fails; miss → join or start the single flight and stream it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IConsumer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from artifactvault import logs
-from artifactvault.cache.store import Entry, FileStore
+from artifactvault.cache.entry import Entry
+from artifactvault.cache.interface import IStore, StoreUnavailable
 from artifactvault.fields import fresh_until, response_headers
-from artifactvault.flight import Artifact, Flight, Flights
+from artifactvault.flight import Artifact, DigestMismatch, Flight, Flights, StoreDown, verified_as
 from artifactvault.relay import RangeRelay
-from artifactvault.serve import (Responder, answer_not_modified, not_modified, requested_range, serve_entry,
-                                 serve_flight, set_headers, wants_revalidation)
+from artifactvault.serve import (Responder, answer_not_modified, not_modified, requested_range, send_body,
+                                 serve_entry, serve_flight, set_headers, wants_revalidation)
 from artifactvault.upstream import Upstream, UpstreamError, UpstreamStatus, content_length, discard, header
 
 _log = Logger(observer=logs.observer)
@@ -67,22 +71,8 @@ def range_to_pass(request: Any, artifact: Artifact) -> tuple[int | None, int | N
     return span
 
 
-def verified_as(entry: Entry, digest: tuple[str, str] | None) -> bool:
-    """
-    Whether a stored entry may be served as an artifact that must have
-    C{digest}. The store records the sha256 of what it committed (checked
-    against the expected digest for a download, computed for a record), so
-    an entry for a sha256 must carry that very one: anything else under the
-    key was never checked as this artifact and is not served. (Other
-    algorithms are not recorded; their entries are trusted to their key.)
-    """
-    if digest is None or digest[0] != "sha256":
-        return True
-    return entry.sha256 == digest[1].lower()
-
-
 class Vault:
-    def __init__(self, store: FileStore, reactor: Any, serve_stale: bool = True):
+    def __init__(self, store: IStore, reactor: Any, serve_stale: bool = True):
         self.store = store
         self.reactor = reactor
         self.flights = Flights(store, reactor)
@@ -90,27 +80,36 @@ class Vault:
 
     # -- streamed artifacts ------------------------------------------------------
 
-    def serve(self, responder: Responder, artifact: Artifact) -> None:
+    def serve(self, responder: Responder, artifact: Artifact) -> Deferred:
         """
         Answer a GET or HEAD for C{artifact}. A mutable one (with a ttl) is
         revalidated before it is served when the client asks for that
-        (L{wants_revalidation}), fresh or not.
+        (L{wants_revalidation}), fresh or not. The Deferred fires (with
+        None) once the answer is under way (a download started or joined,
+        a stored copy streaming); failures are answered, not passed on.
         """
-        entry = self.store.lookup(artifact.key)
+        return Deferred.fromCoroutine(self._serve(responder, artifact)).addErrback(responder.fail)
+
+    async def _serve(self, responder: Responder, artifact: Artifact) -> None:
+        # (on the disk store every await below has its answer already: this
+        # runs to its end at once, as straight-line code would)
+        entry = await self.lookup(artifact.key)
+        if responder.gone:
+            return
         if entry is not None and not verified_as(entry, artifact.digest):
             entry = None  # never served: the download replaces it
         refresh = artifact.ttl is not None and wants_revalidation(responder.request)
         if entry is not None and not refresh and entry.is_fresh(self.store.now()):
-            if serve_entry(responder, self.store, entry, "HIT"):
+            if await self.serve_stored(responder, entry, "HIT"):
                 return
             entry = None
-        if entry is not None and not self._has_data(entry):
+        if entry is not None and not await self._has_data(entry):
             entry = None  # nothing left to revalidate or to serve stale
         if self.stale_first(artifact.upstream, artifact.url, entry):
             self.revalidate_in_background(artifact.upstream, artifact.url,
                                           lambda: self.flights.join(artifact, stale=entry).committed())
             _log.info("serving stale {key} at once: its upstream failed lately", key=entry.key)
-            if serve_entry(responder, self.store, entry, "STALE"):
+            if await self.serve_stored(responder, entry, "STALE"):
                 return
         if responder.request.method == b"HEAD":
             flight = self.flights.get(artifact.key)
@@ -118,7 +117,7 @@ class Vault:
                     and flight.artifact.transform is None:
                 serve_flight(responder, flight, "HIT" if flight.complete else "MISS")
             else:
-                Deferred.fromCoroutine(self._head(responder, artifact, entry)).addErrback(responder.fail)
+                await self._head(responder, artifact, entry)
             return
         flight = self.flights.get(artifact.key)
         if flight is not None and flight.state == Flight.CONNECTING and flight.artifact.url != artifact.url:
@@ -136,6 +135,21 @@ class Vault:
             return
         self._join(responder, artifact, entry)
 
+    def lookup(self, key: str) -> Deferred:
+        """
+        The committed entry for C{key}, or None: the store's answer, with a
+        store that cannot be reached put as an answer's reason
+        (L{StoreError}, 503).
+        """
+        return self.store.get(key).addErrback(_store_failed)
+
+    def serve_stored(self, responder: Responder, entry: Entry, status: str) -> Deferred:
+        """
+        Answer from a committed entry (L{serve_entry}); fires with False,
+        having sent nothing, if its bytes are gone.
+        """
+        return serve_entry(responder, self.store, entry, status).addErrback(_store_failed)
+
     def _join(self, responder: Responder, artifact: Artifact, stale: Entry | None, response: Any = None) -> None:
         """Answer from the download of C{artifact}: the one in flight, or a new one (from C{response}, if given)."""
         flight = self.flights.join(artifact, stale=stale, response=response)
@@ -144,30 +158,35 @@ class Vault:
             lambda failure: self._failed(responder, failure, stale)).addErrback(responder.fail)
 
     def serve_cached(self, responder: Responder, key: str,
-                     accept: Callable[[Entry], bool] | None = None) -> bool:
+                     accept: Callable[[Entry], bool] | None = None) -> Deferred:
         """
         Answer from a fresh committed entry for C{key}, with no upstream and
         nothing else to look up first (a backend that needs work to find an
-        artifact's upstream URL tries this before doing it). Returns False,
-        having sent nothing, when there is none or C{accept} refuses it.
+        artifact's upstream URL tries this before doing it). Fires with
+        False, having sent nothing, when there is none or C{accept} refuses it.
         """
-        entry = self.store.lookup(key)
-        if entry is None or not entry.is_fresh(self.store.now()):
-            return False
-        if accept is not None and not accept(entry):
-            return False
-        return serve_entry(responder, self.store, entry, "HIT")
+        async def serve() -> bool:
+            entry = await self.lookup(key)
+            if entry is None or not entry.is_fresh(self.store.now()):
+                return False
+            if accept is not None and not accept(entry):
+                return False
+            return await self.serve_stored(responder, entry, "HIT")
+        return Deferred.fromCoroutine(serve())
 
     def _answer(self, responder: Responder, flight: Flight) -> None:
         if responder.gone:
             return
         if flight.state == Flight.NOT_MODIFIED:
-            if not serve_entry(responder, self.store, flight.entry, "HIT"):
-                responder.error(502, "cached copy vanished during revalidation")
+            self.serve_stored(responder, flight.entry, "HIT").addCallback(
+                lambda served: served or responder.error(502, "cached copy vanished during revalidation")
+            ).addErrback(responder.fail)
             return
         if flight.state == Flight.COMMITTED and flight.artifact.transform is None:
-            # (an upstream that answered at once, in memory: the flight ended before we looked)
-            self._serve_committed(responder, flight.entry, "MISS")
+            # (an upstream that answered at once, in memory: the flight ended
+            # before we looked; or another node's download, committed to a
+            # shared store while this one waited: a hit, no upstream asked)
+            self._serve_committed(responder, flight.entry, "HIT" if flight.response is None else "MISS")
             return
         if flight.artifact.transform is not None:
             flight.committed().addCallbacks(
@@ -180,8 +199,10 @@ class Vault:
                      fallback=lambda error: self._failed(responder, Failure(error), flight.stale))
 
     def _serve_committed(self, responder: Responder, entry: Entry, status: str) -> None:
-        if not responder.gone and not serve_entry(responder, self.store, entry, status):
-            responder.error(502, "stored copy vanished")
+        if responder.gone:
+            return
+        self.serve_stored(responder, entry, status).addCallback(
+            lambda served: served or responder.error(502, "stored copy vanished")).addErrback(responder.fail)
 
     def _failed(self, responder: Responder, failure: Failure, stale: Entry | None) -> None:
         """
@@ -200,8 +221,9 @@ class Vault:
         if stale is not None and self.stale_allowed(stale, error):
             _log.info("serving stale {key}: {reason}", key=stale.key, reason=error.reason)
             responder.reset()
-            if serve_entry(responder, self.store, stale, "STALE"):
-                return
+            self.serve_stored(responder, stale, "STALE").addCallback(
+                lambda served: served or responder.fail(failure)).addErrback(responder.fail)
+            return
         responder.fail(failure)
 
     def stale_first(self, upstream: Upstream, url: str, stale: object | None) -> bool:
@@ -268,7 +290,7 @@ class Vault:
         if stale is not None and etag is not None and etag == stale.etag:
             stale.fresh_until = fresh_until(artifact, self.store.now())
             self.store.update(stale)
-            if serve_entry(responder, self.store, stale, "HIT"):
+            if await self.serve_stored(responder, stale, "HIT"):
                 return
         request = responder.request
         responder.cache_status = "MISS"
@@ -282,11 +304,11 @@ class Vault:
             request.setHeader(b"content-length", str(length).encode())
         responder.finish()
 
-    def _has_data(self, entry: Entry) -> bool:
-        fd = self.store.open_data(entry)
-        if fd is None:
+    async def _has_data(self, entry: Entry) -> bool:
+        body = await self.store.body(entry).addErrback(_store_failed)
+        if body is None:
             return False
-        os.close(fd)
+        body.close()
         return True
 
     # -- documents ---------------------------------------------------------------
@@ -302,18 +324,20 @@ class Vault:
         takes a stored copy however old, without asking the upstream (the
         caller asks again, without it, if that copy does not do).
         """
-        entry = self.store.lookup(artifact.key)
+        return self.lookup(artifact.key).addCallback(self._document, artifact, revalidate, stale_ok)
+
+    def _document(self, entry: Entry | None, artifact: Artifact, revalidate: bool, stale_ok: bool) -> Any:
         if entry is not None and not verified_as(entry, artifact.digest):
             entry = None  # never served: the download replaces it
         refresh = revalidate and artifact.ttl is not None
         if entry is not None and not refresh and entry.is_fresh(self.store.now()):
-            return succeed((entry, "HIT"))
+            return entry, "HIT"
         if entry is not None and (stale_ok or self.stale_first(artifact.upstream, artifact.url, entry)):
             if not stale_ok:
                 self.revalidate_in_background(artifact.upstream, artifact.url,
                                               lambda: self.flights.join(artifact, stale=entry).committed())
                 _log.info("serving stale {key} at once: its upstream failed lately", key=entry.key)
-            return succeed((entry, "STALE"))
+            return entry, "STALE"
         flight = self.flights.join(artifact, stale=entry)
 
         def got(result: Entry) -> tuple[Entry, str]:
@@ -336,50 +360,151 @@ class Vault:
         """
         return self.store.work(size, f, *args)
 
-    def read(self, entry: Entry) -> bytes | None:
+    def read(self, entry: Entry) -> Deferred:
         """
-        The bytes of a small committed entry (a document), or None if gone;
-        a gone entry is dropped, so that asking for the document again
-        fetches it instead of revalidating bytes that no longer exist.
+        Fires with the bytes of a small committed entry (a document, a
+        record), or None if gone; a gone entry is dropped, so that asking for
+        the document again fetches it instead of revalidating bytes that no
+        longer exist.
         """
-        fd = self._open_document(entry)
-        return None if fd is None else _read_whole(fd, entry.size)
+        return self.store.read_small(entry).addErrback(_store_failed).addCallback(self._read, entry)
+
+    def _read(self, data: bytes | None, entry: Entry) -> bytes | None:
+        if data is None:
+            self.drop(entry)
+        return data
 
     def load(self, entry: Entry, parse: Callable[[bytes], Any]) -> Deferred:
         """
         Fires with C{parse(bytes)} of a committed document entry, or None if
-        it is gone (dropped, as by L{read}). A large one is read and parsed
-        in the store's thread pool (L{work}).
+        it is gone (dropped, as by L{read}). A large one is parsed in the
+        store's thread pool (L{work}).
         """
-        fd = self._open_document(entry)
-        if fd is None:
-            return succeed(None)
-        return self.work(entry.size, _read_and_parse, fd, entry.size, parse)
+        def parsed(data: bytes | None) -> Any:
+            return None if data is None else self.work(entry.size, _parse, parse, data)
+        return self.read(entry).addCallback(parsed)
 
-    def open_document(self, entry: Entry) -> int | None:
+    def read_range(self, entry: Entry, first: int, last: int) -> Deferred:
         """
-        An open descriptor on a committed document entry's bytes (the caller
-        closes it), or None if they are gone (then dropped, as by L{read}):
-        for a backend that sends part of a large document without reading it whole.
+        Fires with bytes C{first}..C{last} of a committed entry (a part of a
+        large document: a backend need not read it whole), or None if it is
+        gone (then dropped, as by L{read}). A large part of a local entry is
+        read in the store's thread pool.
         """
-        return self._open_document(entry)
+        async def read() -> bytes | None:
+            body = await self._body(entry)
+            if body is None:
+                return None
+            try:
+                if body.fd is not None:
+                    return await self.work(last - first + 1, os.pread, body.fd, last - first + 1, first)
+                collected = _Collector()
+                await body.stream(first, last, collected).addErrback(_store_failed)
+                return b"".join(collected.parts)
+            finally:
+                body.close()
+        return Deferred.fromCoroutine(read())
 
-    def _open_document(self, entry: Entry) -> int | None:
-        fd = self.store.open_data(entry)
-        if fd is None:
-            current = self.store.lookup(entry.key)
-            if current is not None and current.data == entry.data:
-                self.store.remove(entry.key)
-        return fd
+    def serve_range(self, responder: Responder, entry: Entry, first: int, last: int,
+                    rewrite: Callable[[bytes], bytes] | None = None) -> Deferred:
+        """
+        Send bytes C{first}..C{last} of a committed entry as the body of an
+        answer whose headers the caller has set, each chunk through
+        C{rewrite} if given (a stored template a backend fills in per
+        request); fires with False, having sent nothing, if the bytes are
+        gone (then dropped, as by L{read}: asking again fetches the entry).
+        """
+        def opened(body: Any) -> bool:
+            if body is None:
+                return False
+            send_body(responder, body, first, last, rewrite)
+            return True
+        return self._body(entry).addCallback(opened)
+
+    def _body(self, entry: Entry) -> Deferred:
+        """The store's L{IStoredBody} of C{entry}, or None: its bytes are gone, and the entry is dropped."""
+        def opened(body: Any) -> Any:
+            if body is None:
+                self.drop(entry)
+            return body
+        return self.store.body(entry).addErrback(_store_failed).addCallback(opened)
+
+    # -- small records -------------------------------------------------------------
+
+    def now(self) -> float:
+        """The wall clock that freshness is measured by."""
+        return self.store.now()
+
+    def record(self, key: str) -> Deferred:
+        """
+        A small record a backend keeps (a tag's digest, that a repository has
+        a blob): fires with (entry, bytes) however old, or None.
+        """
+        async def read() -> tuple[Entry, bytes] | None:
+            entry = await self.lookup(key)
+            if entry is None:
+                return None
+            data = await self.read(entry)
+            return None if data is None else (entry, data)
+        return Deferred.fromCoroutine(read())
+
+    def has(self, key: str) -> Deferred:
+        """Fires with whether anything is stored under C{key}."""
+        return self.lookup(key).addCallback(lambda entry: entry is not None)
+
+    def keep(self, key: str, data: bytes, *, url: str, content_type: str | None = None,
+             ttl: float | None = None, headers: dict[str, str] | None = None,
+             digest: tuple[str, str] | None = None) -> Deferred:
+        """
+        Store C{data}, which a backend made or read itself (a record, a
+        manifest it had to fetch whole), under C{key}: fresh for C{ttl}
+        seconds (None: for ever). With C{digest}, the bytes are checked
+        first and nothing is stored unless they have it (L{DigestMismatch}).
+        Fires with the committed entry.
+        """
+        if digest is not None:
+            algo, expected = digest
+            actual = hashlib.new(algo, data).hexdigest()
+            if actual != expected.lower():
+                return fail(DigestMismatch(f"{algo} {actual}, expected {expected}; not stored"))
+        now = self.store.now()
+        entry = Entry(key=key, data="", size=0, stored_at=now, fresh_until=None if ttl is None else now + ttl,
+                      content_type=content_type, url=url, headers=dict(headers or {}))
+        return self.store.put(entry, data).addErrback(_store_failed)
+
+    def drop(self, entry: Entry) -> None:
+        """Forget a stored entry a backend found unusable (a record it cannot read, a file of the wrong size)."""
+        self.store.remove(entry.key, only=entry.data)
+
+    def refresh(self, entry: Entry, ttl: float) -> Entry:
+        """A record confirmed unchanged: fresh for C{ttl} seconds more."""
+        entry.fresh_until = self.store.now() + ttl
+        return self.store.update(entry)
 
 
-def _read_and_parse(fd: int, size: int, parse: Callable[[bytes], Any]) -> Any:
-    return parse(_read_whole(fd, size))
+@implementer(IConsumer)
+class _Collector:
+    """A consumer that keeps what a remote body streams to it (L{Vault.read_range})."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
 
 
-def _read_whole(fd: int, size: int) -> bytes:
-    """All C{size} bytes of an open file, closing it."""
-    try:
-        return os.pread(fd, size, 0)
-    finally:
-        os.close(fd)
+def _parse(parse: Callable[[bytes], Any], data: bytes) -> Any:
+    return parse(data)
+
+
+def _store_failed(failure: Failure) -> Any:
+    """A store that could not be reached is an answer's reason: 503 (L{StoreError})."""
+    failure.trap(StoreUnavailable)
+    _log.warn("the cache's store failed: {reason}", reason=str(failure.value))
+    raise StoreDown(f"the cache's store is unavailable: {failure.value}")

@@ -38,8 +38,10 @@ LARGE_MB = int(os.environ.get("AV_TEST_LARGE_MB", "64"))
 _OFFSET = int(os.environ.get("AV_KIT_PORT_OFFSET", "0"))
 UPSTREAM_PORTS = {name: port + _OFFSET for name, port in
                   {"files": 18090, "pypi": 18081, "reg": 15000, "regauth": 15001,
-                   "npm": 14873}.items()}
+                                   "apt": 18092, "npm": 14873}.items()}
 TOKEN_PORT = 15002 + _OFFSET
+#: The kit's S3 server (Ceph RGW) uses this port and the next nine.
+S3_PORT = 17000 + _OFFSET
 
 _started: set[str] = set()
 
@@ -53,11 +55,12 @@ def upstream_dir(name: str) -> str:
 
 
 def upstream_url(name: str) -> str:
-    """Start upstream C{name} (files, pypi, reg, regauth, npm) if needed; its base URL."""
+    """Start upstream C{name} (files, pypi, reg, regauth, apt, npm) if needed; its base URL."""
     port = UPSTREAM_PORTS[name]
     if name not in _started:
         script = {"files": "files-up", "pypi": "pypi-up", "reg": "registry-up",
-                  "regauth": "registry-auth-up", "npm": "npm-up"}[name]
+                  "regauth": "registry-auth-up", "apt": "apt-up",
+                  "npm": "npm-up"}[name]
         args = [os.path.join(UPSTREAMS, script), upstream_dir(name), str(port)]
         if name == "regauth":
             args.append(str(TOKEN_PORT))
@@ -68,6 +71,104 @@ def upstream_url(name: str) -> str:
         if p.returncode != 0:
             raise UpstreamUnavailable(f"{script} failed:\n{p.stdout[-2000:]}")
         _started.add(name)
+    return f"http://127.0.0.1:{port}"
+
+
+class S3Kit:
+    """
+    The kit's S3 server (``tests/upstreams/s3-up``: Ceph RGW on a one-node
+    cluster), started once per run: its endpoint, credentials and bucket.
+    """
+
+    def __init__(self) -> None:
+        self.dir = upstream_dir("s3")
+        self.port = S3_PORT
+        self.start()
+        with open(os.path.join(self.dir, "env"), encoding="utf-8") as f:
+            self.env = dict(line.strip().split("=", 1) for line in f if "=" in line)
+        self.endpoint = self.env["S3_ENDPOINT"]
+        self.bucket = self.env["S3_BUCKET"]
+
+    def start(self) -> None:
+        """Start it (again: after L{stop_gateway}, the cluster comes back with its objects)."""
+        script = os.path.join(UPSTREAMS, "s3-up")
+        env = dict(os.environ, S3_UP_PYTHON=sys.executable, UPSTREAMS_S3_CHECK_MB="0")
+        p = subprocess.run([script, self.dir, str(self.port)], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+        if p.returncode != 0:
+            if shutil.which("radosgw") is None:
+                raise UpstreamUnavailable(f"this machine cannot run Ceph (radosgw could not be installed):\n"
+                                          f"{p.stdout[-1500:]}")
+            raise RuntimeError(f"s3-up failed:\n{p.stdout[-2000:]}")
+
+    def store(self, prefix: str, **settings: Any) -> dict[str, Any]:
+        """A daemon's ``store:`` section for this bucket, under C{prefix}."""
+        return {"type": "s3", "endpoint_url": self.endpoint, "bucket": self.bucket, "prefix": prefix,
+                "access_key_id_env": "AWS_ACCESS_KEY_ID", "secret_access_key_env": "AWS_SECRET_ACCESS_KEY",
+                **settings}
+
+    def daemon_env(self) -> dict[str, str]:
+        return {k: v for k, v in self.env.items() if k.startswith("AWS_")}
+
+    def gateway_pid(self) -> int | None:
+        try:
+            with open(os.path.join(self.dir, "pid")) as f:
+                return int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def stop_gateway(self) -> None:
+        """Stop radosgw alone (the store goes away; the cluster keeps its objects)."""
+        pid = self.gateway_pid()
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.05)
+
+    def hits(self, pattern: str) -> int:
+        """Requests radosgw logged since it started whose request line matches C{pattern}."""
+        return hits("s3", pattern)
+
+    def close(self) -> None:
+        """Left running for the rest of the run (and later runs: a warm start is 4 s)."""
+
+
+_s3_unavailable: list[UpstreamUnavailable] = []
+
+
+def s3_kit() -> S3Kit:
+    """The kit's S3 server, started on first use (L{UpstreamUnavailable} if this machine cannot run it)."""
+    if _s3_unavailable:
+        raise _s3_unavailable[0]
+    try:
+        return shared_fixture(S3Kit)
+    except UpstreamUnavailable as e:
+        _s3_unavailable.append(e)
+        raise
+
+
+#: Upstreams of their own for tests that stop them (the usual ones stay up for
+#: every other test): (script, port), under $AV_KIT_DIR/<name>.
+OWN_UPSTREAMS = {"files-own": ("files-up", 18095 + _OFFSET), "pypi-own": ("pypi-up", 18085 + _OFFSET),
+                 "reg-own": ("registry-up", 15010 + _OFFSET)}
+
+
+def own_upstream(name: str) -> str:
+    """Start (if needed) an upstream of L{OWN_UPSTREAMS} that a test may stop; its base URL."""
+    script, port = OWN_UPSTREAMS[name]
+    env = dict(os.environ, UPSTREAMS_LARGE_MB=str(LARGE_MB))
+    p = subprocess.run([os.path.join(UPSTREAMS, script), upstream_dir(name), str(port)], env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if p.returncode != 0:
+        raise UpstreamUnavailable(f"{script} failed:\n{p.stdout[-2000:]}")
     return f"http://127.0.0.1:{port}"
 
 

@@ -335,3 +335,56 @@ class ObjectSizeConfigTests(SynchronousTestCase):
             self.assertEqual(str(caught.exception).split(": ", 2)[:2], ["c.yml", "max_object_size"])
             self.assertIn(message, str(caught.exception))
             self.assertNotIn("\n", str(caught.exception))
+
+
+class StoreSectionTests(SynchronousTestCase):
+    """The top-level store: section (disk by default, or an S3 bucket)."""
+
+    def parse(self, **top: object) -> configmod.Config:
+        return configmod.parse({"backends": [], **top}, "c.yml", parse_backend)
+
+    def test_disk_by_default(self) -> None:
+        """Without store:, entries are on the local disk (as before)."""
+        self.assertEqual(self.parse().store.type, "disk")
+
+    def test_s3(self) -> None:
+        """type s3 with its keys; credentials from the named variables, never shown in repr."""
+        self.patch(os, "environ", {"MY_KEY": "AKIA1", "MY_SECRET": "hush"})
+        store = self.parse(store={"type": "s3", "endpoint_url": "http://127.0.0.1:9000", "bucket": "cache",
+                                  "prefix": "fleet", "access_key_id_env": "MY_KEY",
+                                  "secret_access_key_env": "MY_SECRET", "part_size": "32MiB",
+                                  "lease_ttl": "10s", "redirect": True,
+                                  "local_cache": {"dir": "/tmp/x", "max_size": "1G"}}).store
+        self.assertEqual((store.bucket, store.prefix, store.access_key_id, store.secret_access_key,
+                          store.part_size, store.lease_ttl, store.redirect, store.local_cache_max_size),
+                         ("cache", "fleet/", "AKIA1", "hush", 32 << 20, 10.0, True, 1 << 30))
+        self.assertNotIn("hush", repr(store))
+        defaults = self.parse(store={"type": "s3", "bucket": "cache"}).store
+        self.assertEqual((defaults.part_size, defaults.lease_ttl, defaults.redirect, defaults.prefix),
+                         (16 << 20, 30.0, False, ""))
+
+    def test_bad_values(self) -> None:
+        """Each mistake is one line naming the file and the key."""
+        self.patch(os, "environ", {"MY_KEY": "AKIA1"})
+        for store, key, message in (
+                ({"type": "ftp"}, "store.type", "must be one of disk, s3"),
+                ({"type": "s3"}, "store.bucket", "required"),
+                ({"type": "s3", "bucket": "Bad_Name"}, "store.bucket", "must be an S3 bucket name"),
+                ({"type": "s3", "bucket": "b", "part_size": "1MiB"}, "store.bucket", "must be an S3 bucket"),
+                ({"type": "s3", "bucket": "bkt", "part_size": "1MiB"}, "store.part_size", "between 5MiB"),
+                ({"type": "s3", "bucket": "bkt", "access_key_id_env": "MY_KEY"}, "store.access_key_id_env",
+                 "give both"),
+                ({"type": "s3", "bucket": "bkt", "access_key_id_env": "NOPE"}, "store.access_key_id_env",
+                 "NOPE is not set"),
+                ({"type": "s3", "bucket": "bkt", "endpoint": "x"}, "store.endpoint", "unknown key"),
+                ({"type": "s3", "bucket": "bkt", "lease_ttl": "0s"}, "store.lease_ttl", "at least 1s")):
+            with self.assertRaises(ConfigError) as caught:
+                self.parse(store=store)
+            self.assertEqual(str(caught.exception).split(": ", 2)[:2], ["c.yml", key], store)
+            self.assertIn(message, str(caught.exception))
+
+    def test_max_size_is_the_buckets(self) -> None:
+        """With a bucket, max_size is refused: its size is the bucket's (lifecycle rules)."""
+        with self.assertRaises(ConfigError) as caught:
+            self.parse(max_size="1G", store={"type": "s3", "bucket": "bkt"})
+        self.assertIn("c.yml: max_size: with store type s3", str(caught.exception))

@@ -331,7 +331,7 @@ class FaultTests(FlightMixin, SynchronousTestCase):
         """No temp file to be had (no descriptor, no inode left): a 502 saying so; the body is discarded."""
         def exhausted() -> None:
             raise OSError(errno.EMFILE, "Too many open files")
-        self.patch(self.store, "new_temp", exhausted)
+        self.patch(self.store.spool, "new_temp", exhausted)
         flight = self.start()
         response = self.client.last.respond(200, b"abc")
         failure = self.failureResultOf(flight.head(), StoreError)

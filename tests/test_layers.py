@@ -11,10 +11,17 @@ The rules (the same list is in docs/architecture.md, "Layers"):
    imported from ``artifactvault.vault``, which hands it on, so that no
    backend names the store module at all.
 2. The store (``artifactvault/cache/``) imports neither ``twisted.web`` nor
-   ``artifactvault.backends``: it knows files, not HTTP or backends.
-3. ``artifactvault/flight.py`` and ``artifactvault/upstream.py`` import
-   neither ``twisted.web.server`` nor ``twisted.web.resource``: they fetch;
-   answering clients is ``serve.py``'s job.
+   ``artifactvault.backends``, nor the core above it (``artifactvault.flight``,
+   ``artifactvault.vault``, ``artifactvault.serve``): it knows entries, not
+   HTTP answers, downloads or backends. (The S3 store's own HTTP is in
+   ``artifactvault/s3wire.py``, which answers no client either.)
+3. ``artifactvault/flight.py``, ``artifactvault/upstream.py`` and
+   ``artifactvault/s3wire.py`` import neither ``twisted.web.server`` nor
+   ``twisted.web.resource``: they fetch; answering clients is ``serve.py``'s job.
+4. No backend reaches the store through the vault either (no attribute
+   named ``store`` is read in ``artifactvault/backends/``): records and small
+   documents go through the vault's records API (L{Vault.record},
+   L{Vault.keep}, L{Vault.read}).
 
 Imports anywhere in a module count (inside functions too), and so does
 ``from package import module``.
@@ -32,9 +39,11 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 #: (which modules, by path below the package; which imports they may not have)
 RULES: list[tuple[str, tuple[str, ...]]] = [
     ("backends/", ("treq", "artifactvault.cache")),
-    ("cache/", ("twisted.web", "artifactvault.backends")),
+    ("cache/", ("twisted.web", "artifactvault.backends", "artifactvault.flight", "artifactvault.vault",
+                "artifactvault.serve")),
     ("flight.py", ("twisted.web.server", "twisted.web.resource")),
     ("upstream.py", ("twisted.web.server", "twisted.web.resource")),
+    ("s3wire.py", ("twisted.web.server", "twisted.web.resource", "artifactvault.backends")),
 ]
 
 
@@ -90,6 +99,19 @@ class LayerTests(SynchronousTestCase):
                     broken += [f"{relative} imports {name}" for name in violations(found, forbidden)]
         self.assertEqual(broken, [])
         self.assertNotIn(0, checked.values(), f"a rule matches no module: {checked}")
+
+    def test_backends_never_reach_the_store(self) -> None:
+        """No backend reads an attribute named C{store} (C{vault.store}, C{context.vault.store}...)."""
+        found = []
+        for path in modules():
+            relative = os.path.relpath(path, PACKAGE).replace(os.sep, "/")
+            if not relative.startswith("backends/"):
+                continue
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read())
+            found += [f"{relative}:{node.lineno}" for node in ast.walk(tree)
+                      if isinstance(node, ast.Attribute) and node.attr == "store"]
+        self.assertEqual(found, [])
 
     def test_checker_sees_every_form(self) -> None:
         """The checker finds plain, dotted, from-, relative and function-local imports."""

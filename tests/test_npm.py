@@ -30,7 +30,7 @@ from artifactvault.config import BackendEntry, ConfigError, Section
 from artifactvault.root import Root
 from artifactvault.site import VaultSite
 from artifactvault.vault import Vault
-from tests.fakes import EPOCH, Answer, Client, FakeClient, ManualPool
+from tests.fakes import EPOCH, Answer, Client, FakeClient, ManualPool, RemoteBodies
 from tests.test_npm_document import packument
 
 REGISTRY = "http://registry.test/"
@@ -55,12 +55,12 @@ class Harness:
     """The npm backend behind a real site, its upstream answering from L{routes} when told to."""
 
     def __init__(self, testcase: SynchronousTestCase, pool: ManualPool | None = None,
-                 after: "Harness | None" = None, **config: object):
+                 after: "Harness | None" = None, remote: bool = False, **config: object):
         if after is None:
             self.clock = Clock()
             self.clock.advance(EPOCH)
-            self.store = FileStore(testcase.mktemp(), clock=self.clock.seconds,
-                                   **({"run_blocking": pool.run} if pool else {}))
+            self.store = (RemoteBodies if remote else FileStore)(
+                testcase.mktemp(), clock=self.clock.seconds, **({"run_blocking": pool.run} if pool else {}))
             self.store.open()
             testcase.addCleanup(self.store.close)
         else:
@@ -321,6 +321,19 @@ class PackumentTests(SynchronousTestCase):
         r = restarted.get("/npm/av-app")
         self.assertEqual((r.status, r.header("x-cache"), restarted.paths()), (200, "MISS", ["/av-app"]))
 
+    def test_vanished_document_fetched_again_by_the_same_backend(self) -> None:
+        """
+        The same when the backend remembers the stored copy's layout (it
+        reads nothing of it before sending): fetched anew, never a 502 that
+        repeats until the copy expires.
+        """
+        first = self.h.get("/npm/av-app")
+        entry = self.h.store.lookup("npm-packument:full:av-app for /npm/")
+        os.unlink(self.h.store.data_path(entry))
+        r = self.h.get("/npm/av-app")
+        self.assertEqual((r.status, r.header("x-cache"), r.body), (200, "MISS", first.body))
+        self.assertEqual(self.h.paths(), ["/av-app", "/av-app"])
+
 
 class FreshnessTests(SynchronousTestCase):
     def setUp(self) -> None:
@@ -503,14 +516,30 @@ class LargeDocumentTests(SynchronousTestCase):
         client = h.send("/npm/av-app")
         h.answer_all()
         self.assertFalse(client.has_answer())
-        self.assertEqual(pool.run_all(), ["_rewrite", "_commit"])
+        self.assertEqual(pool.run_all(), ["_rewrite", "_commit", "pread"])  # (pread: the template's header)
         self.assertEqual(len(json.loads(client.answer().body)["versions"]), 50)
         tarball = h.send("/npm/av-app/-/av-app-1.0.7.tgz", {"accept": "*/*"})
         h.answer_all()
-        self.assertEqual(pool.run_all(), ["_rewrite", "_commit", "_read_index"])
+        self.assertEqual(pool.run_all(), ["_rewrite", "_commit", "pread", "pread", "load_index"])
         h.answer_all()
         pool.run_all()
         self.assertEqual(tarball.answer().body, b"7")
+
+
+class RemoteStoreTests(SynchronousTestCase):
+    def test_documents_and_tarballs_from_a_remote_store(self) -> None:
+        """
+        With a store whose bodies are streamed (S3), a package document is
+        filled in chunk by chunk as it streams and its tarball index read
+        through the stream: the same answers as from the disk.
+        """
+        local, remote = Harness(self), Harness(self, remote=True)
+        for path, headers in (("/npm/@av/base", {}), ("/npm/@av/base", {}),
+                              ("/npm/av-app/-/av-app-1.0.0.tgz", {}), ("/npm/av-app", {"accept": CORGI})):
+            a, b = local.get(path, headers), remote.get(path, headers)
+            self.assertEqual((b.status, b.body), (a.status, a.body), path)
+        self.assertIn(b"http://vault.test/npm/@av/base/-/base-1.0.0.tgz",
+                      remote.get("/npm/@av/base").body)
 
 
 class RelayTests(SynchronousTestCase):

@@ -326,7 +326,7 @@ class LargePageTests(SynchronousTestCase):
         client = Client(h.site, h.clock, b"/pypi/", b"GET", {"accept": JSON_ACCEPT})
         h.client.requests[0].respond(200, page, {"content-type": "text/html"})
         self.assertFalse(client.has_answer())
-        self.assertEqual(pool.run_all(), ["_rewrite", "_commit", "_read_and_parse", "_render_one"])
+        self.assertEqual(pool.run_all(), ["_rewrite", "_commit", "_read_whole", "_parse", "_render_one"])
         self.assertEqual(json.loads(client.answer().body)["projects"], [{"name": n} for n in names])
         html = Client(h.site, h.clock, b"/pypi/", b"GET")
         self.assertEqual(pool.run_all(), ["_render_one"])  # another form: rendered, once

@@ -457,3 +457,74 @@ class BlockingWorkTests(SynchronousTestCase):
         self.assertEqual(self.calls.count(storemod._unlink_all), 1)
         self.assertIsNone(FileStore(self.store.root).lookup("a"))
         self.assertEqual(len([n for d, _, names in os.walk(self.store.data_dir) for n in names]), 4)
+
+
+class _PausingConsumer:
+    """A consumer that pauses its producer after every write, as a full socket would."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.producer = None
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        self.data.append(data)
+        self.producer.pauseProducing()  # type: ignore[union-attr]
+
+
+class InterfaceTests(StoreMixin, SynchronousTestCase):
+    """The disk store provides the store's contract (L{IStore}), as every store must."""
+
+    def test_provides_the_interfaces(self) -> None:
+        """The store, a write, a body and a lease each provide their interface."""
+        from zope.interface.verify import verifyObject
+
+        from artifactvault.cache.interface import ILease, IStore, IStoredBody, IStoreWrite
+        verifyObject(IStore, self.store)
+        path, fd = self.store.spool.new_temp()
+        self.addCleanup(os.close, fd)
+        verifyObject(IStoreWrite, self.store.begin("k", path, fd))
+        verifyObject(ILease, self.successResultOf(self.store.lease("k")))
+        entry = self.put("k", b"abc")
+        body = self.successResultOf(self.store.body(entry))
+        self.addCleanup(body.close)
+        verifyObject(IStoredBody, body)
+
+    def test_get_and_write_through_the_interface(self) -> None:
+        """begin → grown → commit makes an entry that get() and read_small() return; its lease is always held."""
+        path, fd = self.store.spool.new_temp()
+        self.addCleanup(os.close, fd)
+        os.write(fd, b"hello")
+        write = self.store.begin("k", path, fd)
+        write.grown(5)
+        self.successResultOf(write.commit(Entry(key="k", data="", size=5, stored_at=self.clock.seconds())))
+        entry = self.successResultOf(self.store.get("k"))
+        self.assertEqual(self.successResultOf(self.store.read_small(entry)), b"hello")
+        self.assertTrue(self.successResultOf(self.store.lease("k")).held)
+        self.assertIsNone(self.successResultOf(self.store.get("other")))
+
+    def test_body_gone_is_none(self) -> None:
+        """A body whose file is gone is None (a miss), and the entry is forgotten."""
+        entry = self.put("k", b"abc")
+        os.unlink(self.store.data_path(entry))
+        self.assertIsNone(self.successResultOf(self.store.body(entry)))
+
+    def test_stream_follows_the_consumer(self) -> None:
+        """stream() writes a chunk, waits while its consumer is paused, and ends after the last byte."""
+        self.patch(storemod._FileStreamer, "CHUNK", 4)
+        entry = self.put("k", b"0123456789")
+        body = self.successResultOf(self.store.body(entry))
+        self.addCleanup(body.close)
+        consumer = _PausingConsumer()
+        done = body.stream(2, 8, consumer)
+        self.assertEqual(consumer.data, [b"2345"])
+        self.assertNoResult(done)
+        consumer.producer.resumeProducing()
+        self.assertEqual(consumer.data, [b"2345", b"678"])
+        self.successResultOf(done)
+        self.assertIsNone(consumer.producer)

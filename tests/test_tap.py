@@ -22,6 +22,7 @@ from artifactvault import service as service_module
 from artifactvault.cache.store import CacheInUse, FileStore
 from artifactvault.service import SWEEP_INTERVAL, _StoreService, build
 from artifactvault.site import VaultSite
+from tests import support
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -165,6 +166,19 @@ class ServiceTests(TapMixin, SynchronousTestCase):
         error = self.assertRaises(SystemExit, tap.makeService, options)
         self.assertEqual(str(error.code), f"artifactvault: cannot use cache_dir "
                                           f"{os.path.abspath(blocker)}/cache: Not a directory")
+
+    def test_unreachable_s3_store(self) -> None:
+        """An S3 store that cannot be reached stops the start with one line naming the bucket (no secret)."""
+        self.patch(os, "environ", {**os.environ, "K": "AKIA", "S": "very-secret"})
+        closed = support.free_port()
+        store = {"type": "s3", "endpoint_url": f"http://127.0.0.1:{closed}", "bucket": "bkt",
+                 "access_key_id_env": "K", "secret_access_key_env": "S"}
+        error = self.assertRaises(SystemExit, tap.makeService, self.parse("--config", self.config_file(store=store)))
+        message = str(error.code)
+        self.assertTrue(message.startswith(f"artifactvault: cannot use the S3 store: bucket bkt at "
+                                           f"http://127.0.0.1:{closed}: "), message)
+        self.assertNotIn("\n", message)
+        self.assertNotIn("very-secret", message)
 
     def test_cache_dir_in_use(self) -> None:
         """A cache_dir another artifactvault holds stops the start with one line naming it and the holder."""

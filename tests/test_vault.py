@@ -36,7 +36,7 @@ class VaultMixin:
 
     def stored(self, path: str = "a.bin") -> bytes | None:
         entry = self.harness.store.lookup(self.harness.url(path))
-        return None if entry is None else self.harness.vault.read(entry)
+        return None if entry is None else self.successResultOf(self.harness.vault.read(entry))
 
     def assertAborted(self, client) -> None:  # type: ignore[no-untyped-def]
         """The client got a 200 and part of the body, then a cut connection: never a short 200."""
@@ -617,7 +617,7 @@ class StaleTests(VaultMixin, SynchronousTestCase):
         d = self.harness.vault.document(artifact)
         self.harness.requests[-1].fail(neterror.ConnectionRefusedError())
         entry, status = self.successResultOf(d)
-        self.assertEqual((status, self.harness.vault.read(entry)), ("STALE", BODY))
+        self.assertEqual((status, self.successResultOf(self.harness.vault.read(entry))), ("STALE", BODY))
 
 
 class ClientRefreshTests(VaultMixin, SynchronousTestCase):
@@ -737,7 +737,7 @@ class DocumentTests(VaultMixin, SynchronousTestCase):
         d = self.harness.vault.document(self.artifact)
         self.harness.requests[0].respond(200, b"<a href=up>")
         entry, status = self.successResultOf(d)
-        self.assertEqual((status, self.harness.vault.read(entry), entry.content_type),
+        self.assertEqual((status, self.successResultOf(self.harness.vault.read(entry)), entry.content_type),
                          ("MISS", b"<a href=vault>", "text/html"))
         self.assertEqual(self.successResultOf(self.harness.vault.document(self.artifact))[1], "HIT")
 
@@ -761,7 +761,7 @@ class DocumentTests(VaultMixin, SynchronousTestCase):
         self.harness.requests[0].respond(200, b"x")
         entry, _ = self.successResultOf(d)
         os.unlink(self.harness.store.data_path(entry))
-        self.assertIsNone(self.harness.vault.read(entry))
+        self.assertIsNone(self.successResultOf(self.harness.vault.read(entry)))
 
 
 class RangeOnMissTests(VaultMixin, SynchronousTestCase):

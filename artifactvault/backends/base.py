@@ -47,6 +47,21 @@ class IBackend(Interface):
         """Write and finish an error answer in this backend's format (an L{ErrorRenderer})."""
 
 
+class IProxyTarget(Interface):
+    """
+    A backend that also answers proxy requests (an absolute URI in the
+    request line, RFC 9112 3.2.2) for the hosts it claims, e.g. apt's
+    ``Acquire::http::Proxy``; see L{artifactvault.root.Root.route_absolute}.
+    """
+
+    def claim(host: str, port: int | None, path: str) -> tuple[int, str] | None:
+        """
+        For ``http://host[:port]<path>``: (how specific the match is, the
+        local path to answer it as, e.g. ``/debian/dists/…``), or None if
+        this backend does not answer for it.
+        """
+
+
 class IBackendType(Interface):
     names = Attribute("The config 'type:' values this handles, e.g. ('http',).")
 

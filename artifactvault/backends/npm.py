@@ -29,13 +29,11 @@ import collections
 import hashlib
 import ipaddress
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred, succeed
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import provider
 
@@ -44,7 +42,7 @@ from artifactvault.backends.base import (Backend, BackendResource, BuildContext,
                                          IBackendType, dispatch, parse_common, run)
 from artifactvault.config import Section
 from artifactvault.flight import Artifact
-from artifactvault.serve import FileProducer, Responder, answer_not_modified, not_modified, wants_revalidation
+from artifactvault.serve import Responder, answer_not_modified, not_modified, wants_revalidation
 from artifactvault.upstream import UpstreamError, header
 from artifactvault.vault import Entry
 
@@ -54,6 +52,8 @@ DEFAULT_METADATA_TTL = 300.0
 MAX_RELAY = 16 * 1024 * 1024
 #: Tarball indexes kept parsed in memory, in bytes of their JSON (roughly).
 INDEX_MEMORY = 16 * 1024 * 1024
+#: Template layouts remembered (a few dozen bytes each).
+MAX_LAYOUTS = 10000
 #: POST paths below ``-/`` relayed to the registry (npm audit, old and new).
 AUDIT_PATHS = ("npm/v1/security/advisories/bulk", "npm/v1/security/audits/quick",
                "npm/v1/security/audits")
@@ -142,6 +142,8 @@ class NpmBackend(Backend):
         super().__init__(settings, context, settings.registry_url)
         self.registry_url = settings.registry_url
         self.indexes = IndexMemo()
+        #: Template layouts by stored copy (its data name), so a hit reads no header.
+        self.layouts: dict[str, doc.Layout] = {}
         vary = ["Accept"]
         if settings.trusted_proxies:
             vary += ["X-Forwarded-Host", "X-Forwarded-Proto"]
@@ -237,45 +239,49 @@ class NpmBackend(Backend):
             responder.error(400, str(e))
             return
         variant = "abbreviated" if doc.wants_abbreviated(request.getHeader(b"accept")) else "full"
-        artifact = self._packument_artifact(name, variant)
-        self.vault.document(artifact, wants_revalidation(request)).addCallback(
-            lambda result: self._send_packument(responder, artifact, result, base, True)
-        ).addErrback(responder.fail)
+        run(responder, self._send_packument(responder, self._packument_artifact(name, variant), base,
+                                            wants_revalidation(request)))
 
-    def _send_packument(self, responder: Responder, artifact: Artifact, result: tuple[Entry, str],
-                        base: bytes, retry: bool) -> Any:
-        if responder.gone:
-            return None
-        entry, status = result
-        fd = self.vault.open_document(entry)
-        if fd is None:  # the stored copy vanished: fetch it once more
-            if retry:
-                return self.vault.document(artifact).addCallback(
-                    lambda again: self._send_packument(responder, artifact, again, base, False))
-            raise UpstreamError("stored package document vanished")
-        try:
-            layout = doc.Layout(os.pread(fd, doc.HEADER_READ, 0), entry.size)
-        except BaseException:
-            os.close(fd)
-            raise
-        request = responder.request
-        responder.cache_status = status
-        etag = '"%s"' % hashlib.sha256(entry.data.encode() + b" " + base).hexdigest()[:32]
-        request.setHeader(b"content-type", (entry.content_type or "application/json").encode("latin-1"))
-        request.setHeader(b"etag", etag.encode())
-        if not_modified(request, etag, None):
-            os.close(fd)
-            answer_not_modified(responder)
-            return None
-        length = layout.filled_length(base)
-        request.setHeader(b"content-length", b"%d" % length)
-        if request.method == b"HEAD" or length == 0:
-            os.close(fd)
-            responder.finish()
-            return None
-        FileProducer(responder, fd, layout.start, layout.index_start - 1,
-                     rewrite=lambda chunk: doc.fill(chunk, base)).start()
-        return None
+    async def _send_packument(self, responder: Responder, artifact: Artifact, base: bytes,
+                              revalidate: bool) -> None:
+        for _attempt in range(2):
+            entry, status = await self.vault.document(artifact, revalidate)
+            revalidate = False  # (if the stored copy vanished, it is fetched once more)
+            layout = await self._layout(entry)
+            if layout is None:
+                continue
+            if responder.gone:
+                return
+            request = responder.request
+            responder.cache_status = status
+            etag = '"%s"' % hashlib.sha256(entry.data.encode() + b" " + base).hexdigest()[:32]
+            request.setHeader(b"content-type", (entry.content_type or "application/json").encode("latin-1"))
+            request.setHeader(b"etag", etag.encode())
+            if not_modified(request, etag, None):
+                answer_not_modified(responder)
+                return
+            length = layout.filled_length(base)
+            request.setHeader(b"content-length", b"%d" % length)
+            if request.method == b"HEAD" or length == 0:
+                responder.finish()
+                return
+            if await self.vault.serve_range(responder, entry, layout.start, layout.index_start - 1,
+                                            lambda chunk: doc.fill(chunk, base)):
+                return
+        raise UpstreamError("stored package document vanished")
+
+    async def _layout(self, entry: Entry) -> doc.Layout | None:
+        """Where the parts of a stored template are (remembered per stored copy), or None if it is gone."""
+        layout = self.layouts.get(entry.data)
+        if layout is None:
+            header = await self.vault.read_range(entry, 0, min(doc.HEADER_READ, entry.size) - 1)
+            if header is None:
+                return None
+            layout = doc.Layout(header, entry.size)
+            self.layouts[entry.data] = layout
+            while len(self.layouts) > MAX_LAYOUTS:
+                self.layouts.pop(next(iter(self.layouts)))
+        return layout
 
     # -- tarballs ------------------------------------------------------------------
 
@@ -284,12 +290,11 @@ class NpmBackend(Backend):
         return f"npm-tarball:{name}/-/{filename} for {self.prefix}"
 
     def _tarball(self, responder: Responder, name: str, filename: str) -> None:
-        key = self._tarball_key(name, filename)
-        if self.vault.serve_cached(responder, key):
-            return
-        run(responder, self._fetch_tarball(responder, name, filename, key))
+        run(responder, self._fetch_tarball(responder, name, filename, self._tarball_key(name, filename)))
 
     async def _fetch_tarball(self, responder: Responder, name: str, filename: str, key: str) -> None:
+        if await self.vault.serve_cached(responder, key):
+            return
         # Any stored copy of the document will do if it lists the file (a
         # tarball never waits for its document's revalidation); else the
         # registry is asked once: perhaps the version was published since.
@@ -304,7 +309,7 @@ class NpmBackend(Backend):
             responder.error(404, f"{filename} is not a tarball of {name} in the registry")
             return
         url, algo, digest = target
-        self.vault.serve(responder, Artifact(
+        await self.vault.serve(responder, Artifact(
             key=key, url=url, upstream=self.upstream, ttl=None,
             digest=(algo, digest) if algo else None, content_type="application/octet-stream",
             label=f"{self.prefix}{name}/-/{filename}", verify_before_send=self.settings.verify_before_send))
@@ -324,20 +329,18 @@ class NpmBackend(Backend):
             revalidate = stale_ok = False  # (the stored copy vanished: fetched anew)
         raise UpstreamError("stored package document vanished")
 
-    def _read_index(self, entry: Entry) -> Deferred:
-        fd = self.vault.open_document(entry)
-        if fd is None:
-            return succeed(None)
-        try:
-            layout = doc.Layout(os.pread(fd, doc.HEADER_READ, 0), entry.size)
-        except BaseException:
-            os.close(fd)
-            raise
-
-        def parsed(index: dict[str, list[Any]]) -> dict[str, list[Any]]:
-            self.indexes.put(entry, index, layout.index_length)
-            return index
-        return self.vault.work(layout.index_length, _read_index, fd, layout).addCallback(parsed)
+    async def _read_index(self, entry: Entry) -> dict[str, list[Any]] | None:
+        layout = await self._layout(entry)
+        if layout is None:
+            return None
+        raw = b""
+        if layout.index_length:
+            raw = await self.vault.read_range(entry, layout.index_start, entry.size - 1)
+            if raw is None:
+                return None
+        index = await self.vault.work(layout.index_length, doc.load_index, raw or b"{}")
+        self.indexes.put(entry, index, layout.index_length)
+        return index
 
     # -- the rest of npm's API --------------------------------------------------------
 
@@ -397,15 +400,6 @@ class NpmBackend(Backend):
         if method != "HEAD":
             request.write(data)
         responder.finish()
-
-
-def _read_index(fd: int, layout: doc.Layout) -> dict[str, list[Any]]:
-    """The tarball index of a stored template (in a thread when large), closing C{fd}."""
-    try:
-        raw = os.pread(fd, layout.index_length, layout.index_start)
-    finally:
-        os.close(fd)
-    return doc.load_index(raw)
 
 
 @provider(IBackendType)

@@ -395,14 +395,16 @@ class PypiBackend(Backend):
         kind = next((suffix for suffix in SUFFIXES if filename.endswith(suffix)), "")
         key = self._file_key(fid, kind, filename)
         digest = None if kind or fid.startswith("url-") else ("sha256", fid)
-        if self.vault.serve_cached(responder, key, lambda e: verified_as(e, digest) and (
-                kind == index.PROVENANCE or _basename(e.url) == filename)):
-            return
-        # (any stored copy of the page will do if it lists the file: a file
-        # never waits for its page's revalidation; else the page is asked for)
-        self._document(project, stale_ok=True).addCallbacks(
-            lambda result: self._fetch_file(responder, result, key, fid, filename, kind, project),
-            responder.fail)
+        def miss(served: bool) -> Any:
+            if served or responder.gone:
+                return None
+            # (any stored copy of the page will do if it lists the file: a file
+            # never waits for its page's revalidation; else the page is asked for)
+            return self._document(project, stale_ok=True).addCallback(
+                lambda result: self._fetch_file(responder, result, key, fid, filename, kind, project))
+
+        self.vault.serve_cached(responder, key, lambda e: verified_as(e, digest) and (
+            kind == index.PROVENANCE or _basename(e.url) == filename)).addCallback(miss).addErrback(responder.fail)
 
     def _file_key(self, fid: str, kind: str, filename: str) -> str:
         """

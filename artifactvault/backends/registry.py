@@ -57,7 +57,7 @@ from artifactvault.backends.registry_media import (MAX_MANIFEST, OCI_INDEX, Acce
 from artifactvault.config import Section
 from artifactvault.fields import IMMUTABLE_HEADERS
 from artifactvault.flight import Artifact, DigestMismatch
-from artifactvault.serve import Responder, serve_entry, wants_revalidation
+from artifactvault.serve import Responder, wants_revalidation
 from artifactvault.singleflight import SingleFlight
 from artifactvault.upstream import (UpstreamError, UpstreamStatus, content_length, discard, header,
                                     host_of, loggable)
@@ -157,7 +157,6 @@ class RegistryBackend(Backend):
         super().__init__(settings, context, base, auth=auth)
         self.base = base
         self.mirror = settings.mirror
-        self.store = context.vault.store
         self._keys = f"registry {self.base}"
         # (the guard behind the deadlines of a tag's HEAD, GET by tag and its body)
         self._resolving = SingleFlight(context.reactor, timeout=3 * settings.timeout + 1)
@@ -209,21 +208,24 @@ class RegistryBackend(Backend):
             key=f"{self._keys} blob {digest}", url=self._url(name, "blobs", digest),
             upstream=self.upstream, digest=parse_digest(digest),
             label=f"{self.prefix}{name}/blobs/{digest}", verify_before_send=self.settings.verify_before_send)
-        known = self.store.lookup(self._blob_record_key(name, digest)) is not None
-        if known or not self._from_elsewhere(artifact):
-            self.vault.serve(responder, artifact)
+        run(responder, self._blob_answer(responder, name, digest, artifact))
+
+    async def _blob_answer(self, responder: Responder, name: str, digest: str, artifact: Artifact) -> None:
+        known = await self.vault.has(self._blob_record_key(name, digest))
+        if known or not await self._from_elsewhere(artifact):
+            await self.vault.serve(responder, artifact)
             if not known:
                 self._record_when_found(name, digest, artifact)
             return
-        run(responder, self._confirm_then_serve(responder, name, digest, artifact))
+        await self._confirm_then_serve(responder, name, digest, artifact)
 
     def _blob_record_key(self, name: str, digest: str) -> str:
         # (per backend: another backend's credentials may see other repositories)
         return f"{self._keys} {name} has blob {digest} for {self.prefix}"
 
-    def _from_elsewhere(self, artifact: Artifact) -> bool:
+    async def _from_elsewhere(self, artifact: Artifact) -> bool:
         """Whether the blob's bytes are stored, or downloading from another repository's URL."""
-        if self.store.lookup(artifact.key) is not None:
+        if await self.vault.has(artifact.key):
             return True
         flight = self.vault.flights.get(artifact.key)
         return flight is not None and flight.artifact.url != artifact.url
@@ -256,16 +258,17 @@ class RegistryBackend(Backend):
 
     def _record_blob(self, name: str, digest: str) -> Deferred:
         key = self._blob_record_key(name, digest)
-        if self.store.lookup(key) is not None:
-            return succeed(None)
-        d = self.store.put(Entry(key=key, data="", size=0, stored_at=self.store.now(),
-                                 content_type="application/octet-stream", url=self._url(name, "blobs", digest)),
-                           b"")
+
+        def record(known: bool) -> Any:
+            if not known:
+                return self.vault.keep(key, b"", content_type="application/octet-stream",
+                                       url=self._url(name, "blobs", digest))
+            return None
 
         def failed(failure: Any) -> None:  # (asked again next time: no client's answer depends on it)
             _log.failure("cannot record that {name} has {digest}", failure, name=name, digest=digest)
 
-        return d.addCallbacks(lambda _: None, failed)
+        return self.vault.has(key).addCallback(record).addCallbacks(lambda _: None, failed)
 
     # -- manifests ----------------------------------------------------------------
 
@@ -275,7 +278,15 @@ class RegistryBackend(Backend):
         request = responder.request
         request.setHeader(b"docker-content-digest", digest.encode())
         key = f"{self._keys} {name} manifest {digest}"
-        entry = self.store.lookup(key)
+        self.vault.lookup(key).addCallback(self._manifest_found, responder, name, digest, accept, record,
+                                           stale).addErrback(responder.fail)
+
+    def _manifest_found(self, entry: Entry | None, responder: Responder, name: str, digest: str,
+                        accept: Accept, record: TagRecord | None, stale: bool) -> None:
+        if responder.gone:
+            return
+        request = responder.request
+        key = f"{self._keys} {name} manifest {digest}"
         if entry is not None and verified_as(entry, parse_digest(digest)):
             self._send_manifest(responder, name, digest, accept, entry, "STALE" if stale else "HIT",
                                 by_tag=record is not None)
@@ -322,8 +333,10 @@ class RegistryBackend(Backend):
             entry = replace(entry, headers={k: v for k, v in entry.headers.items() if k.lower() != "cache-control"})
         if not accept.cacheable(entry.content_type):
             run(responder, self._relay(responder, self._url(name, "manifests", digest), accept, digest))
-        elif not serve_entry(responder, self.store, entry, status):
-            responder.error(502, "stored manifest vanished")
+        else:
+            self.vault.serve_stored(responder, entry, status).addCallback(
+                lambda served: served or responder.error(502, "stored manifest vanished")
+            ).addErrback(responder.fail)
 
     async def _tagged(self, responder: Responder, name: str, tag: str, accept: Accept) -> None:
         url = self._url(name, "manifests", tag)
@@ -353,9 +366,12 @@ class RegistryBackend(Backend):
         """
         # (per backend: two backends of one upstream may keep tags fresh for different times)
         key = f"{self._keys} {name} tag {tag} accept {accept.key} for {self.prefix}"
-        entry = self.store.lookup(key)
-        record = self._record(entry)
-        if record is not None and not revalidate and entry.is_fresh(self.store.now()):
+        return self.vault.record(key).addCallback(self._resolved, key, name, tag, accept, revalidate)
+
+    def _resolved(self, found: tuple[Entry, bytes] | None, key: str, name: str, tag: str, accept: Accept,
+                  revalidate: bool) -> Any:
+        entry, record = (found[0], TagRecord.from_json(found[1])) if found is not None else (None, None)
+        if record is not None and not revalidate and entry.is_fresh(self.vault.now()):
             return succeed((record, False))
 
         def ask() -> Deferred:
@@ -367,12 +383,6 @@ class RegistryBackend(Backend):
             self.vault.revalidate_in_background(self.upstream, url, ask)
             return succeed((record, True))
         return ask()
-
-    def _record(self, entry: Entry | None) -> TagRecord | None:
-        if entry is None:
-            return None
-        raw = self.vault.read(entry)
-        return TagRecord.from_json(raw) if raw is not None else None
 
     async def _ask_upstream(self, key: str, name: str, tag: str, accept: Accept,
                             entry: Entry | None, known: TagRecord | None) -> tuple[TagRecord, bool]:
@@ -393,14 +403,11 @@ class RegistryBackend(Backend):
                           what=f"{self.prefix}{name}:{tag}", reason=e.reason)
                 return known, True
             raise
-        fresh_until = self.store.now() + self.settings.tag_ttl
         if entry is not None and record == known:
-            entry.fresh_until = fresh_until
-            self.store.update(entry)
+            self.vault.refresh(entry, self.settings.tag_ttl)
         elif accept.cacheable(record.media_type):
-            await self.store.put(Entry(key=key, data="", size=0, stored_at=self.store.now(),
-                                       fresh_until=fresh_until, content_type="application/json",
-                                       url=url), record.to_json())
+            await self.vault.keep(key, record.to_json(), ttl=self.settings.tag_ttl,
+                                  content_type="application/json", url=url)
         return record, False
 
     async def _fetch_tag(self, name: str, url: str, accept: Accept) -> TagRecord:
@@ -410,10 +417,12 @@ class RegistryBackend(Backend):
         digest = _served_digest(body, None, header(response, b"docker-content-digest"), url)
         ctype = header(response, b"content-type")
         key = f"{self._keys} {name} manifest {digest}"
-        # (a schema 1 manifest's digest is of its payload, not its bytes: never kept)
-        if has_digest(body, digest) and self.store.lookup(key) is None:
-            await self.store.put(Entry(key=key, data="", size=0, stored_at=self.store.now(),
-                                       content_type=ctype, url=url, headers=dict(IMMUTABLE_HEADERS)), body)
+        # (a schema 1 manifest's digest is of its payload, not its bytes: never
+        # kept; the vault checks the digest before it stores anything)
+        parsed = parse_digest(digest)
+        if has_digest(body, digest) and parsed is not None and not await self.vault.has(key):
+            await self.vault.keep(key, body, content_type=ctype, url=url, headers=dict(IMMUTABLE_HEADERS),
+                                  digest=parsed)
         return TagRecord(digest, ctype, len(body))
 
     async def _relay(self, responder: Responder, url: str, accept: Accept,
@@ -491,8 +500,10 @@ class RegistryBackend(Backend):
                             content_type="application/json", transform=_tag_list,
                             label=f"{self.prefix}{name}/tags/list")
 
-        def send(entry: Entry, status: str) -> None:
-            body = self.vault.read(entry)
+        def send(entry: Entry, status: str) -> Deferred:
+            return self.vault.read(entry).addCallback(send_body, entry, status)
+
+        def send_body(body: bytes | None, entry: Entry, status: str) -> None:
             if body is None or responder.gone:
                 self._send_document(responder, None, status, "", "")
                 return
@@ -528,8 +539,10 @@ class RegistryBackend(Backend):
                             headers={"Accept": OCI_INDEX}, keep_headers=("Link", "OCI-Filters-Applied"),
                             transform=_referrers_index, label=f"{self.prefix}{name}/referrers/{digest}")
 
-        def send(entry: Entry, status: str) -> None:
-            body = self.vault.read(entry)
+        def send(entry: Entry, status: str) -> Deferred:
+            return self.vault.read(entry).addCallback(send_body, entry, status)
+
+        def send_body(body: bytes | None, entry: Entry, status: str) -> None:
             link = _LINK_QUERY.search(entry.headers.get("Link") or "")
             self._send_document(responder, body, status, entry.content_type or OCI_INDEX,
                                 link and f"{name}/referrers/{digest}?{link.group(1)}",

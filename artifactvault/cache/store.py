@@ -20,11 +20,14 @@ files no metadata names are swept away. A commit that fails half-way (disk
 full, I/O error) removes what it had moved into place, so it leaves neither
 an entry nor a stray file behind.
 
-One daemon per cache directory: L{FileStore.open} takes an exclusive
-C{flock} on ``cache_dir/lock`` (held for the life of the process, which is
-written into it) before it empties ``tmp/``, so a second daemon started on
-the same directory stops with L{CacheInUse} instead of deleting the first
-one's downloads.
+One daemon per cache directory: L{FileStore.open} opens its spool
+(L{artifactvault.cache.spool}: ``cache_dir/tmp`` and ``cache_dir/lock``),
+which takes an exclusive C{flock} before it empties ``tmp/``. Downloads are
+written there by the core, not by the store: a commit renames the temp file
+into place (so the spool is in the store's own directory, on its file system).
+
+This is the L{IStore} of one node's local disk. Its lookups and reads never
+wait for anything: the Deferreds it answers with have fired already.
 
 Anything slow (fsyncs, directory walks, unlinking evicted files, parsing a
 large document) goes through C{run_blocking}: in the daemon a thread pool of
@@ -34,20 +37,24 @@ the store's own, in unit tests a synchronous call.
 from __future__ import annotations
 
 import collections
-import fcntl
 import hashlib
-import json
 import os
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from artifactvault import logs
+from artifactvault.cache.entry import Entry, write_all
+from artifactvault.cache.interface import ILease, IStore, IStoredBody, IStoreWrite, StoreUnavailable
+from artifactvault.cache.spool import LOCK_NAME, CacheInUse, Spool
 from artifactvault.cache.usage import Usage
+
+__all__ = ["CacheInUse", "Entry", "FileStore", "LOCK_NAME", "write_all", "StoreUnavailable"]
 
 _log = Logger(observer=logs.observer)
 
@@ -56,68 +63,20 @@ _log = Logger(observer=logs.observer)
 ORPHAN_AGE = 600.0
 #: Work on fewer bytes than this is done at once, on the calling thread (see L{FileStore.work}).
 INLINE_WORK = 1024 * 1024
-#: The lock file in the cache directory.
-LOCK_NAME = "lock"
-
-
-class CacheInUse(Exception):
-    """Another process holds the cache directory's lock."""
-
-    def __init__(self, root: str, pid: int | None):
-        super().__init__(f"{root}: in use by another artifactvault (pid {pid if pid else 'unknown'})")
-        self.root = root
-        self.pid = pid
-
-
-def write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> None:
-    """Write all of C{data} to C{fd} (at C{offset}, with pwrite, if given); OSError if it cannot."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
-        view = view[n:]
-        if offset is not None:
-            offset += n
-
-
-@dataclass
-class Entry:
-    """What the cache knows of one artifact; persisted as JSON beside the data."""
-
-    key: str
-    data: str
-    size: int
-    stored_at: float
-    fresh_until: float | None = None  # None: immutable, fresh forever
-    content_type: str | None = None
-    etag: str | None = None  # the upstream's validator, for revalidation
-    last_modified: str | None = None  # the upstream's Last-Modified
-    sha256: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)  # replayed to clients
-    url: str = ""  # where it came from (never with credentials)
-
-    def is_fresh(self, now: float) -> bool:
-        return self.fresh_until is None or now < self.fresh_until
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> "Entry":
-        d = json.loads(raw)
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
-
 def _sync_run(f: Callable[..., Any], *args: Any) -> Deferred:
     # like deferToThread: an exception is a failed Deferred, never raised here
     return maybeDeferred(f, *args)
 
 
+@implementer(IStore)
 class FileStore:
     """
     The local-filesystem store. Small metadata I/O happens in the reactor;
     fsyncs and directory walks go through C{run_blocking} (a thread pool in
     the daemon, synchronous in unit tests).
     """
+
+    shared = False  # one node's: no other node commits here
 
     def __init__(self, root: str, clock: Callable[[], float] = time.time,
                  run_blocking: Callable[..., Deferred] = _sync_run, memo_size: int = 8192,
@@ -132,12 +91,13 @@ class FileStore:
         self.refused_too_large = 0
         self.usage = Usage()
         self.data_dir = os.path.join(self.root, "data")
-        self.tmp_dir = os.path.join(self.root, "tmp")
+        #: Downloads are written here (a commit renames them into data/).
+        self.spool = Spool(self.root)
+        self.tmp_dir = self.spool.tmp_dir
         self._clock = clock
         self._run = run_blocking
         self._memo: collections.OrderedDict[str, Entry] = collections.OrderedDict()
         self._memo_size = memo_size
-        self._lock_fd: int | None = None
 
     def now(self) -> float:
         """The wall clock that freshness is measured by (persisted, so not the reactor's)."""
@@ -165,53 +125,22 @@ class FileStore:
 
     def open(self) -> int:
         """
-        Create the directories, take the cache's lock (L{CacheInUse} if another
-        process has it) and remove leftover temp files; returns how many.
+        Create the directories, open the spool (its lock: L{CacheInUse} if
+        another process has it) and remove leftover temp files; returns how many.
         """
         os.makedirs(self.data_dir, exist_ok=True)
-        os.makedirs(self.tmp_dir, exist_ok=True)
-        self._lock()
-        removed = 0
-        for name in os.listdir(self.tmp_dir):
-            try:
-                os.unlink(os.path.join(self.tmp_dir, name))
-                removed += 1
-            except OSError:
-                pass
-        return removed
-
-    def _lock(self) -> None:
-        if self._lock_fd is not None:
-            return
-        path = os.path.join(self.root, LOCK_NAME)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raw = os.pread(fd, 32, 0).strip()
-            os.close(fd)
-            raise CacheInUse(self.root, int(raw) if raw.isdigit() else None) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        self._lock_fd = fd
-        self.mark_owner()
+        return self.spool.open()
 
     def mark_owner(self) -> None:
-        """
-        Write this process's pid into the lock file (again when the service
-        starts: twistd forks to daemonise after the lock was taken, and the
-        forked process inherits it).
-        """
-        if self._lock_fd is not None:
-            os.ftruncate(self._lock_fd, 0)
-            os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        """Write this process's pid into the lock (see L{Spool.mark_owner})."""
+        self.spool.mark_owner()
 
     def close(self) -> None:
         """Release the cache's lock (the daemon holds it until it stops)."""
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self.spool.close()
+
+    def stats(self) -> dict:
+        return {"entries": len(self.usage), "bytes": self.usage.total, "max_size": self.max_size}
 
     def scan(self) -> Deferred:
         """
@@ -365,14 +294,38 @@ class FileStore:
     # -- writing ------------------------------------------------------------
 
     def new_temp(self) -> tuple[str, int]:
-        """A new temp file for a download: (path, fd open for reading and writing)."""
-        while True:
-            path = os.path.join(self.tmp_dir, secrets.token_hex(12))
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
-            except FileExistsError:
-                continue
-            return path, fd
+        """A new temp file in the spool: (path, fd open for reading and writing)."""
+        return self.spool.new_temp()
+
+    # -- the IStore interface -------------------------------------------------
+
+    def get(self, key: str) -> Deferred:
+        """L{lookup}, as the interface asks: a Deferred (fired already)."""
+        return succeed(self.lookup(key))
+
+    def body(self, entry: Entry) -> Deferred:
+        """The entry's bytes as a local file (C{sendfile}-able), or None if gone (see L{open_data})."""
+        fd = self.open_data(entry)
+        return succeed(None if fd is None else LocalBody(fd, entry.size))
+
+    def redirect_url(self, entry: Entry) -> None:
+        """Never: the disk is this node's own."""
+        return None
+
+    def read_small(self, entry: Entry) -> Deferred:
+        """All of a small entry's bytes, or None if gone."""
+        fd = self.open_data(entry)
+        if fd is None:
+            return succeed(None)
+        return self.work(entry.size, _read_whole, fd, entry.size)
+
+    def begin(self, key: str, temp_path: str, fd: int) -> "_DiskWrite":
+        """A write committed by renaming the temp file into place (see L{commit})."""
+        return _DiskWrite(self, temp_path, fd)
+
+    def lease(self, key: str) -> Deferred:
+        """Always granted: no other node writes to this directory (the lock says so)."""
+        return succeed(GRANTED)
 
     def commit(self, temp_path: str, fd: int, entry: Entry) -> Deferred:
         """
@@ -505,6 +458,117 @@ class FileStore:
         if paths:
             self._run(_unlink_all, paths).addErrback(
                 lambda f: _log.failure("cannot remove evicted cache files", f))
+
+
+@implementer(IStoreWrite)
+class _DiskWrite:
+    """A download to be committed to the disk store: nothing to do until it is complete."""
+
+    def __init__(self, store: FileStore, temp_path: str, fd: int):
+        self.store = store
+        self.temp_path = temp_path
+        self.fd = fd
+
+    def grown(self, written: int) -> None:
+        pass  # (the bytes are in place already: a commit renames them)
+
+    def commit(self, entry: Entry) -> Deferred:
+        return self.store.commit(self.temp_path, self.fd, entry)
+
+    def abort(self) -> None:
+        pass  # (the temp file is the core's to remove)
+
+
+@implementer(ILease)
+class _Granted:
+    """The lease of a store no other node writes to."""
+
+    held = True
+
+    def release(self) -> None:
+        pass
+
+
+GRANTED = _Granted()
+
+
+@implementer(IStoredBody)
+class LocalBody:
+    """Bytes in a local file: the caller C{sendfile}s or C{pread}s C{fd}; C{stream} for any consumer."""
+
+    def __init__(self, fd: int, size: int):
+        self.fd: int | None = fd
+        self.size = size
+
+    def stream(self, first: int, last: int, consumer: Any) -> Deferred:
+        return _FileStreamer(self, first, last, consumer).start()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+@implementer(IPushProducer)
+class _FileStreamer:
+    """Writes a range of a local file to a consumer, a chunk at a time, as a push producer."""
+
+    CHUNK = 256 * 1024
+
+    def __init__(self, body: LocalBody, first: int, last: int, consumer: Any):
+        self.body = body
+        self.offset = first
+        self.end = last + 1
+        self.consumer = consumer
+        self.paused = False
+        self.done: Deferred = Deferred()
+
+    def start(self) -> Deferred:
+        self.consumer.registerProducer(self, True)
+        self._pump()
+        return self.done
+
+    def _pump(self) -> None:
+        while not self.paused and not self.done.called:
+            if self.body.fd is None:
+                self._end(StoreUnavailable("the stored file was closed"))
+                return
+            data = os.pread(self.body.fd, min(self.CHUNK, self.end - self.offset), self.offset)
+            if not data:
+                self._end(StoreUnavailable(f"the stored file ended early at {self.offset}"))
+                return
+            self.offset += len(data)
+            self.consumer.write(data)
+            if self.offset >= self.end:
+                self._end(None)
+
+    def _end(self, error: Exception | None) -> None:
+        if self.done.called:
+            return
+        self.consumer.unregisterProducer()
+        if error is None:
+            self.done.callback(None)
+        else:
+            self.done.errback(error)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        if not self.done.called:
+            self.done.errback(StoreUnavailable("the client went away"))
+
+
+def _read_whole(fd: int, size: int) -> bytes:
+    """All C{size} bytes of an open file, closing it (in the thread pool when large)."""
+    try:
+        return os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
 
 
 def _unlink(path: str) -> None:

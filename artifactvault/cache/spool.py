@@ -1,0 +1,99 @@
+# -*- test-case-name: tests.test_store,tests.test_cache_dir -*-
+"""
+The node's spool: where downloads in flight are written, whatever the store.
+
+A download streams into a temp file here; local clients tail it while it
+grows (L{artifactvault.flight}), and the store is handed it to commit (the
+disk store renames it into place, so its spool is inside its own directory;
+an S3 store uploads it). It belongs to this node alone, so it is guarded
+by an exclusive C{flock} on ``DIR/lock`` (held for the life of the process,
+which is written into it), taken before ``tmp/`` is emptied: a second daemon
+started on the same directory stops with L{CacheInUse} instead of deleting
+the first one's downloads.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+
+#: The lock file in the spool's directory.
+LOCK_NAME = "lock"
+
+
+class CacheInUse(Exception):
+    """Another process holds the cache directory's lock."""
+
+    def __init__(self, root: str, pid: int | None):
+        super().__init__(f"{root}: in use by another artifactvault (pid {pid if pid else 'unknown'})")
+        self.root = root
+        self.pid = pid
+
+
+class Spool:
+    """Temp files for downloads under C{root}/tmp, and the directory's lock."""
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self.tmp_dir = os.path.join(self.root, "tmp")
+        self._lock_fd: int | None = None
+
+    def open(self) -> int:
+        """
+        Create the directory, take its lock (L{CacheInUse} if another process
+        has it) and remove leftover temp files; returns how many.
+        """
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        self._lock()
+        removed = 0
+        for name in os.listdir(self.tmp_dir):
+            try:
+                os.unlink(os.path.join(self.tmp_dir, name))
+                removed += 1
+            except OSError:
+                pass
+        return removed
+
+    def _lock(self) -> None:
+        if self._lock_fd is not None:
+            return
+        path = os.path.join(self.root, LOCK_NAME)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raw = os.pread(fd, 32, 0).strip()
+            os.close(fd)
+            raise CacheInUse(self.root, int(raw) if raw.isdigit() else None) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+        self.mark_owner()
+
+    def mark_owner(self) -> None:
+        """
+        Write this process's pid into the lock file (again when the service
+        starts: twistd forks to daemonise after the lock was taken, and the
+        forked process inherits it).
+        """
+        if self._lock_fd is not None:
+            os.ftruncate(self._lock_fd, 0)
+            os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+
+    def close(self) -> None:
+        """Release the lock (the daemon holds it until it stops)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def new_temp(self) -> tuple[str, int]:
+        """A new temp file for a download: (path, fd open for reading and writing)."""
+        while True:
+            path = os.path.join(self.tmp_dir, secrets.token_hex(12))
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+            except FileExistsError:
+                continue
+            return path, fd

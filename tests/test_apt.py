@@ -1,0 +1,439 @@
+"""
+The apt backend in memory: configuration, release sets (fresh, revalidated,
+stale, never past Valid-Until, refused when invalid or inconsistent), index
+files served by the Release the vault serves, by-hash, pool files verified
+from the indexes learnt (across a restart too), and the proxy form's routing.
+The same through the real daemon with real apt-get: L{tests.test_apt_clients}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+from email.utils import formatdate
+from urllib.parse import urlsplit
+
+from twisted.internet.task import Clock
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from artifactvault.backends import parse_backend
+from artifactvault.backends.apt import UNVERIFIED_TTL, AptBackendType, ReleaseSet
+from artifactvault.backends.base import BuildContext, IBackend, IBackendType, IProxyTarget
+from artifactvault.cache.store import FileStore
+from artifactvault.config import BackendEntry, ConfigError, Section
+from artifactvault.root import Root
+from artifactvault.site import VaultSite
+from artifactvault.vault import Vault
+from tests.fakes import EPOCH, Answer, Client, FakeClient
+from tests.test_apt_meta import clearsign
+
+MIRROR = "http://mirror.example/debian"
+DEB = b"debian package bytes " * 50
+DSC = b"Format: 3.0 (native)\n"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Repo:
+    """A repository in memory: its files by path below the mirror URL."""
+
+    def __init__(self, deb: bytes = DEB, date: float = EPOCH - 3600, valid_until: float | None = None,
+                 by_hash: bool = True, extra: str = ""):
+        self.deb = deb
+        packages = (f"Package: hello\nVersion: 1.0\nFilename: pool/main/h/hello/hello_1.0_all.deb\n"
+                    f"Size: {len(deb)}\nSHA256: {sha(deb)}\n{extra}\n").encode()
+        self.packages_xz = lzma.compress(packages)
+        files = {"main/binary-amd64/Packages": packages, "main/binary-amd64/Packages.xz": self.packages_xz}
+        lines = [f"Date: {formatdate(date, usegmt=True)}", "Suite: stable"]
+        if valid_until is not None:
+            lines.append(f"Valid-Until: {formatdate(valid_until, usegmt=True)}")
+        if by_hash:
+            lines.append("Acquire-By-Hash: yes")
+        lines.append("SHA256:")
+        lines += [f" {sha(body)} {len(body)} {path}" for path, body in files.items()]
+        self.release = ("\n".join(lines) + "\n").encode()
+        self.inrelease = clearsign(self.release)
+        self.files = {"dists/stable/InRelease": self.inrelease, "dists/stable/Release": self.release,
+                      "dists/stable/Release.gpg": b"-----BEGIN PGP SIGNATURE-----\n\nx\n-----END PGP SIGNATURE-----\n",
+                      "pool/main/h/hello/hello_1.0_all.deb": deb}
+        for path, body in files.items():
+            self.files[f"dists/stable/{path}"] = body
+            self.files[f"dists/stable/main/binary-amd64/by-hash/SHA256/{sha(body)}"] = body
+
+
+class Harness:
+    """
+    The apt backend behind a real site, in memory; its mirror answers from
+    a L{Repo} (with ETags, conditional requests and scripted failures).
+    Another harness on the same store and clock is the daemon after a restart.
+    """
+
+    def __init__(self, testcase: SynchronousTestCase, repo: Repo | None = None,
+                 after: "Harness | None" = None, **config):
+        if after is None:
+            self.clock = Clock()
+            self.clock.advance(EPOCH)
+            self.store = FileStore(testcase.mktemp(), clock=self.clock.seconds)
+            self.store.open()
+            testcase.addCleanup(self.store.close)
+        else:
+            self.clock, self.store = after.clock, after.store
+        self.repo = repo or Repo()
+        self.override: dict[str, tuple[int, bytes]] = {}
+        self.client = FakeClient()
+        self._answered = 0
+        context = BuildContext(vault=Vault(self.store, self.clock), reactor=self.clock, client=self.client)
+        section = Section("test.yml", "backends[0].config", {"prefix": "/debian/", "mirror_url": MIRROR, **config})
+        self.backend = AptBackendType.build(AptBackendType.parse(section), context)
+        self.site = VaultSite(Root([self.backend]), reactor=self.clock)
+
+    def answer_all(self) -> None:
+        while self._answered < len(self.client.requests):
+            request = self.client.requests[self._answered]
+            self._answered += 1
+            path = urlsplit(request.url).path[len("/debian/"):]
+            if path in self.override:
+                status, body = self.override[path]
+                request.respond(status, body)
+                continue
+            body = self.repo.files.get(path)
+            if body is None:
+                request.respond(404, b"not found")
+                continue
+            etag = '"%s"' % sha(body)[:16]
+            if request.header("if-none-match") == etag:
+                request.respond(304, b"", {"etag": etag})
+            else:
+                request.respond(200, body, {"etag": etag, "last-modified": "Mon, 01 Jan 2024 00:00:00 GMT"})
+
+    def get(self, path: str, headers: dict[str, str] | None = None, method: bytes = b"GET",
+            raw: bytes | None = None) -> Answer:
+        client = Client(self.site, self.clock, raw or f"/debian/{path}".encode(), method, headers)
+        self.answer_all()
+        return client.answer()
+
+    def paths(self) -> list[str]:
+        return [urlsplit(r.url).path[len("/debian/"):] for r in self.client.requests]
+
+    def asked(self, path: str) -> int:
+        return self.paths().count(path)
+
+
+class ConfigTests(SynchronousTestCase):
+    def parse(self, **config):
+        return AptBackendType.parse(Section("c.yml", "backends[0].config", {"prefix": "/debian/", **config}))
+
+    def test_defaults(self) -> None:
+        """index_ttl is 5 minutes; the mirror's own host is claimed for the proxy form; no signature check."""
+        s = self.parse(mirror_url="http://deb.debian.org/debian")
+        self.assertEqual(s.index_ttl, 300.0)
+        self.assertEqual(s.hosts, [("deb.debian.org", None)])
+        self.assertEqual(s.signed_by, [])
+
+    def test_hosts_and_ttl(self) -> None:
+        s = self.parse(mirror_url=MIRROR, hosts=["Deb.Debian.org", "mirror.local:8080"], index_ttl="1h")
+        self.assertEqual(s.hosts, [("deb.debian.org", None), ("mirror.local", 8080)])
+        self.assertEqual(s.index_ttl, 3600.0)
+
+    def test_errors_name_the_key(self) -> None:
+        for config, key in (({}, "mirror_url"), ({"mirror_url": "ftp://x/debian"}, "mirror_url"),
+                            ({"mirror_url": MIRROR, "hosts": ["http://x/"]}, "hosts"),
+                            ({"mirror_url": MIRROR, "hosts": [3]}, "hosts"),
+                            ({"mirror_url": MIRROR, "signed_by": "/nonexistent/keyring.gpg"}, "signed_by"),
+                            ({"mirror_url": MIRROR, "index_ttl": "soon"}, "index_ttl")):
+            e = self.assertRaises(ConfigError, self.parse, **config)
+            self.assertIn(f"backends[0].config.{key}:", str(e))
+
+    def test_unknown_key(self) -> None:
+        entry = BackendEntry("apt", Section("c.yml", "backends[0].config", {"mirror_url": MIRROR, "prefix": "/d/",
+                                                                            "hostz": ["x"]}))
+        parse_backend(entry)
+        self.assertRaises(ConfigError, entry.section.check_unknown)
+
+    def test_interfaces(self) -> None:
+        h = Harness(self)
+        verifyObject(IBackendType, AptBackendType)
+        verifyObject(IBackend, h.backend)
+        verifyObject(IProxyTarget, h.backend)
+
+
+class ReleaseTests(SynchronousTestCase):
+    def test_miss_then_hit(self) -> None:
+        """InRelease is the mirror's bytes, fetched once; apt's max-age=0 does not make it revalidate."""
+        h = Harness(self)
+        a = h.get("dists/stable/InRelease", {"cache-control": "max-age=0"})
+        self.assertEqual((a.status, a.body, a.header("x-cache")), (200, h.repo.inrelease, "MISS"))
+        b = h.get("dists/stable/InRelease", {"cache-control": "max-age=0"})
+        self.assertEqual((b.status, b.body, b.header("x-cache")), (200, h.repo.inrelease, "HIT"))
+        self.assertEqual(h.paths(), ["dists/stable/InRelease"])
+        self.assertEqual(b.header("etag"), a.header("etag"))
+        c = h.get("dists/stable/InRelease", {"if-none-match": a.header("etag")})
+        self.assertEqual(c.status, 304)
+
+    def test_no_cache_revalidates(self) -> None:
+        """Cache-Control: no-cache (Acquire::http::No-Cache) makes the vault ask the mirror again."""
+        h = Harness(self)
+        h.get("dists/stable/InRelease")
+        a = h.get("dists/stable/InRelease", {"cache-control": "no-cache"})
+        self.assertEqual(a.status, 200)
+        self.assertEqual(h.asked("dists/stable/InRelease"), 2)
+        self.assertIsNotNone(h.client.requests[-1].header("if-none-match"))
+
+    def test_revalidated_after_index_ttl(self) -> None:
+        """After index_ttl a conditional GET: 304 keeps the set; a new InRelease replaces it."""
+        h = Harness(self, index_ttl=60)
+        h.get("dists/stable/InRelease")
+        h.clock.advance(61)
+        a = h.get("dists/stable/InRelease")
+        self.assertEqual((a.status, a.body, a.header("x-cache")), (200, h.repo.inrelease, "HIT"))
+        self.assertEqual(h.client.requests[-1].header("if-none-match"), '"%s"' % sha(h.repo.inrelease)[:16])
+        h.clock.advance(61)
+        h.repo = Repo(date=EPOCH)
+        b = h.get("dists/stable/InRelease")
+        self.assertEqual((b.body, b.header("x-cache")), (h.repo.inrelease, "MISS"))
+
+    def test_stale_when_the_mirror_fails(self) -> None:
+        h = Harness(self, index_ttl=60)
+        h.get("dists/stable/InRelease")
+        h.clock.advance(61)
+        h.override["dists/stable/InRelease"] = (503, b"down")
+        a = h.get("dists/stable/InRelease")
+        self.assertEqual((a.status, a.body, a.header("x-cache")), (200, h.repo.inrelease, "STALE"))
+
+    def test_never_past_valid_until(self) -> None:
+        """A stored Release past its Valid-Until is not served, stale or fresh: the error says why."""
+        h = Harness(self, Repo(valid_until=EPOCH + 100), index_ttl=3600)
+        h.get("dists/stable/InRelease")
+        h.clock.advance(101)
+        h.override["dists/stable/InRelease"] = (503, b"down")
+        a = h.get("dists/stable/InRelease")
+        self.assertEqual(a.status, 502)
+        self.assertIn(b"Valid-Until", a.body)
+        self.assertEqual(h.asked("dists/stable/InRelease"), 2)  # fresh by index_ttl, but expired: asked
+
+    def test_invalid_inrelease_not_stored(self) -> None:
+        """Text outside the signed block: refused (502), the set before kept and served stale."""
+        h = Harness(self, index_ttl=60)
+        h.get("dists/stable/InRelease")
+        h.clock.advance(61)
+        h.override["dists/stable/InRelease"] = (200, h.repo.inrelease + b"SHA256:\n injected 1 x\n")
+        a = h.get("dists/stable/InRelease")
+        self.assertEqual((a.status, a.body, a.header("x-cache")), (200, h.repo.inrelease, "STALE"))
+        h2 = Harness(self)
+        h2.override["dists/stable/InRelease"] = (200, b"<html>captive portal</html>")
+        b = h2.get("dists/stable/InRelease")
+        self.assertEqual(b.status, 502)
+        self.assertIn(b"not valid", b.body)
+
+    def test_release_and_signature_kept_together(self) -> None:
+        """Release and Release.gpg are fetched and kept with InRelease as one set, from one moment."""
+        h = Harness(self)
+        a = h.get("dists/stable/Release")
+        self.assertEqual((a.status, a.body), (200, h.repo.release))
+        self.assertEqual(sorted(h.paths()), ["dists/stable/InRelease", "dists/stable/Release",
+                                             "dists/stable/Release.gpg"])
+        self.assertEqual(h.get("dists/stable/Release.gpg").body, h.repo.files["dists/stable/Release.gpg"])
+        self.assertEqual(len(h.paths()), 3)
+
+    def test_inrelease_and_release_disagree(self) -> None:
+        """A mirror caught half-way (InRelease and Release of two moments) is asked again, then refused."""
+        h = Harness(self)
+        h.override["dists/stable/Release"] = (200, Repo(date=EPOCH).release)
+        a = h.get("dists/stable/Release")
+        self.assertEqual(a.status, 502)
+        self.assertIn(b"say different things", a.body)
+        self.assertEqual(h.asked("dists/stable/InRelease"), 2)
+
+    def test_no_inrelease(self) -> None:
+        """A repository with only Release and Release.gpg is served from those."""
+        h = Harness(self)
+        del h.repo.files["dists/stable/InRelease"]
+        self.assertEqual(h.get("dists/stable/InRelease").status, 404)
+        self.assertEqual(h.get("dists/stable/Release").body, h.repo.release)
+        self.assertEqual(h.get("dists/stable/main/binary-amd64/Packages.xz").body, h.repo.packages_xz)
+
+    def test_record_round_trip(self) -> None:
+        h = Harness(self)
+        h.get("dists/stable/Release")
+        entry, rs = self.successResultOf(Deferred.fromCoroutine(h.backend._stored("dists/stable")))
+        again = ReleaseSet.from_bytes(rs.to_bytes())
+        self.assertEqual((again.bodies, again.pair, again.release.files), (rs.bodies, True, rs.release.files))
+
+
+class IndexTests(SynchronousTestCase):
+    def test_plain_name_through_by_hash(self) -> None:
+        """Packages.xz by name comes through by-hash, verified; by-hash asks then share its bytes."""
+        h = Harness(self)
+        a = h.get("dists/stable/main/binary-amd64/Packages.xz")
+        self.assertEqual((a.status, a.body), (200, h.repo.packages_xz))
+        by_hash = f"dists/stable/main/binary-amd64/by-hash/SHA256/{sha(h.repo.packages_xz)}"
+        self.assertEqual(h.paths(), ["dists/stable/InRelease", by_hash])
+        b = h.get(by_hash)
+        self.assertEqual((b.body, b.header("x-cache")), (h.repo.packages_xz, "HIT"))
+        self.assertEqual(len(h.paths()), 2)
+
+    def test_plain_name_without_by_hash(self) -> None:
+        h = Harness(self, Repo(by_hash=False))
+        self.assertEqual(h.get("dists/stable/main/binary-amd64/Packages.xz").body, h.repo.packages_xz)
+        self.assertEqual(h.paths()[-1], "dists/stable/main/binary-amd64/Packages.xz")
+
+    def test_mismatch_never_stored(self) -> None:
+        """An index that is not what the Release says: 502, nothing stored, asked again next time."""
+        h = Harness(self, Repo(by_hash=False))
+        h.override["dists/stable/main/binary-amd64/Packages.xz"] = (200, b"x" * len(h.repo.packages_xz))
+        for _ in range(2):
+            a = h.get("dists/stable/main/binary-amd64/Packages.xz")
+            self.assertEqual(a.status, 502)
+            self.assertIn(b"sha256", a.body)
+        self.assertEqual(h.asked("dists/stable/main/binary-amd64/Packages.xz"), 2)
+
+    def test_follows_the_release_served(self) -> None:
+        """
+        The mirror moved on but no client has asked for the Release since:
+        an index by name is still the one the Release the vault serves lists.
+        """
+        h = Harness(self, index_ttl=60)
+        old = h.repo
+        h.get("dists/stable/InRelease")
+        h.clock.advance(61)
+        h.repo = Repo(deb=b"new " * 10, date=EPOCH)
+        h.repo.files.update({k: v for k, v in old.files.items() if "/by-hash/" in k})  # (kept, as mirrors do)
+        self.assertEqual(h.get("dists/stable/main/binary-amd64/Packages.xz").body, old.packages_xz)
+        self.assertEqual(h.get("dists/stable/InRelease").body, h.repo.inrelease)
+        self.assertEqual(h.get("dists/stable/main/binary-amd64/Packages.xz").body, h.repo.packages_xz)
+
+    def test_component_release(self) -> None:
+        """A component's Release below a suite is one of the suite's index files, not a release set."""
+        h = Harness(self)
+        body = b"Archive: stable\nComponent: main\nArchitecture: amd64\n"
+        h.repo = Repo(extra="")
+        h.repo.files["dists/stable/main/binary-amd64/Release"] = body
+        h.get("dists/stable/InRelease")
+        a = h.get("dists/stable/main/binary-amd64/Release")
+        self.assertEqual((a.status, a.body), (200, body))
+
+    def test_unlisted_file_under_dists(self) -> None:
+        """A file the Release does not list is an ordinary file, fresh for index_ttl."""
+        h = Harness(self)
+        h.repo.files["dists/stable/ChangeLog"] = b"changes"
+        self.assertEqual(h.get("dists/stable/ChangeLog").body, b"changes")
+        self.assertEqual(h.get("dists/stable/ChangeLog").header("x-cache"), "HIT")
+
+    def test_by_hash_unknown_to_the_vault(self) -> None:
+        """A by-hash path of any Release: verified against its name."""
+        h = Harness(self)
+        body = b"some other index"
+        path = f"dists/stable/main/binary-amd64/by-hash/SHA256/{sha(body)}"
+        h.repo.files[path] = body
+        self.assertEqual(h.get(path).body, body)
+        bad = f"dists/stable/main/binary-amd64/by-hash/SHA256/{sha(b'x')}"
+        h.repo.files[bad] = b"y"
+        self.assertEqual(h.get(bad).status, 502)
+
+
+class PoolTests(SynchronousTestCase):
+    def update(self, h: Harness) -> None:
+        h.get("dists/stable/InRelease")
+        h.get("dists/stable/main/binary-amd64/Packages.xz")
+
+    def test_verified_from_the_index(self) -> None:
+        """After the Packages index was served, a .deb is checked against its SHA256: a wrong one is refused."""
+        h = Harness(self)
+        self.update(h)
+        h.override["pool/main/h/hello/hello_1.0_all.deb"] = (200, b"z" * len(DEB))
+        a = h.get("pool/main/h/hello/hello_1.0_all.deb")
+        self.assertEqual(a.status, 502)
+        del h.override["pool/main/h/hello/hello_1.0_all.deb"]
+        b = h.get("pool/main/h/hello/hello_1.0_all.deb")
+        self.assertEqual((b.status, b.body), (200, DEB))
+        entry = h.store.lookup("apt-pool:pool/main/h/hello/hello_1.0_all.deb for /debian/")
+        self.assertEqual((entry.sha256, entry.fresh_until), (sha(DEB), None))
+
+    def test_verified_after_a_restart(self) -> None:
+        """After a restart the vault learns again from the indexes it holds, before fetching a pool file."""
+        h = Harness(self)
+        self.update(h)
+        h2 = Harness(self, after=h)
+        h2.override["pool/main/h/hello/hello_1.0_all.deb"] = (200, b"z" * len(DEB))
+        self.assertEqual(h2.get("pool/main/h/hello/hello_1.0_all.deb").status, 502)
+        self.assertEqual(h2.paths(), ["pool/main/h/hello/hello_1.0_all.deb"])
+
+    def test_unknown_pool_file(self) -> None:
+        """A pool file no index the vault served lists: kept by length, revalidated after a day."""
+        h = Harness(self)
+        path = "pool/main/o/other/other_1.0.dsc"
+        h.repo.files[path] = DSC
+        self.assertEqual(h.get(path).body, DSC)
+        entry = h.store.lookup(f"apt-pool:{path} for /debian/")
+        self.assertEqual((entry.sha256, entry.fresh_until), (None, EPOCH + UNVERIFIED_TTL))
+        self.assertEqual(h.get(path).header("x-cache"), "HIT")
+        h.clock.advance(UNVERIFIED_TTL + 1)
+        h.repo.files[path] = b"reused name, new bytes"
+        a = h.get(path)
+        self.assertEqual((a.body, a.header("x-cache")), (b"reused name, new bytes", "MISS"))
+        self.assertIsNotNone(h.client.requests[-1].header("if-none-match"))
+
+    def test_index_gives_a_new_hash(self) -> None:
+        """A file fetched unverified is fetched again once an index gives its hash (and it differs)."""
+        h = Harness(self)
+        path = "pool/main/h/hello/hello_1.0_all.deb"
+        h.override[path] = (200, b"old bytes")
+        self.assertEqual(h.get(path).body, b"old bytes")
+        del h.override[path]
+        self.update(h)
+        self.assertEqual(h.get(path).body, DEB)
+        self.assertEqual(h.asked(path), 2)
+
+    def test_range_on_pool_hit(self) -> None:
+        h = Harness(self)
+        self.update(h)
+        h.get("pool/main/h/hello/hello_1.0_all.deb")
+        a = h.get("pool/main/h/hello/hello_1.0_all.deb", {"range": "bytes=10-19"})
+        self.assertEqual((a.status, a.body), (206, DEB[10:20]))
+
+
+class ProxyFormTests(SynchronousTestCase):
+    def test_claimed_host(self) -> None:
+        """An absolute URI for a claimed host under the mirror's path is answered as the backend's path."""
+        h = Harness(self, hosts=["deb.example.test"])
+        a = h.get("", raw=b"http://deb.example.test/debian/dists/stable/InRelease",
+                  headers={"host": "deb.example.test"})
+        self.assertEqual((a.status, a.body), (200, h.repo.inrelease))
+
+    def test_refused(self) -> None:
+        """Other hosts, ports, paths and schemes, and CONNECT: 403, nothing fetched."""
+        h = Harness(self, hosts=["deb.example.test"])
+        for uri in (b"http://other.example/debian/dists/stable/InRelease",
+                    b"http://deb.example.test:8080/debian/dists/stable/InRelease",
+                    b"http://deb.example.test/ubuntu/dists/stable/InRelease",
+                    b"https://deb.example.test/debian/dists/stable/InRelease"):
+            a = h.get("", raw=uri)
+            self.assertEqual(a.status, 403, uri)
+            self.assertIn(b"not an open proxy", a.body)
+        self.assertEqual(h.get("", raw=b"deb.example.test:443", method=b"CONNECT").status, 403)
+        self.assertEqual(h.paths(), [])
+
+    def test_most_specific_claim(self) -> None:
+        """Two backends on one host: the one whose mirror path is longer answers below it."""
+        clock = Clock()
+        store = FileStore(self.mktemp(), clock=clock.seconds)
+        store.open()
+        self.addCleanup(store.close)
+        context = BuildContext(vault=Vault(store, clock), reactor=clock, client=FakeClient())
+
+        def build(prefix: str, url: str):
+            section = Section("t.yml", "b", {"prefix": prefix, "mirror_url": url, "hosts": ["h.example"]})
+            return AptBackendType.build(AptBackendType.parse(section), context)
+
+        root = Root([build("/a/", "http://up/debian"), build("/b/", "http://up/debian/security")])
+        self.assertEqual(root.route_absolute(b"http://h.example/debian/dists/x/InRelease"),
+                         b"/a/dists/x/InRelease")
+        self.assertEqual(root.route_absolute(b"http://h.example/debian/security/dists/x/InRelease?q=1"),
+                         b"/b/dists/x/InRelease?q=1")
+        self.assertEqual(root.route_absolute(b"http://h.example:80/debian/pool/x.deb"), b"/a/pool/x.deb")
+        self.assertIsNone(root.route_absolute(b"http://h.example/debianx/pool/x.deb"))
+        self.assertIsNone(root.route_absolute(b"http://h.example:bad/debian/"))

@@ -1,0 +1,499 @@
+"""
+The apt backend through the real daemon with real ``apt-get`` (no chroot:
+its state, lists, archives and sources in a temporary directory, the
+machine's own apt configuration left out, signature checking on with
+``signed-by=`` the test key) against the signed repository of the test kit
+(``tests/upstreams/apt-up``): path form and proxy form, ``update``,
+``install --download-only``, ``download`` and ``source``, a restart with the
+mirror gone, 20 concurrent cold requests, corrupt files upstream, and the
+repository re-signed under clients that keep updating.
+
+Each test gets a repository of its own beside the kit's (a hard-linked copy,
+or a symlink to a version), so upstream hits are counted per test.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests import support
+
+#: A host name for the proxy form: apt never resolves it (the proxy gets the URI).
+PROXY_HOST = "deb.example.test"
+MISMATCH = ("Hash Sum mismatch", "Hashes do not match", "File has unexpected size")
+
+
+def kit() -> str:
+    """The kit's repository server (started once); its base URL."""
+    return support.upstream_url("apt")
+
+
+def kit_dir(*parts: str) -> str:
+    return os.path.join(support.upstream_dir("apt"), *parts)
+
+
+def key() -> str:
+    return kit_dir("gpg", "key.gpg")
+
+
+def sha256_file(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+class AptClient:
+    """
+    One apt-get "machine": its own state, lists, archives and sources in
+    C{root}, and an APT_CONFIG that leaves the host's apt configuration out.
+    """
+
+    def __init__(self, root: str, lines: list[str], proxy: str | None = None, extra: dict[str, str] | None = None):
+        self.root = root
+        for d in ("lists/partial", "archives/partial", "etc/no-parts", "out"):
+            os.makedirs(os.path.join(root, d), exist_ok=True)
+        open(os.path.join(root, "status"), "w").close()
+        with open(os.path.join(root, "etc", "sources.list"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        options = {
+            "Dir::Etc::Parts": os.path.join(root, "etc", "no-parts"),
+            "Dir::Etc::Main": "/dev/null",
+            "Dir::Etc::SourceList": os.path.join(root, "etc", "sources.list"),
+            "Dir::Etc::SourceParts": "/dev/null",
+            "Dir::State::Lists": os.path.join(root, "lists"),
+            "Dir::Cache::Archives": os.path.join(root, "archives"),
+            "Dir::Cache": os.path.join(root, "cache"),
+            "Dir::State::Status": os.path.join(root, "status"),
+            "Acquire::Languages": "none",
+            "APT::Sandbox::User": "root",
+            "Acquire::Retries": "0",
+            "Acquire::http::Timeout": "30",
+            "Acquire::http::Proxy": proxy or "DIRECT",
+            **(extra or {}),
+        }
+        self.config = os.path.join(root, "etc", "apt.conf")
+        with open(self.config, "w") as f:
+            for name, value in options.items():
+                f.write(f'{name} "{value}";\n')
+
+    def run(self, *args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        env.update(APT_CONFIG=self.config, LC_ALL="C", DEBIAN_FRONTEND="noninteractive")
+        return subprocess.run(["apt-get", "-q", *args], cwd=cwd or os.path.join(self.root, "out"), env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    def ok(self, *args: str, cwd: str | None = None) -> str:
+        p = self.run(*args, cwd=cwd)
+        out = p.stdout + p.stderr
+        assert p.returncode == 0 and "W: " not in p.stderr, f"apt-get {' '.join(args)} failed:\n{out[-3000:]}"
+        return out
+
+    def archive(self, name: str) -> str:
+        return os.path.join(self.root, "archives", name)
+
+    def out(self, name: str) -> str:
+        return os.path.join(self.root, "out", name)
+
+    def lists_file(self, suffix: str) -> str:
+        names = [n for n in os.listdir(os.path.join(self.root, "lists")) if n.endswith(suffix)]
+        assert len(names) == 1, names
+        return os.path.join(self.root, "lists", names[0])
+
+
+class AptTestCase(TestCase):
+    timeout = 240
+
+    def repo(self, version: str = "v1", copy: bool = False) -> str:
+        """
+        A repository of this test's own beside the kit's: a symlink to
+        C{version} (swappable: L{swap}), or a hard-linked copy (to corrupt
+        files in: replace them, never write into them). Its name.
+        """
+        kit()
+        name = f"t-{uuid.uuid4().hex[:10]}"
+        path = kit_dir("www", name)
+        if copy:
+            shutil.copytree(kit_dir("repos", version), path, copy_function=os.link, symlinks=True)
+            self.addCleanup(shutil.rmtree, path, True)
+        else:
+            os.symlink(f"../repos/{version}", path)
+            self.addCleanup(os.unlink, path)
+        return name
+
+    def swap(self, name: str, version: str) -> None:
+        """Point repository C{name} at another version at once (as a mirror's final sync step)."""
+        tmp = kit_dir("www", f".{name}.new")
+        os.symlink(f"../repos/{version}", tmp)
+        os.replace(tmp, kit_dir("www", name))
+
+    def replace_file(self, name: str, rel: str, data: bytes) -> None:
+        path = kit_dir("www", name, rel)
+        os.unlink(path)  # (a hard link to the kit's file: never written into)
+        with open(path, "wb") as f:
+            f.write(data)
+
+    def daemon(self, name: str, cache_dir: str | None = None, mirror_url: str | None = None,
+               **config) -> support.Daemon:
+        backend = {"prefix": "/debian/", "mirror_url": mirror_url or f"{kit()}/{name}", **config}
+        top = {"cache_dir": cache_dir} if cache_dir else {}
+        d = support.Daemon([{"type": "apt", "config": backend}], **top)
+        self.addCleanup(d.cleanup)
+        return d.start()
+
+    def client(self, url: str, proxy: str | None = None, src: bool = False, **extra: str) -> AptClient:
+        lines = [f"deb [signed-by={key()}] {url} stable main"]
+        if src:
+            lines.append(f"deb-src [signed-by={key()}] {url} stable main")
+        return AptClient(os.path.abspath(self.mktemp()), lines, proxy, extra)
+
+    def hits(self, name: str, pattern: str) -> int:
+        return support.hits("apt", f"^GET /{name}/{pattern}")
+
+    def upstream_sha(self, name: str, rel: str) -> str:
+        return sha256_file(kit_dir("www", name, rel))
+
+
+def pool(package: str, version: str = "1.0-1") -> str:
+    return f"pool/main/a/{package}/{package}_{version}_all.deb"
+
+
+class PathFormTests(AptTestCase):
+    def test_update_install_download_source(self) -> None:
+        """
+        update, install --download-only, download and source through the
+        vault, signatures checked by apt: the bytes are the repository's,
+        each fetched from it once; a second machine gets everything from the
+        cache.
+        """
+        name = self.repo()
+        d = self.daemon(name)
+        first = self.client(d.url("/debian"), src=True)
+        out = first.ok("update")
+        self.assertNotIn("Ign", out)
+        first.ok("install", "--download-only", "-y", "av-pkg-01", "av-pkg-02")
+        first.ok("download", "av-pkg-03")
+        first.ok("source", "--download-only", "av-src")
+        for path, got in ((pool("av-pkg-01"), first.archive("av-pkg-01_1.0-1_all.deb")),
+                          (pool("av-pkg-02"), first.archive("av-pkg-02_1.0-1_all.deb")),
+                          (pool("av-pkg-03"), first.out("av-pkg-03_1.0-1_all.deb")),
+                          ("pool/main/a/av-src/av-src_1.0.dsc", first.out("av-src_1.0.dsc")),
+                          ("pool/main/a/av-src/av-src_1.0.tar.xz", first.out("av-src_1.0.tar.xz"))):
+            self.assertEqual(sha256_file(got), self.upstream_sha(name, path), path)
+            support.wait_for_hits("apt", f"^GET /{name}/{path}$", 1)
+            self.assertEqual(self.hits(name, path + "$"), 1, path)
+        self.assertEqual(self.hits(name, "dists/stable/InRelease$"), 1)
+        before = support.hits("apt", f"^GET /{name}/")
+        second = self.client(d.url("/debian"), src=True)
+        second.ok("update")
+        second.ok("install", "--download-only", "-y", "av-pkg-01", "av-pkg-02")
+        second.ok("source", "--download-only", "av-src")
+        self.assertEqual(support.hits("apt", f"^GET /{name}/"), before, "the second machine reached the mirror")
+        self.assertIn("X-Cache: HIT", _head(d.url(f"/debian/{pool('av-pkg-01')}")))
+
+    def test_pool_files_verified_against_the_index(self) -> None:
+        """Pool files are stored with the SHA256 the Packages index the vault served gives them."""
+        name = self.repo()
+        d = self.daemon(name)
+        c = self.client(d.url("/debian"))
+        c.ok("update")
+        c.ok("download", "av-pkg-04")
+        key = f"apt-pool:{pool('av-pkg-04')} for /debian/"
+        d.wait_stored(key)
+        meta = _meta(d, key)
+        self.assertEqual(meta["sha256"], self.upstream_sha(name, pool("av-pkg-04")))
+        self.assertIsNone(meta["fresh_until"])  # verified: immutable
+
+    def test_ranges_on_pool_files(self) -> None:
+        """A resumed download (Range with If-Range) gets a 206 of the right bytes, on a miss and on a hit."""
+        name = self.repo()
+        d = self.daemon(name)
+        self.client(d.url("/debian")).ok("update")
+        with open(kit_dir("www", name, pool("av-pkg-05")), "rb") as f:
+            data = f.read()
+        url = d.url(f"/debian/{pool('av-pkg-05')}")
+        _, headers, _ = support.request("HEAD", url)
+        for attempt in ("miss", "hit"):
+            status, headers, body = support.request(
+                "GET", url, {"Range": "bytes=100-", "If-Range": headers.get("last-modified", '"x"')})
+            self.assertEqual((status, body), (206, data[100:]), attempt)
+            self.assertEqual(headers["content-range"], f"bytes 100-{len(data) - 1}/{len(data)}")
+        status, _, body = support.request("GET", url, {"Range": "bytes=0-9"})
+        self.assertEqual((status, body), (206, data[:10]))
+
+    def test_twenty_concurrent_cold_requests(self) -> None:
+        """20 clients at once for one uncached .deb: one upstream fetch, 20 right answers."""
+        name = self.repo()
+        d = self.daemon(name)
+        self.client(d.url("/debian")).ok("update")
+        path = pool("av-pkg-06")
+        with open(kit_dir("www", name, path), "rb") as f:
+            want = f.read()
+        barrier = threading.Barrier(20)
+
+        def fetch(_: int) -> tuple[int, bytes]:
+            barrier.wait()
+            status, _, body = support.request("GET", d.url(f"/debian/{path}"))
+            return status, body
+
+        with concurrent.futures.ThreadPoolExecutor(20) as pool_:
+            results = list(pool_.map(fetch, range(20)))
+        self.assertEqual(results, [(200, want)] * 20)
+        support.wait_for_hits("apt", f"^GET /{name}/{path}$", 1)
+        self.assertEqual(self.hits(name, path + "$"), 1)
+
+
+class ProxyFormTests(AptTestCase):
+    def test_proxy_form(self) -> None:
+        """Acquire::http::Proxy with unchanged sources.list lines: the claimed host is answered by the backend."""
+        name = self.repo()
+        d = self.daemon(name, hosts=[PROXY_HOST])
+        c = self.client(f"http://{PROXY_HOST}/{name}", proxy=d.url("/"), src=True)
+        c.ok("update")
+        c.ok("download", "av-pkg-01")
+        c.ok("source", "--download-only", "av-src")
+        self.assertEqual(sha256_file(c.out("av-pkg-01_1.0-1_all.deb")), self.upstream_sha(name, pool("av-pkg-01")))
+        self.assertEqual(self.hits(name, "dists/stable/InRelease$"), 1)
+        # The same files by the path form come from the cache.
+        before = support.hits("apt", f"^GET /{name}/")
+        self.client(d.url("/debian")).ok("update")
+        self.assertEqual(support.hits("apt", f"^GET /{name}/"), before)
+
+    def test_unclaimed_host_is_refused(self) -> None:
+        """A host no backend claims gets a 403: the vault is no open proxy; nothing is fetched."""
+        name = self.repo()
+        d = self.daemon(name, hosts=[PROXY_HOST])
+        c = self.client(f"http://other.example.test/{name}", proxy=d.url("/"))
+        p = c.run("update")
+        self.assertIn("403", p.stdout + p.stderr)
+        status, _, body = support.request("GET", d.url("/"), {})  # (the daemon is well)
+        self.assertEqual(status, 200)
+        self.assertEqual(support.hits("apt", f"^GET /{name}/"), 0)
+
+
+class OfflineTests(AptTestCase):
+    def test_update_and_install_with_the_mirror_gone(self) -> None:
+        """
+        After a restart with the mirror unreachable (and every release
+        stale), update and install --download-only of packages fetched once
+        before succeed from the vault alone.
+        """
+        name = self.repo()
+        d = self.daemon(name, index_ttl=0)
+        warm = self.client(d.url("/debian"))
+        warm.ok("update")
+        warm.ok("install", "--download-only", "-y", "av-pkg-01", "av-pkg-02")
+        d.wait_stored(f"apt-pool:{pool('av-pkg-02')} for /debian/")
+        d.stop()
+        gone = f"http://127.0.0.1:{support.free_port()}/{name}"
+        d2 = self.daemon(name, cache_dir=d.cache_dir, mirror_url=gone, index_ttl=0)
+        c = self.client(d2.url("/debian"))
+        c.ok("update")
+        c.ok("install", "--download-only", "-y", "av-pkg-01", "av-pkg-02")
+        self.assertEqual(sha256_file(c.archive("av-pkg-02_1.0-1_all.deb")), self.upstream_sha(name, pool("av-pkg-02")))
+        self.assertIn("serving stale release", d2.log())
+
+
+class CorruptUpstreamTests(AptTestCase):
+    def test_corrupt_deb(self) -> None:
+        """A .deb whose bytes differ from its index: never stored, apt fails cleanly, asked again next time."""
+        name = self.repo(copy=True)
+        path = pool("av-pkg-02")
+        with open(kit_dir("www", name, path), "rb") as f:
+            good = f.read()
+        self.replace_file(name, path, good[:-1] + bytes([good[-1] ^ 1]))
+        d = self.daemon(name)
+        c = self.client(d.url("/debian"))
+        c.ok("update")
+        for _ in range(2):
+            p = c.run("download", "av-pkg-02")
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn("502", p.stdout + p.stderr)
+        support.wait_for_hits("apt", f"^GET /{name}/{path}$", 2)
+        self.assertEqual(self.hits(name, path + "$"), 2)
+        self.assertFalse(os.path.exists(c.out("av-pkg-02_1.0-1_all.deb")))
+        self.assertIn("sha256", d.log())
+        c.ok("download", "av-pkg-01")  # the rest of the repository is fine
+
+    def test_corrupt_plain_packages_is_never_fetched(self) -> None:
+        """
+        A client that asks for Packages.xz by name (By-Hash off) gets the
+        one the Release lists: the vault fetches it through by-hash, and
+        the corrupt plain-name file upstream is never asked for.
+        """
+        name = self.repo(copy=True)
+        self.replace_file(name, "dists/stable/main/binary-amd64/Packages.xz", b"\xfd7zXZ\x00 corrupt")
+        d = self.daemon(name)
+        c = self.client(d.url("/debian"), **{"Acquire::By-Hash": "no"})
+        c.ok("update")
+        c.ok("download", "av-pkg-01")
+        self.assertEqual(self.hits(name, "dists/stable/main/binary-amd64/Packages"), 0)
+        self.assertEqual(self.hits(name, "dists/stable/main/binary-amd64/by-hash/SHA256/"), 1)
+
+    def test_corrupt_index_by_hash(self) -> None:
+        """An index whose every copy upstream is corrupt: apt fails cleanly, nothing is stored."""
+        name = self.repo(copy=True)
+        by_hash = kit_dir("www", name, "dists/stable/main/binary-amd64/by-hash/SHA256")
+        for hexname in os.listdir(by_hash):
+            self.replace_file(name, f"dists/stable/main/binary-amd64/by-hash/SHA256/{hexname}", b"corrupt")
+        d = self.daemon(name)
+        c = self.client(d.url("/debian"))
+        p = c.run("update")
+        out = p.stdout + p.stderr
+        self.assertTrue(p.returncode != 0 or "W: " in p.stderr or "E: " in p.stderr, out)
+        self.assertIn("502", out)
+        for marker in MISMATCH:
+            self.assertNotIn(marker, out)
+        pattern = "dists/stable/main/binary-amd64/by-hash/SHA256/"
+        first = self.hits(name, pattern)
+        self.assertGreater(first, 0)
+        c.run("update")  # nothing was stored: the mirror is asked again, as often
+        self.assertEqual(self.hits(name, pattern), 2 * first)
+        self.assertEqual([n for n in os.listdir(os.path.join(c.root, "lists")) if "Packages" in n], [])
+
+
+#: Clients updating at once while the repository flaps (each an apt-get process: 4 keep a
+#: 2-core machine busy), and how long after it settles all must have the new release.
+CLIENTS = 4
+SETTLE_SECONDS = 120
+
+
+class SwapTests(AptTestCase):
+    def test_resigned_under_running_clients(self) -> None:
+        """
+        The repository is re-signed (a new package version, new indexes)
+        while clients keep running apt-get update, and flaps between its two
+        versions for a while (as a mirror network whose mirrors are at
+        different syncs): never a hash mismatch; once it settles, every
+        client's update succeeds, and the new version installs.
+        """
+        self.flap_under_clients({})
+
+    def test_resigned_under_clients_asking_by_name(self) -> None:
+        """The same with clients that ask for index files by name (Acquire::By-Hash "no"), as older apt does."""
+        self.flap_under_clients({"Acquire::By-Hash": "no"})
+
+    def flap_under_clients(self, options: dict[str, str]) -> None:
+        name = self.repo("v1")
+        d = self.daemon(name, index_ttl=0)  # (every update revalidates: the widest window for a mix-up)
+        v2_inrelease = open(kit_dir("repos", "v2", "dists/stable/InRelease"), "rb").read()
+        clients = [self.client(d.url("/debian"), **options) for _ in range(CLIENTS)]
+        mismatches: list[str] = []
+        settled = threading.Event()
+        done = threading.Event()
+        updates = [0]
+        last: dict[int, str] = {}
+
+        def loop(c: AptClient) -> None:
+            while not done.is_set():
+                p = c.run("update")
+                updates[0] += 1
+                out = p.stdout + p.stderr
+                last[id(c)] = f"exit {p.returncode}: {out[-1500:]}"
+                if any(m in out for m in MISMATCH):
+                    mismatches.append(out[-2000:])
+                if settled.is_set() and p.returncode == 0 and "W: " not in p.stderr and \
+                        open(c.lists_file("_InRelease"), "rb").read() == v2_inrelease:
+                    return
+
+        threads = [threading.Thread(target=loop, args=(c,)) for c in clients]
+        for t in threads:
+            t.start()
+        try:
+            deadline = time.monotonic() + 4
+            version = "v1"
+            while time.monotonic() < deadline:
+                time.sleep(0.15)
+                version = "v2" if version == "v1" else "v1"
+                self.swap(name, version)
+            self.swap(name, "v2")
+            settled.set()
+            settle_by = time.monotonic() + SETTLE_SECONDS  # (one budget for all, not one per client)
+            for t in threads:
+                t.join(max(settle_by - time.monotonic(), 0))
+            self.assertEqual([t for t in threads if t.is_alive()], [],
+                             f"clients still not on the new release {SETTLE_SECONDS} s after it settled; "
+                             f"the last update of one said: {next(iter(last.values()), '')}")
+        finally:
+            done.set()
+            for t in threads:
+                t.join(30)
+        self.assertEqual(mismatches, [])
+        self.assertGreater(updates[0], 2 * len(clients))
+        for c in clients:
+            self.assertEqual(open(c.lists_file("_InRelease"), "rb").read(), v2_inrelease)
+        c = clients[0]
+        c.ok("install", "--download-only", "-y", "av-pkg-01")
+        self.assertEqual(sha256_file(c.archive("av-pkg-01_1.0-2_all.deb")),
+                         self.upstream_sha(name, pool("av-pkg-01", "1.0-2")))
+
+
+class SignedByTests(AptTestCase):
+    def test_signed_by_the_right_key(self) -> None:
+        """With signed_by (the repository's key), releases are checked by gpgv and served."""
+        name = self.repo()
+        d = self.daemon(name, signed_by=key())
+        self.client(d.url("/debian")).ok("update")
+
+    def test_signed_by_another_key(self) -> None:
+        """With signed_by a keyring without the repository's key, its release is refused, not stored."""
+        other = tempfile.mkdtemp(prefix="av-gpg-")  # (gpg-agent's socket path must be short)
+        self.addCleanup(shutil.rmtree, other, True)
+        env = dict(os.environ, GNUPGHOME=other)
+        self.addCleanup(subprocess.run, ["gpgconf", "--kill", "gpg-agent"], env=env)  # (gpg started one)
+        subprocess.run(["gpg", "--batch", "--quiet", "--passphrase", "", "--quick-gen-key", "Other <o@example.invalid>",
+                        "ed25519", "sign", "never"], env=env, check=True)
+        with open(os.path.join(other, "other.gpg"), "wb") as f:
+            subprocess.run(["gpg", "--batch", "--export"], env=env, stdout=f, check=True)
+        name = self.repo()
+        d = self.daemon(name, signed_by=os.path.join(other, "other.gpg"))
+        p = self.client(d.url("/debian")).run("update")
+        self.assertIn("502", p.stdout + p.stderr)
+        self.assertIn("signature check", d.log())
+        status, _, body = support.request("GET", d.url("/debian/dists/stable/InRelease"))
+        self.assertEqual(status, 502)
+        self.assertIn(b"NO_PUBKEY", body)
+
+
+class RealMirrorTests(AptTestCase):
+    """Opt-in: AV_APT_REAL_MIRROR=http://deb.debian.org/debian (the only test that leaves 127.0.0.1)."""
+
+    def test_real_debian_mirror(self) -> None:
+        mirror = os.environ.get("AV_APT_REAL_MIRROR")
+        if not mirror:
+            raise SkipTest("opt-in: set AV_APT_REAL_MIRROR to a Debian mirror URL "
+                           "(e.g. http://deb.debian.org/debian) to run apt-get against it through the vault")
+        keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+        if not os.path.exists(keyring):
+            raise SkipTest(f"{keyring} is missing (Debian package debian-archive-keyring)")
+        d = support.Daemon([{"type": "apt", "config": {"prefix": "/debian/", "mirror_url": mirror,
+                                                        "signed_by": keyring}}])
+        self.addCleanup(d.cleanup)
+        d.start()
+        c = AptClient(os.path.abspath(self.mktemp()),
+                      [f"deb [signed-by={keyring}] {d.url('/debian')} bookworm-updates main"])
+        p = c.run("update")
+        if p.returncode != 0 and "Could not" in p.stdout + p.stderr:
+            raise SkipTest(f"the mirror {mirror} cannot be reached: {(p.stdout + p.stderr)[-300:]}")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        c.ok("update")
+
+
+def _head(url: str) -> str:
+    status, headers, _ = support.request("HEAD", url)
+    return "\n".join(f"{k.title()}: {v}" for k, v in headers.items())
+
+
+def _meta(d: support.Daemon, key: str) -> dict:
+    import json
+    kh = hashlib.sha256(key.encode()).hexdigest()
+    with open(os.path.join(d.cache_dir, "data", kh[:2], kh + ".json")) as f:
+        return json.load(f)
