@@ -37,9 +37,10 @@ case $cmd in
     # (apt-ftparchive), dpkg-dev, gnupg, gpgv and xz-utils for the signed
     # Debian repository of the apt backend's tests (tests/upstreams/apt-up);
     # Ceph (a mon, an OSD and its RADOS Gateway) for the S3 store's
-    # (tests/upstreams/s3-up).
+    # (tests/upstreams/s3-up); chromium to look at the status page as a
+    # person would (headless).
     apt_install curl nginx-light docker-registry skopeo apt-utils dpkg-dev gnupg gpgv xz-utils \
-      ceph-mon ceph-osd radosgw
+      ceph-mon ceph-osd radosgw chromium
     # Node.js, npm, verdaccio, yarn and pnpm (from the npm registry) for the npm backend's tests.
     tests/upstreams/npm-kit-install
     setup "[test]"

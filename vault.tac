@@ -7,6 +7,7 @@ from twisted.application.service import Application
 
 from artifactvault import config as configmod
 from artifactvault.cache.store import CacheInUse
+from artifactvault.startup import CacheDirUnusable
 from artifactvault.service import build
 from artifactvault.tap import load_config
 
@@ -18,5 +19,5 @@ except configmod.ConfigError as e:
 application = Application("artifactvault")
 try:
     build(_config)[0].setServiceParent(application)
-except CacheInUse as e:
+except (CacheInUse, CacheDirUnusable) as e:
     sys.exit(f"artifactvault: {e}")

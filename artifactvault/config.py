@@ -323,6 +323,14 @@ class Config:
     store: StoreSettings = field(default_factory=StoreSettings)
     backends: list[BackendEntry] = field(default_factory=list)
     settings: list[Any] = field(default_factory=list)
+    #: Never contact an upstream (a backend's own C{offline} wins): hits and stale copies only.
+    offline: bool = False
+    #: The admin API's bearer token (C{admin_token} or C{admin_token_env}); None: no admin API.
+    admin_token: str | None = field(default=None, repr=False)
+    #: Seconds a SIGTERM waits for the answers under way before it cuts them.
+    shutdown_timeout: float = 30.0
+    #: Whether requests, upstreams and the cache are counted for C{/-/metrics} and C{/-/status}.
+    metrics: bool = True
 
     @property
     def endpoints(self) -> list[str]:
@@ -365,6 +373,12 @@ def parse(data: Any, source: str,
         config.log_level = "warn"
     if config.log_level not in LOG_LEVELS:
         raise top.error("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    config.offline = top.bool("offline", False)
+    config.admin_token = top.secret("admin_token")
+    if config.admin_token is not None and len(config.admin_token.strip()) < 16:
+        raise top.error("admin_token", "must be at least 16 characters (make one with: openssl rand -hex 32)")
+    config.shutdown_timeout = top.seconds("shutdown_timeout", 30.0)
+    config.metrics = top.bool("metrics", True)
     backends = top._get("backends", [])
     if not isinstance(backends, list):
         raise top.error("backends", f"must be a list, not {_kind(backends)}")

@@ -52,6 +52,7 @@ from artifactvault import logs
 from artifactvault.cache.entry import Entry, write_all
 from artifactvault.cache.interface import ILease, IStore, IStoreWrite, StoreUnavailable
 from artifactvault.fields import fresh_until, response_headers
+from artifactvault.observe import body_error_kind
 from artifactvault.upstream import (Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout,
                                     abandon, describe_failure, discard, header)
 
@@ -231,6 +232,8 @@ class Flight:
         self._started = self.reactor.seconds()
         self._last_progress = self._started
         self._closing = False
+        #: Purged while in flight: served to its readers, never stored (L{discard}).
+        self.discarded = False
 
     # -- public -------------------------------------------------------------
 
@@ -346,6 +349,28 @@ class Flight:
             return max(min(self.written, self.length - 1), 0)
         return max(self.written - 1, 0)
 
+    @property
+    def started(self) -> float:
+        """When the flight began (the reactor's clock)."""
+        return self._started
+
+    @property
+    def readers(self) -> int:
+        """How many clients are attached to this download (readers and waiters)."""
+        return len(self._listeners)
+
+    def discard(self) -> None:
+        """
+        Its entry was purged: the download goes on for its readers, but is
+        not stored (or, if its commit is under way, removed once it is).
+        """
+        self.discarded = True
+
+    def cancel(self, reason: str) -> None:
+        """Stop the download now (the daemon is stopping): it fails with C{reason}, its temp file removed."""
+        if self.state in (self.CONNECTING, self.STREAMING):
+            self._abort_body(UpstreamError(reason))
+
     def subscribe(self, listener: Any) -> None:
         """Tell C{listener} (an L{IFlightListener}) what happens from now on."""
         self._listeners.append(listener)
@@ -365,6 +390,9 @@ class Flight:
         self._fail(UpstreamError("internal error while fetching"))
 
     def _got_response(self, response: Any) -> None:
+        if self.state.ended:  # (cancelled while connecting)
+            abandon(response)
+            return
         self.response = response
         if response.code == 304 and self.stale is not None:
             discard(response)
@@ -429,6 +457,7 @@ class Flight:
             self._abort_body(_store_error(e))
             return
         self.written += len(chunk)
+        self.artifact.upstream.observer.received(len(chunk))
         if self._hasher is not None:
             self._hasher.update(chunk)
         if self.length is not None and self.written > self.length:
@@ -514,6 +543,8 @@ class Flight:
                       "with no length and no digest to tell it from a cut one; served, not stored",
                       what=self.artifact.describe())
             self._pass_through(UpstreamError("upstream body had no length and no digest; not stored"))
+        elif self.discarded:
+            self._pass_through(UpstreamError("purged while downloading; not stored"))
         elif self.store.fits(self.written):
             self._commit(self.content_type)
         else:
@@ -547,11 +578,13 @@ class Flight:
             fresh_until=fresh_until(self.artifact, self.store.now()), content_type=ctype,
             etag=header(response, b"etag"), last_modified=header(response, b"last-modified"),
             sha256=self._hasher.hexdigest() if self._hasher and self.artifact.digest[0] == "sha256" else None,
-            headers=headers, url=self.artifact.url)
+            headers=headers, url=self.artifact.url, label=self.artifact.label)
         seconds = self.reactor.seconds() - self._started
         d = self.write.commit(entry)  # type: ignore[union-attr]
 
         def done(entry: Entry) -> None:
+            if self.discarded:  # (purged while it was being committed)
+                self.store.remove(entry.key, only=entry.data)
             self.entry = entry
             self.write = None
             self._remove_temp()  # (gone already if the store renamed it)
@@ -600,10 +633,14 @@ class Flight:
     def _fail(self, error: UpstreamError) -> None:
         if self.state.ended:
             return
+        kind = body_error_kind(error) if self.state == self.STREAMING else None
+        if kind is not None:
+            self.artifact.upstream.observer.failed(kind, error.reason)
         self._cancel_idle()
         self.error = error
         self.state = self.FAILED
-        _log.warn("fetching {what} failed: {reason}", what=self.artifact.describe(), reason=error.reason)
+        (_log.debug if getattr(error, "negative", False) else _log.warn)(
+            "fetching {what} failed: {reason}", what=self.artifact.describe(), reason=error.reason)
         self._remove_temp()
         self._fire(self._head_waiters, error, failed=True)
         for listener in list(self._listeners):

@@ -130,6 +130,9 @@ class Responder:
             failure = Failure(failure)
         error = failure.value
         if isinstance(error, UpstreamError):
+            if getattr(error, "negative", False):  # (answered from the negative cache)
+                self.cache_status = "HIT"
+                self.request.negative = True  # type: ignore[attr-defined]
             self.error(error.status, error.reason, error.headers, cause=error)
             return
         _log.failure("answering {path} failed", failure,

@@ -36,7 +36,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
-from artifactvault import logs
+from artifactvault import logs, ops as operations
 from artifactvault.backends import backend_type
 from artifactvault.backends.base import BuildContext
 from artifactvault.cache.s3 import S3Store
@@ -44,6 +44,7 @@ from artifactvault.cache.spool import Spool
 from artifactvault.cache.store import FileStore
 from artifactvault.config import Config
 from artifactvault.root import Root
+from artifactvault.shutdown import InOrder
 from artifactvault.site import VaultSite
 from artifactvault.upstream import make_client
 from artifactvault.vault import Vault
@@ -178,7 +179,9 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
 
     store, s3pool = make_store(config, reactor, run_blocking)
     vault = Vault(store, reactor)
-    context = BuildContext(vault=vault, reactor=reactor, client=make_client(reactor, pool))
+    ops = operations.prepare(config, vault)
+    context = BuildContext(vault=vault, reactor=reactor, client=make_client(reactor, pool),
+                           offline=config.offline, observe=ops.observe)
     backends = [backend_type(entry.type).build(settings, context)
                 for entry, settings in zip(config.backends, config.settings)]
     root = Root(backends)
@@ -187,8 +190,9 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
     # everything else that can refuse the config, so that a refusal leaves no lock held.
     removed = store.open()
     _log.info("cache at {root}: removed {removed} leftover temp files", root=store.spool.root, removed=removed)
+    drain = operations.install(ops, root, site, backends, reactor)
 
-    top = MultiService()
+    top = InOrder()  # (stopped one at a time, the last first: see artifactvault.shutdown)
     _Interpreter().setServiceParent(top)
     _StoreService(store, threadpool).setServiceParent(top)  # before the janitor, which uses its pool
     janitor = TimerService(SWEEP_INTERVAL, _Janitor(store))
@@ -197,6 +201,7 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
     _PoolService(pool).setServiceParent(top)
     if isinstance(store, S3Store):
         _S3Service(store, s3pool).setServiceParent(top)
+    drain.setServiceParent(top)  # (stopped after the listeners, before the pool and the store)
     for description in config.endpoints:
         strports.service(description, site, reactor=reactor).setServiceParent(top)
     for backend in backends:

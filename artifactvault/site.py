@@ -56,6 +56,9 @@ class VaultRequest(Request):
         #: When the data holding this request's first line arrived.
         self.started = getattr(channel, "arrived", None) or self._clock()
         self._logged = False
+        site = getattr(channel, "site", None)
+        if isinstance(site, VaultSite):
+            site.active.add(self)
 
     def render(self, resrc: Any) -> None:
         self.setHeader(b"server", SERVER)
@@ -99,8 +102,8 @@ class VaultRequest(Request):
         format every field of every event and this one comes per request.
         """
         self._logged = True
-        method = (self.method or b"-").decode("latin-1")
-        path = (self.path or b"").decode("utf-8", "replace")
+        method = logs.printable((self.method or b"-").decode("latin-1"))
+        path = logs.request_path(self.path or b"")
         cache = self.cache_status or "-"
         ms = (self._clock() - self.started) * 1000
         backend = f" [{self.backend_name}]" if self.backend_name else ""
@@ -109,6 +112,11 @@ class VaultRequest(Request):
                   request_line=f"{method} {path} {self.code} {cache} {self.sentLength} bytes {ms:.1f} ms{backend}{note}",
                   method=method, path=path, status=self.code, cache=cache, bytes=self.sentLength,
                   ms=ms, backend=self.backend_name, aborted=aborted, reason=self.error_reason)
+        site = getattr(self.channel, "site", None) if self.channel is not None else None
+        if isinstance(site, VaultSite):
+            site.active.discard(self)
+            for observer in site.observers:
+                observer.request_done(self)
 
 
 class VaultChannel(HTTPChannel):
@@ -161,6 +169,13 @@ class VaultSite(Site):
     displayTracebacks = False
     #: The clock request durations are measured by (tests replace it).
     monotonic = staticmethod(time.monotonic)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        #: Requests begun and not yet ended (a graceful stop waits for them).
+        self.active: set[VaultRequest] = set()
+        #: L{artifactvault.observe.IRequestObserver}s told of every request that ended.
+        self.observers: list[Any] = []
 
     #: Plain HTTP/1.1 channels (HTTP/2 needs TLS with ALPN, which we do not offer).
     protocol = VaultChannel

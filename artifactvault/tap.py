@@ -18,8 +18,10 @@ from twisted.python import usage
 
 from artifactvault import config as configmod
 from artifactvault.backends import parse_backend
+from artifactvault import logs
 from artifactvault.cache.interface import StoreUnavailable
 from artifactvault.cache.store import CacheInUse
+from artifactvault.startup import CacheDirUnusable
 
 
 def _fail(message: str) -> None:
@@ -35,6 +37,8 @@ class Options(usage.Options):
         ["config", "c", None, "YAML config file (default: the embedded default config)."],
         ["cache-dir", None, None, "Cache directory (overrides cache_dir)."],
         ["log-level", None, None, "debug, info, warn, error or critical (overrides log_level)."],
+        ["log-format", None, "text", "text (one line an event) or json (one JSON object a line, "
+                                     "to twistd's --logfile or standard output)."],
     ]
 
     def __init__(self) -> None:
@@ -55,6 +59,13 @@ class Options(usage.Options):
                                       self["log-level"])
         except configmod.ConfigError as e:
             _fail(str(e))
+        if self["log-format"] not in ("text", "json"):
+            _fail(f"--log-format: must be text or json, not {self['log-format']!r}")
+        parent = getattr(self, "parent", None)
+        if self["log-format"] == "json" and parent is not None:
+            # twistd reads its --logger (a name) after all options are parsed: ours replaces its text one
+            logs.json_target = parent.get("logfile")
+            parent["logger"] = "artifactvault.logs.json_lines"
 
 
 def load_config(path: str | None, listen: list[str] = (), cache_dir: str | None = None,
@@ -89,8 +100,8 @@ def makeService(options: Any) -> IService:
                              options.get("cache-dir"), options.get("log-level"))
     try:
         service, _root = build(loaded)
-    except CacheInUse as e:  # a second daemon on one cache_dir would delete the first one's downloads
-        _fail(str(e))
+    except (CacheInUse, CacheDirUnusable) as e:  # a second daemon on one cache_dir would delete the
+        _fail(str(e))                             # first one's downloads; a full disk fails every one
     except StoreUnavailable as e:  # a bucket that is not there, or cannot be written
         _fail(f"cannot use the S3 store: {e}")
     except OSError as e:

@@ -20,6 +20,7 @@ redirect target or a file host elsewhere.
 from __future__ import annotations
 
 import base64
+import collections
 import re
 from dataclasses import dataclass, field
 from http.cookiejar import DefaultCookiePolicy
@@ -41,6 +42,8 @@ from zope.interface import Interface, implementer
 
 from artifactvault import logs
 from artifactvault import __version__
+from artifactvault.negative import NegativeCache, Remembered
+from artifactvault.observe import NULL, IUpstreamObserver
 from artifactvault.ratelimit import FAILURE_BACKOFF, FAILURE_STATUSES, Backoff
 
 _log = Logger(observer=logs.observer)
@@ -50,6 +53,8 @@ REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
 #: The largest upstream error answer read for its words (L{Upstream.error_for}).
 MAX_ERROR_BODY = 16 * 1024
+#: Remembered 404s whose words are still to be read: a few at a time at most.
+_UNREAD = 64
 
 
 class UpstreamError(Exception):
@@ -70,6 +75,15 @@ class UpstreamError(Exception):
 
 class UpstreamTimeout(UpstreamError):
     status = 504
+
+
+class UpstreamOffline(UpstreamError):
+    """Not asked: the vault (or this backend) is configured C{offline}. A miss is a 504 saying so."""
+
+    status = 504
+
+    def __init__(self, host: str):
+        super().__init__(f"the vault is offline: upstream {host} is not asked")
 
 
 class UpstreamUnreachable(UpstreamError):
@@ -121,6 +135,23 @@ class UpstreamStatus(UpstreamError):
         url = getattr(getattr(response, "request", None), "absoluteURI", None)
         host = host_of(url.decode("latin-1")) if isinstance(url, bytes) else None
         return cls(response.code, response.phrase.decode("latin-1", "replace"), headers, host)
+
+
+class NegativeHit(UpstreamStatus):
+    """
+    Not asked: the upstream answered this request 404/410 within the
+    backend's C{negative_ttl} (L{artifactvault.negative}); its words again.
+    The client's answer says C{X-Cache: HIT}.
+    """
+
+    negative = True
+
+    def __init__(self, known: Remembered):
+        super().__init__(known.code, known.phrase, None, known.host)
+        self.reason += " (remembered: not asked again yet)"
+        self.args = (self.reason,)
+        self.body = known.body
+        self.content_type = known.content_type
 
 
 class UpstreamThrottled(UpstreamStatus):
@@ -445,7 +476,9 @@ class Upstream:
     def __init__(self, client: HTTPClient, reactor: Any, auth: IUpstreamAuth | None = None,
                  headers: dict[str, str] | None = None, timeout: float = 30.0,
                  idle_timeout: float = 60.0, origin_url: str | None = None,
-                 backoff: float = FAILURE_BACKOFF):
+                 backoff: float = FAILURE_BACKOFF, negative_ttl: float = 0.0,
+                 max_stale: float | None = None, offline: bool = False,
+                 observer: IUpstreamObserver = NULL):
         self.client = client
         self.reactor = reactor
         self.auth = auth
@@ -455,6 +488,20 @@ class Upstream:
         self.origin_url = origin_url
         self.backoff = backoff
         self._backoffs: dict[tuple[str, str, int], Backoff] = {}
+        #: Upstream 404/410 answers remembered for C{negative_ttl} seconds (0: none).
+        self.negative = NegativeCache(lambda: self.reactor.seconds(), negative_ttl)
+        #: Seconds past its freshness a copy may still answer for a failing upstream (None: any).
+        self.max_stale = max_stale
+        #: Never ask the upstream: hits and stale copies only, misses a 504.
+        self.offline = offline
+        self.observer = observer
+        #: 404/410 answers just remembered, by id of their response (held, so
+        #: the id stays its own), until their words are read (L{error_for}).
+        self._unread: collections.OrderedDict[int, tuple[Any, Remembered]] = collections.OrderedDict()
+
+    def backoffs(self) -> list[tuple[str, Backoff]]:
+        """Each origin asked so far (C{scheme://host:port}) with its L{Backoff} and its counts."""
+        return [(f"{scheme}://{host}:{port}", b) for (scheme, host, port), b in list(self._backoffs.items())]
 
     def backoff_for(self, url: str) -> Backoff:
         """
@@ -481,17 +528,35 @@ class Upstream:
         redirect that keeps the method, never after a 303.
         """
         host = host_of(self.origin_url or url)
+        known = self.negative.lookup(method, url, headers)
+        if known is not None:
+            self.observer.negative_hit()
+            raise NegativeHit(known)
+        if self.offline:
+            raise UpstreamOffline(host_of(url))
         backoff = self.backoff_for(url)
         wait = backoff.hold()
         if wait is not None:
             if backoff.throttling:
                 raise UpstreamThrottled(host, wait)
             raise UpstreamBackedOff(host_of(url), wait, backoff.failure or "", backoff.failure_status)
+        self.observer.sent()
+        started = self.reactor.seconds()
         try:
             response = await self._within_timeout(method, url, headers, body)
-        except (UpstreamTimeout, UpstreamUnreachable) as e:
-            self._failed(backoff, url, e.reason, e.status)
+        except UpstreamError as e:
+            self.observer.failed("timeout" if isinstance(e, UpstreamTimeout) else "refused", e.reason)
+            if isinstance(e, (UpstreamTimeout, UpstreamUnreachable)):
+                self._failed(backoff, url, e.reason, e.status)
             raise
+        self.observer.answered(response.code, self.reactor.seconds() - started)
+        if response.code in (404, 410):
+            remembered = self.negative.remember(method, url, response.code,
+                                                response.phrase.decode("latin-1", "replace"), host_of(url), headers)
+            if remembered is not None:
+                self._unread[id(response)] = (response, remembered)
+                while len(self._unread) > _UNREAD:
+                    self._unread.popitem(last=False)
         if response.code == 429:
             seconds = backoff.throttle(header(response, b"retry-after"))
             _log.warn("upstream {host} answered 429: no requests to it for {seconds:g} s",
@@ -587,6 +652,7 @@ class Upstream:
         error = UpstreamStatus.of(response)
         if error.host is None and self.origin_url:
             error.host = host_of(self.origin_url)
+        remembered = self._unread.pop(id(response), (None, None))[1]
         if not isinstance(response.length, int) or response.length > MAX_ERROR_BODY:
             discard(response)
             return error
@@ -595,6 +661,8 @@ class Upstream:
         except UpstreamError:
             return error
         error.content_type = header(response, b"content-type")
+        if remembered is not None:  # (the negative cache answers with the same words)
+            remembered.body, remembered.content_type = error.body, error.content_type
         return error
 
     async def _ask_auth(self, method: Any, url: str, *args: Any) -> Any:

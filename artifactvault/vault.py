@@ -155,7 +155,7 @@ class Vault:
         flight = self.flights.join(artifact, stale=stale, response=response)
         flight.head().addCallbacks(
             lambda f: self._answer(responder, f),
-            lambda failure: self._failed(responder, failure, stale)).addErrback(responder.fail)
+            lambda failure: self._failed(responder, failure, stale, artifact.upstream)).addErrback(responder.fail)
 
     def serve_cached(self, responder: Responder, key: str,
                      accept: Callable[[Entry], bool] | None = None) -> Deferred:
@@ -191,12 +191,14 @@ class Vault:
         if flight.artifact.transform is not None:
             flight.committed().addCallbacks(
                 lambda entry: self._serve_committed(responder, entry, "MISS"),
-                lambda failure: self._failed(responder, failure, flight.stale)).addErrback(responder.fail)
+                lambda failure: self._failed(responder, failure, flight.stale, flight.artifact.upstream),
+            ).addErrback(responder.fail)
             return
         # A download that is already complete (its commit still under way) is
         # served from local bytes: that is a hit.
         serve_flight(responder, flight, "HIT" if flight.complete else "MISS",
-                     fallback=lambda error: self._failed(responder, Failure(error), flight.stale))
+                     fallback=lambda error: self._failed(responder, Failure(error), flight.stale,
+                                                         flight.artifact.upstream))
 
     def _serve_committed(self, responder: Responder, entry: Entry, status: str) -> None:
         if responder.gone:
@@ -204,7 +206,8 @@ class Vault:
         self.serve_stored(responder, entry, status).addCallback(
             lambda served: served or responder.error(502, "stored copy vanished")).addErrback(responder.fail)
 
-    def _failed(self, responder: Responder, failure: Failure, stale: Entry | None) -> None:
+    def _failed(self, responder: Responder, failure: Failure, stale: Entry | None,
+                upstream: Upstream | None = None) -> None:
         """
         The upstream failed before this client got a byte: the stale copy
         where policy allows, else the error. Either starts from clean headers
@@ -218,7 +221,7 @@ class Vault:
             return
         if responder.cache_status is None:
             responder.cache_status = "MISS"  # the upstream was asked and failed
-        if stale is not None and self.stale_allowed(stale, error):
+        if stale is not None and self.stale_allowed(stale, error, upstream):
             _log.info("serving stale {key}: {reason}", key=stale.key, reason=error.reason)
             responder.reset()
             self.serve_stored(responder, stale, "STALE").addCallback(
@@ -234,7 +237,8 @@ class Vault:
         answered since, or is backed off (L{artifactvault.ratelimit}); a
         hanging upstream must not make every request wait its timeout.
         """
-        return stale is not None and self.serve_stale and upstream.backoff_for(url).troubled
+        return stale is not None and self.serve_stale and upstream.backoff_for(url).troubled \
+            and self.within_max_stale(stale, upstream)
 
     def revalidate_in_background(self, upstream: Upstream, url: str, start: Callable[[], Deferred]) -> None:
         """
@@ -259,17 +263,32 @@ class Vault:
             raise
         d.addBoth(ended)
 
-    def stale_allowed(self, stale: object | None, error: BaseException) -> bool:
+    def stale_allowed(self, stale: object | None, error: BaseException, upstream: Upstream | None = None) -> bool:
         """
         Whether C{stale} (an entry, a record: what was last known) may answer
         in place of a fetch that failed with C{error}: if there is one, stale
         copies are allowed, and the upstream is unreachable or failing (5xx,
         429); a definite 404/410/403 is believed, and a bug is not an
-        upstream failure.
+        upstream failure. With C{upstream}, its C{max_stale} bounds how long
+        past its freshness C{stale} may answer (L{within_max_stale}).
         """
         if stale is None or not self.serve_stale or not isinstance(error, UpstreamError):
             return False
+        if upstream is not None and not self.within_max_stale(stale, upstream):
+            return False
         return not isinstance(error, UpstreamStatus) or error.code >= 500 or error.code == 429
+
+    def within_max_stale(self, stale: object, upstream: Upstream) -> bool:
+        """
+        Whether C{stale} stopped being fresh no longer than C{upstream}'s
+        C{max_stale} ago (None: no bound). Offline, any stale copy answers:
+        nothing better will come.
+        """
+        limit = getattr(upstream, "max_stale", None)
+        until = getattr(stale, "fresh_until", None)
+        if limit is None or until is None or getattr(upstream, "offline", False):
+            return True
+        return self.store.now() - until <= limit
 
     async def _head(self, responder: Responder, artifact: Artifact, stale: Entry | None) -> None:
         """A HEAD miss asks the upstream with HEAD; nothing is downloaded."""
@@ -279,7 +298,7 @@ class Vault:
                 raise await artifact.upstream.error_for(response)
             discard(response)
         except UpstreamError as e:
-            self._failed(responder, Failure(e), stale)
+            self._failed(responder, Failure(e), stale, artifact.upstream)
             return
         if responder.gone:
             return
@@ -345,7 +364,7 @@ class Vault:
 
         def failed(failure: Failure) -> Any:
             error = failure.value
-            if self.stale_allowed(entry, error):
+            if self.stale_allowed(entry, error, artifact.upstream):
                 _log.info("serving stale {key}: {reason}", key=entry.key, reason=error.reason)
                 return entry, "STALE"
             return failure

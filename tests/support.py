@@ -38,7 +38,7 @@ LARGE_MB = int(os.environ.get("AV_TEST_LARGE_MB", "64"))
 _OFFSET = int(os.environ.get("AV_KIT_PORT_OFFSET", "0"))
 UPSTREAM_PORTS = {name: port + _OFFSET for name, port in
                   {"files": 18090, "pypi": 18081, "reg": 15000, "regauth": 15001,
-                                   "apt": 18092, "npm": 14873}.items()}
+                                   "apt": 18092, "slow": 18091, "npm": 14873}.items()}
 TOKEN_PORT = 15002 + _OFFSET
 #: The kit's S3 server (Ceph RGW) uses this port and the next nine.
 S3_PORT = 17000 + _OFFSET
@@ -55,11 +55,11 @@ def upstream_dir(name: str) -> str:
 
 
 def upstream_url(name: str) -> str:
-    """Start upstream C{name} (files, pypi, reg, regauth, apt, npm) if needed; its base URL."""
+    """Start upstream C{name} (files, pypi, reg, regauth, apt, slow, npm) if needed; its base URL."""
     port = UPSTREAM_PORTS[name]
     if name not in _started:
         script = {"files": "files-up", "pypi": "pypi-up", "reg": "registry-up",
-                  "regauth": "registry-auth-up", "apt": "apt-up",
+                  "regauth": "registry-auth-up", "apt": "apt-up", "slow": "slow-up",
                   "npm": "npm-up"}[name]
         args = [os.path.join(UPSTREAMS, script), upstream_dir(name), str(port)]
         if name == "regauth":
@@ -284,8 +284,9 @@ class Daemon:
         self.dir = tempfile.mkdtemp(prefix="av-daemon-")
         self.port = free_port()
         self.cache_dir = os.path.join(self.dir, "cache")
+        # (a short graceful stop: most tests stop a daemon with downloads still in flight)
         self.config = {"http_host": "127.0.0.1", "http_port": self.port,
-                       "cache_dir": self.cache_dir, "log_level": "debug",
+                       "cache_dir": self.cache_dir, "log_level": "debug", "shutdown_timeout": 2,
                        "backends": backends, **top}
         self.config_path = os.path.join(self.dir, "config.yml")
         self.log_path = os.path.join(self.dir, "twistd.log")
@@ -302,11 +303,13 @@ class Daemon:
         with open(self.config_path, "w") as f:
             yaml.safe_dump(self.config, f)
 
-    def start(self, timeout: float = 20.0, env: dict[str, str] | None = None) -> "Daemon":
+    def start(self, timeout: float = 20.0, env: dict[str, str] | None = None,
+              args: list[str] | tuple[str, ...] = ()) -> "Daemon":
+        """Start it (with C{args}, more options of the artifactvault command); poll until it answers."""
         self.write_config()
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [twistd(), "-n", "--pidfile=", "artifactvault", "--config", self.config_path],
+            [twistd(), "-n", "--pidfile=", "artifactvault", "--config", self.config_path, *args],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
             env={**os.environ, **(env or {})})
         log.close()
@@ -380,7 +383,7 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = N
 
 
 def request(method: str, url: str, headers: dict[str, str] | None = None,
-            timeout: float = 60.0) -> tuple[int, dict[str, str], bytes]:
+            timeout: float = 60.0, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
     """One HTTP request with a fresh connection: (status, lower-cased headers, body)."""
     assert url.startswith("http://127.0.0.1:") or url.startswith("http://[::1]:")
     rest = url[len("http://"):]
@@ -388,7 +391,7 @@ def request(method: str, url: str, headers: dict[str, str] | None = None,
     host, _, port = hostport.rpartition(":")
     conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
     try:
-        conn.request(method, "/" + path, headers=headers or {})
+        conn.request(method, "/" + path, body=body, headers=headers or {})
         resp = conn.getresponse()
         body = resp.read()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body

@@ -149,15 +149,15 @@ class HttpBackendTests(TestCase):
         _, headers, _ = self.get(f"/files/{name}?v=2")
         self.assertEqual(headers["x-cache"], "HIT")
 
-    def test_upstream_404_is_404_and_not_cached(self) -> None:
-        """A missing upstream file is a 404 with a reason, asked upstream again next time."""
+    def test_upstream_404_is_404_and_remembered(self) -> None:
+        """A missing upstream file is a 404 with a reason; within negative_ttl (1 min) not asked again (issue 9)."""
         pattern = r"^GET /no-such-file\.bin$"
         before = hits("files", pattern)
-        for _ in range(2):
-            status, _, body = self.get("/files/no-such-file.bin")
-            self.assertEqual(status, 404)
+        for cache in ("MISS", "HIT"):
+            status, headers, body = self.get("/files/no-such-file.bin")
+            self.assertEqual((status, headers["x-cache"]), (404, cache))
             self.assertIn(b"404", body)
-        self.assertEqual(support.wait_for_hits("files", pattern, before + 2), before + 2)
+        self.assertEqual(support.wait_for_hits("files", pattern, before + 1), before + 1)
 
     # -- HTTP semantics on hits -------------------------------------------------
 

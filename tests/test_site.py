@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from twisted.internet import error as neterror
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -50,6 +51,20 @@ class SiteLogTests(SynchronousTestCase):
         self.assertTrue(line.startswith("GET /files/a.bin 200 MISS 1 bytes"), line)
         for value in self.events[0].values():
             self.assertNotIn("s3cret", str(value))
+
+    def test_decoded_path(self) -> None:
+        """
+        The path is logged percent-decoded (a PyPI file's C{+f}, not C{%2Bf}),
+        and escaped: a C{%0A} in it cannot start a forged line, a space cannot
+        split its field, a byte that is not UTF-8 shows as C{\\xNN}.
+        """
+        client = self.harness.get("/files/%2Bf/a%0AGET%20/x%20200%20HIT%ff.bin")
+        self.assertEqual(client.answer().status, 400)  # (not UTF-8)
+        line = self.line()
+        self.assertTrue(line.startswith("GET /files/+f/a\\x0aGET\\x20/x\\x20200\\x20HIT\\xff.bin 400 - "),
+                        line)
+        self.assertNotIn("\n", line)
+        self.assertEqual(self.events[0]["path"], "/files/+f/a\\x0aGET\\x20/x\\x20200\\x20HIT\\xff.bin")
 
     def test_error_reason(self) -> None:
         """An error's line carries its reason."""
@@ -112,7 +127,8 @@ class _Hello(Resource):
 
 class TlsOnPlainPortTests(SynchronousTestCase):
     def connect(self):
-        protocol = VaultSite(_Hello()).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+        # (its own clock: the channel's timeouts must not stay behind in the global reactor)
+        protocol = VaultSite(_Hello(), reactor=Clock()).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
         transport = StringTransport()
         protocol.makeConnection(transport)
         return protocol, transport

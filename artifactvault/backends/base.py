@@ -21,6 +21,8 @@ from zope.interface import Attribute, Interface, implementer
 
 from artifactvault.config import Section
 from artifactvault.flight import VERIFY_BEFORE_SEND
+from artifactvault.negative import NEGATIVE_TTL
+from artifactvault.observe import NULL
 from artifactvault.ratelimit import FAILURE_BACKOFF
 from artifactvault.serve import Responder, plain_error
 from artifactvault.upstream import StaticAuth, Upstream
@@ -82,15 +84,24 @@ class BuildContext:
     #: State that backends of one daemon share, by a key each kind chooses
     #: (e.g. the one ``/v2/`` resource all registry backends are routed by).
     shared: dict[str, Any] = field(default_factory=dict)
+    #: The top level's C{offline} (a backend's own setting wins).
+    offline: bool = False
+    #: Gives each backend's upstream its observer, by prefix (L{artifactvault.metrics}); None: nobody watches.
+    observe: Any = None
 
     def upstream(self, base_url: str, settings: Any, auth: Any = None) -> "Upstream":
-        """An L{Upstream} with the common settings (credentials, headers, timeouts)."""
+        """An L{Upstream} with the common settings (credentials, headers, timeouts, caching of 404s)."""
         if auth is None and (settings.username is not None or settings.token is not None):
             auth = StaticAuth(base_url, username=settings.username,
                               password=settings.password, token=settings.token)
-        return Upstream(self.client, self.reactor, auth=auth, headers=settings.headers,
-                        timeout=settings.timeout, idle_timeout=settings.idle_timeout,
-                        origin_url=base_url, backoff=settings.backoff)
+        offline = self.offline if settings.offline is None else settings.offline
+        observer = self.observe(settings.prefix) if self.observe else NULL
+        upstream = Upstream(self.client, self.reactor, auth=auth, headers=settings.headers,
+                            timeout=settings.timeout, idle_timeout=settings.idle_timeout,
+                            origin_url=base_url, backoff=settings.backoff, negative_ttl=settings.negative_ttl,
+                            max_stale=settings.max_stale, offline=offline, observer=observer)
+        observer.watch(upstream)
+        return upstream
 
 
 @dataclass
@@ -106,6 +117,9 @@ class CommonSettings:
     idle_timeout: float = 60.0
     verify_before_send: int = VERIFY_BEFORE_SEND
     backoff: float = FAILURE_BACKOFF
+    negative_ttl: float = NEGATIVE_TTL
+    max_stale: float | None = None
+    offline: bool | None = None  # None: the top level's
 
     def __repr__(self) -> str:  # credentials stay out of logs and tracebacks
         return f"{type(self).__name__}(prefix={self.prefix!r})"
@@ -126,7 +140,10 @@ def parse_common(section: Section, default_prefix: str | None = None) -> dict[st
                 timeout=section.seconds("timeout", 30.0),
                 idle_timeout=section.seconds("idle_timeout", 60.0),
                 verify_before_send=section.size("verify_before_send", VERIFY_BEFORE_SEND, zero=True),
-                backoff=section.seconds("backoff", FAILURE_BACKOFF))
+                backoff=section.seconds("backoff", FAILURE_BACKOFF),
+                negative_ttl=section.seconds("negative_ttl", NEGATIVE_TTL),
+                max_stale=section.seconds("max_stale", None),
+                offline=section.bool("offline", None))
 
 
 class BadPath(ValueError):

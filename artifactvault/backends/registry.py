@@ -191,6 +191,10 @@ class RegistryBackend(Backend):
     def _url(self, name: str, kind: str, ref: str) -> str:
         return f"{self.base}/v2/{name}/{kind}/{ref}"
 
+    def upstream_urls(self, rest: str) -> list[str]:
+        """Upstream URLs (or their beginnings) of what is kept for the path C{rest} below the prefix (an admin purge)."""
+        return [f"{self.base}/v2/{rest}"]
+
     # -- blobs ------------------------------------------------------------------
 
     def _blob(self, responder: Responder, name: str, digest: str) -> None:
@@ -379,7 +383,8 @@ class RegistryBackend(Backend):
                 self._ask_upstream(key, name, tag, accept, entry, record)))
 
         url = self._url(name, "manifests", tag)
-        if self.vault.stale_first(self.upstream, url, record):  # (an upstream that failed lately)
+        # (an upstream that failed lately; the record's entry says how stale it is)
+        if self.vault.stale_first(self.upstream, url, entry if record is not None else None):
             self.vault.revalidate_in_background(self.upstream, url, ask)
             return succeed((record, True))
         return ask()
@@ -398,7 +403,7 @@ class RegistryBackend(Backend):
             else:
                 record = TagRecord(digest, header(response, b"content-type"), content_length(response))
         except UpstreamError as e:
-            if self.vault.stale_allowed(known, e):
+            if known is not None and self.vault.stale_allowed(entry, e, self.upstream):
                 _log.info("serving the last known {what}: {reason}",
                           what=f"{self.prefix}{name}:{tag}", reason=e.reason)
                 return known, True

@@ -38,6 +38,8 @@ class Entry:
     url: str = ""  # where it came from (never with credentials)
     #: For a node's local copy of a shared store's entry: that entry's data name.
     source: str | None = None
+    #: The backend's name for it: its prefix and path (an admin purge matches it).
+    label: str = ""
 
     def is_fresh(self, now: float) -> bool:
         return self.fresh_until is None or now < self.fresh_until

@@ -41,7 +41,7 @@ import hashlib
 import os
 import secrets
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IPushProducer
@@ -89,6 +89,12 @@ class FileStore:
                                    default=None)
         #: Complete downloads not stored because they were larger than max_object_size.
         self.refused_too_large = 0
+        #: Counts since start, for metrics: entries evicted (and their bytes),
+        #: commits, orphaned or leftover temp files removed.
+        self.evictions = 0
+        self.evicted_bytes = 0
+        self.commits = 0
+        self.orphans_removed = 0
         self.usage = Usage()
         self.data_dir = os.path.join(self.root, "data")
         #: Downloads are written here (a commit renames them into data/).
@@ -129,7 +135,9 @@ class FileStore:
         another process has it) and remove leftover temp files; returns how many.
         """
         os.makedirs(self.data_dir, exist_ok=True)
-        return self.spool.open()
+        removed = self.spool.open()
+        self.orphans_removed += removed
+        return removed
 
     def mark_owner(self) -> None:
         """Write this process's pid into the lock (see L{Spool.mark_owner})."""
@@ -192,13 +200,18 @@ class FileStore:
             count += 1
             freed += before - self.usage.total
         self._discard(doomed)
+        self.evictions += count
+        self.evicted_bytes += freed
         _log.info("evicted {count} entries ({freed} bytes): the cache holds {total} of {limit} bytes",
                   count=count, freed=freed, total=self.usage.total, limit=self.max_size)
         return count, freed
 
     def sweep(self) -> Deferred:
         """Remove orphaned data and broken metadata (in a thread); fires with a count."""
-        return self._run(self._sweep, self._clock())
+        def count(removed: int) -> int:
+            self.orphans_removed += removed
+            return removed
+        return self._run(self._sweep, self._clock()).addCallback(count)
 
     def _sweep(self, now: float) -> int:
         removed = 0
@@ -288,6 +301,26 @@ class FileStore:
             return None
         return fd
 
+    def entries(self) -> Iterator[Entry]:
+        """
+        Every committed entry, read from its metadata: a walk of the whole
+        cache, for a thread (L{run_blocking}), never the reactor.
+        """
+        for shard in sorted(os.listdir(self.data_dir)):
+            sdir = os.path.join(self.data_dir, shard)
+            try:
+                names = [n for n in os.listdir(sdir) if n.endswith(".json")]
+            except OSError:
+                continue
+            for name in names:
+                entry = self._read_meta(os.path.join(sdir, name))
+                if entry is not None:
+                    yield entry
+
+    def run_blocking(self, f: Callable[..., Any], *args: Any) -> Deferred:
+        """C{f(*args)} in the store's thread pool (synchronously in unit tests), as a Deferred."""
+        return self._run(f, *args)
+
     def forget(self, key: str) -> None:
         self._memo.pop(key, None)
 
@@ -370,6 +403,7 @@ class FileStore:
     def _committed(self, entry: Entry) -> Entry:
         self._remember(entry)
         self.usage.stored(entry.key, entry.size)
+        self.commits += 1
         self.evict()
         return entry
 

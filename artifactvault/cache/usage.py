@@ -12,7 +12,14 @@ costs a little precision in the order of eviction, never correctness.
 from __future__ import annotations
 
 import collections
+import heapq
+from operator import itemgetter
 from typing import Iterable, Iterator
+
+
+_size = itemgetter(1)
+#: How many of the largest entries are kept track of (L{Usage.largest}).
+TOP = 64
 
 
 class Usage:
@@ -20,6 +27,9 @@ class Usage:
         #: key → size, least recently used first
         self._sizes: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.total = 0
+        #: The largest entries, kept as they come (L{largest}): every entry
+        #: not in here is no larger than the smallest one in here.
+        self._top: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._sizes)
@@ -31,6 +41,14 @@ class Usage:
         """C{key} was committed (again) with C{size} bytes: it is now the most recent."""
         self.total += size - self._sizes.pop(key, 0)
         self._sizes[key] = size
+        top = self._top
+        floor = min(top.values()) if top else 0
+        if key in top and size < floor:
+            del top[key]  # (it shrank: it might not be among the largest now)
+        elif key in top or (top and size > floor):
+            top[key] = size
+            if len(top) > TOP:
+                del top[min(top, key=top.__getitem__)]
 
     def used(self, key: str) -> None:
         if key in self._sizes:
@@ -38,6 +56,18 @@ class Usage:
 
     def removed(self, key: str) -> None:
         self.total -= self._sizes.pop(key, 0)
+        self._top.pop(key, None)
+
+    def largest(self, n: int) -> list[tuple[str, int]]:
+        """
+        The C{n} (at most L{TOP}) largest entries, (key, size) each, largest
+        first: from those kept as they came, a walk of every entry only when
+        too many of those were removed.
+        """
+        n = min(n, TOP)
+        if len(self._top) < min(n, len(self._sizes)):
+            self._top = dict(heapq.nlargest(TOP, self._sizes.items(), key=_size))
+        return sorted(self._top.items(), key=_size, reverse=True)[:n]
 
     def least_recent(self) -> Iterator[str]:
         return iter(list(self._sizes))
@@ -51,7 +81,9 @@ class Usage:
         since = list(self._sizes.items())
         self._sizes.clear()
         self.total = 0
+        self._top.clear()
         for key, size, _ in sorted(scanned, key=lambda item: item[2]):
             self.stored(key, size)
         for key, size in since:
             self.stored(key, size)
+        self._top = dict(heapq.nlargest(TOP, self._sizes.items(), key=_size))

@@ -1,0 +1,409 @@
+# -*- test-case-name: tests.test_warm -*-
+"""
+``artifactvault warm``: fill a vault ahead of time, through the vault itself.
+
+Items, in any mix (each option repeatable, or one a line of C{--from FILE}):
+
+- ``-r requirements.txt``: resolved by pip through the vault's PyPI backend
+  (``pip install --dry-run --ignore-installed --report``, with the vault as
+  its only index), for this interpreter's platform or, with ``--platform``
+  and ``--python-version``, for others (binary wheels only, as pip needs
+  for a foreign platform); every file of the resolution is then fetched
+  whole. pip itself fetched the pages and metadata it read, through the
+  vault, so those are cached too;
+- ``--image dockerhub/library/alpine:3.20`` (the backend's prefix name,
+  the repository, a tag or ``@sha256:…``): the index, every platform's
+  manifest, each config and layer;
+- ``--url /files/path``: one file.
+
+Files are fetched concurrently (C{--jobs}), each read to its end and
+dropped: the vault keeps it. Its C{X-Cache} says whether it was cached
+already. A progress bar per item and an overall one (C{rich}) when standard
+error is a terminal, nothing while running otherwise; a summary table at
+the end; exit status 1 when anything failed.
+
+Nothing here is Twisted: it is a client, run once, with a thread pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import http.client
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+from urllib.parse import urljoin, urlsplit
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+from rich.text import Text
+
+#: What a registry is asked for a manifest: every form, index or single.
+MANIFEST_ACCEPT = ", ".join([
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+])
+#: What the common clients send for a manifest: the vault keeps what a tag
+#: points at per class of Accept (a client that admits fewer types may get
+#: another manifest), so a tag is warmed for each of these.
+CLIENT_ACCEPTS = (
+    MANIFEST_ACCEPT,
+    # containers/image: skopeo, podman, buildah, cri-o
+    "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, "
+    "application/vnd.docker.distribution.manifest.v1+prettyjws, application/vnd.docker.distribution.manifest.v1+json, "
+    "application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.index.v1+json",
+    # containerd: docker 23+, nerdctl, kubernetes
+    "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, "
+    "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*",
+    # docker's own puller
+    "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, "
+    "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, "
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+)
+INDEXES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
+#: The largest manifest read into memory.
+MAX_MANIFEST = 4 * 1024 * 1024
+CHUNK = 256 * 1024
+
+
+class WarmError(Exception):
+    """An item could not be warmed; the message says why."""
+
+
+@dataclass
+class Item:
+    """One thing asked for, and what became of it."""
+
+    kind: str  # "requirements", "image", "url"
+    what: str
+    files: int = 0
+    fetched: int = 0  # files the vault did not have (X-Cache other than HIT)
+    bytes: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.what}"
+
+    @property
+    def result(self) -> str:
+        if self.errors:
+            return "failed"
+        return "fetched" if self.fetched else "already cached"
+
+
+class Vault:
+    """The vault over HTTP (one connection per request: threads share nothing)."""
+
+    def __init__(self, base: str, timeout: float = 600.0):
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise WarmError(f"--vault must be an http:// or https:// URL, not {base!r}")
+        self.base = base.rstrip("/")
+        self.parts = parts
+        self.timeout = timeout
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def _connection(self) -> http.client.HTTPConnection:
+        cls = http.client.HTTPSConnection if self.parts.scheme == "https" else http.client.HTTPConnection
+        return cls(self.parts.hostname, self.parts.port, timeout=self.timeout)
+
+    def get(self, path: str, headers: dict[str, str] | None = None,
+            progress: Callable[[int], None] | None = None, keep: int = 0) -> tuple[str, int, bytes]:
+        """
+        GET C{path} (below the vault's URL) to its end: (X-Cache, bytes,
+        the first C{keep} bytes). L{WarmError} for anything but a 200.
+        """
+        if not path.startswith("/"):
+            path = "/" + path
+        prefix = self.parts.path.rstrip("/")
+        conn = self._connection()
+        try:
+            conn.request("GET", prefix + path, headers={"User-Agent": "artifactvault-warm", **(headers or {})})
+            response = conn.getresponse()
+            if response.status != 200:
+                body = response.read(2048).decode("utf-8", "replace").strip().splitlines()
+                raise WarmError(f"{path}: {response.status} {response.reason}" + (f": {body[0][:200]}" if body else ""))
+            size, kept = 0, []
+            while chunk := response.read(CHUNK):
+                size += len(chunk)
+                if keep and sum(map(len, kept)) < keep:
+                    kept.append(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+            if response.length not in (None, 0):
+                raise WarmError(f"{path}: the answer ended {response.length} bytes short")
+            return response.getheader("X-Cache") or "?", size, b"".join(kept)[:keep] if keep else b""
+        except (OSError, http.client.HTTPException) as e:
+            raise WarmError(f"{path}: {e.__class__.__name__}: {e}") from None
+        finally:
+            conn.close()
+
+
+# -- planning: what files an item is ---------------------------------------------
+
+def requirement_files(vault: Vault, pypi: str, requirements: str, targets: list[tuple[str | None, str | None]],
+                      pip: list[str]) -> list[str]:
+    """
+    The vault paths of every file pip would fetch to install C{requirements}
+    for each target (platform, python version; (None, None): this one),
+    resolved by pip with the vault's PyPI backend as its only index.
+    """
+    index = vault.url(pypi)
+    paths: list[str] = []
+    for platform, python_version in targets:
+        with tempfile.TemporaryDirectory(prefix="av-warm-") as tmp:
+            report = os.path.join(tmp, "report.json")
+            args = pip + ["install", "--dry-run", "--ignore-installed", "--quiet", "--isolated",
+                          "--disable-pip-version-check", "--no-input", "--report", report,
+                          "--index-url", index, "-r", requirements]
+            if platform or python_version:
+                args += ["--only-binary=:all:"]
+                if platform:
+                    args += ["--platform", platform]
+                if python_version:
+                    args += ["--python-version", python_version]
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+            p = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp)
+            if p.returncode != 0:
+                lines = [line for line in p.stderr.splitlines() if line.strip()]
+                why = lines[-1] if lines else f"exit status {p.returncode}"
+                target = f" for {platform or 'this platform'}, Python {python_version or 'this one'}" \
+                    if platform or python_version else ""
+                raise WarmError(f"pip could not resolve {requirements}{target}: {why.strip()[:300]}")
+            with open(report, encoding="utf-8") as f:
+                doc = json.load(f)
+        for install in doc.get("install", []):
+            url = (install.get("download_info") or {}).get("url")
+            if not url:
+                continue
+            path = _vault_path(vault, url)
+            if path is None:
+                raise WarmError(f"{install.get('metadata', {}).get('name', url)} resolved to a file outside "
+                                f"the vault ({urlsplit(url).netloc}): is {index} the vault's PyPI backend?")
+            if path not in paths:
+                paths.append(path)
+    return paths
+
+
+def _vault_path(vault: Vault, url: str) -> str | None:
+    """C{url}'s path below the vault's URL, or None if it is elsewhere."""
+    full = urljoin(vault.base + "/", url)
+    if not full.startswith(vault.base + "/"):
+        return None
+    return full[len(vault.base):]
+
+
+def parse_image(reference: str) -> tuple[str, str]:
+    """``prefix/repo:tag`` or ``prefix/repo@sha256:…`` → (name, reference)."""
+    name, at, digest = reference.partition("@")
+    if at:
+        return name, digest
+    head, colon, tag = name.rpartition(":")
+    if colon and "/" not in tag:
+        return head, tag
+    return name, "latest"
+
+
+def image_files(vault: Vault, reference: str, item: Item) -> list[tuple[str, int | None]]:
+    """
+    Fetch the image's manifests (the index, then each platform's), and
+    return its blobs (configs and layers) as (vault path, size).
+    """
+    name, ref = parse_image(reference)
+    if "/" not in name:
+        raise WarmError(f"--image {reference}: name it with the backend's prefix, like dockerhub/library/alpine:3.20")
+    blobs: list[tuple[str, int | None]] = []
+    todo = [ref]
+    seen: set[str] = set()
+    if not ref.startswith("sha256:"):  # a tag: what it points at is kept per client's Accept (see CLIENT_ACCEPTS)
+        for accept in CLIENT_ACCEPTS[1:]:
+            cache, _size, _ = vault.get(f"/v2/{name}/manifests/{ref}", {"Accept": accept})
+            if cache != "HIT":
+                item.fetched += 1
+    while todo:
+        ref = todo.pop(0)
+        if ref in seen:
+            continue
+        seen.add(ref)
+        cache, size, body = vault.get(f"/v2/{name}/manifests/{ref}", {"Accept": MANIFEST_ACCEPT},
+                                      keep=MAX_MANIFEST)
+        _count(item, cache, size)
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise WarmError(f"{name}:{ref}: the manifest is not JSON") from None
+        media = doc.get("mediaType")
+        if media in INDEXES or "manifests" in doc:
+            todo += [m["digest"] for m in doc.get("manifests", []) if isinstance(m, dict) and "digest" in m]
+            continue
+        for blob in [doc.get("config")] + list(doc.get("layers") or []):
+            if isinstance(blob, dict) and isinstance(blob.get("digest"), str):
+                path = f"/v2/{name}/blobs/{blob['digest']}"
+                if path not in [p for p, _ in blobs]:
+                    blobs.append((path, blob.get("size") if isinstance(blob.get("size"), int) else None))
+    return blobs
+
+
+def _count(item: Item, cache: str, size: int) -> None:
+    item.files += 1
+    item.bytes += size
+    if cache != "HIT":
+        item.fetched += 1
+
+
+# -- command line -----------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="artifactvault warm",
+                                description="Fill a vault ahead of time, through the vault itself.")
+    p.add_argument("--vault", default=os.environ.get("ARTIFACTVAULT_URL", "http://127.0.0.1:8080"),
+                   help="the vault's URL (default: $ARTIFACTVAULT_URL or http://127.0.0.1:8080)")
+    p.add_argument("--pypi", default="/pypi/", help="the PyPI backend's prefix (default /pypi/)")
+    p.add_argument("-r", "--requirement", action="append", default=[], metavar="FILE",
+                   help="a requirements file, resolved through the vault's PyPI backend (repeatable)")
+    p.add_argument("--platform", action="append", default=[],
+                   help="resolve requirements for this platform too, e.g. manylinux2014_aarch64 (repeatable)")
+    p.add_argument("--python-version", action="append", default=[],
+                   help="resolve requirements for this Python too, e.g. 3.12 (repeatable)")
+    p.add_argument("--image", action="append", default=[], metavar="REF",
+                   help="an image: PREFIX/REPO:TAG or PREFIX/REPO@DIGEST, e.g. dockerhub/library/alpine:3.20")
+    p.add_argument("--url", action="append", default=[], metavar="PATH", help="one file: a path on the vault")
+    p.add_argument("--from", dest="from_files", action="append", default=[], metavar="FILE",
+                   help="items, one a line: '-r FILE', '--image REF', '--url PATH' (or a bare /path); # comments")
+    p.add_argument("-j", "--jobs", type=int, default=4, help="files fetched at once (default 4)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, even on a terminal")
+    p.add_argument("--pip", default=None,
+                   help="the pip command to resolve with (default: this Python's: python -m pip)")
+    return p
+
+
+def read_items(path: str) -> list[tuple[str, str]]:
+    """The items of a C{--from} file: (kind, value) each; a relative -r is relative to the file."""
+    items = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise WarmError(f"--from {path}: {e.strerror}") from None
+    for number, line in enumerate(lines, 1):
+        words = shlex.split(line, comments=True)
+        if not words:
+            continue
+        if len(words) == 1 and words[0].startswith("/"):
+            items.append(("url", words[0]))
+            continue
+        if len(words) != 2:
+            raise WarmError(f"{path}:{number}: expected '-r FILE', '--image REF' or '--url PATH', not {line.strip()!r}")
+        option, value = words
+        kind = {"-r": "requirements", "--requirement": "requirements", "--image": "image", "--url": "url"}.get(option)
+        if kind is None:
+            raise WarmError(f"{path}:{number}: unknown item {option!r}")
+        if kind == "requirements" and not os.path.isabs(value):
+            value = os.path.join(os.path.dirname(os.path.abspath(path)), value)
+        items.append((kind, value))
+    return items
+
+
+def main(argv: list[str] | None = None, console: Console | None = None) -> int:
+    args = parser().parse_args(argv)
+    err = console or Console(stderr=True)
+    try:
+        vault = Vault(args.vault)
+        wanted = [("requirements", r) for r in args.requirement] + [("image", i) for i in args.image] + \
+            [("url", u) for u in args.url]
+        for path in args.from_files:
+            wanted += read_items(path)
+    except WarmError as e:
+        err.print(f"artifactvault warm: {e}", markup=False, highlight=False)
+        return 2
+    if not wanted:
+        err.print("artifactvault warm: nothing to warm: give -r, --image, --url or --from", markup=False)
+        return 2
+    if args.jobs < 1:
+        err.print("artifactvault warm: --jobs must be at least 1", markup=False)
+        return 2
+    targets: list[tuple[str | None, str | None]] = [(None, None)]
+    if args.platform or args.python_version:
+        targets = list(itertools.product(args.platform or [None], args.python_version or [None]))
+    pip = shlex.split(args.pip) if args.pip else [sys.executable, "-m", "pip"]
+    items = [Item(kind, what) for kind, what in wanted]
+    show = err.is_terminal and not args.quiet
+    run(vault, items, args.pypi, targets, pip, args.jobs, err if show else None)
+    out = Console() if console is None else console
+    out.print(summary(items))
+    return 1 if any(item.errors for item in items) else 0
+
+
+def run(vault: Vault, items: list[Item], pypi: str, targets: list[tuple[str | None, str | None]],
+        pip: list[str], jobs: int, console: Console | None) -> None:
+    """Warm every item: plan each (in the pool), then fetch all their files (in the pool)."""
+    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("files"), console=console, disable=console is None, transient=False)
+    lock = threading.Lock()
+    with progress, concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        overall = progress.add_task("all items", total=None)
+        tasks = {id(item): progress.add_task(item.label, total=None) for item in items}
+
+        def plan(item: Item) -> list[tuple[str, int | None]]:
+            if item.kind == "url":
+                return [(item.what if item.what.startswith("/") else "/" + item.what, None)]
+            if item.kind == "image":
+                return image_files(vault, item.what, item)
+            if not os.path.exists(item.what):
+                raise WarmError(f"no such requirements file: {item.what}")
+            return [(p, None) for p in requirement_files(vault, pypi, item.what, targets, pip)]
+
+        planned: dict[int, list[tuple[str, int | None]]] = {}
+        for item, future in [(item, pool.submit(plan, item)) for item in items]:
+            try:
+                planned[id(item)] = future.result()
+            except WarmError as e:
+                item.errors.append(str(e))
+                planned[id(item)] = []
+            progress.update(tasks[id(item)], total=len(planned[id(item)]))
+        progress.update(overall, total=sum(map(len, planned.values())))
+
+        def fetch(item: Item, path: str) -> None:
+            task = tasks[id(item)]
+            try:
+                cache, size, _ = vault.get(path)
+            except WarmError as e:
+                with lock:
+                    item.errors.append(str(e))
+            else:
+                with lock:
+                    _count(item, cache, size)
+            progress.update(task, advance=1)
+            progress.update(overall, advance=1)
+
+        futures = [pool.submit(fetch, item, path) for item in items for path, _ in planned[id(item)]]
+        for future in futures:
+            future.result()
+
+
+def summary(items: Iterable[Item]) -> Table:
+    table = Table(title="artifactvault warm", show_lines=False)
+    for name, justify in (("item", "left"), ("result", "left"), ("files", "right"), ("fetched", "right"),
+                          ("bytes", "right"), ("reason", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for item in items:
+        reason = "; ".join(item.errors[:3]) + (f" (and {len(item.errors) - 3} more)" if len(item.errors) > 3 else "")
+        style = {"failed": "red", "fetched": "green"}.get(item.result, "")
+        table.add_row(Text(item.label), Text(item.result, style=style), str(item.files), str(item.fetched),
+                      str(item.bytes), Text(reason))
+    return table
+
