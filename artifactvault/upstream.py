@@ -525,10 +525,14 @@ class Upstream:
         While a back-off of the URL's origin lasts nothing is sent: after a
         429, L{UpstreamThrottled}; after a failure, L{UpstreamBackedOff}.
         C{body} is sent with the request (a relayed POST), again after a
-        redirect that keeps the method, never after a 303.
+        redirect that keeps the method, never after a 303; such a request
+        is never answered from the negative cache, nor remembered in it.
         """
         host = host_of(self.origin_url or url)
-        known = self.negative.lookup(method, url, headers)
+        # (a request with a body, a relayed POST, is answered by its body
+        # too: the negative cache, by method and URL, neither answers it
+        # nor remembers its 404)
+        known = None if body is not None else self.negative.lookup(method, url, headers)
         if known is not None:
             self.observer.negative_hit()
             raise NegativeHit(known)
@@ -550,7 +554,7 @@ class Upstream:
                 self._failed(backoff, url, e.reason, e.status)
             raise
         self.observer.answered(response.code, self.reactor.seconds() - started)
-        if response.code in (404, 410):
+        if response.code in (404, 410) and body is None:
             remembered = self.negative.remember(method, url, response.code,
                                                 response.phrase.decode("latin-1", "replace"), host_of(url), headers)
             if remembered is not None:

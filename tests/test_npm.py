@@ -584,6 +584,19 @@ class RelayTests(SynchronousTestCase):
         r = client.answer()
         self.assertEqual((r.status, r.body), (400, b'{"error":"bad"}'))
 
+    def test_audit_404_not_remembered(self) -> None:
+        """
+        A registry without an audit endpoint answers 404; the next audit (a
+        report of other packages: a body of its own) is asked again, not
+        answered from the negative cache, which knows only method and URL.
+        """
+        for report in (b'{"a":["1.0.0"]}', b'{"b":["2.0.0"]}'):
+            client = self.h.send("/npm/-/npm/v1/security/advisories/bulk", method=b"POST", body=report)
+            self.h.client.requests[-1].respond(404, b'{"error":"not found"}', {"content-type": "application/json"})
+            self.assertEqual((client.answer().status, client.answer().header("x-cache")), (404, "PASS"))
+        self.assertEqual([r.kwargs["data"].data for r in self.h.client.requests],
+                         [b'{"a":["1.0.0"]}', b'{"b":["2.0.0"]}'])
+
     def test_audit_by_get_is_405(self) -> None:
         """The audit endpoint wants a POST."""
         r = self.h.get("/npm/-/npm/v1/security/advisories/bulk")
