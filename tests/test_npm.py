@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from artifactvault import slicedjson
+from artifactvault import admin, slicedjson
 from artifactvault.backends import npm_document as doc
 from artifactvault.backends import parse_backend
 from artifactvault.backends.base import BuildContext, IBackend, IBackendType
@@ -540,6 +540,32 @@ class RemoteStoreTests(SynchronousTestCase):
             self.assertEqual((b.status, b.body), (a.status, a.body), path)
         self.assertIn(b"http://vault.test/npm/@av/base/-/base-1.0.0.tgz",
                       remote.get("/npm/@av/base").body)
+
+
+class AdminTests(SynchronousTestCase):
+    def test_purge_selects_by_the_client_path(self) -> None:
+        """
+        An admin purge or revalidation of C{<prefix><name>} (scoped too)
+        selects both stored forms of the package document, and a prefix
+        selects its tarballs as well, nothing of another package.
+        """
+        h = Harness(self)
+        for path, headers in (("/npm/@av/base", {}), ("/npm/@av/base", {"accept": CORGI}),
+                              ("/npm/av-app", {}), ("/npm/av-app/-/av-app-1.0.0.tgz", {})):
+            self.assertEqual(h.get(path, headers).status, 200)
+        h.get("/npm/@av/base/-/base-1.0.0.tgz")
+
+        def selected(body: bytes) -> list[str]:
+            selection = admin.select([h.backend], body)
+            return sorted(e.key for e in h.store.entries() if selection.matches(e.label, e.url))
+
+        self.assertEqual(selected(b'{"path": "/npm/@av/base"}'),
+                         ["npm-packument:abbreviated:@av/base for /npm/", "npm-packument:full:@av/base for /npm/"])
+        self.assertEqual(selected(b'{"path": "/npm/av-app/-/av-app-1.0.0.tgz"}'),
+                         ["npm-tarball:av-app/-/av-app-1.0.0.tgz for /npm/"])
+        self.assertEqual(selected(b'{"prefix": "/npm/@av/"}'),
+                         ["npm-packument:abbreviated:@av/base for /npm/", "npm-packument:full:@av/base for /npm/",
+                          "npm-tarball:@av/base/-/base-1.0.0.tgz for /npm/"])
 
 
 class RelayTests(SynchronousTestCase):

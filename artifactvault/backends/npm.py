@@ -225,10 +225,12 @@ class NpmBackend(Backend):
                 raise UpstreamError(f"the registry answered {name} with {ctype[:60]}, not JSON")
             return doc.make_template(body, name), ctype
 
+        # (labelled with the client's path, both variants alike: an admin
+        # purge of <prefix><name> names both)
         return Artifact(key=f"npm-packument:{variant}:{name} for {self.prefix}", url=url,
                         upstream=self.upstream, ttl=self.settings.metadata_ttl,
                         headers={"Accept": doc.UPSTREAM_ACCEPT[variant]}, transform=transform,
-                        label=f"{self.prefix}{name} ({variant})")
+                        label=f"{self.prefix}{name}")
 
     def _packument(self, responder: Responder, name: str) -> None:
         request = responder.request
