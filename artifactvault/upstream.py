@@ -42,6 +42,7 @@ from zope.interface import Interface, implementer
 
 from artifactvault import logs
 from artifactvault import __version__
+from artifactvault.framing import UnsupportedTransferCoding
 from artifactvault.negative import NegativeCache, Remembered
 from artifactvault.observe import NULL, IUpstreamObserver
 from artifactvault.ratelimit import FAILURE_BACKOFF, FAILURE_STATUSES, Backoff
@@ -49,6 +50,10 @@ from artifactvault.ratelimit import FAILURE_BACKOFF, FAILURE_STATUSES, Backoff
 _log = Logger(observer=logs.observer)
 
 USER_AGENT = f"artifactvault/{__version__}"
+#: Request headers that carry credentials: whoever gives them (a backend, a
+#: client's request passed on), they go only to the configured origin, never
+#: to a redirect target elsewhere.
+ORIGIN_ONLY = frozenset({"authorization", "proxy-authorization", "cookie"})
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
 #: The largest upstream error answer read for its words (L{Upstream.error_for}).
@@ -147,11 +152,15 @@ class NegativeHit(UpstreamStatus):
     negative = True
 
     def __init__(self, known: Remembered):
-        super().__init__(known.code, known.phrase, None, known.host)
+        super().__init__(known.code, known.phrase, known.headers, known.host)
         self.reason += " (remembered: not asked again yet)"
         self.args = (self.reason,)
         self.body = known.body
         self.content_type = known.content_type
+        #: Replayed as the upstream's answer was relayed (L{Upstream.relayed}), not in our words.
+        self.relayed = known.relayed
+        if known.relayed:
+            self.status = known.code
 
 
 class UpstreamThrottled(UpstreamStatus):
@@ -306,11 +315,14 @@ NETWORK_FAILURES = (
 def _invalid_answer(reasons: list[Any]) -> str | None:
     """
     What was wrong with an answer Twisted's client refused to read, if that
-    is why it failed: while it parses a response's head, a C{ValueError}
-    comes from its Content-Length (not digits, or repeated with different
-    values).
+    is why it failed: a transfer coding nobody can undo
+    (L{UnsupportedTransferCoding}); while it parses a response's head, a
+    C{ValueError} comes from its Content-Length (not digits, or repeated
+    with different values).
     """
     for reason in reasons:
+        if reason.check(UnsupportedTransferCoding):
+            return f"a body in transfer coding {reason.value.value}, which cannot be decoded"
         if reason.check(ValueError):
             return f"an invalid Content-Length ({str(reason.value)[:80]})"
     return None
@@ -609,7 +621,9 @@ class Upstream:
             send = {"User-Agent": USER_AGENT}
             if origin(url) == home:
                 send.update(self.headers)
-            send.update(headers or {})
+                send.update(_octets(headers or {}))
+            else:
+                send.update(_octets({k: v for k, v in (headers or {}).items() if k.lower() not in ORIGIN_ONLY}))
             if self.auth is not None and origin(url) == origin(first):
                 send.update(await self._ask_auth(self.auth.headers_for, url))
             try:
@@ -669,6 +683,24 @@ class Upstream:
             remembered.body, remembered.content_type = error.body, error.content_type
         return error
 
+    def relayed(self, response: Any, body: bytes | None, headers: dict[str, str],
+                content_type: str | None, remember: bool = True) -> None:
+        """
+        C{response}, a 404/410 perhaps remembered (L{negative}), was relayed
+        to the client as it came (a backend that passes final statuses on):
+        the negative cache answers with it again as it was — its status,
+        C{headers} and C{body} — or, when its body was not kept (too long,
+        cut) or C{remember} is false (HTTP's own caching rules decide), forgets it.
+        """
+        remembered = self._unread.pop(id(response), (None, None))[1]
+        if remembered is None:
+            return
+        if body is None or len(body) > MAX_ERROR_BODY or not remember:
+            self.negative.drop(remembered)
+            return
+        remembered.relayed, remembered.body = True, body
+        remembered.headers, remembered.content_type = headers, content_type
+
     async def _ask_auth(self, method: Any, url: str, *args: Any) -> Any:
         """
         Call the auth (it may fetch a token): its network failures are
@@ -705,6 +737,22 @@ class _Body:
 
     def stopProducing(self) -> None:
         pass
+
+
+def _octets(headers: dict[str, str]) -> dict[str, Any]:
+    """
+    A request's header values as the octets they stand for: a field passed
+    on from a client was read as latin-1, and goes out as the very bytes it
+    came as (Twisted would send text as UTF-8: ``\xfc`` as two bytes);
+    text beyond latin-1 goes as UTF-8.
+    """
+    out: dict[str, Any] = {}
+    for name, value in headers.items():
+        try:
+            out[name] = value.encode("latin-1")
+        except UnicodeEncodeError:
+            out[name] = value.encode("utf-8")
+    return out
 
 
 def _redirect_target(url: str, location: bytes) -> str:

@@ -177,7 +177,9 @@ class UpstreamRequest:
     def __init__(self, method: str, url: str, headers: dict[str, list[str]], kwargs: dict):
         self.method = method
         self.url = url
-        self.headers = {k.lower(): v[0] for k, v in headers.items()}
+        # (as on the wire: values given as octets read back as latin-1 text)
+        self.headers = {k.lower(): v[0].decode("latin-1") if isinstance(v[0], bytes) else v[0]
+                        for k, v in headers.items()}
         self.kwargs = kwargs
         self.deferred: Deferred = Deferred()
         self.response: FakeResponse | None = None

@@ -168,6 +168,16 @@ class UpstreamTests(SynchronousTestCase):
         self.fetch("http://files.test/pkg.whl", upstream)  # a file host an index page points to
         self.assertEqual([(host, h.get("x-api-key")) for host, _, h in self.origin.seen], [("files.test", None)])
 
+    def test_request_credentials_stay_with_origin(self) -> None:
+        """A request's own Authorization or Cookie (a client's, passed on) goes to the configured origin only."""
+        upstream = self.upstream()
+        upstream.origin_url = "http://up.test/repo"
+        sent = {"Authorization": "Bearer client", "Cookie": "a=b", "Accept-Language": "de"}
+        self.fetch("http://up.test/to/307/http~//cdn.test/blob", upstream, headers=sent)
+        seen = [(host, h.get("authorization"), h.get("cookie"), h.get("accept-language"))
+                for host, _, h in self.origin.seen]
+        self.assertEqual(seen, [("up.test", "Bearer client", "a=b", "de"), ("cdn.test", None, None, "de")])
+
     def test_redirect_to_other_schemes(self) -> None:
         """A Location that is not an http(s) URL with a host, or cannot be read, is a 502 saying so; nothing is fetched."""
         for location, reason in [
