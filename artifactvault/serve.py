@@ -17,7 +17,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
@@ -481,30 +481,64 @@ def _serve_body(body: IStoredBody | None, responder: Responder, entry: Entry, ca
                 now: float) -> bool:
     if body is None:
         return False
-    if responder.gone:
-        body.close()
-        return True
-    producer: Any = None
     try:
-        span = _entry_span(responder, entry, cache_status, now)
-        if span is not None:
-            first, last = span
-            if body.fd is None:
-                producer = _RemoteSender(responder, body)
-            elif last - first < SMALL:
-                data = os.pread(body.fd, last - first + 1, first)
-                responder.request.write(data)
-            else:
-                producer = FileProducer(responder, body.fd, first, last)
-                body.fd = None  # (the producer closes it)
-    finally:
-        if producer is None:
-            body.close()
-    if producer is None:
+        span = None if responder.gone else _entry_span(responder, entry, cache_status, now)
+    except BaseException:
+        body.close()
+        raise
+    if span is None:
+        body.close()
         responder.finish()
     else:
-        producer.start(*span)  # type: ignore[misc]
+        send_body(responder, body, *span)
     return True
+
+
+def send_body(responder: Responder, body: IStoredBody, first: int, last: int,
+              rewrite: Callable[[bytes], bytes] | None = None) -> None:
+    """
+    Send bytes C{first}..C{last} of a stored body as the answer's body (its
+    headers already set) and finish, each chunk through C{rewrite} if given
+    (never with sendfile then): a small local span at once, a larger one by
+    a L{FileProducer}, a remote body as its store streams it. The body is
+    closed on every path (by its producer, when there is one).
+    """
+    if responder.gone:
+        body.close()
+        return
+    if body.fd is None:
+        _RemoteSender(responder, body, rewrite).start(first, last)
+        return
+    if last - first < SMALL:
+        try:
+            data = os.pread(body.fd, last - first + 1, first)
+        finally:
+            body.close()
+        responder.request.write(data if rewrite is None else rewrite(data))
+        responder.finish()
+        return
+    producer = FileProducer(responder, body.fd, first, last, rewrite)
+    body.fd = None  # (the producer closes it)
+    body.close()
+    producer.start()
+
+
+@implementer(IConsumer)
+class _Rewriting:
+    """The request as a remote body's consumer, each chunk through C{rewrite} (L{send_body})."""
+
+    def __init__(self, request: Request, rewrite: Callable[[bytes], bytes]):
+        self.request = request
+        self.rewrite = rewrite
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.request.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.request.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        self.request.write(self.rewrite(data))
 
 
 class _RemoteSender:
@@ -515,13 +549,16 @@ class _RemoteSender:
     byte is an error answer (503); after it, the connection is cut.
     """
 
-    def __init__(self, responder: Responder, body: IStoredBody):
+    def __init__(self, responder: Responder, body: IStoredBody,
+                 rewrite: Callable[[bytes], bytes] | None = None):
         self.responder = responder
         self.body = body
+        self.rewrite = rewrite
 
     def start(self, first: int, last: int) -> None:
         self.responder.producer = self
-        d = self.body.stream(first, last, self.responder.request)
+        consumer = self.responder.request if self.rewrite is None else _Rewriting(self.responder.request, self.rewrite)
+        d = self.body.stream(first, last, consumer)
         d.addCallbacks(self._done, self._failed)
         d.addErrback(lambda f: _log.failure("streaming a stored entry failed", f))
 
@@ -604,8 +641,11 @@ class _FileSender:
         data = os.pread(fd, min(CHUNK, count), self.offset)
         self.offset += len(data)
         if data:
-            self.request.write(data)
+            self._write(data)
         return len(data)
+
+    def _write(self, data: bytes) -> None:
+        self.request.write(data)
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -620,13 +660,26 @@ class _FileSender:
 
 @implementer(IPushProducer)
 class FileProducer(_FileSender):
-    """Streams bytes first..last of an open file, closing it when done."""
+    """
+    Streams bytes first..last of an open file, closing it when done. With
+    C{rewrite}, each chunk read is sent as C{rewrite(chunk)} (never with
+    sendfile): for a stored template that is completed per request, where
+    no part of what is replaced can span two chunks (one byte).
+    """
 
-    def __init__(self, responder: Responder, fd: int, first: int, last: int):
+    def __init__(self, responder: Responder, fd: int, first: int, last: int,
+                 rewrite: Callable[[bytes], bytes] | None = None):
         self.responder = responder
         self.fd: int | None = fd
         self.offset = first
         self.end = last + 1
+        self.rewrite = rewrite
+
+    def _zero_copy(self) -> bool:
+        return self.rewrite is None and super()._zero_copy()
+
+    def _write(self, data: bytes) -> None:
+        self.request.write(data if self.rewrite is None else self.rewrite(data))
 
     def start(self, *_span: int) -> None:
         try:

@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from twisted.web import client as webclient
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IAgent
+from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import Interface, implementer
 
 from artifactvault import logs
@@ -527,7 +527,8 @@ class Upstream:
             found = self._backoffs[key] = Backoff(self.reactor.seconds, after_failure=self.backoff)
         return found
 
-    async def request(self, method: str, url: str, headers: dict[str, str] | None = None) -> Any:
+    async def request(self, method: str, url: str, headers: dict[str, str] | None = None,
+                      body: bytes | None = None) -> Any:
         """
         Send a request, following redirects (credentials and extra headers
         only to their own origin) and answering one auth challenge, all within
@@ -535,9 +536,15 @@ class Upstream:
         read; raises L{UpstreamError} (L{UpstreamTimeout} when time ran out).
         While a back-off of the URL's origin lasts nothing is sent: after a
         429, L{UpstreamThrottled}; after a failure, L{UpstreamBackedOff}.
+        C{body} is sent with the request (a relayed POST), again after a
+        redirect that keeps the method, never after a 303; such a request
+        is never answered from the negative cache, nor remembered in it.
         """
         host = host_of(self.origin_url or url)
-        known = self.negative.lookup(method, url, headers)
+        # (a request with a body, a relayed POST, is answered by its body
+        # too: the negative cache, by method and URL, neither answers it
+        # nor remembers its 404)
+        known = None if body is not None else self.negative.lookup(method, url, headers)
         if known is not None:
             self.observer.negative_hit()
             raise NegativeHit(known)
@@ -552,14 +559,14 @@ class Upstream:
         self.observer.sent()
         started = self.reactor.seconds()
         try:
-            response = await self._within_timeout(method, url, headers)
+            response = await self._within_timeout(method, url, headers, body)
         except UpstreamError as e:
             self.observer.failed("timeout" if isinstance(e, UpstreamTimeout) else "refused", e.reason)
             if isinstance(e, (UpstreamTimeout, UpstreamUnreachable)):
                 self._failed(backoff, url, e.reason, e.status)
             raise
         self.observer.answered(response.code, self.reactor.seconds() - started)
-        if response.code in (404, 410):
+        if response.code in (404, 410) and body is None:
             remembered = self.negative.remember(method, url, response.code,
                                                 response.phrase.decode("latin-1", "replace"), host_of(url), headers)
             if remembered is not None:
@@ -584,8 +591,9 @@ class Upstream:
             _log.warn("upstream {host} failed ({reason}): stale copies served at once, "
                       "nothing sent to it for {seconds:g} s", host=host_of(url), reason=reason, seconds=seconds)
 
-    async def _within_timeout(self, method: str, url: str, headers: dict[str, str] | None) -> Any:
-        attempt = Deferred.fromCoroutine(self._request(method, url, headers))
+    async def _within_timeout(self, method: str, url: str, headers: dict[str, str] | None,
+                              body: bytes | None = None) -> Any:
+        attempt = Deferred.fromCoroutine(self._request(method, url, headers, body))
         expired = []
 
         def expire() -> None:
@@ -604,7 +612,8 @@ class Upstream:
             if timer.active():
                 timer.cancel()
 
-    async def _request(self, method: str, url: str, headers: dict[str, str] | None) -> Any:
+    async def _request(self, method: str, url: str, headers: dict[str, str] | None,
+                       body: bytes | None = None) -> Any:
         first = url
         home = origin(self.origin_url or first)
         retried = False
@@ -618,10 +627,11 @@ class Upstream:
             if self.auth is not None and origin(url) == origin(first):
                 send.update(await self._ask_auth(self.auth.headers_for, url))
             try:
+                extra = {} if body is None else {"data": _Body(body)}
                 response = await self.client.request(
                     method, url, headers={k: [v] for k, v in send.items()},
                     allow_redirects=False, unbuffered=True, reactor=self.reactor,
-                    timeout=self.timeout)
+                    timeout=self.timeout, **extra)
             except Exception as e:
                 raise describe_failure(e, url, self.timeout) from None
             if response.code == 401 and self.auth is not None and not retried:
@@ -640,7 +650,7 @@ class Upstream:
                     discard(response)
                     url = _redirect_target(url, location)
                     if method == "POST" and response.code == 303:
-                        method = "GET"
+                        method, body = "GET", None
                     continue
             return response
         raise UpstreamError(f"upstream {host_of(first)} redirected more than {MAX_REDIRECTS} times")
@@ -701,6 +711,32 @@ class Upstream:
             return (await result) if isinstance(result, Deferred) else result
         except Exception as e:
             raise describe_failure(e, url, self.timeout) from None
+
+
+@implementer(IBodyProducer)
+class _Body:
+    """
+    A small request body (a relayed POST), written at once. (treq's own
+    producer for bytes runs on the global reactor's cooperator, not on the
+    reactor we are given.)
+    """
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred:
+        consumer.write(self.data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 def _octets(headers: dict[str, str]) -> dict[str, Any]:

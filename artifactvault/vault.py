@@ -10,12 +10,15 @@ if the upstream fails; miss → join or start the single flight and stream it.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import replace
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IConsumer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from artifactvault import logs
 from artifactvault.cache.entry import Entry
@@ -24,8 +27,8 @@ from artifactvault.fields import refreshed, response_headers
 from artifactvault.flight import Artifact, DigestMismatch, Flight, Flights, StoreDown, verified_as
 from artifactvault.httpcache import ALONE, Exchange, Reuse, fields_of
 from artifactvault.relay import RangeRelay
-from artifactvault.serve import (Responder, answer_not_modified, not_modified, requested_range, serve_entry,
-                                 serve_flight, set_headers, wants_revalidation)
+from artifactvault.serve import (Responder, answer_not_modified, not_modified, requested_range, send_body,
+                                 serve_entry, serve_flight, set_headers, wants_revalidation)
 from artifactvault.upstream import Upstream, UpstreamError, UpstreamStatus, content_length, discard, header
 
 _log = Logger(observer=logs.observer)
@@ -470,7 +473,7 @@ class Vault:
 
     def _read(self, data: bytes | None, entry: Entry) -> bytes | None:
         if data is None:
-            self.store.remove(entry.key, only=entry.data)
+            self.drop(entry)
         return data
 
     def load(self, entry: Entry, parse: Callable[[bytes], Any]) -> Deferred:
@@ -482,6 +485,51 @@ class Vault:
         def parsed(data: bytes | None) -> Any:
             return None if data is None else self.work(entry.size, _parse, parse, data)
         return self.read(entry).addCallback(parsed)
+
+    def read_range(self, entry: Entry, first: int, last: int) -> Deferred:
+        """
+        Fires with bytes C{first}..C{last} of a committed entry (a part of a
+        large document: a backend need not read it whole), or None if it is
+        gone (then dropped, as by L{read}). A large part of a local entry is
+        read in the store's thread pool.
+        """
+        async def read() -> bytes | None:
+            body = await self._body(entry)
+            if body is None:
+                return None
+            try:
+                if body.fd is not None:
+                    return await self.work(last - first + 1, os.pread, body.fd, last - first + 1, first)
+                collected = _Collector()
+                await body.stream(first, last, collected).addErrback(_store_failed)
+                return b"".join(collected.parts)
+            finally:
+                body.close()
+        return Deferred.fromCoroutine(read())
+
+    def serve_range(self, responder: Responder, entry: Entry, first: int, last: int,
+                    rewrite: Callable[[bytes], bytes] | None = None) -> Deferred:
+        """
+        Send bytes C{first}..C{last} of a committed entry as the body of an
+        answer whose headers the caller has set, each chunk through
+        C{rewrite} if given (a stored template a backend fills in per
+        request); fires with False, having sent nothing, if the bytes are
+        gone (then dropped, as by L{read}: asking again fetches the entry).
+        """
+        def opened(body: Any) -> bool:
+            if body is None:
+                return False
+            send_body(responder, body, first, last, rewrite)
+            return True
+        return self._body(entry).addCallback(opened)
+
+    def _body(self, entry: Entry) -> Deferred:
+        """The store's L{IStoredBody} of C{entry}, or None: its bytes are gone, and the entry is dropped."""
+        def opened(body: Any) -> Any:
+            if body is None:
+                self.drop(entry)
+            return body
+        return self.store.body(entry).addErrback(_store_failed).addCallback(opened)
 
     # -- small records -------------------------------------------------------------
 
@@ -534,6 +582,23 @@ class Vault:
         """A record confirmed unchanged: fresh for C{ttl} seconds more."""
         entry.fresh_until = self.store.now() + ttl
         return self.store.update(entry)
+
+
+@implementer(IConsumer)
+class _Collector:
+    """A consumer that keeps what a remote body streams to it (L{Vault.read_range})."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
 
 
 def _parse(parse: Callable[[bytes], Any], data: bytes) -> Any:
