@@ -442,8 +442,7 @@ class Flight:
         Forget relayed bytes every reader has passed; pause the upstream while
         more than L{RELAY_BUFFER} are held, resume it once half are gone.
         """
-        low = min((self.spilled if listener.offset is None else listener.offset  # type: ignore[misc]
-                   for listener in self._listeners), default=self.written)
+        low = self._slowest()
         while self._memory and self._memory[0][0] + len(self._memory[0][1]) <= low:
             self._memory_bytes -= len(self._memory.popleft()[1])
         transport = self._body.transport if self._body is not None else None
@@ -462,6 +461,11 @@ class Flight:
             self._reset_idle()
             transport.resumeProducing()
 
+    def _slowest(self) -> int:
+        """The first byte some reader still needs (one waiting for the end needs all that is relayed)."""
+        return min((self.spilled if listener.offset is None else listener.offset  # type: ignore[misc]
+                    for listener in self._listeners), default=self.written)
+
     def _drop_slowest(self) -> None:
         """
         The upstream has waited C{idle_timeout} for the slowest reader of a
@@ -469,8 +473,7 @@ class Flight:
         must not hold the others for ever), and the rest go on.
         """
         self._idle_call = None
-        low = min((self.spilled if listener.offset is None else listener.offset  # type: ignore[misc]
-                   for listener in self._listeners), default=self.written)
+        low = self._slowest()
         error = UpstreamTimeout(f"client read nothing for {self.artifact.upstream.idle_timeout:g} s "
                                 f"while the download waited for it")
         for listener in list(self._listeners):
