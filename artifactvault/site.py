@@ -176,6 +176,8 @@ class VaultSite(Site):
         self.active: set[VaultRequest] = set()
         #: L{artifactvault.observe.IRequestObserver}s told of every request that ended.
         self.observers: list[Any] = []
+        #: The L{artifactvault.auth.gate.Gate} that admits clients (None: no auth configured).
+        self.gate: Any = None
 
     #: Plain HTTP/1.1 channels (HTTP/2 needs TLS with ALPN, which we do not offer).
     protocol = VaultChannel
