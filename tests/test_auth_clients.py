@@ -117,6 +117,28 @@ class CurlTests(TestCase):
             self.assertNotIn(secret, log)
 
 
+class WarmTests(TestCase):
+    timeout = 300
+
+    def test_warm_with_credentials(self) -> None:
+        """artifactvault warm with user:password in --vault fills an authenticated backend (pip's
+        resolution included); the password is shown nowhere; without credentials it fails with the 401."""
+        d = support.shared_fixture(_Shared).daemon
+        requirements = os.path.abspath(self.mktemp())
+        with open(requirements, "w") as f:
+            f.write("idna\n")
+        warm = os.path.join(os.path.dirname(sys.executable), "artifactvault")
+        p = subprocess.run([warm, "warm", "--vault", f"http://alice:{PASSWORD}@127.0.0.1:{d.port}",
+                            "-r", requirements, "--url", "/files/medium.bin"],
+                           capture_output=True, text=True, timeout=240, env=support.pip_env())
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertNotIn(PASSWORD, p.stdout + p.stderr)
+        p = subprocess.run([warm, "warm", "--vault", d.base, "--url", "/files/medium.bin"],
+                           capture_output=True, text=True, timeout=240, env=support.pip_env())
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("401", p.stdout + p.stderr)
+
+
 class PipTests(TestCase):
     timeout = 300
 
