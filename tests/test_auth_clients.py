@@ -18,6 +18,7 @@ import tempfile
 from twisted.trial.unittest import TestCase
 
 from tests import support
+from tests.fakeupstream import FakeUpstream, Script
 from tests.test_pypi_clients import UV
 
 PASSWORD = "s3cret-pa55"
@@ -216,6 +217,45 @@ class SkopeoTests(TestCase):
         self.assertEqual(status, 401)
         self.assertIn("www-authenticate: basic realm=", headers)
         self.assertEqual(curl("-u", f"alice:{PASSWORD}", self.d.url("/v2/"))[0], 200)
+
+
+class HeaderTests(TestCase):
+    """What crosses the vault: a client's credentials and cookies never go upstream; an upstream's never come back."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        tmp = tempfile.mkdtemp(prefix="av-auth-headers-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        htpasswd, tokens = write_credentials(tmp)
+        self.up = FakeUpstream()
+        self.addCleanup(self.up.close)
+        self.up.scripts["/a.bin"] = Script(body=b"x" * 1000, headers={
+            "Set-Cookie": "session=upstream-secret", "Proxy-Authenticate": "Basic realm=up",
+            "Authentication-Info": "nextnonce=1", "Content-Type": "application/octet-stream"})
+        self.d = support.Daemon([{"type": "http", "config": {"prefix": "/files/", "base_url": self.up.base,
+                                                             **self.backend_config()}}],
+                                auth={"htpasswd": htpasswd, "tokens_file": tokens})
+        self.addCleanup(self.d.cleanup)
+        self.d.start()
+
+    def backend_config(self) -> dict:
+        return {"access": "authenticated"}
+
+    def test_not_forwarded_not_replayed(self) -> None:
+        """Authorization, Cookie and Proxy-* of the client never reach the upstream; its Set-Cookie,
+        Proxy-Authenticate and Authentication-Info reach no client, on the miss or the hit."""
+        for _ in range(2):  # a miss, then a hit
+            status, headers = curl("-u", f"alice:{PASSWORD}", "-H", "Cookie: client=secret",
+                                   "-H", "Proxy-Authorization: Basic cHJveHk6cHc=", "-H", "Proxy-Foo: 1",
+                                   self.d.url("/files/a.bin"))
+            self.assertEqual(status, 200)
+            for name in ("set-cookie", "proxy-authenticate", "authentication-info"):
+                self.assertNotIn(name + ":", headers)
+        self.assertEqual(len(self.up.requests), 1)
+        sent = {k.lower() for k in self.up.requests[0][2]}
+        for name in ("authorization", "cookie", "proxy-authorization", "proxy-foo"):
+            self.assertNotIn(name, sent)
 
 
 class LimitTests(TestCase):

@@ -216,6 +216,8 @@ class GateTests(SynchronousTestCase):
         self.assertEqual(self.get(path="/-/metrics").answer().status, 401)
         self.assertEqual(self.get(basic("alice", "secret"), "/-/metrics").answer().body, b"metrics\n")
         self.assertEqual(self.get(path="/-/health").answer().status, 200)
+        self.assertEqual(self.get(path="/").answer().status, 401, "the list of backends follows auth.pages too")
+        self.assertIn(b"/files/", self.get(basic("alice", "secret"), "/").answer().body)
 
     def test_registry_version_check(self) -> None:
         """/v2/ asks for Basic credentials when a registry backend needs them, and is 200 with them."""
