@@ -45,6 +45,8 @@ NOT_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection:
 
 
 class VaultRequest(Request):
+    #: Asked of the vault as an HTTP proxy (an absolute URI): credentials come in Proxy-Authorization.
+    proxied = False
     backend_name: str | None = None
     cache_status: str | None = None
     error_reason: str | None = None
@@ -72,6 +74,7 @@ class VaultRequest(Request):
                 return
             self.uri = local
             self.path = local.partition(b"?")[0]
+            self.proxied = True
         super().process()
 
     def _refuse_proxy(self) -> None:

@@ -196,6 +196,20 @@ class GateTests(SynchronousTestCase):
         self.assertEqual(self.h.requests, [])
         self.assertEqual(client.received, b"")
 
+    def test_proxy_request(self) -> None:
+        """A request to the vault as a proxy (apt's Acquire::http::Proxy) is asked with a 407 and
+        Proxy-Authenticate, and logs in with Proxy-Authorization (taken off the request too)."""
+        self.gate.set_access(self.h.backend, AUTHENTICATED)
+        self.h.site.resource.route_absolute = lambda uri: b"/files/a.deb"  # type: ignore[attr-defined]
+        answer = self.get(path="http://deb.example/debian/a.deb").answer()
+        self.assertEqual(answer.status, 407)
+        self.assertTrue(answer.header("Proxy-Authenticate").startswith("Basic realm="))
+        self.assertIsNone(answer.header("WWW-Authenticate"))
+        self.h.get("http://deb.example/debian/a.deb", headers={"Proxy-Authorization": basic("alice", "secret")})
+        self.pool.run_all()
+        self.assertEqual(self.h.requests[-1].url, self.h.url("a.deb"))
+        self.assertIsNone(self.h.requests[-1].header("proxy-authorization"))
+
     def test_page_client_leaves_during_check(self) -> None:
         """A page's client that leaves while its password is checked: the page is not rendered."""
         rendered = []

@@ -20,9 +20,13 @@ it does not.
   guesser is stopped (and no longer costs a bcrypt check each time) while
   the clients behind the same address that log in right go on.
 - An ``anonymous`` backend does not look at credentials at all.
+- A request to the vault as an HTTP proxy (an absolute URI: apt with
+  ``Acquire::http::Proxy "http://user:password@vault:8080"``) carries its
+  credentials in ``Proxy-Authorization`` and is asked for them with a
+  ``407`` and ``Proxy-Authenticate``, as a proxy asks (RFC 9110 11.7).
 
-When auth is configured, the client's ``Authorization`` is the vault's: it
-is taken off the request before a backend sees it, so that no backend can
+When auth is configured, the client's ``Authorization`` (and
+``Proxy-Authorization``) is the vault's: it is taken off the request before a backend sees it, so that no backend can
 pass it upstream (a backend's own credentials are its own configuration).
 """
 
@@ -171,8 +175,10 @@ class Gate:
         a L{Verdict} (never fails). The client's Authorization is removed
         from the request either way.
         """
-        raw = request.getHeader(b"authorization")
+        proxied = getattr(request, "proxied", False)
+        raw = request.getHeader(b"proxy-authorization" if proxied else b"authorization")
         request.requestHeaders.removeHeader(b"authorization")
+        request.requestHeaders.removeHeader(b"proxy-authorization")
         if access.open:
             return succeed(Verdict(ANONYMOUS))
         peer = _peer(request)
@@ -180,7 +186,7 @@ class Gate:
             credentials = parse_authorization(raw)
         except Malformed as e:
             self._failed(request, peer, None, str(e))
-            return succeed(self._refusal(401, f"authentication failed: {e}"))
+            return succeed(self._refusal(request, f"authentication failed: {e}"))
         known = self.cache.get(credentials)
         if known is not None:
             return succeed(self._decide(request, access, known))
@@ -188,7 +194,6 @@ class Gate:
         if user is not None:
             wait = self.limiter.blocked(peer)
             if wait is not None:
-                request.error_reason = "too many failed logins"  # type: ignore[attr-defined]
                 return succeed(Verdict(status=429, message="too many failed logins from this address: "
                                                            "try again later",
                                        headers={"Retry-After": str(max(1, math.ceil(wait)))}))
@@ -202,7 +207,7 @@ class Gate:
         def out(failure: Any) -> Verdict:
             failure.trap(LoginFailed)
             self._failed(request, peer, user, str(failure.value) or "wrong credentials")
-            return self._refusal(401, "authentication failed: wrong user name, password or token")
+            return self._refusal(request, "authentication failed: wrong user name, password or token")
 
         return d.addCallbacks(in_, out)
 
@@ -211,12 +216,15 @@ class Gate:
             request.auth_user = principal.name  # type: ignore[attr-defined]
             return Verdict(principal)
         if principal.anonymous:
-            return self._refusal(401, "authentication required")
+            return self._refusal(request, "authentication required")
         request.auth_user = principal.name  # type: ignore[attr-defined]
         return Verdict(status=403, message=f"user {logs.printable(principal.name or '')} may not read this")
 
-    def _refusal(self, status: int, message: str) -> Verdict:
-        return Verdict(status=status, message=message, headers={"WWW-Authenticate": self.challenge})
+    def _refusal(self, request: Request, message: str) -> Verdict:
+        """A 401 asking for credentials (a 407 asking for proxy credentials, for a proxy request)."""
+        if getattr(request, "proxied", False):
+            return Verdict(status=407, message=message, headers={"Proxy-Authenticate": self.challenge})
+        return Verdict(status=401, message=message, headers={"WWW-Authenticate": self.challenge})
 
     def _failed(self, request: Request, peer: str, user: str | None, why: str) -> None:
         self.limiter.failed(peer)
