@@ -18,6 +18,8 @@ import tempfile
 from twisted.trial.unittest import TestCase
 
 from tests import support
+from tests.test_apt_clients import PROXY_HOST, AptTestCase, pool, sha256_file
+from tests.test_apt_clients import kit as apt_kit
 from tests.fakeupstream import FakeUpstream, Script
 from tests.test_pypi_clients import UV
 
@@ -256,6 +258,36 @@ class HeaderTests(TestCase):
         sent = {k.lower() for k in self.up.requests[0][2]}
         for name in ("authorization", "cookie", "proxy-authorization", "proxy-foo"):
             self.assertNotIn(name, sent)
+
+
+class AptTests(AptTestCase):
+    """apt-get with credentials: as a proxy client (Proxy-Authorization after a 407) and by path (auth.conf)."""
+
+    def test_proxy_and_path_forms(self) -> None:
+        """apt-get update and download through an authenticated apt backend, both ways; without
+        credentials the proxy form is refused with 407."""
+        tmp = tempfile.mkdtemp(prefix="av-auth-apt-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        htpasswd, tokens = write_credentials(tmp)
+        name = self.repo()
+        d = support.Daemon([{"type": "apt", "config": {"prefix": "/debian/", "mirror_url": f"{apt_kit()}/{name}",
+                                                       "hosts": [PROXY_HOST], "access": "authenticated"}}],
+                           auth={"htpasswd": htpasswd})
+        self.addCleanup(d.cleanup)
+        d.start()
+        refused = self.client(f"http://{PROXY_HOST}/{name}", proxy=d.url("/")).run("update")
+        self.assertIn("407", refused.stdout + refused.stderr)
+        c = self.client(f"http://{PROXY_HOST}/{name}", proxy=f"http://alice:{PASSWORD}@127.0.0.1:{d.port}/")
+        c.ok("update")
+        c.ok("download", "av-pkg-01")
+        self.assertEqual(sha256_file(c.out("av-pkg-01_1.0-1_all.deb")), self.upstream_sha(name, pool("av-pkg-01")))
+        netrc = os.path.join(tmp, "auth.conf")
+        with open(netrc, "w") as f:
+            f.write(f"machine http://127.0.0.1:{d.port}/debian login bob password {PASSWORD}\n")
+        os.chmod(netrc, 0o600)
+        c = self.client(d.url("/debian"), **{"Dir::Etc::netrc": netrc})
+        c.ok("update")
+        c.ok("download", "av-pkg-01")
 
 
 class LimitTests(TestCase):
