@@ -69,6 +69,7 @@ def install(ops: Operations, root: Any, site: Any, backends: list[Any], reactor:
         for backend in backends:
             ops.metrics.add_backend(backend)
         site.observers.append(ops.metrics)
+        ops.metrics.gate = gate
         put(b"metrics", MetricsPage(ops.metrics))
     ops.status = StatusSource(ops.vault, backends, ops.metrics, offline=ops.config.offline)
     ops.status.warnings = ops.warnings

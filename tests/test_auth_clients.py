@@ -110,6 +110,10 @@ class CurlTests(TestCase):
         self.assertEqual(curl("-u", f"alice:{PASSWORD}", *purge)[0], 401)
         self.assertEqual(curl("-H", f"Authorization: Bearer {TOKEN}", *purge)[0], 401)
         self.assertEqual(curl("-H", f"Authorization: Bearer {ADMIN}", *purge)[0], 200)
+        out = subprocess.run(["curl", "-sf", "-u", f"alice:{PASSWORD}", self.d.url("/-/metrics")],
+                             capture_output=True, text=True, timeout=60).stdout
+        self.assertRegex(out, r"(?m)^artifactvault_auth_failures_total \d+\.0$")
+        self.assertRegex(out, r"(?m)^artifactvault_auth_denied_total \d+\.0$")
 
     def test_log_names_user_never_secret(self) -> None:
         """A failed login is logged with the user name; no password or token is in the log."""

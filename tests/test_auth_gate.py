@@ -162,6 +162,7 @@ class GateTests(SynchronousTestCase):
         self.get(f"Bearer {TOKEN}")  # ci, a builder
         self.get(basic("bob", "secret"), "/files/b")
         self.assertEqual(len(self.h.requests), 2)
+        self.assertEqual(self.gate.denied, 1)
 
     def test_anonymous_ignores_credentials(self) -> None:
         """An anonymous backend does not check credentials: wrong ones are no failure."""
@@ -186,6 +187,7 @@ class GateTests(SynchronousTestCase):
         self.assertEqual(self.get().answer().status, 401, "no credentials: asked for them, not limited")
         self.h.clock.advance(60)
         self.assertEqual(self.get(basic("bob", "secret")).answer().body, b"body")
+        self.assertEqual((self.gate.failures, self.gate.limited), (3, 1))
 
     def test_client_leaves_during_check(self) -> None:
         """A client that leaves while its password is checked gets nothing, and nothing goes upstream."""

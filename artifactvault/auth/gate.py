@@ -151,7 +151,13 @@ class Gate:
     """
     The daemon's one gate: the portal, the verified credentials, the failure
     counts, and each backend's L{Access}.
+
+    @ivar failures: Failed logins (wrong or malformed credentials) since start.
+    @ivar limited: Requests answered 429 by the failure limit since start.
+    @ivar denied: Requests of a user a backend's list does not name (403) since start.
     """
+
+    failures = limited = denied = 0
 
     def __init__(self, settings: AuthSettings, portal: Any, clock: Any):
         self.settings = settings
@@ -194,6 +200,7 @@ class Gate:
         if user is not None:
             wait = self.limiter.blocked(peer)
             if wait is not None:
+                self.limited += 1
                 return succeed(Verdict(status=429, message="too many failed logins from this address: "
                                                            "try again later",
                                        headers={"Retry-After": str(max(1, math.ceil(wait)))}))
@@ -218,6 +225,7 @@ class Gate:
         if principal.anonymous:
             return self._refusal(request, "authentication required")
         request.auth_user = principal.name  # type: ignore[attr-defined]
+        self.denied += 1
         return Verdict(status=403, message=f"user {logs.printable(principal.name or '')} may not read this")
 
     def _refusal(self, request: Request, message: str) -> Verdict:
@@ -228,6 +236,7 @@ class Gate:
 
     def _failed(self, request: Request, peer: str, user: str | None, why: str) -> None:
         self.limiter.failed(peer)
+        self.failures += 1
         shown = logs.printable(user[:64]) if user else "-"
         _log.warn("authentication failed for user {user} from {peer}: {why}", user=shown, peer=peer, why=why)
 
