@@ -123,6 +123,9 @@ class GateTests(SynchronousTestCase):
         again = self.h.get("/files/a.tar.gz", headers={"Authorization": basic("alice", "secret")})
         self.assertEqual(self.pool.names(), [])
         self.assertEqual(again.answer().body, b"body")
+        lines = [e for e in self.events if "request_line" in e]
+        self.assertEqual([e["user"] for e in lines], ["alice", "alice"])
+        self.assertIn(" user=alice", lines[-1]["request_line"])
 
     def test_authorization_not_passed_on(self) -> None:
         """The client's Authorization is the vault's: taken off the request before the backend sees it."""
