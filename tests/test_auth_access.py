@@ -11,11 +11,14 @@ import os
 
 import bcrypt
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from artifactvault.auth.access import (ANONYMOUS, AUTHENTICATED, OPEN, Access, Kind, Principal)
-from artifactvault.config import ConfigError
+from artifactvault.auth.access import (ANONYMOUS, AUTHENTICATED, OPEN, Access, AuthSettings, Kind, Principal,
+                                       parse_access)
+from artifactvault.config import ConfigError, Section
 from artifactvault.service import build
 from tests.fakes import ManualPool
 from tests.test_config import ConfigFileMixin, http_backend
@@ -34,6 +37,23 @@ class AccessTests(SynchronousTestCase):
         self.assertEqual([AUTHENTICATED.allows(p) for p in (ANONYMOUS, alice, ci)], [False, True, True])
         self.assertEqual([listed.allows(p) for p in (ANONYMOUS, alice, ci, Principal("bob"))],
                          [False, True, True, False])
+
+
+    @given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+                        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                    max_size=3), max_leaves=6),
+           st.booleans())
+    def test_any_access_value(self, value: object, configured: bool) -> None:
+        """Any YAML value of access: is an Access or one ConfigError line naming the key; never another error."""
+        auth = AuthSettings(htpasswd={"alice": b"x"}, groups={"g": frozenset({"alice"})}, configured=configured)
+        try:
+            access = parse_access(Section("c.yml", "backends[0].config", {"access": value}), "access", auth, OPEN)
+        except ConfigError as e:
+            self.assertTrue(str(e).startswith("c.yml: backends[0].config.access: "), str(e))
+            self.assertNotIn("\n", str(e))
+        else:
+            self.assertIsInstance(access, Access)
+            self.assertTrue(access.names <= {"alice", "g"})
 
 
 class AuthConfigTests(ConfigFileMixin, SynchronousTestCase):
