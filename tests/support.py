@@ -38,7 +38,7 @@ LARGE_MB = int(os.environ.get("AV_TEST_LARGE_MB", "64"))
 _OFFSET = int(os.environ.get("AV_KIT_PORT_OFFSET", "0"))
 UPSTREAM_PORTS = {name: port + _OFFSET for name, port in
                   {"files": 18090, "pypi": 18081, "reg": 15000, "regauth": 15001,
-                                   "apt": 18092, "slow": 18091}.items()}
+                                   "apt": 18092, "slow": 18091, "npm": 14873}.items()}
 TOKEN_PORT = 15002 + _OFFSET
 #: The kit's S3 server (Ceph RGW) uses this port and the next nine.
 S3_PORT = 17000 + _OFFSET
@@ -55,11 +55,12 @@ def upstream_dir(name: str) -> str:
 
 
 def upstream_url(name: str) -> str:
-    """Start upstream C{name} (files, pypi, reg, regauth, apt, slow) if needed; its base URL."""
+    """Start upstream C{name} (files, pypi, reg, regauth, apt, slow, npm) if needed; its base URL."""
     port = UPSTREAM_PORTS[name]
     if name not in _started:
         script = {"files": "files-up", "pypi": "pypi-up", "reg": "registry-up",
-                  "regauth": "registry-auth-up", "apt": "apt-up", "slow": "slow-up"}[name]
+                  "regauth": "registry-auth-up", "apt": "apt-up", "slow": "slow-up",
+                  "npm": "npm-up"}[name]
         args = [os.path.join(UPSTREAMS, script), upstream_dir(name), str(port)]
         if name == "regauth":
             args.append(str(TOKEN_PORT))
