@@ -265,6 +265,14 @@ class HeaderTests(TestCase):
                 self.assertNotIn(name, sent)
 
 
+class UpstreamFreshnessHeaderTests(HeaderTests):
+    """The same with C{freshness: upstream}, where the http backend passes a client's request
+    fields upstream: with auth configured, the client's Authorization is the vault's and stays."""
+
+    def backend_config(self) -> dict:
+        return {"access": "authenticated", "freshness": "upstream"}
+
+
 class AptTests(AptTestCase):
     """apt-get with credentials: as a proxy client (Proxy-Authorization after a 407) and by path (auth.conf)."""
 
