@@ -8,6 +8,7 @@ against the kit's verdaccio; without them npm is refused.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import tempfile
@@ -35,6 +36,7 @@ class NpmAuthTests(TestCase):
         self.addCleanup(self.d.cleanup)
         self.d.start()
         self.registry = self.d.url("/npm/")
+        self.posts_before = support.hits("npm", "^POST /-/npm/v1/security/advisories/bulk")
 
     def client(self, *lines: str) -> NpmClient:
         npm = NpmClient(self, self.registry)
@@ -56,6 +58,24 @@ class NpmAuthTests(TestCase):
         proj = npm.project()
         npm.run(proj, "install", "av-app")
         self.assertEqual(installed(proj, "av-app"), "1.1.0")
+
+    def test_audit_needs_credentials(self) -> None:
+        """npm audit's POST (relayed upstream, not through the usual dispatch) needs credentials too;
+        with them it is relayed."""
+        url = self.d.url("/npm/-/npm/v1/security/advisories/bulk")
+        body = json.dumps({"av-app": ["1.1.0"]}).encode()
+        status, headers, _ = support.request("POST", url, {"Content-Type": "application/json"}, body=body)
+        self.assertEqual(status, 401)
+        self.assertIn("www-authenticate", headers)
+        self.assertEqual(self.up_posts(), 0)
+        status, _, _ = support.request("POST", url, {"Content-Type": "application/json",
+                                                     "Authorization": f"Bearer {TOKEN}"}, body=body)
+        self.assertNotIn(status, (401, 403))
+        self.assertEqual(self.up_posts() or support.wait_for_hits("npm", "^POST /-/npm/v1/security/advisories/bulk",
+                                                                  self.posts_before + 1) - self.posts_before, 1)
+
+    def up_posts(self) -> int:
+        return support.hits("npm", "^POST /-/npm/v1/security/advisories/bulk") - self.posts_before
 
     def test_no_credentials(self) -> None:
         """Without credentials npm is refused with the vault's 401."""

@@ -11,7 +11,7 @@ are checked here, once, before any backend sees them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -193,9 +193,21 @@ def dispatch(backend: IBackend, request: Request, postpath: list[bytes]) -> Any:
     """
     responder = Responder(request, backend.render_error)
     request.backend_name = backend.name  # type: ignore[attr-defined]
+    return admitted(backend, responder, lambda: _answer(backend, responder, postpath))
+
+
+def admitted(backend: IBackend, responder: Responder, proceed: Callable[[], Any]) -> Any:
+    """
+    Run C{proceed} (what a resource's render returns) once the site's gate
+    admits the client to C{backend} (L{artifactvault.auth.gate}); its
+    refusals (401, 403, 429) in the backend's error format. Every way into
+    a backend goes through here: L{dispatch}, and a backend's own routes
+    (npm's relayed audit).
+    """
+    request = responder.request
     gate = gate_of(request)
     access = gate.access_of(backend) if gate is not None else None
-    return guard(request, access, lambda: _answer(backend, responder, postpath),
+    return guard(request, access, proceed,
                  lambda verdict: responder.error(verdict.status, verdict.message, headers=verdict.headers))
 
 
