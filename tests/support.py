@@ -308,15 +308,30 @@ class Daemon:
         """Start it (with C{args}, more options of the artifactvault command); poll until it answers."""
         self.write_config()
         log = open(self.log_path, "ab")
+        logged = log.tell()
         self.proc = subprocess.Popen(
             [twistd(), "-n", "--pidfile=", "artifactvault", "--config", self.config_path, *args],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
             env={**os.environ, **(env or {})})
         log.close()
-        if wait_http(self.url("/-/health"), timeout, self.proc) != 200:
+        if wait_http(self.url("/-/health"), timeout, self.proc) != 200 or not self._listening(timeout, logged):
             raise RuntimeError(f"daemon did not come up (exit status {self.proc.poll()}):\n"
                                f"{self.log()[-3000:]}")
         return self
+
+    def _listening(self, timeout: float, logged: int) -> bool:
+        """
+        Whether it is this daemon that answers on its port: another one, of a
+        test suite running beside this one, may have been given the same free
+        port and answered the health check while this one failed to bind.
+        """
+        deadline = time.monotonic() + timeout
+        line = b"starting on %d\n" % self.port
+        while line not in self._log_since(logged):
+            if self.proc.poll() is not None or time.monotonic() > deadline:  # type: ignore[union-attr]
+                return False
+            time.sleep(0.02)
+        return True
 
     def wait_stored(self, key: str, timeout: float = 30.0) -> None:
         """Poll until the entry for cache key C{key} is committed (its metadata exists)."""
@@ -360,6 +375,11 @@ class Daemon:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _log_since(self, offset: int) -> bytes:
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return f.read()
 
     def log(self) -> str:
         try:
