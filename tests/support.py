@@ -326,8 +326,9 @@ class Daemon:
         port and answered the health check while this one failed to bind.
         """
         deadline = time.monotonic() + timeout
-        line = b"starting on %d\n" % self.port
-        while line not in self._log_since(logged):
+        # (the end of a text line, or of a JSON string with --log-format json)
+        line = re.compile(rb"starting on %d[\n\"]" % self.port)
+        while not line.search(self._log_since(logged)):
             if self.proc.poll() is not None or time.monotonic() > deadline:  # type: ignore[union-attr]
                 return False
             time.sleep(0.02)
