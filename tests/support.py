@@ -326,8 +326,7 @@ class Daemon:
         port and answered the health check while this one failed to bind.
         """
         deadline = time.monotonic() + timeout
-        # (the end of a text line, or of a JSON string with --log-format json)
-        line = re.compile(rb"starting on %d[\n\"]" % self.port)
+        line = re.compile(rb"starting on %d\b" % self.port)  # (plain and JSON-lines logs)
         while not line.search(self._log_since(logged)):
             if self.proc.poll() is not None or time.monotonic() > deadline:  # type: ignore[union-attr]
                 return False
