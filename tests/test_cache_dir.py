@@ -171,7 +171,11 @@ class FullDiskTests(TestCase):
         """
         body = os.urandom(8 * MIB)
         self.fake.scripts["/b.bin"] = Script(body=body)
-        request("GET", self.daemon.url("/-/health"))
+        # (the download now ends well: its upstream connection goes back to the pool, so the
+        # baseline has one there already)
+        self.fake.scripts["/warm.bin"] = Script(body=b"w")
+        self.assertEqual(request("GET", self.daemon.url("/fake/warm.bin"))[0], 200)
+        self.daemon.wait_log("stored /fake/warm.bin")  # (its commit ended: the disk's use is settled)
         baseline = fds(self.daemon)
         self.disk.fill(leave=2 * MIB)
         conn = http.client.HTTPConnection("127.0.0.1", self.daemon.port, timeout=30)
