@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from artifactvault.tls import ServerCertificate, TLSFileError, load_certificates, load_private_key
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
@@ -320,14 +322,50 @@ class Config:
     shutdown_timeout: float = 30.0
     #: Whether requests, upstreams and the cache are counted for C{/-/metrics} and C{/-/status}.
     metrics: bool = True
+    #: The certificate (chain) and key C{http_host}/C{http_port} serve HTTPS with
+    #: (C{tls_cert}/C{tls_key}, read and checked at load); None: plain HTTP.
+    tls: ServerCertificate | None = None
 
     @property
     def endpoints(self) -> list[str]:
-        """Listening endpoints: ``--listen`` if given, else ``http_host``/``http_port``."""
+        """
+        Listening endpoints: ``--listen`` if given, else ``http_host``/``http_port``
+        (``ssl:`` with C{tls}: the service listens with L{ServerCertificate.options},
+        which sends the whole chain).
+        """
         if self.listen:
             return list(self.listen)
-        host = self.http_host.replace(":", r"\:")
+        host = _escape(self.http_host)
+        if self.tls is not None:
+            return [f"ssl:{self.http_port}:interface={host}:privateKey={_escape(self.tls.key_path)}"
+                    f":certKey={_escape(self.tls.cert_path)}"]
         return [f"tcp:{self.http_port}:interface={host}"]
+
+
+def _escape(value: str) -> str:
+    """A value for an endpoint description: its backslashes and colons escaped."""
+    return value.replace("\\", "\\\\").replace(":", r"\:")
+
+
+def parse_tls(top: Section) -> ServerCertificate | None:
+    """C{tls_cert} and C{tls_key}: both or neither; the files read and checked now."""
+    cert = top.str("tls_cert", None)
+    key = top.str("tls_key", None)
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        missing, given = ("tls_cert", "tls_key") if cert is None else ("tls_key", "tls_cert")
+        raise top.error(missing, f"required with {given} (HTTPS needs a certificate and its key)")
+    cert, key = (os.path.abspath(os.path.expanduser(p)) for p in (cert, key))
+    try:
+        load_certificates(cert)
+    except TLSFileError as e:
+        raise top.error("tls_cert", str(e)) from None
+    try:
+        load_private_key(key)
+        return ServerCertificate(cert, key)
+    except TLSFileError as e:
+        raise top.error("tls_key", str(e)) from None
 
 
 def parse(data: Any, source: str,
@@ -368,6 +406,7 @@ def parse(data: Any, source: str,
         raise top.error("admin_token", "must be at least 16 characters (make one with: openssl rand -hex 32)")
     config.shutdown_timeout = top.seconds("shutdown_timeout", 30.0)
     config.metrics = top.bool("metrics", True)
+    config.tls = parse_tls(top)
     backends = top._get("backends", [])
     if not isinstance(backends, list):
         raise top.error("backends", f"must be a list, not {_kind(backends)}")

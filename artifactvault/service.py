@@ -28,12 +28,13 @@ import sys
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.internet import TimerService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
+from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from artifactvault import logs, ops as operations
@@ -46,7 +47,7 @@ from artifactvault.config import Config
 from artifactvault.root import Root
 from artifactvault.shutdown import InOrder
 from artifactvault.site import VaultSite
-from artifactvault.upstream import make_client
+from artifactvault.upstream import Clients
 from artifactvault.vault import Vault
 
 _log = Logger(observer=logs.observer)
@@ -101,15 +102,23 @@ class _StoreService(Service):
         self.store.close()
 
 
-class _PoolService(Service):
-    """Closes the upstream connection pool when the daemon stops."""
+def _upstream_pool(reactor: Any) -> HTTPConnectionPool:
+    """A pool of upstream connections: a few kept open per host for a minute."""
+    pool = _QuietPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 16
+    pool.cachedConnectionTimeout = 60
+    return pool
 
-    def __init__(self, pool: HTTPConnectionPool):
-        self.pool = pool
+
+class _PoolService(Service):
+    """Closes the upstream connection pools when the daemon stops."""
+
+    def __init__(self, clients: Clients):
+        self.clients = clients
 
     def stopService(self) -> Any:
         super().stopService()
-        return self.pool.closeCachedConnections()
+        return gatherResults([pool.closeCachedConnections() for pool in self.clients.pools])
 
 
 def make_store(config: Config, reactor: Any, run_blocking: Any) -> tuple[Any, Any]:
@@ -168,9 +177,7 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
     logs.set_level(config.log_level)
-    pool = _QuietPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 16
-    pool.cachedConnectionTimeout = 60
+    clients = Clients(reactor, lambda: _upstream_pool(reactor))
     if threadpool is None:
         threadpool = ThreadPool(minthreads=1, maxthreads=STORE_THREADS, name="artifactvault-store")
 
@@ -180,7 +187,7 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
     store, s3pool = make_store(config, reactor, run_blocking)
     vault = Vault(store, reactor)
     ops = operations.prepare(config, vault)
-    context = BuildContext(vault=vault, reactor=reactor, client=make_client(reactor, pool),
+    context = BuildContext(vault=vault, reactor=reactor, client=clients.get(), clients=clients,
                            offline=config.offline, observe=ops.observe)
     backends = [backend_type(entry.type).build(settings, context)
                 for entry, settings in zip(config.backends, config.settings)]
@@ -198,15 +205,29 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
     janitor = TimerService(SWEEP_INTERVAL, _Janitor(store))
     janitor.clock = reactor
     janitor.setServiceParent(top)
-    _PoolService(pool).setServiceParent(top)
+    _PoolService(clients).setServiceParent(top)
     if isinstance(store, S3Store):
         _S3Service(store, s3pool).setServiceParent(top)
     drain.setServiceParent(top)  # (stopped after the listeners, before the pool and the store)
-    for description in config.endpoints:
-        strports.service(description, site, reactor=reactor).setServiceParent(top)
+    for listener in listeners(config, site, reactor):
+        listener.setServiceParent(top)
     for backend in backends:
         _log.info("backend {name} at {prefix}", name=backend.name, prefix=backend.prefix)
     return top, root
+
+
+def listeners(config: Config, site: Any, reactor: Any) -> list[Service]:
+    """
+    A service listening for C{site} on each of the config's endpoints:
+    C{tls_cert}/C{tls_key} (without C{--listen}) serve HTTPS on
+    C{http_host}/C{http_port} with the whole certificate chain.
+    """
+    if config.tls is None or config.listen:
+        return [strports.service(description, site, reactor=reactor) for description in config.endpoints]
+    endpoint = SSL4ServerEndpoint(reactor, config.http_port, config.tls.options(), interface=config.http_host)
+    service = StreamServerEndpointService(endpoint, site)
+    service._raiseSynchronously = True  # (as strports.service does: a port in use stops the start)
+    return [service]
 
 
 class _Janitor:

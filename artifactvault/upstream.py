@@ -45,6 +45,7 @@ from artifactvault import __version__
 from artifactvault.negative import NegativeCache, Remembered
 from artifactvault.observe import NULL, IUpstreamObserver
 from artifactvault.ratelimit import FAILURE_BACKOFF, FAILURE_STATUSES, Backoff
+from artifactvault.tls import policy_for, verify_failure
 
 _log = Logger(observer=logs.observer)
 
@@ -88,6 +89,10 @@ class UpstreamOffline(UpstreamError):
 
 class UpstreamUnreachable(UpstreamError):
     """No answer: the connection was refused, could not be made, or broke before an answer."""
+
+
+class UpstreamCertificateError(UpstreamError):
+    """The upstream's TLS certificate did not verify (untrusted chain, or not for its name): a 502."""
 
 
 class UpstreamBackedOff(UpstreamError):
@@ -253,12 +258,43 @@ class _IdentityAgent:
 
 
 def make_client(reactor: Any, pool: webclient.HTTPConnectionPool | None = None,
-                connect_timeout: float = 10.0, agent: IAgent | None = None) -> HTTPClient:
-    """A treq client that stores no cookies and never decodes bodies."""
+                connect_timeout: float = 10.0, agent: IAgent | None = None,
+                ca_file: str | None = None) -> HTTPClient:
+    """
+    A treq client that stores no cookies and never decodes bodies, and
+    verifies every HTTPS upstream (trusting C{ca_file}'s CAs too, if given:
+    L{artifactvault.tls.policy_for}).
+    """
     if agent is None:
-        agent = webclient.Agent(reactor, pool=pool, connectTimeout=connect_timeout)
+        agent = webclient.Agent(reactor, contextFactory=policy_for(ca_file), pool=pool,
+                                connectTimeout=connect_timeout)
     jar = IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
     return HTTPClient(_IdentityAgent(agent), cookiejar=jar)
+
+
+class Clients:
+    """
+    The daemon's upstream clients: the shared one, and one for each
+    distinct C{ca_file} a backend names, over a connection pool of its own
+    (pools are keyed by scheme, host and port only: a connection verified
+    against one backend's private CA must never be reused by a backend that
+    does not trust that CA).
+    """
+
+    def __init__(self, reactor: Any, new_pool: Any):
+        self.reactor = reactor
+        self._new_pool = new_pool
+        self.pools: list[webclient.HTTPConnectionPool] = []
+        self._clients: dict[str | None, HTTPClient] = {}
+
+    def get(self, ca_file: str | None = None) -> HTTPClient:
+        """The client for upstreams verified against the system's CAs (and C{ca_file}'s)."""
+        client = self._clients.get(ca_file)
+        if client is None:
+            pool = self._new_pool()
+            self.pools.append(pool)
+            client = self._clients[ca_file] = make_client(self.reactor, pool, ca_file=ca_file)
+        return client
 
 
 class _Discard(TwistedProtocol):
@@ -379,6 +415,8 @@ def describe_failure(exc: BaseException, url: str, timeout: float) -> UpstreamEr
         return UpstreamUnreachable(f"cannot connect to upstream {host}: {exc.__class__.__name__}")
     if isinstance(exc, SchemeNotSupported):
         return UpstreamError(f"cannot fetch {urlsplit(url).scheme}: URLs (from upstream {host})")
+    if verify_failure([exc, *reasons]):  # never retried without verification
+        return UpstreamCertificateError(f"certificate verify failed for {host}")
     if isinstance(exc, (webclient.ResponseNeverReceived, webclient.RequestTransmissionFailed)):
         detail = ""
         if reasons and "SSL" in type(reasons[0].value).__module__ + type(reasons[0].value).__name__:
