@@ -35,6 +35,7 @@ class CertFiles:
     """A CA and a server certificate for 127.0.0.1 made by trustme, written to C{directory}."""
 
     def __init__(self, directory: str, *identities: str):
+        directory = os.path.abspath(directory)
         os.makedirs(directory, exist_ok=True)
         self.ca = trustme.CA()
         leaf = self.ca.issue_cert(*(identities or ("127.0.0.1", "localhost")))
