@@ -301,6 +301,54 @@ def parse_store(top: Section) -> StoreSettings:
 
 
 @dataclass
+class ClientLimits:
+    """
+    What a client may send and hold (top-level keys of the same names); each
+    limit is answered with its status and a reason, then the connection is
+    closed (L{artifactvault.site.VaultChannel}).
+    """
+
+    #: The longest request line (method, target, version) → 414.
+    max_request_line: int = 8 * 1024
+    #: The longest request path (the target without its query) → 414.
+    max_path_length: int = 4 * 1024
+    #: The most header fields in one request → 431.
+    max_headers: int = 100
+    #: The most bytes of header fields in one request (any one line included) → 431.
+    max_header_size: int = 32 * 1024
+    #: The largest request body (announced or sent) → 413: nothing here takes a large one.
+    max_request_body: int = 64 * 1024
+    #: Seconds a request's head (and body) may take to arrive, from the connection's
+    #: start or the request's first byte → 408, connection closed (slowloris).
+    client_header_timeout: float = 10.0
+    #: Open connections one client address may hold; more → 503 at once.
+    max_connections_per_client: int = 1024
+
+
+def parse_limits(top: Section) -> ClientLimits:
+    """The L{ClientLimits} keys of the top level."""
+    d = ClientLimits()
+    limits = ClientLimits(
+        max_request_line=top.size("max_request_line", d.max_request_line),
+        max_path_length=top.size("max_path_length", d.max_path_length),
+        max_headers=top.int("max_headers", d.max_headers, minimum=1, maximum=10000),
+        max_header_size=top.size("max_header_size", d.max_header_size),
+        max_request_body=top.size("max_request_body", d.max_request_body, zero=True),
+        client_header_timeout=top.seconds("client_header_timeout", d.client_header_timeout),
+        max_connections_per_client=top.int("max_connections_per_client", d.max_connections_per_client,
+                                           minimum=1))
+    if limits.max_request_line < 256:
+        raise top.error("max_request_line", "must be at least 256 bytes")
+    if limits.max_path_length > limits.max_request_line:
+        raise top.error("max_path_length", f"must not be more than max_request_line ({limits.max_request_line})")
+    if limits.max_header_size < 1024:
+        raise top.error("max_header_size", "must be at least 1024 bytes")
+    if limits.client_header_timeout <= 0:
+        raise top.error("client_header_timeout", "must be more than 0")
+    return limits
+
+
+@dataclass
 class Config:
     source: str
     http_host: str = DEFAULT_HOST
@@ -325,6 +373,8 @@ class Config:
     #: The certificate (chain) and key C{http_host}/C{http_port} serve HTTPS with
     #: (C{tls_cert}/C{tls_key}, read and checked at load); None: plain HTTP.
     tls: ServerCertificate | None = None
+    #: What clients may send and hold (L{ClientLimits}).
+    limits: ClientLimits = field(default_factory=ClientLimits)
 
     @property
     def endpoints(self) -> list[str]:
@@ -407,6 +457,7 @@ def parse(data: Any, source: str,
     config.shutdown_timeout = top.seconds("shutdown_timeout", 30.0)
     config.metrics = top.bool("metrics", True)
     config.tls = parse_tls(top)
+    config.limits = parse_limits(top)
     backends = top._get("backends", [])
     if not isinstance(backends, list):
         raise top.error("backends", f"must be a list, not {_kind(backends)}")

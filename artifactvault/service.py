@@ -192,7 +192,7 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
     backends = [backend_type(entry.type).build(settings, context)
                 for entry, settings in zip(config.backends, config.settings)]
     root = Root(backends)
-    site = VaultSite(root, reactor=reactor)
+    site = VaultSite(root, reactor=reactor, limits=config.limits)
     # Here, so that a bad or busy cache_dir stops the start with a message; after
     # everything else that can refuse the config, so that a refusal leaves no lock held.
     removed = store.open()
