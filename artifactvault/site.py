@@ -60,12 +60,15 @@ NOT_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection:
            b"This is a plain HTTP server: TLS is not spoken here.\n")
 #: How much of a refused request's target goes into its log line.
 LOGGED_TARGET = 200
+#: The reason phrases of the refusals (RFC 9110's: Twisted has older ones, and no 431).
+PHRASES = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
+           431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
 
 def refusal(status: int, reason: str, headers: tuple[bytes, ...] = ()) -> bytes:
     """A whole answer that ends its connection: C{status}, C{reason} as its plain-text body."""
     body = (reason + "\n").encode("utf-8", "replace")
-    head = [b"HTTP/1.1 %d %s" % (status, RESPONSES.get(status, b"Error")), b"Server: " + SERVER,
+    head = [b"HTTP/1.1 %d %s" % (status, PHRASES.get(status) or RESPONSES.get(status, b"Error")), b"Server: " + SERVER,
             b"Content-Type: text/plain; charset=utf-8", b"Content-Length: %d" % len(body),
             b"Cache-Control: no-store", b"Connection: close", *headers]
     return b"\r\n".join(head) + b"\r\n\r\n" + body
