@@ -30,7 +30,7 @@ from urllib.parse import urljoin, urlsplit
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as neterror
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -509,6 +509,7 @@ class Upstream:
     @ivar idle_timeout: Seconds a download may go without a byte (used by the flight).
     @ivar backoff: Seconds of back-off after a failure (0: none); see
         L{backoff_for} and L{artifactvault.ratelimit}.
+    @ivar download_slots: A L{DeferredSemaphore} of C{max_downloads}, or None.
     """
 
     def __init__(self, client: HTTPClient, reactor: Any, auth: IUpstreamAuth | None = None,
@@ -516,7 +517,7 @@ class Upstream:
                  idle_timeout: float = 60.0, origin_url: str | None = None,
                  backoff: float = FAILURE_BACKOFF, negative_ttl: float = 0.0,
                  max_stale: float | None = None, offline: bool = False,
-                 observer: IUpstreamObserver = NULL):
+                 observer: IUpstreamObserver = NULL, max_downloads: int | None = None):
         self.client = client
         self.reactor = reactor
         self.auth = auth
@@ -533,6 +534,9 @@ class Upstream:
         #: Never ask the upstream: hits and stale copies only, misses a 504.
         self.offline = offline
         self.observer = observer
+        #: At most C{max_downloads} downloads (flights) at once; the rest wait in
+        #: order for a slot (L{artifactvault.flight.Flight}); None: no cap.
+        self.download_slots = DeferredSemaphore(max_downloads) if max_downloads else None
         #: 404/410 answers just remembered, by id of their response (held, so
         #: the id stays its own), until their words are read (L{error_for}).
         self._unread: collections.OrderedDict[int, tuple[Any, Remembered]] = collections.OrderedDict()

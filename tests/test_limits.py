@@ -289,3 +289,66 @@ class ConfigTests(SynchronousTestCase):
                           ("max_connections_per_client: 0\n", "max_connections_per_client")):
             error = self.assertRaises(ConfigError, self.load, text)
             self.assertIn(f": {key}: ", str(error))
+
+
+class DownloadCapTests(SynchronousTestCase):
+    """max_downloads: a backend's downloads in flight at once; misses over it wait, in order."""
+
+    def setUp(self) -> None:
+        from twisted.internet.defer import DeferredSemaphore
+
+        from tests.fakes import Harness
+        self.harness = Harness(self)
+        self.harness.upstream.download_slots = DeferredSemaphore(2)
+
+    def test_queued_misses_all_complete(self) -> None:
+        """Five misses, two slots: two are asked at once, each end lets the next go; all five complete."""
+        clients = [self.harness.get(f"/files/f{i}.bin") for i in range(5)]
+        self.assertEqual([r.url for r in self.harness.requests],
+                         [self.harness.url("f0.bin"), self.harness.url("f1.bin")])
+        for i in range(5):
+            self.harness.requests[i].respond(200, b"body %d" % i)
+            self.assertEqual(len(self.harness.requests), min(i + 3, 5))
+        for i, client in enumerate(clients):
+            answer = client.answer()
+            self.assertEqual((answer.status, answer.body), (200, b"body %d" % i))
+        self.assertEqual(self.harness.upstream.download_slots.tokens, 2)
+
+    def test_failure_frees_its_slot(self) -> None:
+        """A download that fails gives its slot to the next in line."""
+        first = self.harness.get("/files/a.bin")
+        self.harness.get("/files/b.bin")
+        third = self.harness.get("/files/c.bin")
+        self.harness.requests[0].respond(500, b"broken")
+        self.assertEqual(first.answer().status, 502)
+        self.assertEqual(len(self.harness.requests), 3)
+        self.harness.requests[2].respond(200, b"c")
+        self.assertEqual(third.answer().body, b"c")
+
+    def test_cancelled_while_waiting(self) -> None:
+        """A flight stopped while it waits (a graceful stop) leaves the queue and takes no slot."""
+        self.harness.get("/files/a.bin")
+        self.harness.get("/files/b.bin")
+        waiting = self.harness.get("/files/c.bin")
+        flight = self.harness.vault.flights.get(self.harness.url("c.bin"))
+        flight.cancel("the daemon is stopping")
+        self.assertEqual(waiting.answer().status, 502)
+        self.harness.requests[0].respond(200, b"a")
+        self.harness.requests[1].respond(200, b"b")
+        self.assertEqual(len(self.harness.requests), 2)
+        self.assertEqual(self.harness.upstream.download_slots.tokens, 2)
+
+    def test_config(self) -> None:
+        """max_downloads is a backend key: 64 by default, 0 for no cap."""
+        from artifactvault.backends.base import BuildContext
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("backends:\n"
+                    "  - {type: http, config: {prefix: /a/, base_url: 'http://a.test/'}}\n"
+                    "  - {type: http, config: {prefix: /b/, base_url: 'http://b.test/', max_downloads: 3}}\n"
+                    "  - {type: http, config: {prefix: /c/, base_url: 'http://c.test/', max_downloads: 0}}\n")
+        config = configmod.load(path, parse_backend)
+        self.assertEqual([s.max_downloads for s in config.settings], [64, 3, 0])
+        context = BuildContext(vault=None, reactor=Clock(), client=object())  # type: ignore[arg-type]
+        slots = [context.upstream("http://x.test/", s).download_slots for s in config.settings]
+        self.assertEqual([s.limit if s else None for s in slots], [64, 3, None])

@@ -119,3 +119,36 @@ class WireLimitTests(TestCase):
                 break
             time.sleep(0.05)
         self.assertEqual(status, 200)
+
+
+class DownloadCapWireTests(TestCase):
+
+    timeout = 120
+
+    def test_queued_misses_complete(self) -> None:
+        """
+        max_downloads: 2 and 8 clients each missing another 10 MiB file at
+        once: every one gets its file whole and right (the excess waited for
+        a slot, none failed), and the upstream was asked once per file.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+        files = support.upstream_url("files")
+        names = [support.new_upstream_file("medium.bin") for _ in range(8)]
+        for name, _ in names:
+            self.addCleanup(support.drop_upstream_file, name)
+        d = support.Daemon([{"type": "http", "config": {"prefix": "/files/", "base_url": files,
+                                                        "max_downloads": 2}}])
+        self.addCleanup(d.cleanup)
+        d.start()
+        log = support.AccessLog("files")
+
+        def get(name: str) -> tuple[int, str]:
+            status, _, body = support.request("GET", d.url("/files/" + name))
+            import hashlib
+            return status, hashlib.sha256(body).hexdigest()
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(get, [name for name, _ in names]))
+        self.assertEqual(results, [(200, digest) for _, digest in names])
+        self.assertEqual(len(log.wait(r"^/t-", 8)), 8)
+        self.assertIn("waits for a download slot (2 in flight)", d.log())  # (some did wait)

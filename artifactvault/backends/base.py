@@ -31,6 +31,10 @@ from artifactvault.upstream import StaticAuth, Upstream
 from artifactvault.vault import Vault
 
 
+#: Downloads one backend has in flight at once, by default (uv alone asks for 50 files at once).
+MAX_DOWNLOADS = 64
+
+
 class IBackend(Interface):
     name = Attribute("Short name for logs, e.g. 'http /files/'.")
     prefix = Attribute("Where it is mounted, e.g. '/files/'.")
@@ -108,7 +112,8 @@ class BuildContext:
         upstream = Upstream(self.client_for(settings), self.reactor, auth=auth, headers=settings.headers,
                             timeout=settings.timeout, idle_timeout=settings.idle_timeout,
                             origin_url=base_url, backoff=settings.backoff, negative_ttl=settings.negative_ttl,
-                            max_stale=settings.max_stale, offline=offline, observer=observer)
+                            max_stale=settings.max_stale, offline=offline, observer=observer,
+                            max_downloads=settings.max_downloads)
         observer.watch(upstream)
         return upstream
 
@@ -131,6 +136,8 @@ class CommonSettings:
     offline: bool | None = None  # None: the top level's
     #: PEM CA certificates trusted for this upstream besides the system's (a private CA).
     ca_file: str | None = None
+    #: Downloads from the upstream at once; more wait for a slot (0: no cap).
+    max_downloads: int = MAX_DOWNLOADS
 
     def __repr__(self) -> str:  # credentials stay out of logs and tracebacks
         return f"{type(self).__name__}(prefix={self.prefix!r})"
@@ -155,7 +162,8 @@ def parse_common(section: Section, default_prefix: str | None = None) -> dict[st
                 negative_ttl=section.seconds("negative_ttl", NEGATIVE_TTL),
                 max_stale=section.seconds("max_stale", None),
                 offline=section.bool("offline", None),
-                ca_file=parse_ca_file(section))
+                ca_file=parse_ca_file(section),
+                max_downloads=section.int("max_downloads", MAX_DOWNLOADS, minimum=0))
 
 
 def parse_ca_file(section: Section) -> str | None:
