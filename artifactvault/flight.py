@@ -53,7 +53,7 @@ from artifactvault.cache.entry import Entry, write_all
 from artifactvault.cache.interface import ILease, IStore, IStoreWrite, StoreUnavailable
 from artifactvault.fields import fresh_until, response_headers
 from artifactvault.observe import body_error_kind
-from artifactvault.upstream import (Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout,
+from artifactvault.upstream import (Upstream, host_of, UpstreamError, UpstreamStatus, UpstreamTimeout,
                                     abandon, describe_failure, discard, header)
 
 _log = Logger(observer=logs.observer)
@@ -311,9 +311,9 @@ class Flight:
         if slots is None:
             self._send()
             return
-        if not slots.tokens:
-            _log.debug("{what} waits for a download slot ({limit} in flight)",
-                       what=self.artifact.describe(), limit=slots.limit)
+        if not slots.tokens and not slots.waiting:  # (once as a queue forms, not once per download)
+            _log.info("downloads from {host} wait for a slot: {limit} in flight (max_downloads)",
+                      host=host_of(self.artifact.upstream.origin_url or self.artifact.url), limit=slots.limit)
         self._slot_wait = slots.acquire()
         self._slot_wait.addCallbacks(self._slot_granted, lambda f: f.trap(CancelledError))
 

@@ -151,4 +151,4 @@ class DownloadCapWireTests(TestCase):
             results = list(pool.map(get, [name for name, _ in names]))
         self.assertEqual(results, [(200, digest) for _, digest in names])
         self.assertEqual(len(log.wait(r"^/t-", 8)), 8)
-        self.assertIn("waits for a download slot (2 in flight)", d.log())  # (some did wait)
+        self.assertIn("wait for a slot: 2 in flight (max_downloads)", d.log())  # (some did wait)
