@@ -25,7 +25,14 @@ LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
 
 class ConfigError(Exception):
-    """A configuration value is missing or wrong; the message names file and key."""
+    """
+    A configuration value is missing or wrong; the message names file and
+    key. It is always one line: a control character that came from the
+    file (in a path, a key) is shown escaped.
+    """
+
+    def __init__(self, message: str):
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
 
 
 def default_cache_dir() -> str:
@@ -218,7 +225,18 @@ class Section:
         """Refuse keys nobody read: a typo should not silently do nothing."""
         for key in self.data:
             if key not in self._used:
-                raise self.error(str(key), "unknown key")
+                raise self.error(key_text(key), "unknown key")
+
+
+def key_text(key: Any) -> str:
+    """
+    A key as an error names it: as written when it is a printable string,
+    else quoted (C{'a\\nb'}), so that the error stays one line and the
+    file's text cannot forge another.
+    """
+    if isinstance(key, str) and key.isprintable() and key.strip() == key and key:
+        return key
+    return repr(key) if isinstance(key, str) else str(key)
 
 
 def _kind(value: Any) -> str:
