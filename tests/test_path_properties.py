@@ -23,6 +23,7 @@ from urllib.parse import quote, unquote, urlsplit
 import yaml
 from hypothesis import given, note
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -31,14 +32,12 @@ from artifactvault.backends import backend_type, parse_backend
 from artifactvault.backends import pypi_index, pypi_json, registry_media
 from artifactvault.backends.base import BuildContext, BadPath, safe_segments
 from artifactvault.cache.store import FileStore
-from artifactvault.config import BackendEntry, ConfigError, Section
+from artifactvault.config import ConfigError, Section
 from artifactvault.root import Root
 from artifactvault.site import VaultSite
 from artifactvault.vault import Vault
 from tests.fakes import EPOCH, Client, FakeClient
 from tests.headers import bounded
-
-from twisted.internet.task import Clock
 
 #: The backends under test: (type, its config); their upstreams are these roots only.
 BACKENDS = [
@@ -124,10 +123,8 @@ class Failures:
 
     def __init__(self, testcase: SynchronousTestCase):
         self.events: list[dict] = []
-        observer = self.events.append
         globalLogPublisher.addObserver(self._observe)
         testcase.addCleanup(globalLogPublisher.removeObserver, self._observe)
-        del observer
 
     def _observe(self, event: dict) -> None:
         if "log_failure" in event:
@@ -199,9 +196,8 @@ class RequestTargetProperties(SynchronousTestCase):
     @given(key=st.text(max_size=300))
     def test_any_key_stays_in_the_cache(self, key: str) -> None:
         """Whatever a cache key holds (a path, .., NUL, any text), its files are inside cache_dir."""
-        kh = FileStore.key_hash(key)
-        for path in (self.store._meta_path(kh),):
-            self.assertTrue(os.path.realpath(path).startswith(self.root + os.sep), path)
+        path = self.store._meta_path(FileStore.key_hash(key))  # (the entry's data file sits beside it)
+        self.assertTrue(os.path.realpath(path).startswith(self.root + os.sep), path)
 
 
 class PathParserProperties(SynchronousTestCase):
@@ -380,6 +376,5 @@ class ConfigProperties(SynchronousTestCase):
             self.assertOneLine(e, path)
 
     def test_backend_entry_without_mapping(self) -> None:
-        """(a sanity check of the strategy's target) a backend that is not a mapping is a ConfigError."""
+        """(what the strategies aim at) a backend item that is not a mapping is a ConfigError."""
         self.assertRaises(ConfigError, configmod.parse, {"backends": [3]}, "p.yml", parse_backend)
-        self.assertIsInstance(BackendEntry, type)
