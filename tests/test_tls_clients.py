@@ -73,6 +73,14 @@ class ServingTests(TestCase):
                                                                           "www", "small.bin")))
         refused = self.curl(d, "/files/small.bin")
         self.assertEqual(refused.returncode, 60, refused.stderr)  # curl: peer certificate cannot be authenticated
+        medium = support.sha256_file(os.path.join(support.upstream_dir("files"), "www", "medium.bin"))
+        for status in ("MISS", "HIT"):  # (a hit on plain TCP is sent with sendfile: never on TLS)
+            p = subprocess.run(["curl", "-sS", "--noproxy", "*", "--cacert", d.ca_file, "-D", "-", "-o",
+                                "/dev/stdout", d.url("/files/medium.bin")],
+                               capture_output=True, timeout=60, env=client_env())
+            head, _, body = p.stdout.partition(b"\r\n\r\n")
+            self.assertIn(b"X-Cache: " + status.encode(), head, p.stderr)
+            self.assertEqual(sha256(body), medium)
 
     def test_curl_listen_ssl(self) -> None:
         """--listen ssl:…:privateKey=…:certKey=… serves HTTPS too."""
