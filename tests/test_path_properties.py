@@ -45,9 +45,10 @@ BACKENDS = [
     ("pypi", {"prefix": "/pypi/", "index_url": "https://pypi.test/simple/"}),
     ("registry", {"prefix": "/reg/", "registry_url": "https://reg.test"}),
     ("apt", {"prefix": "/debian/", "mirror_url": "https://deb.test/debian"}),
+    ("npm", {"prefix": "/npm/", "registry_url": "https://npm.test/"}),
 ]
 UPSTREAM_ROOTS = ("https://files.test/base/", "https://pypi.test/simple/", "https://pypi.test/pypi/",
-                  "https://reg.test/v2/", "https://deb.test/debian/")
+                  "https://reg.test/v2/", "https://deb.test/debian/", "https://npm.test/")
 
 _TRICKY = [".", "..", "", "%2e%2e", "%2E", "%2e", ".%2e", "%2f", "%2F", "..%2f", "%5c", "%5C", "%00", "%ff",
            "%252e%252e", "%20", "+f", "simple", "json", "pypi", "manifests", "blobs", "tags", "list",
@@ -90,6 +91,9 @@ shaped = st.one_of(
     st.builds(lambda s_, rest: f"/debian/dists/{s_}/{rest}", word("stable", "bookworm", ".."),
               word("InRelease", "Release", "Release.gpg", "main/binary-amd64/Packages.xz",
                    "main/binary-amd64/by-hash/SHA256/" + HEX64, "main/source/Sources.xz")),
+    st.builds(lambda n, rest: f"/npm/{n}{rest}", word("left-pad", "@types/node", "@types%2fnode", "@x", "_x", "A"),
+              st.sampled_from(["", "/", "/-/left-pad-1.3.0.tgz", "/-/x.tgz", "/-/../x.tgz", "/1.0.0", "/-/"])),
+    st.builds(lambda rest: f"/npm/-/{rest}", word("ping", "v1/search", "whoami", "package/x/dist-tags")),
     st.builds(lambda segs: "/debian/pool/" + "/".join(segs), st.lists(word("main", "a", "av-pkg", "x_1.0_all.deb"),
                                                                       max_size=5)),
 )
@@ -168,6 +172,7 @@ class RequestTargetProperties(SynchronousTestCase):
         note(f"{method.decode()} {target!r}")
         self.fresh()
         client = Client(self.site, self.clock, target, method)
+        upstream_said_500 = False
         for _ in range(20):  # (a page may lead to a file, a tag to a manifest)
             pending = self.client.requests[self.answered:]
             if not pending:
@@ -177,6 +182,7 @@ class RequestTargetProperties(SynchronousTestCase):
                 why = within_upstream(request.url)
                 self.assertIsNone(why, f"{request.method} {request.url}: {why}")
                 kind = data.draw(answers, label=f"answer to {request.url}")
+                upstream_said_500 |= kind == "500"
                 if kind == "200":
                     request.respond(200, b"" if request.method == "HEAD" else b"x",
                                     {"content-type": "application/octet-stream"})
@@ -186,8 +192,10 @@ class RequestTargetProperties(SynchronousTestCase):
         self.assertTrue(client.has_answer(), f"no answer to {method!r} {target!r} (a hang)")
         answer = client.answer()
         note(f"answer: {answer.status} {answer.body[:200]!r}")
-        self.assertNotEqual(answer.status, 500, answer.body[:300])
-        self.failures.check()
+        self.failures.check()  # (the vault's own 500 comes with a logged traceback)
+        if answer.status == 500:  # (an upstream's 500 may be passed on, with its words)
+            self.assertTrue(upstream_said_500 and answer.body == (b"" if method == b"HEAD" else b"no"),
+                            answer.body[:300])
         for entry in self.store.entries():
             path = os.path.realpath(self.store.data_path(entry))
             self.assertTrue(path.startswith(self.root + os.sep), path)
@@ -313,7 +321,8 @@ TOP_KEYS = ["http_host", "http_port", "cache_dir", "max_size", "max_object_size"
 BACKEND_KEYS = ["prefix", "base_url", "index_url", "registry_url", "mirror_url", "json_api_url", "username",
                 "password", "password_env", "token", "token_env", "headers", "timeout", "idle_timeout", "backoff",
                 "negative_ttl", "max_stale", "offline", "verify_before_send", "ttl", "ttl_rules", "index_ttl",
-                "tag_ttl", "mirror", "hosts", "signed_by", "ca_file", "max_downloads", "bogus"]
+                "tag_ttl", "mirror", "hosts", "signed_by", "ca_file", "max_downloads", "trusted_proxies",
+                "metadata_ttl", "bogus"]
 STORE_KEYS = ["type", "endpoint_url", "bucket", "region", "prefix", "access_key_id_env", "part_size",
               "lease_ttl", "redirect", "local_cache"]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 1 << 40), st.floats(allow_nan=True),
@@ -330,7 +339,7 @@ def mapping_of(keys: list[str]) -> st.SearchStrategy:
 
 
 backends_list = st.lists(st.fixed_dictionaries(
-    {"type": st.sampled_from(["http", "pypi", "registry", "dockerhub", "apt", "npm", ""]) | st.text(max_size=5)},
+    {"type": st.sampled_from(["http", "pypi", "registry", "dockerhub", "apt", "npm", "ftp", ""]) | st.text(max_size=5)},
     optional={"config": mapping_of(BACKEND_KEYS) | values}), max_size=3)
 documents = st.one_of(
     values,
