@@ -404,6 +404,10 @@ class Config:
     tls: ServerCertificate | None = None
     #: What clients may send and hold (L{ClientLimits}).
     limits: ClientLimits = field(default_factory=ClientLimits)
+    #: Client authentication (L{artifactvault.auth.access.AuthSettings}; C{configured} False without C{auth:}).
+    auth: Any = None
+    #: Who may read each backend (L{artifactvault.auth.access.Access}), in the order of C{backends}.
+    access: list[Any] = field(default_factory=list)
 
     @property
     def endpoints(self) -> list[str]:
@@ -454,8 +458,11 @@ def parse(data: Any, source: str,
 
     C{parse_backend} turns one backend entry into its typed settings (it
     raises L{ConfigError} for an unknown type or a bad value); it is passed in
-    so this module does not import every backend.
+    so this module does not import every backend. A backend's C{access} is
+    read here, for every type alike (L{artifactvault.auth.access}).
     """
+    from artifactvault.auth.access import default_access, parse_access, parse_auth  # (it imports this module)
+
     top = Section(source, "", data)
     config = Config(source=source)
     config.http_host = top.str("http_host", DEFAULT_HOST)
@@ -487,6 +494,7 @@ def parse(data: Any, source: str,
     config.metrics = top.bool("metrics", True)
     config.tls = parse_tls(top)
     config.limits = parse_limits(top)
+    config.auth = parse_auth(top)
     backends = top._get("backends", [])
     if not isinstance(backends, list):
         raise top.error("backends", f"must be a list, not {_kind(backends)}")
@@ -497,6 +505,8 @@ def parse(data: Any, source: str,
         backend = BackendEntry(type=kind, section=entry.section("config"), index=i)
         entry.check_unknown()
         settings = parse_backend(backend)
+        config.access.append(parse_access(backend.section, "access", config.auth,
+                                          default_access(settings, config.auth)))
         backend.section.check_unknown()
         prefix = getattr(settings, "prefix", None)
         if prefix is not None:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
+from artifactvault.auth.gate import gate_of, guard, plain_refusal
 from artifactvault.backends.base import IProxyTarget
 
 
@@ -82,7 +83,13 @@ class Root(Resource):
             return self
         return super().getChild(path, request)
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> Any:
+        """The list of backends: for those C{auth.pages} admits, when auth is configured."""
+        gate = gate_of(request)
+        return guard(request, gate.settings.pages if gate is not None else None,
+                     lambda: self._index(request), lambda verdict: plain_refusal(request, verdict))
+
+    def _index(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         lines = ["Artifact Vault", ""] + [f"{b.prefix}  {b.name}" for b in self.backends]
         return ("\n".join(lines) + "\n").encode()
@@ -111,6 +118,8 @@ class _Branch(Resource):
 
 
 class Health(Resource):
+    """C{/-/health}: always open (load balancers, Docker's HEALTHCHECK), whatever C{auth:} says."""
+
     isLeaf = True
 
     def render_GET(self, request: Request) -> bytes:

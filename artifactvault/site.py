@@ -75,7 +75,11 @@ def refusal(status: int, reason: str, headers: tuple[bytes, ...] = ()) -> bytes:
 
 
 class VaultRequest(Request):
+    #: Asked of the vault as an HTTP proxy (an absolute URI): credentials come in Proxy-Authorization.
+    proxied = False
     backend_name: str | None = None
+    #: Who the request came from, once the gate let a user in (L{artifactvault.auth.gate}).
+    auth_user: str | None = None
     cache_status: str | None = None
     error_reason: str | None = None
 
@@ -113,6 +117,7 @@ class VaultRequest(Request):
                 return
             self.uri = local
             self.path = local.partition(b"?")[0]
+            self.proxied = True
         super().process()
 
     def _refuse_proxy(self) -> None:
@@ -148,11 +153,14 @@ class VaultRequest(Request):
         cache = self.cache_status or "-"
         ms = (self._clock() - self.started) * 1000
         backend = f" [{self.backend_name}]" if self.backend_name else ""
+        user = f" user={logs.printable(self.auth_user)}" if self.auth_user else ""
         note = (" (client gone)" if aborted else "") + (f": {self.error_reason}" if self.error_reason else "")
         _log.info("{request_line}",
-                  request_line=f"{method} {path} {self.code} {cache} {self.sentLength} bytes {ms:.1f} ms{backend}{note}",
+                  request_line=f"{method} {path} {self.code} {cache} {self.sentLength} bytes {ms:.1f} ms"
+                               f"{backend}{user}{note}",
                   method=method, path=path, status=self.code, cache=cache, bytes=self.sentLength,
-                  ms=ms, backend=self.backend_name, aborted=aborted, reason=self.error_reason)
+                  ms=ms, backend=self.backend_name, aborted=aborted, reason=self.error_reason,
+                  user=self.auth_user)
         site = getattr(self.channel, "site", None) if self.channel is not None else None
         if isinstance(site, VaultSite):
             site.active.discard(self)
@@ -412,6 +420,8 @@ class VaultSite(Site):
         #: Open connections by client address.
         self.connections: dict[str, int] = {}
         self._capped: set[str] = set()
+        #: The L{artifactvault.auth.gate.Gate} that admits clients (None: no auth configured).
+        self.gate: Any = None
 
     #: Plain HTTP/1.1 channels (HTTP/2 needs TLS with ALPN, which we do not offer).
     protocol = VaultChannel

@@ -340,8 +340,8 @@ class Daemon:
         port and answered the health check while this one failed to bind.
         """
         deadline = time.monotonic() + timeout
-        line = b"starting on %d\n" % self.port
-        while line not in self._log_since(logged):
+        line = re.compile(rb"starting on %d\b" % self.port)  # (plain and JSON-lines logs)
+        while not line.search(self._log_since(logged)):
             if self.proc.poll() is not None or time.monotonic() > deadline:  # type: ignore[union-attr]
                 return False
             time.sleep(0.02)
