@@ -24,6 +24,15 @@ C{max_object_size} is never committed: it streams to its readers through the
 temp file as usual, and at the end the file is removed instead of stored
 (L{Flight.PASSED_THROUGH}).
 
+A temp file that cannot be written any more (the cache's disk is full, an
+I/O error) does not fail the download for the clients reading it: the rest
+of the body is relayed to them from memory (L{Flight.spilled}), held only
+until the slowest of them has it, the upstream paused while more than
+L{RELAY_BUFFER} bytes are held; it is verified as usual and never stored.
+The flight leaves L{Flights} at once (a client that comes later starts a
+download of its own: the bytes already relayed are gone), and the failure
+is logged and counted (L{Spool.write_failed}).
+
 The work that can take long runs in the store's thread pool
 (L{FileStore.work}): the commit, and the transform of a large document (an
 index page of tens of MB is parsed and rewritten there, never on the
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
@@ -46,7 +56,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 from artifactvault import logs
 from artifactvault.cache.entry import Entry, write_all
@@ -69,6 +79,9 @@ LEASE_POLL_MAX = 2.0
 #: A digest-checked download no larger than this (or of unknown length) is
 #: verified before a byte of it is sent (L{Artifact.verify_before_send}).
 VERIFY_BEFORE_SEND = 8 * 1024 * 1024
+#: Bytes relayed from memory (the temp file could not take them) held for the
+#: slowest reader before the upstream is paused.
+RELAY_BUFFER = 16 * 1024 * 1024
 
 
 @dataclass
@@ -127,6 +140,10 @@ class IFlightListener(Interface):
     A reader of a L{Flight} (L{artifactvault.serve.FlightReader}). Exactly one
     of C{flight_done} and C{flight_failed} ends it, unless it unsubscribes first.
     """
+
+    offset = Attribute(
+        "The next byte it reads (a flight relaying from memory keeps what it has not read), "
+        "or None for one that reads nothing before the flight is complete (it may then want every byte).")
 
     def flight_data(flight: "Flight", chunk: bytes, offset: int) -> None:
         """
@@ -189,7 +206,11 @@ class Flight:
     @ivar response: the upstream's response (headers, status), once it answered.
     @ivar length: the body's length if announced (or known ahead), else C{None};
         for a transformed document, the stored length once transformed.
-    @ivar written: bytes written to the temp file so far.
+    @ivar written: bytes of the body received so far (in the temp file, or
+        from L{spilled} on, relayed from memory).
+    @ivar spilled: where the temp file ends if writing it failed (disk full):
+        later bytes are relayed from memory (L{relayed}) and nothing is stored;
+        else C{None}.
     @ivar fd: the temp file, open for reading (readers C{pread} it), until the
         flight has ended and its last reader left; else C{None}.
     @ivar content_type: the content type that will be stored and served.
@@ -248,6 +269,14 @@ class Flight:
         self._closing = False
         #: Purged while in flight: served to its readers, never stored (L{discard}).
         self.discarded = False
+        self.spilled: int | None = None
+        #: Why a spilled download is not stored.
+        self._spill_error: StoreError | None = None
+        #: The bytes from L{spilled} on that a reader still needs: (offset, chunk).
+        self._memory: deque[tuple[int, bytes]] = deque()
+        self._memory_bytes = 0
+        #: The upstream is paused until the slowest reader catches up.
+        self._relay_paused = False
         #: The backend's download slot this flight holds, or waits for (C{max_downloads}).
         self._slot: Any = None
         self._slot_wait: Deferred | None = None
@@ -428,7 +457,69 @@ class Flight:
     def unsubscribe(self, listener: Any) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
+        if self.spilled is not None:
+            self.trim()
         self._maybe_close()
+
+    def relayed(self, offset: int, count: int) -> bytes:
+        """Up to C{count} bytes from C{offset} (at or after L{spilled}) of those relayed from memory."""
+        out = []
+        for start, chunk in self._memory:
+            if start + len(chunk) <= offset:
+                continue
+            if start >= offset + count:
+                break
+            out.append(chunk[max(offset - start, 0):offset + count - start])
+        return b"".join(out)
+
+    def trim(self) -> None:
+        """
+        Forget relayed bytes every reader has passed; pause the upstream while
+        more than L{RELAY_BUFFER} are held, resume it once half are gone.
+        """
+        low = self._slowest()
+        while self._memory and self._memory[0][0] + len(self._memory[0][1]) <= low:
+            self._memory_bytes -= len(self._memory.popleft()[1])
+        transport = self._body.transport if self._body is not None else None
+        if transport is None or self.state != self.STREAMING:
+            return
+        if not self._relay_paused and self._memory_bytes > RELAY_BUFFER:
+            self._relay_paused = True
+            self._cancel_idle()  # (the wait is ours, not the upstream's: the slowest client's)
+            self._idle_call = self.reactor.callLater(self.artifact.upstream.idle_timeout, self._drop_slowest)
+            _log.info("relaying {what}: {held} bytes held, the upstream paused for the slowest client",
+                      what=self.artifact.describe(), held=self._memory_bytes)
+            transport.pauseProducing()
+        elif self._relay_paused and self._memory_bytes <= RELAY_BUFFER // 2:
+            self._relay_paused = False
+            self._cancel_idle()
+            self._reset_idle()
+            transport.resumeProducing()
+
+    def _slowest(self) -> int:
+        """The first byte some reader still needs (one waiting for the end needs all that is relayed)."""
+        return min((self.spilled if listener.offset is None else listener.offset  # type: ignore[misc]
+                    for listener in self._listeners), default=self.written)
+
+    def _drop_slowest(self) -> None:
+        """
+        The upstream has waited C{idle_timeout} for the slowest reader of a
+        relayed download: that reader is cut (one client that stopped reading
+        must not hold the others for ever), and the rest go on.
+        """
+        self._idle_call = None
+        low = self._slowest()
+        error = UpstreamTimeout(f"client read nothing for {self.artifact.upstream.idle_timeout:g} s "
+                                f"while the download waited for it")
+        for listener in list(self._listeners):
+            if listener.offset is None or listener.offset <= low:
+                self._listeners.remove(listener)
+                listener.flight_failed(self, error)
+        _log.warn("relaying {what}: cut the slowest client(s) at {offset} bytes, {reason}",
+                  what=self.artifact.describe(), offset=low, reason=error.reason)
+        self.trim()
+        if self._relay_paused and self._idle_call is None:
+            self._idle_call = self.reactor.callLater(self.artifact.upstream.idle_timeout, self._drop_slowest)
 
     # -- upstream answer -----------------------------------------------------
 
@@ -476,6 +567,7 @@ class Flight:
             self.temp_path, self.fd = self.store.spool.new_temp()
         except OSError as e:  # no space for one more file, no descriptor left
             discard(response)
+            self.store.spool.write_failed()
             self._fail(_store_error(e))
             return
         self.write = self.store.begin(self.key, self.temp_path, self.fd)
@@ -526,11 +618,15 @@ class Flight:
         if self.state != self.STREAMING or self.error is not None:
             return  # (being stopped: what still comes is dropped)
         offset = self.written
-        try:
-            write_all(self.fd, chunk)  # type: ignore[arg-type]
-        except OSError as e:  # disk full, I/O error: the download cannot go on
-            self._abort_body(_store_error(e))
-            return
+        if self.spilled is None:
+            try:
+                write_all(self.fd, chunk)  # type: ignore[arg-type]
+            except OSError as e:  # disk full, I/O error: relayed from memory, or the end
+                if not self._spill(e):
+                    return
+        if self.spilled is not None:
+            self._memory.append((offset, chunk))
+            self._memory_bytes += len(chunk)
         self.written += len(chunk)
         self.artifact.upstream.observer.received(len(chunk))
         if self._hasher is not None:
@@ -551,9 +647,46 @@ class Flight:
                       total=self.length if self.length is not None else "?",
                       rate=self.written / max(now - self._started, 1e-6) / 1e6)
         if self.artifact.transform is None:
-            self.write.grown(self.written)  # type: ignore[union-attr]
+            if self.write is not None:
+                self.write.grown(self.written)
             for listener in list(self._listeners):
                 listener.flight_data(self, chunk, offset)
+            if self.spilled is not None:
+                self.trim()
+
+    def _spill(self, e: OSError) -> bool:
+        """
+        The temp file cannot take more (disk full, I/O error): relay the rest
+        of the body from memory to the clients reading it, store nothing.
+        False when there is nobody to relay it to (or it is a document, which
+        is transformed from the file): the download fails.
+        """
+        error = _store_error(e)
+        self.store.spool.write_failed()
+        # (one waiting for the whole body to be verified gets a clean error if it cannot be held)
+        for listener in list(self._listeners):
+            if listener.offset is None and (self.length is None or
+                                            self.length - self.written > RELAY_BUFFER):
+                self._listeners.remove(listener)
+                listener.flight_failed(self, error)
+        if self.artifact.transform is not None or not self._listeners:
+            _log.warn("cannot write {what} to the cache: {reason}", what=self.artifact.describe(),
+                      reason=error.reason)
+            self._abort_body(error)
+            return False
+        _log.warn("cannot write {what} to the cache: {reason}; relaying the rest to its {count} "
+                  "clients from memory, not storing it", what=self.artifact.describe(),
+                  reason=error.reason, count=len(self._listeners))
+        self.spilled = self.written
+        self._spill_error = error
+        self._remove_temp()  # (the fd stays open: readers read the first part from it)
+        if self.lease is not None:  # (another node may download it now)
+            self.lease.release()
+            self.lease = None
+        if self._on_end is not None:  # (a later client starts its own download)
+            self._on_end(self)
+            self._on_end = None
+        return True
 
     def _body_ended(self, reason: Failure) -> None:
         self._cancel_idle()
@@ -613,7 +746,9 @@ class Flight:
         self.state = self.COMPLETE
         for listener in list(self._listeners):
             listener.flight_done(self)
-        if self._unvouched:
+        if self._spill_error is not None:
+            self._pass_through(self._spill_error)
+        elif self._unvouched:
             _log.warn("not storing {what}: the upstream ended its body by closing the connection, "
                       "with no length and no digest to tell it from a cut one; served, not stored",
                       what=self.artifact.describe())
@@ -695,6 +830,7 @@ class Flight:
         def failed(failure: Failure) -> None:
             # Readers still tailing the file are told too: every reader ends.
             _log.failure("cannot store {what}", failure, what=self.artifact.describe())
+            self.store.spool.write_failed()
             self._fail(_store_error(failure.value))
 
         d.addCallbacks(done, failed)
@@ -769,6 +905,8 @@ class Flight:
         if self.state.ended and not self._listeners and self.fd is not None:
             os.close(self.fd)
             self.fd = None
+            self._memory.clear()
+            self._memory_bytes = 0
 
     @staticmethod
     def _fire(waiters: list[Deferred], value: Any, failed: bool = False) -> None:

@@ -330,6 +330,9 @@ def _cache_metrics(store: Any, cache_dir: str | None) -> Iterable[Any]:
             ("artifactvault_cache_refused_too_large",
              "Complete downloads not stored for being larger than max_object_size.", "refused_too_large")):
         yield counter(name, doc, getattr(store, attribute, 0))
+    yield counter("artifactvault_cache_write_errors",
+                  "Downloads the cache could not take (disk full, I/O error): relayed, not stored.",
+                  store.spool.write_errors)
     free = disk_space(cache_dir or store.spool.root)
     if free is not None:
         yield gauge("artifactvault_cache_disk_free_bytes", "Free bytes on the cache's filesystem.", free[0])

@@ -856,6 +856,8 @@ class _CompletionWaiter:
     Subscribed meanwhile, so the file stays open for it.
     """
 
+    offset = None  # (reads nothing before the end, then maybe every byte)
+
     def __init__(self, responder: Responder, flight: Flight, cache_status: str,
                  fallback: Callable[[UpstreamError], None] | None):
         self.responder = responder
@@ -916,6 +918,20 @@ class FlightReader(_FileSender):
     def _limit(self) -> int:
         readable = self.flight.readable()
         return readable if self.end is None else min(self.end, readable)
+
+    def _send(self, fd: int, count: int) -> int | None:
+        """From the temp file; past where it ends (the disk was full), what the flight relays from memory."""
+        spilled = self.flight.spilled
+        if spilled is None:
+            return super()._send(fd, count)
+        if self.offset < spilled:
+            return super()._send(fd, min(count, spilled - self.offset))
+        data = self.flight.relayed(self.offset, min(CHUNK, count))
+        self.offset += len(data)
+        if data:
+            self.request.write(data)
+            self.flight.trim()
+        return len(data)
 
     def flight_data(self, flight: Flight, chunk: bytes, offset: int) -> None:
         if self.paused or self.done:

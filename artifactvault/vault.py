@@ -303,9 +303,28 @@ class Vault:
                 policy is None or policy.stale_on_failure(stale.headers)):
             _log.info("serving stale {key}: {reason}", key=stale.key, reason=error.reason)
             responder.reset()
-            self.serve_stored(responder, stale, "STALE").addCallback(
-                lambda served: served or responder.fail(failure)).addErrback(responder.fail)
+            Deferred.fromCoroutine(self._serve_stale(responder, stale, failure, policy)).addErrback(responder.fail)
             return
+        responder.fail(failure)
+
+    async def _serve_stale(self, responder: Responder, stale: Entry, failure: Failure, policy: Any) -> None:
+        """
+        The stale copy; if its bytes were replaced meanwhile (a download of
+        the same key committed while this request asked the upstream: the
+        upstream flaps), the entry that replaced it, which is newer; if
+        neither is left, the failure.
+        """
+        if await self.serve_stored(responder, stale, "STALE"):
+            return
+        current = await self.lookup(stale.key)
+        if current is not None and current.data != stale.data and (
+                stale.sha256 is None or current.sha256 == stale.sha256) and (
+                policy is None or (policy.selects(current.variant) and policy.stale_on_failure(current.headers))):
+            now = self.store.now()
+            fresh = current.is_fresh(now) if policy is None else policy.reuse(
+                current.fresh_until, current.age, current.stored_at, current.headers, now) is Reuse.FRESH
+            if await self.serve_stored(responder, current, "HIT" if fresh else "STALE"):
+                return
         responder.fail(failure)
 
     def stale_first(self, upstream: Upstream, url: str, stale: object | None) -> bool:

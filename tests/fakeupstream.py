@@ -9,12 +9,16 @@ string falls back to the script of the path alone: a token endpoint).
 Stalls: before anything (C{hold_headers}), after the status line and the
 first header (C{stall_in_headers}), or after C{cut_at} body bytes
 (C{resume}). A stalled answer waits for its event; L{FakeUpstream.close}
-sets them all.
+sets them all. Other faults: a cut that is a reset (C{reset}), garbage
+instead of HTTP (C{raw}), a slow body (C{pace}), statuses in turn (C{flap}).
 """
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -30,6 +34,8 @@ class Script:
     resume: threading.Event | None = None
     #: If set after resuming, close instead of sending the rest.
     close_after_resume: bool = False
+    #: Where the body is cut, reset the connection (an RST) instead of closing it (a FIN).
+    reset: bool = False
     #: Wait for this event before sending anything at all.
     hold_headers: threading.Event | None = None
     #: Send the status line and the first header, then wait for this event.
@@ -46,6 +52,15 @@ class Script:
     content_length: bytes | None = None
     #: Send no length at all and end the body by closing the connection.
     close_delimited: bool = False
+    #: Send these bytes as they are instead of an HTTP answer, then close (garbage).
+    raw: bytes | None = None
+    #: Seconds to wait after each write of C{chunk} bytes (a slow upstream).
+    pace: float = 0.0
+    #: Statuses answered in turn, one per request, cycling (an upstream that flaps);
+    #: the body of a status other than 200 is C{b"flap"}.
+    flap: tuple[int, ...] = ()
+    #: How many requests this script has answered (for C{flap}).
+    served: int = 0
     #: Header field lines sent as they are, after C{headers} (repeats allowed:
     #: two Transfer-Encoding lines, a Connection naming others).
     raw_headers: list[tuple[str, str]] = field(default_factory=list)
@@ -83,6 +98,15 @@ class FakeUpstream:
                     return
                 if script.hold_headers is not None:
                     script.hold_headers.wait(60)
+                if script.raw is not None:
+                    self._send(script.raw, script)
+                    self.close_connection = True
+                    return
+                status, body = script.status, script.body
+                if script.flap:
+                    status = script.flap[script.served % len(script.flap)]
+                    script.served += 1
+                    body = body if status == 200 else b"flap"
                 if script.authorization is not None and \
                         self.headers.get("Authorization") != script.authorization:
                     self.send_response(401)
@@ -96,7 +120,7 @@ class FakeUpstream:
                     self.send_header("ETag", etag)
                     self.end_headers()
                     return
-                self.send_response(script.status)
+                self.send_response(status)
                 if script.stall_in_headers is not None:
                     self.send_header("X-Stall", "here")
                     self.flush_headers()
@@ -120,14 +144,13 @@ class FakeUpstream:
                     self.close_connection = True
                 elif script.content_length is not None:
                     self._headers_buffer.append(b"Content-Length: " + script.content_length + b"\r\n")
-                elif "Content-Length" not in script.headers and script.status not in (204, 304):
-                    self.send_header("Content-Length", str(len(script.body)))
+                elif "Content-Length" not in script.headers and status not in (204, 304):
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.flush()
                 owner.headers_sent.set()
                 if head:
                     return
-                body = script.body
                 first = body if script.cut_at is None else body[:script.cut_at]
                 self._send(first, script)
                 if script.cut_at is None:
@@ -140,6 +163,10 @@ class FakeUpstream:
                         self._send_end(script)
                         return
                 self.close_connection = True
+                if script.reset:
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
+                    return
                 self.connection.shutdown(2)
 
             def _send(self, data: bytes, script: Script) -> None:
@@ -149,6 +176,9 @@ class FakeUpstream:
                         if script.chunked:
                             piece = b"%x\r\n" % len(piece) + piece + b"\r\n"
                         self.wfile.write(piece)
+                        if script.pace:
+                            self.wfile.flush()
+                            time.sleep(script.pace)
                     self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
                     pass

@@ -40,13 +40,17 @@ def disk_full(*args: object, **kwargs: object) -> None:
 class Listener:
     """Records what a flight tells its readers."""
 
-    def __init__(self) -> None:
+    def __init__(self, keeps_up: bool = True) -> None:
         self.chunks: list[tuple[int, bytes]] = []
         self.done = 0
         self.error: UpstreamError | None = None
+        self.offset = 0
+        self.keeps_up = keeps_up
 
     def flight_data(self, flight: Flight, chunk: bytes, offset: int) -> None:
         self.chunks.append((offset, chunk))
+        if self.keeps_up:
+            self.offset = offset + len(chunk)
 
     def flight_done(self, flight: Flight) -> None:
         self.done += 1
@@ -309,23 +313,119 @@ class FaultTests(FlightMixin, SynchronousTestCase):
                 self.assertIsNone(flight.fd)
                 self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
-    def test_write_fails(self) -> None:
+    def test_write_fails_nobody_reads(self) -> None:
         """
-        A write to the temp file that fails mid-download (disk full) stops the
-        download and fails the flight with the reason, nothing raised into
-        the HTTP client.
+        A write to the temp file that fails mid-download (disk full) with no
+        client reading it stops the download and fails the flight with the
+        reason, nothing raised into the HTTP client; it is counted.
         """
         flight, response, listener = self.streaming(length=6)
         response.send(b"ab")
+        flight.unsubscribe(listener)
         self.patch(flightmod, "write_all", disk_full)
         response.send(b"cd", b"ef")
         self.assertTrue(response.transport.stopped)
-        self.assertEqual(listener.chunks, [(0, b"ab")])
-        error = self.assertFailed(flight, listener, StoreError,
-                                  "could not store the download: No space left on device")
-        self.assertEqual(error.status, 502)
-        flight.unsubscribe(listener)
+        failure = self.failureResultOf(flight.committed(), StoreError)
+        self.assertEqual((failure.value.status, failure.value.reason),
+                         (502, "could not store the download: No space left on device"))
+        self.assertEqual(flight.state, Flight.FAILED)
+        self.assertEqual(os.listdir(self.store.tmp_dir), [])
         self.assertIsNone(flight.fd)
+        self.assertEqual(self.store.spool.write_errors, 1)
+
+    def test_write_fails_relayed(self) -> None:
+        """
+        A write to the temp file that fails mid-download (disk full) while
+        clients read it: the rest is relayed to them from memory (the first
+        part stays readable from the file), verified, and not stored; the
+        flight leaves the flights at once (a later client starts its own).
+        """
+        data = b"abcdef"
+        flight, response, listener = self.streaming(length=6, digest=sha256(data))
+        behind = Listener(keeps_up=False)
+        flight.subscribe(behind)
+        response.send(b"ab")
+        self.patch(flightmod, "write_all", disk_full)
+        response.send(b"cd")
+        self.assertEqual((flight.spilled, len(self.flights), os.listdir(self.store.tmp_dir)), (2, 0, []))
+        self.assertEqual(os.pread(flight.fd, 10, 0), b"ab")
+        self.assertEqual(flight.relayed(2, 10), b"cd")
+        response.send(b"ef").finish()
+        self.assertEqual(listener.chunks, [(0, b"ab"), (2, b"cd"), (4, b"ef")])
+        self.assertEqual((listener.done, flight.state), (1, Flight.PASSED_THROUGH))
+        failure = self.failureResultOf(flight.committed(), StoreError)
+        self.assertEqual(failure.value.reason, "could not store the download: No space left on device")
+        self.assertIsNone(self.stored())
+        self.assertEqual(flight.relayed(3, 2), b"de")  # (kept for the reader behind)
+        flight.unsubscribe(listener)
+        behind.offset = 6
+        flight.unsubscribe(behind)
+        self.assertIsNone(flight.fd)
+        self.assertEqual(flight.relayed(2, 10), b"")
+        self.assertEqual(self.store.spool.write_errors, 1)
+
+    def test_relay_paced_by_the_slowest(self) -> None:
+        """
+        Relayed bytes are held until the slowest reader has them; past
+        RELAY_BUFFER the upstream is paused, and resumed once half is read.
+        """
+        self.patch(flightmod, "RELAY_BUFFER", 4)
+        flight, response, listener = self.streaming(length=12)
+        slow = Listener(keeps_up=False)
+        flight.subscribe(slow)
+        self.patch(flightmod, "write_all", disk_full)
+        response.send(b"ab", b"cd")
+        self.assertFalse(response.transport.paused)
+        response.send(b"ef")
+        self.assertTrue(response.transport.paused)
+        self.clock.advance(self.upstream.idle_timeout - 1)  # (paused by us: not the upstream's silence)
+        self.assertEqual(flight.state, Flight.STREAMING)
+        slow.offset = 4
+        flight.trim()
+        self.assertFalse(response.transport.paused)
+        self.assertEqual(flight.relayed(0, 12), b"ef")
+        response.send(b"gh", b"ij", b"kl").finish()
+        slow.offset = 12
+        flight.unsubscribe(slow)
+        self.assertEqual(flight.state, Flight.PASSED_THROUGH)
+
+    def test_relay_cuts_a_reader_that_stopped(self) -> None:
+        """
+        A reader that reads nothing for idle_timeout while the upstream waits
+        for it is cut (told the flight failed, for it); the others go on.
+        """
+        self.patch(flightmod, "RELAY_BUFFER", 4)
+        flight, response, listener = self.streaming(length=12)
+        stuck = Listener(keeps_up=False)
+        flight.subscribe(stuck)
+        self.patch(flightmod, "write_all", disk_full)
+        response.send(b"ab", b"cd", b"ef")
+        self.assertTrue(response.transport.paused)
+        self.clock.advance(self.upstream.idle_timeout)
+        self.assertIsInstance(stuck.error, UpstreamTimeout)
+        self.assertIsNone(listener.error)
+        self.assertFalse(response.transport.paused)
+        response.send(b"gh", b"ij", b"kl").finish()
+        self.assertEqual((listener.done, flight.state), (1, Flight.PASSED_THROUGH))
+        self.assertEqual(b"".join(c for _, c in listener.chunks), b"abcdefghijkl")
+
+    def test_write_fails_waiter_of_unknown_length(self) -> None:
+        """
+        A client waiting for the whole verified body (offset None) of unknown
+        length cannot be relayed to (it might not fit in memory): it gets the
+        store's error, a clean 502, while streaming readers go on.
+        """
+        flight, response, listener = self.streaming(digest=sha256(b"abcd"))
+        waiter = Listener(keeps_up=False)
+        waiter.offset = None  # type: ignore[assignment]
+        flight.subscribe(waiter)
+        response.send(b"ab")
+        self.patch(flightmod, "write_all", disk_full)
+        response.send(b"cd")
+        self.assertEqual(waiter.error.reason, "could not store the download: No space left on device")
+        self.assertIsNone(listener.error)
+        response.finish()
+        self.assertEqual((listener.done, flight.state), (1, Flight.PASSED_THROUGH))
 
     def test_no_temp_file(self) -> None:
         """No temp file to be had (no descriptor, no inode left): a 502 saying so; the body is discarded."""

@@ -38,6 +38,8 @@ class Spool:
         self.root = os.path.abspath(root)
         self.tmp_dir = os.path.join(self.root, "tmp")
         self._lock_fd: int | None = None
+        #: Downloads whose temp file or commit could not be written (disk full, I/O error).
+        self.write_errors = 0
 
     def open(self) -> int:
         """
@@ -87,6 +89,11 @@ class Spool:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def write_failed(self) -> int:
+        """Count a download the cache could not take (its temp file or its commit); the count since start."""
+        self.write_errors += 1
+        return self.write_errors
 
     def new_temp(self) -> tuple[str, int]:
         """A new temp file for a download: (path, fd open for reading and writing)."""
