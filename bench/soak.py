@@ -240,6 +240,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--repeat", type=int, default=1,
                     help="soaks in a row on the same daemon (does RSS keep growing, or level off?)")
+    ap.add_argument("--idle", type=float, default=0,
+                    help="after each soak, also the RSS once the daemon has been idle this long "
+                         "(65: after the heap trimmer's next run)")
     ap.add_argument("--memory", action="store_true",
                     help="run the daemon under bench/memprobe.py: live objects, allocator, malloc_trim")
     ap.add_argument("--tracemalloc", action="store_true", help="with --memory: and python -X tracemalloc")
@@ -269,6 +272,9 @@ def main() -> None:
         for soak in soaks:
             walls.append(soak.run(args.connections))
             afters.append(settle(daemon, baseline))
+            if args.idle:
+                time.sleep(args.idle)
+                afters[-1][f"RSS MiB, {args.idle:g} s idle"] = resources(daemon)["RSS MiB"]
             if probe:
                 probe.ask(f"soak {len(afters)}")
         if probe:
@@ -299,8 +305,9 @@ def main() -> None:
             print(f"  {e[1]} × {e[0]}")
         print("\n| resource | baseline | " + " | ".join(f"after soak {i + 1}" for i in range(len(soaks))) + " |")
         print("|---|---:|" + "---:|" * len(soaks))
-        for key in baseline:
-            print(f"| {key} | {baseline[key]:g} | " + " | ".join(f"{a[key]:g}" for a in afters) + " |")
+        for key in afters[0]:
+            print(f"| {key} | {baseline.get(key, baseline['RSS MiB']):g} | "
+                  + " | ".join(f"{a[key]:g}" for a in afters) + " |")
         bad = [line for line in daemon.log().splitlines() if "Traceback" in line or "Unhandled" in line]
         print(f"\ntracebacks in the daemon's log: {len(bad)}")
         if probe:
