@@ -76,13 +76,33 @@ def pymalloc_arenas() -> dict[str, int]:
     return found
 
 
-def report(action: str, libc: ctypes.CDLL | None) -> dict:
+def garbage() -> dict:
+    """What a full collection finds unreachable now (cycles the collector has not yet reached), by type."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        found = list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    counts = collections.Counter(type(o).__qualname__ for o in found)
+    size = sum(sys.getsizeof(o) for o in found)
+    del found
     gc.collect()
+    return {"objects": sum(counts.values()), "MiB (getsizeof)": round(size / 2**20, 1),
+            "by type": dict(counts.most_common(15))}
+
+
+def report(action: str, libc: ctypes.CDLL | None) -> dict:
+    before = {"rss MiB": round(rss_mib(), 1)}
+    if libc is not None:
+        before["glibc in use MiB"] = round(libc.mallinfo2().uordblks / 2**20, 1)
+    cycles = garbage()
     counts = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
     out: dict = {"time": time.time(), "rss MiB": round(rss_mib(), 1),
                  "gc objects": sum(counts.values()), "gc frozen": gc.get_freeze_count(),
                  "by type": dict(counts.most_common(60)), "pymalloc": pymalloc_arenas(),
-                 "threads": threading.active_count()}
+                 "threads": threading.active_count(), "before collecting": before, "garbage": cycles}
     if libc is not None:
         mi = libc.mallinfo2()
         out["mallinfo2 MiB"] = {name: round(getattr(mi, name) / 2**20, 1) for name, _ in _Mallinfo2._fields_}

@@ -199,7 +199,11 @@ class Probe:
     def print(self) -> None:
         names = [name for name, _ in self.reports]
         print("\n| memory | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names))
-        rows = [("RSS MiB", lambda r: r["rss MiB"]),
+        rows = [("RSS MiB before a full gc.collect()", lambda r: r["before collecting"]["rss MiB"]),
+                ("glibc in use MiB before it", lambda r: r["before collecting"].get("glibc in use MiB", "")),
+                ("unreachable objects it found", lambda r: r["garbage"]["objects"]),
+                ("their size MiB (getsizeof)", lambda r: r["garbage"]["MiB (getsizeof)"]),
+                ("RSS MiB", lambda r: r["rss MiB"]),
                 ("RSS after malloc_trim(0)", lambda r: r.get("rss MiB after trim", "")),
                 ("malloc_trim ms", lambda r: r.get("malloc_trim ms", "")),
                 ("live objects (gc, unfrozen)", lambda r: r["gc objects"]),
@@ -217,6 +221,9 @@ class Probe:
         grown = sorted(((last.get(t, 0) - first.get(t, 0), t) for t in set(first) | set(last)), reverse=True)
         print("\nlive objects by type, most grown from the first to the last: " + ", ".join(
             f"{t} {first.get(t, 0)} → {last.get(t, 0)}" for d, t in grown[:12] if d))
+        for name, r in self.reports:
+            if r["garbage"]["objects"]:
+                print(f"unreachable at {name}: " + ", ".join(f"{t} {n}" for t, n in r["garbage"]["by type"].items()))
         if "traced top" in self.reports[-1][1]:
             print("\ntraced Python allocations at the end, largest lines:")
             for line in self.reports[-1][1]["traced top"][:15]:
