@@ -42,16 +42,17 @@ class MallocTrimTests(SynchronousTestCase):
 class TrimmerTests(SynchronousTestCase):
 
     def test_trims_in_the_pool(self) -> None:
-        """Each call runs malloc_trim(0) in the thread pool and fires when it is done."""
+        """Each call collects the garbage, then runs malloc_trim(0) in the thread pool; fires when it is done."""
         calls: list[tuple[str, int]] = []
         pool = ThreadlessReactor()
         in_pool = []
         self.patch(pool, "callInThreadWithCallback",
                    lambda on_result, f, *a: (in_pool.append(f), ThreadlessReactor.callInThreadWithCallback(
                        pool, on_result, f, *a)))
-        trimmer = memory.Trimmer(pool, pool, lambda pad: calls.append(("trim", pad)) or 1)
+        trimmer = memory.Trimmer(pool, pool, lambda pad: calls.append(("trim", pad)) or 1,
+                                 collect=lambda: calls.append(("collect", 0)) or 0)
         self.assertEqual(self.successResultOf(trimmer()), 1)
-        self.assertEqual(calls, [("trim", 0)])
+        self.assertEqual(calls, [("collect", 0), ("trim", 0)])
         self.assertEqual(len(in_pool), 1)
 
     def test_failure_logged(self) -> None:
@@ -63,5 +64,7 @@ class TrimmerTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_without_malloc_trim(self) -> None:
-        """Without malloc_trim, a call does nothing."""
-        self.assertIsNone(memory.Trimmer(MemoryReactorClock(), None, None)())
+        """Without malloc_trim, a call does nothing (not even collect: Python's own collections suffice there)."""
+        collected = []
+        self.assertIsNone(memory.Trimmer(MemoryReactorClock(), None, None, collect=lambda: collected.append(1))())
+        self.assertEqual(collected, [])
