@@ -14,8 +14,9 @@ requests, their responders and producers, flights and upstream responses
 end in reference cycles, which only a full collection of the garbage
 collector frees, and an idle daemon allocates nothing that would start one:
 after a soak, 7,750 such objects held 19 MiB. So a full collection
-(C{gc.collect()}, on the reactor, since it holds the GIL anyway: a few ms
-with the start-up objects frozen out of its sight) comes first.
+(C{gc.collect()}, on the reactor, since it holds the GIL wherever it runs;
+it walks only what was made since the start, the rest being frozen out of
+its sight) comes first.
 
 So every L{TRIM_INTERVAL} seconds the daemon calls it, in a thread of the
 store's pool (ctypes lets go of the GIL for the call), never on the reactor:

@@ -18,6 +18,7 @@ and downloads in flight (/-/metrics).
     .venv/bin/python bench/soak.py --connections 256 --seconds 60
     .venv/bin/python bench/soak.py --repeat 3      # three soaks in a row on one daemon
     .venv/bin/python bench/soak.py --repeat 3 --memory   # and where the RSS is (bench/memprobe.py)
+    .venv/bin/python bench/soak.py --repeat 2 --memory --idle 65   # and the RSS after the heap trimmer's next run
 
 Runs under an exclusive lock on /tmp/av-bench.lock (one benchmark at a time
 on this machine). Env: AV_KIT_DIR, AV_KIT_PORT_OFFSET as for the tests (the
