@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from artifactvault.backends.base import IProxyTarget
+from artifactvault.backends.base import BadPath, IPrefetch, IProxyTarget, safe_segments
 
 
 class Root(Resource):
@@ -76,6 +76,26 @@ class Root(Resource):
             return None
         local = max(claims)[1]
         return (local + (f"?{parts.query}" if parts.query else "")).encode("ascii")
+
+    def prefetch(self, segments: list[bytes]) -> None:
+        """
+        Let the backend that answers the path C{segments} (percent-decoded,
+        as Twisted makes a request's) start the download a GET of it will be
+        answered from, if it fetches ahead (L{IPrefetch}): the one with the
+        longest prefix, as L{mount} routes. A path it would refuse is left alone.
+        """
+        best: tuple[int, Any] | None = None
+        for backend in self.backends:
+            own = [s.encode() for s in backend.prefix.strip("/").split("/")]
+            if segments[:len(own)] == own and len(segments) > len(own) and (best is None or len(own) > best[0]):
+                best = (len(own), backend)
+        if best is None or not IPrefetch.providedBy(best[1]):
+            return
+        try:
+            below = safe_segments(segments[best[0]:])
+        except BadPath:
+            return
+        best[1].prefetch(below)
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         if path == b"":

@@ -132,6 +132,36 @@ class Vault:
             return
         self._join(responder, artifact, entry)
 
+    def prefetch(self, artifact: Artifact) -> Deferred:
+        """
+        Start downloading C{artifact} for a request that has not had its turn
+        yet (one pipelined behind another: L{artifactvault.site}), so that it
+        finds the download under way, or done, when it comes: only an
+        immutable artifact (no ttl, no transform), with nothing verified
+        stored under its key, no download of it in flight, a known size
+        the store takes (if known), and an upstream that is not failing.
+        Fires with whether a download started; its outcome is for the
+        request that follows, so nothing fails here.
+        """
+        async def start() -> bool:
+            if artifact.ttl is not None or artifact.transform is not None:
+                return False
+            if artifact.size is not None and not self.store.fits(artifact.size):
+                return False
+            entry = await self.lookup(artifact.key)
+            if entry is not None and verified_as(entry, artifact.digest):
+                return False
+            if self.flights.get(artifact.key) is not None or artifact.upstream.backoff_for(artifact.url).troubled:
+                return False
+            self.flights.join(artifact)
+            return True
+
+        def failed(failure: Failure) -> bool:
+            if not failure.check(StoreDown):
+                _log.failure("fetching {what} ahead failed", failure, what=artifact.describe())
+            return False
+        return Deferred.fromCoroutine(start()).addErrback(failed)
+
     def lookup(self, key: str) -> Deferred:
         """
         The committed entry for C{key}, or None: the store's answer, with a

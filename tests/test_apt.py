@@ -20,7 +20,7 @@ from zope.interface.verify import verifyObject
 
 from artifactvault.backends import parse_backend
 from artifactvault.backends.apt import UNVERIFIED_TTL, AptBackendType, ReleaseSet
-from artifactvault.backends.base import BuildContext, IBackend, IBackendType, IProxyTarget
+from artifactvault.backends.base import BuildContext, IBackend, IBackendType, IPrefetch, IProxyTarget
 from artifactvault.cache.store import FileStore
 from artifactvault.config import BackendEntry, ConfigError, Section
 from artifactvault.root import Root
@@ -159,6 +159,7 @@ class ConfigTests(SynchronousTestCase):
         verifyObject(IBackendType, AptBackendType)
         verifyObject(IBackend, h.backend)
         verifyObject(IProxyTarget, h.backend)
+        verifyObject(IPrefetch, h.backend)
 
 
 class ReleaseTests(SynchronousTestCase):
@@ -387,6 +388,37 @@ class PoolTests(SynchronousTestCase):
         self.update(h)
         self.assertEqual(h.get(path).body, DEB)
         self.assertEqual(h.asked(path), 2)
+
+    def test_fetched_ahead_when_verified(self) -> None:
+        """
+        A pool file an index vouches for is fetched ahead (for a request
+        pipelined behind another): stored with no request for it; the
+        request then is a hit, and the upstream was asked once.
+        """
+        h = Harness(self)
+        self.update(h)
+        path = "pool/main/h/hello/hello_1.0_all.deb"
+        h.site.prefetch(f"/debian/{path}".encode())
+        h.answer_all()
+        self.assertEqual(h.store.lookup(f"apt-pool:{path} for /debian/").sha256, sha(DEB))
+        h.site.prefetch(f"/debian/{path}".encode())  # (stored: nothing more to fetch)
+        a = h.get(path)
+        self.assertEqual((a.status, a.body, h.asked(path)), (200, DEB, 1))
+
+    def test_not_fetched_ahead(self) -> None:
+        """
+        Nothing else is fetched ahead: a pool file no index lists (mutable:
+        revalidated daily), index files, a Release, a path that climbs out.
+        """
+        h = Harness(self)
+        self.update(h)
+        before = len(h.client.requests)
+        h.repo.files["pool/main/o/other/other_1.0.dsc"] = DSC
+        for path in ("pool/main/o/other/other_1.0.dsc", "dists/stable/InRelease",
+                     "dists/stable/main/binary-amd64/Packages.xz", "pool/../dists/stable/Release"):
+            h.site.prefetch(f"/debian/{path}".encode())
+        h.site.prefetch(b"/elsewhere/pool/main/h/hello/hello_1.0_all.deb")
+        self.assertEqual(len(h.client.requests), before)
 
     def test_range_on_pool_hit(self) -> None:
         h = Harness(self)
