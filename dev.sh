@@ -41,6 +41,8 @@ case $cmd in
     # person would (headless).
     apt_install curl nginx-light docker-registry skopeo apt-utils dpkg-dev gnupg gpgv xz-utils \
       ceph-mon ceph-osd radosgw chromium
+    # Node.js, npm, verdaccio, yarn and pnpm (from the npm registry) for the npm backend's tests.
+    tests/upstreams/npm-kit-install
     setup "[test]"
     exec "$VENV/bin/trial" "${@:-tests}" ;;
   *)

@@ -178,6 +178,17 @@ class Section:
             raise self.error(key, f"must be a mapping, not {_kind(value)}")
         return value
 
+    def strings(self, key: str, default: Any = _MISSING) -> Any:
+        """A list of strings (one string is a list of one)."""
+        value = self._get(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(key, f"must be a list of strings, not {_kind(value)}")
+        return list(value)
+
     def headers(self, key: str = "headers") -> dict[str, str]:
         value = self.mapping(key, {})
         out = {}

@@ -51,9 +51,10 @@ from zope.interface import Interface
 from artifactvault import logs
 from artifactvault.cache.entry import Entry, write_all
 from artifactvault.cache.interface import ILease, IStore, IStoreWrite, StoreUnavailable
-from artifactvault.fields import fresh_until, response_headers
+from artifactvault.fields import current_age, refreshed, response_headers, stored
+from artifactvault.httpcache import fields_of
 from artifactvault.observe import body_error_kind
-from artifactvault.upstream import (Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout,
+from artifactvault.upstream import (MAX_ERROR_BODY, Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout,
                                     abandon, describe_failure, discard, header)
 
 _log = Logger(observer=logs.observer)
@@ -97,6 +98,11 @@ class Artifact:
     #: clean error answer, not a connection cut after the headers went out.
     #: A larger one streams as it arrives (0: every one streams).
     verify_before_send: int = VERIFY_BEFORE_SEND
+    #: An HTTP caching policy (L{artifactvault.httpcache.HttpPolicy}, the
+    #: generic http backend's), or None. With one, every final upstream status
+    #: is relayed with its body (stored only as the policy allows), every
+    #: end-to-end header kept, freshness, Age and variants as RFC 9111 has them.
+    policy: Any = None
 
     def describe(self) -> str:
         return self.label or self.key
@@ -190,6 +196,11 @@ class Flight:
     @ivar error: the L{UpstreamError} it failed with (C{FAILED}), or why it was
         not stored (C{PASSED_THROUGH}); else C{None}.
     @ivar entry: the committed or revalidated L{Entry} (C{COMMITTED}, C{NOT_MODIFIED}).
+    @ivar status: the status the body is served with (the upstream's: 200,
+        or another one an artifact with a policy relays).
+    @ivar requested: when the upstream was asked (the store's clock); C{answered}: when it answered.
+    @ivar kept: whether the body is to be stored once complete (an artifact's
+        policy may say it is only relayed).
     """
 
     CONNECTING = FlightState.CONNECTING
@@ -221,6 +232,9 @@ class Flight:
         self.error: UpstreamError | None = None
         self.entry: Entry | None = None
         self.content_type: str | None = None
+        self.status = 200
+        self.requested = self.answered = store.now()
+        self.kept = True
         self._hasher = hashlib.new(artifact.digest[0]) if artifact.digest else None
         #: The body ended by a close, with nothing to vouch for it: relayed, never stored.
         self._unvouched = False
@@ -299,6 +313,7 @@ class Flight:
         self._ended()
 
     def _ask(self) -> None:
+        self.requested = self.store.now()
         headers = dict(self.artifact.headers)
         if self.stale is not None:
             if self.stale.etag:
@@ -394,15 +409,23 @@ class Flight:
             abandon(response)
             return
         self.response = response
+        self.answered = self.store.now()
         if response.code == 304 and self.stale is not None:
             discard(response)
             self._not_modified(response)
             return
-        if response.code != 200:
+        if response.code != 200 and not self._relayed(response):
             # (its small error answer is kept: a backend may pass on its words)
             Deferred.fromCoroutine(self.artifact.upstream.error_for(response)).addCallbacks(
                 self._fail, self._internal_error)
             return
+        self.status = response.code
+        policy = self.artifact.policy
+        if policy is not None:
+            fields = fields_of(response.headers)
+            self.kept = policy.storable(response.code, fields) and not policy.no_store
+            if not policy.shared(response.code, fields):
+                self.detach()  # (one client's answer: nobody else joins it)
         self.length = response.length if isinstance(response.length, int) else None
         expected = self.artifact.size
         if expected is not None and self.length is not None and expected != self.length:
@@ -428,17 +451,34 @@ class Flight:
             self._fire(self._head_waiters, self)
         response.deliverBody(self._body)
 
+    def _relayed(self, response: Any) -> bool:
+        """
+        Whether an answer other than 200 is the body to serve (an artifact's
+        policy relays final statuses), rather than a failure. A 5xx to a
+        revalidation is a failure still, so that the stale copy answers where
+        allowed (L{artifactvault.vault.Vault.stale_allowed}).
+        """
+        policy = self.artifact.policy
+        if policy is None or not policy.relays(response.code, self.stale is not None):
+            return False
+        return not (response.code >= 500 and self.stale is not None
+                    and policy.stale_on_failure(self.stale.headers))
+
+    def detach(self) -> None:
+        """Leave L{Flights}: requests from now on start their own download (this one goes on for its readers)."""
+        if self._on_end is not None:
+            self._on_end(self)
+            self._on_end = None
+
+    def age(self, now: float) -> int | None:
+        """The Age this download's answer carries at C{now}, if any (L{current_age})."""
+        if self.response is None:
+            return None
+        return current_age(self.artifact, self.response, self.requested, self.answered, now)
+
     def _not_modified(self, response: Any) -> None:
-        entry = self.stale
-        assert entry is not None
-        entry.fresh_until = fresh_until(self.artifact, self.store.now())
-        etag = header(response, b"etag")
-        if etag:
-            entry.etag = etag
-        last_modified = header(response, b"last-modified")
-        if last_modified:
-            entry.last_modified = last_modified
-        entry.headers.update(response_headers(self.artifact, response))
+        assert self.stale is not None
+        entry = refreshed(self.artifact, self.stale, response, self.requested, self.answered, self.store.now())
         self.entry = self.store.update(entry)
         self.state = self.NOT_MODIFIED
         self._fire(self._head_waiters, self)
@@ -545,6 +585,11 @@ class Flight:
             self._pass_through(UpstreamError("upstream body had no length and no digest; not stored"))
         elif self.discarded:
             self._pass_through(UpstreamError("purged while downloading; not stored"))
+        elif not self.kept:
+            _log.debug("relayed {what} ({status}), not stored: its caching policy says so",
+                       what=self.artifact.describe(), status=self.status)
+            self._relayed_answer_read()
+            self._pass_through(UpstreamError(f"upstream answer ({self.status}) is not to be stored"))
         elif self.store.fits(self.written):
             self._commit(self.content_type)
         else:
@@ -555,6 +600,21 @@ class Flight:
                       count=count)
             self._pass_through(UpstreamError(f"{self.written} bytes is more than max_object_size "
                                              f"({self.store.max_object_size}); not stored"))
+
+    def _relayed_answer_read(self) -> None:
+        """
+        A relayed 404/410 was read whole: the negative cache (L{Upstream.relayed})
+        replays it as it came, unless the backend follows HTTP's caching
+        rules (C{freshness: upstream}), which decide alone.
+        """
+        response = self.response
+        if response.code not in (404, 410):
+            return
+        policy = self.artifact.policy
+        small = self.written <= MAX_ERROR_BODY and self.fd is not None
+        body = os.pread(self.fd, self.written, 0) if small else None  # type: ignore[arg-type]
+        self.artifact.upstream.relayed(response, body, response_headers(self.artifact, response, self.answered),
+                                       self.content_type, remember=not (policy is not None and policy.upstream))
 
     def _pass_through(self, error: UpstreamError) -> None:
         """
@@ -572,13 +632,14 @@ class Flight:
 
     def _commit(self, ctype: str | None) -> None:
         response = self.response
-        headers = response_headers(self.artifact, response)
+        headers = response_headers(self.artifact, response, self.answered)
+        now = self.store.now()
         entry = Entry(
-            key=self.key, data="", size=self.written, stored_at=self.store.now(),
-            fresh_until=fresh_until(self.artifact, self.store.now()), content_type=ctype,
+            key=self.key, data="", size=self.written, stored_at=now, content_type=ctype,
             etag=header(response, b"etag"), last_modified=header(response, b"last-modified"),
             sha256=self._hasher.hexdigest() if self._hasher and self.artifact.digest[0] == "sha256" else None,
-            headers=headers, url=self.artifact.url, label=self.artifact.label)
+            headers=headers, url=self.artifact.url, label=self.artifact.label,
+            **stored(self.artifact, response.code, fields_of(response.headers), self.requested, self.answered, now))
         seconds = self.reactor.seconds() - self._started
         d = self.write.commit(entry)  # type: ignore[union-attr]
 
@@ -762,6 +823,14 @@ class Flights:
         elif response is not None:
             abandon(response)
         return flight
+
+    def alone(self, artifact: Artifact) -> Flight:
+        """
+        A download of C{artifact} for one request only, which nobody joins
+        (an answer that turned out not to be shared: see
+        L{artifactvault.httpcache.HttpPolicy.rejoin}); stored as usual if it may be.
+        """
+        return Flight(artifact, self.store, self.reactor).start()
 
     def _ended(self, flight: Flight) -> None:
         if self._by_key.get(flight.key) is flight:

@@ -35,6 +35,11 @@ class Remembered:
     host: str | None = None
     body: bytes | None = None
     content_type: str | None = None
+    #: An answer the backend relays as it came (the http backend): replayed
+    #: so, its status (a 410 stays 410), words and end-to-end headers.
+    relayed: bool = False
+    headers: dict[str, str] | None = None
+    key: tuple = ()
 
 
 #: Request headers that do not choose which answer an upstream gives (a
@@ -73,7 +78,7 @@ class NegativeCache:
             return None
         key = (method, url, variant(headers))
         self._known.pop(key, None)
-        found = self._known[key] = Remembered(code, phrase, self._seconds() + self.ttl, host)
+        found = self._known[key] = Remembered(code, phrase, self._seconds() + self.ttl, host, key=key)
         while len(self._known) > self.limit:
             self._known.popitem(last=False)
         return found
@@ -88,6 +93,11 @@ class NegativeCache:
             del self._known[key]
             return None
         return found
+
+    def drop(self, known: Remembered) -> None:
+        """Forget C{known} (if it is still what its request is answered with)."""
+        if self._known.get(known.key) is known:
+            del self._known[known.key]
 
     def forget(self, url_prefix: str = "") -> int:
         """Forget answers for URLs starting with C{url_prefix} (all, by default); how many."""

@@ -23,6 +23,8 @@ for them), and nothing is stored.
 An upstream that ignores ``Range`` and answers ``200`` has sent the whole
 file: that answer is handed back (L{RangeRelay} C{whole}) to become an
 ordinary download, which the range is answered from and the cache keeps.
+So is any other answer but a 206 or 416 for an artifact with an HTTP
+caching policy (the http backend's), which relays every status.
 """
 
 from __future__ import annotations
@@ -130,8 +132,8 @@ class RangeRelay:
         if self.responder.gone:
             abandon(response)
             return
-        if response.code == 200:
-            self.whole(response)
+        if response.code == 200 or (self.artifact.policy is not None and response.code not in (206, 416)):
+            self.whole(response)  # (an artifact with a policy relays any status: the download does)
             return
         if response.code == 416:
             discard(response)
@@ -170,7 +172,8 @@ class RangeRelay:
     def _begin(self, response: Any, first: int, last: int, complete: int | None) -> None:
         request = self.request
         self.responder.cache_status = "PASS"
-        kept = {k: v for k, v in response_headers(self.artifact, response).items() if k.lower() != "cache-control"}
+        kept = {k: v for k, v in response_headers(self.artifact, response).items()
+                if k.lower() != "cache-control" or self.artifact.policy is not None}
         set_headers(request, size=complete, content_type=self.artifact.content_type or header(response, b"content-type"),
                     etag=header(response, b"etag"), last_modified=header(response, b"last-modified"), extra=kept)
         request.setResponseCode(206)

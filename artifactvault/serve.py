@@ -17,7 +17,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
@@ -133,11 +133,32 @@ class Responder:
             if getattr(error, "negative", False):  # (answered from the negative cache)
                 self.cache_status = "HIT"
                 self.request.negative = True  # type: ignore[attr-defined]
+                if getattr(error, "relayed", False):
+                    self._replay(error)
+                    return
             self.error(error.status, error.reason, error.headers, cause=error)
             return
         _log.failure("answering {path} failed", failure,
                      path=self.request.path.decode("latin-1", "replace"))
         self.error(500, "internal error")
+
+    def _replay(self, error: UpstreamError) -> None:
+        """A remembered upstream answer that was relayed as it came: again, as it came."""
+        if self.gone or self.request.finished:
+            return
+        if self.request.startedWriting:
+            self.abort()
+            return
+        self.reset()
+        request = self.request
+        request.error_reason = error.reason  # type: ignore[attr-defined]
+        request.setResponseCode(error.status)
+        for name, value in (error.headers or {}).items():
+            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        body = getattr(error, "body", None) or b""
+        request.setHeader(b"content-length", str(len(body)).encode())
+        request.write(body)
+        request.finish()
 
     def reset(self) -> None:
         """
@@ -390,6 +411,25 @@ def set_headers(request: Request, *, size: int | None, content_type: str | None,
         set_(name.encode("latin-1"), value.encode("latin-1"))
 
 
+def _relayed(responder: Responder, status: int, size: int | None, content_type: str | None) -> bool:
+    """
+    Set status and length of an answer with the upstream's C{status}, not
+    200 (an artifact with an HTTP caching policy relays those): the whole
+    body, never a 206 (a Range is for a 200's bytes) nor a 304 (conditions
+    are for a 2xx answer: RFC 9110 13.2.1), no Accept-Ranges, no type the
+    upstream did not give. Whether a body follows.
+    """
+    request = responder.request
+    request.setResponseCode(status)
+    if content_type is None:
+        request.responseHeaders.removeHeader(b"content-type")
+    if status in (204, 304):
+        return False
+    if size is not None:
+        request.setHeader(b"content-length", str(size).encode())
+    return request.method != b"HEAD"
+
+
 def _range_or_full(responder: Responder, size: int, etag: str | None,
                    last_modified: str | None) -> tuple[int, int] | None:
     """Set status and length for the span to send; None if a 416 was sent."""
@@ -434,36 +474,71 @@ def serve_entry(responder: Responder, store: IStore, entry: Entry, cache_status:
             request.setHeader(b"content-length", b"0")
             responder.finish()
             return succeed(True)
-    return store.body(entry).addCallback(_serve_body, responder, entry, cache_status)
+    return store.body(entry).addCallback(_serve_body, responder, entry, cache_status, store.now())
 
 
-def _serve_body(body: IStoredBody | None, responder: Responder, entry: Entry, cache_status: str) -> bool:
+def _serve_body(body: IStoredBody | None, responder: Responder, entry: Entry, cache_status: str,
+                now: float) -> bool:
     if body is None:
         return False
-    if responder.gone:
-        body.close()
-        return True
-    producer: Any = None
     try:
-        span = _entry_span(responder, entry, cache_status)
-        if span is not None:
-            first, last = span
-            if body.fd is None:
-                producer = _RemoteSender(responder, body)
-            elif last - first < SMALL:
-                data = os.pread(body.fd, last - first + 1, first)
-                responder.request.write(data)
-            else:
-                producer = FileProducer(responder, body.fd, first, last)
-                body.fd = None  # (the producer closes it)
-    finally:
-        if producer is None:
-            body.close()
-    if producer is None:
+        span = None if responder.gone else _entry_span(responder, entry, cache_status, now)
+    except BaseException:
+        body.close()
+        raise
+    if span is None:
+        body.close()
         responder.finish()
     else:
-        producer.start(*span)  # type: ignore[misc]
+        send_body(responder, body, *span)
     return True
+
+
+def send_body(responder: Responder, body: IStoredBody, first: int, last: int,
+              rewrite: Callable[[bytes], bytes] | None = None) -> None:
+    """
+    Send bytes C{first}..C{last} of a stored body as the answer's body (its
+    headers already set) and finish, each chunk through C{rewrite} if given
+    (never with sendfile then): a small local span at once, a larger one by
+    a L{FileProducer}, a remote body as its store streams it. The body is
+    closed on every path (by its producer, when there is one).
+    """
+    if responder.gone:
+        body.close()
+        return
+    if body.fd is None:
+        _RemoteSender(responder, body, rewrite).start(first, last)
+        return
+    if last - first < SMALL:
+        try:
+            data = os.pread(body.fd, last - first + 1, first)
+        finally:
+            body.close()
+        responder.request.write(data if rewrite is None else rewrite(data))
+        responder.finish()
+        return
+    producer = FileProducer(responder, body.fd, first, last, rewrite)
+    body.fd = None  # (the producer closes it)
+    body.close()
+    producer.start()
+
+
+@implementer(IConsumer)
+class _Rewriting:
+    """The request as a remote body's consumer, each chunk through C{rewrite} (L{send_body})."""
+
+    def __init__(self, request: Request, rewrite: Callable[[bytes], bytes]):
+        self.request = request
+        self.rewrite = rewrite
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.request.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.request.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        self.request.write(self.rewrite(data))
 
 
 class _RemoteSender:
@@ -474,13 +549,16 @@ class _RemoteSender:
     byte is an error answer (503); after it, the connection is cut.
     """
 
-    def __init__(self, responder: Responder, body: IStoredBody):
+    def __init__(self, responder: Responder, body: IStoredBody,
+                 rewrite: Callable[[bytes], bytes] | None = None):
         self.responder = responder
         self.body = body
+        self.rewrite = rewrite
 
     def start(self, first: int, last: int) -> None:
         self.responder.producer = self
-        d = self.body.stream(first, last, self.responder.request)
+        consumer = self.responder.request if self.rewrite is None else _Rewriting(self.responder.request, self.rewrite)
+        d = self.body.stream(first, last, consumer)
         d.addCallbacks(self._done, self._failed)
         d.addErrback(lambda f: _log.failure("streaming a stored entry failed", f))
 
@@ -504,14 +582,21 @@ class _RemoteSender:
         self.body.close()
 
 
-def _entry_span(responder: Responder, entry: Entry, cache_status: str) -> tuple[int, int] | None:
+def _entry_span(responder: Responder, entry: Entry, cache_status: str, now: float) -> tuple[int, int] | None:
     """Set the headers of an answer from C{entry}: the bytes to send, or None if there are none."""
     request = responder.request
     etag, modified = entry_etag(entry), entry_last_modified(entry)
     responder.cache_status = cache_status
-    set_headers(request, size=entry.size, content_type=entry.content_type, etag=etag,
-                last_modified=modified, extra=entry.headers)
-    if not_modified(request, etag, modified):
+    set_headers(request, size=entry.size if entry.status == 200 else None, content_type=entry.content_type,
+                etag=etag, last_modified=modified, extra=entry.headers)
+    if entry.age is not None:
+        request.setHeader(b"age", b"%d" % (entry.age + max(0.0, now - entry.stored_at)))
+    if entry.status != 200:
+        if not _relayed(responder, entry.status, entry.size, entry.content_type) or not entry.size:
+            return None
+        return 0, entry.size - 1
+    # (RFC 9111 4.3.2: with no Last-Modified, If-Modified-Since is held against the stored Date)
+    if not_modified(request, etag, modified or entry.headers.get("Date")):
         answer_not_modified(responder)
         return None
     span = _range_or_full(responder, entry.size, etag, strong_date(modified, entry.stored_at))
@@ -556,8 +641,11 @@ class _FileSender:
         data = os.pread(fd, min(CHUNK, count), self.offset)
         self.offset += len(data)
         if data:
-            self.request.write(data)
+            self._write(data)
         return len(data)
+
+    def _write(self, data: bytes) -> None:
+        self.request.write(data)
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -572,13 +660,26 @@ class _FileSender:
 
 @implementer(IPushProducer)
 class FileProducer(_FileSender):
-    """Streams bytes first..last of an open file, closing it when done."""
+    """
+    Streams bytes first..last of an open file, closing it when done. With
+    C{rewrite}, each chunk read is sent as C{rewrite(chunk)} (never with
+    sendfile): for a stored template that is completed per request, where
+    no part of what is replaced can span two chunks (one byte).
+    """
 
-    def __init__(self, responder: Responder, fd: int, first: int, last: int):
+    def __init__(self, responder: Responder, fd: int, first: int, last: int,
+                 rewrite: Callable[[bytes], bytes] | None = None):
         self.responder = responder
         self.fd: int | None = fd
         self.offset = first
         self.end = last + 1
+        self.rewrite = rewrite
+
+    def _zero_copy(self) -> bool:
+        return self.rewrite is None and super()._zero_copy()
+
+    def _write(self, data: bytes) -> None:
+        self.request.write(data if self.rewrite is None else self.rewrite(data))
 
     def start(self, *_span: int) -> None:
         try:
@@ -688,8 +789,17 @@ def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS
     responder.cache_status = cache_status
     etag = header(response, b"etag")
     modified = header(response, b"last-modified")
-    set_headers(request, size=size, content_type=flight.content_type, etag=etag,
-                last_modified=modified, extra=response_headers(flight.artifact, response))
+    set_headers(request, size=size if flight.status == 200 else None, content_type=flight.content_type,
+                etag=etag, last_modified=modified, extra=response_headers(flight.artifact, response, flight.answered))
+    age = flight.age(flight.store.now())
+    if age is not None:
+        request.setHeader(b"age", b"%d" % age)
+    if flight.status != 200:
+        if _relayed(responder, flight.status, size, flight.content_type) and size != 0:
+            FlightReader(responder, flight, 0, size, fallback).start()
+        else:
+            responder.finish()
+        return
     if not_modified(request, etag, modified):
         answer_not_modified(responder)
         return
@@ -729,7 +839,7 @@ def _waits_for_completion(request: Request, flight: Flight) -> bool:
     limit = flight.artifact.verify_before_send
     if checked and limit > 0 and (flight.length is None or flight.length <= limit):
         return True
-    return request.getHeader(b"range") is not None and (flight.length is None or checked)
+    return request.getHeader(b"range") is not None and flight.status == 200 and (flight.length is None or checked)
 
 
 @implementer(IFlightListener)

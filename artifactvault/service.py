@@ -34,7 +34,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.internet.defer import Deferred
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import Agent, HTTPConnectionPool
 
 from artifactvault import logs, ops as operations
 from artifactvault.backends import backend_type
@@ -43,6 +43,7 @@ from artifactvault.cache.s3 import S3Store
 from artifactvault.cache.spool import Spool
 from artifactvault.cache.store import FileStore
 from artifactvault.config import Config
+from artifactvault.framing import TolerantClientFactory
 from artifactvault.root import Root
 from artifactvault.shutdown import InOrder
 from artifactvault.site import VaultSite
@@ -61,12 +62,10 @@ S3_CONNECTIONS = 32
 SWITCH_INTERVAL = 0.0005
 
 
-class _QuietFactory(_HTTP11ClientFactory):
-    noisy = False  # no "Starting factory" line for every upstream connection
-
-
 class _QuietPool(HTTPConnectionPool):
-    _factory = _QuietFactory
+    """The upstream connection pool: answers read as nginx reads them (L{artifactvault.framing}), quietly."""
+
+    _factory = TolerantClientFactory
 
 
 class _Interpreter(Service):

@@ -107,17 +107,20 @@ def text_slices(data: bytes | bytearray | memoryview, errors: str = "strict") ->
     yield decoder.decode(b"", final=True)
 
 
-def loads(data: bytes | str, item: Callable[[Any], Any] | None = None) -> Any:
+def loads(data: bytes | str, item: Callable[[Any], Any] | None = None,
+          member: Callable[[str, str, Any], Any] | None = None) -> Any:
     """
     Decode JSON (UTF-8 if bytes); C{ValueError} if it is not valid JSON.
     With C{item}, each element of a long-array candidate (an array at the
     top level or in a value of a top-level object) is replaced by
     C{item(element)} as it is read: a caller that needs little of each of
-    many objects then never holds them all.
+    many objects then never holds them all. C{member} does the same for the
+    members of an object that is the value of a top-level object's member:
+    C{member(outer key, key, value)} (an npm package document's versions).
     """
     w = _Window(iter([data]) if isinstance(data, str) else text_slices(data))
     w.skip()
-    value = _value(w, 0, item)
+    value = _value(w, 0, item, member)
     w.skip()
     if w.peek():
         raise ValueError(f"extra data at character {w.offset()}")
@@ -193,17 +196,17 @@ class _Window:
             return value
 
 
-def _value(w: _Window, depth: int, item: Any) -> Any:
+def _value(w: _Window, depth: int, item: Any, member: Any = None, outer: str = "") -> Any:
     if depth < _WALK_DEPTH:
         c = w.peek()
         if c == "{":
-            return _object(w, depth, item)
+            return _object(w, depth, item, member, outer)
         if c == "[":
             return _array(w, depth, item)
     return w.decode()
 
 
-def _object(w: _Window, depth: int, item: Any) -> dict[str, Any]:
+def _object(w: _Window, depth: int, item: Any, member: Any = None, outer: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     w.expect("{")
     if w.peek() == "}":
@@ -214,7 +217,8 @@ def _object(w: _Window, depth: int, item: Any) -> dict[str, Any]:
             raise ValueError(f"expected a property name at character {w.offset()}")
         key = w.decode()
         w.expect(":")
-        out[key] = _value(w, depth + 1, item)
+        value = _value(w, depth + 1, item, member, key)
+        out[key] = value if member is None or depth != 1 else member(outer, key, value)
         w.skip()
         if w.peek() == "}":
             w.i += 1

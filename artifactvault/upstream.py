@@ -37,11 +37,12 @@ from twisted.python.failure import Failure
 from twisted.web import client as webclient
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IAgent
+from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import Interface, implementer
 
 from artifactvault import logs
 from artifactvault import __version__
+from artifactvault.framing import UnsupportedTransferCoding
 from artifactvault.negative import NegativeCache, Remembered
 from artifactvault.observe import NULL, IUpstreamObserver
 from artifactvault.ratelimit import FAILURE_BACKOFF, FAILURE_STATUSES, Backoff
@@ -49,6 +50,10 @@ from artifactvault.ratelimit import FAILURE_BACKOFF, FAILURE_STATUSES, Backoff
 _log = Logger(observer=logs.observer)
 
 USER_AGENT = f"artifactvault/{__version__}"
+#: Request headers that carry credentials: whoever gives them (a backend, a
+#: client's request passed on), they go only to the configured origin, never
+#: to a redirect target elsewhere.
+ORIGIN_ONLY = frozenset({"authorization", "proxy-authorization", "cookie"})
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
 #: The largest upstream error answer read for its words (L{Upstream.error_for}).
@@ -147,11 +152,15 @@ class NegativeHit(UpstreamStatus):
     negative = True
 
     def __init__(self, known: Remembered):
-        super().__init__(known.code, known.phrase, None, known.host)
+        super().__init__(known.code, known.phrase, known.headers, known.host)
         self.reason += " (remembered: not asked again yet)"
         self.args = (self.reason,)
         self.body = known.body
         self.content_type = known.content_type
+        #: Replayed as the upstream's answer was relayed (L{Upstream.relayed}), not in our words.
+        self.relayed = known.relayed
+        if known.relayed:
+            self.status = known.code
 
 
 class UpstreamThrottled(UpstreamStatus):
@@ -306,11 +315,14 @@ NETWORK_FAILURES = (
 def _invalid_answer(reasons: list[Any]) -> str | None:
     """
     What was wrong with an answer Twisted's client refused to read, if that
-    is why it failed: while it parses a response's head, a C{ValueError}
-    comes from its Content-Length (not digits, or repeated with different
-    values).
+    is why it failed: a transfer coding nobody can undo
+    (L{UnsupportedTransferCoding}); while it parses a response's head, a
+    C{ValueError} comes from its Content-Length (not digits, or repeated
+    with different values).
     """
     for reason in reasons:
+        if reason.check(UnsupportedTransferCoding):
+            return f"a body in transfer coding {reason.value.value}, which cannot be decoded"
         if reason.check(ValueError):
             return f"an invalid Content-Length ({str(reason.value)[:80]})"
     return None
@@ -515,7 +527,8 @@ class Upstream:
             found = self._backoffs[key] = Backoff(self.reactor.seconds, after_failure=self.backoff)
         return found
 
-    async def request(self, method: str, url: str, headers: dict[str, str] | None = None) -> Any:
+    async def request(self, method: str, url: str, headers: dict[str, str] | None = None,
+                      body: bytes | None = None) -> Any:
         """
         Send a request, following redirects (credentials and extra headers
         only to their own origin) and answering one auth challenge, all within
@@ -523,9 +536,15 @@ class Upstream:
         read; raises L{UpstreamError} (L{UpstreamTimeout} when time ran out).
         While a back-off of the URL's origin lasts nothing is sent: after a
         429, L{UpstreamThrottled}; after a failure, L{UpstreamBackedOff}.
+        C{body} is sent with the request (a relayed POST), again after a
+        redirect that keeps the method, never after a 303; such a request
+        is never answered from the negative cache, nor remembered in it.
         """
         host = host_of(self.origin_url or url)
-        known = self.negative.lookup(method, url, headers)
+        # (a request with a body, a relayed POST, is answered by its body
+        # too: the negative cache, by method and URL, neither answers it
+        # nor remembers its 404)
+        known = None if body is not None else self.negative.lookup(method, url, headers)
         if known is not None:
             self.observer.negative_hit()
             raise NegativeHit(known)
@@ -540,14 +559,14 @@ class Upstream:
         self.observer.sent()
         started = self.reactor.seconds()
         try:
-            response = await self._within_timeout(method, url, headers)
+            response = await self._within_timeout(method, url, headers, body)
         except UpstreamError as e:
             self.observer.failed("timeout" if isinstance(e, UpstreamTimeout) else "refused", e.reason)
             if isinstance(e, (UpstreamTimeout, UpstreamUnreachable)):
                 self._failed(backoff, url, e.reason, e.status)
             raise
         self.observer.answered(response.code, self.reactor.seconds() - started)
-        if response.code in (404, 410):
+        if response.code in (404, 410) and body is None:
             remembered = self.negative.remember(method, url, response.code,
                                                 response.phrase.decode("latin-1", "replace"), host_of(url), headers)
             if remembered is not None:
@@ -572,8 +591,9 @@ class Upstream:
             _log.warn("upstream {host} failed ({reason}): stale copies served at once, "
                       "nothing sent to it for {seconds:g} s", host=host_of(url), reason=reason, seconds=seconds)
 
-    async def _within_timeout(self, method: str, url: str, headers: dict[str, str] | None) -> Any:
-        attempt = Deferred.fromCoroutine(self._request(method, url, headers))
+    async def _within_timeout(self, method: str, url: str, headers: dict[str, str] | None,
+                              body: bytes | None = None) -> Any:
+        attempt = Deferred.fromCoroutine(self._request(method, url, headers, body))
         expired = []
 
         def expire() -> None:
@@ -592,7 +612,8 @@ class Upstream:
             if timer.active():
                 timer.cancel()
 
-    async def _request(self, method: str, url: str, headers: dict[str, str] | None) -> Any:
+    async def _request(self, method: str, url: str, headers: dict[str, str] | None,
+                       body: bytes | None = None) -> Any:
         first = url
         home = origin(self.origin_url or first)
         retried = False
@@ -600,14 +621,17 @@ class Upstream:
             send = {"User-Agent": USER_AGENT}
             if origin(url) == home:
                 send.update(self.headers)
-            send.update(headers or {})
+                send.update(_octets(headers or {}))
+            else:
+                send.update(_octets({k: v for k, v in (headers or {}).items() if k.lower() not in ORIGIN_ONLY}))
             if self.auth is not None and origin(url) == origin(first):
                 send.update(await self._ask_auth(self.auth.headers_for, url))
             try:
+                extra = {} if body is None else {"data": _Body(body)}
                 response = await self.client.request(
                     method, url, headers={k: [v] for k, v in send.items()},
                     allow_redirects=False, unbuffered=True, reactor=self.reactor,
-                    timeout=self.timeout)
+                    timeout=self.timeout, **extra)
             except Exception as e:
                 raise describe_failure(e, url, self.timeout) from None
             if response.code == 401 and self.auth is not None and not retried:
@@ -626,7 +650,7 @@ class Upstream:
                     discard(response)
                     url = _redirect_target(url, location)
                     if method == "POST" and response.code == 303:
-                        method = "GET"
+                        method, body = "GET", None
                     continue
             return response
         raise UpstreamError(f"upstream {host_of(first)} redirected more than {MAX_REDIRECTS} times")
@@ -659,6 +683,24 @@ class Upstream:
             remembered.body, remembered.content_type = error.body, error.content_type
         return error
 
+    def relayed(self, response: Any, body: bytes | None, headers: dict[str, str],
+                content_type: str | None, remember: bool = True) -> None:
+        """
+        C{response}, a 404/410 perhaps remembered (L{negative}), was relayed
+        to the client as it came (a backend that passes final statuses on):
+        the negative cache answers with it again as it was — its status,
+        C{headers} and C{body} — or, when its body was not kept (too long,
+        cut) or C{remember} is false (HTTP's own caching rules decide), forgets it.
+        """
+        remembered = self._unread.pop(id(response), (None, None))[1]
+        if remembered is None:
+            return
+        if body is None or len(body) > MAX_ERROR_BODY or not remember:
+            self.negative.drop(remembered)
+            return
+        remembered.relayed, remembered.body = True, body
+        remembered.headers, remembered.content_type = headers, content_type
+
     async def _ask_auth(self, method: Any, url: str, *args: Any) -> Any:
         """
         Call the auth (it may fetch a token): its network failures are
@@ -669,6 +711,48 @@ class Upstream:
             return (await result) if isinstance(result, Deferred) else result
         except Exception as e:
             raise describe_failure(e, url, self.timeout) from None
+
+
+@implementer(IBodyProducer)
+class _Body:
+    """
+    A small request body (a relayed POST), written at once. (treq's own
+    producer for bytes runs on the global reactor's cooperator, not on the
+    reactor we are given.)
+    """
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred:
+        consumer.write(self.data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def _octets(headers: dict[str, str]) -> dict[str, Any]:
+    """
+    A request's header values as the octets they stand for: a field passed
+    on from a client was read as latin-1, and goes out as the very bytes it
+    came as (Twisted would send text as UTF-8: ``\xfc`` as two bytes);
+    text beyond latin-1 goes as UTF-8.
+    """
+    out: dict[str, Any] = {}
+    for name, value in headers.items():
+        try:
+            out[name] = value.encode("latin-1")
+        except UnicodeEncodeError:
+            out[name] = value.encode("utf-8")
+    return out
 
 
 def _redirect_target(url: str, location: bytes) -> str:

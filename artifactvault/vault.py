@@ -10,20 +10,25 @@ if the upstream fails; miss → join or start the single flight and stream it.
 from __future__ import annotations
 
 import hashlib
+import os
+from dataclasses import replace
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IConsumer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from artifactvault import logs
 from artifactvault.cache.entry import Entry
 from artifactvault.cache.interface import IStore, StoreUnavailable
-from artifactvault.fields import fresh_until, response_headers
+from artifactvault.fields import refreshed, response_headers
 from artifactvault.flight import Artifact, DigestMismatch, Flight, Flights, StoreDown, verified_as
+from artifactvault.httpcache import ALONE, Exchange, Reuse, fields_of
 from artifactvault.relay import RangeRelay
-from artifactvault.serve import (Responder, answer_not_modified, not_modified, requested_range, serve_entry,
-                                 serve_flight, set_headers, wants_revalidation)
+from artifactvault.serve import (Responder, answer_not_modified, not_modified, requested_range, send_body,
+                                 serve_entry, serve_flight, set_headers, wants_revalidation)
 from artifactvault.upstream import Upstream, UpstreamError, UpstreamStatus, content_length, discard, header
 
 _log = Logger(observer=logs.observer)
@@ -95,23 +100,43 @@ class Vault:
             return
         if entry is not None and not verified_as(entry, artifact.digest):
             entry = None  # never served: the download replaces it
-        refresh = artifact.ttl is not None and wants_revalidation(responder.request)
-        if entry is not None and not refresh and entry.is_fresh(self.store.now()):
+        policy = artifact.policy
+        if entry is not None and policy is not None and not policy.selects(entry.variant):
+            entry = None  # another variant: the download replaces it
+        if policy is not None:
+            reuse = None if entry is None else policy.reuse(
+                entry.fresh_until, entry.age, entry.stored_at, entry.headers, self.store.now())
+            fresh = reuse is Reuse.FRESH
+        else:
+            refresh = artifact.ttl is not None and wants_revalidation(responder.request)
+            fresh = entry is not None and not refresh and entry.is_fresh(self.store.now())
+        if entry is not None and fresh:
             if await self.serve_stored(responder, entry, "HIT"):
                 return
             entry = None
         if entry is not None and not await self._has_data(entry):
             entry = None  # nothing left to revalidate or to serve stale
-        if self.stale_first(artifact.upstream, artifact.url, entry):
+        if policy is not None and entry is not None and reuse in (Reuse.STALE, Reuse.STALE_REVALIDATE):
+            if reuse is Reuse.STALE_REVALIDATE:  # (stale-while-revalidate: the next request gets the news)
+                self.flights.join(artifact, stale=entry)
+            if await self.serve_stored(responder, entry, "STALE"):
+                return
+        if policy is not None and policy.cache_only:
+            responder.cache_status = "MISS"
+            responder.error(504, "only-if-cached: no stored answer may be used for this request")
+            return
+        if self.stale_first(artifact.upstream, artifact.url, entry) and (
+                policy is None or policy.stale_on_failure(entry.headers)):
             self.revalidate_in_background(artifact.upstream, artifact.url,
                                           lambda: self.flights.join(artifact, stale=entry).committed())
             _log.info("serving stale {key} at once: its upstream failed lately", key=entry.key)
             if await self.serve_stored(responder, entry, "STALE"):
                 return
+        self._drop_stale_download(artifact)
         if responder.request.method == b"HEAD":
             flight = self.flights.get(artifact.key)
             if flight is not None and flight.state in (Flight.STREAMING, Flight.COMPLETE) \
-                    and flight.artifact.transform is None:
+                    and flight.artifact.transform is None and not self._not_for(artifact, flight):
                 serve_flight(responder, flight, "HIT" if flight.complete else "MISS")
             else:
                 await self._head(responder, artifact, entry)
@@ -177,12 +202,64 @@ class Vault:
         """
         return serve_entry(responder, self.store, entry, status).addErrback(_store_failed)
 
-    def _join(self, responder: Responder, artifact: Artifact, stale: Entry | None, response: Any = None) -> None:
-        """Answer from the download of C{artifact}: the one in flight, or a new one (from C{response}, if given)."""
-        flight = self.flights.join(artifact, stale=stale, response=response)
+    def _join(self, responder: Responder, artifact: Artifact, stale: Entry | None, response: Any = None,
+              alone: bool = False) -> None:
+        """
+        Answer from the download of C{artifact}: the one in flight, or a new
+        one (from C{response}, if given; with C{alone}, one nobody joins).
+        """
+        if alone:
+            flight = self.flights.alone(artifact)
+        else:
+            flight = self.flights.join(artifact, stale=stale, response=response)
         flight.head().addCallbacks(
-            lambda f: self._answer(responder, f),
-            lambda failure: self._failed(responder, failure, stale, artifact.upstream)).addErrback(responder.fail)
+            lambda f: self._answer(responder, f, artifact),
+            lambda failure: self._failed(responder, failure, stale, artifact.upstream, artifact.policy)).addErrback(responder.fail)
+
+    def _elsewhere(self, responder: Responder, artifact: Artifact, flight: Flight) -> bool:
+        """
+        A request that joined another's download whose answer turned out
+        not to be for it (L{artifactvault.httpcache.HttpPolicy.rejoin}: not
+        shared, or another variant) is answered from its own instead.
+        Whether it was.
+        """
+        key = self._not_for(artifact, flight)
+        if key is None:
+            return False
+        if key == ALONE:
+            self._join(responder, artifact, None, alone=True)
+        else:
+            self.serve(responder, replace(artifact, key=key))
+        return True
+
+    def _drop_stale_download(self, artifact: Artifact) -> None:
+        """
+        A download whose answer has begun is a stored answer in all but
+        name: a request with a caching policy joins it only if that answer
+        may be reused for it now (fresh, as the client asks). If not, the
+        download leaves L{Flights} (its readers go on) and this request
+        starts a new one.
+        """
+        flight = self.flights.get(artifact.key)
+        if artifact.policy is None or flight is None or flight.artifact.policy is None \
+                or flight.state not in (Flight.STREAMING, Flight.COMPLETE):
+            return
+        response = flight.response
+        exchange = Exchange(response.code, fields_of(response.headers), flight.requested, flight.answered)
+        if artifact.policy.reuse_arriving(flight.artifact.policy, exchange, self.store.now()) is not Reuse.FRESH:
+            flight.detach()
+
+    @staticmethod
+    def _not_for(artifact: Artifact, flight: Flight) -> str | None:
+        """
+        None if C{flight}'s answer may answer a request for C{artifact} (the
+        same request, one without a caching policy, or one the policy lets
+        share it); else the key it must be fetched under instead, or L{ALONE}.
+        """
+        policy, starter = artifact.policy, flight.artifact.policy
+        if policy is None or starter is None or flight.artifact is artifact or flight.response is None:
+            return None
+        return policy.rejoin(starter, flight.response)
 
     def serve_cached(self, responder: Responder, key: str,
                      accept: Callable[[Entry], bool] | None = None) -> Deferred:
@@ -201,8 +278,10 @@ class Vault:
             return await self.serve_stored(responder, entry, "HIT")
         return Deferred.fromCoroutine(serve())
 
-    def _answer(self, responder: Responder, flight: Flight) -> None:
+    def _answer(self, responder: Responder, flight: Flight, artifact: Artifact | None = None) -> None:
         if responder.gone:
+            return
+        if artifact is not None and self._elsewhere(responder, artifact, flight):
             return
         if flight.state == Flight.NOT_MODIFIED:
             self.serve_stored(responder, flight.entry, "HIT").addCallback(
@@ -218,14 +297,15 @@ class Vault:
         if flight.artifact.transform is not None:
             flight.committed().addCallbacks(
                 lambda entry: self._serve_committed(responder, entry, "MISS"),
-                lambda failure: self._failed(responder, failure, flight.stale, flight.artifact.upstream),
+                lambda failure: self._failed(responder, failure, flight.stale, flight.artifact.upstream,
+                                             flight.artifact.policy),
             ).addErrback(responder.fail)
             return
         # A download that is already complete (its commit still under way) is
         # served from local bytes: that is a hit.
         serve_flight(responder, flight, "HIT" if flight.complete else "MISS",
                      fallback=lambda error: self._failed(responder, Failure(error), flight.stale,
-                                                         flight.artifact.upstream))
+                                                         flight.artifact.upstream, flight.artifact.policy))
 
     def _serve_committed(self, responder: Responder, entry: Entry, status: str) -> None:
         if responder.gone:
@@ -234,11 +314,12 @@ class Vault:
             lambda served: served or responder.error(502, "stored copy vanished")).addErrback(responder.fail)
 
     def _failed(self, responder: Responder, failure: Failure, stale: Entry | None,
-                upstream: Upstream | None = None) -> None:
+                upstream: Upstream | None = None, policy: Any = None) -> None:
         """
         The upstream failed before this client got a byte: the stale copy
-        where policy allows, else the error. Either starts from clean headers
-        (the abandoned answer may have set a 206, a Content-Range...).
+        where policy allows (and the artifact's caching C{policy}, if any),
+        else the error. Either starts from clean headers (the abandoned
+        answer may have set a 206, a Content-Range...).
         """
         if responder.gone:
             return
@@ -248,7 +329,8 @@ class Vault:
             return
         if responder.cache_status is None:
             responder.cache_status = "MISS"  # the upstream was asked and failed
-        if stale is not None and self.stale_allowed(stale, error, upstream):
+        if stale is not None and self.stale_allowed(stale, error, upstream) and (
+                policy is None or policy.stale_on_failure(stale.headers)):
             _log.info("serving stale {key}: {reason}", key=stale.key, reason=error.reason)
             responder.reset()
             self.serve_stored(responder, stale, "STALE").addCallback(
@@ -321,11 +403,12 @@ class Vault:
         """A HEAD miss asks the upstream with HEAD; nothing is downloaded."""
         try:
             response = await artifact.upstream.request("HEAD", artifact.url, dict(artifact.headers))
-            if response.code != 200:
+            relayed = artifact.policy is not None and artifact.policy.relays(response.code, False)
+            if response.code != 200 and not relayed:
                 raise await artifact.upstream.error_for(response)
             discard(response)
         except UpstreamError as e:
-            self._failed(responder, Failure(e), stale, artifact.upstream)
+            self._failed(responder, Failure(e), stale, artifact.upstream, artifact.policy)
             return
         if responder.gone:
             return
@@ -333,17 +416,20 @@ class Vault:
         # that is not a number is no size, as for the registry's HEADs)
         length = content_length(response)
         etag = header(response, b"etag")
-        if stale is not None and etag is not None and etag == stale.etag:
-            stale.fresh_until = fresh_until(artifact, self.store.now())
-            self.store.update(stale)
+        if response.code == 200 and stale is not None and etag is not None and etag == stale.etag:
+            now = self.store.now()
+            self.store.update(refreshed(artifact, stale, response, now, now, now))
             if await self.serve_stored(responder, stale, "HIT"):
                 return
         request = responder.request
         responder.cache_status = "MISS"
         last_modified = header(response, b"last-modified")
-        set_headers(request, size=length, content_type=artifact.content_type or header(response, b"content-type"),
+        set_headers(request, size=length if response.code == 200 else None,
+                    content_type=artifact.content_type or header(response, b"content-type"),
                     etag=etag, last_modified=last_modified, extra=response_headers(artifact, response))
-        if not_modified(request, etag, last_modified):
+        if response.code != 200:
+            request.setResponseCode(response.code)
+        elif not_modified(request, etag, last_modified):
             answer_not_modified(responder)
             return
         if length is not None:
@@ -417,7 +503,7 @@ class Vault:
 
     def _read(self, data: bytes | None, entry: Entry) -> bytes | None:
         if data is None:
-            self.store.remove(entry.key, only=entry.data)
+            self.drop(entry)
         return data
 
     def load(self, entry: Entry, parse: Callable[[bytes], Any]) -> Deferred:
@@ -429,6 +515,51 @@ class Vault:
         def parsed(data: bytes | None) -> Any:
             return None if data is None else self.work(entry.size, _parse, parse, data)
         return self.read(entry).addCallback(parsed)
+
+    def read_range(self, entry: Entry, first: int, last: int) -> Deferred:
+        """
+        Fires with bytes C{first}..C{last} of a committed entry (a part of a
+        large document: a backend need not read it whole), or None if it is
+        gone (then dropped, as by L{read}). A large part of a local entry is
+        read in the store's thread pool.
+        """
+        async def read() -> bytes | None:
+            body = await self._body(entry)
+            if body is None:
+                return None
+            try:
+                if body.fd is not None:
+                    return await self.work(last - first + 1, os.pread, body.fd, last - first + 1, first)
+                collected = _Collector()
+                await body.stream(first, last, collected).addErrback(_store_failed)
+                return b"".join(collected.parts)
+            finally:
+                body.close()
+        return Deferred.fromCoroutine(read())
+
+    def serve_range(self, responder: Responder, entry: Entry, first: int, last: int,
+                    rewrite: Callable[[bytes], bytes] | None = None) -> Deferred:
+        """
+        Send bytes C{first}..C{last} of a committed entry as the body of an
+        answer whose headers the caller has set, each chunk through
+        C{rewrite} if given (a stored template a backend fills in per
+        request); fires with False, having sent nothing, if the bytes are
+        gone (then dropped, as by L{read}: asking again fetches the entry).
+        """
+        def opened(body: Any) -> bool:
+            if body is None:
+                return False
+            send_body(responder, body, first, last, rewrite)
+            return True
+        return self._body(entry).addCallback(opened)
+
+    def _body(self, entry: Entry) -> Deferred:
+        """The store's L{IStoredBody} of C{entry}, or None: its bytes are gone, and the entry is dropped."""
+        def opened(body: Any) -> Any:
+            if body is None:
+                self.drop(entry)
+            return body
+        return self.store.body(entry).addErrback(_store_failed).addCallback(opened)
 
     # -- small records -------------------------------------------------------------
 
@@ -481,6 +612,23 @@ class Vault:
         """A record confirmed unchanged: fresh for C{ttl} seconds more."""
         entry.fresh_until = self.store.now() + ttl
         return self.store.update(entry)
+
+
+@implementer(IConsumer)
+class _Collector:
+    """A consumer that keeps what a remote body streams to it (L{Vault.read_range})."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
 
 
 def _parse(parse: Callable[[bytes], Any], data: bytes) -> Any:

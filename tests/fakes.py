@@ -10,16 +10,18 @@ In-memory stand-ins shared by the unit tests.
 - L{Harness}: the core (store in a temp dir, vault, L{Clock}, L{FakeClient})
   behind a L{VaultSite}, with one backend at C{/files/} whose artifacts the
   test can shape (digest, size, ttl, ...).
+- L{RemoteBodies}: a disk store whose hits come as a remote (S3) store's do.
 """
 
 from __future__ import annotations
 
 import http.client
 import io
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
@@ -43,6 +45,49 @@ from artifactvault.vault import Vault
 #: Where the fake wall clock starts (a realistic time, so HTTP dates work).
 EPOCH = 1_700_000_000.0
 UPSTREAM = "http://upstream.test/repo"
+
+
+# -- a store whose bodies are remote ----------------------------------------------
+
+class RemoteBody:
+    """
+    A stored body as a remote store (S3) gives it: no fd, only C{stream},
+    which writes the bytes asked for 1000 at a time (so a consumer sees
+    many chunks), at once.
+    """
+
+    fd = None
+
+    def __init__(self, local: Any):
+        self._local = local
+        self.size = local.size
+
+    def stream(self, first: int, last: int, consumer: Any) -> Deferred:
+        data = os.pread(self._local.fd, last - first + 1, first)
+        consumer.registerProducer(self, True)
+        for i in range(0, len(data), 1000):
+            consumer.write(data[i:i + 1000])
+        consumer.unregisterProducer()
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._local.close()
+
+
+class RemoteBodies(FileStore):
+    """A disk store whose bodies look remote (no fd): the way hits take from an S3 store."""
+
+    def body(self, entry: Any) -> Deferred:
+        return super().body(entry).addCallback(lambda body: None if body is None else RemoteBody(body))
 
 
 # -- upstream -------------------------------------------------------------------
@@ -132,7 +177,9 @@ class UpstreamRequest:
     def __init__(self, method: str, url: str, headers: dict[str, list[str]], kwargs: dict):
         self.method = method
         self.url = url
-        self.headers = {k.lower(): v[0] for k, v in headers.items()}
+        # (as on the wire: values given as octets read back as latin-1 text)
+        self.headers = {k.lower(): v[0].decode("latin-1") if isinstance(v[0], bytes) else v[0]
+                        for k, v in headers.items()}
         self.kwargs = kwargs
         self.deferred: Deferred = Deferred()
         self.response: FakeResponse | None = None
@@ -368,14 +415,15 @@ class FakeBackend:
 class Harness:
     """
     The vault with a L{FakeBackend} behind a real site, all in memory (with
-    C{pool}, the store's slow work waits for the test to run it).
+    C{pool}, the store's slow work waits for the test to run it; with
+    C{remote}, its hits come as a remote store's do: L{RemoteBodies}).
     """
 
     def __init__(self, testcase: Any, ttl: float | None = None, idle_timeout: float = 60.0,
-                 timeout: float = 30.0, pool: "ManualPool | None" = None):
+                 timeout: float = 30.0, pool: "ManualPool | None" = None, remote: bool = False):
         self.clock = Clock()
         self.clock.advance(EPOCH)
-        self.store = FileStore(testcase.mktemp(), clock=self.clock.seconds,
+        self.store = (RemoteBodies if remote else FileStore)(testcase.mktemp(), clock=self.clock.seconds,
                                **({"run_blocking": pool.run} if pool else {}))
         self.store.open()
         testcase.addCleanup(self.store.close)

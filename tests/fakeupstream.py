@@ -46,6 +46,12 @@ class Script:
     content_length: bytes | None = None
     #: Send no length at all and end the body by closing the connection.
     close_delimited: bool = False
+    #: Header field lines sent as they are, after C{headers} (repeats allowed:
+    #: two Transfer-Encoding lines, a Connection naming others).
+    raw_headers: list[tuple[str, str]] = field(default_factory=list)
+    #: The body exactly as it goes on the wire (chunked or coded by the test),
+    #: instead of C{body}; no length is added, and the connection closes after it.
+    wire_body: bytes | None = None
 
 
 class FakeUpstream:
@@ -97,6 +103,16 @@ class FakeUpstream:
                     script.stall_in_headers.wait(60)
                 for k, v in script.headers.items():
                     self.send_header(k, v)
+                for k, v in script.raw_headers:
+                    self.send_header(k, v)
+                if script.wire_body is not None:
+                    self.close_connection = True
+                    self.end_headers()
+                    if not head:
+                        self.wfile.write(script.wire_body)
+                    self.wfile.flush()
+                    owner.headers_sent.set()
+                    return
                 if script.chunked:
                     self.send_header("Transfer-Encoding", "chunked")
                 elif script.close_delimited:
@@ -104,7 +120,7 @@ class FakeUpstream:
                     self.close_connection = True
                 elif script.content_length is not None:
                     self._headers_buffer.append(b"Content-Length: " + script.content_length + b"\r\n")
-                elif "Content-Length" not in script.headers:
+                elif "Content-Length" not in script.headers and script.status not in (204, 304):
                     self.send_header("Content-Length", str(len(script.body)))
                 self.end_headers()
                 self.wfile.flush()

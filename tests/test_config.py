@@ -114,7 +114,7 @@ class LoadTests(ConfigFileMixin, SynchronousTestCase):
             ttl_rules=[{"match": "*.xml", "ttl": "1d"}])]})
         [s] = config.settings
         self.assertEqual((s.timeout, s.idle_timeout, s.ttl), (5.0, 120.0, 5400.0))
-        self.assertEqual(s.ttl_rules, [("*.xml", 86400.0)])
+        self.assertEqual([(pattern, f.ttl) for pattern, f in s.ttl_rules], [("*.xml", 86400.0)])
 
     def test_prefix_normalised(self) -> None:
         """A prefix is normalised to /a/b/."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import http.client
+import json
 import os
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from tests import support
 from tests.fakeupstream import FakeUpstream, Script
 from tests.support import AccessLog, Daemon, request
+from tests.test_npm_clients import NPM, NpmClient, installed, to_public
 
 #: What a client sees when the vault cuts its connection mid-body.
 CUT = (http.client.IncompleteRead, ConnectionResetError)
@@ -274,3 +276,38 @@ class ClientsTests(TestCase):
         with open(os.path.join(work, "oci-a", "index.json")) as f1, \
                 open(os.path.join(work, "oci-b", "index.json")) as f2:
             self.assertEqual(f1.read(), f2.read())
+
+    def test_npm_through_a_then_b(self) -> None:
+        """
+        npm install through node A stores package documents (as templates)
+        and tarballs in the bucket; through node B, npm ci (a public
+        lockfile) and npm install then get every tarball, and every
+        document filled in with B's own address, from the bucket: nothing
+        more is asked of the registry.
+        """
+        if NPM is None:
+            raise SkipTest("npm is not installed")
+        registry = support.upstream_url("npm")
+        nodes = _Nodes(self, [{"type": "npm", "config": {"prefix": "/npm/", "registry_url": registry + "/"}}])
+        a, b = nodes.start(2)
+        log = AccessLog("npm")
+        first = NpmClient(self, a.url("/npm/"))
+        proj = first.project()
+        first.run(proj, "install", "av-app@1.1.0")
+        with open(os.path.join(proj, "package-lock.json")) as f:
+            lock = json.load(f)
+        log.wait(r"\.tgz$", 2)  # (verdaccio logs as it answers)
+        asked = len(log.requests())
+        self.assertGreaterEqual(asked, 4)  # (two documents, two tarballs)
+        ci = NpmClient(self, b.url("/npm/"))
+        ci_proj = ci.project(dependencies={"av-app": "1.1.0"}, lock=to_public(lock, a.url("/npm/")))
+        ci.run(ci_proj, "ci")
+        self.assertEqual((installed(ci_proj, "av-app"), installed(ci_proj, "@av/base")), ("1.1.0", "1.1.0"))
+        again = NpmClient(self, b.url("/npm/"))
+        again_proj = again.project()
+        again.run(again_proj, "install", "av-app@1.1.0")
+        with open(os.path.join(again_proj, "package-lock.json")) as f:
+            resolved = json.load(f)["packages"]["node_modules/@av/base"]["resolved"]
+        self.assertEqual(resolved, b.url("/npm/") + "@av/base/-/base-1.1.0.tgz")
+        self.assertEqual(len(log.requests()), asked)
+        self.assertRegex(b.log(), r"GET /npm/@av/base/-/base-1\.1\.0\.tgz 200 HIT")

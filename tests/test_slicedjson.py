@@ -88,6 +88,22 @@ class SlicedJsonTests(SynchronousTestCase):
         doc = slicedjson.loads(raw, lambda p: p["name"] if isinstance(p, dict) else None)
         self.assertEqual(doc, {"meta": {"v": [1]}, "projects": ["p0", "p1", "p2", "p3", "p4", None, None]})
 
+    def test_member(self) -> None:
+        """
+        member() replaces each member of an object one level down (an npm
+        document's versions) as it is read, told the outer key; nothing else.
+        """
+        raw = reference({"name": {"x": 1}, "versions": {"1.0": {"dist": 1}, "2.0": [2]}, "list": [{"a": 1}]})
+        seen = []
+
+        def member(outer, key, value):
+            seen.append((outer, key))
+            return f"{outer}/{key}" if outer == "versions" else value
+        doc = slicedjson.loads(raw, member=member)
+        self.assertEqual(doc, {"name": {"x": 1}, "versions": {"1.0": "versions/1.0", "2.0": "versions/2.0"},
+                               "list": [{"a": 1}]})
+        self.assertEqual(seen, [("name", "x"), ("versions", "1.0"), ("versions", "2.0")])
+
     def test_discard(self) -> None:
         """discard() empties a document's long lists, a slice at a time; other values stay."""
         deleted: list[int] = []

@@ -40,7 +40,10 @@ class Origin(Resource):
         host = request.getHeader(b"host").decode()
         path = request.path.decode()
         headers = {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()}
+        headers["method"] = request.method.decode()
         self.seen.append((host, path, headers))
+        if request.method == b"POST":
+            headers["body"] = request.content.read().decode()
         if path == "/gz":
             request.setHeader(b"content-encoding", b"gzip")
             return gzip.compress(b"compressed anyway")
@@ -109,6 +112,21 @@ class UpstreamTests(SynchronousTestCase):
         [(_, _, headers)] = self.origin.seen
         self.assertEqual((headers["x-api-key"], headers["if-none-match"]), ("k", '"e"'))
 
+    def test_body_sent(self) -> None:
+        """A POST's body goes with it, again after a 307, never after a 303 (then a GET)."""
+        upstream = self.upstream()
+        for url, expected in (("http://up.test/a", [("POST", "/a", "report")]),
+                              ("http://up.test/to/307/../../b", [("POST", "/to/307/../../b", "report"),
+                                                                 ("POST", "/b", "report")]),
+                              ("http://up.test/to/303/../../c", [("POST", "/to/303/../../c", "report"),
+                                                                 ("GET", "/c", None)])):
+            del self.origin.seen[:]
+            d = Deferred.fromCoroutine(upstream.request("POST", url, {"Content-Type": "text/plain"},
+                                                        body=b"report"))
+            self.agent.flush()
+            self.assertEqual(self.successResultOf(d).code, 200)
+            self.assertEqual([(h.get("method"), p, h.get("body")) for _, p, h in self.origin.seen], expected)
+
     def test_no_cookies_kept(self) -> None:
         """A cookie set by an upstream is not sent back on later requests."""
         self.body(self.successResultOf(self.fetch("http://up.test/cookie")))
@@ -149,6 +167,16 @@ class UpstreamTests(SynchronousTestCase):
         del self.origin.seen[:]
         self.fetch("http://files.test/pkg.whl", upstream)  # a file host an index page points to
         self.assertEqual([(host, h.get("x-api-key")) for host, _, h in self.origin.seen], [("files.test", None)])
+
+    def test_request_credentials_stay_with_origin(self) -> None:
+        """A request's own Authorization or Cookie (a client's, passed on) goes to the configured origin only."""
+        upstream = self.upstream()
+        upstream.origin_url = "http://up.test/repo"
+        sent = {"Authorization": "Bearer client", "Cookie": "a=b", "Accept-Language": "de"}
+        self.fetch("http://up.test/to/307/http~//cdn.test/blob", upstream, headers=sent)
+        seen = [(host, h.get("authorization"), h.get("cookie"), h.get("accept-language"))
+                for host, _, h in self.origin.seen]
+        self.assertEqual(seen, [("up.test", "Bearer client", "a=b", "de"), ("cdn.test", None, None, "de")])
 
     def test_redirect_to_other_schemes(self) -> None:
         """A Location that is not an http(s) URL with a host, or cannot be read, is a 502 saying so; nothing is fetched."""

@@ -1,7 +1,9 @@
 """
-What the PyPI backend added to L{Vault}: L{Vault.serve_cached} (answer from
-the cache with nothing else looked up) and L{Vault.read} dropping a
-document whose bytes vanished.
+What backends added to L{Vault}: L{Vault.serve_cached} (answer from the
+cache with nothing else looked up), L{Vault.read} dropping a document whose
+bytes vanished (PyPI); L{Vault.read_range} and L{Vault.serve_range}, part
+of a stored document read or sent through a rewrite, from a local or a
+remote store (npm's templates).
 """
 
 from __future__ import annotations
@@ -9,10 +11,14 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+from twisted.internet.defer import fail
 from twisted.trial.unittest import SynchronousTestCase
 
+from artifactvault.cache.interface import StoreUnavailable
 from artifactvault.cache.store import Entry
-from tests.fakes import Answer, Harness
+from artifactvault.flight import StoreDown
+from artifactvault.serve import SMALL
+from tests.fakes import Answer, Harness, RemoteBody
 
 
 class ServeCachedTests(SynchronousTestCase):
@@ -67,3 +73,71 @@ class ServeCachedTests(SynchronousTestCase):
         os.unlink(self.h.store.data_path(entry))
         self.assertIsNone(self.successResultOf(self.h.vault.read(entry)))
         self.assertIsNone(self.h.store.lookup(self.key))
+
+
+class RangeTests(SynchronousTestCase):
+    """L{Vault.read_range} and L{Vault.serve_range}, on a disk store and on one whose bodies are remote."""
+
+    BODY = bytes(range(256)) * (SMALL // 256 * 3)  # (larger than SMALL: a producer sends it)
+
+    def stored(self, remote: bool) -> tuple[Harness, Entry]:
+        h = Harness(self, remote=remote)
+        self.assertEqual(h.fetched("a", self.BODY).status, 200)
+        entry = h.store.lookup(h.url("a"))
+        assert entry is not None
+        return h, entry
+
+    def served(self, h: Harness, entry: Entry, first: int, last: int) -> tuple[list[bool], Answer]:
+        """A request answered by serve_range(first, last) with every byte upper-cased (a 502 if it declines)."""
+        served: list[bool] = []
+
+        def answered(result: bool, responder: Any) -> None:
+            served.append(result)
+            if not result:
+                responder.error(502, "gone")
+
+        def handle(responder: Any, segments: list[str]) -> None:
+            responder.request.setHeader(b"content-length", b"%d" % (last - first + 1))
+            h.vault.serve_range(responder, entry, first, last, bytes.upper).addCallback(answered, responder)
+
+        h.backend.handle = handle
+        return served, h.get("/files/a").answer()
+
+    def test_read_range(self) -> None:
+        """Bytes first..last of a stored entry, the same from either store."""
+        for remote in (False, True):
+            h, entry = self.stored(remote)
+            self.assertEqual(self.successResultOf(h.vault.read_range(entry, 3, 2999)), self.BODY[3:3000])
+
+    def test_read_range_from_a_store_that_breaks_off(self) -> None:
+        """A remote store that fails mid-stream is the answer's reason (StoreDown, 503), not a bug (500)."""
+        h, entry = self.stored(True)
+        self.patch(RemoteBody, "stream", lambda *_: fail(StoreUnavailable("connection reset")))
+        self.failureResultOf(h.vault.read_range(entry, 0, 9), StoreDown)
+
+    def test_read_range_of_vanished_bytes(self) -> None:
+        """Bytes that vanished give None, and the entry is forgotten (asking again fetches it)."""
+        h, entry = self.stored(False)
+        os.unlink(h.store.data_path(entry))
+        self.assertIsNone(self.successResultOf(h.vault.read_range(entry, 0, 9)))
+        self.assertIsNone(h.store.lookup(entry.key))
+
+    def test_serve_range_rewrites(self) -> None:
+        """
+        A large span (a producer), a small one (written at once) and a
+        remote one (streamed in chunks) each go through the rewrite, and
+        the answer ends.
+        """
+        for remote, first, last in ((False, 5, len(self.BODY) - 1), (False, 5, 200), (True, 5, len(self.BODY) - 1)):
+            h, entry = self.stored(remote)
+            served, answer = self.served(h, entry, first, last)
+            self.assertEqual(served, [True])
+            self.assertEqual((answer.status, answer.body), (200, self.BODY[first:last + 1].upper()))
+
+    def test_serve_range_of_vanished_bytes(self) -> None:
+        """Bytes that vanished are not sent: False, and the caller answers."""
+        h, entry = self.stored(False)
+        os.unlink(h.store.data_path(entry))
+        served, answer = self.served(h, entry, 0, 9)
+        self.assertEqual((served, answer.status), ([False], 502))
+        self.assertIsNone(h.store.lookup(entry.key))

@@ -13,11 +13,13 @@ from typing import Any
 from artifactvault.backends.apt import AptBackendType
 from artifactvault.backends.base import IBackendType
 from artifactvault.backends.http import HttpBackendType
+from artifactvault.backends.npm import NpmBackendType
 from artifactvault.backends.pypi import PypiBackendType
 from artifactvault.backends.registry import RegistryBackendType
 from artifactvault.config import BackendEntry, ConfigError
 
-TYPES: tuple[Any, ...] = (HttpBackendType, PypiBackendType, RegistryBackendType, AptBackendType)
+TYPES: tuple[Any, ...] = (HttpBackendType, PypiBackendType, RegistryBackendType, AptBackendType,
+                          NpmBackendType)
 
 
 def backend_type(name: str) -> Any | None:

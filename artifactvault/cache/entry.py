@@ -38,6 +38,9 @@ class Entry:
     url: str = ""  # where it came from (never with credentials)
     #: For a node's local copy of a shared store's entry: that entry's data name.
     source: str | None = None
+    status: int = 200  # the upstream's status (the http backend stores others too)
+    age: float | None = None  # its age (RFC 9111 4.2.3) at stored_at: hits say Age; None: they do not
+    variant: dict[str, str | None] | None = None  # the request fields sent upstream its Vary chose by
     #: The backend's name for it: its prefix and path (an admin purge matches it).
     label: str = ""
 
