@@ -393,7 +393,8 @@ class PoolTests(SynchronousTestCase):
         """
         A pool file an index vouches for is fetched ahead (for a request
         pipelined behind another): stored with no request for it; the
-        request then is a hit, and the upstream was asked once.
+        request then is answered from it (a miss all the same: the upstream
+        was asked for it), and the upstream was asked once.
         """
         h = Harness(self)
         self.update(h)
@@ -404,6 +405,8 @@ class PoolTests(SynchronousTestCase):
         h.site.prefetch(f"/debian/{path}".encode())  # (stored: nothing more to fetch)
         a = h.get(path)
         self.assertEqual((a.status, a.body, h.asked(path)), (200, DEB, 1))
+        self.assertEqual(a.header("x-cache"), "MISS")  # (fetched for this request: its miss)
+        self.assertEqual(h.get(path).header("x-cache"), "HIT")
 
     def test_not_fetched_ahead(self) -> None:
         """
