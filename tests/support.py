@@ -326,8 +326,9 @@ class Daemon:
         port and answered the health check while this one failed to bind.
         """
         deadline = time.monotonic() + timeout
-        line = b"starting on %d\n" % self.port
-        while line not in self._log_since(logged):
+        # (the line as text, or as a JSON event's text with --log-format json)
+        lines = (b"starting on %d\n" % self.port, b'starting on %d"' % self.port)
+        while not any(line in self._log_since(logged) for line in lines):
             if self.proc.poll() is not None or time.monotonic() > deadline:  # type: ignore[union-attr]
                 return False
             time.sleep(0.02)
