@@ -38,8 +38,8 @@ case $cmd in
     # Debian repository of the apt backend's tests (tests/upstreams/apt-up);
     # Ceph (a mon, an OSD and its RADOS Gateway) for the S3 store's
     # (tests/upstreams/s3-up); chromium to look at the status page as a
-    # person would (headless).
-    apt_install curl nginx-light docker-registry skopeo apt-utils dpkg-dev gnupg gpgv xz-utils \
+    # person would (headless); apache2-utils for htpasswd -B (the files client auth reads).
+    apt_install curl nginx-light docker-registry skopeo apt-utils dpkg-dev gnupg gpgv xz-utils apache2-utils \
       ceph-mon ceph-osd radosgw chromium
     # Node.js, npm, verdaccio, yarn and pnpm (from the npm registry) for the npm backend's tests.
     tests/upstreams/npm-kit-install

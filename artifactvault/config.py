@@ -331,6 +331,10 @@ class Config:
     shutdown_timeout: float = 30.0
     #: Whether requests, upstreams and the cache are counted for C{/-/metrics} and C{/-/status}.
     metrics: bool = True
+    #: Client authentication (L{artifactvault.auth.access.AuthSettings}; C{configured} False without C{auth:}).
+    auth: Any = None
+    #: Who may read each backend (L{artifactvault.auth.access.Access}), in the order of C{backends}.
+    access: list[Any] = field(default_factory=list)
 
     @property
     def endpoints(self) -> list[str]:
@@ -348,8 +352,11 @@ def parse(data: Any, source: str,
 
     C{parse_backend} turns one backend entry into its typed settings (it
     raises L{ConfigError} for an unknown type or a bad value); it is passed in
-    so this module does not import every backend.
+    so this module does not import every backend. A backend's C{access} is
+    read here, for every type alike (L{artifactvault.auth.access}).
     """
+    from artifactvault.auth.access import default_access, parse_access, parse_auth  # (it imports this module)
+
     top = Section(source, "", data)
     config = Config(source=source)
     config.http_host = top.str("http_host", DEFAULT_HOST)
@@ -379,6 +386,7 @@ def parse(data: Any, source: str,
         raise top.error("admin_token", "must be at least 16 characters (make one with: openssl rand -hex 32)")
     config.shutdown_timeout = top.seconds("shutdown_timeout", 30.0)
     config.metrics = top.bool("metrics", True)
+    config.auth = parse_auth(top)
     backends = top._get("backends", [])
     if not isinstance(backends, list):
         raise top.error("backends", f"must be a list, not {_kind(backends)}")
@@ -389,6 +397,8 @@ def parse(data: Any, source: str,
         backend = BackendEntry(type=kind, section=entry.section("config"), index=i)
         entry.check_unknown()
         settings = parse_backend(backend)
+        config.access.append(parse_access(backend.section, "access", config.auth,
+                                          default_access(settings, config.auth)))
         backend.section.check_unknown()
         prefix = getattr(settings, "prefix", None)
         if prefix is not None:

@@ -82,9 +82,12 @@ def end_to_end(response: Any) -> dict[str, str]:
 def forwarded(headers: Any, own: Iterable[str] = ()) -> dict[str, str]:
     """
     The fields of a client's request (Twisted C{Headers}) sent upstream with
-    what it fetches: every one but L{NOT_FORWARDED}, those its Connection
-    names, and C{own} (the backend's configured headers, which win), by
-    lower-case name, field lines joined by ", ".
+    what it fetches: every one but L{NOT_FORWARDED}, any ``Proxy-*`` (meant
+    for a proxy: the vault), those its Connection names, and C{own} (the
+    backend's configured headers, which win), by lower-case name, field
+    lines joined by ", ". (With client authentication configured the
+    client's Authorization never gets here: L{artifactvault.auth.gate}
+    takes it off the request.)
     """
     hop = {token.strip(" \t").lower() for value in headers.getRawHeaders(b"connection", [])
            for token in value.decode("latin-1").split(",")}
@@ -92,7 +95,7 @@ def forwarded(headers: Any, own: Iterable[str] = ()) -> dict[str, str]:
     out = {}
     for raw, values in headers.getAllRawHeaders():
         name = raw.decode("latin-1").lower()
-        if name not in skip:
+        if name not in skip and not name.startswith("proxy-"):  # (every Proxy-* is for a proxy: the vault)
             out[name] = ", ".join(v.decode("latin-1") for v in values)
     return out
 
@@ -100,7 +103,8 @@ def forwarded(headers: Any, own: Iterable[str] = ()) -> dict[str, str]:
 def response_headers(artifact: "Artifact", response: Any, answered: float | None = None) -> dict[str, str]:
     """
     The headers an answer for C{artifact} carries, on a miss as on every
-    later hit: the backend's C{keep_headers} from the upstream's answer (with
+    later hit: the backend's C{keep_headers} from the upstream's answer
+    (an allow-list; never one of L{NOT_KEPT}, whatever a backend lists) (with
     an HTTP caching policy: L{end_to_end}, and a Date of when it C{answered}
     if it had none, as RFC 9110 6.6.1 has a recipient with a clock add), the
     upstream's Content-Encoding (the stored bytes are still encoded) unless
@@ -113,7 +117,7 @@ def response_headers(artifact: "Artifact", response: Any, answered: float | None
             kept["Date"] = formatdate(answered, usegmt=True)
     else:
         kept = {name: value for name in artifact.keep_headers
-                if (value := header(response, name.encode("latin-1")))}
+                if name.lower() not in NOT_KEPT and (value := header(response, name.encode("latin-1")))}
     encoding = header(response, b"x-upstream-content-encoding")
     if encoding and artifact.transform is None:
         kept["Content-Encoding"] = encoding

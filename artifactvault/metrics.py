@@ -13,7 +13,8 @@ belongs on the page). Two kinds of numbers:
   an increment, not a label lookup;
 - read when scraped (L{_Live}): downloads in flight and their clients, what
   the cache holds (learnt from the disk at start, then kept by commits and
-  evictions), its counters, each upstream origin's back-off counts. A scrape
+  evictions), its counters, each upstream origin's back-off counts, the
+  client logins refused (with C{auth:}). A scrape
   walks the flights and the origins, never the cache.
 
 The label C{backend} is the backend's prefix (``/files/``); the vault's own
@@ -153,6 +154,8 @@ class Metrics:
         self.totals = Totals()
         self.observers: dict[str, BackendObserver] = {}
         self.backends: list[Any] = []
+        #: The site's L{artifactvault.auth.gate.Gate} (its counts are read when scraped), if auth is configured.
+        self.gate: Any = None
         self._prefix_of: dict[str, str] = {}
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         r = self.registry
@@ -294,6 +297,14 @@ class _Live:
         yield held
         yield backed_off
         yield remembered
+        gate = m.gate
+        if gate is not None:
+            yield CounterMetricFamily("artifactvault_auth_failures", "Failed client logins (wrong or "
+                                      "malformed credentials).", value=gate.failures)
+            yield CounterMetricFamily("artifactvault_auth_rate_limited", "Requests answered 429 after too many "
+                                      "failed logins from their address.", value=gate.limited)
+            yield CounterMetricFamily("artifactvault_auth_denied", "Requests of a user a backend's access "
+                                      "list does not name (403).", value=gate.denied)
 
 
 def _cache_metrics(store: Any, cache_dir: str | None) -> Iterable[Any]:

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from artifactvault import logs
 from artifactvault.admin import Admin, AdminResource
+from artifactvault.auth.gate import Guarded
 from artifactvault.metrics import Metrics, MetricsPage
 from artifactvault.shutdown import Drain
 from artifactvault.startup import check_cache_dir
@@ -58,15 +59,22 @@ def install(ops: Operations, root: Any, site: Any, backends: list[Any], reactor:
     for warning in ops.warnings:
         _log.warn("{warning}", warning=warning)
     pages = root.children[b"-"]
+    gate = getattr(site, "gate", None)
+
+    def put(name: bytes, page: Any) -> None:
+        # (behind the gate when auth is configured: auth.pages says who may look)
+        pages.putChild(name, Guarded(page, gate.settings.pages) if gate is not None else page)
+
     if ops.metrics is not None:
         for backend in backends:
             ops.metrics.add_backend(backend)
         site.observers.append(ops.metrics)
-        pages.putChild(b"metrics", MetricsPage(ops.metrics))
+        ops.metrics.gate = gate
+        put(b"metrics", MetricsPage(ops.metrics))
     ops.status = StatusSource(ops.vault, backends, ops.metrics, offline=ops.config.offline)
     ops.status.warnings = ops.warnings
-    pages.putChild(b"status", StatusPage())
-    pages.putChild(b"status.json", StatusJson(ops.status))
+    put(b"status", StatusPage())
+    put(b"status.json", StatusJson(ops.status))
     if ops.config.admin_token:
         pages.putChild(b"admin", AdminResource(Admin(ops.vault, backends), ops.config.admin_token))
     return Drain(site, ops.vault, reactor, ops.config.shutdown_timeout)

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
+from artifactvault.auth.gate import gate_of, guard, plain_refusal
 from artifactvault.backends.base import BadPath, IPrefetch, IProxyTarget, safe_segments
 
 
@@ -77,12 +78,15 @@ class Root(Resource):
         local = max(claims)[1]
         return (local + (f"?{parts.query}" if parts.query else "")).encode("ascii")
 
-    def prefetch(self, segments: list[bytes]) -> None:
+    def prefetch(self, segments: list[bytes], gate: Any = None) -> None:
         """
         Let the backend that answers the path C{segments} (percent-decoded,
         as Twisted makes a request's) start the download a GET of it will be
         answered from, if it fetches ahead (L{IPrefetch}): the one with the
-        longest prefix, as L{mount} routes. A path it would refuse is left alone.
+        longest prefix, as L{mount} routes. A path it would refuse is left
+        alone, and so is a backend that C{gate} (the site's
+        L{artifactvault.auth.gate.Gate}) does not open to anyone: a request
+        that has not been let in starts nothing.
         """
         best: tuple[int, Any] | None = None
         for backend in self.backends:
@@ -90,6 +94,8 @@ class Root(Resource):
             if segments[:len(own)] == own and len(segments) > len(own) and (best is None or len(own) > best[0]):
                 best = (len(own), backend)
         if best is None or not IPrefetch.providedBy(best[1]):
+            return
+        if gate is not None and not gate.access_of(best[1]).open:
             return
         try:
             below = safe_segments(segments[best[0]:])
@@ -102,7 +108,13 @@ class Root(Resource):
             return self
         return super().getChild(path, request)
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> Any:
+        """The list of backends: for those C{auth.pages} admits, when auth is configured."""
+        gate = gate_of(request)
+        return guard(request, gate.settings.pages if gate is not None else None,
+                     lambda: self._index(request), lambda verdict: plain_refusal(request, verdict))
+
+    def _index(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         lines = ["Artifact Vault", ""] + [f"{b.prefix}  {b.name}" for b in self.backends]
         return ("\n".join(lines) + "\n").encode()
@@ -131,6 +143,8 @@ class _Branch(Resource):
 
 
 class Health(Resource):
+    """C{/-/health}: always open (load balancers, Docker's HEALTHCHECK), whatever C{auth:} says."""
+
     isLeaf = True
 
     def render_GET(self, request: Request) -> bytes:

@@ -114,17 +114,27 @@ class Responder:
         C{error_cause} for a backend's error format to draw on (a registry
         passes on the upstream's own error codes).
         """
+        if self._answer_again(headers, message, cause):
+            self.on_error(self.request, status, message)
+
+    def _answer_again(self, headers: dict[str, str] | None, reason: str, cause: UpstreamError | None) -> bool:
+        """
+        Start a fallback answer from clean headers (L{reset}) plus
+        C{headers}, its C{reason} and C{cause} left on the request for the
+        log; whether to go on (not if the client is gone or the answer is
+        finished; cut instead if it has begun).
+        """
         if self.gone or self.request.finished:
-            return
+            return False
         if self.request.startedWriting:
             self.abort()
-            return
+            return False
         self.reset()
         for name, value in (headers or {}).items():
             self.request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
-        self.request.error_reason = message  # type: ignore[attr-defined]
+        self.request.error_reason = reason  # type: ignore[attr-defined]
         self.request.error_cause = cause  # type: ignore[attr-defined]
-        self.on_error(self.request, status, message)
+        return True
 
     def fail(self, failure: Failure | BaseException) -> None:
         """
@@ -150,17 +160,10 @@ class Responder:
 
     def _replay(self, error: UpstreamError) -> None:
         """A remembered upstream answer that was relayed as it came: again, as it came."""
-        if self.gone or self.request.finished:
+        if not self._answer_again(error.headers, error.reason, error):
             return
-        if self.request.startedWriting:
-            self.abort()
-            return
-        self.reset()
         request = self.request
-        request.error_reason = error.reason  # type: ignore[attr-defined]
         request.setResponseCode(error.status)
-        for name, value in (error.headers or {}).items():
-            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
         body = getattr(error, "body", None) or b""
         request.setHeader(b"content-length", str(len(body)).encode())
         request.write(body)

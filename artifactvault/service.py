@@ -37,6 +37,9 @@ from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from artifactvault import logs, ops as operations
+from artifactvault.auth.access import has_upstream_credentials
+from artifactvault.auth.checkers import make_portal
+from artifactvault.auth.gate import Gate
 from artifactvault.backends import backend_type
 from artifactvault.backends.base import BuildContext
 from artifactvault.cache.s3 import S3Store
@@ -58,6 +61,8 @@ SWEEP_INTERVAL = 3600.0
 STORE_THREADS = 4
 #: Connections kept open to the S3 endpoint (hits streaming, parts uploading).
 S3_CONNECTIONS = 32
+#: Threads for bcrypt checks (each takes tens of ms of CPU; the verified credentials are cached).
+AUTH_THREADS = 2
 #: Seconds a thread may hold the GIL while another waits for it (sys.setswitchinterval).
 SWITCH_INTERVAL = 0.0005
 
@@ -98,6 +103,51 @@ class _StoreService(Service):
         super().stopService()
         self.threadpool.stop()
         self.store.close()
+
+
+class _ThreadPoolService(Service):
+    """Runs a thread pool while the daemon runs."""
+
+    def __init__(self, threadpool: ThreadPool):
+        self.threadpool = threadpool
+
+    def startService(self) -> None:
+        super().startService()
+        self.threadpool.start()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.threadpool.stop()
+
+
+def make_gate(config: Config, backends: list[Any], reactor: Any, threadpool: Any) -> tuple[Any, Any]:
+    """
+    The site's L{Gate} (None without C{auth:}) and the thread pool its bcrypt
+    checks run in (None if C{threadpool}, given by a test, is used). Without
+    auth, a warning for each backend that fetches with credentials of its own:
+    what it fetched, anyone who reaches the port can read.
+    """
+    auth = config.auth
+    if auth is None or not auth.configured:
+        for backend, settings in zip(backends, config.settings):
+            if has_upstream_credentials(settings):
+                _log.warn("backend {name} fetches with credentials, and no auth: is configured: anyone who "
+                          "can reach the vault reads what it fetched (configure auth: and access:)",
+                          name=backend.name)
+        return None, None
+    own = None
+    if threadpool is None:
+        # (its own: bcrypt checks must not queue behind the store's fsyncs, nor hold up name resolution)
+        threadpool = own = ThreadPool(minthreads=0, maxthreads=AUTH_THREADS, name="artifactvault-auth")
+
+    def run_blocking(f: Any, *args: Any) -> Any:
+        return deferToThreadPool(reactor, threadpool, f, *args)
+
+    gate = Gate(auth, make_portal(auth, run_blocking), reactor)
+    for backend, access in zip(backends, config.access):
+        gate.set_access(backend, access)
+        _log.info("backend {name}: access {access}", name=backend.name, access=access.describe())
+    return gate, own
 
 
 class _PoolService(Service):
@@ -185,6 +235,7 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
                 for entry, settings in zip(config.backends, config.settings)]
     root = Root(backends)
     site = VaultSite(root, reactor=reactor)
+    site.gate, auth_pool = make_gate(config, backends, reactor, threadpool)
     # Here, so that a bad or busy cache_dir stops the start with a message; after
     # everything else that can refuse the config, so that a refusal leaves no lock held.
     removed = store.open()
@@ -198,6 +249,8 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
     janitor.clock = reactor
     janitor.setServiceParent(top)
     _PoolService(pool).setServiceParent(top)
+    if auth_pool is not None:
+        _ThreadPoolService(auth_pool).setServiceParent(top)
     if isinstance(store, S3Store):
         _S3Service(store, s3pool).setServiceParent(top)
     drain.setServiceParent(top)  # (stopped after the listeners, before the pool and the store)

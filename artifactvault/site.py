@@ -58,7 +58,11 @@ NOT_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection:
 
 
 class VaultRequest(Request):
+    #: Asked of the vault as an HTTP proxy (an absolute URI): credentials come in Proxy-Authorization.
+    proxied = False
     backend_name: str | None = None
+    #: Who the request came from, once the gate let a user in (L{artifactvault.auth.gate}).
+    auth_user: str | None = None
     cache_status: str | None = None
     error_reason: str | None = None
 
@@ -85,6 +89,7 @@ class VaultRequest(Request):
                 return
             self.uri = local
             self.path = local.partition(b"?")[0]
+            self.proxied = True
         super().process()
 
     def _refuse_proxy(self) -> None:
@@ -120,11 +125,14 @@ class VaultRequest(Request):
         cache = self.cache_status or "-"
         ms = (self._clock() - self.started) * 1000
         backend = f" [{self.backend_name}]" if self.backend_name else ""
+        user = f" user={logs.printable(self.auth_user)}" if self.auth_user else ""
         note = (" (client gone)" if aborted else "") + (f": {self.error_reason}" if self.error_reason else "")
         _log.info("{request_line}",
-                  request_line=f"{method} {path} {self.code} {cache} {self.sentLength} bytes {ms:.1f} ms{backend}{note}",
+                  request_line=f"{method} {path} {self.code} {cache} {self.sentLength} bytes {ms:.1f} ms"
+                               f"{backend}{user}{note}",
                   method=method, path=path, status=self.code, cache=cache, bytes=self.sentLength,
-                  ms=ms, backend=self.backend_name, aborted=aborted, reason=self.error_reason)
+                  ms=ms, backend=self.backend_name, aborted=aborted, reason=self.error_reason,
+                  user=self.auth_user)
         site = getattr(self.channel, "site", None) if self.channel is not None else None
         if isinstance(site, VaultSite):
             site.active.discard(self)
@@ -252,7 +260,7 @@ def _plain_get(head: bytes) -> bytes | None | bool:
 #: Request fields that make a GET's answer more than "the artifact": those
 #: requests are answered as they come, never fetched ahead.
 _NOT_AHEAD = frozenset({b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since",
-                        b"if-unmodified-since", b"authorization", b"cookie"})
+                        b"if-unmodified-since", b"authorization", b"proxy-authorization", b"cookie"})
 
 
 class VaultSite(Site):
@@ -270,6 +278,8 @@ class VaultSite(Site):
         self.active: set[VaultRequest] = set()
         #: L{artifactvault.observe.IRequestObserver}s told of every request that ended.
         self.observers: list[Any] = []
+        #: The L{artifactvault.auth.gate.Gate} that admits clients (None: no auth configured).
+        self.gate: Any = None
 
     #: Plain HTTP/1.1 channels (HTTP/2 needs TLS with ALPN, which we do not offer).
     protocol = VaultChannel
@@ -294,7 +304,7 @@ class VaultSite(Site):
         if prefetch is None or not target.startswith(b"/"):
             return
         try:
-            prefetch([unquote_to_bytes(seg) for seg in target[1:].split(b"/")])
+            prefetch([unquote_to_bytes(seg) for seg in target[1:].split(b"/")], gate=self.gate)
         except Exception:
             _log.failure("fetching ahead for {target} failed", target=logs.request_path(target))
 

@@ -28,6 +28,7 @@ Nothing here is Twisted: it is a client, run once, with a thread pool.
 from __future__ import annotations
 
 import argparse
+import base64
 import concurrent.futures
 import http.client
 import itertools
@@ -40,7 +41,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -110,12 +111,25 @@ class Vault:
         parts = urlsplit(base)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise WarmError(f"--vault must be an http:// or https:// URL, not {base!r}")
-        self.base = base.rstrip("/")
+        #: Basic credentials from the URL (C{http://user:password@host/}, for a vault with C{auth:}).
+        self.authorization: str | None = None
+        self._userinfo = ""
+        if parts.username is not None:
+            self._userinfo = parts.netloc.rpartition("@")[0] + "@"
+            creds = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            self.authorization = "Basic " + base64.b64encode(creds).decode()
+            parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+        self.base = urlunsplit(parts).rstrip("/")  # (never with the credentials: it is shown)
         self.parts = parts
         self.timeout = timeout
 
     def url(self, path: str) -> str:
         return self.base + path
+
+    def url_with_credentials(self, path: str) -> str:
+        """C{path}'s URL with the credentials the vault's URL had (for pip's index URL)."""
+        scheme, _, rest = self.url(path).partition("://")
+        return f"{scheme}://{self._userinfo}{rest}"
 
     def _connection(self) -> http.client.HTTPConnection:
         cls = http.client.HTTPSConnection if self.parts.scheme == "https" else http.client.HTTPConnection
@@ -132,7 +146,10 @@ class Vault:
         prefix = self.parts.path.rstrip("/")
         conn = self._connection()
         try:
-            conn.request("GET", prefix + path, headers={"User-Agent": "artifactvault-warm", **(headers or {})})
+            sent = {"User-Agent": "artifactvault-warm", **(headers or {})}
+            if self.authorization is not None:
+                sent["Authorization"] = self.authorization
+            conn.request("GET", prefix + path, headers=sent)
             response = conn.getresponse()
             if response.status != 200:
                 body = response.read(2048).decode("utf-8", "replace").strip().splitlines()
@@ -162,7 +179,7 @@ def requirement_files(vault: Vault, pypi: str, requirements: str, targets: list[
     for each target (platform, python version; (None, None): this one),
     resolved by pip with the vault's PyPI backend as its only index.
     """
-    index = vault.url(pypi)
+    index = vault.url_with_credentials(pypi)
     paths: list[str] = []
     for platform, python_version in targets:
         with tempfile.TemporaryDirectory(prefix="av-warm-") as tmp:
@@ -183,6 +200,7 @@ def requirement_files(vault: Vault, pypi: str, requirements: str, targets: list[
                 why = lines[-1] if lines else f"exit status {p.returncode}"
                 target = f" for {platform or 'this platform'}, Python {python_version or 'this one'}" \
                     if platform or python_version else ""
+                why = why.replace(index, vault.url(pypi))  # (no password shown)
                 raise WarmError(f"pip could not resolve {requirements}{target}: {why.strip()[:300]}")
             with open(report, encoding="utf-8") as f:
                 doc = json.load(f)
@@ -193,7 +211,8 @@ def requirement_files(vault: Vault, pypi: str, requirements: str, targets: list[
             path = _vault_path(vault, url)
             if path is None:
                 raise WarmError(f"{install.get('metadata', {}).get('name', url)} resolved to a file outside "
-                                f"the vault ({urlsplit(url).netloc}): is {index} the vault's PyPI backend?")
+                                f"the vault ({urlsplit(url).hostname}): is {vault.url(pypi)} the vault's "
+                                f"PyPI backend?")
             if path not in paths:
                 paths.append(path)
     return paths
@@ -201,6 +220,9 @@ def requirement_files(vault: Vault, pypi: str, requirements: str, targets: list[
 
 def _vault_path(vault: Vault, url: str) -> str | None:
     """C{url}'s path below the vault's URL, or None if it is elsewhere."""
+    parts = urlsplit(url)
+    if parts.username is not None:  # (pip may keep the index's credentials in its report)
+        url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     full = urljoin(vault.base + "/", url)
     if not full.startswith(vault.base + "/"):
         return None
@@ -271,7 +293,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="artifactvault warm",
                                 description="Fill a vault ahead of time, through the vault itself.")
     p.add_argument("--vault", default=os.environ.get("ARTIFACTVAULT_URL", "http://127.0.0.1:8080"),
-                   help="the vault's URL (default: $ARTIFACTVAULT_URL or http://127.0.0.1:8080)")
+                   help="the vault's URL, with user:password@ (or user:token@) for a vault with auth: "
+                        "(default: $ARTIFACTVAULT_URL or http://127.0.0.1:8080)")
     p.add_argument("--pypi", default="/pypi/", help="the PyPI backend's prefix (default /pypi/)")
     p.add_argument("-r", "--requirement", action="append", default=[], metavar="FILE",
                    help="a requirements file, resolved through the vault's PyPI backend (repeatable)")

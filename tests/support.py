@@ -326,9 +326,8 @@ class Daemon:
         port and answered the health check while this one failed to bind.
         """
         deadline = time.monotonic() + timeout
-        # (the line as text, or as a JSON event's text with --log-format json)
-        lines = (b"starting on %d\n" % self.port, b'starting on %d"' % self.port)
-        while not any(line in self._log_since(logged) for line in lines):
+        line = re.compile(rb"starting on %d\b" % self.port)  # (plain and JSON-lines logs)
+        while not line.search(self._log_since(logged)):
             if self.proc.poll() is not None or time.monotonic() > deadline:  # type: ignore[union-attr]
                 return False
             time.sleep(0.02)

@@ -18,6 +18,9 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from artifactvault.auth.access import AUTHENTICATED, OPEN, AuthSettings
+from artifactvault.auth.checkers import make_portal
+from artifactvault.auth.gate import Gate
 from artifactvault.backends import parse_backend
 from artifactvault.backends.apt import UNVERIFIED_TTL, AptBackendType, ReleaseSet
 from artifactvault.backends.base import BuildContext, IBackend, IBackendType, IPrefetch, IProxyTarget
@@ -422,6 +425,25 @@ class PoolTests(SynchronousTestCase):
             h.site.prefetch(f"/debian/{path}".encode())
         h.site.prefetch(b"/elsewhere/pool/main/h/hello/hello_1.0_all.deb")
         self.assertEqual(len(h.client.requests), before)
+
+    def test_not_fetched_ahead_behind_a_gate(self) -> None:
+        """
+        A backend the site's gate opens only to users is never fetched
+        ahead: the pipelined request has not been let in yet (and one with
+        credentials is not looked at at all); an open one is.
+        """
+        h = Harness(self)
+        self.update(h)
+        path = "pool/main/h/hello/hello_1.0_all.deb"
+        settings = AuthSettings(htpasswd={}, configured=True)
+        h.site.gate = Gate(settings, make_portal(settings, lambda f, *a: f(*a)), h.clock)
+        h.site.gate.set_access(h.backend, AUTHENTICATED)
+        before = len(h.client.requests)
+        h.site.prefetch(f"/debian/{path}".encode())
+        self.assertEqual(len(h.client.requests), before)
+        h.site.gate.set_access(h.backend, OPEN)
+        h.site.prefetch(f"/debian/{path}".encode())
+        self.assertEqual(h.paths()[before:], [path])
 
     def test_range_on_pool_hit(self) -> None:
         h = Harness(self)

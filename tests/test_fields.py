@@ -20,6 +20,22 @@ class KeptTests(SynchronousTestCase):
         self.assertEqual(response_headers(self.artifact(keep_headers=("Link", "Missing")), response),
                          {"Link": "<x>", "Content-Encoding": "gzip"})
 
+    def test_never_kept(self) -> None:
+        """Set-Cookie, authentication exchanges and hop-by-hop fields are never kept, even when a backend lists them."""
+        response = FakeResponse(headers={"Set-Cookie": "s=1", "Proxy-Authenticate": "Basic", "Keep-Alive": "5",
+                                         "Authentication-Info": "x", "Link": "<x>"})
+        listed = ("Set-Cookie", "proxy-authenticate", "Keep-Alive", "Authentication-Info", "Link")
+        self.assertEqual(response_headers(self.artifact(keep_headers=listed), response), {"Link": "<x>"})
+
+    def test_forwarded(self) -> None:
+        """A client's Cookie, Proxy-* and hop-by-hop fields are never sent upstream; its Accept is."""
+        from twisted.web.http_headers import Headers
+
+        from artifactvault.fields import forwarded
+        headers = Headers({b"Cookie": [b"c=1"], b"Proxy-Authorization": [b"Basic x"], b"Proxy-Foo": [b"1"],
+                           b"Connection": [b"x-hop"], b"X-Hop": [b"1"], b"Accept": [b"*/*"]})
+        self.assertEqual(forwarded(headers), {"accept": "*/*"})
+
     def test_transformed_has_no_encoding(self) -> None:
         """What a transform stored is not the upstream's encoded bytes."""
         response = FakeResponse(headers={"X-Upstream-Content-Encoding": "gzip"})

@@ -11,7 +11,7 @@ are checked here, once, before any backend sees them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -19,6 +19,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import Attribute, Interface, implementer
 
+from artifactvault.auth.gate import gate_of, guard
 from artifactvault.config import Section
 from artifactvault.flight import VERIFY_BEFORE_SEND
 from artifactvault.negative import NEGATIVE_TTL
@@ -199,13 +200,36 @@ def run(responder: Responder, coroutine: Any) -> None:
 
 def dispatch(backend: IBackend, request: Request, postpath: list[bytes]) -> Any:
     """
-    Let C{backend} answer C{request} for the path below its mount: GET and
-    HEAD only (HEAD is its own method: Twisted's default would run a GET and
-    download the whole artifact), after the path is checked. Errors, a 405
-    for any other method among them, come in the backend's own format.
+    Let C{backend} answer C{request} for the path below its mount, once the
+    site's gate admits the client to it (L{artifactvault.auth.gate}: a 401,
+    403 or 429 otherwise): GET and HEAD only (HEAD is its own method:
+    Twisted's default would run a GET and download the whole artifact),
+    after the path is checked. Errors, a 405 for any other method among them,
+    and the gate's refusals come in the backend's own format.
     """
     responder = Responder(request, backend.render_error)
     request.backend_name = backend.name  # type: ignore[attr-defined]
+    return admitted(backend, responder, lambda: _answer(backend, responder, postpath))
+
+
+def admitted(backend: IBackend, responder: Responder, proceed: Callable[[], Any]) -> Any:
+    """
+    Run C{proceed} (what a resource's render returns) once the site's gate
+    admits the client to C{backend} (L{artifactvault.auth.gate}); its
+    refusals (401, 403, 429) in the backend's error format. Every way into
+    a backend goes through here: L{dispatch}, and a backend's own routes
+    (npm's relayed audit).
+    """
+    request = responder.request
+    gate = gate_of(request)
+    access = gate.access_of(backend) if gate is not None else None
+    return guard(request, access, proceed,
+                 lambda verdict: responder.error(verdict.status, verdict.message, headers=verdict.headers))
+
+
+def _answer(backend: IBackend, responder: Responder, postpath: list[bytes]) -> Any:
+    """L{dispatch} for a client the gate let in."""
+    request = responder.request
     if request.method not in (b"GET", b"HEAD"):
         method = request.method.decode("latin-1", "replace")
         responder.error(405, f"method {method} is not supported: this is a read-only cache",

@@ -13,7 +13,8 @@ reads the upstream's fields), per backend and per ``ttl_rules`` pattern.
 With ``freshness: upstream`` the client's end-to-end request fields go
 upstream (L{artifactvault.fields.forwarded}; its Authorization to the
 configured origin only, and not where the backend has credentials of its
-own), so that an answer that
+own, nor when client authentication is configured: then it is the vault's,
+taken off by L{artifactvault.auth.gate}), so that an answer that
 ``Vary``s on them is kept per variant: the first answer for a URL is stored
 under the URL itself, and a request its ``Vary`` does not select is sent
 to the variant's own key (L{artifactvault.httpcache.variant_key}), with a

@@ -39,7 +39,7 @@ from zope.interface import provider
 
 from artifactvault.backends import npm_document as doc
 from artifactvault.backends.base import (Backend, BackendResource, BuildContext, CommonSettings,
-                                         IBackendType, dispatch, parse_common, run)
+                                         IBackendType, admitted, dispatch, parse_common, run)
 from artifactvault.config import Section
 from artifactvault.flight import Artifact
 from artifactvault.serve import Responder, answer_not_modified, not_modified, wants_revalidation
@@ -129,8 +129,10 @@ class NpmResource(BackendResource):
             postpath[0:1] = [scope, rest]
         if request.method == b"POST" and postpath[:1] == [b"-"] and \
                 b"/".join(postpath[1:]).decode("latin-1") in AUDIT_PATHS:
-            self.backend.audit(Responder(request, self.backend.render_error), postpath)
-            return NOT_DONE_YET
+            responder = Responder(request, self.backend.render_error)
+            request.backend_name = self.backend.name  # type: ignore[attr-defined]
+            return admitted(self.backend, responder,
+                            lambda: self.backend.audit(responder, postpath) or NOT_DONE_YET)
         return dispatch(self.backend, request, postpath)
 
 

@@ -24,6 +24,8 @@ from typing import Any
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from artifactvault.auth.access import AUTHENTICATED
+from artifactvault.auth.gate import gate_of, guard
 from artifactvault.backends.base import dispatch
 from artifactvault.config import ConfigError
 from artifactvault.serve import Responder
@@ -172,6 +174,20 @@ class RegistryApi(Resource):
         return dispatch(backend, request, request.postpath)
 
     def _version_check(self, request: Request) -> Any:
+        """
+        ``/v2/``: 200, or, when any registry backend needs credentials and
+        the request has none that are right, a 401 that asks for Basic ones
+        (docker and skopeo send credentials only after this 401).
+        """
+        gate = gate_of(request)
+        access = None
+        if gate is not None and not all(gate.access_of(b).open for b in self._backends.values()):
+            access = AUTHENTICATED
+        return guard(request, access, lambda: self._version(request),
+                     lambda verdict: Responder(request, registry_error).error(
+                         verdict.status, verdict.message, headers=verdict.headers))
+
+    def _version(self, request: Request) -> Any:
         if request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"allow", b"GET, HEAD")
             registry_error(request, 405, "this is a read-only registry cache")

@@ -163,21 +163,12 @@ class FileStore:
 
     def _scan(self) -> list[tuple[str, int, float]]:
         out = []
-        for shard in os.listdir(self.data_dir):
-            sdir = os.path.join(self.data_dir, shard)
+        for path, entry in self._metas():
             try:
-                names = [n for n in os.listdir(sdir) if n.endswith(".json")]
+                last = os.stat(path).st_mtime
             except OSError:
                 continue
-            for name in names:
-                path = os.path.join(sdir, name)
-                entry = self._read_meta(path)
-                if entry is not None:
-                    try:
-                        last = os.stat(path).st_mtime
-                    except OSError:
-                        continue
-                    out.append((entry.key, entry.size, last))
+            out.append((entry.key, entry.size, last))
         return out
 
     def evict(self) -> tuple[int, int]:
@@ -306,6 +297,11 @@ class FileStore:
         Every committed entry, read from its metadata: a walk of the whole
         cache, for a thread (L{run_blocking}), never the reactor.
         """
+        for _path, entry in self._metas():
+            yield entry
+
+    def _metas(self) -> Iterator[tuple[str, Entry]]:
+        """Every readable metadata file, shard by shard, with its entry (a walk: for a thread)."""
         for shard in sorted(os.listdir(self.data_dir)):
             sdir = os.path.join(self.data_dir, shard)
             try:
@@ -313,9 +309,10 @@ class FileStore:
             except OSError:
                 continue
             for name in names:
-                entry = self._read_meta(os.path.join(sdir, name))
+                path = os.path.join(sdir, name)
+                entry = self._read_meta(path)
                 if entry is not None:
-                    yield entry
+                    yield path, entry
 
     def run_blocking(self, f: Callable[..., Any], *args: Any) -> Deferred:
         """C{f(*args)} in the store's thread pool (synchronously in unit tests), as a Deferred."""
