@@ -17,13 +17,22 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from artifactvault.tls import ServerCertificate, TLSFileError, load_certificates, load_private_key
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
 
 class ConfigError(Exception):
-    """A configuration value is missing or wrong; the message names file and key."""
+    """
+    A configuration value is missing or wrong; the message names file and
+    key. It is always one line: a control character that came from the
+    file (in a path, a key) is shown escaped.
+    """
+
+    def __init__(self, message: str):
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
 
 
 def default_cache_dir() -> str:
@@ -227,7 +236,18 @@ class Section:
         """Refuse keys nobody read: a typo should not silently do nothing."""
         for key in self.data:
             if key not in self._used:
-                raise self.error(str(key), "unknown key")
+                raise self.error(key_text(key), "unknown key")
+
+
+def key_text(key: Any) -> str:
+    """
+    A key as an error names it: as written when it is a printable string,
+    else quoted (C{'a\\nb'}), so that the error stays one line and the
+    file's text cannot forge another.
+    """
+    if isinstance(key, str) and key.isprintable() and key.strip() == key and key:
+        return key
+    return repr(key) if isinstance(key, str) else str(key)
 
 
 def _kind(value: Any) -> str:
@@ -310,6 +330,54 @@ def parse_store(top: Section) -> StoreSettings:
 
 
 @dataclass
+class ClientLimits:
+    """
+    What a client may send and hold (top-level keys of the same names); each
+    limit is answered with its status and a reason, then the connection is
+    closed (L{artifactvault.site.VaultChannel}).
+    """
+
+    #: The longest request line (method, target, version) → 414.
+    max_request_line: int = 8 * 1024
+    #: The longest request path (the target without its query) → 414.
+    max_path_length: int = 4 * 1024
+    #: The most header fields in one request → 431.
+    max_headers: int = 100
+    #: The most bytes of header fields in one request (any one line included) → 431.
+    max_header_size: int = 32 * 1024
+    #: The largest request body (announced or sent) → 413: nothing here takes a large one.
+    max_request_body: int = 64 * 1024
+    #: Seconds a request's head (and body) may take to arrive, from the connection's
+    #: start or the request's first byte → 408, connection closed (slowloris).
+    client_header_timeout: float = 10.0
+    #: Open connections one client address may hold; more → 503 at once.
+    max_connections_per_client: int = 1024
+
+
+def parse_limits(top: Section) -> ClientLimits:
+    """The L{ClientLimits} keys of the top level."""
+    d = ClientLimits()
+    limits = ClientLimits(
+        max_request_line=top.size("max_request_line", d.max_request_line),
+        max_path_length=top.size("max_path_length", d.max_path_length),
+        max_headers=top.int("max_headers", d.max_headers, minimum=1, maximum=10000),
+        max_header_size=top.size("max_header_size", d.max_header_size),
+        max_request_body=top.size("max_request_body", d.max_request_body, zero=True),
+        client_header_timeout=top.seconds("client_header_timeout", d.client_header_timeout),
+        max_connections_per_client=top.int("max_connections_per_client", d.max_connections_per_client,
+                                           minimum=1))
+    if limits.max_request_line < 256:
+        raise top.error("max_request_line", "must be at least 256 bytes")
+    if limits.max_path_length > limits.max_request_line:
+        raise top.error("max_path_length", f"must not be more than max_request_line ({limits.max_request_line})")
+    if limits.max_header_size < 1024:
+        raise top.error("max_header_size", "must be at least 1024 bytes")
+    if limits.client_header_timeout <= 0:
+        raise top.error("client_header_timeout", "must be more than 0")
+    return limits
+
+
+@dataclass
 class Config:
     source: str
     http_host: str = DEFAULT_HOST
@@ -331,6 +399,11 @@ class Config:
     shutdown_timeout: float = 30.0
     #: Whether requests, upstreams and the cache are counted for C{/-/metrics} and C{/-/status}.
     metrics: bool = True
+    #: The certificate (chain) and key C{http_host}/C{http_port} serve HTTPS with
+    #: (C{tls_cert}/C{tls_key}, read and checked at load); None: plain HTTP.
+    tls: ServerCertificate | None = None
+    #: What clients may send and hold (L{ClientLimits}).
+    limits: ClientLimits = field(default_factory=ClientLimits)
     #: Client authentication (L{artifactvault.auth.access.AuthSettings}; C{configured} False without C{auth:}).
     auth: Any = None
     #: Who may read each backend (L{artifactvault.auth.access.Access}), in the order of C{backends}.
@@ -338,11 +411,44 @@ class Config:
 
     @property
     def endpoints(self) -> list[str]:
-        """Listening endpoints: ``--listen`` if given, else ``http_host``/``http_port``."""
+        """
+        Listening endpoints: ``--listen`` if given, else ``http_host``/``http_port``
+        (``ssl:`` with C{tls}: the service listens with L{ServerCertificate.options},
+        which sends the whole chain).
+        """
         if self.listen:
             return list(self.listen)
-        host = self.http_host.replace(":", r"\:")
+        host = _escape(self.http_host)
+        if self.tls is not None:
+            return [f"ssl:{self.http_port}:interface={host}:privateKey={_escape(self.tls.key_path)}"
+                    f":certKey={_escape(self.tls.cert_path)}"]
         return [f"tcp:{self.http_port}:interface={host}"]
+
+
+def _escape(value: str) -> str:
+    """A value for an endpoint description: its backslashes and colons escaped."""
+    return value.replace("\\", "\\\\").replace(":", r"\:")
+
+
+def parse_tls(top: Section) -> ServerCertificate | None:
+    """C{tls_cert} and C{tls_key}: both or neither; the files read and checked now."""
+    cert = top.str("tls_cert", None)
+    key = top.str("tls_key", None)
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        missing, given = ("tls_cert", "tls_key") if cert is None else ("tls_key", "tls_cert")
+        raise top.error(missing, f"required with {given} (HTTPS needs a certificate and its key)")
+    cert, key = (os.path.abspath(os.path.expanduser(p)) for p in (cert, key))
+    try:
+        load_certificates(cert)
+    except TLSFileError as e:
+        raise top.error("tls_cert", str(e)) from None
+    try:
+        load_private_key(key)
+        return ServerCertificate(cert, key)
+    except TLSFileError as e:
+        raise top.error("tls_key", str(e)) from None
 
 
 def parse(data: Any, source: str,
@@ -386,6 +492,8 @@ def parse(data: Any, source: str,
         raise top.error("admin_token", "must be at least 16 characters (make one with: openssl rand -hex 32)")
     config.shutdown_timeout = top.seconds("shutdown_timeout", 30.0)
     config.metrics = top.bool("metrics", True)
+    config.tls = parse_tls(top)
+    config.limits = parse_limits(top)
     config.auth = parse_auth(top)
     backends = top._get("backends", [])
     if not isinstance(backends, list):

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import deferLater
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
@@ -55,7 +55,7 @@ from artifactvault.fields import current_age, refreshed, response_headers, store
 from artifactvault.httpcache import fields_of
 from artifactvault.observe import body_error_kind
 from artifactvault.upstream import (MAX_ERROR_BODY, Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout,
-                                    abandon, describe_failure, discard, header)
+                                    abandon, describe_failure, discard, header, host_of)
 
 _log = Logger(observer=logs.observer)
 
@@ -248,6 +248,9 @@ class Flight:
         self._closing = False
         #: Purged while in flight: served to its readers, never stored (L{discard}).
         self.discarded = False
+        #: The backend's download slot this flight holds, or waits for (C{max_downloads}).
+        self._slot: Any = None
+        self._slot_wait: Deferred | None = None
 
     # -- public -------------------------------------------------------------
 
@@ -313,6 +316,38 @@ class Flight:
         self._ended()
 
     def _ask(self) -> None:
+        """
+        Ask the upstream once one of its backend's download slots is free
+        (C{max_downloads}): held until this flight ends; a flight over the
+        cap waits its turn in order, it does not fail.
+        """
+        slots = self.artifact.upstream.download_slots
+        if slots is None:
+            self._send()
+            return
+        if not slots.tokens and not slots.waiting:  # (once as a queue forms, not once per download)
+            _log.info("downloads from {host} wait for a slot: {limit} in flight (max_downloads)",
+                      host=host_of(self.artifact.upstream.origin_url or self.artifact.url), limit=slots.limit)
+        self._slot_wait = slots.acquire()
+        self._slot_wait.addCallbacks(self._slot_granted, lambda f: f.trap(CancelledError))
+
+    def _slot_granted(self, slots: Any) -> None:
+        self._slot_wait = None
+        self._slot = slots
+        if self.state.ended:  # (cancelled while it waited)
+            self._release_slot()
+            return
+        self._send()
+
+    def _release_slot(self) -> None:
+        if self._slot_wait is not None:
+            wait, self._slot_wait = self._slot_wait, None
+            wait.cancel()
+        if self._slot is not None:
+            slot, self._slot = self._slot, None
+            slot.release()
+
+    def _send(self) -> None:
         self.requested = self.store.now()
         headers = dict(self.artifact.headers)
         if self.stale is not None:
@@ -728,6 +763,7 @@ class Flight:
             self._on_end(self)
             self._on_end = None
         self._maybe_close()
+        self._release_slot()  # (last: the next flight waiting for it may start at once)
 
     def _maybe_close(self) -> None:
         if self.state.ended and not self._listeners and self.fd is not None:

@@ -31,7 +31,9 @@ observer = FilteringLogObserver(globalLogPublisher, [_predicate])
 
 def set_level(name: str) -> None:
     """Set the lowest level logged: debug, info, warn, error or critical."""
-    _predicate.defaultLogLevel = LogLevel.levelWithName(name)
+    # (the predicate reads its level from its namespace map, filled from
+    # defaultLogLevel only when made: setting that alone changes nothing)
+    _predicate.setLogLevelForNamespace("", LogLevel.levelWithName(name))
 
 
 # -- what may go into a log line ------------------------------------------------

@@ -28,12 +28,13 @@ import sys
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.internet import TimerService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
+from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from artifactvault import logs, ops as operations
@@ -50,7 +51,7 @@ from artifactvault.framing import TolerantClientFactory
 from artifactvault.root import Root
 from artifactvault.shutdown import InOrder
 from artifactvault.site import VaultSite
-from artifactvault.upstream import make_client
+from artifactvault.upstream import Clients
 from artifactvault.vault import Vault
 
 _log = Logger(observer=logs.observer)
@@ -105,6 +106,14 @@ class _StoreService(Service):
         self.store.close()
 
 
+def _upstream_pool(reactor: Any) -> HTTPConnectionPool:
+    """A pool of upstream connections: a few kept open per host for a minute."""
+    pool = _QuietPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 16
+    pool.cachedConnectionTimeout = 60
+    return pool
+
+
 class _ThreadPoolService(Service):
     """Runs a thread pool while the daemon runs."""
 
@@ -151,14 +160,14 @@ def make_gate(config: Config, backends: list[Any], reactor: Any, threadpool: Any
 
 
 class _PoolService(Service):
-    """Closes the upstream connection pool when the daemon stops."""
+    """Closes the upstream connection pools when the daemon stops."""
 
-    def __init__(self, pool: HTTPConnectionPool):
-        self.pool = pool
+    def __init__(self, clients: Clients):
+        self.clients = clients
 
     def stopService(self) -> Any:
         super().stopService()
-        return self.pool.closeCachedConnections()
+        return gatherResults([pool.closeCachedConnections() for pool in self.clients.pools])
 
 
 def make_store(config: Config, reactor: Any, run_blocking: Any) -> tuple[Any, Any]:
@@ -217,9 +226,7 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
     logs.set_level(config.log_level)
-    pool = _QuietPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 16
-    pool.cachedConnectionTimeout = 60
+    clients = Clients(reactor, lambda: _upstream_pool(reactor))
     if threadpool is None:
         threadpool = ThreadPool(minthreads=1, maxthreads=STORE_THREADS, name="artifactvault-store")
 
@@ -229,12 +236,12 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
     store, s3pool = make_store(config, reactor, run_blocking)
     vault = Vault(store, reactor)
     ops = operations.prepare(config, vault)
-    context = BuildContext(vault=vault, reactor=reactor, client=make_client(reactor, pool),
+    context = BuildContext(vault=vault, reactor=reactor, client=clients.get(), clients=clients,
                            offline=config.offline, observe=ops.observe)
     backends = [backend_type(entry.type).build(settings, context)
                 for entry, settings in zip(config.backends, config.settings)]
     root = Root(backends)
-    site = VaultSite(root, reactor=reactor)
+    site = VaultSite(root, reactor=reactor, limits=config.limits)
     site.gate, auth_pool = make_gate(config, backends, reactor, threadpool)
     # Here, so that a bad or busy cache_dir stops the start with a message; after
     # everything else that can refuse the config, so that a refusal leaves no lock held.
@@ -248,17 +255,31 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
     janitor = TimerService(SWEEP_INTERVAL, _Janitor(store))
     janitor.clock = reactor
     janitor.setServiceParent(top)
-    _PoolService(pool).setServiceParent(top)
+    _PoolService(clients).setServiceParent(top)
     if auth_pool is not None:
         _ThreadPoolService(auth_pool).setServiceParent(top)
     if isinstance(store, S3Store):
         _S3Service(store, s3pool).setServiceParent(top)
     drain.setServiceParent(top)  # (stopped after the listeners, before the pool and the store)
-    for description in config.endpoints:
-        strports.service(description, site, reactor=reactor).setServiceParent(top)
+    for listener in listeners(config, site, reactor):
+        listener.setServiceParent(top)
     for backend in backends:
         _log.info("backend {name} at {prefix}", name=backend.name, prefix=backend.prefix)
     return top, root
+
+
+def listeners(config: Config, site: Any, reactor: Any) -> list[Service]:
+    """
+    A service listening for C{site} on each of the config's endpoints:
+    C{tls_cert}/C{tls_key} (without C{--listen}) serve HTTPS on
+    C{http_host}/C{http_port} with the whole certificate chain.
+    """
+    if config.tls is None or config.listen:
+        return [strports.service(description, site, reactor=reactor) for description in config.endpoints]
+    endpoint = SSL4ServerEndpoint(reactor, config.http_port, config.tls.options(), interface=config.http_host)
+    service = StreamServerEndpointService(endpoint, site)
+    service._raiseSynchronously = True  # (as strports.service does: a port in use stops the start)
+    return [service]
 
 
 class _Janitor:

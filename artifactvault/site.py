@@ -20,6 +20,20 @@ servers answer it: clients such as skopeo and docker try https first and
 fall back to http only when that attempt fails, and a server that just waits
 for a request line costs each of them a 10 s timeout.
 
+Limits against clients that misbehave (L{ClientLimits}, top-level keys):
+Twisted's channel drops a connection whose request line is too long without
+a word, and answers other excesses with a bare ``400``. Here each limit gets
+its own status, a reason and ``Connection: close``, as nginx answers them:
+a request line or path too long → 414, too many or too large header fields
+→ 431, a body larger than anything here takes → 413 (before a byte of it is
+read, from its ``Content-Length``), another malformed head → 400. A
+request's head (and body) must arrive within C{client_header_timeout} of the
+connection's start or of its own first byte, however slowly it trickles
+(slowloris): then a 408 if some of it came, a plain close if nothing did.
+One client address may hold C{max_connections_per_client} connections; the
+next one is answered 503 at once. Each refusal is one log line, as any
+request is, and counted.
+
 Requests pipelined on one connection (apt sends its downloads so, ten deep)
 are answered one after the other, in order, as HTTP/1.1 demands; Twisted
 does not even parse one until the one before it is answered, so each cold
@@ -40,11 +54,13 @@ import time
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel
+from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.server import Request, Site
 
 from artifactvault import __version__, logs
+from artifactvault.config import ClientLimits
 
 _log = Logger(observer=logs.observer)
 
@@ -55,6 +71,20 @@ TLS_HANDSHAKE = b"\x16"
 _ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://")
 NOT_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
            b"This is a plain HTTP server: TLS is not spoken here.\n")
+#: How much of a refused request's target goes into its log line.
+LOGGED_TARGET = 200
+#: The reason phrases of the refusals (RFC 9110's: Twisted has older ones, and no 431).
+PHRASES = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
+           431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+
+
+def refusal(status: int, reason: str, headers: tuple[bytes, ...] = ()) -> bytes:
+    """A whole answer that ends its connection: C{status}, C{reason} as its plain-text body."""
+    body = (reason + "\n").encode("utf-8", "replace")
+    head = [b"HTTP/1.1 %d %s" % (status, PHRASES.get(status) or RESPONSES.get(status, b"Error")), b"Server: " + SERVER,
+            b"Content-Type: text/plain; charset=utf-8", b"Content-Length: %d" % len(body),
+            b"Cache-Control: no-store", b"Connection: close", *headers]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
 class VaultRequest(Request):
@@ -80,6 +110,17 @@ class VaultRequest(Request):
     def render(self, resrc: Any) -> None:
         self.setHeader(b"server", SERVER)
         super().render(resrc)
+
+    _body_received = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        # (a chunked body announces no length: it is counted as it comes)
+        self._body_received += len(data)
+        channel = self.channel
+        if isinstance(channel, VaultChannel) and self._body_received > channel.limits.max_request_body:
+            channel.refuse(413, f"the request body is larger than {channel.limits.max_request_body} bytes")
+            return
+        super().handleContentChunk(data)
 
     def process(self) -> None:
         if self.method == b"CONNECT" or _ABSOLUTE.match(self.uri):
@@ -142,21 +183,49 @@ class VaultRequest(Request):
 
 class VaultChannel(HTTPChannel):
     """
-    An HTTP/1.1 channel that answers a TLS handshake with a 400, and knows
-    when the bytes of the request it parses next arrived (see the module doc).
+    An HTTP/1.1 channel that answers a TLS handshake with a 400, knows
+    when the bytes of the request it parses next arrived, and holds clients
+    to its L{ClientLimits} (see the module doc).
 
     @ivar arrived: The site clock's reading when the data now being parsed
         arrived: for bytes Twisted buffered while it answered the request
         before them (pipelining), when those arrived.
+    @ivar limits: The site's L{ClientLimits}.
+    @ivar client_host: The client's address, as counted for
+        C{max_connections_per_client} (None: not counted).
     """
 
     _first = True
     arrived: float | None = None
     _buffered_at: float | None = None
     _replaying_from: float | None = None
+    limits = ClientLimits()
+    client_host: str | None = None
+    #: The head now being parsed: its lines so far, bytes of header fields, fields.
+    _lines = 0
+    _head_size = 0
+    _fields = 0
+    #: The request line now parsed: (method, target), for a refusal's log line.
+    _request_line: tuple[bytes, bytes] | None = None
+    #: The request whose head or body is arriving (Twisted made it at its first line).
+    _parsing: Any = None
+    _head_timer: Any = None
+    _abort_call: Any = None
+    _refused = False
+
+    def connectionMade(self) -> None:
+        limits = self.limits
+        # Twisted's own limits stay out of the way of ours (theirs answer a bare 400, or nothing)
+        self.MAX_LENGTH = max(limits.max_request_line, limits.max_header_size)
+        self.maxHeaders = limits.max_headers + 1
+        self.totalHeadersSize = limits.max_request_line + limits.max_header_size + 4
+        super().connectionMade()
+        self._start_head_timer()
 
     def dataReceived(self, data: bytes) -> None:
         # (Twisted replays buffered bytes through here too: see requestDone)
+        if self._refused:
+            return
         replayed, self._replaying_from = self._replaying_from, None
         self.arrived = replayed if replayed is not None else self.site.monotonic()
         if self._first and data:
@@ -165,17 +234,141 @@ class VaultChannel(HTTPChannel):
                 self.transport.write(NOT_TLS)
                 self.transport.loseConnection()
                 return
+        if data and not self._handlingRequest and self._head_timer is None:
+            self._start_head_timer()
         super().dataReceived(data)
 
     def rawDataReceived(self, data: bytes) -> None:
         # (while a request is answered, Twisted keeps what follows in
         # _dataBuffer, to parse it once that request is done)
+        if self._refused:
+            return
         handling = self._handlingRequest
         if handling and not self._dataBuffer:
             self._buffered_at = self.arrived
         super().rawDataReceived(data)
         if handling and self._dataBuffer:
             self._look_ahead()
+
+    # -- limits ----------------------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
+        limits = self.limits
+        if self._lines == 0:
+            if line:  # (Twisted eats one empty line before a request line)
+                self._lines = 1
+                parts = line.split(b" ")
+                method, target = (parts[0], parts[1]) if len(parts) == 3 else (b"-", line)
+                self._request_line = (method, target)
+                if len(line) > limits.max_request_line:
+                    self.refuse(414, f"the request line is longer than {limits.max_request_line} bytes")
+                    return
+                if len(target.partition(b"?")[0]) > limits.max_path_length:
+                    self.refuse(414, f"the request path is longer than {limits.max_path_length} bytes")
+                    return
+                super().lineReceived(line)
+                self._parsing = self.requests[-1] if self.requests else None
+                return
+        else:
+            self._lines += 1
+            self._head_size += len(line) + 2
+            if line and line[:1] not in (b" ", b"\t"):
+                self._fields += 1
+            if self._fields > limits.max_headers:
+                self.refuse(431, f"the request has more than {limits.max_headers} header fields")
+                return
+            if self._head_size > limits.max_header_size:
+                self.refuse(431, f"the request's header fields are larger than {limits.max_header_size} bytes")
+                return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # (a line longer than any limit allows, still arriving or whole)
+        if self._lines == 0:
+            self._request_line = (line.partition(b" ")[0][:16] or b"-", line.partition(b" ")[2][:LOGGED_TARGET])
+            self.refuse(414, f"the request line is longer than {self.limits.max_request_line} bytes")
+        else:
+            self.refuse(431, f"the request's header fields are larger than {self.limits.max_header_size} bytes")
+
+    def allHeadersReceived(self) -> None:
+        self._lines = self._head_size = self._fields = 0
+        limit = self.limits.max_request_body
+        if self.length is not None and self.length > limit:  # (before a 100 Continue invites the body)
+            self.refuse(413, f"the request body is larger than {limit} bytes")
+            return
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        if self._refused:
+            return
+        self._stop_head_timer()
+        self._parsing = None
+        self._request_line = None
+        super().allContentReceived()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # (Twisted's answer to a malformed head: a status line alone)
+        self.refuse(400, "the request is malformed")
+
+    def _start_head_timer(self) -> None:
+        self._head_timer = self.callLater(self.limits.client_header_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            if self._head_timer.active():
+                self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        seconds = self.limits.client_header_timeout
+        if self._lines == 0 and not self._buffer:  # (nothing of a request came: no answer to mistake)
+            self._refused = True
+            _log.debug("closing an idle connection from {peer}: no request within {seconds:g} s",
+                       peer=self.client_host, seconds=seconds)
+            self.loseConnection()
+            return
+        self.refuse(408, f"the request did not arrive within {seconds:g} s (client_header_timeout)")
+
+    def refuse(self, status: int, reason: str) -> None:
+        """
+        Answer C{status} with C{reason} and close the connection (cut after
+        C{abortTimeout} if the client does not read the answer); nothing it
+        sends afterwards is read. One log line, as for any request.
+        """
+        if self._refused:
+            return
+        self._refused = True
+        self._stop_head_timer()
+        answer = refusal(status, reason)
+        self.transport.write(answer)
+        self._log_refusal(status, reason, len(answer))
+        self.loseConnection()
+        self._abort_call = self.callLater(self.abortTimeout, self.transport.abortConnection)
+
+    def _log_refusal(self, status: int, reason: str, sent: int) -> None:
+        request = self._parsing
+        if request is None:  # (the request line itself was refused: Twisted made no request)
+            request = self.requestFactory(self, len(self.requests))
+        method, target = self._request_line or (b"-", b"")
+        request.method = method[:16]
+        request.path = target.partition(b"?")[0][:LOGGED_TARGET]
+        request.code = status
+        request.error_reason = reason
+        request.sentLength = sent
+        if isinstance(request, VaultRequest) and not request._logged:
+            request.log_line()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._stop_head_timer()
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        if self.client_host is not None and isinstance(self.site, VaultSite):
+            self.site.connection_closed(self.client_host)
+            self.client_host = None
+        super().connectionLost(reason)
 
     def requestDone(self, request: Any) -> None:
         # The bytes buffered meanwhile are parsed now, passed to dataReceived;
@@ -263,6 +456,44 @@ _NOT_AHEAD = frozenset({b"range", b"if-range", b"if-match", b"if-none-match", b"
                         b"if-unmodified-since", b"authorization", b"proxy-authorization", b"cookie"})
 
 
+class _Busy(Protocol):
+    """
+    A connection over C{max_connections_per_client}: answered 503 once its
+    request's head is in (closing before reading it would reset the
+    connection, and the client might never see the answer), or after
+    C{client_header_timeout}; then closed.
+    """
+
+    def __init__(self, site: "VaultSite", host: str):
+        self.site = site
+        self.host = host
+        self._head = b""
+        self._timer: Any = None
+
+    def connectionMade(self) -> None:
+        self._timer = self.site.reactor.callLater(self.site.limits.client_header_timeout, self._answer)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._head = (self._head + data)[-4:]
+        if b"\r\n\r\n" in self._head:
+            self._answer()
+
+    def _answer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.transport.disconnecting:
+            return
+        limit = self.site.limits.max_connections_per_client
+        self.transport.write(refusal(503, f"too many connections from {self.host} (more than {limit})",
+                                     (b"Retry-After: 1",)))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+
+
 class VaultSite(Site):
     requestFactory = VaultRequest
     displayTracebacks = False
@@ -272,17 +503,48 @@ class VaultSite(Site):
     #: started ahead of their turn (see the module doc); 0: none.
     prefetch_limit = 10
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, limits: ClientLimits | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         #: Requests begun and not yet ended (a graceful stop waits for them).
         self.active: set[VaultRequest] = set()
         #: L{artifactvault.observe.IRequestObserver}s told of every request that ended.
         self.observers: list[Any] = []
+        #: What clients may send and hold.
+        self.limits = limits or ClientLimits()
+        #: Open connections by client address.
+        self.connections: dict[str, int] = {}
+        self._capped: set[str] = set()
         #: The L{artifactvault.auth.gate.Gate} that admits clients (None: no auth configured).
         self.gate: Any = None
 
     #: Plain HTTP/1.1 channels (HTTP/2 needs TLS with ALPN, which we do not offer).
     protocol = VaultChannel
+
+    def buildProtocol(self, addr: Any) -> Any:
+        host = getattr(addr, "host", None)
+        if host is not None:
+            held = self.connections.get(host, 0)
+            if held >= self.limits.max_connections_per_client:
+                if host not in self._capped:  # (once until it is under again: no log flood)
+                    self._capped.add(host)
+                    _log.warn("client {host} holds {held} connections (max_connections_per_client): "
+                              "more are answered 503", host=host, held=held)
+                return _Busy(self, host)
+            self.connections[host] = held + 1
+        channel = super().buildProtocol(addr)
+        channel.limits = self.limits
+        channel.client_host = host
+        return channel
+
+    def connection_closed(self, host: str) -> None:
+        """A channel of C{host}'s ended."""
+        held = self.connections.get(host, 0) - 1
+        if held > 0:
+            self.connections[host] = held
+        else:
+            self.connections.pop(host, None)
+        if held < self.limits.max_connections_per_client:
+            self._capped.discard(host)
 
     def route_absolute(self, uri: bytes) -> bytes | None:
         """The local path to answer a proxy request for C{uri} as, if a backend claims it (see L{Root})."""

@@ -22,6 +22,7 @@ from artifactvault import logs
 from artifactvault.cache.interface import StoreUnavailable
 from artifactvault.cache.store import CacheInUse
 from artifactvault.startup import CacheDirUnusable
+from artifactvault.tls import check_listen
 
 
 def _fail(message: str) -> None:
@@ -75,6 +76,7 @@ def load_config(path: str | None, listen: list[str] = (), cache_dir: str | None 
     from twisted.internet import reactor
     for description in listen:
         try:
+            check_listen(description)  # (its files: Twisted's own parser would raise a traceback)
             endpoints.serverFromString(reactor, description)
         except (ValueError, TypeError, KeyError) as e:
             raise configmod.ConfigError(f"--listen {description!r}: {e}") from None

@@ -30,7 +30,7 @@ from urllib.parse import urljoin, urlsplit
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as neterror
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -46,6 +46,7 @@ from artifactvault.framing import UnsupportedTransferCoding
 from artifactvault.negative import NegativeCache, Remembered
 from artifactvault.observe import NULL, IUpstreamObserver
 from artifactvault.ratelimit import FAILURE_BACKOFF, FAILURE_STATUSES, Backoff
+from artifactvault.tls import policy_for, verify_failure
 
 _log = Logger(observer=logs.observer)
 
@@ -93,6 +94,10 @@ class UpstreamOffline(UpstreamError):
 
 class UpstreamUnreachable(UpstreamError):
     """No answer: the connection was refused, could not be made, or broke before an answer."""
+
+
+class UpstreamCertificateError(UpstreamError):
+    """The upstream's TLS certificate did not verify (untrusted chain, or not for its name): a 502."""
 
 
 class UpstreamBackedOff(UpstreamError):
@@ -262,12 +267,43 @@ class _IdentityAgent:
 
 
 def make_client(reactor: Any, pool: webclient.HTTPConnectionPool | None = None,
-                connect_timeout: float = 10.0, agent: IAgent | None = None) -> HTTPClient:
-    """A treq client that stores no cookies and never decodes bodies."""
+                connect_timeout: float = 10.0, agent: IAgent | None = None,
+                ca_file: str | None = None) -> HTTPClient:
+    """
+    A treq client that stores no cookies and never decodes bodies, and
+    verifies every HTTPS upstream (trusting C{ca_file}'s CAs too, if given:
+    L{artifactvault.tls.policy_for}).
+    """
     if agent is None:
-        agent = webclient.Agent(reactor, pool=pool, connectTimeout=connect_timeout)
+        agent = webclient.Agent(reactor, contextFactory=policy_for(ca_file), pool=pool,
+                                connectTimeout=connect_timeout)
     jar = IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
     return HTTPClient(_IdentityAgent(agent), cookiejar=jar)
+
+
+class Clients:
+    """
+    The daemon's upstream clients: the shared one, and one for each
+    distinct C{ca_file} a backend names, over a connection pool of its own
+    (pools are keyed by scheme, host and port only: a connection verified
+    against one backend's private CA must never be reused by a backend that
+    does not trust that CA).
+    """
+
+    def __init__(self, reactor: Any, new_pool: Any):
+        self.reactor = reactor
+        self._new_pool = new_pool
+        self.pools: list[webclient.HTTPConnectionPool] = []
+        self._clients: dict[str | None, HTTPClient] = {}
+
+    def get(self, ca_file: str | None = None) -> HTTPClient:
+        """The client for upstreams verified against the system's CAs (and C{ca_file}'s)."""
+        client = self._clients.get(ca_file)
+        if client is None:
+            pool = self._new_pool()
+            self.pools.append(pool)
+            client = self._clients[ca_file] = make_client(self.reactor, pool, ca_file=ca_file)
+        return client
 
 
 class _Discard(TwistedProtocol):
@@ -391,6 +427,8 @@ def describe_failure(exc: BaseException, url: str, timeout: float) -> UpstreamEr
         return UpstreamUnreachable(f"cannot connect to upstream {host}: {exc.__class__.__name__}")
     if isinstance(exc, SchemeNotSupported):
         return UpstreamError(f"cannot fetch {urlsplit(url).scheme}: URLs (from upstream {host})")
+    if verify_failure([exc, *reasons]):  # never retried without verification
+        return UpstreamCertificateError(f"certificate verify failed for {host}")
     if isinstance(exc, (webclient.ResponseNeverReceived, webclient.RequestTransmissionFailed)):
         detail = ""
         if reasons and "SSL" in type(reasons[0].value).__module__ + type(reasons[0].value).__name__:
@@ -483,6 +521,7 @@ class Upstream:
     @ivar idle_timeout: Seconds a download may go without a byte (used by the flight).
     @ivar backoff: Seconds of back-off after a failure (0: none); see
         L{backoff_for} and L{artifactvault.ratelimit}.
+    @ivar download_slots: A L{DeferredSemaphore} of C{max_downloads}, or None.
     """
 
     def __init__(self, client: HTTPClient, reactor: Any, auth: IUpstreamAuth | None = None,
@@ -490,7 +529,7 @@ class Upstream:
                  idle_timeout: float = 60.0, origin_url: str | None = None,
                  backoff: float = FAILURE_BACKOFF, negative_ttl: float = 0.0,
                  max_stale: float | None = None, offline: bool = False,
-                 observer: IUpstreamObserver = NULL):
+                 observer: IUpstreamObserver = NULL, max_downloads: int | None = None):
         self.client = client
         self.reactor = reactor
         self.auth = auth
@@ -507,6 +546,9 @@ class Upstream:
         #: Never ask the upstream: hits and stale copies only, misses a 504.
         self.offline = offline
         self.observer = observer
+        #: At most C{max_downloads} downloads (flights) at once; the rest wait in
+        #: order for a slot (L{artifactvault.flight.Flight}); None: no cap.
+        self.download_slots = DeferredSemaphore(max_downloads) if max_downloads else None
         #: 404/410 answers just remembered, by id of their response (held, so
         #: the id stays its own), until their words are read (L{error_for}).
         self._unread: collections.OrderedDict[int, tuple[Any, Remembered]] = collections.OrderedDict()

@@ -38,7 +38,7 @@ LARGE_MB = int(os.environ.get("AV_TEST_LARGE_MB", "64"))
 _OFFSET = int(os.environ.get("AV_KIT_PORT_OFFSET", "0"))
 UPSTREAM_PORTS = {name: port + _OFFSET for name, port in
                   {"files": 18090, "pypi": 18081, "reg": 15000, "regauth": 15001,
-                                   "apt": 18092, "slow": 18091, "npm": 14873}.items()}
+                                   "apt": 18092, "slow": 18091, "npm": 14873, "tls": 18070}.items()}
 TOKEN_PORT = 15002 + _OFFSET
 #: The kit's S3 server (Ceph RGW) uses this port and the next nine.
 S3_PORT = 17000 + _OFFSET
@@ -55,23 +55,34 @@ def upstream_dir(name: str) -> str:
 
 
 def upstream_url(name: str) -> str:
-    """Start upstream C{name} (files, pypi, reg, regauth, apt, slow, npm) if needed; its base URL."""
+    """
+    Start upstream C{name} (files, pypi, reg, regauth, apt, slow, npm, tls)
+    if needed; its base URL (``tls``: the one whose certificate its CA
+    vouches for, L{tls_ca}; the next two ports serve a self-signed one and
+    one for another name).
+    """
     port = UPSTREAM_PORTS[name]
     if name not in _started:
         script = {"files": "files-up", "pypi": "pypi-up", "reg": "registry-up",
                   "regauth": "registry-auth-up", "apt": "apt-up", "slow": "slow-up",
-                  "npm": "npm-up"}[name]
+                  "npm": "npm-up", "tls": "tls-up"}[name]
         args = [os.path.join(UPSTREAMS, script), upstream_dir(name), str(port)]
         if name == "regauth":
             args.append(str(TOKEN_PORT))
         if not os.path.exists(args[0]):
             raise UpstreamUnavailable(f"{args[0]} not found: the test kit is incomplete")
-        env = dict(os.environ, UPSTREAMS_LARGE_MB=str(LARGE_MB))
+        env = dict(os.environ, UPSTREAMS_LARGE_MB=str(LARGE_MB), TLS_UP_PYTHON=sys.executable)
         p = subprocess.run(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if p.returncode != 0:
             raise UpstreamUnavailable(f"{script} failed:\n{p.stdout[-2000:]}")
         _started.add(name)
-    return f"http://127.0.0.1:{port}"
+    return f"{'https' if name == 'tls' else 'http'}://127.0.0.1:{port}"
+
+
+def tls_ca() -> str:
+    """The CA file that vouches for the certificate of upstream ``tls`` (started if needed)."""
+    upstream_url("tls")
+    return os.path.join(upstream_dir("tls"), "tls", "ca.pem")
 
 
 class S3Kit:
@@ -291,10 +302,12 @@ class Daemon:
         self.config_path = os.path.join(self.dir, "config.yml")
         self.log_path = os.path.join(self.dir, "twistd.log")
         self.proc: subprocess.Popen | None = None
+        #: The CA of the daemon's certificate when it serves HTTPS (then C{base} is https).
+        self.ca_file: str | None = None
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_file else 'http'}://127.0.0.1:{self.port}"
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -314,7 +327,8 @@ class Daemon:
             stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
             env={**os.environ, **(env or {})})
         log.close()
-        if wait_http(self.url("/-/health"), timeout, self.proc) != 200 or not self._listening(timeout, logged):
+        if wait_http(self.url("/-/health"), timeout, self.proc, ca_file=self.ca_file) != 200 \
+                or not self._listening(timeout, logged):
             raise RuntimeError(f"daemon did not come up (exit status {self.proc.poll()}):\n"
                                f"{self.log()[-3000:]}")
         return self
@@ -389,27 +403,38 @@ class Daemon:
             return ""
 
 
-def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> int | None:
+def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None,
+              ca_file: str | None = None) -> int | None:
     """Poll C{url} until it answers; its status, or None if C{proc} died or time ran out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             return None
         try:
-            return request("GET", url, timeout=1)[0]
+            return request("GET", url, timeout=1, ca_file=ca_file)[0]
         except OSError:
             time.sleep(0.05)
     return None
 
 
 def request(method: str, url: str, headers: dict[str, str] | None = None,
-            timeout: float = 60.0, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP request with a fresh connection: (status, lower-cased headers, body)."""
-    assert url.startswith("http://127.0.0.1:") or url.startswith("http://[::1]:")
-    rest = url[len("http://"):]
+            timeout: float = 60.0, body: bytes | None = None,
+            ca_file: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """
+    One HTTP request with a fresh connection: (status, lower-cased headers,
+    body). An https URL is verified against C{ca_file}.
+    """
+    scheme, _, rest = url.partition("://")
+    assert scheme in ("http", "https") and (rest.startswith("127.0.0.1:") or rest.startswith("[::1]:")), url
     hostport, _, path = rest.partition("/")
     host, _, port = hostport.rpartition(":")
-    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
+    if scheme == "https":
+        import ssl
+        context = ssl.create_default_context(cafile=ca_file)
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host.strip("[]"), int(port), timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
     try:
         conn.request(method, "/" + path, body=body, headers=headers or {})
         resp = conn.getresponse()

@@ -200,6 +200,22 @@ class ErrorTests(ConfigFileMixin, SynchronousTestCase):
             yaml.safe_dump({"backends": [http_backend(prefix="/x/"), http_backend(prefix="/x")]}),
             "backends[1].config.prefix: /x/ is already used by backends[0]")
 
+    def test_unknown_key_that_is_not_a_name(self) -> None:
+        """
+        An unknown key holding a line break (or any control character, or
+        not a string) is shown quoted: the error stays one line, and cannot
+        forge another (found by tests.test_path_properties).
+        """
+        message = self.assertConfigError(yaml.safe_dump({"ok\nartifactvault: fine": 1}),
+                                         r": 'ok\nartifactvault: fine': unknown key")
+        self.assertEqual(len(message.splitlines()), 1)
+        self.assertConfigError(yaml.safe_dump({"backends": [http_backend(**{"a\rb": 1})]}),
+                               r"backends[0].config.'a\rb': unknown key")
+        self.assertConfigError("3: x\n", ": 3: unknown key")
+        message = self.assertConfigError(yaml.safe_dump({"cache_dir": "/a", "tls_cert": "/x\ny", "tls_key": "/k"}),
+                                         "tls_cert: cannot read /x\\ny: No such file")
+        self.assertEqual(len(message.splitlines()), 1)
+
     def test_unknown_keys(self) -> None:
         """A key nobody reads is refused wherever it is."""
         for data, fragment in [

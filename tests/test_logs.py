@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import json
 
-from twisted.logger import Logger, LogPublisher
+from twisted.logger import Logger, LogLevel, LogPublisher, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from artifactvault import logs, tap
@@ -23,6 +23,29 @@ class PrintableTests(SynchronousTestCase):
     def test_request_path(self) -> None:
         """Decoded (%2B is +), and bytes that are not UTF-8 as \\xNN."""
         self.assertEqual(logs.request_path(b"/pypi/%2Bf/a%0Ab%ff/%C3%A9"), "/pypi/+f/a\\x0ab\\xff/é")
+
+
+class LevelTests(SynchronousTestCase):
+    """log_level decides which of our events reach twistd's observers."""
+
+    def passed(self, level: str, event_level: LogLevel) -> bool:
+        logs.set_level(level)
+        self.addCleanup(logs.set_level, "info")
+        seen: list[dict] = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        Logger(observer=logs.observer, namespace="artifactvault.test").emit(event_level, "an event")
+        return any(e.get("log_namespace") == "artifactvault.test" for e in seen)
+
+    def test_debug_shows_debug(self) -> None:
+        self.assertTrue(self.passed("debug", LogLevel.debug))
+
+    def test_warn_hides_info(self) -> None:
+        self.assertFalse(self.passed("warn", LogLevel.info))
+        self.assertTrue(self.passed("warn", LogLevel.warn))
+
+    def test_info_hides_debug(self) -> None:
+        self.assertFalse(self.passed("info", LogLevel.debug))
 
 
 class JsonLinesTests(SynchronousTestCase):

@@ -243,7 +243,7 @@ class ServiceTests(TapMixin, SynchronousTestCase):
         """The configured level filters our own events."""
         build(tap.load_config(self.config_file(log_level="error")), MemoryReactorClock())
         from twisted.logger import LogLevel
-        self.assertEqual(logs._predicate.defaultLogLevel, LogLevel.error)
+        self.assertEqual(logs._predicate.logLevelForNamespace("artifactvault"), LogLevel.error)
 
 
 class TacTests(TapMixin, SynchronousTestCase):

@@ -10,6 +10,7 @@ are checked here, once, before any backend sees them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -26,8 +27,13 @@ from artifactvault.negative import NEGATIVE_TTL
 from artifactvault.observe import NULL
 from artifactvault.ratelimit import FAILURE_BACKOFF
 from artifactvault.serve import Responder, plain_error
+from artifactvault.tls import TLSFileError, load_certificates
 from artifactvault.upstream import StaticAuth, Upstream
 from artifactvault.vault import Vault
+
+
+#: Downloads one backend has in flight at once, by default (uv alone asks for 50 files at once).
+MAX_DOWNLOADS = 64
 
 
 class IBackend(Interface):
@@ -105,6 +111,13 @@ class BuildContext:
     offline: bool = False
     #: Gives each backend's upstream its observer, by prefix (L{artifactvault.metrics}); None: nobody watches.
     observe: Any = None
+    #: The upstream clients by C{ca_file} (L{artifactvault.upstream.Clients}); None: C{client} for all.
+    clients: Any = None
+
+    def client_for(self, settings: Any) -> Any:
+        """The client for a backend's upstream: one that trusts its C{ca_file} too, if it names one."""
+        ca_file = getattr(settings, "ca_file", None)
+        return self.clients.get(ca_file) if ca_file and self.clients is not None else self.client
 
     def upstream(self, base_url: str, settings: Any, auth: Any = None) -> "Upstream":
         """An L{Upstream} with the common settings (credentials, headers, timeouts, caching of 404s)."""
@@ -113,10 +126,11 @@ class BuildContext:
                               password=settings.password, token=settings.token)
         offline = self.offline if settings.offline is None else settings.offline
         observer = self.observe(settings.prefix) if self.observe else NULL
-        upstream = Upstream(self.client, self.reactor, auth=auth, headers=settings.headers,
+        upstream = Upstream(self.client_for(settings), self.reactor, auth=auth, headers=settings.headers,
                             timeout=settings.timeout, idle_timeout=settings.idle_timeout,
                             origin_url=base_url, backoff=settings.backoff, negative_ttl=settings.negative_ttl,
-                            max_stale=settings.max_stale, offline=offline, observer=observer)
+                            max_stale=settings.max_stale, offline=offline, observer=observer,
+                            max_downloads=settings.max_downloads)
         observer.watch(upstream)
         return upstream
 
@@ -137,6 +151,10 @@ class CommonSettings:
     negative_ttl: float = NEGATIVE_TTL
     max_stale: float | None = None
     offline: bool | None = None  # None: the top level's
+    #: PEM CA certificates trusted for this upstream besides the system's (a private CA).
+    ca_file: str | None = None
+    #: Downloads from the upstream at once; more wait for a slot (0: no cap).
+    max_downloads: int = MAX_DOWNLOADS
 
     def __repr__(self) -> str:  # credentials stay out of logs and tracebacks
         return f"{type(self).__name__}(prefix={self.prefix!r})"
@@ -160,7 +178,22 @@ def parse_common(section: Section, default_prefix: str | None = None) -> dict[st
                 backoff=section.seconds("backoff", FAILURE_BACKOFF),
                 negative_ttl=section.seconds("negative_ttl", NEGATIVE_TTL),
                 max_stale=section.seconds("max_stale", None),
-                offline=section.bool("offline", None))
+                offline=section.bool("offline", None),
+                ca_file=parse_ca_file(section),
+                max_downloads=section.int("max_downloads", MAX_DOWNLOADS, minimum=0))
+
+
+def parse_ca_file(section: Section) -> str | None:
+    """C{ca_file}: a PEM file of CA certificates, read now (so that a bad one stops the start)."""
+    path = section.str("ca_file", None)
+    if path is None:
+        return None
+    path = os.path.abspath(os.path.expanduser(path))
+    try:
+        load_certificates(path)
+    except TLSFileError as e:
+        raise section.error("ca_file", str(e)) from None
+    return path
 
 
 class BadPath(ValueError):

@@ -152,7 +152,7 @@ class RegistryBackend(Backend):
 
     def __init__(self, settings: RegistrySettings, context: BuildContext):
         base = settings.registry_url.rstrip("/")
-        auth = TokenAuth(base, context.client, context.reactor, settings.username,
+        auth = TokenAuth(base, context.client_for(settings), context.reactor, settings.username,
                          settings.password, timeout=settings.timeout)
         super().__init__(settings, context, base, auth=auth)
         self.base = base
