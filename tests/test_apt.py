@@ -295,6 +295,21 @@ class IndexTests(SynchronousTestCase):
             self.assertIn(b"sha256", a.body)
         self.assertEqual(h.asked("dists/stable/main/binary-amd64/Packages.xz"), 2)
 
+    def test_listed_index_missing_for_a_moment(self) -> None:
+        """
+        A file the Release lists that the mirror lacks for a moment (mid-sync):
+        its 404 is not remembered (negative_ttl), so it is fetched once it is back.
+        """
+        for by_hash in (False, True):
+            h = Harness(self, Repo(by_hash=by_hash))
+            path = "dists/stable/main/binary-amd64/Packages.xz"
+            asked = f"dists/stable/main/binary-amd64/by-hash/SHA256/{sha(h.repo.packages_xz)}" if by_hash else path
+            h.override[asked] = (404, b"not yet")
+            self.assertEqual(h.get(path).status, 404)
+            del h.override[asked]
+            a = h.get(path)
+            self.assertEqual((a.status, a.body), (200, h.repo.packages_xz), by_hash)
+
     def test_follows_the_release_served(self) -> None:
         """
         The mirror moved on but no client has asked for the Release since:

@@ -565,7 +565,7 @@ class AptBackend(Backend):
             url = self._url(path)
         artifact = Artifact(key=hash_key(algo, hexdigest, self.prefix), url=url, upstream=self.upstream,
                             digest=(algo, hexdigest), size=info.size, label=self._label(path),
-                            verify_before_send=self.settings.verify_before_send)
+                            verify_before_send=self.settings.verify_before_send, negative=False)
         await self.vault.serve(responder, artifact)
         await self._learn_from(directory, rel, artifact)
 
@@ -586,7 +586,7 @@ class AptBackend(Backend):
                 digest = found[1].best() or digest
         artifact = Artifact(key=hash_key(digest[0], digest[1], self.prefix), url=self._url(path),
                             upstream=self.upstream, digest=digest, size=size, label=self._label(path),
-                            verify_before_send=self.settings.verify_before_send)
+                            verify_before_send=self.settings.verify_before_send, negative=found is None)
         await self.vault.serve(responder, artifact)
         if found is not None:
             await self._learn_from(directory, found[0], artifact)  # type: ignore[arg-type]
@@ -709,7 +709,7 @@ class AptBackend(Backend):
             ttl=None if sha is not None else UNVERIFIED_TTL,
             digest=("sha256", sha) if sha is not None else None, size=size,
             content_type="application/vnd.debian.binary-package" if path.endswith(".deb") else None,
-            label=self._label(path), verify_before_send=self.settings.verify_before_send)
+            label=self._label(path), verify_before_send=self.settings.verify_before_send, negative=sha is None)
 
 
 def _validators(response: Any) -> dict[str, str | None]:
