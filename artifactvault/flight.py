@@ -116,6 +116,10 @@ class Artifact:
     #: is relayed with its body (stored only as the policy allows), every
     #: end-to-end header kept, freshness, Age and variants as RFC 9111 has them.
     policy: Any = None
+    #: Whether an upstream 404/410 for it may be remembered (C{negative_ttl}):
+    #: not for a file a signed index says exists (a mirror in mid-sync
+    #: lacks it for a moment; remembering that would fail clients for a minute).
+    negative: bool = True
 
     def describe(self) -> str:
         return self.label or self.key
@@ -384,7 +388,8 @@ class Flight:
                 headers["If-None-Match"] = self.stale.etag
             if self.stale.last_modified:
                 headers["If-Modified-Since"] = self.stale.last_modified
-        d = Deferred.fromCoroutine(self.artifact.upstream.request("GET", self.artifact.url, headers))
+        d = Deferred.fromCoroutine(self.artifact.upstream.request("GET", self.artifact.url, headers,
+                                                                  remember=self.artifact.negative))
         d.addCallbacks(self._got_response, self._got_failure)
         d.addErrback(self._internal_error)
 

@@ -14,7 +14,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from artifactvault.auth.gate import gate_of, guard, plain_refusal
-from artifactvault.backends.base import IProxyTarget
+from artifactvault.backends.base import BadPath, IPrefetch, IProxyTarget, safe_segments
 
 
 class Root(Resource):
@@ -77,6 +77,31 @@ class Root(Resource):
             return None
         local = max(claims)[1]
         return (local + (f"?{parts.query}" if parts.query else "")).encode("ascii")
+
+    def prefetch(self, segments: list[bytes], gate: Any = None) -> None:
+        """
+        Let the backend that answers the path C{segments} (percent-decoded,
+        as Twisted makes a request's) start the download a GET of it will be
+        answered from, if it fetches ahead (L{IPrefetch}): the one with the
+        longest prefix, as L{mount} routes. A path it would refuse is left
+        alone, and so is a backend that C{gate} (the site's
+        L{artifactvault.auth.gate.Gate}) does not open to anyone: a request
+        that has not been let in starts nothing.
+        """
+        best: tuple[int, Any] | None = None
+        for backend in self.backends:
+            own = [s.encode() for s in backend.prefix.strip("/").split("/")]
+            if segments[:len(own)] == own and len(segments) > len(own) and (best is None or len(own) > best[0]):
+                best = (len(own), backend)
+        if best is None or not IPrefetch.providedBy(best[1]):
+            return
+        if gate is not None and not gate.access_of(best[1]).open:
+            return
+        try:
+            below = safe_segments(segments[best[0]:])
+        except BadPath:
+            return
+        best[1].prefetch(below)
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         if path == b"":

@@ -69,7 +69,13 @@ class Responder:
     """
     One request's state as the core answers it: whether the client is still
     there, which cache status to report, how errors look for this backend.
+
+    @ivar fetched_ahead: whether the artifact was downloaded ahead of this
+        request (L{artifactvault.vault.Vault.prefetch}): found under way or
+        done, it is still this request's miss.
     """
+
+    fetched_ahead = False
 
     def __init__(self, request: Request, on_error: ErrorRenderer = plain_error):
         self.request = request

@@ -33,6 +33,18 @@ connection's start or of its own first byte, however slowly it trickles
 One client address may hold C{max_connections_per_client} connections; the
 next one is answered 503 at once. Each refusal is one log line, as any
 request is, and counted.
+
+Requests pipelined on one connection (apt sends its downloads so, ten deep)
+are answered one after the other, in order, as HTTP/1.1 demands; Twisted
+does not even parse one until the one before it is answered, so each cold
+miss would wait for the download of the one before it. While a request is
+answered, the channel therefore looks at the requests buffered behind it and
+lets the site start the download of each plain GET a backend says is safe
+to fetch ahead (an immutable artifact: L{artifactvault.root.Root.prefetch}):
+when its turn comes it joins that download, or finds it stored. At most
+L{VaultSite.prefetch_limit} such downloads per connection are ahead of
+their requests; a request with a body, a Range or a query is never fetched
+ahead.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ from __future__ import annotations
 import re
 import time
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -230,9 +243,12 @@ class VaultChannel(HTTPChannel):
         # _dataBuffer, to parse it once that request is done)
         if self._refused:
             return
-        if self._handlingRequest and not self._dataBuffer:
+        handling = self._handlingRequest
+        if handling and not self._dataBuffer:
             self._buffered_at = self.arrived
         super().rawDataReceived(data)
+        if handling and self._dataBuffer:
+            self._look_ahead()
 
     # -- limits ----------------------------------------------------------------
 
@@ -355,14 +371,89 @@ class VaultChannel(HTTPChannel):
         super().connectionLost(reason)
 
     def requestDone(self, request: Any) -> None:
-        # The bytes buffered meanwhile are parsed now, passed to dataReceived.
+        # The bytes buffered meanwhile are parsed now, passed to dataReceived;
+        # the first request among them is the one answered next.
         if self._dataBuffer:
             self._replaying_from = self._buffered_at
+        if self._ahead:
+            self._ahead.pop(0)
         self._buffered_at = None
         try:
             super().requestDone(request)
         finally:
             self._replaying_from = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: For each complete request looked at in the buffer, in order:
+        #: whether its download was started ahead (see the module doc).
+        self._ahead: list[bool] = []
+
+    def _look_ahead(self) -> None:
+        """
+        Look at the complete request heads buffered behind the request being
+        answered that were not looked at yet, and let the site fetch ahead
+        what each plain GET asks for, while fewer than the site's
+        C{prefetch_limit} fetched ahead wait for their turn. Stops at a
+        request with a body (its end cannot be found without parsing it) and
+        at the limit (the rest are looked at as earlier ones are answered).
+        """
+        limit = getattr(self.site, "prefetch_limit", 0)
+        if not limit or not self.persistent:
+            return
+        buffered = b"".join(self._dataBuffer)
+        self._dataBuffer = [buffered]
+        start = 0
+        for _ in range(len(self._ahead)):  # (heads already looked at)
+            start = buffered.find(b"\r\n\r\n", start)
+            if start < 0:
+                return
+            start += 4
+        while sum(self._ahead) < limit:
+            end = buffered.find(b"\r\n\r\n", start)
+            if end < 0:
+                return
+            target = _plain_get(buffered[start:end])
+            if target is False:
+                return
+            self._ahead.append(target is not None)
+            start = end + 4
+            if target is not None:
+                self.site.prefetch(target)
+
+
+def _plain_get(head: bytes) -> bytes | None | bool:
+    """
+    What a buffered request head (request line and fields, without the blank
+    line that ends it) may be fetched ahead as: the local path of a GET
+    (origin form, or absolute form as a proxy request), with no query, Range
+    or conditional field; None for any other request without a body; False
+    for one that may have a body, or that cannot be read (nothing after it
+    is looked at).
+    """
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+        return False
+    method, target, _ = parts
+    names = set()
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            return False
+        name = name.strip().lower()
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return False
+        names.add(name)
+    if method != b"GET" or b"?" in target or names & _NOT_AHEAD:
+        return None
+    return target
+
+
+#: Request fields that make a GET's answer more than "the artifact": those
+#: requests are answered as they come, never fetched ahead.
+_NOT_AHEAD = frozenset({b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since",
+                        b"if-unmodified-since", b"authorization", b"proxy-authorization", b"cookie"})
 
 
 class _Busy(Protocol):
@@ -408,6 +499,9 @@ class VaultSite(Site):
     displayTracebacks = False
     #: The clock request durations are measured by (tests replace it).
     monotonic = staticmethod(time.monotonic)
+    #: How many pipelined requests per connection may have their download
+    #: started ahead of their turn (see the module doc); 0: none.
+    prefetch_limit = 10
 
     def __init__(self, *args: Any, limits: ClientLimits | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -456,6 +550,25 @@ class VaultSite(Site):
         """The local path to answer a proxy request for C{uri} as, if a backend claims it (see L{Root})."""
         route = getattr(self.resource, "route_absolute", None)
         return route(uri) if route is not None else None
+
+    def prefetch(self, target: bytes) -> None:
+        """
+        Start what a GET of C{target} (a pipelined request's target, origin
+        or absolute form) will be answered from, if its backend says that is
+        safe (L{artifactvault.root.Root.prefetch}); nothing is answered here.
+        """
+        if _ABSOLUTE.match(target):
+            local = self.route_absolute(target)
+            if local is None:
+                return
+            target = local
+        prefetch = getattr(self.resource, "prefetch", None)
+        if prefetch is None or not target.startswith(b"/"):
+            return
+        try:
+            prefetch([unquote_to_bytes(seg) for seg in target[1:].split(b"/")], gate=self.gate)
+        except Exception:
+            _log.failure("fetching ahead for {target} failed", target=logs.request_path(target))
 
     def log(self, request: Request) -> None:
         if isinstance(request, VaultRequest) and not request._logged:

@@ -570,7 +570,7 @@ class Upstream:
         return found
 
     async def request(self, method: str, url: str, headers: dict[str, str] | None = None,
-                      body: bytes | None = None) -> Any:
+                      body: bytes | None = None, remember: bool = True) -> Any:
         """
         Send a request, following redirects (credentials and extra headers
         only to their own origin) and answering one auth challenge, all within
@@ -580,13 +580,16 @@ class Upstream:
         429, L{UpstreamThrottled}; after a failure, L{UpstreamBackedOff}.
         C{body} is sent with the request (a relayed POST), again after a
         redirect that keeps the method, never after a 303; such a request
-        is never answered from the negative cache, nor remembered in it.
+        is never answered from the negative cache, nor remembered in it;
+        nor is one with C{remember} false (what is asked for is known to
+        exist: its absence is a moment's, L{artifactvault.flight.Artifact.negative}).
         """
         host = host_of(self.origin_url or url)
         # (a request with a body, a relayed POST, is answered by its body
         # too: the negative cache, by method and URL, neither answers it
         # nor remembers its 404)
-        known = None if body is not None else self.negative.lookup(method, url, headers)
+        remember = remember and body is None
+        known = self.negative.lookup(method, url, headers) if remember else None
         if known is not None:
             self.observer.negative_hit()
             raise NegativeHit(known)
@@ -608,7 +611,7 @@ class Upstream:
                 self._failed(backoff, url, e.reason, e.status)
             raise
         self.observer.answered(response.code, self.reactor.seconds() - started)
-        if response.code in (404, 410) and body is None:
+        if response.code in (404, 410) and remember:
             remembered = self.negative.remember(method, url, response.code,
                                                 response.phrase.decode("latin-1", "replace"), host_of(url), headers)
             if remembered is not None:

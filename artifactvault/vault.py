@@ -9,6 +9,7 @@ if the upstream fails; miss → join or start the single flight and stream it.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 from dataclasses import replace
@@ -38,6 +39,8 @@ _log = Logger(observer=logs.observer)
 #: whole for a Range on a miss: it costs about what a ranged round trip
 #: does, and the next request (the install after the metadata read) hits.
 RANGE_FULL_BELOW = 256 * 1024
+#: How many keys fetched ahead (L{Vault.prefetch}) are remembered until their request comes.
+AHEAD_REMEMBERED = 1024
 #: Request fields that make a Range conditional: such a request is served
 #: from a download, where the vault evaluates them itself.
 _CONDITIONS = (b"if-range", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since")
@@ -79,6 +82,9 @@ class Vault:
         self.reactor = reactor
         self.flights = Flights(store, reactor)
         self.serve_stale = serve_stale
+        #: Keys downloaded ahead of their request (L{prefetch}), not asked for yet:
+        #: that request is a miss, whether it finds the download under way or done.
+        self._ahead: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # -- streamed artifacts ------------------------------------------------------
 
@@ -95,6 +101,8 @@ class Vault:
     async def _serve(self, responder: Responder, artifact: Artifact) -> None:
         # (on the disk store every await below has its answer already: this
         # runs to its end at once, as straight-line code would)
+        if self._ahead.pop(artifact.key, False) is None:
+            responder.fetched_ahead = True
         entry = await self.lookup(artifact.key)
         if responder.gone:
             return
@@ -111,7 +119,7 @@ class Vault:
             refresh = artifact.ttl is not None and wants_revalidation(responder.request)
             fresh = entry is not None and not refresh and entry.is_fresh(self.store.now())
         if entry is not None and fresh:
-            if await self.serve_stored(responder, entry, "HIT"):
+            if await self.serve_stored(responder, entry, _hit(responder)):
                 return
             entry = None
         if entry is not None and not await self._has_data(entry):
@@ -156,6 +164,39 @@ class Vault:
                        failed=lambda failure: self._failed(responder, failure, None)).start()
             return
         self._join(responder, artifact, entry)
+
+    def prefetch(self, artifact: Artifact) -> Deferred:
+        """
+        Start downloading C{artifact} for a request that has not had its turn
+        yet (one pipelined behind another: L{artifactvault.site}), so that it
+        finds the download under way, or done, when it comes: only an
+        immutable artifact (no ttl, no transform), with nothing verified
+        stored under its key, no download of it in flight, a known size
+        the store takes (if known), and an upstream that is not failing.
+        Fires with whether a download started; its outcome is for the
+        request that follows, so nothing fails here.
+        """
+        async def start() -> bool:
+            if artifact.ttl is not None or artifact.transform is not None or artifact.policy is not None:
+                return False
+            if artifact.size is not None and not self.store.fits(artifact.size):
+                return False
+            entry = await self.lookup(artifact.key)
+            if entry is not None and verified_as(entry, artifact.digest):
+                return False
+            if self.flights.get(artifact.key) is not None or artifact.upstream.backoff_for(artifact.url).troubled:
+                return False
+            self.flights.join(artifact)
+            self._ahead[artifact.key] = None
+            while len(self._ahead) > AHEAD_REMEMBERED:  # (requests that never came)
+                self._ahead.popitem(last=False)
+            return True
+
+        def failed(failure: Failure) -> bool:
+            if not failure.check(StoreDown):
+                _log.failure("fetching {what} ahead failed", failure, what=artifact.describe())
+            return False
+        return Deferred.fromCoroutine(start()).addErrback(failed)
 
     def lookup(self, key: str) -> Deferred:
         """
@@ -262,7 +303,8 @@ class Vault:
             # (an upstream that answered at once, in memory: the flight ended
             # before we looked; or another node's download, committed to a
             # shared store while this one waited: a hit, no upstream asked)
-            self._serve_committed(responder, flight.entry, "HIT" if flight.response is None else "MISS")
+            self._serve_committed(responder, flight.entry,
+                                  _hit(responder) if flight.response is None else "MISS")
             return
         if flight.artifact.transform is not None:
             flight.committed().addCallbacks(
@@ -272,8 +314,8 @@ class Vault:
             ).addErrback(responder.fail)
             return
         # A download that is already complete (its commit still under way) is
-        # served from local bytes: that is a hit.
-        serve_flight(responder, flight, "HIT" if flight.complete else "MISS",
+        # served from local bytes: that is a hit (unless it was fetched ahead for this request).
+        serve_flight(responder, flight, _hit(responder) if flight.complete else "MISS",
                      fallback=lambda error: self._failed(responder, Failure(error), flight.stale,
                                                          flight.artifact.upstream, flight.artifact.policy))
 
@@ -618,6 +660,11 @@ class _Collector:
 
     def write(self, data: bytes) -> None:
         self.parts.append(data)
+
+
+def _hit(responder: Responder) -> str:
+    """The cache status of an answer from bytes at hand: a miss if they were fetched ahead for it."""
+    return "MISS" if responder.fetched_ahead else "HIT"
 
 
 def _parse(parse: Callable[[bytes], Any], data: bytes) -> Any:

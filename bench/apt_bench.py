@@ -13,11 +13,16 @@ served directly, in alternating rounds:
   ``Acquire::By-Hash "no"``, as older apt and apt-cacher-ng's users often do);
 - a 200 MiB ``.deb`` cold (after an update, so the vault knows its hash)
   written to disk by curl, against the same download direct;
-- the vault's peak RSS (VmHWM) over the whole run.
+- the vault's peak RSS (VmHWM) over the whole run;
+- with ``--delay-ms N``: the cold run again, direct and through the vault,
+  with the repository N ms away (bench/delay_relay.py waits that long
+  before passing on each request): where apt's pipelined downloads, fetched
+  ahead by the vault, pay a mirror's round trip.
 
-    bench/apt_bench.py [--rounds 3]      ~5 min; a table on stdout
+    bench/apt_bench.py [--rounds 3] [--delay-ms 20]      ~5 min; a table on stdout
 
-Loopback only; ports 31097 (repository), 31720 (vault), 31721 (apt-cacher-ng);
+Loopback only; ports 31097 (repository), 31720 (vault), 31721 (apt-cacher-ng),
+31722 (the delaying relay, with --delay-ms);
 data in $AV (default /tmp/av-anchors)/apt-bench. Installs apt-cacher-ng with
 apt-get if missing (its packaged service kept from starting). Every process
 started here is stopped by its pid.
@@ -38,7 +43,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KIT = os.path.join(REPO, "tests", "upstreams")
 AV = os.path.join(os.environ.get("AV", "/tmp/av-anchors"), "apt-bench")
-UP_PORT, VAULT_PORT, ACNG_PORT = 31097, 31720, 31721
+UP_PORT, VAULT_PORT, ACNG_PORT, RELAY_PORT = 31097, 31720, 31721, 31722
 UP_DIR = os.path.join(AV, "repo")
 VAULT_DIR = os.path.join(AV, "vault")
 ACNG_DIR = os.path.join(AV, "acng")
@@ -70,11 +75,11 @@ def repo_up() -> None:
         os.symlink("../repos/v1", flap)
 
 
-def vault(cmd: str) -> None:
+def vault(cmd: str, mirror_port: int = UP_PORT) -> None:
     os.makedirs(VAULT_DIR, exist_ok=True)
     with open(os.path.join(VAULT_DIR, "config.yml"), "w") as f:
         f.write(f"cache_dir: {VAULT_DIR}/cache\nbackends:\n"
-                f"  - type: apt\n    config: {{prefix: /debian/, mirror_url: 'http://127.0.0.1:{UP_PORT}/debian'}}\n"
+                f"  - type: apt\n    config: {{prefix: /debian/, mirror_url: 'http://127.0.0.1:{mirror_port}/debian'}}\n"
                 f"  - type: apt\n    config: {{prefix: /flap/, mirror_url: 'http://127.0.0.1:{UP_PORT}/flap', "
                 f"index_ttl: 0}}\n")
     sh(os.path.join(REPO, "bench", "vault-ctl.sh"), cmd, VAULT_DIR, str(VAULT_PORT))
@@ -189,8 +194,8 @@ FLAP_URLS = {"vault": f"http://127.0.0.1:{VAULT_PORT}/flap", "apt-cacher-ng": f"
 RESET = {"direct": lambda: None, "vault": lambda: vault("reset"), "apt-cacher-ng": acng_reset}
 
 
-def update_install(target: str) -> float:
-    c = Client(URLS[target])
+def update_install(target: str, url: str | None = None) -> float:
+    c = Client(url or URLS[target])
     try:
         t0 = time.monotonic()
         c.ok("update")
@@ -261,6 +266,7 @@ def flap(target: str, options: dict[str, str], clients: int = 20, seconds: float
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--delay-ms", type=float, default=0.0)
     a = ap.parse_args()
     os.makedirs(AV, exist_ok=True)
     repo_up()
@@ -291,6 +297,23 @@ def main() -> None:
                 flaps[(t, label)] = flap(t, options)
                 print(f"flap {t} {label}: {flaps[(t, label)]}", file=sys.stderr)
         rss = peak_rss_mib(vault_pid())
+        far: dict[str, list[float]] = {"direct": [], "vault": []}
+        if a.delay_ms:
+            relay = subprocess.Popen([sys.executable, os.path.join(REPO, "bench", "delay_relay.py"),
+                                      str(RELAY_PORT), str(UP_PORT), str(a.delay_ms)], start_new_session=True)
+            try:
+                wait_http(f"http://127.0.0.1:{RELAY_PORT}/debian/dists/stable/InRelease")
+                for r in range(a.rounds):
+                    for t in (["direct", "vault"] if r % 2 == 0 else ["vault", "direct"]):
+                        if t == "vault":
+                            vault("reset", RELAY_PORT)
+                        far[t].append(update_install(t, f"http://127.0.0.1:{RELAY_PORT}/debian"
+                                                     if t == "direct" else None))
+                    print(f"round {r + 1}, mirror {a.delay_ms:g} ms away: cold "
+                          f"{[round(far[t][-1], 2) for t in far]}", file=sys.stderr)
+            finally:
+                relay.terminate()
+                relay.wait()
     finally:
         vault("stop")
         acng_stop()
@@ -314,6 +337,10 @@ def main() -> None:
     for (t, label), (n_up, failed, mism) in flaps.items():
         print(f"| {t}, index files {label} | {n_up} | {failed} | {mism} |")
     print(f"\nvault peak RSS (VmHWM) over the run: {rss:.1f} MiB")
+    if a.delay_ms:
+        d, v = med(far["direct"]), med(far["vault"])
+        print(f"\n| cold update + install of 50 packages, the repository {a.delay_ms:g} ms away | direct | vault "
+              f"| vault/direct |\n|---|---|---|---|\n| s (median) | {d:.2f} | {v:.2f} | {v / d:.2f}× |")
 
 
 if __name__ == "__main__":

@@ -18,9 +18,12 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from artifactvault.auth.access import AUTHENTICATED, OPEN, AuthSettings
+from artifactvault.auth.checkers import make_portal
+from artifactvault.auth.gate import Gate
 from artifactvault.backends import parse_backend
 from artifactvault.backends.apt import UNVERIFIED_TTL, AptBackendType, ReleaseSet
-from artifactvault.backends.base import BuildContext, IBackend, IBackendType, IProxyTarget
+from artifactvault.backends.base import BuildContext, IBackend, IBackendType, IPrefetch, IProxyTarget
 from artifactvault.cache.store import FileStore
 from artifactvault.config import BackendEntry, ConfigError, Section
 from artifactvault.root import Root
@@ -159,6 +162,7 @@ class ConfigTests(SynchronousTestCase):
         verifyObject(IBackendType, AptBackendType)
         verifyObject(IBackend, h.backend)
         verifyObject(IProxyTarget, h.backend)
+        verifyObject(IPrefetch, h.backend)
 
 
 class ReleaseTests(SynchronousTestCase):
@@ -291,6 +295,21 @@ class IndexTests(SynchronousTestCase):
             self.assertIn(b"sha256", a.body)
         self.assertEqual(h.asked("dists/stable/main/binary-amd64/Packages.xz"), 2)
 
+    def test_listed_index_missing_for_a_moment(self) -> None:
+        """
+        A file the Release lists that the mirror lacks for a moment (mid-sync):
+        its 404 is not remembered (negative_ttl), so it is fetched once it is back.
+        """
+        for by_hash in (False, True):
+            h = Harness(self, Repo(by_hash=by_hash))
+            path = "dists/stable/main/binary-amd64/Packages.xz"
+            asked = f"dists/stable/main/binary-amd64/by-hash/SHA256/{sha(h.repo.packages_xz)}" if by_hash else path
+            h.override[asked] = (404, b"not yet")
+            self.assertEqual(h.get(path).status, 404)
+            del h.override[asked]
+            a = h.get(path)
+            self.assertEqual((a.status, a.body), (200, h.repo.packages_xz), by_hash)
+
     def test_follows_the_release_served(self) -> None:
         """
         The mirror moved on but no client has asked for the Release since:
@@ -387,6 +406,59 @@ class PoolTests(SynchronousTestCase):
         self.update(h)
         self.assertEqual(h.get(path).body, DEB)
         self.assertEqual(h.asked(path), 2)
+
+    def test_fetched_ahead_when_verified(self) -> None:
+        """
+        A pool file an index vouches for is fetched ahead (for a request
+        pipelined behind another): stored with no request for it; the
+        request then is answered from it (a miss all the same: the upstream
+        was asked for it), and the upstream was asked once.
+        """
+        h = Harness(self)
+        self.update(h)
+        path = "pool/main/h/hello/hello_1.0_all.deb"
+        h.site.prefetch(f"/debian/{path}".encode())
+        h.answer_all()
+        self.assertEqual(h.store.lookup(f"apt-pool:{path} for /debian/").sha256, sha(DEB))
+        h.site.prefetch(f"/debian/{path}".encode())  # (stored: nothing more to fetch)
+        a = h.get(path)
+        self.assertEqual((a.status, a.body, h.asked(path)), (200, DEB, 1))
+        self.assertEqual(a.header("x-cache"), "MISS")  # (fetched for this request: its miss)
+        self.assertEqual(h.get(path).header("x-cache"), "HIT")
+
+    def test_not_fetched_ahead(self) -> None:
+        """
+        Nothing else is fetched ahead: a pool file no index lists (mutable:
+        revalidated daily), index files, a Release, a path that climbs out.
+        """
+        h = Harness(self)
+        self.update(h)
+        before = len(h.client.requests)
+        h.repo.files["pool/main/o/other/other_1.0.dsc"] = DSC
+        for path in ("pool/main/o/other/other_1.0.dsc", "dists/stable/InRelease",
+                     "dists/stable/main/binary-amd64/Packages.xz", "pool/../dists/stable/Release"):
+            h.site.prefetch(f"/debian/{path}".encode())
+        h.site.prefetch(b"/elsewhere/pool/main/h/hello/hello_1.0_all.deb")
+        self.assertEqual(len(h.client.requests), before)
+
+    def test_not_fetched_ahead_behind_a_gate(self) -> None:
+        """
+        A backend the site's gate opens only to users is never fetched
+        ahead: the pipelined request has not been let in yet (and one with
+        credentials is not looked at at all); an open one is.
+        """
+        h = Harness(self)
+        self.update(h)
+        path = "pool/main/h/hello/hello_1.0_all.deb"
+        settings = AuthSettings(htpasswd={}, configured=True)
+        h.site.gate = Gate(settings, make_portal(settings, lambda f, *a: f(*a)), h.clock)
+        h.site.gate.set_access(h.backend, AUTHENTICATED)
+        before = len(h.client.requests)
+        h.site.prefetch(f"/debian/{path}".encode())
+        self.assertEqual(len(h.client.requests), before)
+        h.site.gate.set_access(h.backend, OPEN)
+        h.site.prefetch(f"/debian/{path}".encode())
+        self.assertEqual(h.paths()[before:], [path])
 
     def test_range_on_pool_hit(self) -> None:
         h = Harness(self)

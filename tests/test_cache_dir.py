@@ -97,22 +97,31 @@ def read_to_end(s: socket.socket) -> tuple[int, str]:
     return n, "closed"
 
 
+def full_disk_daemon(testcase: TestCase, size: str = "24m") -> tuple["Tmpfs", FakeUpstream, Daemon]:
+    """
+    The real daemon (an http and a pypi backend over one scripted upstream)
+    with its cache on a small tmpfs of its own, all cleaned up after C{testcase}.
+    """
+    disk = Tmpfs(size)
+    testcase.addCleanup(disk.close)
+    fake = FakeUpstream()
+    testcase.addCleanup(fake.close)
+    cache = os.path.join(disk.path, "cache")
+    daemon = Daemon([
+        {"type": "http", "config": {"prefix": "/fake/", "base_url": fake.base}},
+        {"type": "pypi", "config": {"prefix": "/pypi/", "index_url": fake.base + "/simple/"}},
+    ], cache_dir=cache)
+    daemon.cache_dir = cache
+    testcase.addCleanup(daemon.cleanup)
+    daemon.start()
+    return disk, fake, daemon
+
+
 class FullDiskTests(TestCase):
     """Every reader ends, and every descriptor is closed, when the cache cannot take a download."""
 
     def setUp(self) -> None:
-        self.disk = Tmpfs("24m")
-        self.addCleanup(self.disk.close)
-        self.fake = FakeUpstream()
-        self.addCleanup(self.fake.close)
-        cache = os.path.join(self.disk.path, "cache")
-        self.daemon = Daemon([
-            {"type": "http", "config": {"prefix": "/fake/", "base_url": self.fake.base}},
-            {"type": "pypi", "config": {"prefix": "/pypi/", "index_url": self.fake.base + "/simple/"}},
-        ], cache_dir=cache)
-        self.daemon.cache_dir = cache
-        self.addCleanup(self.daemon.cleanup)
-        self.daemon.start()
+        self.disk, self.fake, self.daemon = full_disk_daemon(self)
 
     def tmp_files(self) -> list[str]:
         return os.listdir(os.path.join(self.daemon.cache_dir, "tmp"))

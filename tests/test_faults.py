@@ -528,19 +528,8 @@ class FullDiskTests(TestCase):
     """
 
     def setUp(self) -> None:
-        from tests.test_cache_dir import Tmpfs
-        self.disk = Tmpfs("24m")
-        self.addCleanup(self.disk.close)
-        self.fake = FakeUpstream()
-        self.addCleanup(self.fake.close)
-        cache = os.path.join(self.disk.path, "cache")
-        self.daemon = Daemon([
-            {"type": "http", "config": {"prefix": "/fake/", "base_url": self.fake.base}},
-            {"type": "pypi", "config": {"prefix": "/pypi/", "index_url": self.fake.base + "/simple/"}},
-        ], cache_dir=cache)
-        self.daemon.cache_dir = cache
-        self.addCleanup(self.daemon.cleanup)
-        self.daemon.start()
+        from tests.test_cache_dir import full_disk_daemon
+        self.disk, self.fake, self.daemon = full_disk_daemon(self)
         self.hit = os.urandom(300_000)
         self.fake.scripts["/hit.bin"] = Script(body=self.hit)
         self.assertEqual(request("GET", self.daemon.url("/fake/hit.bin"))[2], self.hit)

@@ -13,7 +13,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
-from artifactvault.site import VaultSite
+from artifactvault.site import VaultSite, _plain_get
 from tests.fakes import Harness
 
 
@@ -147,3 +147,45 @@ class TlsOnPlainPortTests(SynchronousTestCase):
         protocol.dataReceived(b"T / HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertIn(b"200 OK", transport.value())
         self.assertTrue(transport.value().endswith(b"hello"))
+
+
+class LookAheadTests(SynchronousTestCase):
+    """Which pipelined request heads the channel lets the site fetch ahead (L{_plain_get})."""
+
+    def test_plain_get(self) -> None:
+        """A GET's target, in origin or absolute form."""
+        self.assertEqual(_plain_get(b"GET /debian/pool/a.deb HTTP/1.1\r\nHost: x\r\nUser-Agent: apt"),
+                         b"/debian/pool/a.deb")
+        self.assertEqual(_plain_get(b"GET http://deb.example/debian/a.deb HTTP/1.1\r\nHost: deb.example"),
+                         b"http://deb.example/debian/a.deb")
+        self.assertEqual(_plain_get(b"GET /a.deb HTTP/1.1\r\nContent-Length: 0"), b"/a.deb")  # (no body)
+
+    def test_not_ahead(self) -> None:
+        """Other methods, a query, a Range, a condition or credentials: answered in turn, not fetched ahead."""
+        for head in (b"HEAD /a.deb HTTP/1.1\r\nHost: x", b"GET /a.deb?x=1 HTTP/1.1\r\nHost: x",
+                     b"GET /a.deb HTTP/1.1\r\nRange: bytes=0-1", b"GET /a.deb HTTP/1.1\r\nIf-Range: \"e\"",
+                     b"GET /a.deb HTTP/1.1\r\nIf-None-Match: \"e\"", b"GET /a.deb HTTP/1.1\r\nAuthorization: x"):
+            self.assertIsNone(_plain_get(head), head)
+
+    def test_stop(self) -> None:
+        """A request that may have a body, or cannot be read: nothing after it is looked at."""
+        for head in (b"POST /a HTTP/1.1\r\nContent-Length: 5", b"GET /a HTTP/1.1\r\nTransfer-Encoding: chunked",
+                     b"GET /a", b"GET /a HTTP/1.1\r\nno colon", b"\r\nGET /a HTTP/1.1"):
+            self.assertIs(_plain_get(head), False, head)
+
+    def test_look_ahead_bounded(self) -> None:
+        """
+        Behind a request being answered, the channel asks the site to fetch
+        ahead at most C{prefetch_limit} pipelined GETs; one more each time
+        a request is answered; and none once the connection is not persistent.
+        """
+        harness = Harness(self)
+        asked: list[bytes] = []
+        harness.site.prefetch = asked.append  # type: ignore[method-assign]
+        harness.site.prefetch_limit = 2
+        channel = harness.site.buildProtocol(None)
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(b"".join(b"GET /files/%d.bin HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5)))
+        self.assertEqual(asked, [b"/files/1.bin", b"/files/2.bin"])
+        harness.requests[0].respond(200, b"0123456789")
+        self.assertEqual(asked, [b"/files/1.bin", b"/files/2.bin", b"/files/3.bin"])

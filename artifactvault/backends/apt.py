@@ -37,6 +37,10 @@ see L{AptBackend.claim}). What a path is decides how it is kept:
   once when an index gives it a new hash or size).
 - Anything else (``ls-lR.gz``, mirror trace files, installer images): a
   file fresh for ``index_ttl``, like the http backend's.
+
+apt pipelines its downloads on one connection: a verified pool file asked
+for behind another request is fetched ahead (L{AptBackend.prefetch}), so a
+cold ``apt-get install`` does not wait for each download in turn.
 """
 
 from __future__ import annotations
@@ -58,8 +62,8 @@ from artifactvault.backends import apt_gpg
 from artifactvault.backends.apt_meta import (RELEASE_FILES, MetaError, Release, by_hash_label, by_hash_path,
                                              index_kind, is_pool_file, parse_release, pool_table,
                                              signed_text, uncompressed)
-from artifactvault.backends.base import (Backend, BuildContext, CommonSettings, IBackendType, IProxyTarget,
-                                         parse_common, run)
+from artifactvault.backends.base import (Backend, BuildContext, CommonSettings, IBackendType, IPrefetch,
+                                         IProxyTarget, parse_common, run)
 from artifactvault.backends.http import upstream_path
 from artifactvault.config import Section
 from artifactvault.flight import Artifact
@@ -213,7 +217,7 @@ def _asks_refresh(request: Any) -> bool:
     return any(d.strip().lower() == b"no-cache" for v in values for d in v.split(b","))
 
 
-@implementer(IProxyTarget)
+@implementer(IProxyTarget, IPrefetch)
 class AptBackend(Backend):
     kind = "apt"
 
@@ -268,6 +272,26 @@ class AptBackend(Backend):
             await self._index(responder, directory, path)
         else:
             await self._other(responder, path)
+
+    def prefetch(self, segments: list[str]) -> None:
+        """
+        A pool file pipelined behind another request: start its download
+        now if an index vouches for it (its digest known: an immutable
+        artifact); anything else waits for its turn.
+        """
+        path = "/".join(segments)
+        if not segments or not is_pool_file(path) or segments[-1] in RELEASE_FILES:
+            return
+        Deferred.fromCoroutine(self._prefetch(path)).addErrback(
+            lambda f: _log.failure("fetching {path} ahead failed", f, path=self._label(path)))
+
+    async def _prefetch(self, path: str) -> None:
+        await self._load_dirs()
+        if by_hash_path(path) is not None or self._dir_for(path) is not None:
+            return  # (routed as an index file, not a pool file: see _route)
+        artifact = await self._pool_artifact(path)
+        if artifact.digest is not None:
+            await self.vault.prefetch(artifact)
 
     def _url(self, path: str) -> str:
         return f"{self.base_url}/{upstream_path(path.split('/'))}"
@@ -541,7 +565,7 @@ class AptBackend(Backend):
             url = self._url(path)
         artifact = Artifact(key=hash_key(algo, hexdigest, self.prefix), url=url, upstream=self.upstream,
                             digest=(algo, hexdigest), size=info.size, label=self._label(path),
-                            verify_before_send=self.settings.verify_before_send)
+                            verify_before_send=self.settings.verify_before_send, negative=False)
         await self.vault.serve(responder, artifact)
         await self._learn_from(directory, rel, artifact)
 
@@ -562,7 +586,7 @@ class AptBackend(Backend):
                 digest = found[1].best() or digest
         artifact = Artifact(key=hash_key(digest[0], digest[1], self.prefix), url=self._url(path),
                             upstream=self.upstream, digest=digest, size=size, label=self._label(path),
-                            verify_before_send=self.settings.verify_before_send)
+                            verify_before_send=self.settings.verify_before_send, negative=found is None)
         await self.vault.serve(responder, artifact)
         if found is not None:
             await self._learn_from(directory, found[0], artifact)  # type: ignore[arg-type]
@@ -661,9 +685,17 @@ class AptBackend(Backend):
                 key=f"apt-file:{path} for {self.prefix}", url=self._url(path), upstream=self.upstream,
                 ttl=self.settings.index_ttl, label=self._label(path)))
             return
+        artifact = await self._pool_artifact(path)
+        if not responder.gone:
+            await self.vault.serve(responder, artifact)
+
+    async def _pool_artifact(self, path: str) -> Artifact:
+        """
+        A pool file as an artifact: immutable and verified when an index
+        lists it; else kept by length and revalidated daily (a stored copy
+        of another size than an index gives is dropped first).
+        """
         found = await self._pool_info(path)
-        if responder.gone:
-            return
         sha, size = found if found is not None else (None, None)
         key = f"apt-pool:{path} for {self.prefix}"
         if sha is None and size is not None:
@@ -672,12 +704,12 @@ class AptBackend(Backend):
                 _log.info("{path}: the index says {size} bytes, the cache has {had}: fetching it again",
                           path=self._label(path), size=size, had=entry.size)
                 self.vault.drop(entry)
-        await self.vault.serve(responder, Artifact(
+        return Artifact(
             key=key, url=self._url(path), upstream=self.upstream,
             ttl=None if sha is not None else UNVERIFIED_TTL,
             digest=("sha256", sha) if sha is not None else None, size=size,
             content_type="application/vnd.debian.binary-package" if path.endswith(".deb") else None,
-            label=self._label(path), verify_before_send=self.settings.verify_before_send))
+            label=self._label(path), verify_before_send=self.settings.verify_before_send, negative=sha is None)
 
 
 def _validators(response: Any) -> dict[str, str | None]:

@@ -71,6 +71,22 @@ class IProxyTarget(Interface):
         """
 
 
+class IPrefetch(Interface):
+    """
+    A backend whose artifacts may be downloaded ahead of a request pipelined
+    behind another (L{artifactvault.site}): apt sends its downloads so, and
+    each cold one would otherwise wait for the one before it.
+    """
+
+    def prefetch(segments: list[str]) -> None:
+        """
+        For a GET of the checked path C{segments} still waiting for its
+        turn: start its download if it is an immutable artifact (through
+        L{Vault.prefetch}, which starts nothing that is stored or in flight);
+        anything else is left for the request. Answers nobody; never fails.
+        """
+
+
 class IBackendType(Interface):
     names = Attribute("The config 'type:' values this handles, e.g. ('http',).")
 
