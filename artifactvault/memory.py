@@ -18,10 +18,10 @@ after a soak, 7,750 such objects held 19 MiB. So a full collection
 it walks only what was made since the start, the rest being frozen out of
 its sight) comes first.
 
-So every L{TRIM_INTERVAL} seconds the daemon calls it, in a thread of the
-store's pool (ctypes lets go of the GIL for the call), never on the reactor:
-it takes about 1 ms when there is little to give back, about 10 ms for
-60 MiB. Where the C library has no C{malloc_trim} (not glibc), nothing is
+So every L{TRIM_INTERVAL} seconds the daemon collects, then calls
+C{malloc_trim(0)} in a thread of the store's pool (ctypes lets go of the
+GIL for the call), not on the reactor: it took 0.2 to 1 ms when there was
+little to give back, about 10 ms for 60 MiB. Where the C library has no C{malloc_trim} (not glibc), nothing is
 done; musl's does nothing.
 """
 
