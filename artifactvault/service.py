@@ -2,7 +2,7 @@
 """
 Building the running daemon from a validated L{Config}: the store (with its
 own thread pool), the shared HTTP client, the backends, the site and its
-listeners, the janitor.
+listeners, the janitor, the heap trimmer (L{artifactvault.memory}).
 
 The store's slow work (fsyncs, directory walks, unlinking evicted files,
 parsing large index pages) runs in a L{ThreadPool} of its own, not the
@@ -37,7 +37,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from artifactvault import logs, ops as operations
+from artifactvault import logs, memory, ops as operations
 from artifactvault.auth.access import has_upstream_credentials
 from artifactvault.auth.checkers import make_portal
 from artifactvault.auth.gate import Gate
@@ -255,6 +255,9 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
     janitor = TimerService(SWEEP_INTERVAL, _Janitor(store))
     janitor.clock = reactor
     janitor.setServiceParent(top)
+    trimmer = TimerService(memory.TRIM_INTERVAL, memory.Trimmer(reactor, threadpool, memory.malloc_trim()))
+    trimmer.clock = reactor
+    trimmer.setServiceParent(top)  # (after the store's pool, whose threads it uses)
     _PoolService(clients).setServiceParent(top)
     if auth_pool is not None:
         _ThreadPoolService(auth_pool).setServiceParent(top)

@@ -17,6 +17,8 @@ and downloads in flight (/-/metrics).
     .venv/bin/python bench/soak.py                 # ~2 min; a markdown table on stdout
     .venv/bin/python bench/soak.py --connections 256 --seconds 60
     .venv/bin/python bench/soak.py --repeat 3      # three soaks in a row on one daemon
+    .venv/bin/python bench/soak.py --repeat 3 --memory   # and where the RSS is (bench/memprobe.py)
+    .venv/bin/python bench/soak.py --repeat 2 --memory --idle 65   # and the RSS after the heap trimmer's next run
 
 Runs under an exclusive lock on /tmp/av-bench.lock (one benchmark at a time
 on this machine). Env: AV_KIT_DIR, AV_KIT_PORT_OFFSET as for the tests (the
@@ -30,6 +32,7 @@ import collections
 import fcntl
 import hashlib
 import http.client
+import json
 import os
 import random
 import re
@@ -162,6 +165,72 @@ class Soak:
                 pass
 
 
+class Probe:
+    """
+    The daemon run under bench/memprobe.py (C{--memory}): what its memory
+    holds at each step, live objects against what the allocator keeps.
+    """
+
+    def __init__(self, daemon: support.Daemon, trace: bool):
+        self.dir = os.path.join(daemon.dir, "memprobe")
+        os.mkdir(self.dir)
+        launcher = os.path.join(daemon.dir, "twistd-probed")
+        with open(launcher, "w") as f:
+            f.write(f"#!/bin/sh\nexec {sys.executable} {'-X tracemalloc=1 ' if trace else ''}"
+                    f"{os.path.join(REPO, 'bench', 'memprobe.py')} \"$@\"\n")
+        os.chmod(launcher, 0o755)
+        support.twistd = lambda: launcher  # (this process only starts this one daemon)
+        self.env = {"AV_MEMPROBE_DIR": self.dir}
+        self.reports: list[tuple[str, dict]] = []
+
+    def ask(self, name: str, action: str = "snapshot", timeout: float = 120.0) -> dict:
+        with open(os.path.join(self.dir, "ask-" + name), "w") as f:
+            f.write(action)
+        path = os.path.join(self.dir, name + ".json")
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the memory probe did not answer {name}")
+            time.sleep(0.1)
+        with open(path) as f:
+            found = json.load(f)
+        self.reports.append((name, found))
+        return found
+
+    def print(self) -> None:
+        names = [name for name, _ in self.reports]
+        print("\n| memory | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names))
+        rows = [("RSS MiB before a full gc.collect()", lambda r: r["before collecting"]["rss MiB"]),
+                ("glibc in use MiB before it", lambda r: r["before collecting"].get("glibc in use MiB", "")),
+                ("unreachable objects it found", lambda r: r["garbage"]["objects"]),
+                ("their size MiB (getsizeof)", lambda r: r["garbage"]["MiB (getsizeof)"]),
+                ("RSS MiB", lambda r: r["rss MiB"]),
+                ("RSS after malloc_trim(0)", lambda r: r.get("rss MiB after trim", "")),
+                ("malloc_trim ms", lambda r: r.get("malloc_trim ms", "")),
+                ("live objects (gc, unfrozen)", lambda r: r["gc objects"]),
+                ("threads", lambda r: r["threads"]),
+                ("pymalloc arenas (1 MiB)", lambda r: r["pymalloc"].get("arenas now", "")),
+                ("pymalloc bytes in use MiB", lambda r: round(r["pymalloc"].get("arena bytes in use", 0) / 2**20, 1)),
+                ("glibc heap (arena) MiB", lambda r: r.get("mallinfo2 MiB", {}).get("arena", "")),
+                ("glibc in use (uordblks) MiB", lambda r: r.get("mallinfo2 MiB", {}).get("uordblks", "")),
+                ("glibc free (fordblks) MiB", lambda r: r.get("mallinfo2 MiB", {}).get("fordblks", "")),
+                ("glibc mmapped (hblkhd) MiB", lambda r: r.get("mallinfo2 MiB", {}).get("hblkhd", "")),
+                ("traced Python MiB", lambda r: r.get("traced MiB", {}).get("current", ""))]
+        for label, get in rows:
+            print(f"| {label} | " + " | ".join(str(get(r)) for _, r in self.reports) + " |")
+        first, last = self.reports[0][1]["by type"], self.reports[-1][1]["by type"]
+        grown = sorted(((last.get(t, 0) - first.get(t, 0), t) for t in set(first) | set(last)), reverse=True)
+        print("\nlive objects by type, most grown from the first to the last: " + ", ".join(
+            f"{t} {first.get(t, 0)} → {last.get(t, 0)}" for d, t in grown[:12] if d))
+        for name, r in self.reports:
+            if r["garbage"]["objects"]:
+                print(f"unreachable at {name}: " + ", ".join(f"{t} {n}" for t, n in r["garbage"]["by type"].items()))
+        if "traced top" in self.reports[-1][1]:
+            print("\ntraced Python allocations at the end, largest lines:")
+            for line in self.reports[-1][1]["traced top"][:15]:
+                print("  " + line)
+
+
 def settle(daemon: support.Daemon, baseline: dict[str, float], timeout: float = 60.0) -> dict[str, float]:
     """Poll until descriptors, temp files and flights are back to the baseline (or time runs out)."""
     deadline = time.monotonic() + timeout
@@ -179,6 +248,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--repeat", type=int, default=1,
                     help="soaks in a row on the same daemon (does RSS keep growing, or level off?)")
+    ap.add_argument("--idle", type=float, default=0,
+                    help="after each soak, also the RSS once the daemon has been idle this long "
+                         "(65: after the heap trimmer's next run)")
+    ap.add_argument("--memory", action="store_true",
+                    help="run the daemon under bench/memprobe.py: live objects, allocator, malloc_trim")
+    ap.add_argument("--tracemalloc", action="store_true", help="with --memory: and python -X tracemalloc")
     args = ap.parse_args()
     lock = open("/tmp/av-bench.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
@@ -186,7 +261,8 @@ def main() -> None:
     www = os.path.join(support.upstream_dir("files"), "www")
     daemon = support.Daemon([{"type": "http", "config": {"prefix": "/files/", "base_url": files}}],
                             log_level="warn")
-    daemon.start()
+    probe = Probe(daemon, args.tracemalloc) if args.memory else None
+    daemon.start(env=probe.env if probe else None)
     soaks = [Soak(daemon, www, args.seconds) for _ in range(args.repeat)]
     try:
         for path in ("/files/small.bin", "/files/medium.bin"):  # (the hits, stored)
@@ -197,11 +273,22 @@ def main() -> None:
         warm.run(32)
         warm.close()
         baseline = settle(daemon, {"open fds": 1 << 30})
+        if probe:
+            probe.ask("baseline")
         load = os.getloadavg()
         afters, walls = [], []
         for soak in soaks:
             walls.append(soak.run(args.connections))
             afters.append(settle(daemon, baseline))
+            if args.idle:
+                time.sleep(args.idle)
+                afters[-1][f"RSS MiB, {args.idle:g} s idle"] = resources(daemon)["RSS MiB"]
+            if probe:
+                probe.ask(f"soak {len(afters)}")
+        if probe:
+            probe.ask("trimmed", "trim")
+            time.sleep(5)  # (the RSS a little later: does it stay down while idle?)
+            probe.ask("5 s later")
         soak, wall = soaks[0], walls[0]
         served = sum(soak.counts.values())
         commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
@@ -226,10 +313,13 @@ def main() -> None:
             print(f"  {e[1]} × {e[0]}")
         print("\n| resource | baseline | " + " | ".join(f"after soak {i + 1}" for i in range(len(soaks))) + " |")
         print("|---|---:|" + "---:|" * len(soaks))
-        for key in baseline:
-            print(f"| {key} | {baseline[key]:g} | " + " | ".join(f"{a[key]:g}" for a in afters) + " |")
+        for key in afters[0]:
+            print(f"| {key} | {baseline.get(key, baseline['RSS MiB']):g} | "
+                  + " | ".join(f"{a[key]:g}" for a in afters) + " |")
         bad = [line for line in daemon.log().splitlines() if "Traceback" in line or "Unhandled" in line]
         print(f"\ntracebacks in the daemon's log: {len(bad)}")
+        if probe:
+            probe.print()
     finally:
         for soak in soaks:
             soak.close()

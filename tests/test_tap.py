@@ -20,6 +20,7 @@ from zope.interface.verify import verifyObject
 from artifactvault import logs, tap
 from artifactvault import service as service_module
 from artifactvault.cache.store import CacheInUse, FileStore
+from artifactvault.memory import TRIM_INTERVAL
 from artifactvault.service import SWEEP_INTERVAL, _StoreService, build
 from artifactvault.site import VaultSite
 from tests import support
@@ -147,7 +148,7 @@ class ServiceTests(TapMixin, SynchronousTestCase):
         self.assertIs(maker.options, tap.Options)
 
     def test_make_service(self) -> None:
-        """makeService builds listeners, the janitor and the pool closer from parsed options."""
+        """makeService builds listeners, the janitor, the heap trimmer and the pool closer from parsed options."""
         options = self.parse("--config", self.config_file(), "-l", "tcp:0:interface=127.0.0.1",
                              "-l", r"tcp:0:interface=\:\:1")
         service = tap.makeService(options)
@@ -155,7 +156,7 @@ class ServiceTests(TapMixin, SynchronousTestCase):
         listeners = [s for s in service if isinstance(s, StreamServerEndpointService)]
         self.assertEqual(len(listeners), 2)
         self.assertIsInstance(listeners[0].factory, VaultSite)
-        self.assertEqual(len([s for s in service if isinstance(s, TimerService)]), 1)
+        self.assertEqual(len([s for s in service if isinstance(s, TimerService)]), 2)
         self.assertTrue(os.path.isdir(os.path.join(self.cache, "tmp")))
 
     def test_unusable_cache_dir(self) -> None:
@@ -219,7 +220,7 @@ class ServiceTests(TapMixin, SynchronousTestCase):
         other.close()
 
     def test_build_uses_given_reactor(self) -> None:
-        """build() listens on, and times with, the reactor it is given."""
+        """build() listens on, and times with, the reactor it is given (the janitor, the heap trimmer)."""
         reactor = ThreadlessReactor()
         config = tap.load_config(self.config_file(), ["tcp:8123:interface=127.0.0.1"])
         service, root = build(config, reactor, threadpool=reactor)
@@ -229,8 +230,8 @@ class ServiceTests(TapMixin, SynchronousTestCase):
         self.assertEqual((port, interface), (8123, "127.0.0.1"))
         self.assertIs(factory.resource, root)
         self.assertIs(factory.reactor, reactor)
-        [janitor] = reactor.getDelayedCalls()
-        self.assertEqual(janitor.getTime(), reactor.seconds() + SWEEP_INTERVAL)
+        self.assertEqual(sorted(call.getTime() for call in reactor.getDelayedCalls()),
+                         sorted([reactor.seconds() + SWEEP_INTERVAL, reactor.seconds() + TRIM_INTERVAL]))
 
     def test_leftover_temp_files_removed(self) -> None:
         """Building the service clears the cache's leftover temp files."""
