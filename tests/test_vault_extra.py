@@ -141,3 +141,28 @@ class RangeTests(SynchronousTestCase):
         served, answer = self.served(h, entry, 0, 9)
         self.assertEqual((served, answer.status), ([False], 502))
         self.assertIsNone(h.store.lookup(entry.key))
+
+
+class StaleReplacedTests(SynchronousTestCase):
+    """
+    A stale copy whose bytes another download of the same key replaced
+    while this request asked the upstream (which then failed): the newer
+    entry answers, not the failure (an upstream flapping 200/5xx).
+    """
+
+    def test_newer_entry_answers(self) -> None:
+        h = Harness(self, ttl=1)
+        self.assertEqual(h.fetched("s.bin", b"old copy").body, b"old copy")
+        h.clock.advance(5)
+        client = h.get("/files/s.bin")  # stale: asks the upstream again
+        (old,) = list(h.store.entries())
+        # Meanwhile another download of the same key is committed (its bytes replace the old ones).
+        temp, fd = h.store.spool.new_temp()
+        os.write(fd, b"new copy")
+        now = h.clock.seconds()
+        h.store.begin(old.key, temp, fd).commit(Entry(key=old.key, data="", size=8, stored_at=now,
+                                                      fresh_until=now + 1))
+        self.assertNotEqual(next(iter(h.store.entries())).data, old.data)
+        h.requests[-1].respond(503, b"")
+        answer = client.answer()
+        self.assertEqual((answer.status, answer.body), (200, b"new copy"))
