@@ -34,7 +34,7 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -44,7 +44,7 @@ from artifactvault.cache.entry import Entry, write_all
 from artifactvault.cache.interface import IStore, IStoredBody, IStoreWrite, StoreUnavailable
 from artifactvault.cache.s3lease import UNLEASED, acquire
 from artifactvault.cache.spool import Spool
-from artifactvault.cache.store import FileStore, LocalBody
+from artifactvault.cache.store import FileStore, LocalBody, StoreBasics, _sync_run
 from artifactvault.s3wire import PreconditionFailed, RangeReader, S3Wire, etag_of
 
 _log = Logger(observer=logs.observer)
@@ -67,12 +67,8 @@ MEMO_SIZE = 8192
 SMALL_ENTRY = 64 * 1024 * 1024
 
 
-def _sync_run(f: Callable[..., Any], *args: Any) -> Deferred:
-    return maybeDeferred(f, *args)
-
-
 @implementer(IStore)
-class S3Store:
+class S3Store(StoreBasics):
     """
     The L{IStore} of a bucket. All requests go through L{S3Wire}: bytes by
     treq on the reactor, listings by boto3 in the thread pool.
@@ -192,19 +188,6 @@ class S3Store:
             self.local.close()
 
     # -- small things -------------------------------------------------------------
-
-    def now(self) -> float:
-        return self._clock()
-
-    def fits(self, size: int) -> bool:
-        return self.max_object_size is None or size <= self.max_object_size
-
-    def refuse_too_large(self) -> int:
-        self.refused_too_large += 1
-        return self.refused_too_large
-
-    def work(self, size: int, f: Callable[..., Any], *args: Any) -> Deferred:
-        return (self._run if size >= 1024 * 1024 else _sync_run)(f, *args)
 
     def stats(self) -> dict:
         out = {"entries": self._scanned["entries"], "bytes": self._scanned["bytes"], "max_size": None,

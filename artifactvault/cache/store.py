@@ -68,8 +68,43 @@ def _sync_run(f: Callable[..., Any], *args: Any) -> Deferred:
     return maybeDeferred(f, *args)
 
 
+class StoreBasics:
+    """
+    What every store does alike, whatever holds its bytes: its clock, the
+    size limit per object, and small work done at once.
+    """
+
+    max_object_size: int | None
+    refused_too_large: int
+    _clock: Callable[[], float]
+    _run: Callable[..., Deferred]
+
+    def now(self) -> float:
+        """The wall clock that freshness is measured by (persisted, so not the reactor's)."""
+        return self._clock()
+
+    def fits(self, size: int) -> bool:
+        """Whether an artifact of C{size} bytes may be stored (C{max_object_size})."""
+        return self.max_object_size is None or size <= self.max_object_size
+
+    def refuse_too_large(self) -> int:
+        """Count a complete download not stored for its size; returns the count since start."""
+        self.refused_too_large += 1
+        return self.refused_too_large
+
+    def work(self, size: int, f: Callable[..., Any], *args: Any) -> Deferred:
+        """
+        C{f(*args)}, as a Deferred: in the thread pool when it handles C{size}
+        bytes or more (a large document to parse or render), else at once
+        here, where a small one costs less than the trip to a thread (and
+        does not wait behind a long fsync).
+        """
+        return (self._run if size >= INLINE_WORK else _sync_run)(f, *args)
+
+
+
 @implementer(IStore)
-class FileStore:
+class FileStore(StoreBasics):
     """
     The local-filesystem store. Small metadata I/O happens in the reactor;
     fsyncs and directory walks go through C{run_blocking} (a thread pool in
@@ -104,28 +139,6 @@ class FileStore:
         self._run = run_blocking
         self._memo: collections.OrderedDict[str, Entry] = collections.OrderedDict()
         self._memo_size = memo_size
-
-    def now(self) -> float:
-        """The wall clock that freshness is measured by (persisted, so not the reactor's)."""
-        return self._clock()
-
-    def fits(self, size: int) -> bool:
-        """Whether an artifact of C{size} bytes may be stored (C{max_object_size})."""
-        return self.max_object_size is None or size <= self.max_object_size
-
-    def refuse_too_large(self) -> int:
-        """Count a complete download not stored for its size; returns the count since start."""
-        self.refused_too_large += 1
-        return self.refused_too_large
-
-    def work(self, size: int, f: Callable[..., Any], *args: Any) -> Deferred:
-        """
-        C{f(*args)}, as a Deferred: in the thread pool when it handles C{size}
-        bytes or more (a large document to parse or render), else at once
-        here, where a small one costs less than the trip to a thread (and
-        does not wait behind a long fsync).
-        """
-        return (self._run if size >= INLINE_WORK else _sync_run)(f, *args)
 
     # -- start-up ---------------------------------------------------------
 
