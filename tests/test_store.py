@@ -458,6 +458,26 @@ class BlockingWorkTests(SynchronousTestCase):
         self.assertIsNone(FileStore(self.store.root).lookup("a"))
         self.assertEqual(len([n for d, _, names in os.walk(self.store.data_dir) for n in names]), 4)
 
+    def test_commits_in_their_own_lane(self) -> None:
+        """Commits (a download's and a put's) go to C{run_commit} when given, nothing else does."""
+        commits: list[object] = []
+
+        def run_commit(f, *args):  # type: ignore[no-untyped-def]
+            commits.append(f)
+            return storemod._sync_run(f, *args)
+        store = FileStore(self.mktemp(), max_size=10, run_blocking=self.store._run, run_commit=run_commit)
+        store.open()
+        self.addCleanup(store.close)
+        path, fd = store.new_temp()
+        os.write(fd, b"1234")
+        self.successResultOf(store.commit(path, fd, Entry(key="a", data="", size=4, stored_at=0)))
+        os.close(fd)
+        self.successResultOf(store.put(Entry(key="b", data="", size=0, stored_at=0), b"56"))
+        self.assertEqual(len(commits), 2)
+        self.assertNotIn(store._commit, self.calls)
+        self.successResultOf(store.work(storemod.INLINE_WORK, len, "ab"))
+        self.assertEqual((len(commits), self.calls), (2, [len]))
+
 
 class _PausingConsumer:
     """A consumer that pauses its producer after every write, as a full socket would."""
