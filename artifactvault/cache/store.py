@@ -419,6 +419,10 @@ class FileStore(StoreBasics):
             raise
         if old is not None and old.data != entry.data:
             _unlink(self.data_path(old))
+        try:  # (here, in the commit's thread: the next downloads' temp files)
+            self.spool.prepare()
+        except OSError:
+            pass  # (the commit is done; a download that finds none ready makes its own, and says why it can't)
 
     def _committed(self, entry: Entry) -> Entry:
         self._remember(entry)
