@@ -29,9 +29,10 @@ into place (so the spool is in the store's own directory, on its file system).
 This is the L{IStore} of one node's local disk. Its lookups and reads never
 wait for anything: the Deferreds it answers with have fired already.
 
-Anything slow (fsyncs, directory walks, unlinking evicted files, parsing a
-large document) goes through C{run_blocking}: in the daemon a thread pool of
-the store's own, in unit tests a synchronous call.
+Anything slow (directory walks, unlinking evicted files, parsing a large
+document) goes through C{run_blocking}: in the daemon a thread pool of the
+store's own, in unit tests a synchronous call; commits (their fsyncs) go
+through C{run_commit}: in the daemon one thread of their own (L{FileStore.commit}).
 """
 
 from __future__ import annotations
@@ -107,8 +108,8 @@ class StoreBasics:
 class FileStore(StoreBasics):
     """
     The local-filesystem store. Small metadata I/O happens in the reactor;
-    fsyncs and directory walks go through C{run_blocking} (a thread pool in
-    the daemon, synchronous in unit tests).
+    commits go through C{run_commit}, directory walks through C{run_blocking}
+    (threads in the daemon, synchronous in unit tests).
     """
 
     shared = False  # one node's: no other node commits here
