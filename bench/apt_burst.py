@@ -9,9 +9,13 @@ threads (commits) over it, then the same 50 again (warm). With
 ``artifactvault`` first on the path), in alternating rounds: an A/B of two
 versions of the code on the same machine at the same time, where the
 whole apt run (bench/apt_bench.py) is dominated by apt's own CPU and by
-the machine's noise.
+the machine's noise. With ``--apt``, whole runs instead (issue 13's cold
+and warm targets): a fresh ``apt-get update`` + ``install --download-only``
+of the 50 packages through a fresh vault, then again (warm), and the same
+against the repository directly, in alternating rounds; many rounds, since
+on 2 shared cores the direct run alone varies by half from one to the next.
 
-    bench/apt_burst.py [--rounds 12] [--compare /path/to/other/checkout]
+    bench/apt_burst.py [--rounds 12] [--compare /path/to/other/checkout] [--apt]
 
 Loopback only; the ports and data of bench/apt_bench.py (run under the same
 ``flock -o /tmp/av-bench.lock``).
@@ -78,12 +82,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--compare", help="another checkout, measured side by side")
+    ap.add_argument("--apt", action="store_true", help="whole apt-get runs, and the repository directly")
     a = ap.parse_args()
     builds = {"this": b.REPO}
     if a.compare:
         builds["compare"] = os.path.abspath(a.compare)
     os.makedirs(b.AV, exist_ok=True)
     b.repo_up()
+    if a.apt:
+        whole_runs(builds, a.rounds)
+        return
     runs: dict[str, dict[str, list[float]]] = {n: {"cold": [], "reactor": [], "others": [], "warm": []}
                                                for n in builds}
     try:
@@ -117,6 +125,36 @@ def main() -> None:
         m = {k: med(v) * 1000 for k, v in runs[name].items()}
         print(f"| {name} ({path}) | {m['cold']:.0f} | {m['reactor']:.0f} | {m['others']:.0f} | {m['warm']:.0f} |")
     print(f"| nginx, the repository directly | {med(direct) * 1000:.0f} | | | |")
+
+
+def whole_runs(builds: dict[str, str], rounds: int) -> None:
+    """Cold and warm apt-get update + install of the 50, per build and direct, alternating; a table."""
+    names = ["direct", *builds]
+    cold: dict[str, list[float]] = {n: [] for n in names}
+    warm: dict[str, list[float]] = {n: [] for n in names}
+    try:
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                url = b.URLS["direct" if name == "direct" else "vault"]
+                if name != "direct":
+                    os.environ["PYTHONPATH"] = builds[name]
+                    b.vault("reset")
+                cold[name].append(b.update_install(name, url))
+                warm[name].append(b.update_install(name, url))
+                if name != "direct":
+                    b.vault("stop")
+            print(f"round {r + 1}: " + ", ".join(f"{n} {cold[n][-1]:.2f} s" for n in names), file=sys.stderr)
+    finally:
+        os.environ.pop("PYTHONPATH", None)
+        b.vault("stop")
+    med = statistics.median
+    print(f"# apt-get update + install --download-only of 50 packages, {rounds} alternating rounds, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
+    print("| | cold, s | cold / direct | warm, s | warm / direct |\n|---|---|---|---|---|")
+    for name in names:
+        label = "the repository directly" if name == "direct" else f"{name} ({builds[name]})"
+        print(f"| {label} | {med(cold[name]):.3f} | {med(cold[name]) / med(cold['direct']):.2f}× "
+              f"| {med(warm[name]):.3f} | {med(warm[name]) / med(warm['direct']):.2f}× |")
 
 
 if __name__ == "__main__":
