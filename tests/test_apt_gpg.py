@@ -7,6 +7,7 @@ signed repository (a good signature, a tampered file, another keyring).
 from __future__ import annotations
 
 import os
+import tempfile
 
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -65,3 +66,32 @@ class GpgvTests(TestCase):
         with self.assertRaises(apt_gpg.SignatureError) as e:
             await apt_gpg.verify(reactor, [empty], self.read("InRelease"))
         self.assertIn("NO_PUBKEY", str(e.exception))
+
+
+class HangingGpgvTests(TestCase):
+    """A gpgv that never answers (a stuck child): the check fails within the bound, and the child is gone."""
+
+    timeout = 20
+
+    def setUp(self) -> None:
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        self.pidfile = os.path.join(work, "pid")
+        fake = os.path.join(work, "gpgv")
+        with open(fake, "w") as f:  # (exec: the pid written is the one that sleeps)
+            f.write(f"#!/bin/sh\necho $$ > {self.pidfile}\nexec sleep 600\n")
+        os.chmod(fake, 0o755)
+        self.patch(apt_gpg, "GPGV", fake)
+        self.patch(apt_gpg, "TIMEOUT", 0.5)
+
+    async def test_hanging_gpgv_is_killed(self) -> None:
+        """SignatureError saying gpgv did not answer in time; the process was killed and reaped."""
+        before = set(os.listdir(tempfile.gettempdir()))
+        with self.assertRaises(apt_gpg.SignatureError) as e:
+            await apt_gpg.verify(reactor, ["/nonexistent/keyring.gpg"], b"signed text\n")
+        self.assertIn("did not answer in 0.5 s", str(e.exception))
+        with open(self.pidfile) as f:
+            pid = int(f.read())
+        self.assertFalse(os.path.exists(f"/proc/{pid}"), f"gpgv (pid {pid}) is still there")
+        self.assertEqual({n for n in set(os.listdir(tempfile.gettempdir())) - before
+                          if n.startswith("artifactvault-gpgv-")}, set())

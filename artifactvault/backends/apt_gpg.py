@@ -5,9 +5,12 @@ Checking a Release's signature with ``gpgv`` against configured keyrings
 in one of the keyrings, and none of the status words apt treats as failure
 (a bad, expired or revoked signature or key, a missing key).
 
-``gpgv`` runs as a child process (never blocking the reactor); the signed
+``gpgv`` runs as a child process (never blocking the reactor), for at most
+L{TIMEOUT} seconds: one that does not answer by then (a stuck disk, a
+broken wrapper script) is killed, and the check fails, rather than holding
+the Release request, and every client waiting on it, for ever. The signed
 file and the signature go to it through a private temporary directory,
-removed afterwards. Clients verify every Release themselves; this is for a
+removed once the child has ended. Clients verify every Release themselves; this is for a
 vault that must refuse to hand out, or to keep, a Release its operator's
 keyring does not vouch for.
 """
@@ -20,9 +23,12 @@ import tempfile
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.utils import getProcessOutputAndValue
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
 
 GPGV = "gpgv"
+#: Seconds gpgv may take for one check (it takes milliseconds) before it is killed and the check fails.
+TIMEOUT = 30.0
 #: Status words (``--status-fd``) that make a signature unacceptable (apt's list).
 BAD = ("BADSIG", "ERRSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG", "NO_PUBKEY", "NODATA")
 
@@ -75,7 +81,7 @@ async def verify(reactor: Any, keyrings: list[str], signed: bytes, signature: by
         path = gpgv_path()
         if path is None:
             raise SignatureError("gpgv is not installed")
-        out, _err, code = await Deferred.fromCoroutine(_run(reactor, path, args))
+        out, code = await _run(reactor, path, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     reason = verdict(out, code)
@@ -83,5 +89,51 @@ async def verify(reactor: Any, keyrings: list[str], signed: bytes, signature: by
         raise SignatureError(reason)
 
 
-async def _run(reactor: Any, path: str, args: list[str]) -> tuple[bytes, bytes, int]:
-    return await getProcessOutputAndValue(path, args, env={"LC_ALL": "C"}, reactor=reactor)
+#: The most of gpgv's status output kept (a few lines per signature).
+MAX_STATUS = 1 << 20
+
+
+class _Gpgv(ProcessProtocol):
+    """One gpgv run: its status output (stdout) collected, stderr dropped; C{ended} fires with its exit code."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.size = 0
+        self.ended: Deferred = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.closeStdin()  # type: ignore[union-attr]
+
+    def outReceived(self, data: bytes) -> None:
+        if self.size < MAX_STATUS:
+            self.out.append(data)
+            self.size += len(data)
+
+    def processEnded(self, reason: Any) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        self.ended.callback(code if code is not None else -1)
+
+
+async def _run(reactor: Any, path: str, args: list[str]) -> tuple[bytes, int]:
+    """
+    gpgv's status output and exit code; L{SignatureError} if it has not
+    ended within L{TIMEOUT} seconds (it is killed, and waited for, first).
+    """
+    proto = _Gpgv()
+    process = reactor.spawnProcess(proto, path, [path, *args], env={"LC_ALL": "C"})
+    late: list[bool] = []
+
+    def kill() -> None:
+        late.append(True)
+        try:
+            process.signalProcess("KILL")
+        except ProcessExitedAlready:
+            pass
+
+    timer = reactor.callLater(TIMEOUT, kill)
+    code = await proto.ended
+    if timer.active():
+        timer.cancel()
+    if late:
+        raise SignatureError(f"gpgv did not answer in {TIMEOUT:g} s (killed)")
+    return b"".join(proto.out), code
