@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import lzma
+import os
 from email.utils import formatdate
 from urllib.parse import urlsplit
 
@@ -30,6 +31,7 @@ from artifactvault.root import Root
 from artifactvault.site import VaultSite
 from artifactvault.vault import Vault
 from tests.fakes import EPOCH, Answer, Client, FakeClient
+from tests.test_apt_gpg import armor
 from tests.test_apt_meta import clearsign
 
 MIRROR = "http://mirror.example/debian"
@@ -150,6 +152,27 @@ class ConfigTests(SynchronousTestCase):
                             ({"mirror_url": MIRROR, "index_ttl": "soon"}, "index_ttl")):
             e = self.assertRaises(ConfigError, self.parse, **config)
             self.assertIn(f"backends[0].config.{key}:", str(e))
+
+    def test_signed_by_must_be_a_keyring(self) -> None:
+        """
+        signed_by takes binary and ASCII-armored keyrings; a file that is
+        neither (empty, text, armor whose checksum fails) is a config error
+        naming the file and the key.
+        """
+        def write(name: str, data: bytes) -> str:
+            path = os.path.join(os.path.abspath(self.mktemp()), name)
+            os.makedirs(os.path.dirname(path))
+            with open(path, "wb") as f:
+                f.write(data)
+            return path
+        good = armor(b"\x99\x00\x33key packets")
+        self.assertEqual(self.parse(mirror_url=MIRROR, signed_by=write("k.asc", good)).signed_by[0][-5:], "k.asc")
+        self.parse(mirror_url=MIRROR, signed_by=write("k.gpg", b"\x99\x00\x33key packets"))
+        for name, data in (("empty.gpg", b""), ("notes.txt", b"see the web site\n"),
+                           ("bad.asc", good.replace(b"\n=", b"A\n="))):
+            path = write(name, data)
+            e = self.assertRaises(ConfigError, self.parse, mirror_url=MIRROR, signed_by=[path])
+            self.assertIn(f"backends[0].config.signed_by: {path}: not a usable keyring", str(e))
 
     def test_unknown_key(self) -> None:
         entry = BackendEntry("apt", Section("c.yml", "backends[0].config", {"mirror_url": MIRROR, "prefix": "/d/",

@@ -27,6 +27,7 @@ import uuid
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests import support
+from tests.test_apt_gpg import export_armored
 
 #: A host name for the proxy form: apt never resolves it (the proxy gets the URI).
 PROXY_HOST = "deb.example.test"
@@ -443,8 +444,30 @@ class SignedByTests(AptTestCase):
         d = self.daemon(name, signed_by=key())
         self.client(d.url("/debian")).ok("update")
 
+    def test_signed_by_an_armored_key(self) -> None:
+        """
+        signed_by an ASCII-armored key (``gpg --armor --export``, a .asc as
+        apt's signed-by= takes it), also named by the client's signed-by=:
+        releases are checked and served, apt-get update and download succeed.
+        """
+        asc = export_armored(self, key())
+        name = self.repo()
+        d = self.daemon(name, signed_by=asc)
+        c = AptClient(os.path.abspath(self.mktemp()), [f"deb [signed-by={asc}] {d.url('/debian')} stable main"])
+        c.ok("update")
+        c.ok("download", "av-pkg-01")
+        self.assertEqual(sha256_file(c.out("av-pkg-01_1.0-1_all.deb")), self.upstream_sha(name, pool("av-pkg-01")))
+
     def test_signed_by_another_key(self) -> None:
         """With signed_by a keyring without the repository's key, its release is refused, not stored."""
+        self.refused_with(self.other_key())
+
+    def test_signed_by_another_armored_key(self) -> None:
+        """The same with the other key armored: refused (NO_PUBKEY), not stored."""
+        self.refused_with(export_armored(self, self.other_key()))
+
+    def other_key(self) -> str:
+        """A binary keyring with a key of its own, not the repository's."""
         other = tempfile.mkdtemp(prefix="av-gpg-")  # (gpg-agent's socket path must be short)
         self.addCleanup(shutil.rmtree, other, True)
         env = dict(os.environ, GNUPGHOME=other)
@@ -453,14 +476,18 @@ class SignedByTests(AptTestCase):
                         "ed25519", "sign", "never"], env=env, check=True)
         with open(os.path.join(other, "other.gpg"), "wb") as f:
             subprocess.run(["gpg", "--batch", "--export"], env=env, stdout=f, check=True)
+        return os.path.join(other, "other.gpg")
+
+    def refused_with(self, keyring: str) -> None:
         name = self.repo()
-        d = self.daemon(name, signed_by=os.path.join(other, "other.gpg"))
+        d = self.daemon(name, signed_by=keyring)
         p = self.client(d.url("/debian")).run("update")
         self.assertIn("502", p.stdout + p.stderr)
         self.assertIn("signature check", d.log())
         status, _, body = support.request("GET", d.url("/debian/dists/stable/InRelease"))
         self.assertEqual(status, 502)
         self.assertIn(b"NO_PUBKEY", body)
+        self.assertFalse(_is_stored(d, "apt-release:dists/stable for /debian/"))
 
 
 class RealMirrorTests(AptTestCase):
@@ -492,8 +519,16 @@ def _head(url: str) -> str:
     return "\n".join(f"{k.title()}: {v}" for k, v in headers.items())
 
 
+def _meta_path(d: support.Daemon, key: str) -> str:
+    kh = hashlib.sha256(key.encode()).hexdigest()
+    return os.path.join(d.cache_dir, "data", kh[:2], kh + ".json")
+
+
+def _is_stored(d: support.Daemon, key: str) -> bool:
+    return os.path.exists(_meta_path(d, key))
+
+
 def _meta(d: support.Daemon, key: str) -> dict:
     import json
-    kh = hashlib.sha256(key.encode()).hexdigest()
-    with open(os.path.join(d.cache_dir, "data", kh[:2], kh + ".json")) as f:
+    with open(_meta_path(d, key)) as f:
         return json.load(f)

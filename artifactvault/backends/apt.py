@@ -769,6 +769,12 @@ class AptBackendType:
         for path in signed_by:
             if not os.path.isfile(path):
                 raise section.error("signed_by", f"{path}: no such keyring file")
+            try:
+                apt_gpg.check_keyring(path)
+            except OSError as e:
+                raise section.error("signed_by", f"{path}: cannot be read: {e.strerror}") from None
+            except apt_gpg.KeyringError as e:
+                raise section.error("signed_by", f"{path}: not a usable keyring: {e}") from None
         if signed_by and apt_gpg.gpgv_path() is None:
             raise section.error("signed_by", "needs gpgv (Debian package gpgv), which is not installed")
         return AptSettings(mirror_url=mirror_url, index_ttl=section.seconds("index_ttl", DEFAULT_INDEX_TTL),
