@@ -98,7 +98,7 @@ class Root(Resource):
         if gate is not None and not gate.access_of(best[1]).open:
             return
         try:
-            below = safe_segments(segments[best[0]:])
+            below = safe_segments(segments[best[0]:], best[1].drops_dot_segments)
         except BadPath:
             return
         best[1].prefetch(below)

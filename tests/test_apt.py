@@ -70,6 +70,20 @@ class Repo:
             self.files[f"dists/stable/main/binary-amd64/by-hash/SHA256/{sha(body)}"] = body
 
 
+class FlatRepo:
+    """A flat repository in memory (``deb URI ./``): InRelease, Packages.xz and a package at the top."""
+
+    def __init__(self, deb: bytes = DEB):
+        self.deb = deb
+        packages = (f"Package: hello\nVersion: 1.0\nFilename: ./hello_1.0_all.deb\n"
+                    f"Size: {len(deb)}\nSHA256: {sha(deb)}\n\n").encode()
+        self.packages_xz = lzma.compress(packages)
+        self.release = (f"Date: {formatdate(EPOCH - 3600, usegmt=True)}\nSHA256:\n"
+                        f" {sha(self.packages_xz)} {len(self.packages_xz)} Packages.xz\n").encode()
+        self.inrelease = clearsign(self.release)
+        self.files = {"InRelease": self.inrelease, "Packages.xz": self.packages_xz, "hello_1.0_all.deb": deb}
+
+
 class Harness:
     """
     The apt backend behind a real site, in memory; its mirror answers from
@@ -77,7 +91,7 @@ class Harness:
     Another harness on the same store and clock is the daemon after a restart.
     """
 
-    def __init__(self, testcase: SynchronousTestCase, repo: Repo | None = None,
+    def __init__(self, testcase: SynchronousTestCase, repo: "Repo | FlatRepo | None" = None,
                  after: "Harness | None" = None, **config):
         if after is None:
             self.clock = Clock()
@@ -430,6 +444,30 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(h.get(path).body, DEB)
         self.assertEqual(h.asked(path), 2)
 
+    def test_zstd_indexes_only(self) -> None:
+        """
+        A Release that lists its Packages only as .zst (which the vault does
+        not read: no zstd decoder among its dependencies): the index is still
+        served verified against the Release (a wrong one refused), and pool
+        files are then kept by length, revalidated daily.
+        """
+        zst = b"(28 b5 2f fd) zstd-compressed Packages"
+        release = (f"Date: {formatdate(EPOCH - 3600, usegmt=True)}\nSuite: stable\nSHA256:\n"
+                   f" {sha(zst)} {len(zst)} main/binary-amd64/Packages.zst\n").encode()
+        h = Harness(self)
+        h.repo.files = {"dists/stable/InRelease": clearsign(release), "dists/stable/main/binary-amd64/Packages.zst": zst,
+                        "pool/main/h/hello/hello_1.0_all.deb": DEB}
+        h.get("dists/stable/InRelease")
+        h.override["dists/stable/main/binary-amd64/Packages.zst"] = (200, b"x" * len(zst))
+        self.assertEqual(h.get("dists/stable/main/binary-amd64/Packages.zst").status, 502)
+        del h.override["dists/stable/main/binary-amd64/Packages.zst"]
+        a = h.get("dists/stable/main/binary-amd64/Packages.zst")
+        self.assertEqual((a.status, a.body), (200, zst))
+        self.assertIsNotNone(h.store.lookup(f"apt-hash:sha256:{sha(zst)}"))
+        self.assertEqual(h.get("pool/main/h/hello/hello_1.0_all.deb").body, DEB)
+        entry = h.store.lookup("apt-pool:pool/main/h/hello/hello_1.0_all.deb for /debian/")
+        self.assertEqual((entry.sha256, entry.size, entry.fresh_until), (None, len(DEB), EPOCH + UNVERIFIED_TTL))
+
     def test_fetched_ahead_when_verified(self) -> None:
         """
         A pool file an index vouches for is fetched ahead (for a request
@@ -489,6 +527,73 @@ class PoolTests(SynchronousTestCase):
         h.get("pool/main/h/hello/hello_1.0_all.deb")
         a = h.get("pool/main/h/hello/hello_1.0_all.deb", {"range": "bytes=10-19"})
         self.assertEqual((a.status, a.body), (206, DEB[10:20]))
+
+
+class FlatRepositoryTests(SynchronousTestCase):
+    """
+    A flat repository (``deb URI ./``): apt asks for ``URI/./InRelease``,
+    ``URI/./Packages.xz`` and ``URI/./<Filename>``; the top is its release
+    directory.
+    """
+
+    def test_release_index_and_package(self) -> None:
+        """
+        The InRelease at the top is kept as a release set, Packages.xz is
+        served as it lists it, and the package is verified against the
+        SHA256 that Packages gives it (a wrong one refused).
+        """
+        h = Harness(self, FlatRepo())
+        a = h.get("./InRelease")
+        self.assertEqual((a.status, a.body), (200, h.repo.inrelease))
+        self.assertIsNotNone(h.store.lookup("apt-release: for /debian/"))
+        b = h.get("./Packages.xz")
+        self.assertEqual((b.status, b.body), (200, h.repo.packages_xz))
+        self.assertIsNotNone(h.store.lookup(f"apt-hash:sha256:{sha(h.repo.packages_xz)}"))
+        h.override["hello_1.0_all.deb"] = (200, b"z" * len(DEB))
+        self.assertEqual(h.get("./hello_1.0_all.deb").status, 502)
+        del h.override["hello_1.0_all.deb"]
+        c = h.get("./hello_1.0_all.deb")
+        self.assertEqual((c.status, c.body), (200, DEB))
+        entry = h.store.lookup("apt-pool:hello_1.0_all.deb for /debian/")
+        self.assertEqual((entry.sha256, entry.fresh_until), (sha(DEB), None))
+        self.assertEqual(h.paths(), ["InRelease", "Packages.xz", "hello_1.0_all.deb", "hello_1.0_all.deb"])
+
+    def test_index_that_does_not_match(self) -> None:
+        """A Packages.xz that is not the one the Release lists: 502, not stored."""
+        h = Harness(self, FlatRepo())
+        h.get("./InRelease")
+        h.override["Packages.xz"] = (200, b"x" * len(h.repo.packages_xz))
+        a = h.get("./Packages.xz")
+        self.assertEqual(a.status, 502)
+        self.assertIsNone(h.store.lookup(f"apt-hash:sha256:{sha(h.repo.packages_xz)}"))
+
+    def test_fetched_ahead(self) -> None:
+        """A package the flat index vouches for is fetched ahead when pipelined; the index itself is not."""
+        h = Harness(self, FlatRepo())
+        h.get("./InRelease")
+        h.get("./Packages.xz")
+        before = len(h.client.requests)
+        h.site.prefetch(b"/debian/./Packages.xz")
+        self.assertEqual(len(h.client.requests), before)
+        h.site.prefetch(b"/debian/./hello_1.0_all.deb")
+        h.answer_all()
+        self.assertEqual(h.store.lookup("apt-pool:hello_1.0_all.deb for /debian/").sha256, sha(DEB))
+
+    def test_dot_segments(self) -> None:
+        """'.' segments are dropped for apt (the same place); '..' is still refused."""
+        h = Harness(self)
+        self.assertEqual(h.get("dists/./stable/InRelease").body, h.repo.inrelease)
+        self.assertEqual(h.get("./dists/stable/../stable/InRelease").status, 400)
+        self.assertEqual(h.paths(), ["dists/stable/InRelease"])
+
+    def test_suites_beside_the_top(self) -> None:
+        """A repository with a flat top and dists/ too: each file goes by its own release directory."""
+        h = Harness(self)
+        h.repo.files["InRelease"] = FlatRepo().inrelease
+        h.get("./InRelease")
+        a = h.get("dists/stable/main/binary-amd64/Packages.xz")
+        self.assertEqual((a.status, a.body), (200, h.repo.packages_xz))
+        self.assertIn("dists/stable/InRelease", h.paths())
 
 
 class ProxyFormTests(SynchronousTestCase):

@@ -39,6 +39,9 @@ MAX_DOWNLOADS = 64
 class IBackend(Interface):
     name = Attribute("Short name for logs, e.g. 'http /files/'.")
     prefix = Attribute("Where it is mounted, e.g. '/files/'.")
+    drops_dot_segments = Attribute(
+        "Whether a '.' path segment is dropped (RFC 3986 5.2.4) rather than refused with a 400: "
+        "apt asks for '<URI>/./InRelease' from a flat repository ('deb URI ./'). '..' is refused always.")
 
     def resource() -> IResource:
         """The resource mounted at the prefix."""
@@ -200,12 +203,14 @@ class BadPath(ValueError):
     pass
 
 
-def safe_segments(postpath: list[bytes]) -> list[str]:
+def safe_segments(postpath: list[bytes], drop_dot: bool = False) -> list[str]:
     """
     The request path below the prefix as text segments, refusing anything
     that could climb out of it or smuggle a separator: ``.``/``..``, empty
     segments (``//``), an encoded ``/`` or ``\\``, NUL, and non-UTF-8 bytes. A trailing
-    empty segment (a path ending in ``/``) is kept.
+    empty segment (a path ending in ``/``) is kept. With C{drop_dot} (a
+    backend's C{drops_dot_segments}), a ``.`` segment is dropped instead
+    (it names the same place, RFC 3986 5.2.4), ``..`` still refused.
     """
     out = []
     last = len(postpath) - 1
@@ -218,6 +223,10 @@ def safe_segments(postpath: list[bytes]) -> list[str]:
             raise BadPath("NUL byte in path")
         if "/" in seg or "\\" in seg:
             raise BadPath("encoded slash in path segment")
+        if seg == "." and drop_dot:
+            if i == last:
+                out.append("")  # ("a/." is the directory "a/")
+            continue
         if seg in (".", ".."):
             raise BadPath("dot segment in path")
         if seg == "" and i != last:
@@ -269,7 +278,7 @@ def _answer(backend: IBackend, responder: Responder, postpath: list[bytes]) -> A
                         headers={"Allow": "GET, HEAD"})
         return NOT_DONE_YET
     try:
-        segments = safe_segments(postpath)
+        segments = safe_segments(postpath, backend.drops_dot_segments)
     except BadPath as e:
         responder.error(400, f"bad request path: {e}")
         return NOT_DONE_YET
@@ -302,6 +311,7 @@ class Backend:
 
     kind = "backend"
     render_error = staticmethod(plain_error)
+    drops_dot_segments = False
 
     def __init__(self, settings: Any, context: BuildContext, upstream_url: str, auth: Any = None):
         self.settings = settings
