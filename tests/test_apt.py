@@ -22,7 +22,7 @@ from zope.interface.verify import verifyObject
 from artifactvault.auth.access import AUTHENTICATED, OPEN, AuthSettings
 from artifactvault.auth.checkers import make_portal
 from artifactvault.auth.gate import Gate
-from artifactvault.backends import parse_backend
+from artifactvault.backends import apt_gpg, parse_backend
 from artifactvault.backends.apt import UNVERIFIED_TTL, AptBackendType, ReleaseSet
 from artifactvault.backends.base import BuildContext, IBackend, IBackendType, IPrefetch, IProxyTarget
 from artifactvault.cache.store import FileStore
@@ -296,6 +296,36 @@ class ReleaseTests(SynchronousTestCase):
         self.assertEqual(h.get("dists/stable/InRelease").status, 404)
         self.assertEqual(h.get("dists/stable/Release").body, h.repo.release)
         self.assertEqual(h.get("dists/stable/main/binary-amd64/Packages.xz").body, h.repo.packages_xz)
+
+    def test_signature_check_that_does_not_answer(self) -> None:
+        """
+        With signed_by, a check that fails (here: gpgv killed for not
+        answering in time) refuses the new release: 502 saying why with
+        nothing stored, or the stored one served stale.
+        """
+        keyring = os.path.abspath(self.mktemp())
+        with open(keyring, "wb") as f:
+            f.write(b"\x99\x00\x33key packets")
+        verdicts: list[Exception | None] = [None]
+
+        async def verify(reactor, keyrings, signed, signature=None):
+            if verdicts[-1] is not None:
+                raise verdicts[-1]
+        self.patch(apt_gpg, "verify", verify)
+        self.patch(apt_gpg, "gpgv_path", lambda: "/usr/bin/gpgv")
+        h = Harness(self, index_ttl=60, signed_by=keyring)
+        self.assertEqual(h.get("dists/stable/InRelease").body, h.repo.inrelease)
+        h.clock.advance(61)
+        h.repo = Repo(date=EPOCH)  # (the mirror has a new release)
+        verdicts.append(apt_gpg.SignatureError("gpgv did not answer in 30 s (killed)"))
+        a = h.get("dists/stable/InRelease")
+        self.assertEqual((a.status, a.header("x-cache")), (200, "STALE"))
+        self.assertNotEqual(a.body, h.repo.inrelease)
+        fresh = Harness(self, signed_by=keyring)
+        fresh.repo = h.repo
+        b = fresh.get("dists/stable/InRelease")
+        self.assertEqual(b.status, 502)
+        self.assertIn(b"did not answer in 30 s", b.body)
 
     def test_record_round_trip(self) -> None:
         h = Harness(self)

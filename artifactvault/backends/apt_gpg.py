@@ -197,6 +197,9 @@ async def verify(reactor: Any, keyrings: list[str], signed: bytes, signature: by
     Release it detaches from) with gpgv against C{keyrings}; raises
     L{SignatureError} saying why it does not hold.
     """
+    path = gpgv_path()
+    if path is None:
+        raise SignatureError("gpgv is not installed")
     work = tempfile.mkdtemp(prefix="artifactvault-gpgv-")
     try:
         data = os.path.join(work, "data")
@@ -210,12 +213,13 @@ async def verify(reactor: Any, keyrings: list[str], signed: bytes, signature: by
             args += [sig, data]
         else:
             args.append(data)
-        path = gpgv_path()
-        if path is None:
-            raise SignatureError("gpgv is not installed")
-        out, code = await _run(reactor, path, args)
-    finally:
+        proto = _Gpgv()
+        process = reactor.spawnProcess(proto, path, [path, *args], env={"LC_ALL": "C"})
+    except BaseException:
         shutil.rmtree(work, ignore_errors=True)
+        raise
+    proto.ended.addBoth(lambda code: (shutil.rmtree(work, ignore_errors=True), code)[1])  # (once it is gone)
+    out, code = await _bounded(reactor, proto, process)
     reason = verdict(out, code)
     if reason is not None:
         raise SignatureError(reason)
@@ -246,26 +250,29 @@ class _Gpgv(ProcessProtocol):
         self.ended.callback(code if code is not None else -1)
 
 
-async def _run(reactor: Any, path: str, args: list[str]) -> tuple[bytes, int]:
+def _bounded(reactor: Any, proto: _Gpgv, process: Any) -> Deferred:
     """
-    gpgv's status output and exit code; L{SignatureError} if it has not
-    ended within L{TIMEOUT} seconds (it is killed, and waited for, first).
+    Fires with gpgv's (status output, exit code), or fails with
+    L{SignatureError} once L{TIMEOUT} seconds have passed: then the process
+    is killed and the check fails at once, not when it has ended (a process
+    stuck in the kernel, on a dead disk, ends only when that returns); the
+    reactor reaps it, and its directory is removed, whenever it ends.
     """
-    proto = _Gpgv()
-    process = reactor.spawnProcess(proto, path, [path, *args], env={"LC_ALL": "C"})
-    late: list[bool] = []
+    result: Deferred = Deferred()
 
-    def kill() -> None:
-        late.append(True)
+    def expire() -> None:
         try:
             process.signalProcess("KILL")
         except ProcessExitedAlready:
             pass
+        result.errback(SignatureError(f"gpgv did not answer in {TIMEOUT:g} s (killed)"))
 
-    timer = reactor.callLater(TIMEOUT, kill)
-    code = await proto.ended
-    if timer.active():
-        timer.cancel()
-    if late:
-        raise SignatureError(f"gpgv did not answer in {TIMEOUT:g} s (killed)")
-    return b"".join(proto.out), code
+    timer = reactor.callLater(TIMEOUT, expire)
+
+    def ended(code: int) -> None:
+        if timer.active():
+            timer.cancel()
+            result.callback((b"".join(proto.out), code))
+
+    proto.ended.addCallback(ended)
+    return result
