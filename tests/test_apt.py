@@ -485,7 +485,8 @@ class PoolTests(SynchronousTestCase):
         release = (f"Date: {formatdate(EPOCH - 3600, usegmt=True)}\nSuite: stable\nSHA256:\n"
                    f" {sha(zst)} {len(zst)} main/binary-amd64/Packages.zst\n").encode()
         h = Harness(self)
-        h.repo.files = {"dists/stable/InRelease": clearsign(release), "dists/stable/main/binary-amd64/Packages.zst": zst,
+        h.repo.files = {"dists/stable/InRelease": clearsign(release),
+                        "dists/stable/main/binary-amd64/Packages.zst": zst,
                         "pool/main/h/hello/hello_1.0_all.deb": DEB}
         h.get("dists/stable/InRelease")
         h.override["dists/stable/main/binary-amd64/Packages.zst"] = (200, b"x" * len(zst))

@@ -585,7 +585,8 @@ class AptBackend(Backend):
         algo, hexdigest = best
         parent = rel.rpartition("/")[0]
         if rs.release.by_hash:
-            url = self._url(join(directory, f"{parent + '/' if parent else ''}by-hash/{by_hash_label(algo)}/{hexdigest}"))
+            below_dir = f"{parent + '/' if parent else ''}by-hash/{by_hash_label(algo)}/{hexdigest}"
+            url = self._url(join(directory, below_dir))
         else:
             url = self._url(path)
         artifact = Artifact(key=hash_key(algo, hexdigest, self.prefix), url=url, upstream=self.upstream,
