@@ -388,7 +388,6 @@ class FakeBackend:
 
     name = "test /files/"
     prefix = "/files/"
-    drops_dot_segments = False
 
     def __init__(self, vault: Vault, upstream: Upstream, ttl: float | None = None):
         self.vault = vault

@@ -24,7 +24,8 @@ from artifactvault.auth.checkers import make_portal
 from artifactvault.auth.gate import Gate
 from artifactvault.backends import apt_gpg, parse_backend
 from artifactvault.backends.apt import UNVERIFIED_TTL, AptBackendType, ReleaseSet
-from artifactvault.backends.base import BuildContext, IBackend, IBackendType, IPrefetch, IProxyTarget
+from artifactvault.backends.base import (BuildContext, IBackend, IBackendType, IDropsDotSegments, IPrefetch,
+                                         IProxyTarget)
 from artifactvault.cache.store import FileStore
 from artifactvault.config import BackendEntry, ConfigError, Section
 from artifactvault.root import Root
@@ -200,6 +201,7 @@ class ConfigTests(SynchronousTestCase):
         verifyObject(IBackend, h.backend)
         verifyObject(IProxyTarget, h.backend)
         verifyObject(IPrefetch, h.backend)
+        verifyObject(IDropsDotSegments, h.backend)
 
 
 class ReleaseTests(SynchronousTestCase):

@@ -162,7 +162,6 @@ class CommonSettingsTests(SynchronousTestCase):
 
 class _Backend:
     name = "test"
-    drops_dot_segments = False
 
     def __init__(self) -> None:
         self.handled: list[list[str]] = []

@@ -42,7 +42,7 @@ A release directory is ``dists/<suite>`` or, for a flat repository (``deb
 URI ./``, as many third-party repositories are), the top itself (``""``):
 its InRelease, Packages and packages side by side. apt asks for those as
 ``URI/./InRelease``, so this backend drops ``.`` path segments
-(L{drops_dot_segments}) where the others refuse them.
+(L{IDropsDotSegments}) where the others refuse them.
 
 apt pipelines its downloads on one connection: a verified pool file asked
 for behind another request is fetched ahead (L{AptBackend.prefetch}), so a
@@ -68,8 +68,8 @@ from artifactvault.backends import apt_gpg
 from artifactvault.backends.apt_meta import (RELEASE_FILES, MetaError, Release, by_hash_label, by_hash_path,
                                              index_kind, is_pool_file, parse_release, pool_table,
                                              signed_text, uncompressed)
-from artifactvault.backends.base import (Backend, BuildContext, CommonSettings, IBackendType, IPrefetch,
-                                         IProxyTarget, parse_common, run)
+from artifactvault.backends.base import (Backend, BuildContext, CommonSettings, IBackendType, IDropsDotSegments,
+                                         IPrefetch, IProxyTarget, parse_common, run)
 from artifactvault.backends.http import upstream_path
 from artifactvault.config import Section
 from artifactvault.flight import Artifact
@@ -238,10 +238,9 @@ def dir_label(directory: str) -> str:
     return directory or "."
 
 
-@implementer(IProxyTarget, IPrefetch)
+@implementer(IProxyTarget, IPrefetch, IDropsDotSegments)
 class AptBackend(Backend):
     kind = "apt"
-    drops_dot_segments = True
 
     def __init__(self, settings: AptSettings, context: BuildContext):
         super().__init__(settings, context, settings.mirror_url)

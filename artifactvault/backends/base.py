@@ -39,9 +39,6 @@ MAX_DOWNLOADS = 64
 class IBackend(Interface):
     name = Attribute("Short name for logs, e.g. 'http /files/'.")
     prefix = Attribute("Where it is mounted, e.g. '/files/'.")
-    drops_dot_segments = Attribute(
-        "Whether a '.' path segment is dropped (RFC 3986 5.2.4) rather than refused with a 400: "
-        "apt asks for '<URI>/./InRelease' from a flat repository ('deb URI ./'). '..' is refused always.")
 
     def resource() -> IResource:
         """The resource mounted at the prefix."""
@@ -72,6 +69,15 @@ class IProxyTarget(Interface):
         local path to answer it as, e.g. ``/debian/dists/…``), or None if
         this backend does not answer for it.
         """
+
+
+class IDropsDotSegments(Interface):
+    """
+    A backend whose clients send ``.`` path segments meaning the place they
+    name (RFC 3986 5.2.4): they are dropped for it rather than refused with
+    a 400 (L{safe_segments}). apt asks a flat repository (``deb URI ./``)
+    for ``URI/./InRelease``. ``..`` is refused for every backend.
+    """
 
 
 class IPrefetch(Interface):
@@ -208,8 +214,8 @@ def safe_segments(postpath: list[bytes], drop_dot: bool = False) -> list[str]:
     The request path below the prefix as text segments, refusing anything
     that could climb out of it or smuggle a separator: ``.``/``..``, empty
     segments (``//``), an encoded ``/`` or ``\\``, NUL, and non-UTF-8 bytes. A trailing
-    empty segment (a path ending in ``/``) is kept. With C{drop_dot} (a
-    backend's C{drops_dot_segments}), a ``.`` segment is dropped instead
+    empty segment (a path ending in ``/``) is kept. With C{drop_dot} (for a
+    backend that provides L{IDropsDotSegments}), a ``.`` segment is dropped instead
     (it names the same place, RFC 3986 5.2.4), ``..`` still refused.
     """
     out = []
@@ -278,7 +284,7 @@ def _answer(backend: IBackend, responder: Responder, postpath: list[bytes]) -> A
                         headers={"Allow": "GET, HEAD"})
         return NOT_DONE_YET
     try:
-        segments = safe_segments(postpath, backend.drops_dot_segments)
+        segments = safe_segments(postpath, IDropsDotSegments.providedBy(backend))
     except BadPath as e:
         responder.error(400, f"bad request path: {e}")
         return NOT_DONE_YET
@@ -311,7 +317,6 @@ class Backend:
 
     kind = "backend"
     render_error = staticmethod(plain_error)
-    drops_dot_segments = False
 
     def __init__(self, settings: Any, context: BuildContext, upstream_url: str, auth: Any = None):
         self.settings = settings
