@@ -33,10 +33,10 @@ The flight leaves L{Flights} at once (a client that comes later starts a
 download of its own: the bytes already relayed are gone), and the failure
 is logged and counted (L{Spool.write_failed}).
 
-The work that can take long runs in the store's thread pool
-(L{FileStore.work}): the commit, and the transform of a large document (an
-index page of tens of MB is parsed and rewritten there, never on the
-reactor). A transform therefore must not touch the reactor; it may read the
+The work that can take long runs in the store's threads: the commit (in
+the disk store's commit thread), and the transform of a large document
+(L{FileStore.work}: an index page of tens of MB is parsed and rewritten in
+the store's pool, never on the reactor). A transform therefore must not touch the reactor; it may read the
 upstream response's headers.
 """
 

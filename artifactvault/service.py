@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import sys
+from functools import partial
 from typing import Any
 
 from twisted.application import strports
@@ -60,6 +61,8 @@ _log = Logger(observer=logs.observer)
 SWEEP_INTERVAL = 3600.0
 #: Threads for the store's slow work (more would only queue on the disk).
 STORE_THREADS = 4
+#: Threads for the disk store's commits: one (L{FileStore.commit} says why).
+COMMIT_THREADS = 1
 #: Connections kept open to the S3 endpoint (hits streaming, parts uploading).
 S3_CONNECTIONS = 32
 #: Threads for bcrypt checks (each takes tens of ms of CPU; the verified credentials are cached).
@@ -85,24 +88,26 @@ class _Interpreter(Service):
 
 class _StoreService(Service):
     """
-    Runs the store's thread pool while the daemon runs. At start it writes
-    this process's pid into the cache's lock (twistd may have forked since
-    the lock was taken); at stop it lets the work under way finish, then
-    releases the lock.
+    Runs the store's thread pools (its slow work, its commits) while the
+    daemon runs. At start it writes this process's pid into the cache's
+    lock (twistd may have forked since the lock was taken); at stop it lets
+    the work under way finish, then releases the lock.
     """
 
-    def __init__(self, store: Any, threadpool: Any):
+    def __init__(self, store: Any, *threadpools: Any):
         self.store = store
-        self.threadpool = threadpool
+        self.threadpools = threadpools
 
     def startService(self) -> None:
         super().startService()
         self.store.mark_owner()
-        self.threadpool.start()
+        for pool in self.threadpools:
+            pool.start()
 
     def stopService(self) -> Any:
         super().stopService()
-        self.threadpool.stop()
+        for pool in self.threadpools:
+            pool.stop()
         self.store.close()
 
 
@@ -170,15 +175,16 @@ class _PoolService(Service):
         return gatherResults([pool.closeCachedConnections() for pool in self.clients.pools])
 
 
-def make_store(config: Config, reactor: Any, run_blocking: Any) -> tuple[Any, Any]:
+def make_store(config: Config, reactor: Any, run_blocking: Any, run_commit: Any = None) -> tuple[Any, Any]:
     """
     The L{IStore} the config asks for (and the S3 store's own connection
-    pool, or None): the local disk, or a bucket (checked when opened).
+    pool, or None): the local disk, or a bucket (checked when opened). A
+    disk store commits through C{run_commit} (default: C{run_blocking}).
     """
     settings = config.store
     if settings.type == "disk":
         return FileStore(config.cache_dir, run_blocking=run_blocking, max_size=config.max_size,
-                         max_object_size=config.max_object_size), None
+                         max_object_size=config.max_object_size, run_commit=run_commit), None
     import treq.client
     from artifactvault.s3wire import S3Wire
 
@@ -191,7 +197,8 @@ def make_store(config: Config, reactor: Any, run_blocking: Any) -> tuple[Any, An
     local = None
     if settings.local_cache_dir is not None:
         local = FileStore(settings.local_cache_dir, run_blocking=run_blocking,
-                          max_size=settings.local_cache_max_size, max_object_size=config.max_object_size)
+                          max_size=settings.local_cache_max_size, max_object_size=config.max_object_size,
+                          run_commit=run_commit)
     store = S3Store(wire, Spool(config.cache_dir), reactor, prefix=settings.prefix,
                     part_size=settings.part_size, lease_ttl=settings.lease_ttl, lease_wait=settings.lease_wait,
                     redirect=settings.redirect, max_object_size=config.max_object_size,
@@ -227,13 +234,13 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
         from twisted.internet import reactor  # type: ignore[no-redef]
     logs.set_level(config.log_level)
     clients = Clients(reactor, lambda: _upstream_pool(reactor))
+    pools = []  # (a test's threadpool runs the commits too)
     if threadpool is None:
         threadpool = ThreadPool(minthreads=1, maxthreads=STORE_THREADS, name="artifactvault-store")
-
-    def run_blocking(f: Any, *args: Any) -> Any:
-        return deferToThreadPool(reactor, threadpool, f, *args)
-
-    store, s3pool = make_store(config, reactor, run_blocking)
+        pools.append(ThreadPool(minthreads=1, maxthreads=COMMIT_THREADS, name="artifactvault-commit"))
+    run_blocking = partial(deferToThreadPool, reactor, threadpool)
+    run_commit = partial(deferToThreadPool, reactor, pools[0]) if pools else None
+    store, s3pool = make_store(config, reactor, run_blocking, run_commit)
     vault = Vault(store, reactor)
     ops = operations.prepare(config, vault)
     context = BuildContext(vault=vault, reactor=reactor, client=clients.get(), clients=clients,
@@ -251,7 +258,7 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
 
     top = InOrder()  # (stopped one at a time, the last first: see artifactvault.shutdown)
     _Interpreter().setServiceParent(top)
-    _StoreService(store, threadpool).setServiceParent(top)  # before the janitor, which uses its pool
+    _StoreService(store, threadpool, *pools).setServiceParent(top)  # before the janitor, which uses its pool
     janitor = TimerService(SWEEP_INTERVAL, _Janitor(store))
     janitor.clock = reactor
     janitor.setServiceParent(top)

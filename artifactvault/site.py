@@ -212,6 +212,13 @@ class VaultChannel(HTTPChannel):
     _head_timer: Any = None
     _abort_call: Any = None
     _refused = False
+    _host: Any = None
+
+    def getHost(self) -> Any:
+        """The local address, asked of the socket once: Twisted asks for it anew with every request."""
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def connectionMade(self) -> None:
         limits = self.limits

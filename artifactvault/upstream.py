@@ -23,7 +23,6 @@ import base64
 import collections
 import re
 from dataclasses import dataclass, field
-from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -277,8 +276,24 @@ def make_client(reactor: Any, pool: webclient.HTTPConnectionPool | None = None,
     if agent is None:
         agent = webclient.Agent(reactor, contextFactory=policy_for(ca_file), pool=pool,
                                 connectTimeout=connect_timeout)
-    jar = IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    return HTTPClient(_IdentityAgent(agent), cookiejar=jar)
+    return HTTPClient(_IdentityAgent(agent), cookiejar=_NoCookies())
+
+
+class _NoCookies(IndexableCookieJar):
+    """
+    A jar that keeps and sends no cookies: an upstream's cookies are not the
+    vault's to keep, nor one client's to show another. (A jar whose policy
+    refuses them all still parsed every request and answer for them.)
+    """
+
+    def add_cookie_header(self, request: Any) -> None:
+        pass
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+    def set_cookie(self, cookie: Any) -> None:
+        pass
 
 
 class Clients:

@@ -102,7 +102,7 @@ class FlightMixin:
         self.assertIs(listener.error, failure.value)
         self.assertEqual(flight.state, Flight.FAILED)
         self.assertIsNone(self.stored())
-        self.assertEqual(os.listdir(self.store.tmp_dir), [])
+        self.assertEqual(self.store.spool.in_use(), [])
         self.assertEqual(len(self.flights), 0)
         return failure.value
 
@@ -137,7 +137,7 @@ class SingleFlightTests(FlightMixin, SynchronousTestCase):
                          (7, "application/x-thing", '"v1"', "Tue, 14 Nov 2023 22:13:20 GMT", URL))
         self.assertEqual(entry.fresh_until, EPOCH + 60)
         self.assertEqual(self.stored(), b"payload")
-        self.assertEqual(os.listdir(self.store.tmp_dir), [])
+        self.assertEqual(self.store.spool.in_use(), [])
         self.assertEqual((len(self.flights), flight.fd), (0, None))
 
     def test_a_new_flight_after_the_end(self) -> None:
@@ -208,7 +208,7 @@ class FaultTests(FlightMixin, SynchronousTestCase):
         self.assertIn("no length and no digest; not stored",
                       self.failureResultOf(flight.committed(), UpstreamError).value.reason)
         self.assertIsNone(self.stored())
-        self.assertEqual(os.listdir(self.store.tmp_dir), [])
+        self.assertEqual(self.store.spool.in_use(), [])
         flight.unsubscribe(listener)
         self.assertIsNone(flight.fd)
 
@@ -306,7 +306,7 @@ class FaultTests(FlightMixin, SynchronousTestCase):
                 self.assertEqual((failure.value.status, failure.value.reason),
                                  (502, "could not store the download: No space left on device"))
                 self.assertIs(listener.error, failure.value)
-                self.assertEqual(os.listdir(self.store.tmp_dir), [])
+                self.assertEqual(self.store.spool.in_use(), [])
                 self.assertEqual(len(self.flights), 0)
                 self.assertIsNotNone(flight.fd)  # the listener has not left yet
                 flight.unsubscribe(listener)
@@ -329,7 +329,7 @@ class FaultTests(FlightMixin, SynchronousTestCase):
         self.assertEqual((failure.value.status, failure.value.reason),
                          (502, "could not store the download: No space left on device"))
         self.assertEqual(flight.state, Flight.FAILED)
-        self.assertEqual(os.listdir(self.store.tmp_dir), [])
+        self.assertEqual(self.store.spool.in_use(), [])
         self.assertIsNone(flight.fd)
         self.assertEqual(self.store.spool.write_errors, 1)
 
@@ -347,7 +347,7 @@ class FaultTests(FlightMixin, SynchronousTestCase):
         response.send(b"ab")
         self.patch(flightmod, "write_all", disk_full)
         response.send(b"cd")
-        self.assertEqual((flight.spilled, len(self.flights), os.listdir(self.store.tmp_dir)), (2, 0, []))
+        self.assertEqual((flight.spilled, len(self.flights), self.store.spool.in_use()), (2, 0, []))
         self.assertEqual(os.pread(flight.fd, 10, 0), b"ab")
         self.assertEqual(flight.relayed(2, 10), b"cd")
         response.send(b"ef").finish()
@@ -549,7 +549,7 @@ class StoredHeadersTests(FlightMixin, SynchronousTestCase):
                 self.assertTrue(response.transport.stopped)
                 self.assertEqual(self.failureResultOf(flight.committed(), UpstreamError).value.reason,
                                  "upstream document is larger than 4 bytes")
-                self.assertEqual(os.listdir(self.store.tmp_dir), [])
+                self.assertEqual(self.store.spool.in_use(), [])
 
     def test_transform_fails(self) -> None:
         """A document the backend cannot read is not stored; the reason stays generic."""
@@ -648,7 +648,7 @@ class TransformWorkTests(FlightMixin, SynchronousTestCase):
         self.pool.run_next()
         self.assertEqual(self.failureResultOf(head, StoreError).value.reason,
                          "could not store the download: No space left on device")
-        self.assertEqual(os.listdir(self.store.tmp_dir), [])
+        self.assertEqual(self.store.spool.in_use(), [])
         self.assertEqual((len(self.flights), flight.fd, self.pool.pending), (0, None, []))
 
     def test_transform_write_fails_inline(self) -> None:
@@ -658,7 +658,7 @@ class TransformWorkTests(FlightMixin, SynchronousTestCase):
         self.patch(flightmod, "write_all", disk_full)
         self.client.last.response.finish()
         self.failureResultOf(flight.committed(), StoreError)
-        self.assertEqual(os.listdir(self.store.tmp_dir), [])
+        self.assertEqual(self.store.spool.in_use(), [])
         self.assertEqual(len(self.flights), 0)
 
 
@@ -682,7 +682,7 @@ class TooLargeTests(FlightMixin, SynchronousTestCase):
                                  (Flight.PASSED_THROUGH, True, 6))
                 self.assertEqual(os.pread(flight.fd, 10, 0), b"abcdef")
                 self.assertIsNone(self.stored())
-                self.assertEqual(os.listdir(self.store.tmp_dir), [])
+                self.assertEqual(self.store.spool.in_use(), [])
                 self.assertEqual(len(self.flights), 0)
                 self.assertIn("more than max_object_size (4); not stored",
                               self.failureResultOf(flight.committed(), UpstreamError).value.reason)
@@ -704,7 +704,7 @@ class TooLargeTests(FlightMixin, SynchronousTestCase):
         self.client.last.respond(200, b"12345")
         self.assertIn("not stored", self.failureResultOf(head, UpstreamError).value.reason)
         self.failureResultOf(flight.committed(), UpstreamError)
-        self.assertEqual(os.listdir(self.store.tmp_dir), [])
+        self.assertEqual(self.store.spool.in_use(), [])
         self.assertIsNone(flight.fd)
 
 

@@ -318,7 +318,7 @@ class BackendTests(SynchronousTestCase):
         request = self.get("x/y/blobs/sha256:" + "a" * 63)
         self.assertEqual(request.responseCode, 400)
         self.assertEqual(self.asked(), [])
-        self.assertEqual(os.listdir(self.store.tmp_dir), [])
+        self.assertEqual(self.store.spool.in_use(), [])
 
 
 class FaultTests(SynchronousTestCase):

@@ -427,7 +427,7 @@ class FlightReaderTests(SynchronousTestCase):
         client = self.harness.get("/files/big", limit=SMALL)
         flight = self.harness.vault.flights.get(self.harness.url("big"))
         self.harness.requests[0].respond(200, length=len(self.body)).send(*self.chunks).finish()
-        self.assertEqual(os.listdir(self.harness.store.tmp_dir), [])
+        self.assertEqual(self.harness.store.spool.in_use(), [])
         self.assertIsNone(self.harness.store.lookup(self.harness.url("big")))
         while client.read():
             pass

@@ -82,7 +82,7 @@ class DrainTests(SynchronousTestCase):
         self.harness.clock.advance(31)
         self.successResultOf(d)
         self.assertTrue(client.aborted)
-        self.assertEqual(os.listdir(self.harness.store.tmp_dir), [])
+        self.assertEqual(self.harness.store.spool.in_use(), [])
         self.assertEqual(len(self.harness.vault.flights), 0)
 
 

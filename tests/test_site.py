@@ -149,6 +149,26 @@ class TlsOnPlainPortTests(SynchronousTestCase):
         self.assertTrue(transport.value().endswith(b"hello"))
 
 
+class _CountingTransport(StringTransport):
+    asked = 0
+
+    def getHost(self):
+        self.asked += 1
+        return super().getHost()
+
+
+class LocalAddressTests(SynchronousTestCase):
+    def test_asked_of_the_socket_once(self) -> None:
+        """Every request of a connection knows the local address; the socket is asked once (a syscall each)."""
+        protocol = VaultSite(_Hello(), reactor=Clock()).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+        transport = _CountingTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+        self.assertEqual(transport.value().count(b"200 OK"), 3)
+        self.assertEqual(protocol.getHost(), IPv4Address("TCP", "127.0.0.1", 8080))
+        self.assertEqual(transport.asked, 1)
+
+
 class LookAheadTests(SynchronousTestCase):
     """Which pipelined request heads the channel lets the site fetch ahead (L{_plain_get})."""
 

@@ -5,12 +5,14 @@ and never served with wrong bytes whatever was left behind by a crash.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from artifactvault.cache import spool as spoolmod
 from artifactvault.cache import store as storemod
 from artifactvault.cache.store import Entry, FileStore
 
@@ -72,7 +74,7 @@ class CommitTests(StoreMixin, SynchronousTestCase):
     def test_temp_file_moved_into_place(self) -> None:
         """Committing leaves nothing in tmp/ and names the data file from the key's hash."""
         entry = self.put("k", b"x")
-        self.assertEqual(self.files("tmp"), [])
+        self.assertEqual(self.store.spool.in_use(), [])
         kh = FileStore.key_hash("k")
         self.assertTrue(entry.data.startswith(f"{kh[:2]}/{kh}."))
         self.assertEqual(self.files("data"), sorted([entry.data, f"{kh[:2]}/{kh}.json"]))
@@ -182,7 +184,7 @@ class CommitTests(StoreMixin, SynchronousTestCase):
         self.failureResultOf(self.store.commit(path, fd, Entry(key="k", data="", size=3, stored_at=0)),
                              OSError)
         self.assertEqual(self.files("data"), before)
-        self.assertEqual(self.files("tmp"), [])
+        self.assertEqual(self.store.spool.in_use(), [])
         self.assertEqual(self.store.lookup("k").data, old.data)
 
     def test_failed_directory_sync_names_nothing(self) -> None:
@@ -218,7 +220,7 @@ class RecoveryTests(StoreMixin, SynchronousTestCase):
         self.store.close()  # (the process that left them is gone: so is its lock)
         self.store = self.new_store()
         self.assertEqual(self.store.open(), 3)
-        self.assertEqual(self.files("tmp"), [])
+        self.assertEqual(self.store.spool.in_use(), [])
 
     def test_data_without_metadata(self) -> None:
         """Data renamed into place whose metadata was never written (a crash between the two) is a miss, then swept."""
@@ -318,7 +320,7 @@ class PutTests(SynchronousTestCase):
         fd = self.store.open_data(found)
         self.addCleanup(os.close, fd)
         self.assertEqual(os.pread(fd, 100, 0), data)
-        self.assertEqual(os.listdir(self.store.tmp_dir), [])
+        self.assertEqual(self.store.spool.in_use(), [])
 
     def test_put_replaces(self) -> None:
         """Putting a key again replaces its bytes and leaves no old data file behind."""
@@ -329,6 +331,58 @@ class PutTests(SynchronousTestCase):
         self.assertEqual(sorted(n.rpartition(".")[2] for n in os.listdir(shard)),
                          sorted(["json", entry.data.rpartition(".")[2]]))
         self.assertEqual(entry.size, 4)
+
+
+class TempAheadTests(StoreMixin, SynchronousTestCase):
+    """A commit makes the next downloads' temp files ahead (in its thread), and they are never left behind."""
+
+    def test_commit_prepares_temp_files(self) -> None:
+        """After a commit, READY temp files wait in tmp/; new_temp hands them out before it makes any."""
+        self.put("a", b"1")
+        ready = self.files("tmp")
+        self.assertEqual(len(ready), spoolmod.READY)
+        path, fd = self.store.new_temp()
+        self.addCleanup(os.close, fd)
+        self.assertIn(os.path.basename(path), ready)
+        self.assertEqual(os.fstat(fd).st_size, 0)
+        os.write(fd, b"x")  # (open for writing and reading, as a download's)
+        self.assertEqual(os.pread(fd, 1, 0), b"x")
+
+    def test_removed_by_hand(self) -> None:
+        """A temp file made ahead that someone removed is passed over: new_temp opens another or makes one."""
+        self.put("a", b"1")
+        for name in self.files("tmp"):
+            os.unlink(os.path.join(self.root, "tmp", name))
+        path, fd = self.store.new_temp()
+        os.close(fd)
+        self.assertEqual(self.files("tmp"), [os.path.basename(path)])
+
+    def test_not_held_open(self) -> None:
+        """The temp files made ahead hold no descriptor: the daemon's are its downloads' and connections'."""
+        fds = len(os.listdir("/proc/self/fd"))
+        self.store.spool.prepare()
+        self.assertEqual(len(os.listdir("/proc/self/fd")), fds)
+
+    def test_close_removes_them(self) -> None:
+        """Stopping removes the temp files made ahead; a temp file handed out is its download's to remove."""
+        self.put("a", b"1")
+        path, fd = self.store.new_temp()
+        os.close(fd)
+        self.store.close()
+        self.assertEqual(self.files("tmp"), [os.path.basename(path)])
+
+    def test_failing_prepare_fails_nothing(self) -> None:
+        """No room for the files made ahead: the commit still succeeds; new_temp then says why it can't."""
+        def full() -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        path, fd = self.store.new_temp()
+        self.addCleanup(os.close, fd)
+        os.write(fd, b"1")
+        self.patch(self.store.spool, "_create", full)
+        entry = self.successResultOf(self.store.commit(path, fd, Entry(key="a", data="", size=1, stored_at=0)))
+        self.assertEqual(self.read(entry), b"1")
+        self.assertEqual(self.files("tmp"), [])
+        self.assertRaises(OSError, self.store.new_temp)
 
 
 class EvictionTests(StoreMixin, SynchronousTestCase):
@@ -457,6 +511,26 @@ class BlockingWorkTests(SynchronousTestCase):
         self.assertEqual(self.calls.count(storemod._unlink_all), 1)
         self.assertIsNone(FileStore(self.store.root).lookup("a"))
         self.assertEqual(len([n for d, _, names in os.walk(self.store.data_dir) for n in names]), 4)
+
+    def test_commits_in_their_own_lane(self) -> None:
+        """Commits (a download's and a put's) go to C{run_commit} when given, nothing else does."""
+        commits: list[object] = []
+
+        def run_commit(f, *args):  # type: ignore[no-untyped-def]
+            commits.append(f)
+            return storemod._sync_run(f, *args)
+        store = FileStore(self.mktemp(), max_size=10, run_blocking=self.store._run, run_commit=run_commit)
+        store.open()
+        self.addCleanup(store.close)
+        path, fd = store.new_temp()
+        os.write(fd, b"1234")
+        self.successResultOf(store.commit(path, fd, Entry(key="a", data="", size=4, stored_at=0)))
+        os.close(fd)
+        self.successResultOf(store.put(Entry(key="b", data="", size=0, stored_at=0), b"56"))
+        self.assertEqual(len(commits), 2)
+        self.assertNotIn(store._commit, self.calls)
+        self.successResultOf(store.work(storemod.INLINE_WORK, len, "ab"))
+        self.assertEqual((len(commits), self.calls), (2, [len]))
 
 
 class _PausingConsumer:

@@ -21,7 +21,7 @@ from artifactvault import logs, tap
 from artifactvault import service as service_module
 from artifactvault.cache.store import CacheInUse, FileStore
 from artifactvault.memory import TRIM_INTERVAL
-from artifactvault.service import SWEEP_INTERVAL, _StoreService, build
+from artifactvault.service import COMMIT_THREADS, SWEEP_INTERVAL, _StoreService, build
 from artifactvault.site import VaultSite
 from tests import support
 
@@ -218,6 +218,22 @@ class ServiceTests(TapMixin, SynchronousTestCase):
         other = FileStore(self.cache)
         other.open()
         other.close()
+
+    def test_commit_pool(self) -> None:
+        """
+        Without a test's pool, build() gives the disk store a commit pool of
+        one thread (commits one at a time: FileStore.commit), run by the
+        store's service with the store's own pool.
+        """
+        service, _ = build(tap.load_config(self.config_file()), ThreadlessReactor())
+        [store_service] = [s for s in service if isinstance(s, _StoreService)]
+        names = {pool.name: pool for pool in store_service.threadpools}
+        self.assertEqual(sorted(names), ["artifactvault-commit", "artifactvault-store"])
+        self.assertEqual(names["artifactvault-commit"].max, COMMIT_THREADS)
+        self.assertEqual(COMMIT_THREADS, 1)
+        store = store_service.store
+        self.assertIsNot(store._run_commit, store._run)
+        store.close()
 
     def test_build_uses_given_reactor(self) -> None:
         """build() listens on, and times with, the reactor it is given (the janitor, the heap trimmer)."""

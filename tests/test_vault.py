@@ -170,7 +170,7 @@ class FaultTests(VaultMixin, SynchronousTestCase):
         self.harness.requests[0].respond(200, length=10).send(b"01234").finish()
         self.assertAborted(client)
         self.assertIsNone(self.stored())
-        self.assertEqual(os.listdir(self.harness.store.tmp_dir), [])
+        self.assertEqual(self.harness.store.spool.in_use(), [])
 
     def test_reset_after_bytes(self) -> None:
         """A reset after bytes aborts every client that got some."""
@@ -243,7 +243,7 @@ class FaultTests(VaultMixin, SynchronousTestCase):
         self.assertAborted(client)
         self.harness.clock.advance(0)
         self.assertIsNone(flight.fd)
-        self.assertEqual(os.listdir(self.harness.store.tmp_dir), [])
+        self.assertEqual(self.harness.store.spool.in_use(), [])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_client_that_kept_up_when_commit_fails(self) -> None:

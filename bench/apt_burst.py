@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""
+The vault's own cost of a cold miss (issue 13's cold target): after an
+``apt-get update`` through a fresh vault, one connection sends the GETs of
+the kit repository's 50 pool files pipelined ten deep, as apt does; the
+wall time, and the CPU time of the vault's reactor thread and of its other
+threads (commits) over it, then the same 50 again (warm). With
+``--compare DIR`` the same is measured for the checkout in DIR too (its
+``artifactvault`` first on the path), in alternating rounds: an A/B of two
+versions of the code on the same machine at the same time, where the
+whole apt run (bench/apt_bench.py) is dominated by apt's own CPU and by
+the machine's noise. With ``--apt``, whole runs instead (issue 13's cold
+and warm targets): a fresh ``apt-get update`` + ``install --download-only``
+of the 50 packages through a fresh vault, then again (warm), and the same
+against the repository directly, in alternating rounds; many rounds, since
+on 2 shared cores the direct run alone varies by half from one to the next.
+
+    bench/apt_burst.py [--rounds 12] [--compare /path/to/other/checkout] [--apt]
+
+Loopback only; the ports and data of bench/apt_bench.py (run under the same
+``flock -o /tmp/av-bench.lock``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import apt_bench as b  # noqa: E402  (the repository, the vault's config, apt clients)
+
+PATHS = [f"/debian/pool/main/a/{p}/{p}_1.0-1_all.deb" for p in b.PACKAGES]
+DEPTH = 10
+
+
+def burst(port: int) -> float:
+    """Seconds for the 50 GETs, pipelined DEPTH deep on one connection, every answer a whole 200."""
+    s = socket.create_connection(("127.0.0.1", port))
+    buf, sent, got = b"", 0, 0
+    started = time.monotonic()
+
+    def send() -> None:
+        nonlocal sent
+        s.sendall(f"GET {PATHS[sent]} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        sent += 1
+    while sent < DEPTH:
+        send()
+    while got < len(PATHS):
+        data = s.recv(65536)
+        if not data:
+            raise RuntimeError(f"connection closed after {got} answers")
+        buf += data
+        while (end := buf.find(b"\r\n\r\n")) >= 0:
+            head = buf[:end].decode("latin-1").split("\r\n")
+            if not head[0].startswith("HTTP/1.1 200"):
+                raise RuntimeError(f"answer {got}: {head[0]}")
+            length = int(next(h.split(":", 1)[1] for h in head if h.lower().startswith("content-length:")))
+            if len(buf) < end + 4 + length:
+                break
+            buf, got = buf[end + 4 + length:], got + 1
+            if sent < len(PATHS):
+                send()
+    s.close()
+    return time.monotonic() - started
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each of C{pid}'s threads."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--compare", help="another checkout, measured side by side")
+    ap.add_argument("--apt", action="store_true", help="whole apt-get runs, and the repository directly")
+    a = ap.parse_args()
+    builds = {"this": b.REPO}
+    if a.compare:
+        builds["compare"] = os.path.abspath(a.compare)
+    os.makedirs(b.AV, exist_ok=True)
+    b.repo_up()
+    if a.apt:
+        whole_runs(builds, a.rounds)
+        return
+    runs: dict[str, dict[str, list[float]]] = {n: {"cold": [], "reactor": [], "others": [], "warm": []}
+                                               for n in builds}
+    try:
+        for r in range(a.rounds):
+            for name in (list(builds) if r % 2 == 0 else list(builds)[::-1]):
+                os.environ["PYTHONPATH"] = builds[name]  # (vault-ctl's twistd imports this checkout's code)
+                b.vault("reset")
+                c = b.Client(b.URLS["vault"])
+                c.ok("update")
+                c.close()
+                pid = b.vault_pid()
+                before = thread_cpu(pid)
+                runs[name]["cold"].append(burst(b.VAULT_PORT))
+                during = thread_cpu(pid)
+                time.sleep(0.3)  # (the commits' thread finishes its queue)
+                after = thread_cpu(pid)
+                runs[name]["reactor"].append(during[pid] - before.get(pid, 0.0))
+                runs[name]["others"].append(sum(t - before.get(tid, 0.0) for tid, t in after.items() if tid != pid))
+                runs[name]["warm"].append(burst(b.VAULT_PORT))
+            print(f"round {r + 1}: " + ", ".join(f"{n} {runs[n]['cold'][-1] * 1000:.0f} ms" for n in builds),
+                  file=sys.stderr)
+        direct = [burst(b.UP_PORT) for _ in range(a.rounds)]
+    finally:
+        os.environ.pop("PYTHONPATH", None)
+        b.vault("stop")
+    med = statistics.median
+    print(f"# 50 pool files pipelined {DEPTH} deep after an update, {a.rounds} alternating rounds, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
+    print("| build | cold, ms | reactor CPU, ms | other threads' CPU, ms | warm, ms |\n|---|---|---|---|---|")
+    for name, path in builds.items():
+        m = {k: med(v) * 1000 for k, v in runs[name].items()}
+        print(f"| {name} ({path}) | {m['cold']:.0f} | {m['reactor']:.0f} | {m['others']:.0f} | {m['warm']:.0f} |")
+    print(f"| nginx, the repository directly | {med(direct) * 1000:.0f} | | | |")
+
+
+def whole_runs(builds: dict[str, str], rounds: int) -> None:
+    """Cold and warm apt-get update + install of the 50, per build and direct, alternating; a table."""
+    names = ["direct", *builds]
+    cold: dict[str, list[float]] = {n: [] for n in names}
+    warm: dict[str, list[float]] = {n: [] for n in names}
+    try:
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                url = b.URLS["direct" if name == "direct" else "vault"]
+                if name != "direct":
+                    os.environ["PYTHONPATH"] = builds[name]
+                    b.vault("reset")
+                cold[name].append(b.update_install(name, url))
+                warm[name].append(b.update_install(name, url))
+                if name != "direct":
+                    b.vault("stop")
+            print(f"round {r + 1}: " + ", ".join(f"{n} {cold[n][-1]:.2f} s" for n in names), file=sys.stderr)
+    finally:
+        os.environ.pop("PYTHONPATH", None)
+        b.vault("stop")
+    med = statistics.median
+    print(f"# apt-get update + install --download-only of 50 packages, {rounds} alternating rounds, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
+    print("| | cold, s | cold / direct | warm, s | warm / direct |\n|---|---|---|---|---|")
+    for name in names:
+        label = "the repository directly" if name == "direct" else f"{name} ({builds[name]})"
+        print(f"| {label} | {med(cold[name]):.3f} | {med(cold[name]) / med(cold['direct']):.2f}× "
+              f"| {med(warm[name]):.3f} | {med(warm[name]) / med(warm['direct']):.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
