@@ -14,7 +14,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from artifactvault.auth.gate import gate_of, guard, plain_refusal
-from artifactvault.backends.base import BadPath, IPrefetch, IProxyTarget, safe_segments
+from artifactvault.backends.base import BadPath, IDropsDotSegments, IPrefetch, IProxyTarget, safe_segments
 
 
 class Root(Resource):
@@ -98,7 +98,7 @@ class Root(Resource):
         if gate is not None and not gate.access_of(best[1]).open:
             return
         try:
-            below = safe_segments(segments[best[0]:])
+            below = safe_segments(segments[best[0]:], IDropsDotSegments.providedBy(best[1]))
         except BadPath:
             return
         best[1].prefetch(below)

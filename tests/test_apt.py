@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import lzma
+import os
 from email.utils import formatdate
 from urllib.parse import urlsplit
 
@@ -21,15 +22,17 @@ from zope.interface.verify import verifyObject
 from artifactvault.auth.access import AUTHENTICATED, OPEN, AuthSettings
 from artifactvault.auth.checkers import make_portal
 from artifactvault.auth.gate import Gate
-from artifactvault.backends import parse_backend
+from artifactvault.backends import apt_gpg, parse_backend
 from artifactvault.backends.apt import UNVERIFIED_TTL, AptBackendType, ReleaseSet
-from artifactvault.backends.base import BuildContext, IBackend, IBackendType, IPrefetch, IProxyTarget
+from artifactvault.backends.base import (BuildContext, IBackend, IBackendType, IDropsDotSegments, IPrefetch,
+                                         IProxyTarget)
 from artifactvault.cache.store import FileStore
 from artifactvault.config import BackendEntry, ConfigError, Section
 from artifactvault.root import Root
 from artifactvault.site import VaultSite
 from artifactvault.vault import Vault
 from tests.fakes import EPOCH, Answer, Client, FakeClient
+from tests.test_apt_gpg import armor
 from tests.test_apt_meta import clearsign
 
 MIRROR = "http://mirror.example/debian"
@@ -68,6 +71,20 @@ class Repo:
             self.files[f"dists/stable/main/binary-amd64/by-hash/SHA256/{sha(body)}"] = body
 
 
+class FlatRepo:
+    """A flat repository in memory (``deb URI ./``): InRelease, Packages.xz and a package at the top."""
+
+    def __init__(self, deb: bytes = DEB):
+        self.deb = deb
+        packages = (f"Package: hello\nVersion: 1.0\nFilename: ./hello_1.0_all.deb\n"
+                    f"Size: {len(deb)}\nSHA256: {sha(deb)}\n\n").encode()
+        self.packages_xz = lzma.compress(packages)
+        self.release = (f"Date: {formatdate(EPOCH - 3600, usegmt=True)}\nSHA256:\n"
+                        f" {sha(self.packages_xz)} {len(self.packages_xz)} Packages.xz\n").encode()
+        self.inrelease = clearsign(self.release)
+        self.files = {"InRelease": self.inrelease, "Packages.xz": self.packages_xz, "hello_1.0_all.deb": deb}
+
+
 class Harness:
     """
     The apt backend behind a real site, in memory; its mirror answers from
@@ -75,7 +92,7 @@ class Harness:
     Another harness on the same store and clock is the daemon after a restart.
     """
 
-    def __init__(self, testcase: SynchronousTestCase, repo: Repo | None = None,
+    def __init__(self, testcase: SynchronousTestCase, repo: "Repo | FlatRepo | None" = None,
                  after: "Harness | None" = None, **config):
         if after is None:
             self.clock = Clock()
@@ -151,6 +168,27 @@ class ConfigTests(SynchronousTestCase):
             e = self.assertRaises(ConfigError, self.parse, **config)
             self.assertIn(f"backends[0].config.{key}:", str(e))
 
+    def test_signed_by_must_be_a_keyring(self) -> None:
+        """
+        signed_by takes binary and ASCII-armored keyrings; a file that is
+        neither (empty, text, armor whose checksum fails) is a config error
+        naming the file and the key.
+        """
+        def write(name: str, data: bytes) -> str:
+            path = os.path.join(os.path.abspath(self.mktemp()), name)
+            os.makedirs(os.path.dirname(path))
+            with open(path, "wb") as f:
+                f.write(data)
+            return path
+        good = armor(b"\x99\x00\x33key packets")
+        self.assertEqual(self.parse(mirror_url=MIRROR, signed_by=write("k.asc", good)).signed_by[0][-5:], "k.asc")
+        self.parse(mirror_url=MIRROR, signed_by=write("k.gpg", b"\x99\x00\x33key packets"))
+        for name, data in (("empty.gpg", b""), ("notes.txt", b"see the web site\n"),
+                           ("bad.asc", good.replace(b"\n=", b"A\n="))):
+            path = write(name, data)
+            e = self.assertRaises(ConfigError, self.parse, mirror_url=MIRROR, signed_by=[path])
+            self.assertIn(f"backends[0].config.signed_by: {path}: not a usable keyring", str(e))
+
     def test_unknown_key(self) -> None:
         entry = BackendEntry("apt", Section("c.yml", "backends[0].config", {"mirror_url": MIRROR, "prefix": "/d/",
                                                                             "hostz": ["x"]}))
@@ -163,6 +201,7 @@ class ConfigTests(SynchronousTestCase):
         verifyObject(IBackend, h.backend)
         verifyObject(IProxyTarget, h.backend)
         verifyObject(IPrefetch, h.backend)
+        verifyObject(IDropsDotSegments, h.backend)
 
 
 class ReleaseTests(SynchronousTestCase):
@@ -259,6 +298,36 @@ class ReleaseTests(SynchronousTestCase):
         self.assertEqual(h.get("dists/stable/InRelease").status, 404)
         self.assertEqual(h.get("dists/stable/Release").body, h.repo.release)
         self.assertEqual(h.get("dists/stable/main/binary-amd64/Packages.xz").body, h.repo.packages_xz)
+
+    def test_signature_check_that_does_not_answer(self) -> None:
+        """
+        With signed_by, a check that fails (here: gpgv killed for not
+        answering in time) refuses the new release: 502 saying why with
+        nothing stored, or the stored one served stale.
+        """
+        keyring = os.path.abspath(self.mktemp())
+        with open(keyring, "wb") as f:
+            f.write(b"\x99\x00\x33key packets")
+        verdicts: list[Exception | None] = [None]
+
+        async def verify(reactor, keyrings, signed, signature=None):
+            if verdicts[-1] is not None:
+                raise verdicts[-1]
+        self.patch(apt_gpg, "verify", verify)
+        self.patch(apt_gpg, "gpgv_path", lambda: "/usr/bin/gpgv")
+        h = Harness(self, index_ttl=60, signed_by=keyring)
+        self.assertEqual(h.get("dists/stable/InRelease").body, h.repo.inrelease)
+        h.clock.advance(61)
+        h.repo = Repo(date=EPOCH)  # (the mirror has a new release)
+        verdicts.append(apt_gpg.SignatureError("gpgv did not answer in 30 s (killed)"))
+        a = h.get("dists/stable/InRelease")
+        self.assertEqual((a.status, a.header("x-cache")), (200, "STALE"))
+        self.assertNotEqual(a.body, h.repo.inrelease)
+        fresh = Harness(self, signed_by=keyring)
+        fresh.repo = h.repo
+        b = fresh.get("dists/stable/InRelease")
+        self.assertEqual(b.status, 502)
+        self.assertIn(b"did not answer in 30 s", b.body)
 
     def test_record_round_trip(self) -> None:
         h = Harness(self)
@@ -407,6 +476,31 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(h.get(path).body, DEB)
         self.assertEqual(h.asked(path), 2)
 
+    def test_zstd_indexes_only(self) -> None:
+        """
+        A Release that lists its Packages only as .zst (which the vault does
+        not read: no zstd decoder among its dependencies): the index is still
+        served verified against the Release (a wrong one refused), and pool
+        files are then kept by length, revalidated daily.
+        """
+        zst = b"(28 b5 2f fd) zstd-compressed Packages"
+        release = (f"Date: {formatdate(EPOCH - 3600, usegmt=True)}\nSuite: stable\nSHA256:\n"
+                   f" {sha(zst)} {len(zst)} main/binary-amd64/Packages.zst\n").encode()
+        h = Harness(self)
+        h.repo.files = {"dists/stable/InRelease": clearsign(release),
+                        "dists/stable/main/binary-amd64/Packages.zst": zst,
+                        "pool/main/h/hello/hello_1.0_all.deb": DEB}
+        h.get("dists/stable/InRelease")
+        h.override["dists/stable/main/binary-amd64/Packages.zst"] = (200, b"x" * len(zst))
+        self.assertEqual(h.get("dists/stable/main/binary-amd64/Packages.zst").status, 502)
+        del h.override["dists/stable/main/binary-amd64/Packages.zst"]
+        a = h.get("dists/stable/main/binary-amd64/Packages.zst")
+        self.assertEqual((a.status, a.body), (200, zst))
+        self.assertIsNotNone(h.store.lookup(f"apt-hash:sha256:{sha(zst)}"))
+        self.assertEqual(h.get("pool/main/h/hello/hello_1.0_all.deb").body, DEB)
+        entry = h.store.lookup("apt-pool:pool/main/h/hello/hello_1.0_all.deb for /debian/")
+        self.assertEqual((entry.sha256, entry.size, entry.fresh_until), (None, len(DEB), EPOCH + UNVERIFIED_TTL))
+
     def test_fetched_ahead_when_verified(self) -> None:
         """
         A pool file an index vouches for is fetched ahead (for a request
@@ -466,6 +560,73 @@ class PoolTests(SynchronousTestCase):
         h.get("pool/main/h/hello/hello_1.0_all.deb")
         a = h.get("pool/main/h/hello/hello_1.0_all.deb", {"range": "bytes=10-19"})
         self.assertEqual((a.status, a.body), (206, DEB[10:20]))
+
+
+class FlatRepositoryTests(SynchronousTestCase):
+    """
+    A flat repository (``deb URI ./``): apt asks for ``URI/./InRelease``,
+    ``URI/./Packages.xz`` and ``URI/./<Filename>``; the top is its release
+    directory.
+    """
+
+    def test_release_index_and_package(self) -> None:
+        """
+        The InRelease at the top is kept as a release set, Packages.xz is
+        served as it lists it, and the package is verified against the
+        SHA256 that Packages gives it (a wrong one refused).
+        """
+        h = Harness(self, FlatRepo())
+        a = h.get("./InRelease")
+        self.assertEqual((a.status, a.body), (200, h.repo.inrelease))
+        self.assertIsNotNone(h.store.lookup("apt-release: for /debian/"))
+        b = h.get("./Packages.xz")
+        self.assertEqual((b.status, b.body), (200, h.repo.packages_xz))
+        self.assertIsNotNone(h.store.lookup(f"apt-hash:sha256:{sha(h.repo.packages_xz)}"))
+        h.override["hello_1.0_all.deb"] = (200, b"z" * len(DEB))
+        self.assertEqual(h.get("./hello_1.0_all.deb").status, 502)
+        del h.override["hello_1.0_all.deb"]
+        c = h.get("./hello_1.0_all.deb")
+        self.assertEqual((c.status, c.body), (200, DEB))
+        entry = h.store.lookup("apt-pool:hello_1.0_all.deb for /debian/")
+        self.assertEqual((entry.sha256, entry.fresh_until), (sha(DEB), None))
+        self.assertEqual(h.paths(), ["InRelease", "Packages.xz", "hello_1.0_all.deb", "hello_1.0_all.deb"])
+
+    def test_index_that_does_not_match(self) -> None:
+        """A Packages.xz that is not the one the Release lists: 502, not stored."""
+        h = Harness(self, FlatRepo())
+        h.get("./InRelease")
+        h.override["Packages.xz"] = (200, b"x" * len(h.repo.packages_xz))
+        a = h.get("./Packages.xz")
+        self.assertEqual(a.status, 502)
+        self.assertIsNone(h.store.lookup(f"apt-hash:sha256:{sha(h.repo.packages_xz)}"))
+
+    def test_fetched_ahead(self) -> None:
+        """A package the flat index vouches for is fetched ahead when pipelined; the index itself is not."""
+        h = Harness(self, FlatRepo())
+        h.get("./InRelease")
+        h.get("./Packages.xz")
+        before = len(h.client.requests)
+        h.site.prefetch(b"/debian/./Packages.xz")
+        self.assertEqual(len(h.client.requests), before)
+        h.site.prefetch(b"/debian/./hello_1.0_all.deb")
+        h.answer_all()
+        self.assertEqual(h.store.lookup("apt-pool:hello_1.0_all.deb for /debian/").sha256, sha(DEB))
+
+    def test_dot_segments(self) -> None:
+        """'.' segments are dropped for apt (the same place); '..' is still refused."""
+        h = Harness(self)
+        self.assertEqual(h.get("dists/./stable/InRelease").body, h.repo.inrelease)
+        self.assertEqual(h.get("./dists/stable/../stable/InRelease").status, 400)
+        self.assertEqual(h.paths(), ["dists/stable/InRelease"])
+
+    def test_suites_beside_the_top(self) -> None:
+        """A repository with a flat top and dists/ too: each file goes by its own release directory."""
+        h = Harness(self)
+        h.repo.files["InRelease"] = FlatRepo().inrelease
+        h.get("./InRelease")
+        a = h.get("dists/stable/main/binary-amd64/Packages.xz")
+        self.assertEqual((a.status, a.body), (200, h.repo.packages_xz))
+        self.assertIn("dists/stable/InRelease", h.paths())
 
 
 class ProxyFormTests(SynchronousTestCase):

@@ -27,6 +27,7 @@ import uuid
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests import support
+from tests.test_apt_gpg import export_armored
 
 #: A host name for the proxy form: apt never resolves it (the proxy gets the URI).
 PROXY_HOST = "deb.example.test"
@@ -436,6 +437,77 @@ class SwapTests(AptTestCase):
                          self.upstream_sha(name, pool("av-pkg-01", "1.0-2")))
 
 
+class FlatRepositoryTests(AptTestCase):
+    """
+    A flat repository (``deb [signed-by=…] URL ./``: no dists/, its InRelease,
+    Packages and packages side by side at the top; apt asks for
+    ``URL/./InRelease``, ``URL/./Packages.xz``, ``URL/./<name>.deb``).
+    """
+
+    def flat_client(self, url: str, proxy: str | None = None) -> AptClient:
+        return AptClient(os.path.abspath(self.mktemp()), [f"deb [signed-by={key()}] {url} ./"], proxy)
+
+    def test_update_and_download(self) -> None:
+        """
+        update and download through the vault: its Release is kept as the
+        release set at the top, Packages.xz is served as that Release lists
+        it, the package verified by the hash Packages gives it; each file
+        fetched from the repository once, a second machine from the cache.
+        """
+        name = self.repo("flat")
+        d = self.daemon(name)
+        c = self.flat_client(d.url("/debian"))
+        c.ok("update")
+        c.ok("download", "av-flat-01", "av-flat-02")
+        deb = "av-flat-01_1.0-1_all.deb"
+        self.assertEqual(sha256_file(c.out(deb)), self.upstream_sha(name, deb))
+        self.assertTrue(_is_stored(d, "apt-release: for /debian/"))
+        d.wait_stored(f"apt-pool:{deb} for /debian/")
+        meta = _meta(d, f"apt-pool:{deb} for /debian/")
+        self.assertEqual(meta["sha256"], self.upstream_sha(name, deb))
+        self.assertIsNone(meta["fresh_until"])  # verified by the index: immutable
+        for path in ("InRelease", "Packages.xz", deb):
+            support.wait_for_hits("apt", f"^GET /{name}/{path}$", 1)
+            self.assertEqual(self.hits(name, path + "$"), 1, path)
+        before = support.hits("apt", f"^GET /{name}/")
+        second = self.flat_client(d.url("/debian"))
+        second.ok("update")
+        second.ok("download", "av-flat-01")
+        self.assertEqual(support.hits("apt", f"^GET /{name}/"), before, "the second machine reached the repository")
+
+    def test_proxy_form(self) -> None:
+        """The same repository through Acquire::http::Proxy, its deb line unchanged."""
+        name = self.repo("flat")
+        d = self.daemon(name, hosts=[PROXY_HOST])
+        c = self.flat_client(f"http://{PROXY_HOST}/{name}", proxy=d.url("/"))
+        c.ok("update")
+        c.ok("download", "av-flat-03")
+        deb = "av-flat-03_1.0-1_all.deb"
+        self.assertEqual(sha256_file(c.out(deb)), self.upstream_sha(name, deb))
+        d.wait_stored(f"apt-pool:{deb} for /debian/")
+        self.assertEqual(_meta(d, f"apt-pool:{deb} for /debian/")["sha256"], self.upstream_sha(name, deb))
+
+    def test_corrupt_index(self) -> None:
+        """
+        A Packages.xz that is not the one its Release lists: refused (502),
+        never stored, never a hash mismatch; apt falls back to the plain
+        Packages the Release lists too, which the vault serves verified.
+        """
+        name = self.repo("flat", copy=True)
+        good_xz = self.upstream_sha(name, "Packages.xz")
+        self.replace_file(name, "Packages.xz", b"\xfd7zXZ\x00 corrupt")
+        d = self.daemon(name)
+        c = self.flat_client(d.url("/debian"))
+        p = c.run("update")
+        out = p.stdout + p.stderr
+        self.assertIn("502", out)
+        for marker in MISMATCH:
+            self.assertNotIn(marker, out)
+        self.assertFalse(_is_stored(d, f"apt-hash:sha256:{good_xz}"))
+        self.assertEqual(sha256_file(c.lists_file("_Packages")), self.upstream_sha(name, "Packages"))
+        self.assertEqual(self.hits(name, "Packages.xz$"), 1)
+
+
 class SignedByTests(AptTestCase):
     def test_signed_by_the_right_key(self) -> None:
         """With signed_by (the repository's key), releases are checked by gpgv and served."""
@@ -443,8 +515,30 @@ class SignedByTests(AptTestCase):
         d = self.daemon(name, signed_by=key())
         self.client(d.url("/debian")).ok("update")
 
+    def test_signed_by_an_armored_key(self) -> None:
+        """
+        signed_by an ASCII-armored key (``gpg --armor --export``, a .asc as
+        apt's signed-by= takes it), also named by the client's signed-by=:
+        releases are checked and served, apt-get update and download succeed.
+        """
+        asc = export_armored(self, key())
+        name = self.repo()
+        d = self.daemon(name, signed_by=asc)
+        c = AptClient(os.path.abspath(self.mktemp()), [f"deb [signed-by={asc}] {d.url('/debian')} stable main"])
+        c.ok("update")
+        c.ok("download", "av-pkg-01")
+        self.assertEqual(sha256_file(c.out("av-pkg-01_1.0-1_all.deb")), self.upstream_sha(name, pool("av-pkg-01")))
+
     def test_signed_by_another_key(self) -> None:
         """With signed_by a keyring without the repository's key, its release is refused, not stored."""
+        self.refused_with(self.other_key())
+
+    def test_signed_by_another_armored_key(self) -> None:
+        """The same with the other key armored: refused (NO_PUBKEY), not stored."""
+        self.refused_with(export_armored(self, self.other_key()))
+
+    def other_key(self) -> str:
+        """A binary keyring with a key of its own, not the repository's."""
         other = tempfile.mkdtemp(prefix="av-gpg-")  # (gpg-agent's socket path must be short)
         self.addCleanup(shutil.rmtree, other, True)
         env = dict(os.environ, GNUPGHOME=other)
@@ -453,14 +547,18 @@ class SignedByTests(AptTestCase):
                         "ed25519", "sign", "never"], env=env, check=True)
         with open(os.path.join(other, "other.gpg"), "wb") as f:
             subprocess.run(["gpg", "--batch", "--export"], env=env, stdout=f, check=True)
+        return os.path.join(other, "other.gpg")
+
+    def refused_with(self, keyring: str) -> None:
         name = self.repo()
-        d = self.daemon(name, signed_by=os.path.join(other, "other.gpg"))
+        d = self.daemon(name, signed_by=keyring)
         p = self.client(d.url("/debian")).run("update")
         self.assertIn("502", p.stdout + p.stderr)
         self.assertIn("signature check", d.log())
         status, _, body = support.request("GET", d.url("/debian/dists/stable/InRelease"))
         self.assertEqual(status, 502)
         self.assertIn(b"NO_PUBKEY", body)
+        self.assertFalse(_is_stored(d, "apt-release:dists/stable for /debian/"))
 
 
 class RealMirrorTests(AptTestCase):
@@ -492,8 +590,16 @@ def _head(url: str) -> str:
     return "\n".join(f"{k.title()}: {v}" for k, v in headers.items())
 
 
+def _meta_path(d: support.Daemon, key: str) -> str:
+    kh = hashlib.sha256(key.encode()).hexdigest()
+    return os.path.join(d.cache_dir, "data", kh[:2], kh + ".json")
+
+
+def _is_stored(d: support.Daemon, key: str) -> bool:
+    return os.path.exists(_meta_path(d, key))
+
+
 def _meta(d: support.Daemon, key: str) -> dict:
     import json
-    kh = hashlib.sha256(key.encode()).hexdigest()
-    with open(os.path.join(d.cache_dir, "data", kh[:2], kh + ".json")) as f:
+    with open(_meta_path(d, key)) as f:
         return json.load(f)

@@ -26,6 +26,16 @@ class SafeSegmentsTests(SynchronousTestCase):
         self.assertEqual(safe_segments([b"caf\xc3\xa9"]), ["caf\u00e9"])
         self.assertEqual(safe_segments([]), [])
 
+    def test_dot_dropped_when_asked(self) -> None:
+        """
+        With drop_dot (apt: a flat repository's ``URI/./InRelease``), a
+        ``.`` segment is dropped, the same place; ``..`` is still refused.
+        """
+        self.assertEqual(safe_segments([b".", b"InRelease"], drop_dot=True), ["InRelease"])
+        self.assertEqual(safe_segments([b"a", b".", b"b", b"."], drop_dot=True), ["a", "b", ""])
+        self.assertRaises(BadPath, safe_segments, [b".", b"..", b"a"], drop_dot=True)
+        self.assertRaises(BadPath, safe_segments, [b".", b"a"])
+
     def test_refused(self) -> None:
         """Anything that could climb out or smuggle a separator is refused."""
         for postpath, reason in [

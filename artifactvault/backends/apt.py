@@ -38,6 +38,12 @@ see L{AptBackend.claim}). What a path is decides how it is kept:
 - Anything else (``ls-lR.gz``, mirror trace files, installer images): a
   file fresh for ``index_ttl``, like the http backend's.
 
+A release directory is ``dists/<suite>`` or, for a flat repository (``deb
+URI ./``, as many third-party repositories are), the top itself (``""``):
+its InRelease, Packages and packages side by side. apt asks for those as
+``URI/./InRelease``, so this backend drops ``.`` path segments
+(L{IDropsDotSegments}) where the others refuse them.
+
 apt pipelines its downloads on one connection: a verified pool file asked
 for behind another request is fetched ahead (L{AptBackend.prefetch}), so a
 cold ``apt-get install`` does not wait for each download in turn.
@@ -62,8 +68,8 @@ from artifactvault.backends import apt_gpg
 from artifactvault.backends.apt_meta import (RELEASE_FILES, MetaError, Release, by_hash_label, by_hash_path,
                                              index_kind, is_pool_file, parse_release, pool_table,
                                              signed_text, uncompressed)
-from artifactvault.backends.base import (Backend, BuildContext, CommonSettings, IBackendType, IPrefetch,
-                                         IProxyTarget, parse_common, run)
+from artifactvault.backends.base import (Backend, BuildContext, CommonSettings, IBackendType, IDropsDotSegments,
+                                         IPrefetch, IProxyTarget, parse_common, run)
 from artifactvault.backends.http import upstream_path
 from artifactvault.config import Section
 from artifactvault.flight import Artifact
@@ -123,10 +129,10 @@ class ReleaseSet:
         inline = parse_release(signed_text(bodies["InRelease"])) if "InRelease" in bodies else None
         plain = parse_release(bodies["Release"]) if "Release" in bodies else None
         if inline is not None and plain is not None and not inline.same_as(plain):
-            raise Disagree(f"the mirror's InRelease and Release of {dir} say different things")
+            raise Disagree(f"the mirror's InRelease and Release of {dir or '.'} say different things")
         release = inline or plain
         if release is None:
-            raise MetaError(f"the mirror has neither InRelease nor Release in {dir}")
+            raise MetaError(f"the mirror has neither InRelease nor Release in {dir or '.'}")
         return cls(dir=dir, bodies=bodies, meta=meta, release=release, pair=pair)
 
     def to_bytes(self) -> bytes:
@@ -217,7 +223,22 @@ def _asks_refresh(request: Any) -> bool:
     return any(d.strip().lower() == b"no-cache" for v in values for d in v.split(b","))
 
 
-@implementer(IProxyTarget, IPrefetch)
+def join(directory: str, rel: str) -> str:
+    """A path below a release directory (C{""}: a flat repository's top)."""
+    return f"{directory}/{rel}" if directory else rel
+
+
+def below(directory: str, path: str) -> bool:
+    """Whether C{path} is below the release directory C{directory} (everything is below the top)."""
+    return directory == "" or path.startswith(directory + "/")
+
+
+def dir_label(directory: str) -> str:
+    """A release directory as logs and errors name it (a flat repository's top is ``.``)."""
+    return directory or "."
+
+
+@implementer(IProxyTarget, IPrefetch, IDropsDotSegments)
 class AptBackend(Backend):
     kind = "apt"
 
@@ -264,7 +285,7 @@ class AptBackend(Backend):
         await self._load_dirs()
         directory = self._dir_for(path)
         # (a component's Release, below a suite's directory, is one of its index files)
-        if name in RELEASE_FILES and own and (name != "Release" or directory in (None, own)):
+        if name in RELEASE_FILES and (name != "Release" or directory in (None, own)):
             await self._release_file(responder, own, name)
         elif by_hash_path(path) is not None:
             await self._by_hash(responder, path)
@@ -287,8 +308,13 @@ class AptBackend(Backend):
 
     async def _prefetch(self, path: str) -> None:
         await self._load_dirs()
-        if by_hash_path(path) is not None or self._dir_for(path) is not None:
-            return  # (routed as an index file, not a pool file: see _route)
+        if by_hash_path(path) is not None:
+            return
+        directory = self._dir_for(path)
+        if directory is not None:  # (routed as an index file if its release lists it: see _index)
+            _, rs = await self._stored(directory)
+            if rs is None or path[len(join(directory, "")):] in rs.release.files:
+                return
         artifact = await self._pool_artifact(path)
         if artifact.digest is not None:
             await self.vault.prefetch(artifact)
@@ -330,7 +356,7 @@ class AptBackend(Backend):
             return
         body = rs.bodies.get(name)
         if body is None:
-            responder.error(404, f"the mirror has no {directory}/{name}")
+            responder.error(404, f"the mirror has no {join(directory, name)}")
             return
         meta = rs.meta.get(name, {})
         if responder.request.channel is not None:
@@ -349,7 +375,7 @@ class AptBackend(Backend):
         usable = rs is not None and not rs.expired(now) and rs.covers(name)
         if usable and not refresh and entry.is_fresh(now):  # type: ignore[union-attr]
             return rs, "HIT"  # type: ignore[return-value]
-        url = self._url(f"{directory}/InRelease")
+        url = self._url(join(directory, "InRelease"))
         if usable and self.vault.stale_first(self.upstream, url, entry):
             self.vault.revalidate_in_background(self.upstream, url, lambda: self._refresh(directory, want_pair))
             _log.info("serving stale release {dir} at once: its mirror failed lately", dir=directory)
@@ -388,7 +414,7 @@ class AptBackend(Backend):
                 for name in ("Release", "Release.gpg"):
                     got[name] = await self._fetch_file(directory, name, old)
             if got["InRelease"] is _ABSENT and got["Release"] is _ABSENT:
-                raise UpstreamStatus(404, f"(the mirror has no InRelease or Release in {directory})")
+                raise UpstreamStatus(404, f"(the mirror has no InRelease or Release in {dir_label(directory)})")
             try:
                 rs = ReleaseSet.build(directory, got, pair)
                 break
@@ -396,7 +422,7 @@ class AptBackend(Backend):
                 if attempt == 2:
                     raise UpstreamError(f"{e}; not stored") from None
             except MetaError as e:
-                raise UpstreamError(f"the mirror's release files of {directory} are not valid: {e}; "
+                raise UpstreamError(f"the mirror's release files of {dir_label(directory)} are not valid: {e}; "
                                     f"not stored") from None
         assert rs is not None
         if old is not None and entry is not None and rs.bodies == old.bodies and rs.pair == old.pair:
@@ -412,7 +438,7 @@ class AptBackend(Backend):
         except OSError as e:
             raise UpstreamError(f"could not store the release files: {e.strerror}") from None
         self._sets[directory] = (entry.data, rs)
-        _log.info("release {dir} of {prefix}: {what} ({files})", dir=directory, prefix=self.prefix,
+        _log.info("release {dir} of {prefix}: {what} ({files})", dir=dir_label(directory), prefix=self.prefix,
                   what="stored" if old is None else "changed", files=", ".join(rs.bodies))
         self._note_dir(directory)
         return rs, True
@@ -428,7 +454,7 @@ class AptBackend(Backend):
                 headers["If-None-Match"] = meta["etag"]  # type: ignore[assignment]
             if meta.get("last_modified"):
                 headers["If-Modified-Since"] = meta["last_modified"]  # type: ignore[assignment]
-        url = self._url(f"{directory}/{name}")
+        url = self._url(join(directory, name))
         response = await self.upstream.request("GET", url, headers)
         if response.code == 304 and have is not None:
             discard(response)
@@ -438,7 +464,7 @@ class AptBackend(Backend):
             return _ABSENT
         if response.code != 200:
             raise await self.upstream.error_for(response)
-        body = await self.upstream.read_small(response, MAX_RELEASE, f"the mirror's {directory}/{name}")
+        body = await self.upstream.read_small(response, MAX_RELEASE, f"the mirror's {join(directory, name)}")
         return body, {**_validators(response), "content_type": header(response, b"content-type")}
 
     async def _check_signatures(self, rs: ReleaseSet) -> None:
@@ -452,9 +478,9 @@ class AptBackend(Backend):
                     raise apt_gpg.SignatureError("Release has no Release.gpg")
                 await apt_gpg.verify(self.reactor, keyrings, rs.bodies["Release"], rs.bodies["Release.gpg"])
         except apt_gpg.SignatureError as e:
-            _log.warn("refusing the release files of {dir} from {prefix}: {reason}", dir=rs.dir,
+            _log.warn("refusing the release files of {dir} from {prefix}: {reason}", dir=dir_label(rs.dir),
                       prefix=self.prefix, reason=str(e))
-            raise UpstreamError(f"the mirror's release files of {rs.dir} fail the signature check "
+            raise UpstreamError(f"the mirror's release files of {dir_label(rs.dir)} fail the signature check "
                                 f"(signed_by): {e}; not stored") from None
 
     def _send(self, responder: Responder, body: bytes, meta: dict[str, str | None], status: str) -> None:
@@ -510,17 +536,15 @@ class AptBackend(Backend):
 
     def _dir_for(self, path: str) -> str | None:
         """
-        The release directory an index path belongs to: the deepest known
-        one above it, else for ``dists/<suite>/…`` that suite's (fetched
-        if need be); None for anything else.
+        The release directory an index path belongs to: the deepest of the
+        known ones above it and, for ``dists/<suite>/…``, that suite's
+        (fetched if need be); None for anything else. (A flat repository's
+        top, once known, is above every path.)
         """
-        best = None
-        for directory in self._known_dirs():
-            if path.startswith(directory + "/") and (best is None or len(directory) > len(best)):
-                best = directory
-        if best is None and path.startswith("dists/") and path.count("/") >= 2:
-            best = "/".join(path.split("/")[:2])
-        return best
+        candidates = [d for d in self._known_dirs() if below(d, path)]
+        if path.startswith("dists/") and path.count("/") >= 2:
+            candidates.append("/".join(path.split("/")[:2]))
+        return max(candidates, key=len, default=None)
 
     # -- index files ----------------------------------------------------------------
 
@@ -548,7 +572,7 @@ class AptBackend(Backend):
         rs = given.get(directory) or await self._current(directory)
         if responder.gone:
             return
-        rel = path[len(directory) + 1:]
+        rel = path[len(join(directory, "")):]
         info = rs.release.files.get(rel) if rs is not None else None
         if rs is None or info is None:
             await self._other(responder, path)
@@ -560,7 +584,8 @@ class AptBackend(Backend):
         algo, hexdigest = best
         parent = rel.rpartition("/")[0]
         if rs.release.by_hash:
-            url = self._url(f"{directory}/{parent + '/' if parent else ''}by-hash/{by_hash_label(algo)}/{hexdigest}")
+            below_dir = f"{parent + '/' if parent else ''}by-hash/{by_hash_label(algo)}/{hexdigest}"
+            url = self._url(join(directory, below_dir))
         else:
             url = self._url(path)
         artifact = Artifact(key=hash_key(algo, hexdigest, self.prefix), url=url, upstream=self.upstream,
@@ -620,10 +645,10 @@ class AptBackend(Backend):
         def learnt(table: dict | None) -> None:
             if table is not None:
                 self.pool.put(where, entry.data, table)
-                _log.debug("learnt {n} pool files from {dir}/{rel}", n=len(table), dir=directory, rel=rel)
+                _log.debug("learnt {n} pool files from {path}", n=len(table), path=join(directory, rel))
 
         d = self.vault.load(entry, lambda raw: pool_table(raw, rel)).addCallback(learnt)
-        d.addErrback(lambda f: _log.failure("cannot read the index {dir}/{rel}", f, dir=directory, rel=rel))
+        d.addErrback(lambda f: _log.failure("cannot read the index {path}", f, path=join(directory, rel)))
         return self._track(f"{entry.key}@{entry.data}", d)
 
     def _track(self, key: str, d: Deferred) -> Deferred:
@@ -719,7 +744,7 @@ def _validators(response: Any) -> dict[str, str | None]:
 def _expired(rs: ReleaseSet, error: UpstreamError) -> UpstreamError:
     """The failure for a client whose only stored Release is past its Valid-Until."""
     until = formatdate(rs.release.valid_until, usegmt=True)  # type: ignore[arg-type]
-    out = UpstreamError(f"{error.reason}; the stored release of {rs.dir} expired at {until} "
+    out = UpstreamError(f"{error.reason}; the stored release of {dir_label(rs.dir)} expired at {until} "
                         f"(its Valid-Until) and is not served")
     out.status = error.status
     return out
@@ -769,6 +794,12 @@ class AptBackendType:
         for path in signed_by:
             if not os.path.isfile(path):
                 raise section.error("signed_by", f"{path}: no such keyring file")
+            try:
+                apt_gpg.check_keyring(path)
+            except OSError as e:
+                raise section.error("signed_by", f"{path}: cannot be read: {e.strerror}") from None
+            except apt_gpg.KeyringError as e:
+                raise section.error("signed_by", f"{path}: not a usable keyring: {e}") from None
         if signed_by and apt_gpg.gpgv_path() is None:
             raise section.error("signed_by", "needs gpgv (Debian package gpgv), which is not installed")
         return AptSettings(mirror_url=mirror_url, index_ttl=section.seconds("index_ttl", DEFAULT_INDEX_TTL),

@@ -71,6 +71,15 @@ class IProxyTarget(Interface):
         """
 
 
+class IDropsDotSegments(Interface):
+    """
+    A backend whose clients send ``.`` path segments meaning the place they
+    name (RFC 3986 5.2.4): they are dropped for it rather than refused with
+    a 400 (L{safe_segments}). apt asks a flat repository (``deb URI ./``)
+    for ``URI/./InRelease``. ``..`` is refused for every backend.
+    """
+
+
 class IPrefetch(Interface):
     """
     A backend whose artifacts may be downloaded ahead of a request pipelined
@@ -200,12 +209,14 @@ class BadPath(ValueError):
     pass
 
 
-def safe_segments(postpath: list[bytes]) -> list[str]:
+def safe_segments(postpath: list[bytes], drop_dot: bool = False) -> list[str]:
     """
     The request path below the prefix as text segments, refusing anything
     that could climb out of it or smuggle a separator: ``.``/``..``, empty
     segments (``//``), an encoded ``/`` or ``\\``, NUL, and non-UTF-8 bytes. A trailing
-    empty segment (a path ending in ``/``) is kept.
+    empty segment (a path ending in ``/``) is kept. With C{drop_dot} (for a
+    backend that provides L{IDropsDotSegments}), a ``.`` segment is dropped instead
+    (it names the same place, RFC 3986 5.2.4), ``..`` still refused.
     """
     out = []
     last = len(postpath) - 1
@@ -218,6 +229,10 @@ def safe_segments(postpath: list[bytes]) -> list[str]:
             raise BadPath("NUL byte in path")
         if "/" in seg or "\\" in seg:
             raise BadPath("encoded slash in path segment")
+        if seg == "." and drop_dot:
+            if i == last:
+                out.append("")  # ("a/." is the directory "a/")
+            continue
         if seg in (".", ".."):
             raise BadPath("dot segment in path")
         if seg == "" and i != last:
@@ -269,7 +284,7 @@ def _answer(backend: IBackend, responder: Responder, postpath: list[bytes]) -> A
                         headers={"Allow": "GET, HEAD"})
         return NOT_DONE_YET
     try:
-        segments = safe_segments(postpath)
+        segments = safe_segments(postpath, IDropsDotSegments.providedBy(backend))
     except BadPath as e:
         responder.error(400, f"bad request path: {e}")
         return NOT_DONE_YET

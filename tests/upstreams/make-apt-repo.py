@@ -9,6 +9,7 @@ archive software makes them), signed with a throwaway key (InRelease by
 
     make-apt-repo.py OUT --gnupghome DIR [--packages N] [--bump N] [--big-mb M]
                      [--keep-by-hash-from OLD] [--pool-from OLD]
+    make-apt-repo.py OUT --gnupghome DIR --flat [--packages N]
 
 Layout of OUT (``deb [signed-by=DIR/key.gpg] http://HOST/OUT stable main``)::
 
@@ -25,6 +26,14 @@ repository: new files in the pool, new indexes, re-signed); with
 ``--keep-by-hash-from OLD`` the old by-hash files, as a real mirror keeps
 them for a while. ``--big-mb M`` adds ``av-big`` with an M MiB random file.
 The key is made once in DIR (``DIR/key.gpg`` binary, for ``signed-by=``).
+
+``--flat``: a flat repository instead (``deb [signed-by=…] http://HOST/OUT ./``,
+as many third-party repositories are): no ``dists/`` and no pool, the
+packages (``av-flat-NN``) and the indexes side by side at the top, made as
+such repositories are made (``apt-ftparchive packages . > Packages``, ``xz
+-k``, ``apt-ftparchive release .``), signed the same way::
+
+    av-flat-NN_1.0-1_all.deb, Packages, Packages.xz, Release, InRelease, Release.gpg
 """
 
 from __future__ import annotations
@@ -65,7 +74,7 @@ def ensure_key(home: str) -> None:
     os.rename(os.path.join(home, "key.gpg.tmp"), os.path.join(home, "key.gpg"))
 
 
-def build_deb(pool: str, name: str, version: str, payload: bytes, work: str) -> None:
+def build_deb(pool: str, name: str, version: str, payload: bytes, work: str, flat: bool = False) -> None:
     root = os.path.join(work, f"{name}_{version}")
     os.makedirs(os.path.join(root, "DEBIAN"))
     doc = os.path.join(root, "usr", "share", "doc", name)
@@ -76,7 +85,7 @@ def build_deb(pool: str, name: str, version: str, payload: bytes, work: str) -> 
         f.write(f"Package: {name}\nVersion: {version}\nArchitecture: all\nSection: misc\n"
                 f"Priority: optional\nMaintainer: Artifact Vault tests <apt-test@example.invalid>\n"
                 f"Description: test package {name}\n a tiny package for the apt backend's tests\n")
-    target = os.path.join(pool, name[0], name)
+    target = pool if flat else os.path.join(pool, name[0], name)
     os.makedirs(target, exist_ok=True)
     compress = ["-Znone"] if len(payload) > 1 << 20 else []
     run("dpkg-deb", "--root-owner-group", *compress, "--build", root,
@@ -124,6 +133,40 @@ def by_hash(index_dir: str) -> None:
                 f.write(data)
 
 
+def sign(dist: str, gnupghome: str) -> None:
+    """InRelease (clear-signed) and Release.gpg (detached) for the Release in C{dist}."""
+    env = gpg_env(gnupghome)
+    sign = ["gpg", "--batch", "--quiet", "--yes", "--local-user", KEY_UID]
+    run(*sign, "--clearsign", "--output", os.path.join(dist, "InRelease"), os.path.join(dist, "Release"), env=env)
+    run(*sign, "--detach-sign", "--armor", "--output", os.path.join(dist, "Release.gpg"),
+        os.path.join(dist, "Release"), env=env)
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, check=False)  # (gpg started it: leave none behind)
+
+
+def flat(out: str, gnupghome: str, packages: int) -> None:
+    """A flat repository in C{out} (see the module's docstring), built beside it and moved in place."""
+    tmp_out = out + ".tmp"
+    shutil.rmtree(tmp_out, ignore_errors=True)
+    os.makedirs(tmp_out)
+    with tempfile.TemporaryDirectory() as work:
+        for i in range(1, packages + 1):
+            name = f"av-flat-{i:02d}"
+            build_deb(tmp_out, name, "1.0-1", f"{name} 1.0-1\n".encode() * 50, work, flat=True)
+    no_extra = ["-o", "APT::FTPArchive::SHA1=false", "-o", "APT::FTPArchive::SHA512=false"]
+    run("apt-ftparchive", *no_extra, "packages", ".", cwd=tmp_out, out=os.path.join(tmp_out, "Packages"))
+    run("xz", "-k", os.path.join(tmp_out, "Packages"))
+    fields = {"Origin": "Artifact Vault tests", "Label": "av-flat", "Suite": "flat",
+              "Description": "flat test repository of the apt backend"}
+    opts = [f"-o=APT::FTPArchive::Release::{k}={v}" for k, v in fields.items()]
+    opts.append("-o=APT::FTPArchive::Release::ValidTime=315360000")
+    release = os.path.join(os.path.dirname(tmp_out), os.path.basename(out) + ".Release")  # (not listed in itself)
+    run("apt-ftparchive", *no_extra, *opts, "release", ".", cwd=tmp_out, out=release)
+    os.rename(release, os.path.join(tmp_out, "Release"))
+    sign(tmp_out, gnupghome)
+    shutil.rmtree(out, ignore_errors=True)
+    os.rename(tmp_out, out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out")
@@ -133,9 +176,13 @@ def main() -> None:
     p.add_argument("--big-mb", type=int, default=0)
     p.add_argument("--pool-from")
     p.add_argument("--keep-by-hash-from")
+    p.add_argument("--flat", action="store_true")
     a = p.parse_args()
 
     ensure_key(a.gnupghome)
+    if a.flat:
+        flat(os.path.abspath(a.out), a.gnupghome, a.packages)
+        return
     out = os.path.abspath(a.out)
     tmp_out = out + ".tmp"
     shutil.rmtree(tmp_out, ignore_errors=True)
@@ -183,12 +230,7 @@ def main() -> None:
     opts.append("-o=APT::FTPArchive::Release::ValidTime=315360000")
     run("apt-ftparchive", *no_extra, *opts, "release", ".", cwd=dist, out=os.path.join(dist, "Release.new"))
     os.rename(os.path.join(dist, "Release.new"), os.path.join(dist, "Release"))
-    env = gpg_env(a.gnupghome)
-    sign = ["gpg", "--batch", "--quiet", "--yes", "--local-user", KEY_UID]
-    run(*sign, "--clearsign", "--output", os.path.join(dist, "InRelease"), os.path.join(dist, "Release"), env=env)
-    run(*sign, "--detach-sign", "--armor", "--output", os.path.join(dist, "Release.gpg"),
-        os.path.join(dist, "Release"), env=env)
-    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, check=False)  # (gpg started it: leave none behind)
+    sign(dist, a.gnupghome)
     shutil.rmtree(out, ignore_errors=True)
     os.rename(tmp_out, out)
 
