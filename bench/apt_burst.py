@@ -24,11 +24,13 @@ Loopback only; the ports and data of bench/apt_bench.py (run under the same
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import statistics
 import sys
 import time
+from typing import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import apt_bench as b  # noqa: E402  (the repository, the vault's config, apt clients)
@@ -78,6 +80,26 @@ def thread_cpu(pid: int) -> dict[int, float]:
     return out
 
 
+def start_vault(checkout: str) -> None:
+    """A fresh vault (empty cache) running the code of C{checkout} (vault-ctl's twistd imports it first)."""
+    os.environ["PYTHONPATH"] = checkout
+    b.vault("reset")
+
+
+@contextlib.contextmanager
+def vaults() -> Iterator[None]:
+    """Vaults started inside are stopped at the end, whatever happens."""
+    try:
+        yield
+    finally:
+        os.environ.pop("PYTHONPATH", None)
+        b.vault("stop")
+
+
+def stamp() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=12)
@@ -94,11 +116,10 @@ def main() -> None:
         return
     runs: dict[str, dict[str, list[float]]] = {n: {"cold": [], "reactor": [], "others": [], "warm": []}
                                                for n in builds}
-    try:
+    with vaults():
         for r in range(a.rounds):
             for name in (list(builds) if r % 2 == 0 else list(builds)[::-1]):
-                os.environ["PYTHONPATH"] = builds[name]  # (vault-ctl's twistd imports this checkout's code)
-                b.vault("reset")
+                start_vault(builds[name])
                 c = b.Client(b.URLS["vault"])
                 c.ok("update")
                 c.close()
@@ -114,12 +135,8 @@ def main() -> None:
             print(f"round {r + 1}: " + ", ".join(f"{n} {runs[n]['cold'][-1] * 1000:.0f} ms" for n in builds),
                   file=sys.stderr)
         direct = [burst(b.UP_PORT) for _ in range(a.rounds)]
-    finally:
-        os.environ.pop("PYTHONPATH", None)
-        b.vault("stop")
     med = statistics.median
-    print(f"# 50 pool files pipelined {DEPTH} deep after an update, {a.rounds} alternating rounds, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
+    print(f"# 50 pool files pipelined {DEPTH} deep after an update, {a.rounds} alternating rounds, {stamp()}\n")
     print("| build | cold, ms | reactor CPU, ms | other threads' CPU, ms | warm, ms |\n|---|---|---|---|---|")
     for name, path in builds.items():
         m = {k: med(v) * 1000 for k, v in runs[name].items()}
@@ -132,24 +149,19 @@ def whole_runs(builds: dict[str, str], rounds: int) -> None:
     names = ["direct", *builds]
     cold: dict[str, list[float]] = {n: [] for n in names}
     warm: dict[str, list[float]] = {n: [] for n in names}
-    try:
+    with vaults():
         for r in range(rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 url = b.URLS["direct" if name == "direct" else "vault"]
                 if name != "direct":
-                    os.environ["PYTHONPATH"] = builds[name]
-                    b.vault("reset")
+                    start_vault(builds[name])
                 cold[name].append(b.update_install(name, url))
                 warm[name].append(b.update_install(name, url))
                 if name != "direct":
                     b.vault("stop")
             print(f"round {r + 1}: " + ", ".join(f"{n} {cold[n][-1]:.2f} s" for n in names), file=sys.stderr)
-    finally:
-        os.environ.pop("PYTHONPATH", None)
-        b.vault("stop")
     med = statistics.median
-    print(f"# apt-get update + install --download-only of 50 packages, {rounds} alternating rounds, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
+    print(f"# apt-get update + install --download-only of 50 packages, {rounds} alternating rounds, {stamp()}\n")
     print("| | cold, s | cold / direct | warm, s | warm / direct |\n|---|---|---|---|---|")
     for name in names:
         label = "the repository directly" if name == "direct" else f"{name} ({builds[name]})"

@@ -474,6 +474,26 @@ def shared_fixture(factory: Any) -> Any:
     return _fixtures[factory]
 
 
+def download_temp_files(cache_dir: str) -> list[str]:
+    """
+    The daemon's temp files holding bytes: its downloads'. The empty ones are
+    made ahead for the next downloads (Spool.prepare), never more than READY.
+    """
+    from artifactvault.cache.spool import READY
+    tmp = os.path.join(cache_dir, "tmp")
+    names = os.listdir(tmp)
+    # (a few downloads may be under way besides: more would be temp files left behind, empty ones too)
+    assert len(names) <= READY + 4, f"more temp files than those made ahead and a few downloads: {names}"
+    out = []
+    for name in names:
+        try:
+            if os.path.getsize(os.path.join(tmp, name)) > 0:
+                out.append(name)
+        except FileNotFoundError:
+            pass  # (removed while we looked)
+    return sorted(out)
+
+
 # -- descriptors -----------------------------------------------------------------
 
 def descriptors(pid: int) -> dict[int, str]:

@@ -22,8 +22,6 @@ import time
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from artifactvault.cache import spool as spoolmod
-
 from tests import support
 from tests.fakeupstream import FakeUpstream, Script
 from tests.support import Daemon, request
@@ -126,14 +124,7 @@ class FullDiskTests(TestCase):
         self.disk, self.fake, self.daemon = full_disk_daemon(self)
 
     def tmp_files(self) -> list[str]:
-        """
-        The temp files holding bytes (a download's). The empty ones are made
-        ahead for the next downloads (Spool.prepare), never more than READY.
-        """
-        tmp = os.path.join(self.daemon.cache_dir, "tmp")
-        names = os.listdir(tmp)
-        self.assertLessEqual(len(names), spoolmod.READY, names)
-        return [n for n in names if os.path.getsize(os.path.join(tmp, n)) > 0]
+        return support.download_temp_files(self.daemon.cache_dir)
 
     def test_commit_fails_under_a_slow_reader(self) -> None:
         """

@@ -33,7 +33,7 @@ import uuid
 from twisted.trial.unittest import TestCase
 
 from tests.fakeupstream import FakeUpstream, Script
-from tests.support import Daemon, request
+from tests.support import Daemon, download_temp_files, request
 
 MIB = 1024 * 1024
 #: What a client sees when the vault cuts its connection mid-body.
@@ -616,7 +616,7 @@ class FullDiskTests(TestCase):
         after = sorted(meta["key"] for meta, _ in stored_entries(self.daemon.cache_dir))
         self.assertEqual(after, before)
         deadline = time.monotonic() + 15
-        while os.listdir(os.path.join(self.daemon.cache_dir, "tmp")):
+        while download_temp_files(self.daemon.cache_dir):
             self.assertLess(time.monotonic(), deadline, "temp files left behind")
             time.sleep(0.02)
         status, headers, got = outcome(self.daemon.port, "/fake/hit.bin")
