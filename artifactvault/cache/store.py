@@ -386,7 +386,7 @@ class FileStore(StoreBasics):
         (C{run_commit}): their fsyncs queue on the file system's journal
         anyway, and several threads doing them at once only fight the
         reactor for the GIL and the CPU while it serves the clients the
-        commits are for (a burst of small cold files is served a third
+        commits are for (a burst of small cold files is served a quarter
         faster with one committing thread than with four: docs/benchmarks.md).
         """
         if not self.fits(entry.size):
