@@ -49,14 +49,23 @@ ErrorRenderer = Callable[[Request, int, str], None]
 STALE_WARNING = b'299 - "Response is Stale"'
 
 
+def send_whole(request: Request, status: int, content_type: bytes, body: bytes) -> None:
+    """
+    A small answer the vault makes itself (an error, a refusal, a ping):
+    whole, with its length, never to be cached. The caller finishes it.
+    """
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", content_type)
+    request.setHeader(b"content-length", b"%d" % len(body))
+    request.setHeader(b"cache-control", b"no-store")
+    if request.method != b"HEAD":
+        request.write(body)
+
+
 def plain_error(request: Request, status: int, message: str) -> None:
     """The default error body: one line of text saying why."""
-    body = (message.rstrip("\n") + "\n").encode("utf-8", "replace")
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-    request.setHeader(b"content-length", str(len(body)).encode())
-    request.setHeader(b"cache-control", b"no-store")
-    request.write(body)
+    send_whole(request, status, b"text/plain; charset=utf-8",
+               (message.rstrip("\n") + "\n").encode("utf-8", "replace"))
     request.finish()
 
 

@@ -61,6 +61,7 @@ from twisted.web.server import Request, Site
 
 from artifactvault import __version__, logs
 from artifactvault.config import ClientLimits
+from artifactvault.serve import plain_error
 
 _log = Logger(observer=logs.observer)
 
@@ -139,15 +140,8 @@ class VaultRequest(Request):
         self.site = self.channel.site
         self.prepath, self.postpath = [], []
         self.error_reason = f"not an open proxy: no backend answers for {target}"
-        body = (self.error_reason + "\n").encode("utf-8", "replace")
         self.setHeader(b"server", SERVER)
-        self.setResponseCode(403)
-        self.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        self.setHeader(b"content-length", b"%d" % len(body))
-        self.setHeader(b"cache-control", b"no-store")
-        if self.method != b"HEAD":
-            self.write(body)
-        self.finish()
+        plain_error(self, 403, self.error_reason)
 
     def connectionLost(self, reason: Any) -> None:
         if not self.finished and not self._logged:

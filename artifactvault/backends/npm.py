@@ -42,7 +42,7 @@ from artifactvault.backends.base import (Backend, BackendResource, BuildContext,
                                          IBackendType, admitted, dispatch, parse_common, run)
 from artifactvault.config import Section
 from artifactvault.flight import Artifact
-from artifactvault.serve import Responder, answer_not_modified, not_modified, wants_revalidation
+from artifactvault.serve import Responder, answer_not_modified, not_modified, send_whole, wants_revalidation
 from artifactvault.upstream import UpstreamError, header
 from artifactvault.vault import Entry
 
@@ -69,12 +69,7 @@ class NpmSettings(CommonSettings):
 
 def npm_error(request: Request, status: int, message: str) -> None:
     """npm's error format: a JSON object whose C{error} npm prints."""
-    body = json.dumps({"error": message}).encode() + b"\n"
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"content-length", str(len(body)).encode())
-    request.setHeader(b"cache-control", b"no-store")
-    request.write(body)
+    send_whole(request, status, b"application/json", json.dumps({"error": message}).encode() + b"\n")
     request.finish()
 
 
@@ -351,12 +346,7 @@ class NpmBackend(Backend):
     def _special(self, responder: Responder, rest: list[str]) -> None:
         request = responder.request
         if rest == ["ping"]:
-            body = b"{}\n"
-            request.setHeader(b"content-type", b"application/json")
-            request.setHeader(b"content-length", b"%d" % len(body))
-            request.setHeader(b"cache-control", b"no-store")
-            if request.method != b"HEAD":
-                request.write(body)
+            send_whole(request, 200, b"application/json", b"{}\n")
             responder.finish()
         elif rest == ["v1", "search"]:
             query = request.uri.partition(b"?")[2].decode("latin-1")
@@ -394,15 +384,11 @@ class NpmBackend(Backend):
             return
         request = responder.request
         responder.cache_status = "PASS"
-        request.setResponseCode(response.code)
-        request.setHeader(b"content-type", (header(response, b"content-type") or "application/json").encode("latin-1"))
         encoding = header(response, b"x-upstream-content-encoding")
         if encoding:
             request.setHeader(b"content-encoding", encoding.encode("latin-1"))
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"content-length", b"%d" % len(data))
-        if method != "HEAD":
-            request.write(data)
+        send_whole(request, response.code,
+                   (header(response, b"content-type") or "application/json").encode("latin-1"), data)
         responder.finish()
 
 

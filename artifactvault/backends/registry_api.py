@@ -28,7 +28,7 @@ from artifactvault.auth.access import AUTHENTICATED
 from artifactvault.auth.gate import gate_of, guard
 from artifactvault.backends.base import dispatch
 from artifactvault.config import ConfigError
-from artifactvault.serve import Responder
+from artifactvault.serve import Responder, send_whole
 from artifactvault.upstream import UpstreamStatus
 
 API_VERSION = (b"docker-distribution-api-version", b"registry/2.0")
@@ -108,12 +108,8 @@ def registry_error(request: Request, status: int, message: str) -> None:
     body = json.dumps({"errors": errors}).encode() + b"\n"
     for name in _ARTIFACT_HEADERS:
         request.responseHeaders.removeHeader(name)
-    request.setResponseCode(status)
     request.setHeader(*API_VERSION)
-    request.setHeader(b"content-type", b"application/json; charset=utf-8")
-    request.setHeader(b"content-length", str(len(body)).encode())
-    request.setHeader(b"cache-control", b"no-store")
-    request.write(body)
+    send_whole(request, status, b"application/json; charset=utf-8", body)
     request.finish()
 
 
