@@ -474,6 +474,20 @@ def shared_fixture(factory: Any) -> Any:
     return _fixtures[factory]
 
 
+def fake_behind_daemon(testcase: Any) -> tuple[Any, Daemon]:
+    """
+    A scripted upstream (L{tests.fakeupstream.FakeUpstream}) behind the real
+    daemon's http backend at C{/fake/}, started; both cleaned up after C{testcase}.
+    """
+    from tests.fakeupstream import FakeUpstream
+    fake = FakeUpstream()
+    testcase.addCleanup(fake.close)
+    daemon = Daemon([{"type": "http", "config": {"prefix": "/fake/", "base_url": fake.base}}])
+    testcase.addCleanup(daemon.cleanup)
+    daemon.start()
+    return fake, daemon
+
+
 def download_temp_files(cache_dir: str) -> list[str]:
     """
     The daemon's temp files holding bytes: its downloads'. The empty ones are

@@ -254,15 +254,11 @@ class OneDaemonPerDirectoryTests(TestCase):
         The second exits non-zero with one line naming the directory and the
         first's pid, and the first's download in progress survives it.
         """
-        fake = FakeUpstream()
-        self.addCleanup(fake.close)
+        fake, first = support.fake_behind_daemon(self)
         resume = threading.Event()
         self.addCleanup(resume.set)
         data = os.urandom(4 * MIB)
         fake.scripts["/big.bin"] = Script(body=data, cut_at=MIB, resume=resume)
-        first = Daemon([{"type": "http", "config": {"prefix": "/fake/", "base_url": fake.base}}])
-        self.addCleanup(first.cleanup)
-        first.start()
         conn = http.client.HTTPConnection("127.0.0.1", first.port, timeout=30)
         self.addCleanup(conn.close)
         conn.request("GET", "/fake/big.bin")

@@ -33,7 +33,7 @@ import uuid
 from twisted.trial.unittest import TestCase
 
 from tests.fakeupstream import FakeUpstream, Script
-from tests.support import Daemon, download_temp_files, request
+from tests.support import Daemon, download_temp_files, fake_behind_daemon, request
 
 MIB = 1024 * 1024
 #: What a client sees when the vault cuts its connection mid-body.
@@ -462,11 +462,7 @@ class KillNineTests(TestCase):
     """The daemon killed with kill -9 at random moments of 20 downloads, and restarted, again and again."""
 
     def setUp(self) -> None:
-        self.fake = FakeUpstream()
-        self.addCleanup(self.fake.close)
-        self.daemon = Daemon([{"type": "http", "config": {"prefix": "/fake/", "base_url": self.fake.base}}])
-        self.addCleanup(self.daemon.cleanup)
-        self.daemon.start()
+        self.fake, self.daemon = fake_behind_daemon(self)
 
     def test_kill9_at_random_points_of_20_downloads(self) -> None:
         """

@@ -382,11 +382,7 @@ class CrashSafetyTests(TestCase):
     """A kill -9 of the daemon at any moment never leaves an entry served with wrong bytes."""
 
     def setUp(self) -> None:
-        self.fake = FakeUpstream()
-        self.addCleanup(self.fake.close)
-        self.daemon = Daemon([{"type": "http", "config": {"prefix": "/fake/", "base_url": self.fake.base}}])
-        self.addCleanup(self.daemon.cleanup)
-        self.daemon.start()
+        self.fake, self.daemon = support.fake_behind_daemon(self)
 
     def cache_files(self) -> list[str]:
         """The cache's files but its lock (which a killed daemon's kernel released, and the next one takes)."""
