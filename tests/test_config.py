@@ -6,6 +6,7 @@ and one readable line naming the file and the key for every mistake.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import yaml
 from twisted.trial.unittest import SynchronousTestCase
@@ -45,14 +46,18 @@ class ConfigFileMixin:
 
     def assertConfigError(self, text: str | bytes, *fragments: str) -> str:
         """Loading C{text} fails with one line naming the file and every fragment."""
-        path = self.write(text)
-        error = self.assertRaises(ConfigError, configmod.load, path, parse_backend)
-        message = str(error)
-        self.assertNotIn("\n", message)
-        self.assertTrue(message.startswith(path + ": "), message)
-        for fragment in fragments:
-            self.assertIn(fragment, message)
-        return message
+        return config_error_at(self, self.write(text), *fragments)
+
+
+def config_error_at(testcase: Any, path: str, *fragments: str) -> str:
+    """Loading the config file C{path} fails with one line naming it and every fragment; the line."""
+    error = testcase.assertRaises(ConfigError, configmod.load, path, parse_backend)
+    message = str(error)
+    testcase.assertNotIn("\n", message)
+    testcase.assertTrue(message.startswith(path + ": "), message)
+    for fragment in fragments:
+        testcase.assertIn(fragment, message)
+    return message
 
 
 def http_backend(**config: object) -> dict:

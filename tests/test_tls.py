@@ -25,10 +25,10 @@ from zope.interface.verify import verifyObject
 from artifactvault import config as configmod
 from artifactvault import tap
 from artifactvault.backends import parse_backend
-from artifactvault.config import ConfigError
 from artifactvault.service import listeners
 from artifactvault.tls import ExtraTrustPolicy, ServerCertificate, TLSFileError, check_listen, policy_for
 from artifactvault.upstream import Clients, UpstreamCertificateError, describe_failure
+from tests.test_config import config_error_at
 
 
 class CertFiles:
@@ -58,13 +58,7 @@ class Mixin:
         return path
 
     def assertConfigError(self, path: str, *fragments: str) -> str:
-        error = self.assertRaises(ConfigError, configmod.load, path, parse_backend)
-        message = str(error)
-        self.assertNotIn("\n", message)
-        self.assertTrue(message.startswith(path + ": "), message)
-        for fragment in fragments:
-            self.assertIn(fragment, message)
-        return message
+        return config_error_at(self, path, *fragments)
 
 
 class ServerConfigTests(Mixin, SynchronousTestCase):
