@@ -452,3 +452,16 @@ class Harness:
 
     def url(self, path: str) -> str:
         return f"{UPSTREAM}/{path}"
+
+
+def log_events(testcase: Any, namespace: str | None = None) -> list[dict]:
+    """The log events emitted from now until C{testcase} ends (only C{namespace}'s, if given)."""
+    from twisted.logger import globalLogPublisher
+    events: list[dict] = []
+
+    def observe(event: dict) -> None:
+        if namespace is None or event.get("log_namespace") == namespace:
+            events.append(event)
+    globalLogPublisher.addObserver(observe)
+    testcase.addCleanup(globalLogPublisher.removeObserver, observe)
+    return events

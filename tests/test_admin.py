@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import subprocess
 
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from artifactvault.admin import Admin, AdminResource, BadRequest, select
 from artifactvault.negative import NegativeCache
 from tests import support
-from tests.fakes import UPSTREAM, Client, Harness
+from tests.fakes import UPSTREAM, Client, Harness, log_events
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 BODY = b"0123456789"
@@ -26,9 +26,7 @@ class AdminTests(SynchronousTestCase):
         self.harness = h = Harness(self, ttl=3600, idle_timeout=10, timeout=5)
         h.upstream.origin_url = UPSTREAM
         h.site.resource.children[b"-"].putChild(b"admin", AdminResource(Admin(h.vault, [h.backend]), TOKEN))
-        self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = log_events(self)
 
     def post(self, action: str, doc: object, token: str | None = TOKEN, method: bytes = b"POST"):  # type: ignore[no-untyped-def]
         body = json.dumps(doc).encode()

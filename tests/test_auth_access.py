@@ -13,14 +13,14 @@ import bcrypt
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from artifactvault.auth.access import (ANONYMOUS, AUTHENTICATED, OPEN, Access, AuthSettings, Kind, Principal,
                                        parse_access)
 from artifactvault.config import ConfigError, Section
 from artifactvault.service import build
-from tests.fakes import ManualPool
+from tests.fakes import ManualPool, log_events
 from tests.test_config import ConfigFileMixin, http_backend
 
 HASH = bcrypt.hashpw(b"secret", bcrypt.gensalt(4)).decode()
@@ -138,9 +138,7 @@ class StartTests(ConfigFileMixin, SynchronousTestCase):
 
     def test_warning_without_auth(self) -> None:
         """Without auth:, the start warns for each backend with upstream credentials (and no other)."""
-        events: list[dict] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = log_events(self)
         config = self.load_data({"cache_dir": self.mktemp(), "http_port": 0,
                                  "backends": [http_backend(), http_backend(prefix="/private/", token="x" * 20)]})
         _, root = build(config, threadpool=_Inline())

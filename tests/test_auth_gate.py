@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.cred.credentials import Anonymous, UsernamePassword
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
@@ -22,7 +22,7 @@ from artifactvault.auth.access import AUTHENTICATED, OPEN, Access, AuthSettings,
 from artifactvault.auth.checkers import BearerToken, make_portal
 from artifactvault.auth.gate import FailureLimiter, Gate, Guarded, Malformed, parse_authorization
 from artifactvault.backends.registry_api import RegistryApi
-from tests.fakes import Client, Harness, ManualPool
+from tests.fakes import Client, Harness, ManualPool, log_events
 
 HASH = bcrypt.hashpw(b"secret", bcrypt.gensalt(4))
 TOKEN = "0123456789abcdef0123"
@@ -93,9 +93,7 @@ class GateTests(SynchronousTestCase):
                                      failure_window=60, configured=True)
         self.gate = Gate(self.settings, make_portal(self.settings, self.pool.run), h.clock)
         h.site.gate = self.gate
-        self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = log_events(self)
 
     def get(self, authorization: str | None = None, path: str = "/files/a.tar.gz") -> Client:
         client = self.h.get(path, headers={"Authorization": authorization} if authorization else None)

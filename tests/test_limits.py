@@ -10,7 +10,7 @@ from __future__ import annotations
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -19,6 +19,7 @@ from artifactvault import config as configmod
 from artifactvault.backends import parse_backend
 from artifactvault.config import ClientLimits, ConfigError
 from artifactvault.site import VaultSite
+from tests.fakes import log_events
 
 
 class _Hello(Resource):
@@ -48,13 +49,7 @@ class LimitsMixin:
         self.clock = Clock()
         self.resource = _Hello()
         self.site = VaultSite(self.resource, reactor=self.clock, limits=LIMITS)
-        self.events: list[dict] = []
-
-        def observe(event: dict) -> None:
-            if event.get("log_namespace") == "artifactvault.site":
-                self.events.append(event)
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.events = log_events(self, "artifactvault.site")
 
     def connect(self, host: str = "127.0.0.1") -> tuple:
         protocol = self.site.buildProtocol(IPv4Address("TCP", host, 40000))

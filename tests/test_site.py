@@ -9,25 +9,19 @@ from twisted.internet import error as neterror
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from artifactvault.site import VaultSite, _plain_get
-from tests.fakes import Harness
+from tests.fakes import Harness, log_events
 
 
 class SiteLogTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.harness = Harness(self)
-        self.events: list[dict] = []
-
-        def observe(event: dict) -> None:
-            if event.get("log_namespace") == "artifactvault.site":
-                self.events.append(event)
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.events = log_events(self, "artifactvault.site")
 
     def line(self) -> str:
         """The one line logged so far."""
