@@ -569,7 +569,9 @@ class Flight:
         ctype = response.headers.getRawHeaders(b"content-type", [None])[0]
         self.content_type = self.artifact.content_type or (ctype.decode("latin-1") if ctype else None)
         try:
-            self.temp_path, self.fd = self.store.spool.new_temp()
+            # (the announced length is reserved ahead when the body is to be kept)
+            size = self.length if self.kept and self.length is not None and self.store.fits(self.length) else None
+            self.temp_path, self.fd = self.store.spool.new_temp(size)
         except OSError as e:  # no space for one more file, no descriptor left
             discard(response)
             self.store.spool.write_failed()

@@ -17,6 +17,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from artifactvault import flight as flightmod
+from artifactvault.cache import spool as spoolmod
 from artifactvault.cache import store as storemod
 from artifactvault.cache.store import Entry, FileStore
 from artifactvault.flight import (Artifact, DigestMismatch, Flight, FlightState, Flights, IFlightListener,
@@ -429,7 +430,7 @@ class FaultTests(FlightMixin, SynchronousTestCase):
 
     def test_no_temp_file(self) -> None:
         """No temp file to be had (no descriptor, no inode left): a 502 saying so; the body is discarded."""
-        def exhausted() -> None:
+        def exhausted(size: int | None = None) -> None:
             raise OSError(errno.EMFILE, "Too many open files")
         self.patch(self.store.spool, "new_temp", exhausted)
         flight = self.start()
@@ -438,6 +439,43 @@ class FaultTests(FlightMixin, SynchronousTestCase):
         self.assertEqual(failure.value.reason, "could not store the download: Too many open files")
         self.assertTrue(response.ended)
         self.assertEqual(len(self.flights), 0)
+
+
+class ReserveTests(FlightMixin, SynchronousTestCase):
+    """A large body to be kept has its announced length reserved on the disk as it starts (spool.reserve)."""
+
+    SIZE = 2 * spoolmod.RESERVE_FROM
+
+    def blocks(self, fd: int) -> int:
+        return os.fstat(fd).st_blocks * 512
+
+    def test_announced_length_reserved(self) -> None:
+        """The temp file holds the whole length's blocks from the first byte; the stored file has no more."""
+        body = os.urandom(self.SIZE)
+        flight, response, listener = self.streaming(length=self.SIZE)
+        response.send(body[:100])
+        self.assertEqual(os.fstat(flight.fd).st_size, 100)
+        self.assertGreaterEqual(self.blocks(flight.fd), self.SIZE)
+        response.send(body[100:]).finish()
+        entry = self.successResultOf(flight.committed())
+        fd = self.store.open_data(entry)
+        self.addCleanup(os.close, fd)
+        self.assertEqual(os.fstat(fd).st_size, self.SIZE)
+        self.assertLess(self.blocks(fd), self.SIZE + 64 * 1024)
+        self.assertEqual(self.stored(), body)
+
+    def test_not_kept_not_reserved(self) -> None:
+        """A body too large to be stored reserves nothing: it is relayed, never committed."""
+        self.patch(self.store, "max_object_size", self.SIZE - 1)
+        flight, response, listener = self.streaming(length=self.SIZE)
+        response.send(b"x" * 100)
+        self.assertLess(self.blocks(flight.fd), spoolmod.RESERVE_FROM)
+
+    def test_cut_after_reserving(self) -> None:
+        """A body cut short after its space was reserved: the temp file (and its blocks) go."""
+        flight, response, listener = self.streaming(length=self.SIZE)
+        response.send(b"x" * 100).cut(neterror.ConnectionLost())
+        self.assertFailed(flight, listener, UpstreamError, f"upstream connection broke after 100 of {self.SIZE} bytes")
 
 
 class DigestTests(FlightMixin, SynchronousTestCase):

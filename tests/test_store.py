@@ -385,6 +385,40 @@ class TempAheadTests(StoreMixin, SynchronousTestCase):
         self.assertRaises(OSError, self.store.new_temp)
 
 
+class ReserveTests(StoreMixin, SynchronousTestCase):
+    """A large download's announced size is reserved on the disk ahead; its file's size is what was written."""
+
+    def test_large_size_reserved(self) -> None:
+        """new_temp(size) of a large size: the blocks are there, the file is still empty."""
+        size = 4 * spoolmod.RESERVE_FROM
+        path, fd = self.store.new_temp(size)
+        self.addCleanup(os.close, fd)
+        st = os.fstat(fd)
+        self.assertEqual(st.st_size, 0)
+        self.assertGreaterEqual(st.st_blocks * 512, size)
+
+    def test_small_size_not_reserved(self) -> None:
+        """Below RESERVE_FROM nothing is reserved (a system call for a few blocks costs more than it saves)."""
+        path, fd = self.store.new_temp(spoolmod.RESERVE_FROM - 1)
+        self.addCleanup(os.close, fd)
+        self.assertEqual(os.fstat(fd).st_blocks, 0)
+
+    def test_cannot_reserve(self) -> None:
+        """Where fallocate cannot reserve (here: a pipe), reserve says so and raises nothing."""
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, w)
+        self.assertFalse(spoolmod.reserve(w, spoolmod.RESERVE_FROM))
+
+    def test_no_fallocate(self) -> None:
+        """A system without fallocate: a temp file all the same, nothing reserved."""
+        self.patch(spoolmod, "_FALLOCATE", None)
+        path, fd = self.store.new_temp(4 * spoolmod.RESERVE_FROM)
+        self.addCleanup(os.close, fd)
+        self.assertEqual(os.fstat(fd).st_blocks, 0)
+        self.assertFalse(spoolmod.reserve(fd, spoolmod.RESERVE_FROM))
+
+
 class EvictionTests(StoreMixin, SynchronousTestCase):
     """With max_size, the least recently used entries go once the cache is over it."""
 

@@ -14,6 +14,7 @@ the first one's downloads.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import secrets
@@ -22,6 +23,8 @@ import secrets
 LOCK_NAME = "lock"
 #: Temp files made ahead of the downloads that will need them (L{Spool.prepare}).
 READY = 8
+#: Downloads of at least this many announced bytes get their space reserved (L{reserve}).
+RESERVE_FROM = 1024 * 1024
 
 
 class CacheInUse(Exception):
@@ -104,8 +107,18 @@ class Spool:
         self.write_errors += 1
         return self.write_errors
 
-    def new_temp(self) -> tuple[str, int]:
-        """A new temp file for a download: (path, fd open for reading and writing)."""
+    def new_temp(self, size: int | None = None) -> tuple[str, int]:
+        """
+        A new temp file for a download: (path, fd open for reading and
+        writing). C{size}, when the download announced it, is reserved on
+        the disk ahead if it is large (L{reserve}).
+        """
+        path, fd = self._take()
+        if size is not None and size >= RESERVE_FROM:
+            reserve(fd, size)
+        return path, fd
+
+    def _take(self) -> tuple[str, int]:
         while self._ready:
             path = self._ready.pop()
             try:
@@ -142,3 +155,36 @@ class Spool:
             except FileExistsError:
                 continue
             return path, fd
+
+
+def _fallocate() -> object | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = getattr(libc, "fallocate64", None) or libc.fallocate
+    except (OSError, AttributeError):  # (not Linux: nothing is reserved)
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    call.restype = ctypes.c_int
+    return call
+
+
+_FALLOCATE = _fallocate()
+#: fallocate(2)'s flag that reserves blocks without changing the file's size.
+FALLOC_FL_KEEP_SIZE = 1
+
+
+def reserve(fd: int, size: int) -> bool:
+    """
+    Reserve C{size} bytes of disk for the file C{fd} will grow into, without
+    changing its size (C{fallocate(2)} with C{FALLOC_FL_KEEP_SIZE}): writing
+    a large download then costs the reactor about a quarter less CPU (no
+    block reservation page by page; a 200 MiB cold download ~6% faster:
+    docs/benchmarks.md). Only a hint: where it cannot be done (another
+    system, a file system without it, no space) nothing changes and the
+    writes go on as before, failing as they would have. Not
+    C{os.posix_fallocate}, which grows the file, and writes zeros where the
+    file system cannot reserve.
+    """
+    if _FALLOCATE is None:
+        return False
+    return _FALLOCATE(fd, FALLOC_FL_KEEP_SIZE, 0, size) == 0  # type: ignore[operator]
