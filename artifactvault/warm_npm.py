@@ -4,9 +4,10 @@
 of an npm lockfile, through the vault's npm backend.
 
 For each package in the lock (lockfileVersion 2 and 3: C{packages}; 1:
-C{dependencies}, nested), its tarball and its packument, the abbreviated
-one (what npm, yarn and pnpm install from) so that an C{npm install} that
-resolves again works offline too. The lock's C{resolved} URL names the
+C{dependencies}, nested), its tarball and its packument in both variants
+the vault keeps (npm 11 installs from the full one, pnpm and yarn from the
+abbreviated one), so that an install that resolves again works offline
+too, not only C{npm ci}. The lock's C{resolved} URL names the
 registry it was made against (the public one, as a rule, whatever
 registry the vault is in front of): only its path after the registry's own
 (C{<name>/-/<file>.tgz}) is kept and put below the backend's prefix, as
@@ -29,8 +30,10 @@ from urllib.parse import quote, unquote, urlsplit
 
 from artifactvault.warm import File, Item, WarmError
 
-#: The Accept npm install sends for a packument (the vault keeps one copy per variant).
-INSTALL_ACCEPT = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*"
+#: What clients send for a packument, one per variant the vault keeps: the
+#: abbreviated one (pnpm, yarn, npm before 11) and the full one (npm 11's install).
+PACKUMENT_ACCEPTS = ("application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*",
+                     "application/json")
 #: SRI algorithms, strongest first, with their digest sizes.
 SRI = {"sha512": 64, "sha384": 48, "sha256": 32, "sha1": 20}
 #: Entries named in an item's note, at most.
@@ -142,7 +145,7 @@ def escaped(name: str) -> str:
 def lock_files(prefix: str, lock: str, item: Item) -> list[File]:
     """
     The files of lockfile C{lock} on the npm backend at C{prefix}: each
-    package's packument (once per name) and tarball. What is left out is
+    package's packuments (once per name) and tarball. What is left out is
     said in the item's notes.
     """
     try:
@@ -168,9 +171,10 @@ def lock_files(prefix: str, lock: str, item: Item) -> list[File]:
         tarball = File(f"{base}{name}/-/{filename}", None, *(digest or (None, None)))
         if tarball.path not in {t.path for t in tarballs}:
             tarballs.append(tarball)
-        packument = File(base + escaped(name), headers=(("Accept", INSTALL_ACCEPT),))
-        if packument not in packuments:
-            packuments.append(packument)
+        for accept in PACKUMENT_ACCEPTS:
+            packument = File(base + escaped(name), headers=(("Accept", accept),))
+            if packument not in packuments:
+                packuments.append(packument)
     if skipped:
         more = f" and {len(skipped) - NAMED} more" if len(skipped) > NAMED else ""
         item.notes.append(f"left out {len(skipped)} not from a registry: {', '.join(skipped[:NAMED])}{more}")
