@@ -195,7 +195,8 @@ def _auth_file(root: str, vault: Vault) -> str | None:
     path = os.path.join(root, "etc", "auth.conf")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(f"machine {vault.base.partition('://')[2]} login {unquote(parts.username)} "
+        # (with the scheme: apt gives an entry without one to https only)
+        f.write(f"machine {vault.base} login {unquote(parts.username)} "
                 f"password {unquote(parts.password or '')}\n")
     return path
 

@@ -19,6 +19,7 @@ from twisted.trial.unittest import TestCase
 
 from tests import support
 from tests.test_apt_clients import PROXY_HOST, AptTestCase, pool, sha256_file
+from tests.test_apt_clients import key as apt_key
 from tests.test_apt_clients import kit as apt_kit
 from tests.fakeupstream import FakeUpstream, Script
 from tests.test_pypi_clients import UV
@@ -301,6 +302,29 @@ class AptTests(AptTestCase):
         c = self.client(d.url("/debian"), **{"Dir::Etc::netrc": netrc})
         c.ok("update")
         c.ok("download", "av-pkg-01")
+
+    def test_warm_with_credentials(self) -> None:
+        """artifactvault warm --apt with user:password in --vault: apt-get is given them (in an auth.conf),
+        the password is shown nowhere; without credentials apt-get update fails with the 401."""
+        tmp = tempfile.mkdtemp(prefix="av-auth-apt-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        htpasswd, tokens = write_credentials(tmp)
+        d = support.Daemon([{"type": "apt", "config": {"prefix": "/debian/", "mirror_url": f"{apt_kit()}/{self.repo()}",
+                                                       "access": "authenticated"}}], auth={"htpasswd": htpasswd})
+        self.addCleanup(d.cleanup)
+        d.start()
+        warm = [os.path.join(os.path.dirname(sys.executable), "artifactvault"), "warm", "--apt",
+                f"deb [signed-by={apt_key()}] /debian/ stable main", "--deb", "av-pkg-01"]
+        p = subprocess.run(warm + ["--vault", f"http://alice:{PASSWORD}@127.0.0.1:{d.port}"], capture_output=True,
+                           text=True, timeout=120, env={**os.environ, "COLUMNS": "250"})
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertRegex(p.stdout, r"apt av-pkg-01 +│ fetched +│ +1 │ +1 │")
+        self.assertNotIn(PASSWORD, p.stdout + p.stderr)
+        p = subprocess.run(warm + ["--vault", d.base], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "COLUMNS": "250"})
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("apt-get update failed", p.stdout)
+        self.assertIn("401", p.stdout)
 
 
 class LimitTests(TestCase):

@@ -139,7 +139,7 @@ class MachineTests(SynchronousTestCase):
         machine = warm_apt.AptMachine(root, vault, request)
         auth = os.path.join(root, "etc", "auth.conf")
         with open(auth) as f:
-            self.assertEqual(f.read(), "machine 127.0.0.1:8080 login ci password s@cret\n")
+            self.assertEqual(f.read(), "machine http://127.0.0.1:8080 login ci password s@cret\n")
         self.assertEqual(stat.S_IMODE(os.stat(auth).st_mode), 0o600)
         with open(os.path.join(root, "etc", "sources.list")) as f:
             self.assertEqual(f.read(), "deb http://127.0.0.1:8080/debian/ stable main\n")
