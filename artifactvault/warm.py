@@ -439,6 +439,16 @@ def make_items(vault: Vault, wanted: list[tuple[str, str]], arch: str | None) ->
     return items
 
 
+@dataclass
+class Settings:
+    """How items are planned: the backends' prefixes, pip's targets and command."""
+
+    pypi: str = "/pypi/"
+    targets: list[tuple[str | None, str | None]] = field(default_factory=lambda: [(None, None)])
+    pip: list[str] = field(default_factory=lambda: [sys.executable, "-m", "pip"])
+    npm: str = "/npm/"
+
+
 def main(argv: list[str] | None = None, console: Console | None = None) -> int:
     args = parser().parse_args(argv)
     err = console or Console(stderr=True)
@@ -469,18 +479,9 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
     return 1 if any(item.errors for item in items) else 0
 
 
-@dataclass
-class Settings:
-    """How items are planned: the backends' prefixes, pip's targets and command."""
-
-    pypi: str = "/pypi/"
-    targets: list[tuple[str | None, str | None]] = field(default_factory=lambda: [(None, None)])
-    pip: list[str] = field(default_factory=lambda: [sys.executable, "-m", "pip"])
-    npm: str = "/npm/"
-
-
 def plan(vault: Vault, item: Item, settings: Settings) -> list[File]:
     """The files of C{item} (run in the pool: pip and apt-get are run, manifests fetched)."""
+    # (warm_apt and warm_npm are imported where used: they import this module)
     if item.kind == "url":
         return [File(item.what if item.what.startswith("/") else "/" + item.what)]
     if item.kind == "image":
