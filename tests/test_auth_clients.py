@@ -23,6 +23,7 @@ from tests.test_apt_clients import key as apt_key
 from tests.test_apt_clients import kit as apt_kit
 from tests.fakeupstream import FakeUpstream, Script
 from tests.test_pypi_clients import UV
+from tests.test_warm import run_warm
 
 PASSWORD = "s3cret-pa55"
 TOKEN = "ci-0123456789abcdef0123456789"
@@ -313,18 +314,15 @@ class AptTests(AptTestCase):
                                                        "access": "authenticated"}}], auth={"htpasswd": htpasswd})
         self.addCleanup(d.cleanup)
         d.start()
-        warm = [os.path.join(os.path.dirname(sys.executable), "artifactvault"), "warm", "--apt",
-                f"deb [signed-by={apt_key()}] /debian/ stable main", "--deb", "av-pkg-01"]
-        p = subprocess.run(warm + ["--vault", f"http://alice:{PASSWORD}@127.0.0.1:{d.port}"], capture_output=True,
-                           text=True, timeout=120, env={**os.environ, "COLUMNS": "250"})
-        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
-        self.assertRegex(p.stdout, r"apt av-pkg-01 +│ fetched +│ +1 │ +1 │")
-        self.assertNotIn(PASSWORD, p.stdout + p.stderr)
-        p = subprocess.run(warm + ["--vault", d.base], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "COLUMNS": "250"})
-        self.assertEqual(p.returncode, 1)
-        self.assertIn("apt-get update failed", p.stdout)
-        self.assertIn("401", p.stdout)
+        items = ["--apt", f"deb [signed-by={apt_key()}] /debian/ stable main", "--deb", "av-pkg-01"]
+        status, out = run_warm(f"http://alice:{PASSWORD}@127.0.0.1:{d.port}", *items)
+        self.assertEqual(status, 0, out)
+        self.assertRegex(out, r"apt av-pkg-01 +│ fetched +│ +1 │ +1 │")
+        self.assertNotIn(PASSWORD, out)
+        status, out = run_warm(d.base, *items)
+        self.assertEqual(status, 1)
+        self.assertIn("apt-get update failed", out)
+        self.assertIn("401", out)
 
 
 class LimitTests(TestCase):

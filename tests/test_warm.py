@@ -97,6 +97,20 @@ class ItemTests(SynchronousTestCase):
         self.assertIn("ConnectionRefusedError", out.getvalue())
 
 
+def run_warm(vault: str, *args: str) -> tuple[int, str]:
+    """The artifactvault command's warm against C{vault}, as a user runs it (a wide table): (status, output)."""
+    p = subprocess.run([os.path.join(os.path.dirname(sys.executable), "artifactvault"), "warm", "--vault", vault,
+                        *args], capture_output=True, text=True, timeout=300, env={**support.pip_env(), "COLUMNS": "250"})
+    return p.returncode, p.stdout + p.stderr
+
+
+def start_daemon(testcase: TestCase, backend: dict, cache_dir: str | None = None) -> support.Daemon:
+    """The real daemon with one backend (on C{cache_dir}, to start again on a cache), stopped after the test."""
+    d = support.Daemon([backend], **({"cache_dir": cache_dir} if cache_dir else {}))
+    testcase.addCleanup(d.cleanup)
+    return d.start()
+
+
 def kit(script: str, name: str) -> tuple[str, str]:
     """A kit instance of its own for this module: (its directory, its URL)."""
     directory = os.path.join(support.UP_DIR, "warm-" + name)
@@ -129,10 +143,7 @@ class WarmDaemonTests(TestCase):
         self.daemon.start()
 
     def warm(self, *args: str) -> tuple[int, str]:
-        p = subprocess.run([os.path.join(os.path.dirname(sys.executable), "artifactvault"), "warm",
-                            "--vault", self.daemon.base, *args], capture_output=True, text=True, timeout=300,
-                           env={**support.pip_env(), "COLUMNS": "200"})
-        return p.returncode, p.stdout + p.stderr
+        return run_warm(self.daemon.base, *args)
 
     def test_warm_then_offline(self) -> None:
         work = tempfile.mkdtemp(prefix="av-warm-test-")

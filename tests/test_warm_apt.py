@@ -13,8 +13,6 @@ from __future__ import annotations
 import io
 import os
 import stat
-import subprocess
-import sys
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -24,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from artifactvault import warm, warm_apt
 from tests import support
 from tests.test_apt_clients import AptClient, key, kit, sha256_file
+from tests.test_warm import run_warm, start_daemon
 
 SAMPLE = """\
 'http://127.0.0.1:8080/debian/pool/main/a/av-pkg-01/av-pkg-01_1.0-1_all.deb' av-pkg-01_1.0-1_all.deb 824 SHA256:\
@@ -169,16 +168,7 @@ class AptWarmTests(TestCase):
     timeout = 240
 
     def daemon(self, mirror_url: str, cache_dir: str | None = None) -> support.Daemon:
-        d = support.Daemon([{"type": "apt", "config": {"prefix": "/debian/", "mirror_url": mirror_url}}],
-                           **({"cache_dir": cache_dir} if cache_dir else {}))
-        self.addCleanup(d.cleanup)
-        return d.start()
-
-    def warm(self, d: support.Daemon, *args: str) -> tuple[int, str]:
-        p = subprocess.run([os.path.join(os.path.dirname(sys.executable), "artifactvault"), "warm",
-                            "--vault", d.base, *args], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "COLUMNS": "250"})
-        return p.returncode, p.stdout + p.stderr
+        return start_daemon(self, {"type": "apt", "config": {"prefix": "/debian/", "mirror_url": mirror_url}}, cache_dir)
 
     def test_warm_then_offline(self) -> None:
         d = self.daemon(f"{kit()}/debian")
@@ -186,14 +176,14 @@ class AptWarmTests(TestCase):
         items = os.path.join(self.mktemp())
         with open(items, "w") as f:
             f.write(f"--apt '{line}'\n--deb av-pkg-01\n# and another\n--deb av-pkg-02\n")
-        status, out = self.warm(d, "--from", items)
+        status, out = run_warm(d.base, "--from", items)
         self.assertEqual(status, 0, out)
         self.assertRegex(out, r"apt av-pkg-01 av-pkg-02 +│ fetched +│ +2 │ +2 │")
         self.assertIn("apt-get update: 2 index files through the vault", out)
-        status, out = self.warm(d, "--apt", line, "--deb", "av-pkg-02", "--deb", "av-pkg-01")
+        status, out = run_warm(d.base, "--apt", line, "--deb", "av-pkg-02", "--deb", "av-pkg-01")
         self.assertEqual(status, 0, out)
         self.assertRegex(out, r"apt av-pkg-02 av-pkg-01 +│ already cached +│ +2 │ +0 │")
-        status, out = self.warm(d, "--apt", line, "--deb", "av-no-such")
+        status, out = run_warm(d.base, "--apt", line, "--deb", "av-no-such")
         self.assertEqual(status, 1, out)
         self.assertIn("Unable to locate package av-no-such", out)
 

@@ -15,8 +15,6 @@ import hashlib
 import io
 import json
 import os
-import subprocess
-import sys
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -27,6 +25,7 @@ from artifactvault import warm, warm_npm
 from tests import support
 from tests.fakeupstream import FakeUpstream, Script
 from tests.test_npm_clients import NPM, NpmClient, installed, to_public
+from tests.test_warm import run_warm, start_daemon
 
 
 def sri(algorithm: str, data: bytes) -> str:
@@ -181,16 +180,7 @@ class NpmWarmTests(TestCase):
         self.registry = support.upstream_url("npm") + "/"
 
     def daemon(self, registry: str, cache_dir: str | None = None) -> support.Daemon:
-        d = support.Daemon([{"type": "npm", "config": {"prefix": "/npm/", "registry_url": registry}}],
-                           **({"cache_dir": cache_dir} if cache_dir else {}))
-        self.addCleanup(d.cleanup)
-        return d.start()
-
-    def warm(self, d: support.Daemon, *args: str) -> tuple[int, str]:
-        p = subprocess.run([os.path.join(os.path.dirname(sys.executable), "artifactvault"), "warm",
-                            "--vault", d.base, *args], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "COLUMNS": "250"})
-        return p.returncode, p.stdout + p.stderr
+        return start_daemon(self, {"type": "npm", "config": {"prefix": "/npm/", "registry_url": registry}}, cache_dir)
 
     def test_warm_then_offline(self) -> None:
         maker = NpmClient(self, self.registry)  # (the lock made against the registry itself, as the public one)
@@ -201,10 +191,10 @@ class NpmWarmTests(TestCase):
         with open(os.path.join(proj, "package-lock.json"), "w") as f:
             json.dump(lock, f)
         d = self.daemon(self.registry)
-        status, out = self.warm(d, "--npm-lock", os.path.join(proj, "package-lock.json"))
+        status, out = run_warm(d.base, "--npm-lock", os.path.join(proj, "package-lock.json"))
         self.assertEqual(status, 0, out)
         self.assertRegex(out, r"npm-lock \S+package-lock\.json +│ fetched +│ +6 │ +6 │")
-        status, out = self.warm(d, "--npm-lock", os.path.join(proj, "package-lock.json"), "--npm", "/npm")
+        status, out = run_warm(d.base, "--npm-lock", os.path.join(proj, "package-lock.json"), "--npm", "/npm")
         self.assertEqual(status, 0, out)
         self.assertRegex(out, r"│ already cached +│ +6 │ +0 │")
 
