@@ -28,9 +28,9 @@ dropped: the vault keeps it. Its C{X-Cache} says whether it was cached
 already. Where the item says what a file must be (a blob's digest and size,
 a .deb's size and hash from apt's index, a tarball's integrity from the
 lock, a wheel's hash from pip's report), the bytes are checked on the way:
-a mismatch fails the item. A progress bar per item and an overall one (C{rich}) when standard
-error is a terminal, nothing while running otherwise; a summary table at
-the end; exit status 1 when anything failed.
+a mismatch fails the item. A progress bar per item and an overall one
+(C{rich}) when standard error is a terminal, nothing while running
+otherwise; a summary table at the end; exit status 1 when anything failed.
 
 Nothing here is Twisted: it is a client, run once, with a thread pool.
 """
@@ -217,9 +217,10 @@ def fetch_file(vault: Vault, file: File) -> tuple[str, int]:
 def requirement_files(vault: Vault, pypi: str, requirements: str, targets: list[tuple[str | None, str | None]],
                       pip: list[str]) -> list[File]:
     """
-    The vault paths of every file pip would fetch to install C{requirements}
-    for each target (platform, python version; (None, None): this one),
-    resolved by pip with the vault's PyPI backend as its only index.
+    Every file pip would fetch to install C{requirements} for each target
+    (platform, python version; (None, None): this one), resolved by pip
+    with the vault's PyPI backend as its only index; with the sha256 pip's
+    report gives.
     """
     index = vault.url_with_credentials(pypi)
     files: list[File] = []
