@@ -38,7 +38,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from artifactvault import logs, memory, ops as operations
+from artifactvault import logs, memory, ops as operations, resolve
 from artifactvault.auth.access import has_upstream_credentials
 from artifactvault.auth.checkers import make_portal
 from artifactvault.auth.gate import Gate
@@ -84,6 +84,17 @@ class _Interpreter(Service):
         super().startService()
         sys.setswitchinterval(SWITCH_INTERVAL)
         gc.freeze()
+
+
+class _NameResolver(Service):
+    """Puts the coalescing resolver in front of the reactor's at start (L{artifactvault.resolve})."""
+
+    def __init__(self, reactor: Any):
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        resolve.install(self.reactor)
 
 
 class _StoreService(Service):
@@ -258,6 +269,7 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
 
     top = InOrder()  # (stopped one at a time, the last first: see artifactvault.shutdown)
     _Interpreter().setServiceParent(top)
+    _NameResolver(reactor).setServiceParent(top)
     _StoreService(store, threadpool, *pools).setServiceParent(top)  # before the janitor, which uses its pool
     janitor = TimerService(SWEEP_INTERVAL, _Janitor(store))
     janitor.clock = reactor

@@ -21,6 +21,7 @@ from artifactvault import logs, tap
 from artifactvault import service as service_module
 from artifactvault.cache.store import CacheInUse, FileStore
 from artifactvault.memory import TRIM_INTERVAL
+from artifactvault.resolve import CoalescingResolver
 from artifactvault.service import COMMIT_THREADS, SWEEP_INTERVAL, _StoreService, build
 from artifactvault.site import VaultSite
 from tests import support
@@ -201,6 +202,16 @@ class ServiceTests(TapMixin, SynchronousTestCase):
         service.startService()
         self.addCleanup(service.stopService)
         self.assertEqual(calls, [service_module.SWITCH_INTERVAL, "freeze"])
+
+    def test_resolver_installed_at_start(self) -> None:
+        """Starting the daemon puts the coalescing resolver in front of the reactor's (artifactvault.resolve)."""
+        reactor = ThreadlessReactor()
+        original = reactor.nameResolver
+        service, _ = build(tap.load_config(self.config_file()), reactor, threadpool=reactor)
+        self.assertIs(reactor.nameResolver, original)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertIsInstance(reactor.nameResolver, CoalescingResolver)
 
     def test_store_service(self) -> None:
         """The store's own thread pool runs while the service does; stopping releases the cache's lock."""
