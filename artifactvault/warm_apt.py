@@ -13,17 +13,20 @@ given lines, pointed at the vault:
    vault, which keeps them; apt checks their signatures itself
    (C{signed-by=} in the line, else the host's trusted keys);
 2. C{apt-get install --download-only --print-uris} lists every .deb the
-   packages need with all their dependencies, with its size and hash from
-   the signed index, and downloads nothing;
+   packages need with all their dependencies, with its size, and downloads
+   nothing;
 3. warm fetches each through the vault itself (counted, with progress) and
-   checks size and hash.
+   checks its size and its strongest hash in the Packages index apt
+   fetched and verified (apt's own listing shows only the MD5 sum).
 
 Nothing here is Twisted: apt-get runs in the caller's thread.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -35,6 +38,8 @@ from artifactvault.warm import File, Item, Vault, WarmError, vault_path
 
 #: apt's hash names in --print-uris output, and hashlib's.
 HASHES = {"SHA512": "sha512", "SHA256": "sha256", "SHA1": "sha1", "MD5Sum": "md5"}
+#: A Packages index's hash fields, strongest first, and hashlib's names.
+INDEX_HASHES = (("SHA512", "sha512"), ("SHA256", "sha256"))
 #: One line of --print-uris: 'URI' file-name size hash (the hash may be empty).
 _URI_LINE = re.compile(r"'(?P<uri>[^'\s]+)' (?P<name>\S+) (?P<size>[0-9]+)(?: (?P<hash>[A-Za-z0-9]+:[0-9a-fA-F]+))? *")
 _ARCH = re.compile(r"[a-z0-9][a-z0-9-]*")
@@ -253,10 +258,54 @@ def apt_files(vault: Vault, request: AptRequest, item: Item) -> list[File]:
         if not request.packages:
             return []
         out = machine.run("-qq", "install", "--download-only", "--print-uris", "-y", *request.packages)
+        debs = parse_print_uris(out)
+        digests = index_digests(os.path.join(root, "lists"), debs)
     files = []
-    for deb in parse_print_uris(out):
+    for deb in debs:
         path = vault_path(vault, deb.uri)
         if path is None:
             raise WarmError(f"apt would fetch {deb.name} from outside the vault: {deb.uri}")
-        files.append(File(path, deb.size, deb.algorithm, deb.digest))
+        algorithm, digest = digests.get(deb.uri, (deb.algorithm, deb.digest))
+        files.append(File(path, deb.size, algorithm, digest))
     return files
+
+
+def index_digests(lists: str, debs: list[Deb]) -> dict[str, tuple[str, bytes]]:
+    """
+    The strongest digest of each of C{debs} (by URI) in the Packages
+    indexes in C{lists} (apt's lists directory: the indexes it checked
+    against the signed release, uncompressed). A record is a deb's when its
+    C{Filename} ends the deb's URI path; read line by line (Debian's main
+    index is tens of MB), keeping only the records of the wanted files.
+    """
+    wanted: dict[str, list[Deb]] = {}
+    for deb in debs:
+        wanted.setdefault(posixpath.basename(unquote(urlsplit(deb.uri).path)), []).append(deb)
+    found: dict[str, tuple[str, bytes]] = {}
+    for name in sorted(os.listdir(lists)) if os.path.isdir(lists) else []:
+        if not name.endswith("_Packages"):
+            continue
+        with open(os.path.join(lists, name), encoding="utf-8", errors="replace") as f:
+            record: dict[str, str] = {}
+            for line in itertools.chain(f, [""]):
+                if line.strip():
+                    field, sep, value = line.partition(":")
+                    if sep and not line[0].isspace():
+                        record[field] = value.strip()
+                    continue
+                _match(record, wanted, found)
+                record = {}
+    return found
+
+
+def _match(record: dict[str, str], wanted: dict[str, list[Deb]], found: dict[str, tuple[str, bytes]]) -> None:
+    filename = record.get("Filename", "")
+    for deb in wanted.get(posixpath.basename(filename), []):
+        if not unquote(urlsplit(deb.uri).path).endswith("/" + filename):
+            continue
+        for field, algorithm in INDEX_HASHES:
+            try:
+                found[deb.uri] = (algorithm, bytes.fromhex(record[field]))
+                break
+            except (KeyError, ValueError):
+                continue

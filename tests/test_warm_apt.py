@@ -110,6 +110,24 @@ class PrintUrisTests(SynchronousTestCase):
     def test_any_text(self, text: str) -> None:
         warm_apt.parse_print_uris(text)
 
+    def test_index_digests(self) -> None:
+        """
+        The strongest hash of each listed file, from the Packages indexes
+        apt verified (--print-uris shows only MD5); a file in none keeps
+        apt's hash.
+        """
+        lists = self.mktemp()
+        os.makedirs(lists)
+        with open(os.path.join(lists, "h_debian_dists_s_main_binary-amd64_Packages"), "w") as f:
+            f.write("Package: libstdc++6\nFilename: pool/main/libs/libstdc++6_12.2.0-14_amd64.deb\nSize: 613140\n"
+                    "MD5sum: 00\nSHA256: " + "ab" * 32 + "\nSHA512: " + "cd" * 64 + "\nDescription: x\n more\n\n"
+                    "Package: av-pkg-01\nFilename: pool/main/a/av-pkg-01/av-pkg-01_1.0-1_all.deb\nSHA256: " + "ef" * 32)
+        with open(os.path.join(lists, "h_debian_dists_s_InRelease"), "w") as f:
+            f.write("Filename: pool/main/n/nohash/nohash_1_all.deb\nSHA256: " + "00" * 32 + "\n")
+        debs = warm_apt.parse_print_uris(SAMPLE)
+        digests = warm_apt.index_digests(lists, debs)
+        self.assertEqual(digests, {debs[0].uri: ("sha256", b"\xef" * 32), debs[1].uri: ("sha512", b"\xcd" * 64)})
+
     def test_errors(self) -> None:
         """apt's last error lines, in one line; its last line if it wrote none."""
         self.assertEqual(warm_apt.apt_errors("Get:1 x\nErr:1 y\nW: w\nE: one\nE: two\n"), "W: w | E: one | E: two")
