@@ -64,8 +64,7 @@ class Source:
 
 def parse_source(line: str) -> Source:
     """A sources.list line, or L{WarmError} saying what is wrong with it."""
-    text = line.strip()
-    kind, _, rest = text.partition(" ")
+    kind, rest = (line.split(None, 1) + ["", ""])[:2]
     if kind not in ("deb", "deb-src"):
         raise WarmError(f"--apt {line!r}: a sources.list line starts with deb or deb-src")
     rest = rest.strip()
@@ -83,7 +82,7 @@ def parse_source(line: str) -> Source:
     if suite.endswith("/") != (not components):
         raise WarmError(f"--apt {line!r}: a suite ending in / (a flat repository) has no components, "
                         f"any other has at least one")
-    if any(not o.partition("=")[2] or "=" not in o for o in options):
+    if any(not name or not value for name, _, value in (o.partition("=") for o in options)):
         raise WarmError(f"--apt {line!r}: options are name=value")
     return Source(kind, options, uri, suite, components)
 

@@ -16,7 +16,8 @@ against the lock's C{integrity} (SRI: sha512, or sha1 in old locks).
 
 Entries npm does not fetch from a registry are left out and named in the
 item: git dependencies, C{file:} and linked (workspace) packages, bundled
-ones (inside their parent's tarball), and entries without C{resolved}.
+ones (inside their parent's tarball), the project's own folders
+(workspaces), and entries without C{resolved}.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def lock_entries(doc: Any) -> list[Entry]:
         for where, meta in doc["packages"].items():
             if where == "" or not isinstance(meta, dict):  # (the project itself)
                 continue
-            skip = "link" if meta.get("link") else "bundled" if meta.get("inBundle") else None
+            skip = "link" if meta.get("link") else "bundled" if meta.get("inBundle") else \
+                None if "node_modules/" in where else "workspace"  # (a folder of the project's own)
             entries.append(Entry(where, _text(meta.get("resolved")), _text(meta.get("integrity")), skip))
         return entries
     if isinstance(doc.get("dependencies"), dict):

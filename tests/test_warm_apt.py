@@ -45,10 +45,10 @@ class SourceTests(SynchronousTestCase):
                                             ("main", "contrib")))
         self.assertEqual(s.line("http://v/debian/"),
                          "deb [signed-by=/k.gpg arch=amd64] http://v/debian/ bookworm main contrib")
-        self.assertEqual(warm_apt.parse_source("  deb-src  [ trusted=yes ]  /d/ ./ ").line("U"),
+        self.assertEqual(warm_apt.parse_source("  deb-src\t[ trusted=yes ]  /d/ ./ ").line("U"),
                          "deb-src [trusted=yes] U ./")
         for bad in ("", "rpm /x y z", "deb /debian/", "deb [signed-by=/k /debian/ stable main",
-                    "deb /debian/ stable", "deb /flat/ ./ main", "deb [signed-by] /d/ s main"):
+                    "deb /debian/ stable", "deb /flat/ ./ main", "deb [signed-by] /d/ s main", "deb [=x] /d/ s main"):
             self.assertRaises(warm.WarmError, warm_apt.parse_source, bad)
 
     @given(st.sampled_from(["deb", "deb-src"]), st.lists(_option, max_size=3), _token,

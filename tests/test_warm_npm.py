@@ -45,6 +45,7 @@ V3 = {"name": "p", "lockfileVersion": 3, "packages": {
     "node_modules/from-git": {"resolved": "git+ssh://git@github.com/x/y.git#abc"},
     "node_modules/local": {"resolved": "packages/local", "link": True},
     "packages/local": {"version": "0.0.1"},
+    "node_modules/gone": {"version": "1.0.0"},
     "node_modules/av-app/node_modules/inside": {"version": "1.0.0", "inBundle": True},
     "node_modules/tarball": {"resolved": "file:../t.tgz"},
 }}
@@ -79,8 +80,8 @@ class LockTests(SynchronousTestCase):
             ("/npm/@av/base/-/base-1.1.0.tgz", "sha512", ()), ("/npm/av-app/-/av-app-1.1.0.tgz", "sha1", ()),
             ("/npm/@av/base/-/base-1.0.0.tgz", None, ()), ("/npm/av-app/-/av-app-1.0.0.tgz", None, ())])
         self.assertEqual(files[4].digest, hashlib.sha512(b"base").digest())
-        self.assertEqual(item.notes, ["left out 5 not from a registry: from-git (git), local (link), packages/local "
-                                      "(no resolved), inside (bundled), tarball (file:)"])
+        self.assertEqual(item.notes, ["left out 6 not from a registry: from-git (git), local (link), packages/local "
+                                      "(workspace), gone (no resolved), inside (bundled) and 1 more"])
 
     def test_v1(self) -> None:
         """A v1 lock: nested dependencies too; bundled ones left out."""
