@@ -61,6 +61,7 @@ from zope.interface import Attribute, Interface
 from artifactvault import logs
 from artifactvault.cache.entry import Entry, write_all
 from artifactvault.cache.interface import ILease, IStore, IStoreWrite, StoreUnavailable
+from artifactvault.cache.spool import Reservation
 from artifactvault.fields import current_age, refreshed, response_headers, stored
 from artifactvault.httpcache import fields_of
 from artifactvault.observe import body_error_kind
@@ -261,6 +262,8 @@ class Flight:
         self.requested = self.answered = store.now()
         self.kept = True
         self._hasher = hashlib.new(artifact.digest[0]) if artifact.digest else None
+        #: The disk space kept reserved ahead of the writes of a large body to be kept (spool.Reservation).
+        self._reservation: Reservation | None = None
         #: The body ended by a close, with nothing to vouch for it: relayed, never stored.
         self._unvouched = False
         self._listeners: list[Any] = []  # IFlightListener providers
@@ -569,15 +572,15 @@ class Flight:
         ctype = response.headers.getRawHeaders(b"content-type", [None])[0]
         self.content_type = self.artifact.content_type or (ctype.decode("latin-1") if ctype else None)
         try:
-            # (the announced length is reserved ahead when the body is to be kept)
-            size = self.length if self.kept and self.length is not None and self.store.fits(self.length) else None
-            self.temp_path, self.fd = self.store.spool.new_temp(size)
+            self.temp_path, self.fd = self.store.spool.new_temp()
         except OSError as e:  # no space for one more file, no descriptor left
             discard(response)
             self.store.spool.write_failed()
             self._fail(_store_error(e))
             return
         self.write = self.store.begin(self.key, self.temp_path, self.fd)
+        if self.kept and self.length is not None and self.store.fits(self.length):
+            self._reservation = self.store.spool.reservation(self.fd, self.length)
         self.state = self.STREAMING
         self._body = _BodyReceiver(self)
         self._reset_idle()
@@ -626,6 +629,8 @@ class Flight:
             return  # (being stopped: what still comes is dropped)
         offset = self.written
         if self.spilled is None:
+            if self._reservation is not None:
+                self._reservation.before_write(offset, len(chunk))
             try:
                 write_all(self.fd, chunk)  # type: ignore[arg-type]
             except OSError as e:  # disk full, I/O error: relayed from memory, or the end

@@ -58,10 +58,9 @@ class _Shared:
         self._pending = pending
         self.receivers: list[IResolutionReceiver] = []
         self.addresses: list[Any] = []
-        self.resolution: IHostResolution | None = None
 
     def resolutionBegan(self, resolution: IHostResolution) -> None:
-        self.resolution = resolution
+        pass  # (each receiver was told of its own resolution when it asked)
 
     def addressResolved(self, address: Any) -> None:
         self.addresses.append(address)

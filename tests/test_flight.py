@@ -430,7 +430,7 @@ class FaultTests(FlightMixin, SynchronousTestCase):
 
     def test_no_temp_file(self) -> None:
         """No temp file to be had (no descriptor, no inode left): a 502 saying so; the body is discarded."""
-        def exhausted(size: int | None = None) -> None:
+        def exhausted() -> None:
             raise OSError(errno.EMFILE, "Too many open files")
         self.patch(self.store.spool, "new_temp", exhausted)
         flight = self.start()
@@ -442,7 +442,7 @@ class FaultTests(FlightMixin, SynchronousTestCase):
 
 
 class ReserveTests(FlightMixin, SynchronousTestCase):
-    """A large body to be kept has its announced length reserved on the disk as it starts (spool.reserve)."""
+    """A large body to be kept has its disk space reserved ahead of its writes (spool.Reservation)."""
 
     SIZE = 2 * spoolmod.RESERVE_FROM
 
@@ -463,6 +463,14 @@ class ReserveTests(FlightMixin, SynchronousTestCase):
         self.assertEqual(os.fstat(fd).st_size, self.SIZE)
         self.assertLess(self.blocks(fd), self.SIZE + 64 * 1024)
         self.assertEqual(self.stored(), body)
+
+    def test_announcing_more_holds_no_more(self) -> None:
+        """An upstream announcing far more than it sends holds at most RESERVE_AHEAD of the disk."""
+        self.patch(spoolmod, "RESERVE_AHEAD", self.SIZE)
+        flight, response, listener = self.streaming(length=1 << 40)
+        response.send(b"x" * 100)
+        self.assertGreaterEqual(self.blocks(flight.fd), self.SIZE)
+        self.assertLess(self.blocks(flight.fd), 2 * self.SIZE)
 
     def test_not_kept_not_reserved(self) -> None:
         """A body too large to be stored reserves nothing: it is relayed, never committed."""

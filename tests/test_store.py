@@ -386,37 +386,69 @@ class TempAheadTests(StoreMixin, SynchronousTestCase):
 
 
 class ReserveTests(StoreMixin, SynchronousTestCase):
-    """A large download's announced size is reserved on the disk ahead; its file's size is what was written."""
+    """A large download's space is reserved ahead of its writes, a stretch at a time; the file's size is what was written."""
 
-    def test_large_size_reserved(self) -> None:
-        """new_temp(size) of a large size: the blocks are there, the file is still empty."""
+    def blocks(self, fd: int) -> int:
+        return os.fstat(fd).st_blocks * 512
+
+    def temp(self) -> int:
+        path, fd = self.store.new_temp()
+        self.addCleanup(os.close, fd)
+        return fd
+
+    def test_reserved_ahead(self) -> None:
+        """The first write of a large download reserves its whole length (below RESERVE_AHEAD); the size stays 0."""
         size = 4 * spoolmod.RESERVE_FROM
-        path, fd = self.store.new_temp(size)
-        self.addCleanup(os.close, fd)
-        st = os.fstat(fd)
-        self.assertEqual(st.st_size, 0)
-        self.assertGreaterEqual(st.st_blocks * 512, size)
+        fd = self.temp()
+        self.store.spool.reservation(fd, size).before_write(0, 100)
+        self.assertEqual(os.fstat(fd).st_size, 0)
+        self.assertGreaterEqual(self.blocks(fd), size)
 
-    def test_small_size_not_reserved(self) -> None:
+    def test_a_stretch_at_a_time(self) -> None:
+        """Past RESERVE_AHEAD, the next stretch is reserved only when the writes reach it."""
+        self.patch(spoolmod, "RESERVE_AHEAD", 2 * spoolmod.RESERVE_FROM)
+        fd = self.temp()
+        reservation = self.store.spool.reservation(fd, 100 * spoolmod.RESERVE_FROM)
+        reservation.before_write(0, 100)
+        self.assertLess(self.blocks(fd), 3 * spoolmod.RESERVE_FROM)
+        reservation.before_write(100, 100)  # (inside the stretch: nothing to do)
+        self.assertEqual(reservation.until, 2 * spoolmod.RESERVE_FROM + 100)
+        reservation.before_write(reservation.until, 100)
+        self.assertGreaterEqual(self.blocks(fd), 4 * spoolmod.RESERVE_FROM)
+        self.assertLess(self.blocks(fd), 5 * spoolmod.RESERVE_FROM)
+
+    def test_never_past_the_length(self) -> None:
+        """The last stretch ends at the announced length."""
+        fd = self.temp()
+        reservation = self.store.spool.reservation(fd, 2 * spoolmod.RESERVE_FROM)
+        reservation.before_write(0, 10)
+        self.assertEqual(reservation.until, 2 * spoolmod.RESERVE_FROM)
+
+    def test_small_not_reserved(self) -> None:
         """Below RESERVE_FROM nothing is reserved (a system call for a few blocks costs more than it saves)."""
-        path, fd = self.store.new_temp(spoolmod.RESERVE_FROM - 1)
-        self.addCleanup(os.close, fd)
-        self.assertEqual(os.fstat(fd).st_blocks, 0)
+        self.assertIsNone(self.store.spool.reservation(self.temp(), spoolmod.RESERVE_FROM - 1))
 
     def test_cannot_reserve(self) -> None:
-        """Where fallocate cannot reserve (here: a pipe), reserve says so and raises nothing."""
+        """Where fallocate cannot reserve (here: a pipe), nothing is raised and no more is tried."""
         r, w = os.pipe()
         self.addCleanup(os.close, r)
         self.addCleanup(os.close, w)
-        self.assertFalse(spoolmod.reserve(w, spoolmod.RESERVE_FROM))
+        self.assertFalse(spoolmod.reserve(w, 0, spoolmod.RESERVE_FROM))
+        reservation = spoolmod.Reservation(w, 4 * spoolmod.RESERVE_FROM)
+        reservation.before_write(0, 10)
+        self.assertEqual(reservation.until, -1)
+        calls: list[object] = []
+        self.patch(spoolmod, "reserve", lambda *args: calls.append(args))
+        reservation.before_write(10, spoolmod.RESERVE_AHEAD)
+        self.assertEqual(calls, [])
 
     def test_no_fallocate(self) -> None:
-        """A system without fallocate: a temp file all the same, nothing reserved."""
+        """A system without fallocate: nothing reserved, nothing raised."""
         self.patch(spoolmod, "_FALLOCATE", None)
-        path, fd = self.store.new_temp(4 * spoolmod.RESERVE_FROM)
-        self.addCleanup(os.close, fd)
-        self.assertEqual(os.fstat(fd).st_blocks, 0)
-        self.assertFalse(spoolmod.reserve(fd, spoolmod.RESERVE_FROM))
+        fd = self.temp()
+        self.assertFalse(spoolmod.reserve(fd, 0, spoolmod.RESERVE_FROM))
+        self.store.spool.reservation(fd, 4 * spoolmod.RESERVE_FROM).before_write(0, 10)
+        self.assertEqual(self.blocks(fd), 0)
 
 
 class EvictionTests(StoreMixin, SynchronousTestCase):

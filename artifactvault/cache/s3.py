@@ -255,7 +255,7 @@ class S3Store(StoreBasics):
         self._filling.add(entry.key)
 
         async def fill() -> None:
-            path, fd = self.local.spool.new_temp(entry.size)  # type: ignore[union-attr]
+            path, fd = self.local.spool.new_temp()  # type: ignore[union-attr]
             try:
                 response = await self.wire.request("GET", self.wire.url("get_object", self.data_key(entry)))
                 reader = RangeReader(_FileSink(fd), entry.size, self.reactor)

@@ -340,9 +340,9 @@ class FileStore(StoreBasics):
 
     # -- writing ------------------------------------------------------------
 
-    def new_temp(self, size: int | None = None) -> tuple[str, int]:
-        """A new temp file in the spool: (path, fd open for reading and writing; C{size} reserved if large)."""
-        return self.spool.new_temp(size)
+    def new_temp(self) -> tuple[str, int]:
+        """A new temp file in the spool: (path, fd open for reading and writing)."""
+        return self.spool.new_temp()
 
     # -- the IStore interface -------------------------------------------------
 
