@@ -13,7 +13,8 @@ import sys
 USAGE = """usage: artifactvault COMMAND [options]
 
 commands:
-  warm    fill the vault ahead of time: requirements files, images, files
+  warm    fill the vault ahead of time: requirements files, images, files,
+          Debian packages (apt-get resolves), npm lockfiles
           (artifactvault warm --help)
 
 The daemon itself runs as: twistd -n artifactvault --config FILE

@@ -14,13 +14,23 @@ Items, in any mix (each option repeatable, or one a line of C{--from FILE}):
 - ``--image dockerhub/library/alpine:3.20`` (the backend's prefix name,
   the repository, a tag or ``@sha256:…``): the index, every platform's
   manifest, each config and layer;
-- ``--url /files/path``: one file.
+- ``--url /files/path``: one file;
+- ``--apt 'deb [signed-by=KEY] /debian/ bookworm main' --deb PKG``:
+  resolved by the real apt-get through the vault's apt backend
+  (L{artifactvault.warm_apt}): the indexes, then every .deb the packages
+  need with their dependencies, as on a machine with nothing installed;
+- ``--npm-lock package-lock.json``: every registry package of the lock,
+  its packument and its tarball, through the vault's npm backend
+  (L{artifactvault.warm_npm}).
 
 Files are fetched concurrently (C{--jobs}), each read to its end and
 dropped: the vault keeps it. Its C{X-Cache} says whether it was cached
-already. A progress bar per item and an overall one (C{rich}) when standard
-error is a terminal, nothing while running otherwise; a summary table at
-the end; exit status 1 when anything failed.
+already. Where the item says what a file must be (a blob's digest and size,
+a .deb's size and hash from apt's index, a tarball's integrity from the
+lock, a wheel's hash from pip's report), the bytes are checked on the way:
+a mismatch fails the item. A progress bar per item and an overall one
+(C{rich}) when standard error is a terminal, nothing while running
+otherwise; a summary table at the end; exit status 1 when anything failed.
 
 Nothing here is Twisted: it is a client, run once, with a thread pool.
 """
@@ -30,6 +40,7 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures
+import hashlib
 import http.client
 import itertools
 import json
@@ -86,12 +97,16 @@ class WarmError(Exception):
 class Item:
     """One thing asked for, and what became of it."""
 
-    kind: str  # "requirements", "image", "url"
+    kind: str  # "requirements", "image", "url", "apt", "npm-lock"
     what: str
     files: int = 0
     fetched: int = 0  # files the vault did not have (X-Cache other than HIT)
     bytes: int = 0
     errors: list[str] = field(default_factory=list)
+    #: What was left out, and other things worth saying that are no failure.
+    notes: list[str] = field(default_factory=list)
+    #: What the item needs beyond C{what} (apt: its L{warm_apt.AptRequest}).
+    request: object = None
 
     @property
     def label(self) -> str:
@@ -136,10 +151,11 @@ class Vault:
         return cls(self.parts.hostname, self.parts.port, timeout=self.timeout)
 
     def get(self, path: str, headers: dict[str, str] | None = None,
-            progress: Callable[[int], None] | None = None, keep: int = 0) -> tuple[str, int, bytes]:
+            each: Callable[[bytes], None] | None = None, keep: int = 0) -> tuple[str, int, bytes]:
         """
-        GET C{path} (below the vault's URL) to its end: (X-Cache, bytes,
-        the first C{keep} bytes). L{WarmError} for anything but a 200.
+        GET C{path} (below the vault's URL) to its end, handing C{each}
+        every chunk: (X-Cache, bytes, the first C{keep} bytes). L{WarmError}
+        for anything but a 200.
         """
         if not path.startswith("/"):
             path = "/" + path
@@ -159,8 +175,8 @@ class Vault:
                 size += len(chunk)
                 if keep and sum(map(len, kept)) < keep:
                     kept.append(chunk)
-                if progress is not None:
-                    progress(len(chunk))
+                if each is not None:
+                    each(chunk)
             if response.length not in (None, 0):
                 raise WarmError(f"{path}: the answer ended {response.length} bytes short")
             return response.getheader("X-Cache") or "?", size, b"".join(kept)[:keep] if keep else b""
@@ -170,17 +186,44 @@ class Vault:
             conn.close()
 
 
+@dataclass(frozen=True)
+class File:
+    """One file of an item: its path on the vault, and what its bytes must be where that is known."""
+
+    path: str
+    size: int | None = None
+    algorithm: str | None = None  # a hashlib name
+    digest: bytes | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def fetch_file(vault: Vault, file: File) -> tuple[str, int]:
+    """
+    Fetch C{file} through the vault to its end, checking its size and
+    digest where known: (X-Cache, size). L{WarmError} on a mismatch.
+    """
+    hasher = hashlib.new(file.algorithm) if file.algorithm and file.digest is not None else None
+    cache, size, _ = vault.get(file.path, dict(file.headers), each=hasher.update if hasher else None)
+    if file.size is not None and size != file.size:
+        raise WarmError(f"{file.path}: {size} bytes, expected {file.size}")
+    if hasher is not None and hasher.digest() != file.digest:
+        raise WarmError(f"{file.path}: {file.algorithm} {hasher.hexdigest()[:16]}…, expected "
+                        f"{(file.digest or b'').hex()[:16]}…")
+    return cache, size
+
+
 # -- planning: what files an item is ---------------------------------------------
 
 def requirement_files(vault: Vault, pypi: str, requirements: str, targets: list[tuple[str | None, str | None]],
-                      pip: list[str]) -> list[str]:
+                      pip: list[str]) -> list[File]:
     """
-    The vault paths of every file pip would fetch to install C{requirements}
-    for each target (platform, python version; (None, None): this one),
-    resolved by pip with the vault's PyPI backend as its only index.
+    Every file pip would fetch to install C{requirements} for each target
+    (platform, python version; (None, None): this one), resolved by pip
+    with the vault's PyPI backend as its only index; with the sha256 pip's
+    report gives.
     """
     index = vault.url_with_credentials(pypi)
-    paths: list[str] = []
+    files: list[File] = []
     for platform, python_version in targets:
         with tempfile.TemporaryDirectory(prefix="av-warm-") as tmp:
             report = os.path.join(tmp, "report.json")
@@ -205,20 +248,30 @@ def requirement_files(vault: Vault, pypi: str, requirements: str, targets: list[
             with open(report, encoding="utf-8") as f:
                 doc = json.load(f)
         for install in doc.get("install", []):
-            url = (install.get("download_info") or {}).get("url")
+            info = install.get("download_info") or {}
+            url = info.get("url")
             if not url:
                 continue
-            path = _vault_path(vault, url)
+            path = vault_path(vault, url)
             if path is None:
                 raise WarmError(f"{install.get('metadata', {}).get('name', url)} resolved to a file outside "
                                 f"the vault ({urlsplit(url).hostname}): is {vault.url(pypi)} the vault's "
                                 f"PyPI backend?")
-            if path not in paths:
-                paths.append(path)
-    return paths
+            sha256 = ((info.get("archive_info") or {}).get("hashes") or {}).get("sha256")
+            if path not in [f.path for f in files]:
+                files.append(File(path, None, *_hex_digest("sha256", sha256)))
+    return files
 
 
-def _vault_path(vault: Vault, url: str) -> str | None:
+def _hex_digest(algorithm: str, hex_digest: object) -> tuple[str | None, bytes | None]:
+    """(algorithm, digest) for a digest in hex, (None, None) if it is none."""
+    try:
+        return (algorithm, bytes.fromhex(hex_digest)) if isinstance(hex_digest, str) and hex_digest else (None, None)
+    except ValueError:
+        return None, None
+
+
+def vault_path(vault: Vault, url: str) -> str | None:
     """C{url}'s path below the vault's URL, or None if it is elsewhere."""
     parts = urlsplit(url)
     if parts.username is not None:  # (pip may keep the index's credentials in its report)
@@ -240,15 +293,15 @@ def parse_image(reference: str) -> tuple[str, str]:
     return name, "latest"
 
 
-def image_files(vault: Vault, reference: str, item: Item) -> list[tuple[str, int | None]]:
+def image_files(vault: Vault, reference: str, item: Item) -> list[File]:
     """
     Fetch the image's manifests (the index, then each platform's), and
-    return its blobs (configs and layers) as (vault path, size).
+    return its blobs (configs and layers), with their sizes and digests.
     """
     name, ref = parse_image(reference)
     if "/" not in name:
         raise WarmError(f"--image {reference}: name it with the backend's prefix, like dockerhub/library/alpine:3.20")
-    blobs: list[tuple[str, int | None]] = []
+    blobs: list[File] = []
     todo = [ref]
     seen: set[str] = set()
     if not ref.startswith("sha256:"):  # a tag: what it points at is kept per client's Accept (see CLIENT_ACCEPTS)
@@ -275,8 +328,10 @@ def image_files(vault: Vault, reference: str, item: Item) -> list[tuple[str, int
         for blob in [doc.get("config")] + list(doc.get("layers") or []):
             if isinstance(blob, dict) and isinstance(blob.get("digest"), str):
                 path = f"/v2/{name}/blobs/{blob['digest']}"
-                if path not in [p for p, _ in blobs]:
-                    blobs.append((path, blob.get("size") if isinstance(blob.get("size"), int) else None))
+                algorithm, _, hex_digest = blob["digest"].partition(":")
+                if path not in [f.path for f in blobs]:
+                    blobs.append(File(path, blob.get("size") if isinstance(blob.get("size"), int) else None,
+                                      *(_hex_digest(algorithm, hex_digest) if algorithm == "sha256" else (None, None))))
     return blobs
 
 
@@ -288,6 +343,13 @@ def _count(item: Item, cache: str, size: int) -> None:
 
 
 # -- command line -----------------------------------------------------------------
+
+#: The options an item may have in a C{--from} file, and the kind each makes.
+ITEM_OPTIONS = {"-r": "requirements", "--requirement": "requirements", "--image": "image", "--url": "url",
+                "--apt": "apt", "--deb": "deb", "--npm-lock": "npm-lock"}
+#: The kinds whose value is a file, relative to the C{--from} file it is named in.
+FILE_KINDS = ("requirements", "npm-lock")
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="artifactvault warm",
@@ -305,8 +367,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--image", action="append", default=[], metavar="REF",
                    help="an image: PREFIX/REPO:TAG or PREFIX/REPO@DIGEST, e.g. dockerhub/library/alpine:3.20")
     p.add_argument("--url", action="append", default=[], metavar="PATH", help="one file: a path on the vault")
+    p.add_argument("--apt", action="append", default=[], metavar="LINE",
+                   help="a sources.list line whose URI is an apt backend's prefix (or its full URL on the "
+                        "vault), e.g. 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+                        "/debian/ bookworm main' (repeatable: all lines make one apt source list); "
+                        "apt-get update through the vault, then --deb's packages")
+    p.add_argument("--deb", action="append", default=[], metavar="PKG",
+                   help="a package apt-get would install from the --apt lines, with every dependency, "
+                        "as on a machine with nothing installed (repeatable; PKG=VERSION works)")
+    p.add_argument("--arch", default=None,
+                   help="the architecture of --deb's packages (default: this machine's, dpkg --print-architecture)")
+    p.add_argument("--npm-lock", action="append", default=[], metavar="FILE",
+                   help="a package-lock.json (or npm-shrinkwrap.json): every registry package in it, its "
+                        "packument and tarball, through the vault's npm backend (repeatable)")
+    p.add_argument("--npm", default="/npm/", help="the npm backend's prefix (default /npm/)")
     p.add_argument("--from", dest="from_files", action="append", default=[], metavar="FILE",
-                   help="items, one a line: '-r FILE', '--image REF', '--url PATH' (or a bare /path); # comments")
+                   help="items, one a line: '-r FILE', '--image REF', '--url PATH' (or a bare /path), "
+                        "'--apt LINE', '--deb PKG', '--npm-lock FILE'; # comments")
     p.add_argument("-j", "--jobs", type=int, default=4, help="files fetched at once (default 4)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, even on a terminal")
     p.add_argument("--pip", default=None,
@@ -315,7 +392,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def read_items(path: str) -> list[tuple[str, str]]:
-    """The items of a C{--from} file: (kind, value) each; a relative -r is relative to the file."""
+    """The items of a C{--from} file: (kind, value) each; a relative file is relative to the file."""
     items = []
     try:
         with open(path, encoding="utf-8") as f:
@@ -323,22 +400,54 @@ def read_items(path: str) -> list[tuple[str, str]]:
     except OSError as e:
         raise WarmError(f"--from {path}: {e.strerror}") from None
     for number, line in enumerate(lines, 1):
-        words = shlex.split(line, comments=True)
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as e:
+            raise WarmError(f"{path}:{number}: {e}") from None
         if not words:
             continue
         if len(words) == 1 and words[0].startswith("/"):
             items.append(("url", words[0]))
             continue
         if len(words) != 2:
-            raise WarmError(f"{path}:{number}: expected '-r FILE', '--image REF' or '--url PATH', not {line.strip()!r}")
+            raise WarmError(f"{path}:{number}: expected an option and its value ('-r FILE', '--image REF', "
+                            f"'--url PATH', '--apt LINE' quoted, '--deb PKG', '--npm-lock FILE'), "
+                            f"not {line.strip()!r}")
         option, value = words
-        kind = {"-r": "requirements", "--requirement": "requirements", "--image": "image", "--url": "url"}.get(option)
+        kind = ITEM_OPTIONS.get(option)
         if kind is None:
             raise WarmError(f"{path}:{number}: unknown item {option!r}")
-        if kind == "requirements" and not os.path.isabs(value):
+        if kind in FILE_KINDS and not os.path.isabs(value):
             value = os.path.join(os.path.dirname(os.path.abspath(path)), value)
         items.append((kind, value))
     return items
+
+
+def make_items(vault: Vault, wanted: list[tuple[str, str]], arch: str | None) -> list[Item]:
+    """
+    An L{Item} for each thing asked for; every C{--apt} line and C{--deb}
+    together make one apt item (one apt source list resolves them all).
+    """
+    items = [Item(kind, what) for kind, what in wanted if kind not in ("apt", "deb")]
+    lines = [what for kind, what in wanted if kind == "apt"]
+    debs = [what for kind, what in wanted if kind == "deb"]
+    if debs and not lines:
+        raise WarmError("--deb needs the apt source to resolve it from: give --apt LINE")
+    if lines:
+        from artifactvault import warm_apt
+        request = warm_apt.AptRequest.make(vault, lines, debs, arch)
+        items.append(Item("apt", " ".join(debs) if debs else "(indexes only)", request=request))
+    return items
+
+
+@dataclass
+class Settings:
+    """How items are planned: the backends' prefixes, pip's targets and command."""
+
+    pypi: str = "/pypi/"
+    targets: list[tuple[str | None, str | None]] = field(default_factory=lambda: [(None, None)])
+    pip: list[str] = field(default_factory=lambda: [sys.executable, "-m", "pip"])
+    npm: str = "/npm/"
 
 
 def main(argv: list[str] | None = None, console: Console | None = None) -> int:
@@ -347,32 +456,49 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
     try:
         vault = Vault(args.vault)
         wanted = [("requirements", r) for r in args.requirement] + [("image", i) for i in args.image] + \
-            [("url", u) for u in args.url]
+            [("url", u) for u in args.url] + [("npm-lock", n) for n in args.npm_lock] + \
+            [("apt", a) for a in args.apt] + [("deb", d) for d in args.deb]
         for path in args.from_files:
             wanted += read_items(path)
+        if not wanted:
+            raise WarmError("nothing to warm: give -r, --image, --url, --apt, --npm-lock or --from")
+        if args.jobs < 1:
+            raise WarmError("--jobs must be at least 1")
+        items = make_items(vault, wanted, args.arch)
     except WarmError as e:
         err.print(f"artifactvault warm: {e}", markup=False, highlight=False)
-        return 2
-    if not wanted:
-        err.print("artifactvault warm: nothing to warm: give -r, --image, --url or --from", markup=False)
-        return 2
-    if args.jobs < 1:
-        err.print("artifactvault warm: --jobs must be at least 1", markup=False)
         return 2
     targets: list[tuple[str | None, str | None]] = [(None, None)]
     if args.platform or args.python_version:
         targets = list(itertools.product(args.platform or [None], args.python_version or [None]))
     pip = shlex.split(args.pip) if args.pip else [sys.executable, "-m", "pip"]
-    items = [Item(kind, what) for kind, what in wanted]
     show = err.is_terminal and not args.quiet
-    run(vault, items, args.pypi, targets, pip, args.jobs, err if show else None)
+    settings = Settings(pypi=args.pypi, targets=targets, pip=pip, npm=args.npm)
+    run(vault, items, settings, args.jobs, err if show else None)
     out = Console() if console is None else console
     out.print(summary(items))
     return 1 if any(item.errors for item in items) else 0
 
 
-def run(vault: Vault, items: list[Item], pypi: str, targets: list[tuple[str | None, str | None]],
-        pip: list[str], jobs: int, console: Console | None) -> None:
+def plan(vault: Vault, item: Item, settings: Settings) -> list[File]:
+    """The files of C{item} (run in the pool: pip and apt-get are run, manifests fetched)."""
+    # (warm_apt and warm_npm are imported where used: they import this module)
+    if item.kind == "url":
+        return [File(item.what if item.what.startswith("/") else "/" + item.what)]
+    if item.kind == "image":
+        return image_files(vault, item.what, item)
+    if item.kind == "apt":
+        from artifactvault import warm_apt
+        return warm_apt.apt_files(vault, item.request, item)  # type: ignore[arg-type]
+    if item.kind == "npm-lock":
+        from artifactvault import warm_npm
+        return warm_npm.lock_files(settings.npm, item.what, item)
+    if not os.path.exists(item.what):
+        raise WarmError(f"no such requirements file: {item.what}")
+    return requirement_files(vault, settings.pypi, item.what, settings.targets, settings.pip)
+
+
+def run(vault: Vault, items: list[Item], settings: Settings, jobs: int, console: Console | None) -> None:
     """Warm every item: plan each (in the pool), then fetch all their files (in the pool)."""
     progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                         TextColumn("files"), console=console, disable=console is None, transient=False)
@@ -380,18 +506,8 @@ def run(vault: Vault, items: list[Item], pypi: str, targets: list[tuple[str | No
     with progress, concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         overall = progress.add_task("all items", total=None)
         tasks = {id(item): progress.add_task(item.label, total=None) for item in items}
-
-        def plan(item: Item) -> list[tuple[str, int | None]]:
-            if item.kind == "url":
-                return [(item.what if item.what.startswith("/") else "/" + item.what, None)]
-            if item.kind == "image":
-                return image_files(vault, item.what, item)
-            if not os.path.exists(item.what):
-                raise WarmError(f"no such requirements file: {item.what}")
-            return [(p, None) for p in requirement_files(vault, pypi, item.what, targets, pip)]
-
-        planned: dict[int, list[tuple[str, int | None]]] = {}
-        for item, future in [(item, pool.submit(plan, item)) for item in items]:
+        planned: dict[int, list[File]] = {}
+        for item, future in [(item, pool.submit(plan, vault, item, settings)) for item in items]:
             try:
                 planned[id(item)] = future.result()
             except WarmError as e:
@@ -400,10 +516,10 @@ def run(vault: Vault, items: list[Item], pypi: str, targets: list[tuple[str | No
             progress.update(tasks[id(item)], total=len(planned[id(item)]))
         progress.update(overall, total=sum(map(len, planned.values())))
 
-        def fetch(item: Item, path: str) -> None:
+        def fetch(item: Item, file: File) -> None:
             task = tasks[id(item)]
             try:
-                cache, size, _ = vault.get(path)
+                cache, size = fetch_file(vault, file)
             except WarmError as e:
                 with lock:
                     item.errors.append(str(e))
@@ -413,7 +529,7 @@ def run(vault: Vault, items: list[Item], pypi: str, targets: list[tuple[str | No
             progress.update(task, advance=1)
             progress.update(overall, advance=1)
 
-        futures = [pool.submit(fetch, item, path) for item in items for path, _ in planned[id(item)]]
+        futures = [pool.submit(fetch, item, file) for item in items for file in planned[id(item)]]
         for future in futures:
             future.result()
 
@@ -425,6 +541,7 @@ def summary(items: Iterable[Item]) -> Table:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for item in items:
         reason = "; ".join(item.errors[:3]) + (f" (and {len(item.errors) - 3} more)" if len(item.errors) > 3 else "")
+        reason = "; ".join(([reason] if reason else []) + item.notes)
         style = {"failed": "red", "fetched": "green"}.get(item.result, "")
         table.add_row(Text(item.label), Text(item.result, style=style), str(item.files), str(item.fetched),
                       str(item.bytes), Text(reason))

@@ -19,9 +19,11 @@ from twisted.trial.unittest import TestCase
 
 from tests import support
 from tests.test_apt_clients import PROXY_HOST, AptTestCase, pool, sha256_file
+from tests.test_apt_clients import key as apt_key
 from tests.test_apt_clients import kit as apt_kit
 from tests.fakeupstream import FakeUpstream, Script
 from tests.test_pypi_clients import UV
+from tests.test_warm import run_warm
 
 PASSWORD = "s3cret-pa55"
 TOKEN = "ci-0123456789abcdef0123456789"
@@ -301,6 +303,26 @@ class AptTests(AptTestCase):
         c = self.client(d.url("/debian"), **{"Dir::Etc::netrc": netrc})
         c.ok("update")
         c.ok("download", "av-pkg-01")
+
+    def test_warm_with_credentials(self) -> None:
+        """artifactvault warm --apt with user:password in --vault: apt-get is given them (in an auth.conf),
+        the password is shown nowhere; without credentials apt-get update fails with the 401."""
+        tmp = tempfile.mkdtemp(prefix="av-auth-apt-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        htpasswd, tokens = write_credentials(tmp)
+        d = support.Daemon([{"type": "apt", "config": {"prefix": "/debian/", "mirror_url": f"{apt_kit()}/{self.repo()}",
+                                                       "access": "authenticated"}}], auth={"htpasswd": htpasswd})
+        self.addCleanup(d.cleanup)
+        d.start()
+        items = ["--apt", f"deb [signed-by={apt_key()}] /debian/ stable main", "--deb", "av-pkg-01"]
+        status, out = run_warm(f"http://alice:{PASSWORD}@127.0.0.1:{d.port}", *items)
+        self.assertEqual(status, 0, out)
+        self.assertRegex(out, r"apt av-pkg-01 +│ fetched +│ +1 │ +1 │")
+        self.assertNotIn(PASSWORD, out)
+        status, out = run_warm(d.base, *items)
+        self.assertEqual(status, 1)
+        self.assertIn("apt-get update failed", out)
+        self.assertIn("401", out)
 
 
 class LimitTests(TestCase):

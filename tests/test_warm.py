@@ -10,6 +10,7 @@ The upstreams of the end-to-end test are instances of the kit of their own
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -22,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from artifactvault import cli, warm
 from tests import support
+from tests.fakeupstream import FakeUpstream, Script
 
 
 class ItemTests(SynchronousTestCase):
@@ -40,8 +42,42 @@ class ItemTests(SynchronousTestCase):
                                                  ("image", "reg/library/hello:latest"),
                                                  ("url", "/files/a.bin"), ("url", "/files/b.bin")])
         with open(path, "w") as f:
-            f.write("--wat x\n")
-        self.assertRaises(warm.WarmError, warm.read_items, path)
+            f.write("--apt 'deb [signed-by=/k.gpg] /debian/ stable main' # the kit\n--deb av-pkg-01\n"
+                    "--npm-lock web/package-lock.json\n--npm-lock /abs/package-lock.json\n")
+        self.assertEqual(warm.read_items(path), [("apt", "deb [signed-by=/k.gpg] /debian/ stable main"),
+                                                 ("deb", "av-pkg-01"),
+                                                 ("npm-lock", os.path.join(base, "web", "package-lock.json")),
+                                                 ("npm-lock", "/abs/package-lock.json")])
+        for bad in ("--wat x\n", "--apt deb /debian/ stable main\n"):
+            with open(path, "w") as f:
+                f.write(bad)
+            self.assertRaises(warm.WarmError, warm.read_items, path)
+
+    def test_from_file_unbalanced_quote(self) -> None:
+        """A line with an unbalanced quote: a usage error naming the line, not a traceback."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("/files/a.bin\n--url '/files/b c.bin\n")
+        out = io.StringIO()
+        self.assertEqual(warm.main(["--vault", "http://127.0.0.1:9", "--from", path],
+                                   console=Console(file=out, width=200)), 2)
+        self.assertIn(f"{path}:2: No closing quotation", out.getvalue())
+
+    def test_image_blob_checked(self) -> None:
+        """A layer whose bytes the vault sends differ from the manifest's digest: the image item fails."""
+        vault = FakeUpstream()
+        self.addCleanup(vault.close)
+        layer = b"layer bytes" * 50
+        manifest = json.dumps({"mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": [
+            {"digest": "sha256:" + hashlib.sha256(layer).hexdigest(), "size": len(layer)}]}).encode()
+        vault.scripts["/v2/reg/x/manifests/sha256:ab"] = Script(manifest, headers={"X-Cache": "HIT"})
+        path = "/v2/reg/x/blobs/sha256:" + hashlib.sha256(layer).hexdigest()
+        for body, status in ((layer, 0), (layer[:-1] + b"!", 1), (layer[:-1], 1)):
+            vault.scripts[path] = Script(body, headers={"X-Cache": "HIT"})
+            out = io.StringIO()
+            self.assertEqual(warm.main(["--vault", vault.base, "--image", "reg/x@sha256:ab", "-q"],
+                                       console=Console(file=out, width=300)), status, out.getvalue())
+        self.assertIn("549 bytes, expected 550", out.getvalue())
 
     def test_nothing_to_do(self) -> None:
         console = Console(file=io.StringIO(), width=200)
@@ -59,6 +95,20 @@ class ItemTests(SynchronousTestCase):
         self.assertEqual(status, 1)
         self.assertIn("failed", out.getvalue())
         self.assertIn("ConnectionRefusedError", out.getvalue())
+
+
+def run_warm(vault: str, *args: str) -> tuple[int, str]:
+    """The artifactvault command's warm against C{vault}, as a user runs it (a wide table): (status, output)."""
+    p = subprocess.run([os.path.join(os.path.dirname(sys.executable), "artifactvault"), "warm", "--vault", vault,
+                        *args], capture_output=True, text=True, timeout=300, env={**support.pip_env(), "COLUMNS": "250"})
+    return p.returncode, p.stdout + p.stderr
+
+
+def start_daemon(testcase: TestCase, backend: dict, cache_dir: str | None = None) -> support.Daemon:
+    """The real daemon with one backend (on C{cache_dir}, to start again on a cache), stopped after the test."""
+    d = support.Daemon([backend], **({"cache_dir": cache_dir} if cache_dir else {}))
+    testcase.addCleanup(d.cleanup)
+    return d.start()
 
 
 def kit(script: str, name: str) -> tuple[str, str]:
@@ -93,10 +143,7 @@ class WarmDaemonTests(TestCase):
         self.daemon.start()
 
     def warm(self, *args: str) -> tuple[int, str]:
-        p = subprocess.run([os.path.join(os.path.dirname(sys.executable), "artifactvault"), "warm",
-                            "--vault", self.daemon.base, *args], capture_output=True, text=True, timeout=300,
-                           env={**support.pip_env(), "COLUMNS": "200"})
-        return p.returncode, p.stdout + p.stderr
+        return run_warm(self.daemon.base, *args)
 
     def test_warm_then_offline(self) -> None:
         work = tempfile.mkdtemp(prefix="av-warm-test-")
