@@ -14,8 +14,11 @@ and warm targets): a fresh ``apt-get update`` + ``install --download-only``
 of the 50 packages through a fresh vault, then again (warm), and the same
 against the repository directly, in alternating rounds; many rounds, since
 on 2 shared cores the direct run alone varies by half from one to the next.
+With ``--big``, the 200 MiB ``.deb`` cold (bench/apt_bench.py's ``big``:
+curl to disk after an update through a fresh vault), per build and direct,
+with the vault's CPU time per download.
 
-    bench/apt_burst.py [--rounds 12] [--compare /path/to/other/checkout] [--apt]
+    bench/apt_burst.py [--rounds 12] [--compare /path/to/other/checkout] [--apt | --big]
 
 Loopback only; the ports and data of bench/apt_bench.py (run under the same
 ``flock -o /tmp/av-bench.lock``).
@@ -105,6 +108,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--compare", help="another checkout, measured side by side")
     ap.add_argument("--apt", action="store_true", help="whole apt-get runs, and the repository directly")
+    ap.add_argument("--big", action="store_true", help="the 200 MiB .deb cold, and the repository directly")
     a = ap.parse_args()
     builds = {"this": b.REPO}
     if a.compare:
@@ -113,6 +117,9 @@ def main() -> None:
     b.repo_up()
     if a.apt:
         whole_runs(builds, a.rounds)
+        return
+    if a.big:
+        big_runs(builds, a.rounds)
         return
     runs: dict[str, dict[str, list[float]]] = {n: {"cold": [], "reactor": [], "others": [], "warm": []}
                                                for n in builds}
@@ -167,6 +174,33 @@ def whole_runs(builds: dict[str, str], rounds: int) -> None:
         label = "the repository directly" if name == "direct" else f"{name} ({builds[name]})"
         print(f"| {label} | {med(cold[name]):.3f} | {med(cold[name]) / med(cold['direct']):.2f}× "
               f"| {med(warm[name]):.3f} | {med(warm[name]) / med(warm['direct']):.2f}× |")
+
+
+def big_runs(builds: dict[str, str], rounds: int) -> None:
+    """The 200 MiB .deb cold per build and direct, alternating: MB/s and the vault's CPU seconds; a table."""
+    names = ["direct", *builds]
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in builds}
+    with vaults():
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                if name == "direct":
+                    rates[name].append(b.big("direct"))
+                    continue
+                start_vault(builds[name])
+                pid = b.vault_pid()
+                before = sum(thread_cpu(pid).values())
+                rates[name].append(b.big("vault"))
+                cpu[name].append(sum(thread_cpu(pid).values()) - before)
+                b.vault("stop")
+            print(f"round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:.0f} MB/s" for n in names), file=sys.stderr)
+    med = statistics.median
+    print(f"# 200 MiB .deb cold, curl to disk, {rounds} alternating rounds, {stamp()}\n")
+    print("| | MB/s | / direct | vault CPU (the update and the download), s |\n|---|---|---|---|")
+    for name in names:
+        label = "the repository directly" if name == "direct" else f"{name} ({builds[name]})"
+        spent = f"{med(cpu[name]):.2f}" if name in cpu else ""
+        print(f"| {label} | {med(rates[name]):.0f} | {med(rates[name]) / med(rates['direct']):.2f}× | {spent} |")
 
 
 if __name__ == "__main__":

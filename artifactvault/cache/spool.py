@@ -191,7 +191,8 @@ class Reservation:
     """
     A large download's disk space, reserved ahead of its writes: ext4 then no
     longer reserves blocks page by page as the reactor writes, about a
-    quarter of the write's CPU (a 200 MiB cold download 6-9% faster:
+    quarter of the write's CPU (0.045 -> 0.032 s per 200 MiB; a cold 200 MiB
+    download was 6-9% faster in three A/B runs and not in a fourth:
     docs/benchmarks.md). At most L{RESERVE_AHEAD} past what was written, up
     to the announced length: an upstream that announces more than it sends
     holds no more of the disk than that. Only a hint: once a reservation
