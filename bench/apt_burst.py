@@ -151,14 +151,24 @@ def main() -> None:
     print(f"| nginx, the repository directly | {med(direct) * 1000:.0f} | | | |")
 
 
+def rotations(names: list[str], rounds: int) -> Iterator[tuple[int, list[str]]]:
+    """Each round's order: the names rotated one further each round, so that each goes first in turn."""
+    for r in range(rounds):
+        yield r, names[r % len(names):] + names[:r % len(names)]
+
+
+def label(name: str, builds: dict[str, str]) -> str:
+    return "the repository directly" if name == "direct" else f"{name} ({builds[name]})"
+
+
 def whole_runs(builds: dict[str, str], rounds: int) -> None:
     """Cold and warm apt-get update + install of the 50, per build and direct, alternating; a table."""
     names = ["direct", *builds]
     cold: dict[str, list[float]] = {n: [] for n in names}
     warm: dict[str, list[float]] = {n: [] for n in names}
     with vaults():
-        for r in range(rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
+        for r, order in rotations(names, rounds):
+            for name in order:
                 url = b.URLS["direct" if name == "direct" else "vault"]
                 if name != "direct":
                     start_vault(builds[name])
@@ -171,8 +181,7 @@ def whole_runs(builds: dict[str, str], rounds: int) -> None:
     print(f"# apt-get update + install --download-only of 50 packages, {rounds} alternating rounds, {stamp()}\n")
     print("| | cold, s | cold / direct | warm, s | warm / direct |\n|---|---|---|---|---|")
     for name in names:
-        label = "the repository directly" if name == "direct" else f"{name} ({builds[name]})"
-        print(f"| {label} | {med(cold[name]):.3f} | {med(cold[name]) / med(cold['direct']):.2f}× "
+        print(f"| {label(name, builds)} | {med(cold[name]):.3f} | {med(cold[name]) / med(cold['direct']):.2f}× "
               f"| {med(warm[name]):.3f} | {med(warm[name]) / med(warm['direct']):.2f}× |")
 
 
@@ -182,8 +191,8 @@ def big_runs(builds: dict[str, str], rounds: int) -> None:
     rates: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in builds}
     with vaults():
-        for r in range(rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
+        for r, order in rotations(names, rounds):
+            for name in order:
                 if name == "direct":
                     rates[name].append(b.big("direct"))
                     continue
@@ -198,9 +207,8 @@ def big_runs(builds: dict[str, str], rounds: int) -> None:
     print(f"# 200 MiB .deb cold, curl to disk, {rounds} alternating rounds, {stamp()}\n")
     print("| | MB/s | / direct | vault CPU (the update and the download), s |\n|---|---|---|---|")
     for name in names:
-        label = "the repository directly" if name == "direct" else f"{name} ({builds[name]})"
         spent = f"{med(cpu[name]):.2f}" if name in cpu else ""
-        print(f"| {label} | {med(rates[name]):.0f} | {med(rates[name]) / med(rates['direct']):.2f}× | {spent} |")
+        print(f"| {label(name, builds)} | {med(rates[name]):.0f} | {med(rates[name]) / med(rates['direct']):.2f}× | {spent} |")
 
 
 if __name__ == "__main__":
