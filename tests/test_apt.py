@@ -23,7 +23,7 @@ from artifactvault.auth.access import AUTHENTICATED, OPEN, AuthSettings
 from artifactvault.auth.checkers import make_portal
 from artifactvault.auth.gate import Gate
 from artifactvault.backends import apt_gpg, parse_backend
-from artifactvault.backends.apt import UNVERIFIED_TTL, AptBackendType, ReleaseSet
+from artifactvault.backends.apt import UNVERIFIED_TTL, AptBackendType, ReleaseSet, archive_root
 from artifactvault.backends.base import (BuildContext, IBackend, IBackendType, IDropsDotSegments, IPrefetch,
                                          IProxyTarget)
 from artifactvault.cache.store import FileStore
@@ -590,6 +590,30 @@ class FlatRepositoryTests(SynchronousTestCase):
         entry = h.store.lookup("apt-pool:hello_1.0_all.deb for /debian/")
         self.assertEqual((entry.sha256, entry.fresh_until), (sha(DEB), None))
         self.assertEqual(h.paths(), ["InRelease", "Packages.xz", "hello_1.0_all.deb", "hello_1.0_all.deb"])
+
+    def test_in_a_subdirectory(self) -> None:
+        """
+        A flat repository below the mirror's top (``deb URI/sub ./``): its
+        Filenames are relative to it, so the package is verified there too.
+        """
+        repo = FlatRepo()
+        repo.files = {f"sub/{path}": data for path, data in repo.files.items()}
+        h = Harness(self, repo)
+        h.get("sub/./InRelease")
+        self.assertIsNotNone(h.store.lookup("apt-release:sub for /debian/"))
+        h.get("sub/./Packages.xz")
+        h.override["sub/hello_1.0_all.deb"] = (200, b"z" * len(DEB))
+        self.assertEqual(h.get("sub/./hello_1.0_all.deb").status, 502)
+        del h.override["sub/hello_1.0_all.deb"]
+        self.assertEqual(h.get("sub/./hello_1.0_all.deb").body, DEB)
+        entry = h.store.lookup("apt-pool:sub/hello_1.0_all.deb for /debian/")
+        self.assertEqual((entry.sha256, entry.fresh_until), (sha(DEB), None))
+
+    def test_archive_root(self) -> None:
+        """What an index's Filenames are relative to: the root above dists/, or a flat repository's own directory."""
+        cases = {"": "", "dists/stable": "", "debian/dists/stable": "debian", "sub": "sub", "a/b": "a/b",
+                 "dists/stable/updates": ""}
+        self.assertEqual({d: archive_root(d) for d in cases}, cases)
 
     def test_index_that_does_not_match(self) -> None:
         """A Packages.xz that is not the one the Release lists: 502, not stored."""

@@ -475,6 +475,26 @@ class FlatRepositoryTests(AptTestCase):
         second.ok("download", "av-flat-01")
         self.assertEqual(support.hits("apt", f"^GET /{name}/"), before, "the second machine reached the repository")
 
+    def test_in_a_subdirectory(self) -> None:
+        """
+        A flat repository below the mirror's top (``deb URL/sub ./``, as
+        third-party repositories publish several side by side): its release
+        set is kept for that directory, its package verified by the hash its
+        Packages gives.
+        """
+        name = self.repo("flat")
+        d = self.daemon(name, mirror_url=kit())
+        c = self.flat_client(d.url(f"/debian/{name}"))
+        c.ok("update")
+        c.ok("download", "av-flat-02")
+        deb = "av-flat-02_1.0-1_all.deb"
+        self.assertEqual(sha256_file(c.out(deb)), self.upstream_sha(name, deb))
+        self.assertTrue(_is_stored(d, f"apt-release:{name} for /debian/"))
+        d.wait_stored(f"apt-pool:{name}/{deb} for /debian/")
+        meta = _meta(d, f"apt-pool:{name}/{deb} for /debian/")
+        self.assertEqual(meta["sha256"], self.upstream_sha(name, deb))
+        self.assertIsNone(meta["fresh_until"])  # verified by the index: immutable
+
     def test_proxy_form(self) -> None:
         """The same repository through Acquire::http::Proxy, its deb line unchanged."""
         name = self.repo("flat")

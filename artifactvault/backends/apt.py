@@ -233,6 +233,17 @@ def below(directory: str, path: str) -> bool:
     return directory == "" or path.startswith(directory + "/")
 
 
+def archive_root(directory: str) -> str:
+    """
+    What the C{Filename}s of a release directory's indexes are relative to:
+    the archive's root above C{dists/} for a suite (``pool/main/…``), the
+    directory itself for a flat repository (``./name.deb``: beside its
+    Packages, wherever it is below the mirror's top).
+    """
+    parts = directory.split("/") if directory else []
+    return "/".join(parts[:parts.index("dists")]) if "dists" in parts else directory
+
+
 def dir_label(directory: str) -> str:
     """A release directory as logs and errors name it (a flat repository's top is ``.``)."""
     return directory or "."
@@ -642,9 +653,11 @@ class AptBackend(Backend):
         if self.pool.knows(where, entry.data):
             return succeed(None)
 
+        root = archive_root(directory)
+
         def learnt(table: dict | None) -> None:
             if table is not None:
-                self.pool.put(where, entry.data, table)
+                self.pool.put(where, entry.data, {join(root, path): v for path, v in table.items()} if root else table)
                 _log.debug("learnt {n} pool files from {path}", n=len(table), path=join(directory, rel))
 
         d = self.vault.load(entry, lambda raw: pool_table(raw, rel)).addCallback(learnt)
