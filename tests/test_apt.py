@@ -441,6 +441,24 @@ class PoolTests(SynchronousTestCase):
         entry = h.store.lookup("apt-pool:pool/main/h/hello/hello_1.0_all.deb for /debian/")
         self.assertEqual((entry.sha256, entry.fresh_until), (sha(DEB), None))
 
+    def test_archive_below_the_mirror_top(self) -> None:
+        """
+        An archive one directory below mirror_url (``deb URI/debian stable
+        main``): its pool files are verified below that directory, where
+        its Filenames are relative to.
+        """
+        repo = Repo()
+        repo.files = {f"debian/{path}": data for path, data in repo.files.items()}
+        h = Harness(self, repo)
+        h.get("debian/dists/stable/InRelease")
+        h.get("debian/dists/stable/main/binary-amd64/Packages.xz")
+        h.override["debian/pool/main/h/hello/hello_1.0_all.deb"] = (200, b"z" * len(DEB))
+        self.assertEqual(h.get("debian/pool/main/h/hello/hello_1.0_all.deb").status, 502)
+        del h.override["debian/pool/main/h/hello/hello_1.0_all.deb"]
+        self.assertEqual(h.get("debian/pool/main/h/hello/hello_1.0_all.deb").body, DEB)
+        entry = h.store.lookup("apt-pool:debian/pool/main/h/hello/hello_1.0_all.deb for /debian/")
+        self.assertEqual((entry.sha256, entry.fresh_until), (sha(DEB), None))
+
     def test_verified_after_a_restart(self) -> None:
         """After a restart the vault learns again from the indexes it holds, before fetching a pool file."""
         h = Harness(self)
