@@ -627,6 +627,28 @@ class FlatRepositoryTests(SynchronousTestCase):
         entry = h.store.lookup("apt-pool:sub/hello_1.0_all.deb for /debian/")
         self.assertEqual((entry.sha256, entry.fresh_until), (sha(DEB), None))
 
+    def test_index_before_its_release(self) -> None:
+        """
+        A flat repository's Packages.xz asked for first: its release beside it
+        is fetched, and the index served as that lists it (a wrong one
+        refused), never kept as a plain file.
+        """
+        h = Harness(self, FlatRepo())
+        h.override["Packages.xz"] = (200, b"x" * len(h.repo.packages_xz))
+        self.assertEqual(h.get("./Packages.xz").status, 502)
+        del h.override["Packages.xz"]
+        self.assertEqual(h.get("./Packages.xz").body, h.repo.packages_xz)
+        self.assertIsNotNone(h.store.lookup(f"apt-hash:sha256:{sha(h.repo.packages_xz)}"))
+        self.assertIsNone(h.store.lookup("apt-file:Packages.xz for /debian/"))
+        self.assertEqual(h.paths()[0], "InRelease")
+
+    def test_no_release_beside_an_index(self) -> None:
+        """A Packages file with no release beside it (not a repository): served as any other file."""
+        h = Harness(self, FlatRepo())
+        h.repo.files["other/Packages"] = b"Package: x\n"
+        self.assertEqual(h.get("other/Packages").body, b"Package: x\n")
+        self.assertIsNotNone(h.store.lookup("apt-file:other/Packages for /debian/"))
+
     def test_archive_root(self) -> None:
         """What an index's Filenames are relative to: the root above dists/, or a flat repository's own directory."""
         cases = {"": "", "dists/stable": "", "debian/dists/stable": "debian", "sub": "sub", "a/b": "a/b",
