@@ -459,6 +459,15 @@ class PoolTests(SynchronousTestCase):
         entry = h.store.lookup("apt-pool:debian/pool/main/h/hello/hello_1.0_all.deb for /debian/")
         self.assertEqual((entry.sha256, entry.fresh_until), (sha(DEB), None))
 
+    def test_index_below_the_mirror_top_before_its_release(self) -> None:
+        """Such an archive's index asked for first: its suite's release is fetched, the index served by it."""
+        repo = Repo()
+        repo.files = {f"debian/{path}": data for path, data in repo.files.items()}
+        h = Harness(self, repo)
+        self.assertEqual(h.get("debian/dists/stable/main/binary-amd64/Packages.xz").body, repo.packages_xz)
+        self.assertIsNotNone(h.store.lookup(f"apt-hash:sha256:{sha(repo.packages_xz)}"))
+        self.assertEqual(h.paths()[0], "debian/dists/stable/InRelease")
+
     def test_verified_after_a_restart(self) -> None:
         """After a restart the vault learns again from the indexes it holds, before fetching a pool file."""
         h = Harness(self)

@@ -550,18 +550,20 @@ class AptBackend(Backend):
         The release directory an index path belongs to: the deepest of the
         known ones above it and, for ``dists/<suite>/…``, that suite's
         (fetched if need be); for a Packages or Sources index below no known
-        one, the directory it is in (a flat repository's, fetched if need
-        be); None for anything else. (A flat repository's top, once known,
+        one, its suite's below a ``dists/`` deeper down, else the directory
+        it is in (a flat repository's), fetched if need be; None for
+        anything else. (A flat repository's top, once known,
         is above every path.)
         """
         candidates = [d for d in self._known_dirs() if below(d, path)]
         if path.startswith("dists/") and path.count("/") >= 2:
             candidates.append("/".join(path.split("/")[:2]))
         if not candidates and index_kind(path) is not None:
-            # (a flat repository's Packages or Sources asked for before its
-            # release: the release beside it is fetched, so that the index
-            # is served as it lists it, never unverified)
-            candidates.append(path.rpartition("/")[0])
+            # (an index asked for before its release: that release is
+            # fetched, so that the index is served as it lists it, never
+            # unverified: its suite's below a dists/, else the one beside it)
+            parts = path.split("/")[:-1]
+            candidates.append("/".join(parts[:parts.index("dists") + 2] if "dists" in parts[:-1] else parts))
         return max(candidates, key=len, default=None)
 
     # -- index files ----------------------------------------------------------------
