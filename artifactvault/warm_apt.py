@@ -196,12 +196,16 @@ def _auth_file(root: str, vault: Vault) -> str | None:
     parts = urlsplit(vault.url_with_credentials("/"))
     if parts.username is None:
         return None
+    login, password = unquote(parts.username), unquote(parts.password or "")
+    if any(c.isspace() for c in login + password) or not password:
+        # (apt's auth.conf is netrc: words split on blanks, no quoting, no empty word)
+        raise WarmError("--apt: apt cannot be given a user name or password that is empty or has blanks "
+                        "(its auth.conf has no quoting): use credentials without them for warm")
     path = os.path.join(root, "etc", "auth.conf")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         # (with the scheme: apt gives an entry without one to https only)
-        f.write(f"machine {vault.base} login {unquote(parts.username)} "
-                f"password {unquote(parts.password or '')}\n")
+        f.write(f"machine {vault.base} login {login} password {password}\n")
     return path
 
 

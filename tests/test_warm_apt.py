@@ -148,6 +148,14 @@ class MachineTests(SynchronousTestCase):
         self.assertNotIn("APT::Sandbox::User", warm_apt.apt_config("/m", None, None))
         self.assertNotIn("APT::Architecture", warm_apt.apt_config("/m", None, None))
 
+    def test_credentials_apt_cannot_hold(self) -> None:
+        """A password with a blank (or none) cannot go into apt's auth.conf: a clear error, not a broken file."""
+        for creds in ("ci:two%20words", "ci:", "c%09i:x"):
+            vault = warm.Vault(f"http://{creds}@127.0.0.1:8080/")
+            request = warm_apt.AptRequest.make(vault, ["deb /debian/ stable main"], [], "amd64")
+            error = self.assertRaises(warm.WarmError, warm_apt.AptMachine, self.mktemp(), vault, request)
+            self.assertIn("auth.conf has no quoting", str(error))
+
     def test_credentials_in_auth_conf(self) -> None:
         """The vault's credentials go to an auth.conf only its owner reads, never into the sources list."""
         root = self.mktemp()
