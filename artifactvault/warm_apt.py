@@ -34,7 +34,7 @@ import tempfile
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from artifactvault.warm import File, Item, Vault, WarmError, vault_path
+from artifactvault.warm_client import File, Item, Vault, WarmError, vault_path
 
 #: apt's hash names in --print-uris output, and hashlib's.
 HASHES = {"SHA512": "sha512", "SHA256": "sha256", "SHA1": "sha1", "MD5Sum": "md5"}

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 from urllib.parse import quote, unquote, urlsplit
 
-from artifactvault.warm import File, Item, WarmError
+from artifactvault.warm_client import File, Item, WarmError
 
 #: What clients send for a packument, one per variant the vault keeps: the
 #: abbreviated one (pnpm, yarn, npm before 11) and the full one (npm 11's install).
