@@ -85,6 +85,12 @@ class FlatRepo:
         self.files = {"InRelease": self.inrelease, "Packages.xz": self.packages_xz, "hello_1.0_all.deb": deb}
 
 
+def moved(repo: "Repo | FlatRepo", directory: str) -> "Repo | FlatRepo":
+    """C{repo} with its files one directory below the mirror's top."""
+    repo.files = {f"{directory}/{path}": data for path, data in repo.files.items()}
+    return repo
+
+
 class Harness:
     """
     The apt backend behind a real site, in memory; its mirror answers from
@@ -138,6 +144,20 @@ class Harness:
 
     def paths(self) -> list[str]:
         return [urlsplit(r.url).path[len("/debian/"):] for r in self.client.requests]
+
+    def check_verified(self, testcase: SynchronousTestCase, path: str, asked: str | None = None) -> None:
+        """
+        The package at C{path} is verified against its index: a wrong body
+        from the mirror refused (502), the right one served and kept
+        immutable with its SHA256. C{asked}: the path as the client writes it.
+        """
+        self.override[path] = (200, b"z" * len(DEB))
+        testcase.assertEqual(self.get(asked or path).status, 502)
+        del self.override[path]
+        answer = self.get(asked or path)
+        testcase.assertEqual((answer.status, answer.body), (200, DEB))
+        entry = self.store.lookup(f"apt-pool:{path} for /debian/")
+        testcase.assertEqual((entry.sha256, entry.fresh_until), (sha(DEB), None))
 
     def asked(self, path: str) -> int:
         return self.paths().count(path)
@@ -432,14 +452,7 @@ class PoolTests(SynchronousTestCase):
         """After the Packages index was served, a .deb is checked against its SHA256: a wrong one is refused."""
         h = Harness(self)
         self.update(h)
-        h.override["pool/main/h/hello/hello_1.0_all.deb"] = (200, b"z" * len(DEB))
-        a = h.get("pool/main/h/hello/hello_1.0_all.deb")
-        self.assertEqual(a.status, 502)
-        del h.override["pool/main/h/hello/hello_1.0_all.deb"]
-        b = h.get("pool/main/h/hello/hello_1.0_all.deb")
-        self.assertEqual((b.status, b.body), (200, DEB))
-        entry = h.store.lookup("apt-pool:pool/main/h/hello/hello_1.0_all.deb for /debian/")
-        self.assertEqual((entry.sha256, entry.fresh_until), (sha(DEB), None))
+        h.check_verified(self, "pool/main/h/hello/hello_1.0_all.deb")
 
     def test_archive_below_the_mirror_top(self) -> None:
         """
@@ -447,25 +460,16 @@ class PoolTests(SynchronousTestCase):
         main``): its pool files are verified below that directory, where
         its Filenames are relative to.
         """
-        repo = Repo()
-        repo.files = {f"debian/{path}": data for path, data in repo.files.items()}
-        h = Harness(self, repo)
+        h = Harness(self, moved(Repo(), "debian"))
         h.get("debian/dists/stable/InRelease")
         h.get("debian/dists/stable/main/binary-amd64/Packages.xz")
-        h.override["debian/pool/main/h/hello/hello_1.0_all.deb"] = (200, b"z" * len(DEB))
-        self.assertEqual(h.get("debian/pool/main/h/hello/hello_1.0_all.deb").status, 502)
-        del h.override["debian/pool/main/h/hello/hello_1.0_all.deb"]
-        self.assertEqual(h.get("debian/pool/main/h/hello/hello_1.0_all.deb").body, DEB)
-        entry = h.store.lookup("apt-pool:debian/pool/main/h/hello/hello_1.0_all.deb for /debian/")
-        self.assertEqual((entry.sha256, entry.fresh_until), (sha(DEB), None))
+        h.check_verified(self, "debian/pool/main/h/hello/hello_1.0_all.deb")
 
     def test_index_below_the_mirror_top_before_its_release(self) -> None:
         """Such an archive's index asked for first: its suite's release is fetched, the index served by it."""
-        repo = Repo()
-        repo.files = {f"debian/{path}": data for path, data in repo.files.items()}
-        h = Harness(self, repo)
-        self.assertEqual(h.get("debian/dists/stable/main/binary-amd64/Packages.xz").body, repo.packages_xz)
-        self.assertIsNotNone(h.store.lookup(f"apt-hash:sha256:{sha(repo.packages_xz)}"))
+        h = Harness(self, moved(Repo(), "debian"))
+        self.assertEqual(h.get("debian/dists/stable/main/binary-amd64/Packages.xz").body, h.repo.packages_xz)
+        self.assertIsNotNone(h.store.lookup(f"apt-hash:sha256:{sha(h.repo.packages_xz)}"))
         self.assertEqual(h.paths()[0], "debian/dists/stable/InRelease")
 
     def test_verified_after_a_restart(self) -> None:
@@ -623,18 +627,11 @@ class FlatRepositoryTests(SynchronousTestCase):
         A flat repository below the mirror's top (``deb URI/sub ./``): its
         Filenames are relative to it, so the package is verified there too.
         """
-        repo = FlatRepo()
-        repo.files = {f"sub/{path}": data for path, data in repo.files.items()}
-        h = Harness(self, repo)
+        h = Harness(self, moved(FlatRepo(), "sub"))
         h.get("sub/./InRelease")
         self.assertIsNotNone(h.store.lookup("apt-release:sub for /debian/"))
         h.get("sub/./Packages.xz")
-        h.override["sub/hello_1.0_all.deb"] = (200, b"z" * len(DEB))
-        self.assertEqual(h.get("sub/./hello_1.0_all.deb").status, 502)
-        del h.override["sub/hello_1.0_all.deb"]
-        self.assertEqual(h.get("sub/./hello_1.0_all.deb").body, DEB)
-        entry = h.store.lookup("apt-pool:sub/hello_1.0_all.deb for /debian/")
-        self.assertEqual((entry.sha256, entry.fresh_until), (sha(DEB), None))
+        h.check_verified(self, "sub/hello_1.0_all.deb", asked="sub/./hello_1.0_all.deb")
 
     def test_index_before_its_release(self) -> None:
         """
