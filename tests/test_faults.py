@@ -32,6 +32,7 @@ import uuid
 
 from twisted.trial.unittest import TestCase
 
+from artifactvault.cache import spool as spoolmod
 from tests.fakeupstream import FakeUpstream, Script
 from tests.support import Daemon, download_temp_files, fake_behind_daemon, request
 
@@ -379,6 +380,47 @@ class UpstreamFaultTests(TestCase):
         self.assertEqual(got, data[:len(got)])
         hold.set()
         self.check_mended(path, data)
+        self.check_bystander()
+
+    def test_announces_more_than_it_sends(self) -> None:
+        """
+        A Content-Length of 1 TiB, 1 MiB sent, then a pause: the download's
+        temp file holds at most RESERVE_AHEAD of the disk past what came
+        (spool.Reservation), not the length announced; cut, the file and its
+        blocks go.
+        """
+        hold = threading.Event()
+        self.addCleanup(hold.set)
+        path = "/fake/" + self.name()
+        self.fake.scripts[self.upstream_path(path)] = Script(
+            body=os.urandom(2 * MIB), content_length=str(1 << 40).encode(), cut_at=MIB, resume=hold,
+            close_after_resume=True)
+        result: list[object] = []
+        client = threading.Thread(target=lambda: result.append(outcome(self.daemon.port, path)), daemon=True)
+        client.start()
+        tmp = os.path.join(self.daemon.cache_dir, "tmp")
+        deadline = time.monotonic() + 30
+        held = None
+        while held is None and time.monotonic() < deadline:
+            for name in download_temp_files(self.daemon.cache_dir):
+                try:
+                    st = os.stat(os.path.join(tmp, name))
+                except FileNotFoundError:
+                    continue
+                if st.st_size >= MIB:
+                    held = (st.st_size, st.st_blocks * 512)
+            time.sleep(0.01)
+        self.assertIsNotNone(held, "the download never wrote its first MiB")
+        size, blocks = held
+        self.assertGreater(blocks, size)  # (reserved ahead of the writes)
+        self.assertLessEqual(blocks, size + spoolmod.RESERVE_AHEAD + MIB)
+        hold.set()
+        client.join(60)
+        self.assertEqual(result[0][0], "cut")
+        deadline = time.monotonic() + 30
+        while download_temp_files(self.daemon.cache_dir) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertEqual(download_temp_files(self.daemon.cache_dir), [])
         self.check_bystander()
 
     # -- odd answers -----------------------------------------------------------
