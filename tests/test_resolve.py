@@ -5,6 +5,8 @@ lookup at a time per name, nothing kept after a lookup ends.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hypothesis import given, strategies as st
@@ -19,6 +21,8 @@ from zope.interface.verify import verifyObject
 
 from artifactvault import resolve
 from artifactvault.resolve import CoalescingResolver
+from tests import support
+from tests.fakeupstream import FakeUpstream, Script
 
 
 @implementer(IResolutionReceiver)
@@ -207,3 +211,35 @@ class RealResolverTests(TestCase):
             self.assertIn(IPv4Address("TCP", "127.0.0.1", 80), first.addresses)
             self.assertEqual(second.addresses, first.addresses)
         return second.done.addCallback(check)
+
+
+class DaemonTests(TestCase):
+    """Through the real daemon: an upstream named by host name, many connections to it opened at once."""
+
+    timeout = 120
+
+    def test_concurrent_misses_to_a_named_upstream(self) -> None:
+        """
+        Twelve cold misses at once to an upstream configured as
+        ``localhost``: the daemon opens connections to it together (their
+        lookups shared) and every client gets its own bytes.
+        """
+        fake = FakeUpstream()
+        self.addCleanup(fake.close)
+        bodies = {f"/f{i}.bin": os.urandom(200_000) for i in range(12)}
+        for path, body in bodies.items():
+            fake.scripts[path] = Script(body=body, pace=0.01)  # (slow enough that none ends before the last starts)
+        base = fake.base.replace("127.0.0.1", "localhost")
+        self.assertTrue(base.startswith("http://localhost:"), base)
+        daemon = support.Daemon([{"type": "http", "config": {"prefix": "/named/", "base_url": base}}])
+        self.addCleanup(daemon.cleanup)
+        daemon.start()
+
+        def get(path: str) -> tuple[int, bytes]:
+            status, _, body = support.request("GET", daemon.url("/named" + path))
+            return status, body
+
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            answers = dict(zip(bodies, pool.map(get, bodies)))
+        self.assertEqual(answers, {path: (200, body) for path, body in bodies.items()})
+        self.assertEqual(sum(fake.count("GET", path) for path in bodies), len(bodies))
