@@ -3,7 +3,7 @@ The apt backend through the real daemon with real ``apt-get`` (no chroot:
 its state, lists, archives and sources in a temporary directory, the
 machine's own apt configuration left out, signature checking on with
 ``signed-by=`` the test key) against the signed repository of the test kit
-(``tests/upstreams/apt-up``): path form and proxy form, ``update``,
+(``tests/upstreams/apt-up``): path form (one-line and deb822 sources) and proxy form, ``update``,
 ``install --download-only``, ``download`` and ``source``, a restart with the
 mirror gone, 20 concurrent cold requests, corrupt files upstream, and the
 repository re-signed under clients that keep updating.
@@ -58,18 +58,22 @@ class AptClient:
     C{root}, and an APT_CONFIG that leaves the host's apt configuration out.
     """
 
-    def __init__(self, root: str, lines: list[str], proxy: str | None = None, extra: dict[str, str] | None = None):
+    def __init__(self, root: str, lines: list[str], proxy: str | None = None, extra: dict[str, str] | None = None,
+                 deb822: str | None = None):
         self.root = root
-        for d in ("lists/partial", "archives/partial", "etc/no-parts", "out"):
+        for d in ("lists/partial", "archives/partial", "etc/no-parts", "etc/sources.list.d", "out"):
             os.makedirs(os.path.join(root, d), exist_ok=True)
         open(os.path.join(root, "status"), "w").close()
         with open(os.path.join(root, "etc", "sources.list"), "w") as f:
             f.write("\n".join(lines) + "\n")
+        if deb822 is not None:  # (the newer form: a .sources file in the parts directory)
+            with open(os.path.join(root, "etc", "sources.list.d", "vault.sources"), "w") as f:
+                f.write(deb822)
         options = {
             "Dir::Etc::Parts": os.path.join(root, "etc", "no-parts"),
             "Dir::Etc::Main": "/dev/null",
             "Dir::Etc::SourceList": os.path.join(root, "etc", "sources.list"),
-            "Dir::Etc::SourceParts": "/dev/null",
+            "Dir::Etc::SourceParts": os.path.join(root, "etc", "sources.list.d") if deb822 is not None else "/dev/null",
             "Dir::State::Lists": os.path.join(root, "lists"),
             "Dir::Cache::Archives": os.path.join(root, "archives"),
             "Dir::Cache": os.path.join(root, "cache"),
@@ -199,6 +203,25 @@ class PathFormTests(AptTestCase):
         second.ok("source", "--download-only", "av-src")
         self.assertEqual(support.hits("apt", f"^GET /{name}/"), before, "the second machine reached the mirror")
         self.assertIn("X-Cache: HIT", _head(d.url(f"/debian/{pool('av-pkg-01')}")))
+
+    def test_deb822_sources(self) -> None:
+        """
+        A deb822 ``.sources`` file (``Types: deb deb-src``, ``Signed-By:``)
+        pointing at the vault, and no one-line sources: update, install and
+        source work as with a sources.list line, the bytes the repository's.
+        """
+        name = self.repo()
+        d = self.daemon(name)
+        stanza = (f"Types: deb deb-src\nURIs: {d.url('/debian')}\nSuites: stable\nComponents: main\n"
+                  f"Signed-By: {key()}\n")
+        c = AptClient(os.path.abspath(self.mktemp()), [], deb822=stanza)
+        out = c.ok("update")
+        self.assertIn(d.url("/debian"), out)
+        c.ok("install", "--download-only", "-y", "av-pkg-06")
+        c.ok("source", "--download-only", "av-src")
+        self.assertEqual(sha256_file(c.archive("av-pkg-06_1.0-1_all.deb")), self.upstream_sha(name, pool("av-pkg-06")))
+        self.assertEqual(sha256_file(c.out("av-src_1.0.dsc")),
+                         self.upstream_sha(name, "pool/main/a/av-src/av-src_1.0.dsc"))
 
     def test_pool_files_verified_against_the_index(self) -> None:
         """Pool files are stored with the SHA256 the Packages index the vault served gives them."""
