@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
@@ -331,13 +332,16 @@ class _ClientTransport(StringTransport):
 class Client:
     """
     One HTTP/1.1 client connection to C{site} that sends one request, with
-    C{Host: vault.test} unless C{headers} say another (None: no Host at all).
+    C{Host: vault.test} unless C{headers} say another (None: no Host at all),
+    from C{peer} (an IPv4 address; StringTransport's own if None).
     """
 
     def __init__(self, site: Any, clock: Clock, path: bytes, method: bytes = b"GET",
-                 headers: dict[str, str] | None = None, limit: int | None = None):
+                 headers: dict[str, str] | None = None, limit: int | None = None, peer: str | None = None):
         self.method = method
         self.transport = _ClientTransport(clock, limit)
+        if peer is not None:
+            self.transport.peerAddr = IPv4Address("TCP", peer, 40000)
         self.channel = site.buildProtocol(None)
         self.transport.protocol = self.channel
         self.channel.makeConnection(self.transport)

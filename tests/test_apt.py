@@ -14,6 +14,7 @@ import os
 from email.utils import formatdate
 from urllib.parse import urlsplit
 
+from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.task import Clock
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
@@ -24,6 +25,7 @@ from artifactvault.auth.checkers import make_portal
 from artifactvault.auth.gate import Gate
 from artifactvault.backends import apt_gpg, parse_backend
 from artifactvault.backends.apt import UNVERIFIED_TTL, AptBackendType, ReleaseSet, archive_root
+from artifactvault.backends.apt_given import PEER_SECONDS, GivenSets
 from artifactvault.backends.base import (BuildContext, IBackend, IBackendType, IDropsDotSegments, IPrefetch,
                                          IProxyTarget)
 from artifactvault.cache.store import FileStore
@@ -137,8 +139,8 @@ class Harness:
                 request.respond(200, body, {"etag": etag, "last-modified": "Mon, 01 Jan 2024 00:00:00 GMT"})
 
     def get(self, path: str, headers: dict[str, str] | None = None, method: bytes = b"GET",
-            raw: bytes | None = None) -> Answer:
-        client = Client(self.site, self.clock, raw or f"/debian/{path}".encode(), method, headers)
+            raw: bytes | None = None, peer: str | None = None) -> Answer:
+        client = Client(self.site, self.clock, raw or f"/debian/{path}".encode(), method, headers, peer=peer)
         self.answer_all()
         return client.answer()
 
@@ -413,6 +415,29 @@ class IndexTests(SynchronousTestCase):
         self.assertEqual(h.get("dists/stable/main/binary-amd64/Packages.xz").body, old.packages_xz)
         self.assertEqual(h.get("dists/stable/InRelease").body, h.repo.inrelease)
         self.assertEqual(h.get("dists/stable/main/binary-amd64/Packages.xz").body, h.repo.packages_xz)
+
+    def test_reconnected_client_keeps_its_set(self) -> None:
+        """
+        A client that got the old InRelease, and comes back on a new
+        connection for an index by name after another client made the vault
+        take a new one, gets the old Release's index, not the new one's (apt
+        reopening a broken connection in the middle of an update); a client
+        from another address gets the new one's; after PEER_SECONDS, so does
+        the first.
+        """
+        h = Harness(self, index_ttl=60)
+        old = h.repo
+        packages = "dists/stable/main/binary-amd64/Packages.xz"
+        self.assertEqual(h.get("dists/stable/InRelease", peer="10.0.0.1").body, old.inrelease)
+        h.clock.advance(61)
+        h.repo = Repo(deb=b"new " * 10, date=EPOCH)
+        h.repo.files.update({k: v for k, v in old.files.items() if "/by-hash/" in k})  # (kept, as mirrors do)
+        self.assertEqual(h.get("dists/stable/InRelease", peer="10.0.0.2").body, h.repo.inrelease)
+        self.assertEqual(h.get(packages, peer="10.0.0.1").body, old.packages_xz)
+        self.assertEqual(h.get(packages, peer="10.0.0.2").body, h.repo.packages_xz)
+        self.assertEqual(h.get(packages, peer="10.0.0.3").body, h.repo.packages_xz)
+        h.clock.advance(PEER_SECONDS + 1)
+        self.assertEqual(h.get(packages, peer="10.0.0.1").body, h.repo.packages_xz)
 
     def test_component_release(self) -> None:
         """A component's Release below a suite is one of the suite's index files, not a release set."""
@@ -697,6 +722,54 @@ class FlatRepositoryTests(SynchronousTestCase):
         a = h.get("dists/stable/main/binary-amd64/Packages.xz")
         self.assertEqual((a.status, a.body), (200, h.repo.packages_xz))
         self.assertIn("dists/stable/InRelease", h.paths())
+
+
+class _Channel:
+    """Stands for a client connection (weakly referenced, as channels are)."""
+
+
+class GivenSetsTests(SynchronousTestCase):
+    """L{GivenSets} on its own: per connection first, then per address for a while, a bounded number of them."""
+
+    def request(self, channel: object, host: str | None) -> object:
+        address = IPv4Address("TCP", host, 1) if host else UNIXAddress(None)
+
+        class R:
+            def getClientAddress(self) -> object:
+                return address
+
+        r = R()
+        r.channel = channel  # type: ignore[attr-defined]
+        return r
+
+    def test_connection_then_address(self) -> None:
+        clock = Clock()
+        given: GivenSets[str] = GivenSets(clock.seconds, peer_seconds=10, peers=2)
+        a1, a2 = _Channel(), _Channel()
+        given.gave(self.request(a1, "10.0.0.1"), "dists/stable", "one")
+        given.gave(self.request(a2, "10.0.0.1"), "dists/stable", "two")
+        self.assertEqual(given.given(self.request(a1, "10.0.0.1"), "dists/stable"), "one")  # (its connection's)
+        self.assertEqual(given.given(self.request(_Channel(), "10.0.0.1"), "dists/stable"), "two")  # (the address's last)
+        self.assertIsNone(given.given(self.request(_Channel(), "10.0.0.1"), "dists/other"))
+        self.assertIsNone(given.given(self.request(_Channel(), "10.0.0.9"), "dists/stable"))
+        clock.advance(11)
+        self.assertIsNone(given.given(self.request(_Channel(), "10.0.0.1"), "dists/stable"))
+        self.assertEqual(given.given(self.request(a1, "10.0.0.1"), "dists/stable"), "one")
+
+    def test_bounded(self) -> None:
+        given: GivenSets[str] = GivenSets(Clock().seconds, peers=2)
+        for host in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+            given.gave(self.request(None, host), "d", host)
+        self.assertEqual([given.given(self.request(None, h), "d") for h in ("10.0.0.1", "10.0.0.2", "10.0.0.3")],
+                         [None, "10.0.0.2", "10.0.0.3"])
+
+    def test_no_address(self) -> None:
+        """A client on a UNIX socket has no address to remember: its connection only."""
+        given: GivenSets[str] = GivenSets(Clock().seconds)
+        c = _Channel()
+        given.gave(self.request(c, None), "d", "one")
+        self.assertEqual(given.given(self.request(c, None), "d"), "one")
+        self.assertIsNone(given.given(self.request(_Channel(), None), "d"))
 
 
 class ProxyFormTests(SynchronousTestCase):

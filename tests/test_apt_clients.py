@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import http.client
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
+from urllib.parse import urlsplit
 
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -401,6 +403,28 @@ class SwapTests(AptTestCase):
         """
         self.flap_under_clients({})
 
+    def test_reconnected_client_keeps_its_release(self) -> None:
+        """
+        Real sockets from three addresses: 127.0.0.1 gets v1's InRelease; the
+        repository is re-signed as v2 and 127.0.0.2 makes the vault take it;
+        127.0.0.1 comes back on a new connection for Packages.xz by name (apt
+        reopening a broken connection in the middle of an update) and gets the
+        v1 one its InRelease lists, not v2's; 127.0.0.3 gets v2's.
+        """
+        name = self.repo("v1")
+        d = self.daemon(name, index_ttl=0)
+        inrelease = "dists/stable/InRelease"
+        packages = "dists/stable/main/binary-amd64/Packages.xz"
+        self.assertEqual(_get_from("127.0.0.1", d.url(f"/debian/{inrelease}")),
+                         open(kit_dir("repos", "v1", inrelease), "rb").read())
+        self.swap(name, "v2")
+        self.assertEqual(_get_from("127.0.0.2", d.url(f"/debian/{inrelease}")),
+                         open(kit_dir("repos", "v2", inrelease), "rb").read())
+        v1, v2 = (sha256_file(kit_dir("repos", v, packages)) for v in ("v1", "v2"))
+        self.assertNotEqual(v1, v2)
+        self.assertEqual(hashlib.sha256(_get_from("127.0.0.1", d.url(f"/debian/{packages}"))).hexdigest(), v1)
+        self.assertEqual(hashlib.sha256(_get_from("127.0.0.3", d.url(f"/debian/{packages}"))).hexdigest(), v2)
+
     def test_resigned_under_clients_asking_by_name(self) -> None:
         """The same with clients that ask for index files by name (Acquire::By-Hash "no"), as older apt does."""
         self.flap_under_clients({"Acquire::By-Hash": "no"})
@@ -626,6 +650,20 @@ class RealMirrorTests(AptTestCase):
             raise SkipTest(f"the mirror {mirror} cannot be reached: {(p.stdout + p.stderr)[-300:]}")
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         c.ok("update")
+
+
+def _get_from(source: str, url: str) -> bytes:
+    """GET C{url} over a new connection from the local address C{source} (any of 127/8); the 200's body."""
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30, source_address=(source, 0))
+    try:
+        conn.request("GET", u.path)
+        response = conn.getresponse()
+        body = response.read()
+        assert response.status == 200, (response.status, body[:300])
+        return body
+    finally:
+        conn.close()
 
 
 def _head(url: str) -> str:

@@ -23,10 +23,11 @@ see L{AptBackend.claim}). What a path is decides how it is kept:
   ``by-hash`` when the Release says ``Acquire-By-Hash: yes`` (else by name,
   and a body that does not match is refused). A plain-name request never
   revalidates the release set: the Release a client got is the one whose
-  files it gets; and a client's connection keeps the set it was given
-  (apt fetches InRelease and then the indexes over one connection), so a
-  set that changes in between, for another client, does not change which
-  files this one gets. Their bytes are kept by hash (``apt-hash:sha256:<hex>``),
+  files it gets; and a client keeps the set it was given (apt fetches
+  InRelease and then the indexes over one connection; one reopened in the
+  middle keeps its address's set, see L{artifactvault.backends.apt_given}),
+  so a set that changes in between, for another client, does not change
+  which files this one gets. Their bytes are kept by hash (``apt-hash:sha256:<hex>``),
   shared by every apt backend, as are ``…/by-hash/<Algo>/<hex>`` requests
   (immutable, verified against ``<hex>``).
 - ``pool/…`` and package-like files: immutable, verified against the SHA256
@@ -53,7 +54,6 @@ from __future__ import annotations
 
 import json
 import os
-import weakref
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
@@ -65,6 +65,7 @@ from zope.interface import implementer, provider
 
 from artifactvault import logs
 from artifactvault.backends import apt_gpg
+from artifactvault.backends.apt_given import GivenSets
 from artifactvault.backends.apt_meta import (RELEASE_FILES, MetaError, Release, by_hash_label, by_hash_path,
                                              index_kind, is_pool_file, parse_release, pool_table,
                                              signed_text, uncompressed)
@@ -263,8 +264,8 @@ class AptBackend(Backend):
         self._sets: dict[str, tuple[str, ReleaseSet]] = {}  # dir → (entry data, set)
         self._dirs: list[str] | None = None
         self._restored: Deferred | None = None
-        #: The set each client connection was given last, per directory.
-        self._given: weakref.WeakKeyDictionary[Any, dict[str, ReleaseSet]] = weakref.WeakKeyDictionary()
+        #: The set each client was given last, per directory (L{GivenSets}).
+        self._given: GivenSets[ReleaseSet] = GivenSets(context.reactor.seconds)
         self._refreshing = SingleFlight(context.reactor, timeout=4 * settings.timeout + 5)
 
     # -- routing ------------------------------------------------------------------
@@ -370,8 +371,7 @@ class AptBackend(Backend):
             responder.error(404, f"the mirror has no {join(directory, name)}")
             return
         meta = rs.meta.get(name, {})
-        if responder.request.channel is not None:
-            self._given.setdefault(responder.request.channel, {})[directory] = rs
+        self._given.gave(responder.request, directory, rs)
         self._send(responder, body, meta, status)
 
     async def _release_for_client(self, directory: str, name: str, refresh: bool) -> tuple[ReleaseSet, str]:
@@ -586,10 +586,9 @@ class AptBackend(Backend):
         A file below a release directory: an index the release set lists is
         served as that set says (its hash and size), through by-hash where
         the mirror offers it; anything it does not list is another file. The
-        set is the one this connection was given, else the one served now.
+        set is the one this client was given (L{GivenSets}), else the one served now.
         """
-        given = self._given.get(responder.request.channel, {}) if responder.request.channel is not None else {}
-        rs = given.get(directory) or await self._current(directory)
+        rs = self._given.given(responder.request, directory) or await self._current(directory)
         if responder.gone:
             return
         rel = path[len(join(directory, "")):]
