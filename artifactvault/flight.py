@@ -66,7 +66,7 @@ from artifactvault.fields import current_age, refreshed, response_headers, store
 from artifactvault.httpcache import fields_of
 from artifactvault.observe import body_error_kind
 from artifactvault.upstream import (MAX_ERROR_BODY, Upstream, UpstreamError, UpstreamStatus, UpstreamTimeout,
-                                    abandon, describe_failure, discard, header, host_of)
+                                    abandon, describe_failure, discard, header, host_of, read_larger)
 
 _log = Logger(observer=logs.observer)
 
@@ -961,19 +961,12 @@ def _rewrite(fd: int, size: int, transform: Callable[[bytes, Any], tuple[Any, st
     return offset, ctype
 
 
-#: Bytes asked of the upstream socket per read: fewer, larger chunks than
-#: Twisted's 64 KiB make a big download cost less per byte.
-RECV_SIZE = 1024 * 1024
-
-
 class _BodyReceiver(TwistedProtocol):
     def __init__(self, flight: Flight):
         self.flight = flight
 
     def connectionMade(self) -> None:
-        socket_transport = getattr(self.transport, "_producer", None)  # under treq's proxy
-        if isinstance(getattr(socket_transport, "bufferSize", None), int):
-            socket_transport.bufferSize = RECV_SIZE
+        read_larger(self)
 
     def dataReceived(self, data: bytes) -> None:
         self.flight._data(data)

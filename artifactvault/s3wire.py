@@ -38,6 +38,7 @@ from zope.interface import implementer
 
 from artifactvault import logs
 from artifactvault.cache.interface import StoreUnavailable
+from artifactvault.upstream import read_larger
 
 _log = Logger(observer=logs.observer)
 
@@ -45,8 +46,6 @@ _log = Logger(observer=logs.observer)
 PRESIGN_SECONDS = 900
 #: Bytes read from the spool file per write of a part.
 READ_CHUNK = 1024 * 1024
-#: Bytes asked of the S3 socket per read on a hit.
-RECV_SIZE = 1024 * 1024
 #: Seconds an S3 request may go without an answer, or a body without a byte.
 TIMEOUT = 30.0
 #: Error bodies and small objects are read up to this.
@@ -430,11 +429,7 @@ class RangeReader(Protocol):
         self.producer = _ReaderProducer(self)
 
     def connectionMade(self) -> None:
-        # Fewer, larger reads than Twisted's 64 KiB make a large hit cost less
-        # per byte (as for an upstream download: flight.RECV_SIZE).
-        socket_transport = getattr(self.transport, "_producer", None)  # (under treq's proxy)
-        if isinstance(getattr(socket_transport, "bufferSize", None), int):
-            socket_transport.bufferSize = RECV_SIZE
+        read_larger(self)
         self.consumer.registerProducer(self.producer, True)
         self.timer = self.reactor.callLater(TIMEOUT, self._idle)
 

@@ -1,6 +1,7 @@
 """
 Tests for L{artifactvault.upstream}: the real treq client stack over an
-in-memory HTTP connection (L{RequestTraversalAgent}) to a fake origin.
+in-memory HTTP connection (L{RequestTraversalAgent}) to a fake origin, and
+over a real socket where the socket is what is tested (L{ReadLargerTests}).
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import client as webclient
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.internet import reactor
+from twisted.internet.protocol import Protocol
+from twisted.web.server import NOT_DONE_YET, Site
 
 from zope.interface.verify import verifyObject
 
 from artifactvault.backends.base import BuildContext, CommonSettings
 from artifactvault.upstream import (MAX_REDIRECTS, IUpstreamAuth, StaticAuth, Upstream, UpstreamError,
                                     UpstreamStatus, UpstreamTimeout, content_length, describe_failure,
-                                    loggable, make_client, parse_length, read_small)
+                                    RECV_SIZE, loggable, make_client, parse_length, read_larger, read_small)
 from tests.fakes import FakeClient, FakeResponse, Harness
 
 
@@ -552,3 +555,41 @@ class LengthTests(SynchronousTestCase):
         self.assertEqual(content_length(FakeResponse(headers={"Content-Length": "10"})), 10)
         for raw in ("\u00b2".encode("latin-1"), b"12abc", b"9" * 5000):
             self.assertIsNone(content_length(FakeResponse(headers={"Content-Length": raw})))
+
+
+class _Larger(Protocol):
+    """Reads a body after asking for larger reads; notes the socket's read size before and after."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.done: Deferred = Deferred()
+
+    def connectionMade(self) -> None:
+        socket_transport = self.transport._producer  # type: ignore[attr-defined]
+        self.sizes.append(socket_transport.bufferSize)
+        read_larger(self)
+        self.sizes.append(socket_transport.bufferSize)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.done.callback(None)
+
+
+class ReadLargerTests(TestCase):
+    """L{read_larger} reaches the TCP socket under a treq response's body (a private attribute of Twisted's)."""
+
+    async def test_socket_reads_larger(self) -> None:
+        port = reactor.listenTCP(0, Site(Origin()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = webclient.HTTPConnectionPool(reactor, persistent=False)
+        client = make_client(reactor, pool)
+        response = await client.request("GET", f"http://127.0.0.1:{port.getHost().port}/x", unbuffered=True)
+        body = _Larger()
+        response.deliverBody(body)
+        await body.done
+        self.assertEqual(body.sizes, [64 * 1024, RECV_SIZE])
+
+    def test_elsewhere_nothing(self) -> None:
+        """Under a transport with no socket (in memory), nothing happens and nothing fails."""
+        body = _Larger.__new__(_Larger)
+        body.transport = object()  # type: ignore[assignment]
+        read_larger(body)
