@@ -15,10 +15,11 @@ Items, in any mix (each option repeatable, or one a line of C{--from FILE}):
   the repository, a tag or ``@sha256:…``): the index, every platform's
   manifest, each config and layer;
 - ``--url /files/path``: one file;
-- ``--apt 'deb [signed-by=KEY] /debian/ bookworm main' --deb PKG``:
-  resolved by the real apt-get through the vault's apt backend
-  (L{artifactvault.warm_apt}): the indexes, then every .deb the packages
-  need with their dependencies, as on a machine with nothing installed;
+- ``--apt 'deb [signed-by=KEY] /debian/ bookworm main' --deb PKG`` (or
+  ``--apt-sources debian.sources``, the deb822 form): resolved by the real
+  apt-get through the vault's apt backend (L{artifactvault.warm_apt}): the
+  indexes, then every .deb the packages need with their dependencies, as
+  on a machine with nothing installed;
 - ``--npm-lock package-lock.json``: every registry package of the lock,
   its packument and its tarball, through the vault's npm backend
   (L{artifactvault.warm_npm}).
@@ -213,9 +214,9 @@ def _count(item: Item, cache: str, size: int) -> None:
 
 #: The options an item may have in a C{--from} file, and the kind each makes.
 ITEM_OPTIONS = {"-r": "requirements", "--requirement": "requirements", "--image": "image", "--url": "url",
-                "--apt": "apt", "--deb": "deb", "--npm-lock": "npm-lock"}
+                "--apt": "apt", "--apt-sources": "apt-sources", "--deb": "deb", "--npm-lock": "npm-lock"}
 #: The kinds whose value is a file, relative to the C{--from} file it is named in.
-FILE_KINDS = ("requirements", "npm-lock")
+FILE_KINDS = ("requirements", "npm-lock", "apt-sources")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -239,6 +240,10 @@ def parser() -> argparse.ArgumentParser:
                         "vault), e.g. 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
                         "/debian/ bookworm main' (repeatable: all lines make one apt source list); "
                         "apt-get update through the vault, then --deb's packages")
+    p.add_argument("--apt-sources", action="append", default=[], metavar="FILE",
+                   help="a deb822 .sources file (Types, URIs, Suites, Components, Signed-By...) whose URIs "
+                        "are apt backends' prefixes (or their full URLs on the vault): its sources join "
+                        "the --apt lines (repeatable)")
     p.add_argument("--deb", action="append", default=[], metavar="PKG",
                    help="a package apt-get would install from the --apt lines, with every dependency, "
                         "as on a machine with nothing installed (repeatable; PKG=VERSION works)")
@@ -250,7 +255,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--npm", default="/npm/", help="the npm backend's prefix (default /npm/)")
     p.add_argument("--from", dest="from_files", action="append", default=[], metavar="FILE",
                    help="items, one a line: '-r FILE', '--image REF', '--url PATH' (or a bare /path), "
-                        "'--apt LINE', '--deb PKG', '--npm-lock FILE'; # comments")
+                        "'--apt LINE', '--apt-sources FILE', '--deb PKG', '--npm-lock FILE'; # comments")
     p.add_argument("-j", "--jobs", type=int, default=4, help="files fetched at once (default 4)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, even on a terminal")
     p.add_argument("--pip", default=None,
@@ -278,7 +283,8 @@ def read_items(path: str) -> list[tuple[str, str]]:
             continue
         if len(words) != 2:
             raise WarmError(f"{path}:{number}: expected an option and its value ('-r FILE', '--image REF', "
-                            f"'--url PATH', '--apt LINE' quoted, '--deb PKG', '--npm-lock FILE'), "
+                            f"'--url PATH', '--apt LINE' quoted, '--apt-sources FILE', '--deb PKG', "
+                            f"'--npm-lock FILE'), "
                             f"not {line.strip()!r}")
         option, value = words
         kind = ITEM_OPTIONS.get(option)
@@ -292,14 +298,16 @@ def read_items(path: str) -> list[tuple[str, str]]:
 
 def make_items(vault: Vault, wanted: list[tuple[str, str]], arch: str | None) -> list[Item]:
     """
-    An L{Item} for each thing asked for; every C{--apt} line and C{--deb}
-    together make one apt item (one apt source list resolves them all).
+    An L{Item} for each thing asked for; every C{--apt} line, every
+    source of an C{--apt-sources} file and every C{--deb} together make one
+    apt item (one apt source list resolves them all).
     """
-    items = [Item(kind, what) for kind, what in wanted if kind not in ("apt", "deb")]
-    lines = [what for kind, what in wanted if kind == "apt"]
+    items = [Item(kind, what) for kind, what in wanted if kind not in ("apt", "apt-sources", "deb")]
+    lines = [line for kind, what in wanted if kind in ("apt", "apt-sources")
+             for line in ([what] if kind == "apt" else warm_apt.deb822_lines(what))]
     debs = [what for kind, what in wanted if kind == "deb"]
     if debs and not lines:
-        raise WarmError("--deb needs the apt source to resolve it from: give --apt LINE")
+        raise WarmError("--deb needs the apt source to resolve it from: give --apt LINE or --apt-sources FILE")
     if lines:
         request = warm_apt.AptRequest.make(vault, lines, debs, arch)
         items.append(Item("apt", " ".join(debs) if debs else "(indexes only)", request=request))
@@ -323,11 +331,12 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
         vault = Vault(args.vault)
         wanted = [("requirements", r) for r in args.requirement] + [("image", i) for i in args.image] + \
             [("url", u) for u in args.url] + [("npm-lock", n) for n in args.npm_lock] + \
-            [("apt", a) for a in args.apt] + [("deb", d) for d in args.deb]
+            [("apt", a) for a in args.apt] + [("apt-sources", a) for a in args.apt_sources] + \
+            [("deb", d) for d in args.deb]
         for path in args.from_files:
             wanted += read_items(path)
         if not wanted:
-            raise WarmError("nothing to warm: give -r, --image, --url, --apt, --npm-lock or --from")
+            raise WarmError("nothing to warm: give -r, --image, --url, --apt, --apt-sources, --npm-lock or --from")
         if args.jobs < 1:
             raise WarmError("--jobs must be at least 1")
         items = make_items(vault, wanted, args.arch)

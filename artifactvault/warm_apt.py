@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_warm_apt -*-
 """
 ``artifactvault warm --apt LINE --deb PKG``: what apt would fetch, fetched
-through the vault's apt backend ahead of time.
+through the vault's apt backend ahead of time (the lines one-line style, or
+from a deb822 ``.sources`` file with ``--apt-sources FILE``).
 
 apt itself resolves, as pip does for requirements: the real C{apt-get}, run
 as a throwaway machine with nothing installed (its state, lists, archives,
@@ -34,6 +35,7 @@ import tempfile
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from artifactvault.backends.apt_meta import MetaError, paragraphs
 from artifactvault.warm_client import File, Item, Vault, WarmError, vault_path
 
 #: apt's hash names in --print-uris output, and hashlib's.
@@ -85,6 +87,55 @@ def parse_source(line: str) -> Source:
     if any(not name or not value for name, _, value in (o.partition("=") for o in options)):
         raise WarmError(f"--apt {line!r}: options are name=value")
     return Source(kind, options, uri, suite, components)
+
+
+#: deb822 fields that are no one-line option, and the one-line name of
+#: those whose name differs (the others keep theirs, lower-cased).
+_DEB822_OWN = ("types", "uris", "suites", "components", "enabled")
+_DEB822_NAMES = {"architectures": "arch", "languages": "lang", "targets": "target"}
+
+
+def deb822_lines(path: str) -> list[str]:
+    """
+    The sources.list lines a deb822 ``.sources`` file (as in
+    ``/etc/apt/sources.list.d/``) stands for: each enabled stanza's types ×
+    URIs × suites, with its components, and its other fields as options
+    (``Signed-By`` a keyring file; a key written into the file is refused).
+    L{WarmError} names the file and the stanza of what is wrong.
+    """
+    try:
+        with open(path, "rb") as f:
+            stanzas = [{name: "\n".join(value) for name, value in p.items()} for p in paragraphs(iter(f))]
+    except OSError as e:
+        raise WarmError(f"--apt-sources {path}: {e.strerror}") from None
+    except MetaError as e:
+        raise WarmError(f"--apt-sources {path}: not a deb822 sources file: {e}") from None
+    lines = []
+    for number, stanza in enumerate(stanzas, 1):
+        where = f"--apt-sources {path}, stanza {number}"
+        if stanza.get("enabled", "yes").lower() == "no":
+            continue
+        types, uris, suites = (stanza.get(f, "").split() for f in ("types", "uris", "suites"))
+        if not types or not uris or not suites:
+            raise WarmError(f"{where}: needs Types, URIs and Suites")
+        options = []
+        for name, value in stanza.items():
+            if name in _DEB822_OWN:
+                continue
+            if "\n" in value or "BEGIN PGP" in value:
+                raise WarmError(f"{where}: {name} holds a key or several lines; give a keyring file instead")
+            if not value.split():
+                raise WarmError(f"{where}: {name} is empty")
+            options.append(f"{_DEB822_NAMES.get(name, name)}={','.join(value.split())}")
+        words = types + uris + suites + stanza.get("components", "").split() + options
+        if any(c in word for word in words for c in '[]"'):
+            raise WarmError(f"{where}: no brackets or quotes in a source's words")
+        opts = f"[{' '.join(options)}] " if options else ""
+        for kind, uri, suite in itertools.product(types, uris, suites):
+            lines.append(" ".join([f"{kind} {opts}{uri}", suite, *stanza.get("components", "").split()]))
+    if not lines:
+        raise WarmError(f"--apt-sources {path}: no enabled source in it")
+    return lines
 
 
 def vault_uri(vault: Vault, uri: str) -> str:

@@ -86,6 +86,82 @@ class SourceTests(SynchronousTestCase):
             self.assertRaises(warm.WarmError, warm_apt.AptRequest.make, vault, lines, debs, arch)
 
 
+class Deb822Tests(SynchronousTestCase):
+    def sources(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_example(self) -> None:
+        """
+        Debian's own form: types × URIs × suites, the components, Signed-By
+        and Architectures as options (lists comma-separated), comments and a
+        disabled stanza left out, a flat repository with no components.
+        """
+        path = self.sources("""# the main archive
+Types: deb deb-src
+URIs: /debian/
+Suites: bookworm bookworm-updates
+Components: main contrib
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+Architectures: amd64 arm64
+
+Types: deb
+URIs: /old/
+Suites: buster
+Components: main
+Enabled: no
+
+types: deb
+uris: /flat/
+suites: ./
+trusted: yes
+""")
+        opts = "[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg arch=amd64,arm64]"
+        self.assertEqual(warm_apt.deb822_lines(path), [
+            f"deb {opts} /debian/ bookworm main contrib", f"deb {opts} /debian/ bookworm-updates main contrib",
+            f"deb-src {opts} /debian/ bookworm main contrib", f"deb-src {opts} /debian/ bookworm-updates main contrib",
+            "deb [trusted=yes] /flat/ ./"])
+        for line in warm_apt.deb822_lines(path):
+            warm_apt.parse_source(line)  # (every line is one apt takes)
+
+    def test_refused(self) -> None:
+        """What cannot be made into lines: a WarmError naming the file (and the stanza)."""
+        key_inline = "Types: deb\nURIs: /d/\nSuites: s\nComponents: main\nSigned-By:\n -----BEGIN PGP PUBLIC KEY BLOCK-----\n .\n x\n"
+        for text, says in (("Types: deb\nURIs: /d/\nComponents: main\n", "stanza 1: needs Types, URIs and Suites"),
+                           (key_inline, "stanza 1: signed-by holds a key"),
+                           ("Types: deb\nURIs: /d/\nSuites: s\nComponents: main\nEnabled: no\n", "no enabled source"),
+                           (" indented first\n", "not a deb822 sources file"),
+                           ("no colon here\n", "not a deb822 sources file"),
+                           ("", "no enabled source"),
+                           ("Types: deb\nURIs: /d/\nSuites: s\nComponents: main\nX-Y: a]b\n", "no brackets"),
+                           ("Types: deb\nURIs: [/d/\nSuites: s\nComponents: main\n", "no brackets"),
+                           ("Types: deb\nURIs: /d/\nSuites: s\nComponents: main\nTrusted:\n", "trusted is empty")):
+            path = self.sources(text)
+            with self.assertRaises(warm.WarmError) as caught:
+                warm_apt.deb822_lines(path)
+            self.assertIn(f"--apt-sources {path}", str(caught.exception))
+            self.assertIn(says, str(caught.exception))
+        with self.assertRaises(warm.WarmError) as caught:
+            warm_apt.deb822_lines(self.mktemp())
+        self.assertIn("No such file", str(caught.exception))
+
+    @given(st.text(max_size=200))
+    def test_any_text(self, text: str) -> None:
+        """Any file is lines apt takes (parse_source) or a WarmError, never another exception."""
+        path = self.sources(text)
+        try:
+            lines = warm_apt.deb822_lines(path)
+        except warm.WarmError:
+            return
+        for line in lines:
+            try:
+                warm_apt.parse_source(line)
+            except warm.WarmError:
+                pass  # (a suite with no components, say: refused as --apt would be)
+
+
 class PrintUrisTests(SynchronousTestCase):
     def test_sample(self) -> None:
         """apt's lines: URI (encoded), file, size, the strongest hash (or none); other lines left out."""
@@ -224,3 +300,20 @@ class AptWarmTests(TestCase):
                              sha256_file(os.path.join(support.upstream_dir("apt"), "www", "debian", "pool", "main",
                                                       "a", package, deb)))
         self.assertNotIn("MISS", d2.log())
+
+    def test_deb822_sources(self) -> None:
+        """--apt-sources: a deb822 .sources file, given alone or named in a --from file (relative to it)."""
+        d = self.daemon(f"{kit()}/debian")
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        with open(os.path.join(folder, "vault.sources"), "w") as f:
+            f.write(f"Types: deb\nURIs: /debian/\nSuites: stable\nComponents: main\nSigned-By: {key()}\n")
+        status, out = run_warm(d.base, "--apt-sources", os.path.join(folder, "vault.sources"), "--deb", "av-pkg-03")
+        self.assertEqual(status, 0, out)
+        self.assertRegex(out, r"apt av-pkg-03 +│ fetched +│ +1 │ +1 │")
+        items = os.path.join(folder, "items")
+        with open(items, "w") as f:
+            f.write("--apt-sources vault.sources\n--deb av-pkg-03\n--deb av-pkg-04\n")
+        status, out = run_warm(d.base, "--from", items)
+        self.assertEqual(status, 0, out)
+        self.assertRegex(out, r"apt av-pkg-03 av-pkg-04 +│ fetched +│ +2 │ +1 │")
