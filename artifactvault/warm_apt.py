@@ -89,8 +89,9 @@ def parse_source(line: str) -> Source:
     return Source(kind, options, uri, suite, components)
 
 
-#: deb822 fields that are no one-line option, and the one-line name of
-#: those whose name differs (the others keep theirs, lower-cased).
+#: deb822 fields that are no one-line option (nor is any X-… field), and
+#: the one-line name of those whose name differs (the others keep theirs,
+#: lower-cased).
 _DEB822_OWN = ("types", "uris", "suites", "components", "enabled")
 _DEB822_NAMES = {"architectures": "arch", "languages": "lang", "targets": "target"}
 
@@ -120,7 +121,7 @@ def deb822_lines(path: str) -> list[str]:
             raise WarmError(f"{where}: needs Types, URIs and Suites")
         options = []
         for name, value in stanza.items():
-            if name in _DEB822_OWN:
+            if name in _DEB822_OWN or name.startswith("x-"):  # (X-…: a tool's own field, not apt's)
                 continue
             if "\n" in value or "BEGIN PGP" in value:
                 raise WarmError(f"{where}: {name} holds a key or several lines; give a keyring file instead")

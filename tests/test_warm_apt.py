@@ -117,6 +117,7 @@ types: deb
 uris: /flat/
 suites: ./
 trusted: yes
+X-Repolib-Name: a tool's own field
 """)
         opts = "[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg arch=amd64,arm64]"
         self.assertEqual(warm_apt.deb822_lines(path), [
@@ -135,7 +136,7 @@ trusted: yes
                            (" indented first\n", "not a deb822 sources file"),
                            ("no colon here\n", "not a deb822 sources file"),
                            ("", "no enabled source"),
-                           ("Types: deb\nURIs: /d/\nSuites: s\nComponents: main\nX-Y: a]b\n", "no brackets"),
+                           ("Types: deb\nURIs: /d/\nSuites: s\nComponents: main\nFoo: a]b\n", "no brackets"),
                            ("Types: deb\nURIs: [/d/\nSuites: s\nComponents: main\n", "no brackets"),
                            ("Types: deb\nURIs: /d/\nSuites: s\nComponents: main\nTrusted:\n", "trusted is empty")):
             path = self.sources(text)
