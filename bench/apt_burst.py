@@ -33,7 +33,7 @@ import socket
 import statistics
 import sys
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import apt_bench as b  # noqa: E402  (the repository, the vault's config, apt clients)
@@ -165,6 +165,27 @@ def rotations(names: list[str], rounds: int) -> Iterator[tuple[int, list[str]]]:
         yield r, names[r % len(names):] + names[:r % len(names)]
 
 
+def alternate(builds: dict[str, str], rounds: int, measure: Callable[[str], None],
+              progress: Callable[[], str]) -> None:
+    """
+    C{rounds} rounds of C{measure(name)} for the repository directly and
+    each build (a fresh vault of its code running around it), in rotated
+    order; C{progress()} on stderr after each round.
+    """
+    with vaults():
+        for r, order in rotations(["direct", *builds], rounds):
+            for name in order:
+                if name == "direct":
+                    measure(name)
+                    continue
+                start_vault(builds[name])
+                try:
+                    measure(name)
+                finally:
+                    b.vault("stop")
+            print(f"round {r + 1}: {progress()}", file=sys.stderr)
+
+
 def label(name: str, builds: dict[str, str]) -> str:
     return "the repository directly" if name == "direct" else f"{name} ({builds[name]})"
 
@@ -174,17 +195,13 @@ def whole_runs(builds: dict[str, str], rounds: int) -> None:
     names = ["direct", *builds]
     cold: dict[str, list[float]] = {n: [] for n in names}
     warm: dict[str, list[float]] = {n: [] for n in names}
-    with vaults():
-        for r, order in rotations(names, rounds):
-            for name in order:
-                url = b.URLS["direct" if name == "direct" else "vault"]
-                if name != "direct":
-                    start_vault(builds[name])
-                cold[name].append(b.update_install(name, url))
-                warm[name].append(b.update_install(name, url))
-                if name != "direct":
-                    b.vault("stop")
-            print(f"round {r + 1}: " + ", ".join(f"{n} {cold[n][-1]:.2f} s" for n in names), file=sys.stderr)
+
+    def measure(name: str) -> None:
+        url = b.URLS["direct" if name == "direct" else "vault"]
+        cold[name].append(b.update_install(name, url))
+        warm[name].append(b.update_install(name, url))
+
+    alternate(builds, rounds, measure, lambda: ", ".join(f"{n} {cold[n][-1]:.2f} s" for n in names))
     med = statistics.median
     print(f"# apt-get update + install --download-only of 50 packages, {rounds} alternating rounds, {stamp()}\n")
     print("| | cold, s | cold / direct | warm, s | warm / direct |\n|---|---|---|---|---|")
@@ -198,19 +215,17 @@ def big_runs(builds: dict[str, str], rounds: int) -> None:
     names = ["direct", *builds]
     rates: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in builds}
-    with vaults():
-        for r, order in rotations(names, rounds):
-            for name in order:
-                if name == "direct":
-                    rates[name].append(b.big("direct"))
-                    continue
-                start_vault(builds[name])
-                pid = b.vault_pid()
-                before = sum(thread_cpu(pid).values())
-                rates[name].append(b.big("vault"))
-                cpu[name].append(sum(thread_cpu(pid).values()) - before)
-                b.vault("stop")
-            print(f"round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:.0f} MB/s" for n in names), file=sys.stderr)
+
+    def measure(name: str) -> None:
+        if name == "direct":
+            rates[name].append(b.big("direct"))
+            return
+        pid = b.vault_pid()
+        before = sum(thread_cpu(pid).values())
+        rates[name].append(b.big("vault"))
+        cpu[name].append(sum(thread_cpu(pid).values()) - before)
+
+    alternate(builds, rounds, measure, lambda: ", ".join(f"{n} {rates[n][-1]:.0f} MB/s" for n in names))
     med = statistics.median
     print(f"# 200 MiB .deb cold, curl to disk, {rounds} alternating rounds, {stamp()}\n")
     print("| | MB/s | / direct | vault CPU (the update and the download), s |\n|---|---|---|---|")
