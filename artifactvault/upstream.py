@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_upstream -*-
 """
-Talking to upstreams: one treq client over a shared connection pool.
+Talking to upstreams: one treq client over a shared connection pool, its
+agent connecting through one endpoint per origin (L{OriginEndpoints}).
 
 We follow redirects ourselves so that credentials are sent only to the origin
 they were configured for (Docker Hub answers blob requests with a 307 to a
@@ -29,6 +30,7 @@ from urllib.parse import urljoin, urlsplit
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as neterror
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
@@ -36,7 +38,7 @@ from twisted.python.failure import Failure
 from twisted.web import client as webclient
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IAgent, IBodyProducer
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer
 from zope.interface import Interface, implementer
 
 from artifactvault import logs
@@ -274,9 +276,51 @@ def make_client(reactor: Any, pool: webclient.HTTPConnectionPool | None = None,
     L{artifactvault.tls.policy_for}).
     """
     if agent is None:
-        agent = webclient.Agent(reactor, contextFactory=policy_for(ca_file), pool=pool,
-                                connectTimeout=connect_timeout)
+        endpoints = OriginEndpoints(reactor, policy_for(ca_file), connect_timeout)
+        agent = webclient.Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
     return HTTPClient(_IdentityAgent(agent), cookiejar=_NoCookies())
+
+
+@implementer(IAgentEndpointFactory)
+class OriginEndpoints:
+    """
+    The endpoint of each origin (scheme, host, port), made once and kept:
+    Twisted's agent makes a new one for every request, even one that goes
+    out on a pooled connection, and each costs a host name check (IDNA)
+    and an object or two: ~3% of the reactor's work for a small cold file,
+    by profile (docs/benchmarks.md). An endpoint connects any number of
+    times, each time asking the reactor's resolver. The origins an
+    upstream redirects to (a CDN, a bucket) are kept too, the last
+    L{MAX_ORIGINS} used.
+    """
+
+    MAX_ORIGINS = 256
+
+    def __init__(self, reactor: Any, policy: Any, connect_timeout: float):
+        self._reactor = reactor
+        self._policy = policy
+        self._timeout = connect_timeout
+        self._kept: collections.OrderedDict[tuple[bytes, bytes, int], Any] = collections.OrderedDict()
+
+    def endpointForURI(self, uri: Any) -> Any:
+        key = (uri.scheme, uri.host, uri.port)
+        found = self._kept.get(key)
+        if found is not None:
+            self._kept.move_to_end(key)
+            return found
+        if uri.scheme not in (b"http", b"https"):
+            raise SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
+        try:
+            host = uri.host.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(f"the host of {uri.toBytes()!r} is not ASCII") from None
+        endpoint = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self._policy.creatorForNetloc(uri.host, uri.port), endpoint)
+        self._kept[key] = endpoint
+        while len(self._kept) > self.MAX_ORIGINS:
+            self._kept.popitem(last=False)
+        return endpoint
 
 
 class _NoCookies(IndexableCookieJar):
@@ -449,7 +493,7 @@ def describe_failure(exc: BaseException, url: str, timeout: float) -> UpstreamEr
         raise exc
     reasons = getattr(exc, "reasons", [])  # of ResponseNeverReceived and the like
     if isinstance(exc, (CancelledError, neterror.TimeoutError)) or \
-            any(r.check(CancelledError) for r in reasons):  # treq's timeout cancels the request
+            any(r.check(CancelledError) for r in reasons):  # (a timeout cancels the request)
         return UpstreamTimeout(f"upstream {host} did not answer within {timeout:g} s")
     if isinstance(exc, neterror.ConnectionRefusedError):
         return UpstreamUnreachable(f"cannot connect to upstream {host}: connection refused")
@@ -705,10 +749,11 @@ class Upstream:
                 send.update(await self._ask_auth(self.auth.headers_for, url))
             try:
                 extra = {} if body is None else {"data": _Body(body)}
+                # (no timeout of treq's: _within_timeout's timer covers this
+                # whole phase; a second timer a request was only work)
                 response = await self.client.request(
                     method, url, headers={k: [v] for k, v in send.items()},
-                    allow_redirects=False, unbuffered=True, reactor=self.reactor,
-                    timeout=self.timeout, **extra)
+                    allow_redirects=False, unbuffered=True, reactor=self.reactor, **extra)
             except Exception as e:
                 raise describe_failure(e, url, self.timeout) from None
             if response.code == 401 and self.auth is not None and not retried:

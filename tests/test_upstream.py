@@ -15,7 +15,11 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.web import client as webclient
+from twisted.web.client import URI
+from twisted.web.error import SchemeNotSupported
+from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.resource import Resource
 from twisted.internet import reactor
 from twisted.internet.protocol import Protocol
@@ -24,7 +28,8 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface.verify import verifyObject
 
 from artifactvault.backends.base import BuildContext, CommonSettings
-from artifactvault.upstream import (MAX_REDIRECTS, IUpstreamAuth, StaticAuth, Upstream, UpstreamError,
+from artifactvault.tls import policy_for
+from artifactvault.upstream import (MAX_REDIRECTS, IUpstreamAuth, OriginEndpoints, StaticAuth, Upstream, UpstreamError,
                                     UpstreamStatus, UpstreamTimeout, content_length, describe_failure,
                                     RECV_SIZE, loggable, make_client, parse_length, read_larger, read_small)
 from tests.fakes import FakeClient, FakeResponse, Harness
@@ -217,11 +222,14 @@ class UpstreamTests(SynchronousTestCase):
         self.assertIn("did not answer within 5 s", failure.value.reason)
 
     def test_options_passed_to_treq(self) -> None:
-        """Bodies unbuffered, redirects ours, the given reactor and timeout."""
+        """
+        Bodies unbuffered, redirects ours, the given reactor; no timeout of
+        treq's (the upstream's own timer covers the request: see test_header_timeout).
+        """
         client = FakeClient()
         Deferred.fromCoroutine(Upstream(client, self.clock, timeout=7).request("GET", "http://x/"))
         self.assertEqual(client.last.kwargs, {"allow_redirects": False, "unbuffered": True,
-                                              "reactor": self.clock, "timeout": 7})
+                                              "reactor": self.clock})
 
 
 class ChallengeAuth:
@@ -593,3 +601,60 @@ class ReadLargerTests(TestCase):
         body = _Larger.__new__(_Larger)
         body.transport = object()  # type: ignore[assignment]
         read_larger(body)
+
+
+class OriginEndpointsTests(TestCase):
+    """The agent's endpoints: one per origin, made once (Twisted's agent makes one per request)."""
+
+    def endpoints(self) -> OriginEndpoints:
+        return OriginEndpoints(Clock(), policy_for(None), 10.0)
+
+    def test_interface(self) -> None:
+        verifyObject(IAgentEndpointFactory, self.endpoints())
+
+    def test_one_per_origin(self) -> None:
+        e = self.endpoints()
+        a = e.endpointForURI(URI.fromBytes(b"http://mirror.test/a"))
+        self.assertIs(e.endpointForURI(URI.fromBytes(b"http://mirror.test/b?x=1")), a)
+        self.assertIsInstance(a, HostnameEndpoint)
+        others = {e.endpointForURI(URI.fromBytes(u)) for u in (b"http://mirror.test:8080/a", b"http://other.test/a",
+                                                                b"https://mirror.test/a")}
+        self.assertEqual(len(others | {a}), 4)
+
+    def test_https_is_tls(self) -> None:
+        """An https origin's endpoint speaks TLS over the host's (the policy's check of its name)."""
+        endpoint = self.endpoints().endpointForURI(URI.fromBytes(b"https://mirror.test/a"))
+        self.assertNotIsInstance(endpoint, HostnameEndpoint)
+        self.assertIsInstance(endpoint._wrappedEndpoint, HostnameEndpoint)  # (wrapClientTLS's)
+
+    def test_unsupported_scheme(self) -> None:
+        self.assertRaises(SchemeNotSupported, self.endpoints().endpointForURI, URI.fromBytes(b"ftp://mirror.test/a"))
+
+    def test_bounded(self) -> None:
+        """The last MAX_ORIGINS used are kept: a redirect to a new bucket each time fills nothing."""
+        e = self.endpoints()
+        self.patch(OriginEndpoints, "MAX_ORIGINS", 3)
+        first = e.endpointForURI(URI.fromBytes(b"http://h0.test/"))
+        for i in range(1, 4):
+            e.endpointForURI(URI.fromBytes(f"http://h{i}.test/".encode()))
+        self.assertEqual(len(e._kept), 3)
+        self.assertIsNot(e.endpointForURI(URI.fromBytes(b"http://h0.test/")), first)
+
+    async def test_requests_through_one_endpoint(self) -> None:
+        """Over real sockets: requests to one origin, on new connections each, all answered through one endpoint."""
+        port = reactor.listenTCP(0, Site(Origin()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        made = []
+        original = OriginEndpoints.endpointForURI
+
+        def spy(self, uri):  # type: ignore[no-untyped-def]
+            endpoint = original(self, uri)
+            made.append(endpoint)
+            return endpoint
+        self.patch(OriginEndpoints, "endpointForURI", spy)
+        client = make_client(reactor, webclient.HTTPConnectionPool(reactor, persistent=False))
+        for _ in range(3):
+            response = await client.request("GET", f"http://127.0.0.1:{port.getHost().port}/x", unbuffered=True)
+            self.assertEqual(response.code, 200)
+            await treq.content(response)
+        self.assertEqual((len(made), len(set(map(id, made)))), (3, 1))
