@@ -832,8 +832,10 @@ class Flight:
             self.write = None
             self._remove_temp()  # (gone already if the store renamed it)
             self.state = self.COMMITTED
-            _log.info("stored {what}: {size} bytes in {seconds:.2f} s",
-                      what=self.artifact.describe(), size=entry.size, seconds=seconds)
+            what = self.artifact.describe()
+            # (its text formatted once here, as a request's: one comes per download)
+            _log.info("{stored_line}", stored_line=f"stored {what}: {entry.size} bytes in {seconds:.2f} s",
+                      what=what, size=entry.size, seconds=seconds)
             if self.artifact.transform is not None:
                 self._fire(self._head_waiters, self)
             self._fire(self._commit_waiters, entry)

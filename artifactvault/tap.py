@@ -67,6 +67,11 @@ class Options(usage.Options):
             # twistd reads its --logger (a name) after all options are parsed: ours replaces its text one
             logs.json_target = parent.get("logfile")
             parent["logger"] = "artifactvault.logs.json_lines"
+        elif parent is not None and not parent.get("logger") and not parent.get("syslog"):
+            # (twistd's text lines, where twistd writes them, made cheaper: unless
+            # the operator chose a logger of their own, or syslog)
+            logs.text_target, logs.text_nodaemon = parent.get("logfile"), bool(parent.get("nodaemon"))
+            parent["logger"] = "artifactvault.logs.text_lines"
 
 
 def load_config(path: str | None, listen: list[str] = (), cache_dir: str | None = None,

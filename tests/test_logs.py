@@ -1,18 +1,27 @@
 """
-Tests for L{artifactvault.logs}: what may go into a line, and C{--log-format
-json} (one JSON object a line) in memory and from the real daemon.
+Tests for L{artifactvault.logs}: what may go into a line, C{--log-format
+json} (one JSON object a line) in memory and from the real daemon, and the
+default text lines (twistd's, made cheaper).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 
-from twisted.logger import Logger, LogLevel, LogPublisher, globalLogPublisher
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.logger import (FileLogObserver, Logger, LogLevel, LogPublisher, formatEventAsClassicLogText,
+                            globalLogPublisher)
+from twisted.python.failure import Failure
+from twisted.python.logfile import LogFile
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from artifactvault import logs, tap
 from tests import support
+from tests.headers import bounded
 
 
 class PrintableTests(SynchronousTestCase):
@@ -103,3 +112,94 @@ class JsonDaemonTests(TestCase):
         self.assertEqual((request["method"], request["status"], request["cache"], request["bytes"],
                           request["backend"]), ("GET", 200, "MISS", 4096, "http /files/"))
         self.assertNotIn("s3cret", daemon.log())
+
+
+#: Events as our modules and Twisted's emit them: one-field formats (a request's
+#: line), formats with several fields, none, failures, a log_system, odd times.
+_texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+_events = st.fixed_dictionaries(
+    {"log_format": st.one_of(st.just("{request_line}"), st.just("stored {what}: {size} bytes"), _texts,
+                             st.just("{missing}"), st.none())},
+    optional={"request_line": st.one_of(_texts, st.integers(), st.none()), "what": _texts, "size": st.integers(),
+              "log_time": st.one_of(st.none(), st.floats(0, 4e9), st.integers(0, 4_000_000_000)),
+              "log_namespace": st.one_of(_texts, st.none()), "log_level": st.sampled_from(list(LogLevel.iterconstants())),
+              "log_system": st.one_of(_texts, st.none())})
+
+
+class ClassicTextTests(SynchronousTestCase):
+    """L{logs.ClassicText} writes what twistd's own text observer writes, character for character."""
+
+    @bounded(400)
+    @given(events=st.lists(_events, min_size=1, max_size=5))
+    def test_as_twisted(self, events: list) -> None:
+        fast = logs.ClassicText()  # (one for all: its time stamp is remembered from event to event)
+        for event in events:
+            self.assertEqual(fast(event), formatEventAsClassicLogText(event))
+
+    def test_failure(self) -> None:
+        """An event with a failure (its traceback below the line) is Twisted's own."""
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            event = {"log_format": "{request_line}", "request_line": "it broke", "log_failure": Failure(),
+                     "log_time": 1e9, "log_namespace": "a", "log_level": LogLevel.critical}
+        text = logs.ClassicText()(event)
+        self.assertEqual(text, formatEventAsClassicLogText(event))
+        self.assertIn("ZeroDivisionError", text)
+
+    def test_request_line(self) -> None:
+        """A request's line as the site emits it (its text formatted once, its fields beside it)."""
+        out = io.StringIO()
+        publisher = LogPublisher(FileLogObserver(out, logs.ClassicText()))
+        Logger(observer=publisher, namespace="artifactvault.site").info(
+            "{request_line}", request_line="GET /a 200 HIT 1 bytes 0.1 ms", method="GET", status=200)
+        self.assertRegex(out.getvalue(), r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} "
+                                         r"\[artifactvault\.site#info\] GET /a 200 HIT 1 bytes 0\.1 ms\n\Z")
+
+
+class TextTargetTests(SynchronousTestCase):
+    """L{logs.text_lines} writes where twistd writes its own text lines."""
+
+    def target(self, logfile: str | None, nodaemon: bool) -> object:
+        self.patch(logs, "text_target", logfile)
+        self.patch(logs, "text_nodaemon", nodaemon)
+        return logs.text_lines()._outFile  # type: ignore[attr-defined]
+
+    def test_foreground(self) -> None:
+        """In the foreground, standard output, with no --logfile or with "-"."""
+        self.assertIs(self.target(None, True), __import__("sys").stdout)
+        self.assertIs(self.target("-", True), __import__("sys").stdout)
+
+    def test_daemon_to_stdout_refused(self) -> None:
+        self.assertEqual(str(self.assertRaises(SystemExit, self.target, "-", False)),
+                         "Daemons cannot log to stdout, exiting!")
+
+    def test_logfile_rotates(self) -> None:
+        """A --logfile is a Twisted LogFile, rotated on SIGUSR1 as twistd rotates it."""
+        previous = signal.getsignal(signal.SIGUSR1)
+        self.addCleanup(signal.signal, signal.SIGUSR1, previous)
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        path = os.path.abspath(self.mktemp())
+        out = self.target(path, False)
+        self.addCleanup(out.close)  # type: ignore[attr-defined]
+        self.assertIsInstance(out, LogFile)
+        self.assertEqual(out.path, path)  # type: ignore[attr-defined]
+        self.assertTrue(callable(signal.getsignal(signal.SIGUSR1)))
+
+    def test_option(self) -> None:
+        """The default text format gives twistd our observer, unless a --logger or --syslog was chosen."""
+        config = self.mktemp()
+        with open(config, "w") as f:
+            f.write(f"cache_dir: {self.mktemp()}\nbackends: []\n")
+        self.patch(logs, "text_target", None)
+        self.patch(logs, "text_nodaemon", False)
+
+        def parsed(**parent: object) -> dict:
+            options = tap.Options()
+            options.parent = dict(parent)  # type: ignore[attr-defined]
+            options.parseOptions(["--config", config])
+            return options.parent  # type: ignore[attr-defined]
+        self.assertEqual(parsed(logfile="x.log", nodaemon=True)["logger"], "artifactvault.logs.text_lines")
+        self.assertEqual((logs.text_target, logs.text_nodaemon), ("x.log", True))
+        self.assertEqual(parsed(logger="my.observer")["logger"], "my.observer")
+        self.assertIsNone(parsed(syslog=True).get("logger"))
