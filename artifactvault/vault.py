@@ -617,12 +617,14 @@ class Vault:
 
     def keep(self, key: str, data: bytes, *, url: str, content_type: str | None = None,
              ttl: float | None = None, headers: dict[str, str] | None = None,
-             digest: tuple[str, str] | None = None) -> Deferred:
+             digest: tuple[str, str] | None = None, durable: bool = True) -> Deferred:
         """
         Store C{data}, which a backend made or read itself (a record, a
         manifest it had to fetch whole), under C{key}: fresh for C{ttl}
         seconds (None: for ever). With C{digest}, the bytes are checked
         first and nothing is stored unless they have it (L{DigestMismatch}).
+        Not C{durable}: a record the backend can make again from its
+        upstream, committed faster where the store can (L{IStore.put}).
         Fires with the committed entry.
         """
         if digest is not None:
@@ -633,7 +635,7 @@ class Vault:
         now = self.store.now()
         entry = Entry(key=key, data="", size=0, stored_at=now, fresh_until=None if ttl is None else now + ttl,
                       content_type=content_type, url=url, headers=dict(headers or {}))
-        return self.store.put(entry, data).addErrback(_store_failed)
+        return self.store.put(entry, data, durable).addErrback(_store_failed)
 
     def drop(self, entry: Entry) -> None:
         """Forget a stored entry a backend found unusable (a record it cannot read, a file of the wrong size)."""

@@ -12,6 +12,7 @@ import hashlib
 import lzma
 import os
 from email.utils import formatdate
+from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet.address import IPv4Address, UNIXAddress
@@ -33,7 +34,7 @@ from artifactvault.config import BackendEntry, ConfigError, Section
 from artifactvault.root import Root
 from artifactvault.site import VaultSite
 from artifactvault.vault import Vault
-from tests.fakes import EPOCH, Answer, Client, FakeClient
+from tests.fakes import EPOCH, Answer, Client, FakeClient, ManualPool
 from tests.test_apt_gpg import armor
 from tests.test_apt_meta import clearsign
 
@@ -101,11 +102,11 @@ class Harness:
     """
 
     def __init__(self, testcase: SynchronousTestCase, repo: "Repo | FlatRepo | None" = None,
-                 after: "Harness | None" = None, **config):
+                 after: "Harness | None" = None, run_commit: Any = None, **config):
         if after is None:
             self.clock = Clock()
             self.clock.advance(EPOCH)
-            self.store = FileStore(testcase.mktemp(), clock=self.clock.seconds)
+            self.store = FileStore(testcase.mktemp(), clock=self.clock.seconds, run_commit=run_commit)
             self.store.open()
             testcase.addCleanup(self.store.close)
         else:
@@ -238,6 +239,22 @@ class ReleaseTests(SynchronousTestCase):
         self.assertEqual(b.header("etag"), a.header("etag"))
         c = h.get("dists/stable/InRelease", {"if-none-match": a.header("etag")})
         self.assertEqual(c.status, 304)
+
+    def test_answered_before_any_fsync(self) -> None:
+        """
+        The release set is stored at once and not durably (a power cut that
+        loses it only makes the vault fetch it again): the InRelease is
+        answered with nothing of its commit left to the commit thread, and a
+        restart still finds the set.
+        """
+        pool = ManualPool()
+        h = Harness(self, run_commit=pool.run)
+        a = h.get("dists/stable/InRelease")
+        self.assertEqual((a.status, a.body, a.header("x-cache")), (200, h.repo.inrelease, "MISS"))
+        self.assertNotIn("_commit", pool.names())
+        again = Harness(self, after=h).get("dists/stable/InRelease")
+        self.assertEqual((again.body, again.header("x-cache")), (h.repo.inrelease, "HIT"))
+        self.assertEqual(h.paths(), ["dists/stable/InRelease"])
 
     def test_no_cache_revalidates(self) -> None:
         """Cache-Control: no-cache (Acquire::http::No-Cache) makes the vault ask the mirror again."""

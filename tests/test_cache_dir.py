@@ -218,7 +218,7 @@ class ObjectSizeTests(TestCase):
         self.assertIn("10485760 bytes is more than max_object_size (1048576); served, not stored "
                       "(2 refused since start)", daemon.log())
         self.assertEqual(support.wait_for_hits("files", f"^GET /{name}$", 2), 2)
-        self.assertEqual(os.listdir(os.path.join(daemon.cache_dir, "tmp")), [])
+        self.assertEqual(support.download_temp_files(daemon.cache_dir), [])
 
     def test_range_of_too_large_digest_checked(self) -> None:
         """
@@ -264,7 +264,7 @@ class OneDaemonPerDirectoryTests(TestCase):
         conn.request("GET", "/fake/big.bin")
         response = conn.getresponse()
         self.assertEqual(response.read(MIB // 2), data[:MIB // 2])
-        [temp] = os.listdir(os.path.join(first.cache_dir, "tmp"))
+        [temp] = support.download_temp_files(first.cache_dir)
 
         second = Daemon([{"type": "http", "config": {"prefix": "/fake/", "base_url": fake.base}}],
                         cache_dir=first.cache_dir)
@@ -276,7 +276,7 @@ class OneDaemonPerDirectoryTests(TestCase):
         assert first.proc is not None
         self.assertEqual(p.stderr.strip().splitlines(),
                          [f"artifactvault: {first.cache_dir}: in use by another artifactvault (pid {first.proc.pid})"])
-        self.assertEqual(os.listdir(os.path.join(first.cache_dir, "tmp")), [temp])
+        self.assertEqual(support.download_temp_files(first.cache_dir), [temp])
         resume.set()
         self.assertEqual(data[MIB // 2:], response.read())
         first.wait_stored(f"{fake.base}/big.bin")

@@ -552,7 +552,7 @@ class KillNineTests(TestCase):
             for t in threads:
                 t.join(30)
             self.daemon.start()
-            self.assertEqual(os.listdir(os.path.join(self.daemon.cache_dir, "tmp")), [])
+            self.assertEqual(download_temp_files(self.daemon.cache_dir), [])
         for path, body in truth.items():
             status, _, got = outcome(self.daemon.port, "/fake" + path)
             self.assertEqual((status, sha(got)), (200, sha(body)), f"{path} (seed {seed})")

@@ -9,6 +9,7 @@ import errno
 import hashlib
 import os
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -168,6 +169,59 @@ class CommitTests(StoreMixin, SynchronousTestCase):
                 raise OSError(28, "No space left on device")
             real(fd)
         self.patch(os, "fsync", fsync)
+
+    def test_miss_asked_of_the_disk_once(self) -> None:
+        """
+        A key not stored is looked for on disk once, not at every lookup (a
+        cold miss is looked up when fetched ahead, then when asked for); its
+        commit makes it found, and a fresh store (a restart) asks the disk.
+        """
+        reads: list[str] = []
+        real = self.store._read_meta
+        self.patch(self.store, "_read_meta", lambda path: (reads.append(path), real(path))[1])
+        self.assertEqual((self.store.lookup("k"), self.store.lookup("k"), len(reads)), (None, None, 1))
+        self.put("k", b"v")
+        self.assertEqual(self.read(self.store.lookup("k")), b"v")
+        self.assertEqual(self.read(self.new_store().lookup("k")), b"v")
+
+    def test_record_not_durable(self) -> None:
+        """
+        A record put as not durable is committed at once, here (no commit
+        thread), with no fsync: found by a fresh store (a restart) all the
+        same; a durable one fsyncs its data, its metadata and its directory.
+        """
+        synced: list[int] = []
+        real_fsync = os.fsync
+        self.patch(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+        jobs: list = []
+
+        def queued(f, *args):  # type: ignore[no-untyped-def]
+            jobs.append(f.__name__)
+            return storemod._sync_run(f, *args)
+        store = FileStore(self.mktemp(), clock=self.clock.seconds, run_commit=queued)
+        store.open()
+        self.addCleanup(store.close)
+        entry = self.successResultOf(store.put(Entry(key="r", data="", size=0, stored_at=0), b"record", durable=False))
+        self.assertEqual((jobs, synced), (["_prepare_temps"], []))
+        again = FileStore(store.root).lookup("r")
+        self.assertEqual((again.data, again.size), (entry.data, 6))
+        self.assertEqual(self.read(again, store), b"record")
+        self.successResultOf(store.put(Entry(key="d", data="", size=0, stored_at=0), b"durable"))
+        self.assertEqual((jobs[1:], len(synced)), (["_commit", "_prepare_temps"], 3))
+
+    def test_record_not_durable_failing(self) -> None:
+        """A record that cannot be committed at once fails its Deferred and leaves nothing, as a durable one."""
+        self.put("k", b"old")
+        before = self.files("data")
+
+        def full(*args: object, **kw: object) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.patch(self.store, "_write_meta", full)
+        d = self.store.put(Entry(key="k", data="", size=0, stored_at=0), b"new", durable=False)
+        self.failureResultOf(d, OSError)
+        self.assertEqual(self.files("data"), before)
+        self.assertEqual(self.store.spool.in_use(), [])
+        self.assertEqual(self.read(self.store.lookup("k")), b"old")
 
     def test_failed_metadata_write_leaves_nothing(self) -> None:
         """
@@ -336,6 +390,10 @@ class PutTests(SynchronousTestCase):
 class TempAheadTests(StoreMixin, SynchronousTestCase):
     """A commit makes the next downloads' temp files ahead (in its thread), and they are never left behind."""
 
+    def test_open_prepares_temp_files(self) -> None:
+        """Opening the store makes READY temp files ahead: the first commit need not (it holds the reactor up)."""
+        self.assertEqual(len(self.files("tmp")), spoolmod.READY)
+
     def test_commit_prepares_temp_files(self) -> None:
         """After a commit, READY temp files wait in tmp/; new_temp hands them out before it makes any."""
         self.put("a", b"1")
@@ -347,6 +405,33 @@ class TempAheadTests(StoreMixin, SynchronousTestCase):
         self.assertEqual(os.fstat(fd).st_size, 0)
         os.write(fd, b"x")  # (open for writing and reading, as a download's)
         self.assertEqual(os.pread(fd, 1, 0), b"x")
+
+    def test_commit_told_before_temp_files_made(self) -> None:
+        """
+        The commit's waiters hear of it before the temp files are made: a
+        release file waits for its commit before it is served, not for
+        these too (they are the commit thread's next job).
+        """
+        jobs: list = []
+
+        def queued(f, *args):
+            d = Deferred()
+            jobs.append(lambda: d.callback(f(*args)))
+            return d
+        store = FileStore(self.mktemp(), clock=self.clock.seconds, run_commit=queued)
+        store.open()
+        self.addCleanup(store.close)
+        path, fd = store.new_temp()
+        self.addCleanup(os.close, fd)
+        os.write(fd, b"1")
+        d = store.commit(path, fd, Entry(key="a", data="", size=1, stored_at=0))
+        self.assertEqual(len(jobs), 2)
+        tmp = os.path.join(store.root, "tmp")
+        jobs.pop(0)()
+        self.assertEqual(self.successResultOf(d).key, "a")
+        self.assertEqual(len(os.listdir(tmp)), spoolmod.READY - 1)  # (the one handed out is committed)
+        jobs.pop(0)()
+        self.assertEqual(len(os.listdir(tmp)), spoolmod.READY)
 
     def test_removed_by_hand(self) -> None:
         """A temp file made ahead that someone removed is passed over: new_temp opens another or makes one."""
@@ -379,6 +464,9 @@ class TempAheadTests(StoreMixin, SynchronousTestCase):
         self.addCleanup(os.close, fd)
         os.write(fd, b"1")
         self.patch(self.store.spool, "_create", full)
+        for name in self.files("tmp"):  # (the rest of those made at open: none left either)
+            if name != os.path.basename(path):
+                os.unlink(os.path.join(self.root, "tmp", name))
         entry = self.successResultOf(self.store.commit(path, fd, Entry(key="a", data="", size=1, stored_at=0)))
         self.assertEqual(self.read(entry), b"1")
         self.assertEqual(self.files("tmp"), [])
@@ -593,10 +681,11 @@ class BlockingWorkTests(SynchronousTestCase):
         self.successResultOf(store.commit(path, fd, Entry(key="a", data="", size=4, stored_at=0)))
         os.close(fd)
         self.successResultOf(store.put(Entry(key="b", data="", size=0, stored_at=0), b"56"))
-        self.assertEqual(len(commits), 2)
+        # (each commit, then the temp files made ahead after it)
+        self.assertEqual(commits, [store._commit, store._prepare_temps] * 2)
         self.assertNotIn(store._commit, self.calls)
         self.successResultOf(store.work(storemod.INLINE_WORK, len, "ab"))
-        self.assertEqual((len(commits), self.calls), (2, [len]))
+        self.assertEqual((len(commits), self.calls), (4, [len]))
 
 
 class _PausingConsumer:

@@ -19,6 +19,7 @@ from zope.interface.verify import verifyObject
 
 from artifactvault import logs, tap
 from artifactvault import service as service_module
+from artifactvault.cache.spool import READY
 from artifactvault.cache.store import CacheInUse, FileStore
 from artifactvault.memory import TRIM_INTERVAL
 from artifactvault.resolve import CoalescingResolver
@@ -261,11 +262,14 @@ class ServiceTests(TapMixin, SynchronousTestCase):
                          sorted([reactor.seconds() + SWEEP_INTERVAL, reactor.seconds() + TRIM_INTERVAL]))
 
     def test_leftover_temp_files_removed(self) -> None:
-        """Building the service clears the cache's leftover temp files."""
+        """Building the service clears the cache's leftover temp files (and makes the first downloads' ahead)."""
         os.makedirs(os.path.join(self.cache, "tmp"))
-        open(os.path.join(self.cache, "tmp", "partial"), "w").close()
+        with open(os.path.join(self.cache, "tmp", "partial"), "w") as f:
+            f.write("leftover bytes")
         build(tap.load_config(self.config_file()), MemoryReactorClock())
-        self.assertEqual(os.listdir(os.path.join(self.cache, "tmp")), [])
+        left = os.listdir(os.path.join(self.cache, "tmp"))
+        self.assertNotIn("partial", left)
+        self.assertEqual((len(left), support.download_temp_files(self.cache)), (READY, []))
 
     def test_log_level(self) -> None:
         """The configured level filters our own events."""

@@ -443,9 +443,11 @@ class AptBackend(Backend):
         if self.settings.signed_by:
             await self._check_signatures(rs)
         try:
+            # (not durable: a set lost in a power cut is fetched again, and
+            # the InRelease asked for is answered without waiting for fsyncs)
             entry = await self.vault.keep(self._set_key(directory), rs.to_bytes(), url=self._url(directory),
                                           content_type="application/x-apt-release-set",
-                                          ttl=self.settings.index_ttl)
+                                          ttl=self.settings.index_ttl, durable=False)
         except OSError as e:
             raise UpstreamError(f"could not store the release files: {e.strerror}") from None
         self._sets[directory] = (entry.data, rs)
@@ -541,7 +543,7 @@ class AptBackend(Backend):
         if directory in dirs:
             return
         dirs.append(directory)
-        self.vault.keep(self._dirs_key(), json.dumps(sorted(dirs)).encode(), url="").addErrback(
+        self.vault.keep(self._dirs_key(), json.dumps(sorted(dirs)).encode(), url="", durable=False).addErrback(
             lambda f: _log.warn("cannot record the release directories of {prefix}: {why}",
                                 prefix=self.prefix, why=f.getErrorMessage()))
 

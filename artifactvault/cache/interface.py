@@ -120,8 +120,13 @@ class IStore(Interface):
     def begin(key: str, temp_path: str, fd: int) -> IStoreWrite:
         """Begin writing the download growing in C{temp_path} (open as C{fd}) as C{key}'s entry."""
 
-    def put(entry: object, data: bytes) -> object:
-        """Commit C{data}, made by the core (a small record), as C{entry}'s bytes; fires with the entry."""
+    def put(entry: object, data: bytes, durable: bool = True) -> object:
+        """
+        Commit C{data}, made by the core (a small record), as C{entry}'s
+        bytes; fires with the entry. Not C{durable}: a record the backend can
+        make again, which may be lost (never torn into wrong bytes) in a
+        power cut, for a faster commit where the store has one.
+        """
 
     def update(entry: object) -> object:
         """

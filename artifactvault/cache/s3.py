@@ -304,7 +304,8 @@ class S3Store(StoreBasics):
     def begin(self, key: str, temp_path: str, fd: int) -> "_S3Write":
         return _S3Write(self, key, fd, temp_path)
 
-    def put(self, entry: Entry, data: bytes) -> Deferred:
+    def put(self, entry: Entry, data: bytes, durable: bool = True) -> Deferred:
+        # (every S3 write is durable: C{durable} changes nothing here)
         entry.size = len(data)
         entry.sha256 = hashlib.sha256(data).hexdigest()
         entry.data = self._new_data_name(entry.key)

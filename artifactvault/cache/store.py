@@ -143,17 +143,27 @@ class FileStore(StoreBasics):
         self._run_commit = run_commit or run_blocking
         self._memo: collections.OrderedDict[str, Entry] = collections.OrderedDict()
         self._memo_size = memo_size
+        #: Keys looked up and not found since (each cold miss is looked up
+        #: twice or more: fetched ahead, then asked for), so that the disk is
+        #: asked once: only a commit here makes a key's metadata (this
+        #: process holds the directory's lock), and it forgets the key here.
+        self._absent: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # -- start-up ---------------------------------------------------------
 
     def open(self) -> int:
         """
         Create the directories, open the spool (its lock: L{CacheInUse} if
-        another process has it) and remove leftover temp files; returns how many.
+        another process has it), remove leftover temp files (returns how
+        many) and make the first downloads' temp files ahead, here, before
+        anything is served: made by the first commit instead, they would
+        hold the reactor up behind the commit's thread (the GIL) just as
+        the first answer that waits for a commit (a release file) is due.
         """
         os.makedirs(self.data_dir, exist_ok=True)
         removed = self.spool.open()
         self.orphans_removed += removed
+        self._prepare_temps()
         return removed
 
     def mark_owner(self) -> None:
@@ -269,8 +279,13 @@ class FileStore(StoreBasics):
             self._memo.move_to_end(key)
             self.usage.used(key)
             return entry
+        if key in self._absent:
+            return None
         entry = self._read_meta(self._meta_path(self.key_hash(key)))
         if entry is None or entry.key != key:
+            self._absent[key] = None
+            while len(self._absent) > self._memo_size:
+                self._absent.popitem(last=False)
             return None
         self._remember(entry)
         self.usage.used(key)
@@ -287,6 +302,7 @@ class FileStore(StoreBasics):
             return None
 
     def _remember(self, entry: Entry) -> None:
+        self._absent.pop(entry.key, None)
         self._memo[entry.key] = entry
         self._memo.move_to_end(entry.key)
         while len(self._memo) > self._memo_size:
@@ -374,7 +390,7 @@ class FileStore(StoreBasics):
         """Always granted: no other node writes to this directory (the lock says so)."""
         return succeed(GRANTED)
 
-    def commit(self, temp_path: str, fd: int, entry: Entry) -> Deferred:
+    def commit(self, temp_path: str, fd: int, entry: Entry, durable: bool = True) -> Deferred:
         """
         Make the temp file C{entry}'s data: fsync, rename under a new name,
         then replace the metadata. Fires with the committed L{Entry}; fails
@@ -388,17 +404,26 @@ class FileStore(StoreBasics):
         reactor for the GIL and the CPU while it serves the clients the
         commits are for (a burst of small cold files is served a quarter
         faster with one committing thread than with four: docs/benchmarks.md).
+
+        Not C{durable} (L{put}'s small records only): at once, here, with no
+        fsync: small local file I/O.
         """
         if not self.fits(entry.size):
             return fail(ValueError(f"{entry.size} bytes is more than max_object_size"))
         kh = self.key_hash(entry.key)
         entry.data = f"{kh[:2]}/{kh}.{secrets.token_hex(8)}"
-        d = self._run_commit(self._commit, temp_path, fd, entry)
+        run = self._run_commit if durable else _sync_run
+        d = run(self._commit, temp_path, fd, entry, durable)
         d.addCallbacks(lambda _: self._committed(entry), self._commit_failed, errbackArgs=(entry.key,))
+        # (the next downloads' temp files, made in the same thread once this
+        # commit is done and its waiters told: a release file waits for its
+        # commit before it is served, and need not wait for these too)
+        self._run_commit(self._prepare_temps)
         return d
 
-    def _commit(self, temp_path: str, fd: int, entry: Entry) -> None:
-        os.fsync(fd)
+    def _commit(self, temp_path: str, fd: int, entry: Entry, sync: bool = True) -> None:
+        if sync:
+            os.fsync(fd)
         shard = os.path.join(self.data_dir, entry.data.split("/")[0])
         os.makedirs(shard, exist_ok=True)
         meta_path = self._meta_path(self.key_hash(entry.key))
@@ -406,8 +431,9 @@ class FileStore(StoreBasics):
         data_path = self.data_path(entry)
         os.rename(temp_path, data_path)
         try:
-            self._write_meta(meta_path, entry, sync=True)
-            _fsync_dir(shard)
+            self._write_meta(meta_path, entry, sync=sync)
+            if sync:
+                _fsync_dir(shard)
         except BaseException:
             # Nothing may name a commit that failed, and its file must not
             # fill the disk until the janitor comes: the key becomes a miss
@@ -420,10 +446,12 @@ class FileStore(StoreBasics):
             raise
         if old is not None and old.data != entry.data:
             _unlink(self.data_path(old))
-        try:  # (here, in the commit's thread: the next downloads' temp files)
+
+    def _prepare_temps(self) -> None:
+        try:
             self.spool.prepare()
         except OSError:
-            pass  # (the commit is done; a download that finds none ready makes its own, and says why it can't)
+            pass  # (a download that finds none ready makes its own, and says why it can't)
 
     def _committed(self, entry: Entry) -> Entry:
         self._remember(entry)
@@ -449,11 +477,18 @@ class FileStore(StoreBasics):
             _unlink(tmp)
             raise
 
-    def put(self, entry: Entry, data: bytes) -> Deferred:
+    def put(self, entry: Entry, data: bytes, durable: bool = True) -> Deferred:
         """
         Store C{data}, which a backend made itself (a small record, not a
         download), as C{entry}'s bytes, with the same atomic commit as a
         download. Fires with the committed L{Entry}.
+
+        A record that need not be C{durable} (one the backend can make again
+        from its upstream: apt's release set) is committed at once, without
+        fsyncs: the answer waiting for it (the release file) does not wait
+        for the commit thread and three fsyncs. A power cut may lose it, or
+        leave it torn: that reads as a miss (a data file of the wrong size, a
+        metadata file that does not parse), never as wrong bytes.
         """
         path, fd = self.new_temp()
         try:
@@ -470,7 +505,7 @@ class FileStore(StoreBasics):
             _unlink(path)  # gone already when the commit renamed it
             return result
 
-        return self.commit(path, fd, entry).addBoth(close)
+        return self.commit(path, fd, entry, durable).addBoth(close)
 
     def update(self, entry: Entry) -> Entry:
         """
