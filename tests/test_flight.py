@@ -675,14 +675,10 @@ class TransformWorkTests(FlightMixin, SynchronousTestCase):
         self.assertEqual(self.stored(), b"ABCDE")
 
     def test_small_document_at_once(self) -> None:
-        """
-        A small document is transformed at once (a trip to the pool would
-        cost more); only the commit goes there (and, after it, the next
-        downloads' temp files).
-        """
+        """A small document is transformed at once (a trip to the pool would cost more); only the commit goes there."""
         flight = self.start(transform=lambda body, response: (body.upper(), "text/html"))
         self.client.last.respond(200, b"abcde")
-        self.assertEqual(self.pool.names(), ["_commit", "_prepare_temps"])
+        self.assertEqual(self.pool.names(), ["_commit"])
         self.assertEqual(flight.state, Flight.COMPLETE)
 
     def test_transform_write_fails(self) -> None:

@@ -326,7 +326,7 @@ class LargePageTests(SynchronousTestCase):
         client = Client(h.site, h.clock, b"/pypi/", b"GET", {"accept": JSON_ACCEPT})
         h.client.requests[0].respond(200, page, {"content-type": "text/html"})
         self.assertFalse(client.has_answer())
-        self.assertEqual(pool.run_all(), ["_rewrite", "_commit", "_prepare_temps", "_read_whole", "_parse", "_render_one"])
+        self.assertEqual(pool.run_all(), ["_rewrite", "_commit", "_read_whole", "_parse", "_render_one"])
         self.assertEqual(json.loads(client.answer().body)["projects"], [{"name": n} for n in names])
         html = Client(h.site, h.clock, b"/pypi/", b"GET")
         self.assertEqual(pool.run_all(), ["_render_one"])  # another form: rendered, once
@@ -360,7 +360,7 @@ class LargePageTests(SynchronousTestCase):
         h = Harness(self, pool=pool)
         client = Client(h.site, h.clock, b"/pypi/demo/", b"GET")
         h.client.requests[0].respond(200, demo_page(), {"content-type": "text/html"})
-        self.assertEqual(pool.run_all(), ["_commit", "_prepare_temps"])
+        self.assertEqual(pool.run_all(), ["_commit"])
         self.assertEqual(client.answer().status, 200)
 
 

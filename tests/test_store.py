@@ -9,7 +9,6 @@ import errno
 import hashlib
 import os
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -202,12 +201,12 @@ class CommitTests(StoreMixin, SynchronousTestCase):
         store.open()
         self.addCleanup(store.close)
         entry = self.successResultOf(store.put(Entry(key="r", data="", size=0, stored_at=0), b"record", durable=False))
-        self.assertEqual((jobs, synced), (["_prepare_temps"], []))
+        self.assertEqual((jobs, synced), ([], []))
         again = FileStore(store.root).lookup("r")
         self.assertEqual((again.data, again.size), (entry.data, 6))
         self.assertEqual(self.read(again, store), b"record")
         self.successResultOf(store.put(Entry(key="d", data="", size=0, stored_at=0), b"durable"))
-        self.assertEqual((jobs[1:], len(synced)), (["_commit", "_prepare_temps"], 3))
+        self.assertEqual((jobs, len(synced)), (["_commit"], 3))
 
     def test_record_not_durable_failing(self) -> None:
         """A record that cannot be committed at once fails its Deferred and leaves nothing, as a durable one."""
@@ -391,7 +390,10 @@ class TempAheadTests(StoreMixin, SynchronousTestCase):
     """A commit makes the next downloads' temp files ahead (in its thread), and they are never left behind."""
 
     def test_open_prepares_temp_files(self) -> None:
-        """Opening the store makes READY temp files ahead: the first commit need not (it holds the reactor up)."""
+        """
+        Opening the store makes READY temp files ahead: made by the first
+        commit, they held the reactor up behind the commit's thread (the GIL).
+        """
         self.assertEqual(len(self.files("tmp")), spoolmod.READY)
 
     def test_commit_prepares_temp_files(self) -> None:
@@ -405,33 +407,6 @@ class TempAheadTests(StoreMixin, SynchronousTestCase):
         self.assertEqual(os.fstat(fd).st_size, 0)
         os.write(fd, b"x")  # (open for writing and reading, as a download's)
         self.assertEqual(os.pread(fd, 1, 0), b"x")
-
-    def test_commit_told_before_temp_files_made(self) -> None:
-        """
-        The commit's waiters hear of it before the temp files are made: a
-        release file waits for its commit before it is served, not for
-        these too (they are the commit thread's next job).
-        """
-        jobs: list = []
-
-        def queued(f, *args):
-            d = Deferred()
-            jobs.append(lambda: d.callback(f(*args)))
-            return d
-        store = FileStore(self.mktemp(), clock=self.clock.seconds, run_commit=queued)
-        store.open()
-        self.addCleanup(store.close)
-        path, fd = store.new_temp()
-        self.addCleanup(os.close, fd)
-        os.write(fd, b"1")
-        d = store.commit(path, fd, Entry(key="a", data="", size=1, stored_at=0))
-        self.assertEqual(len(jobs), 2)
-        tmp = os.path.join(store.root, "tmp")
-        jobs.pop(0)()
-        self.assertEqual(self.successResultOf(d).key, "a")
-        self.assertEqual(len(os.listdir(tmp)), spoolmod.READY - 1)  # (the one handed out is committed)
-        jobs.pop(0)()
-        self.assertEqual(len(os.listdir(tmp)), spoolmod.READY)
 
     def test_removed_by_hand(self) -> None:
         """A temp file made ahead that someone removed is passed over: new_temp opens another or makes one."""
@@ -681,11 +656,10 @@ class BlockingWorkTests(SynchronousTestCase):
         self.successResultOf(store.commit(path, fd, Entry(key="a", data="", size=4, stored_at=0)))
         os.close(fd)
         self.successResultOf(store.put(Entry(key="b", data="", size=0, stored_at=0), b"56"))
-        # (each commit, then the temp files made ahead after it)
-        self.assertEqual(commits, [store._commit, store._prepare_temps] * 2)
+        self.assertEqual(len(commits), 2)
         self.assertNotIn(store._commit, self.calls)
         self.successResultOf(store.work(storemod.INLINE_WORK, len, "ab"))
-        self.assertEqual((len(commits), self.calls), (4, [len]))
+        self.assertEqual((len(commits), self.calls), (2, [len]))
 
 
 class _PausingConsumer:

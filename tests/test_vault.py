@@ -294,7 +294,7 @@ class SlowCommitTests(VaultMixin, SynchronousTestCase):
                 first = self.get(path)
                 flight = self.harness.vault.flights.get(self.harness.url(path))
                 self.harness.requests[-1].respond(200, BODY)
-                self.assertEqual((self.pool.names(), flight.state.name), (["_commit", "_prepare_temps"], "COMPLETE"))
+                self.assertEqual((self.pool.names(), flight.state.name), (["_commit"], "COMPLETE"))
                 second = self.get(path)
                 requests = len(self.harness.requests)
                 answer = second.answer()

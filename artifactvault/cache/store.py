@@ -156,9 +156,9 @@ class FileStore(StoreBasics):
         Create the directories, open the spool (its lock: L{CacheInUse} if
         another process has it), remove leftover temp files (returns how
         many) and make the first downloads' temp files ahead, here, before
-        anything is served: made by the first commit instead, they would
-        hold the reactor up behind the commit's thread (the GIL) just as
-        the first answer that waits for a commit (a release file) is due.
+        anything is served: made by the first commit instead (eight at once),
+        they held the reactor up behind the commit's thread (the GIL) just as
+        the first answers were due.
         """
         os.makedirs(self.data_dir, exist_ok=True)
         removed = self.spool.open()
@@ -415,10 +415,6 @@ class FileStore(StoreBasics):
         run = self._run_commit if durable else _sync_run
         d = run(self._commit, temp_path, fd, entry, durable)
         d.addCallbacks(lambda _: self._committed(entry), self._commit_failed, errbackArgs=(entry.key,))
-        # (the next downloads' temp files, made in the same thread once this
-        # commit is done and its waiters told: a release file waits for its
-        # commit before it is served, and need not wait for these too)
-        self._run_commit(self._prepare_temps)
         return d
 
     def _commit(self, temp_path: str, fd: int, entry: Entry, sync: bool = True) -> None:
@@ -446,6 +442,8 @@ class FileStore(StoreBasics):
             raise
         if old is not None and old.data != entry.data:
             _unlink(self.data_path(old))
+        if sync:  # (in the commit's thread: the next downloads' temp files, one a commit once started)
+            self._prepare_temps()
 
     def _prepare_temps(self) -> None:
         try:
