@@ -968,7 +968,7 @@ class _BodyReceiver(TwistedProtocol):
         self.flight = flight
 
     def connectionMade(self) -> None:
-        read_larger(self)
+        read_larger(self, self.flight.length)
 
     def dataReceived(self, data: bytes) -> None:
         self.flight._data(data)

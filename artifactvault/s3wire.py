@@ -429,7 +429,7 @@ class RangeReader(Protocol):
         self.producer = _ReaderProducer(self)
 
     def connectionMade(self) -> None:
-        read_larger(self)
+        read_larger(self, self.length)
         self.consumer.registerProducer(self.producer, True)
         self.timer = self.reactor.callLater(TIMEOUT, self._idle)
 

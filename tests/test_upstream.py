@@ -31,7 +31,7 @@ from artifactvault.backends.base import BuildContext, CommonSettings
 from artifactvault.tls import policy_for
 from artifactvault.upstream import (MAX_REDIRECTS, IUpstreamAuth, OriginEndpoints, StaticAuth, Upstream, UpstreamError,
                                     UpstreamStatus, UpstreamTimeout, content_length, describe_failure,
-                                    RECV_SIZE, loggable, make_client, parse_length, read_larger, read_small)
+                                    LARGE_BODY, RECV_SIZE, loggable, make_client, parse_length, read_larger, read_small)
 from tests.fakes import FakeClient, FakeResponse, Harness
 
 
@@ -566,16 +566,17 @@ class LengthTests(SynchronousTestCase):
 
 
 class _Larger(Protocol):
-    """Reads a body after asking for larger reads; notes the socket's read size before and after."""
+    """Reads a body after asking for reads that fit C{length}; notes the socket's read size before and after."""
 
-    def __init__(self) -> None:
+    def __init__(self, length: int | None) -> None:
+        self.length = length
         self.sizes: list[int] = []
         self.done: Deferred = Deferred()
 
     def connectionMade(self) -> None:
         socket_transport = self.transport._producer  # type: ignore[attr-defined]
         self.sizes.append(socket_transport.bufferSize)
-        read_larger(self)
+        read_larger(self, self.length)
         self.sizes.append(socket_transport.bufferSize)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -586,21 +587,31 @@ class ReadLargerTests(TestCase):
     """L{read_larger} reaches the TCP socket under a treq response's body (a private attribute of Twisted's)."""
 
     async def test_socket_reads_larger(self) -> None:
+        """
+        Over one pooled connection: a large body (or one of no announced
+        length) is read RECV_SIZE at a time, a small one 64 KiB at a time,
+        whatever the body before it set.
+        """
         port = reactor.listenTCP(0, Site(Origin()), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        pool = webclient.HTTPConnectionPool(reactor, persistent=False)
+        pool = webclient.HTTPConnectionPool(reactor, persistent=True)
+        self.addCleanup(pool.closeCachedConnections)
         client = make_client(reactor, pool)
-        response = await client.request("GET", f"http://127.0.0.1:{port.getHost().port}/x", unbuffered=True)
-        body = _Larger()
-        response.deliverBody(body)
-        await body.done
-        self.assertEqual(body.sizes, [64 * 1024, RECV_SIZE])
+        seen = []
+        for length in (LARGE_BODY, 10, None, LARGE_BODY - 1):
+            response = await client.request("GET", f"http://127.0.0.1:{port.getHost().port}/x", unbuffered=True)
+            body = _Larger(length)
+            response.deliverBody(body)
+            await body.done
+            seen.append(body.sizes)
+        self.assertEqual(seen, [[64 * 1024, RECV_SIZE], [RECV_SIZE, 64 * 1024], [64 * 1024, RECV_SIZE],
+                                [RECV_SIZE, 64 * 1024]])
 
     def test_elsewhere_nothing(self) -> None:
         """Under a transport with no socket (in memory), nothing happens and nothing fails."""
         body = _Larger.__new__(_Larger)
         body.transport = object()  # type: ignore[assignment]
-        read_larger(body)
+        read_larger(body, None)
 
 
 class OriginEndpointsTests(TestCase):
