@@ -148,8 +148,9 @@ class ClassicText:
     time stamp is formatted once a second rather than once an event, and
     an event whose format is one field holding its text (a request's
     line, formatted once by L{artifactvault.site}) skips Python's
-    C{Formatter}. Together they were a twentieth of the reactor's work for
-    a small cold file (docs/benchmarks.md). Anything else is Twisted's own.
+    C{Formatter}. Together they were about a twentieth of the reactor's
+    work for a small cold file, by profile (docs/benchmarks.md). Anything
+    else is Twisted's own.
     """
 
     def __init__(self) -> None:
