@@ -10,6 +10,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import time
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -203,3 +205,44 @@ class TextTargetTests(SynchronousTestCase):
         self.assertEqual((logs.text_target, logs.text_nodaemon), ("x.log", True))
         self.assertEqual(parsed(logger="my.observer")["logger"], "my.observer")
         self.assertIsNone(parsed(syslog=True).get("logger"))
+
+
+class TextDaemonTests(TestCase):
+    def test_logfile_rotated_on_sigusr1(self) -> None:
+        """
+        The real daemon with twistd's --logfile: twistd's text lines in that
+        file, and SIGUSR1 rotates it (the old lines in FILE.1, new ones in FILE),
+        as twistd's own observer does.
+        """
+        daemon = support.Daemon([])
+        self.addCleanup(daemon.cleanup)
+        daemon.write_config()
+        path = os.path.join(daemon.dir, "vault.log")
+        proc = subprocess.Popen([support.twistd(), "-n", "--pidfile=", f"--logfile={path}", "artifactvault",
+                                 "--config", daemon.config_path], cwd=daemon.dir,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: (proc.poll() is None and proc.kill(), proc.wait()))
+        self.assertEqual(support.wait_http(daemon.url("/-/health"), 20, proc), 200)
+
+        def logged(name: str, text: str) -> None:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    with open(name) as f:
+                        if text in f.read():
+                            return
+                except FileNotFoundError:
+                    pass
+                self.assertLess(time.monotonic(), deadline, f"{text!r} not in {name}")
+                time.sleep(0.02)
+        self.assertEqual(support.request("GET", daemon.url("/-/health?before"))[0], 200)
+        logged(path, "GET /-/health 200")
+        proc.send_signal(signal.SIGUSR1)
+        logged(path + ".1", "GET /-/health 200")
+        self.assertEqual(support.request("GET", daemon.url("/-/status"))[0], 200)
+        logged(path, "GET /-/status 200")
+        with open(path) as f:
+            lines = f.read().splitlines()
+        self.assertRegex(lines[-1], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[artifactvault\.site#info\] "
+                                    r"GET /-/status 200 ")
+        self.assertNotIn("/-/health", "\n".join(lines))
