@@ -120,19 +120,39 @@ class JsonLinesObserver:
             pass
 
 
-#: Where L{json_lines} writes: a file name, or None (or ``-``) for standard output.
-json_target: str | None = None
+#: twistd's C{--logfile} and C{--nodaemon}, as twistd read them (set by
+#: L{artifactvault.tap} when it gives twistd one of our observers).
+target: str | None = None
+nodaemon = False
+
+
+def log_file() -> IO[str]:
+    """
+    Where twistd writes its own lines (its C{UnixAppLogger}), so that ours
+    go there too: standard output in the foreground with no C{--logfile}
+    or with ``-`` (a daemon cannot write there); else the C{--logfile}
+    (default C{twistd.log}) as a Twisted L{LogFile}, rotated at 1 MB and
+    on SIGUSR1 as twistd rotates it.
+    """
+    if target == "-" and not nodaemon:
+        sys.exit("Daemons cannot log to stdout, exiting!")
+    if target == "-" or (nodaemon and not target):
+        return sys.stdout
+    out = LogFile.fromFullPath(target or "twistd.log")
+    if not signal.getsignal(signal.SIGUSR1):  # (as twistd: only when nothing else took the signal)
+        def rotate(signum: int, frame: Any) -> None:
+            from twisted.internet import reactor
+            reactor.callFromThread(out.rotate)
+        signal.signal(signal.SIGUSR1, rotate)
+    return out  # type: ignore[return-value]
 
 
 def json_lines() -> ILogObserver:
     """
     The twistd C{--logger} of C{--log-format json} (given by name:
-    ``artifactvault.logs.json_lines``): JSON lines to L{json_target}, set
-    from twistd's C{--logfile}, appended to; else to standard output.
+    ``artifactvault.logs.json_lines``): JSON lines to L{log_file}.
     """
-    if json_target and json_target != "-":
-        return JsonLinesObserver(open(json_target, "a", encoding="utf-8"))
-    return JsonLinesObserver(sys.stdout)
+    return JsonLinesObserver(log_file())
 
 
 # -- text lines -------------------------------------------------------------------
@@ -189,28 +209,10 @@ def _system(event: dict[str, Any]) -> str:
         return "UNFORMATTABLE"
 
 
-#: Where L{text_lines} writes: twistd's C{--logfile} and C{--nodaemon}, as twistd reads them.
-text_target: str | None = None
-text_nodaemon = False
-
-
 def text_lines() -> ILogObserver:
     """
     The twistd C{--logger} of the default C{--log-format text} (given by
-    name: ``artifactvault.logs.text_lines``), where twistd writes its own
-    text lines (its C{UnixAppLogger}): standard output in the foreground
-    with no C{--logfile} or with ``-``; else the C{--logfile} (default
-    C{twistd.log}) as a Twisted L{LogFile}, rotated at 1 MB and on
-    SIGUSR1 as twistd rotates it. The lines are twistd's (L{ClassicText}).
+    name: ``artifactvault.logs.text_lines``): twistd's own text lines
+    (L{ClassicText}) to where twistd writes them (L{log_file}).
     """
-    if text_target == "-" and not text_nodaemon:
-        sys.exit("Daemons cannot log to stdout, exiting!")
-    if text_target == "-" or (text_nodaemon and not text_target):
-        return FileLogObserver(sys.stdout, ClassicText())
-    out = LogFile.fromFullPath(text_target or "twistd.log")
-    if not signal.getsignal(signal.SIGUSR1):  # (as twistd: only when nothing else took the signal)
-        def rotate(signum: int, frame: Any) -> None:
-            from twisted.internet import reactor
-            reactor.callFromThread(out.rotate)
-        signal.signal(signal.SIGUSR1, rotate)
-    return FileLogObserver(out, ClassicText())
+    return FileLogObserver(log_file(), ClassicText())

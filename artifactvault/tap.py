@@ -63,14 +63,15 @@ class Options(usage.Options):
         if self["log-format"] not in ("text", "json"):
             _fail(f"--log-format: must be text or json, not {self['log-format']!r}")
         parent = getattr(self, "parent", None)
-        if self["log-format"] == "json" and parent is not None:
-            # twistd reads its --logger (a name) after all options are parsed: ours replaces its text one
-            logs.json_target = parent.get("logfile")
+        if parent is None:
+            return
+        # twistd reads its --logger (a name) after all options are parsed: ours
+        # write where twistd would have (logs.log_file); the text one (twistd's
+        # lines, made cheaper) unless the operator chose a logger of their own, or syslog
+        logs.target, logs.nodaemon = parent.get("logfile"), bool(parent.get("nodaemon"))
+        if self["log-format"] == "json":
             parent["logger"] = "artifactvault.logs.json_lines"
-        elif parent is not None and not parent.get("logger") and not parent.get("syslog"):
-            # (twistd's text lines, where twistd writes them, made cheaper: unless
-            # the operator chose a logger of their own, or syslog)
-            logs.text_target, logs.text_nodaemon = parent.get("logfile"), bool(parent.get("nodaemon"))
+        elif not parent.get("logger") and not parent.get("syslog"):
             parent["logger"] = "artifactvault.logs.text_lines"
 
 

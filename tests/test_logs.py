@@ -87,8 +87,10 @@ class JsonLinesTests(SynchronousTestCase):
         """--log-format json gives twistd our observer as its --logger; anything else is refused."""
         class Parent(dict):
             pass
+        self.patch(logs, "target", None)
+        self.patch(logs, "nodaemon", False)
         options = tap.Options()
-        options.parent = Parent(logfile=None)  # type: ignore[attr-defined]
+        options.parent = Parent(logfile=None, nodaemon=True)  # type: ignore[attr-defined]
         config = self.mktemp()
         with open(config, "w") as f:
             f.write(f"cache_dir: {self.mktemp()}\nbackends: []\n")
@@ -160,12 +162,17 @@ class ClassicTextTests(SynchronousTestCase):
 
 
 class TextTargetTests(SynchronousTestCase):
-    """L{logs.text_lines} writes where twistd writes its own text lines."""
+    """L{logs.text_lines} and L{logs.json_lines} write where twistd writes its own text lines."""
 
     def target(self, logfile: str | None, nodaemon: bool) -> object:
-        self.patch(logs, "text_target", logfile)
-        self.patch(logs, "text_nodaemon", nodaemon)
-        return logs.text_lines()._outFile  # type: ignore[attr-defined]
+        self.patch(logs, "target", logfile)
+        self.patch(logs, "nodaemon", nodaemon)
+        out = logs.text_lines()._outFile  # type: ignore[attr-defined]
+        json_out = logs.json_lines().out  # type: ignore[attr-defined]
+        if out is not __import__("sys").stdout:
+            self.addCleanup(json_out.close)
+        self.assertEqual(getattr(json_out, "path", json_out), getattr(out, "path", out))
+        return out
 
     def test_foreground(self) -> None:
         """In the foreground, standard output, with no --logfile or with "-"."""
@@ -193,8 +200,8 @@ class TextTargetTests(SynchronousTestCase):
         config = self.mktemp()
         with open(config, "w") as f:
             f.write(f"cache_dir: {self.mktemp()}\nbackends: []\n")
-        self.patch(logs, "text_target", None)
-        self.patch(logs, "text_nodaemon", False)
+        self.patch(logs, "target", None)
+        self.patch(logs, "nodaemon", False)
 
         def parsed(**parent: object) -> dict:
             options = tap.Options()
@@ -202,7 +209,7 @@ class TextTargetTests(SynchronousTestCase):
             options.parseOptions(["--config", config])
             return options.parent  # type: ignore[attr-defined]
         self.assertEqual(parsed(logfile="x.log", nodaemon=True)["logger"], "artifactvault.logs.text_lines")
-        self.assertEqual((logs.text_target, logs.text_nodaemon), ("x.log", True))
+        self.assertEqual((logs.target, logs.nodaemon), ("x.log", True))
         self.assertEqual(parsed(logger="my.observer")["logger"], "my.observer")
         self.assertIsNone(parsed(syslog=True).get("logger"))
 
