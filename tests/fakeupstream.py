@@ -70,7 +70,9 @@ class Script:
 
 
 class FakeUpstream:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        """Listen on C{host}, 127.0.0.1 or ::1 (an upstream given as an IPv6 literal)."""
+        self.host = host
         self.scripts: dict[str, Script] = {}
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.headers_sent = threading.Event()
@@ -192,7 +194,11 @@ class FakeUpstream:
                     except (BrokenPipeError, ConnectionResetError):
                         pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server_class = ThreadingHTTPServer
+        if ":" in host:
+            class server_class(ThreadingHTTPServer):  # type: ignore[no-redef]
+                address_family = socket.AF_INET6
+        self.server = server_class((host, 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -200,7 +206,7 @@ class FakeUpstream:
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://[{self.host}]:{self.port}" if ":" in self.host else f"http://{self.host}:{self.port}"
 
     def count(self, method: str, path: str) -> int:
         return sum(1 for m, p, _ in self.requests if m == method and p == path)

@@ -71,6 +71,7 @@ class _Shared:
         files = support.upstream_url("files")
         self.fake = FakeUpstream()
         self.other = FakeUpstream()  # a second origin, for redirects
+        self.v6 = FakeUpstream("::1")  # an origin given as an IPv6 literal
         closed = support.free_port()
         self.daemon = Daemon([
             {"type": "http", "config": {"prefix": "/files/", "base_url": files}},
@@ -84,6 +85,7 @@ class _Shared:
                                         "username": "vaultuser", "password_env": "AV_TEST_PASSWORD"}},
             {"type": "http", "config": {"prefix": "/hdr/", "base_url": self.fake.base + "/hdr",
                                         "headers": {"X-Api-Key": "k3y-s3cret"}}},
+            {"type": "http", "config": {"prefix": "/v6/", "base_url": self.v6.base}},
         ]).start(env={"AV_TEST_PASSWORD": "s3cret-pw"})
         atexit.register(self.close)
 
@@ -91,6 +93,7 @@ class _Shared:
         self.daemon.cleanup()
         self.fake.close()
         self.other.close()
+        self.v6.close()
 
 
 _fixture: _Shared | None = None
@@ -108,7 +111,7 @@ class HttpBackendTests(TestCase):
 
     def setUp(self) -> None:
         shared = _shared()
-        self.daemon, self.fake, self.other = shared.daemon, shared.fake, shared.other
+        self.daemon, self.fake, self.other, self.v6 = shared.daemon, shared.fake, shared.other, shared.v6
 
     def new_file(self, source: str = "medium.bin") -> tuple[str, str]:
         name, digest = support.new_upstream_file(source)
@@ -130,6 +133,24 @@ class HttpBackendTests(TestCase):
         self.assertEqual((status, headers["x-cache"], sha(body)), (200, "HIT", digest))
         self.assertEqual(headers["content-type"], "application/octet-stream")
         self.assertEqual(support.wait_for_hits("files", f"^GET /{quoted(name)}$", 1), 1)
+
+    def test_ipv6_literal_upstream(self) -> None:
+        """
+        An upstream given as ``http://[::1]:PORT``: curl's GET is a MISS
+        fetched from it, then a HIT, both byte-exact; it is asked once
+        (treq's URL handling refused the IPv6 literal: every request was a 502).
+        """
+        data = os.urandom(70_000)
+        self.v6.scripts["/v6.bin"] = Script(body=data)
+        for expected in ("MISS", "HIT"):
+            body = self.mktemp()
+            out = subprocess.run(["curl", "-s", "--noproxy", "*", "-D", "-", "-o", body, "-w", "%{http_code}",
+                                  self.daemon.url("/v6/v6.bin")], capture_output=True, text=True, timeout=30)
+            self.assertTrue(out.stdout.endswith("200"), out.stdout)
+            self.assertIn(f"x-cache: {expected}".lower(), out.stdout.lower())
+            with open(body, "rb") as f:
+                self.assertEqual(f.read(), data)
+        self.assertEqual(self.v6.count("GET", "/v6.bin"), 1)
 
     def test_twenty_concurrent_requests_one_upstream_fetch(self) -> None:
         """20 clients asking at once for an uncached file cause exactly one upstream request and all get the exact bytes."""

@@ -9,6 +9,9 @@ from __future__ import annotations
 import gzip
 
 import treq
+from hyperlink import EncodedURL
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from treq.testing import RequestTraversalAgent
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -29,9 +32,9 @@ from zope.interface.verify import verifyObject
 
 from artifactvault.backends.base import BuildContext, CommonSettings
 from artifactvault.tls import policy_for
-from artifactvault.upstream import (MAX_REDIRECTS, IUpstreamAuth, OriginEndpoints, StaticAuth, Upstream, UpstreamError,
+from artifactvault.upstream import (_AS_SENT, MAX_REDIRECTS, IUpstreamAuth, OriginEndpoints, StaticAuth, Upstream, UpstreamError,
                                     UpstreamStatus, UpstreamTimeout, content_length, describe_failure,
-                                    LARGE_BODY, RECV_SIZE, loggable, make_client, parse_length, read_larger, read_small)
+                                    LARGE_BODY, RECV_SIZE, as_sent, loggable, make_client, parse_length, read_larger, read_small)
 from tests.fakes import FakeClient, FakeResponse, Harness
 
 
@@ -669,3 +672,58 @@ class OriginEndpointsTests(TestCase):
             self.assertEqual(response.code, 200)
             await treq.content(response)
         self.assertEqual((len(made), len(set(map(id, made)))), (3, 1))
+
+
+def _request_line(url: str) -> tuple[bytes, bytes, int, bytes] | str:
+    """What Twisted's agent sends for C{url}: scheme, host, port, request target (or the error)."""
+    try:
+        uri = URI.fromBytes(url.encode("ascii"))
+    except ValueError as e:
+        return f"ValueError: {e}"
+    return (uri.scheme, uri.host, uri.port, uri.originForm)
+
+
+class AsSentTests(TestCase):
+    """L{as_sent}: a URL already in URI form goes to treq as it is, anything else as treq would have it."""
+
+    @settings(max_examples=500)
+    @given(st.from_regex(_AS_SENT, fullmatch=True))
+    @example("http://127.0.0.1:8080/debian/pool/main/h/hello/hello_2.10-3_amd64.deb")
+    @example("https://files.example/a%20b/c;d=e?x=1&y=%2F")
+    def test_same_request_as_treq(self, url: str) -> None:
+        """
+        Sent as it is, a URL makes the very request treq's own URI of it
+        makes (for a host name IDNA takes; an IPv6 literal, which it refuses,
+        reaches the agent as it is written).
+        """
+        sent = as_sent(url)
+        if "[" in url:
+            if sent != url:  # (else not an IPv6 address: left to treq, which refuses it)
+                self.assertEqual(sent.to_uri().to_text(), url)
+                self.assertIsInstance(_request_line(url), tuple)
+            return
+        self.assertIsInstance(sent, EncodedURL)
+        self.assertEqual(sent.to_uri().to_text(), url)
+        self.assertEqual(_request_line(url), _request_line(EncodedURL.from_text(url).to_uri().to_text()))
+
+    def test_others_left_to_treq(self) -> None:
+        """Anything not already in URI form is passed as it came, for treq to encode (or refuse)."""
+        for url in ("http://mirror.test/a b.deb", "http://mirror.test/caf\u00e9", "http://Mirror.test/a",
+                    "http://mirror.test/a#frag", "http://mirror.test/a?", "http://mirror.test?q=1",
+                    "http://mirror.test:080/a", "http://xn--caf-dma.test/", "http://-bad.test/",
+                    "http://user:pw@mirror.test/a", "ftp://mirror.test/a", "http://a" + ".a" * 127 + "/"):
+            self.assertEqual(as_sent(url), url, url)
+
+    async def test_ipv6_literal(self) -> None:
+        """
+        Over real sockets, an upstream at ``http://[::1]:PORT``: answered
+        (hyperlink's IDNA refused ``::1``, so every such request failed).
+        """
+        origin = Origin()
+        port = reactor.listenTCP(0, Site(origin), interface="::1")
+        self.addCleanup(port.stopListening)
+        pool = webclient.HTTPConnectionPool(reactor, persistent=False)
+        upstream = Upstream(make_client(reactor, pool), reactor, timeout=10)
+        response = await upstream.request("GET", f"http://[::1]:{port.getHost().port}/pool/a.deb")
+        self.assertEqual((response.code, await treq.content(response)), (200, b"body of /pool/a.deb"))
+        self.assertEqual(origin.seen[0][:2], (f"[::1]:{port.getHost().port}", "/pool/a.deb"))
