@@ -326,7 +326,7 @@ def _cache_metrics(store: Any, cache_dir: str | None) -> Iterable[Any]:
             ("artifactvault_cache_evicted_bytes", "Bytes evicted to keep under max_size.", "evicted_bytes"),
             ("artifactvault_cache_commits", "Downloads and records committed to the cache.", "commits"),
             ("artifactvault_cache_orphans_removed",
-             "Orphaned data files, broken metadata and leftover temp files removed.", "orphans_removed"),
+             "Orphaned data files, broken metadata and unfinished downloads' temp files removed.", "orphans_removed"),
             ("artifactvault_cache_refused_too_large",
              "Complete downloads not stored for being larger than max_object_size.", "refused_too_large")):
         yield counter(name, doc, getattr(store, attribute, 0))

@@ -264,7 +264,8 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
     # Here, so that a bad or busy cache_dir stops the start with a message; after
     # everything else that can refuse the config, so that a refusal leaves no lock held.
     removed = store.open()
-    _log.info("cache at {root}: removed {removed} leftover temp files", root=store.spool.root, removed=removed)
+    _log.info("cache at {root}: temp files of unfinished downloads removed: {removed}",
+              root=store.spool.root, removed=removed)
     drain = operations.install(ops, root, site, backends, reactor)
 
     top = InOrder()  # (stopped one at a time, the last first: see artifactvault.shutdown)

@@ -126,7 +126,7 @@ class S3Store(StoreBasics):
         """
         Before the reactor runs (blocking): open the spool, check the bucket
         (L{StoreUnavailable}, one line, if it is missing or cannot be
-        written); returns the leftover temp files removed.
+        written); returns how many unfinished downloads' temp files were removed.
         """
         removed = self.spool.open()
         if self.local is not None:

@@ -127,7 +127,7 @@ class FileStore(StoreBasics):
         #: Complete downloads not stored because they were larger than max_object_size.
         self.refused_too_large = 0
         #: Counts since start, for metrics: entries evicted (and their bytes),
-        #: commits, orphaned or leftover temp files removed.
+        #: commits, orphaned files or unfinished downloads' temp files removed.
         self.evictions = 0
         self.evicted_bytes = 0
         self.commits = 0
@@ -155,7 +155,7 @@ class FileStore(StoreBasics):
         """
         Create the directories, open the spool (its lock: L{CacheInUse} if
         another process has it), remove leftover temp files (returns how
-        many) and make the first downloads' temp files ahead, here, before
+        many held bytes: L{Spool.open}) and make the first downloads' temp files ahead, here, before
         anything is served: made by the first commit instead (eight at once),
         they held the reactor up behind the commit's thread (the GIL) just as
         the first answers were due.
