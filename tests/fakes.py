@@ -215,8 +215,10 @@ class FakeClient:
     def __init__(self) -> None:
         self.requests: list[UpstreamRequest] = []
 
-    def request(self, method: str, url: str, headers: dict | None = None, **kwargs: Any) -> Deferred:
-        request = UpstreamRequest(method, url, headers or {}, kwargs)
+    def request(self, method: str, url: Any, headers: dict | None = None, **kwargs: Any) -> Deferred:
+        # (treq takes a hyperlink URL as well as text: the URL it would send, as text)
+        text = url if isinstance(url, str) else url.to_uri().to_text()
+        request = UpstreamRequest(method, text, headers or {}, kwargs)
         self.requests.append(request)
         return request.deferred
 
