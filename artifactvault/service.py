@@ -42,6 +42,7 @@ from artifactvault import logs, memory, ops as operations, resolve
 from artifactvault.auth.access import has_upstream_credentials
 from artifactvault.auth.checkers import make_portal
 from artifactvault.auth.gate import Gate
+from artifactvault.auth.reload import INTERVAL as RELOAD_INTERVAL, CredentialFiles
 from artifactvault.backends import backend_type
 from artifactvault.backends.base import BuildContext
 from artifactvault.cache.s3 import S3Store
@@ -145,10 +146,12 @@ class _ThreadPoolService(Service):
         self.threadpool.stop()
 
 
-def make_gate(config: Config, backends: list[Any], reactor: Any, threadpool: Any) -> tuple[Any, Any]:
+def make_gate(config: Config, backends: list[Any], reactor: Any,
+              threadpool: Any) -> tuple[Any, Any, CredentialFiles | None]:
     """
-    The site's L{Gate} (None without C{auth:}) and the thread pool its bcrypt
-    checks run in (None if C{threadpool}, given by a test, is used). Without
+    The site's L{Gate} (None without C{auth:}), the thread pool its bcrypt
+    checks run in (None if C{threadpool}, given by a test, is used), and the
+    watch on its credential files that renews it when they change. Without
     auth, a warning for each backend that fetches with credentials of its own:
     what it fetched, anyone who reaches the port can read.
     """
@@ -159,7 +162,7 @@ def make_gate(config: Config, backends: list[Any], reactor: Any, threadpool: Any
                 _log.warn("backend {name} fetches with credentials, and no auth: is configured: anyone who "
                           "can reach the vault reads what it fetched (configure auth: and access:)",
                           name=backend.name)
-        return None, None
+        return None, None, None
     own = None
     if threadpool is None:
         # (its own: bcrypt checks must not queue behind the store's fsyncs, nor hold up name resolution)
@@ -172,7 +175,8 @@ def make_gate(config: Config, backends: list[Any], reactor: Any, threadpool: Any
     for backend, access in zip(backends, config.access):
         gate.set_access(backend, access)
         _log.info("backend {name}: access {access}", name=backend.name, access=access.describe())
-    return gate, own
+    files = CredentialFiles(auth, lambda settings: gate.renew(settings, make_portal(settings, run_blocking)))
+    return gate, own, files
 
 
 class _PoolService(Service):
@@ -260,7 +264,7 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
                 for entry, settings in zip(config.backends, config.settings)]
     root = Root(backends)
     site = VaultSite(root, reactor=reactor, limits=config.limits)
-    site.gate, auth_pool = make_gate(config, backends, reactor, threadpool)
+    site.gate, auth_pool, credential_files = make_gate(config, backends, reactor, threadpool)
     # Here, so that a bad or busy cache_dir stops the start with a message; after
     # everything else that can refuse the config, so that a refusal leaves no lock held.
     removed = store.open()
@@ -281,6 +285,10 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
     _PoolService(clients).setServiceParent(top)
     if auth_pool is not None:
         _ThreadPoolService(auth_pool).setServiceParent(top)
+    if credential_files is not None:
+        watch = TimerService(RELOAD_INTERVAL, credential_files)
+        watch.clock = reactor
+        watch.setServiceParent(top)
     if isinstance(store, S3Store):
         _S3Service(store, s3pool).setServiceParent(top)
     drain.setServiceParent(top)  # (stopped after the listeners, before the pool and the store)

@@ -347,3 +347,37 @@ class LimitTests(TestCase):
         self.assertEqual(status, 429)
         self.assertIn("retry-after: ", headers)
         self.assertEqual(curl("-u", f"alice:{PASSWORD}", url)[0], 200)
+
+
+class ReloadTests(TestCase):
+    timeout = 120
+
+    def test_files_edited_while_running(self) -> None:
+        """
+        The tokens and htpasswd files edited while the daemon runs: a revoked
+        token (verified and remembered a moment before) gets 401, a new token
+        and a new user get 200; a file broken by hand leaves them in force.
+        """
+        tmp = tempfile.mkdtemp(prefix="av-auth-reload-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        htpasswd, tokens = write_credentials(tmp)
+        d = support.Daemon([{"type": "http", "config": {"prefix": "/files/", "base_url": support.upstream_url("files"),
+                                                        "access": "authenticated"}}],
+                           auth={"htpasswd": htpasswd, "tokens_file": tokens})
+        self.addCleanup(d.cleanup)
+        d.start()
+        url = d.url("/files/small.bin")
+        self.assertEqual(curl("-H", f"Authorization: Bearer {TOKEN}", url)[0], 200)
+        new_token = "ci-fedcba9876543210fedcba98"
+        with open(tokens, "w") as f:
+            f.write(f"ci:{new_token}\n")
+        subprocess.run(["htpasswd", "-bB", "-C", "5", htpasswd, "carol", PASSWORD], check=True, capture_output=True)
+        d.wait_log("credential files read again: 4 users, 1 tokens")
+        self.assertEqual(curl("-H", f"Authorization: Bearer {TOKEN}", url)[0], 401)
+        self.assertEqual(curl("-H", f"Authorization: Bearer {new_token}", url)[0], 200)
+        self.assertEqual(curl("-u", f"carol:{PASSWORD}", url)[0], 200)
+        with open(tokens, "a") as f:
+            f.write("dave:short\n")
+        d.wait_log(f"{tokens}: line 2: user dave: a token must be at least 16 characters")
+        self.assertEqual(curl("-H", f"Authorization: Bearer {new_token}", url)[0], 200)
+        self.assertNotIn(new_token, d.log())

@@ -103,6 +103,11 @@ class AuthSettings:
     max_failures: int = DEFAULT_MAX_FAILURES
     failure_window: float = DEFAULT_FAILURE_WINDOW
     configured: bool = False
+    #: The credential files, (path, the config key that names it), read again
+    #: when they change (L{artifactvault.auth.reload}); and the config's file.
+    htpasswd_file: tuple[str, str] | None = None
+    tokens_file: tuple[str, str] | None = None
+    source: str = "<config>"
 
     def __repr__(self) -> str:  # (never the hashes or tokens)
         return f"AuthSettings(users={len(self.users)}, tokens={len(self.tokens)}, groups={sorted(self.groups)})"
@@ -120,17 +125,16 @@ def parse_auth(top: Section) -> AuthSettings:
     if top._get("auth", None) is None:
         return AuthSettings()
     section = top.section("auth")
-    settings = AuthSettings(configured=True)
+    settings = AuthSettings(configured=True, source=top.source)
     htpasswd = section.str("htpasswd", None)
     tokens_file = section.str("tokens_file", None)
     if htpasswd is None and tokens_file is None:
         raise section.error(None, "give htpasswd, tokens_file or both")
     if htpasswd is not None:
-        path = _path(htpasswd, top.source)
-        settings.htpasswd = parse_htpasswd(read_text(path, section.where("htpasswd"), top.source), path)
+        settings.htpasswd_file = (_path(htpasswd, top.source), section.where("htpasswd"))
     if tokens_file is not None:
-        path = _path(tokens_file, top.source)
-        settings.tokens = parse_tokens(read_text(path, section.where("tokens_file"), top.source), path)
+        settings.tokens_file = (_path(tokens_file, top.source), section.where("tokens_file"))
+    settings.htpasswd, settings.tokens = read_credentials(settings)
     users = settings.users
     groups = section.mapping("groups", {})
     for name, members in groups.items():
@@ -153,6 +157,27 @@ def parse_auth(top: Section) -> AuthSettings:
     settings.pages = parse_access(section, "pages", settings, AUTHENTICATED)
     section.check_unknown()
     return settings
+
+
+def read_credentials(settings: AuthSettings) -> tuple[dict[str, bytes], list[tuple[str, bytes]]]:
+    """
+    The users of C{settings}' htpasswd file and the tokens of its tokens
+    file, read now (at start, and again when they change); L{ConfigError},
+    naming the file and the line, for one that cannot be used.
+    """
+    htpasswd: dict[str, bytes] = {}
+    tokens: list[tuple[str, bytes]] = []
+    if settings.htpasswd_file is not None:
+        path, key = settings.htpasswd_file
+        htpasswd = parse_htpasswd(read_text(path, key, settings.source), path)
+    if settings.tokens_file is not None:
+        path, key = settings.tokens_file
+        tokens = parse_tokens(read_text(path, key, settings.source), path)
+    clash = sorted(set(settings.groups) & (set(htpasswd) | {user for user, _ in tokens}))
+    if clash:
+        raise ConfigError(f"{settings.source}: auth.groups: {', '.join(clash)} is a user's name too "
+                          f"(in the credential files): a name in access: must say one thing")
+    return htpasswd, tokens
 
 
 def _path(value: str, source: str) -> str:

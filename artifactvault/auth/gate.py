@@ -168,6 +168,16 @@ class Gate:
         self._access: dict[int, Access] = {}
         self.challenge = f'Basic realm="{settings.realm}", charset="UTF-8"'
 
+    def renew(self, settings: AuthSettings, portal: Any) -> None:
+        """
+        Take new credentials (their files changed: L{artifactvault.auth.reload}),
+        and forget every login verified with the old ones: a revoked token
+        or password stops working at once, not when its verification expires.
+        """
+        self.settings = settings
+        self.portal = portal
+        self.cache = VerifiedCache(self.clock)
+
     def set_access(self, backend: Any, access: Access) -> None:
         self._access[id(backend)] = access
 
