@@ -6,11 +6,12 @@ files that do not read leaving the credentials read before in force.
 
 from __future__ import annotations
 
+import base64
 import os
 
 import bcrypt
 from twisted.cred.credentials import UsernamePassword
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -150,6 +151,24 @@ class GateRenewTests(SynchronousTestCase):
         self.gate.renew(settings, make_portal(settings, lambda f, *a: succeed(f(*a))))
         self.assertEqual(self.admit(TOKEN), 401)
         self.assertEqual(self.admit(OTHER), 200)
+
+    def test_check_under_way_not_remembered(self) -> None:
+        """
+        A check that began before the files changed and ends after them is
+        answered, but not remembered: the next request is checked against
+        the new files (a revoked password must not stay verified).
+        """
+        pending: list[Deferred] = []
+        slow = AuthSettings(configured=True, htpasswd={"alice": HASH.encode()})
+        self.gate.renew(slow, make_portal(slow, lambda f, *a: pending.append(Deferred()) or pending[-1]))
+        verdicts = []
+        self.gate.admit(_Request(b"Basic " + base64.b64encode(b"alice:secret")), AUTHENTICATED) \
+            .addCallback(verdicts.append)
+        settings = AuthSettings(configured=True, tokens=[("ci", TOKEN.encode())])
+        self.gate.renew(settings, make_portal(settings, lambda f, *a: succeed(f(*a))))  # (alice gone)
+        pending[0].callback(True)  # (her bcrypt check, begun before, says yes)
+        self.assertEqual(verdicts[0].status, 200)
+        self.assertIsNone(self.gate.cache.get(UsernamePassword(b"alice", b"secret")))
 
     def test_failures_kept(self) -> None:
         """The failed logins counted against an address are not wiped by a renewal."""

@@ -214,11 +214,14 @@ class Gate:
                 return succeed(Verdict(status=429, message="too many failed logins from this address: "
                                                            "try again later",
                                        headers={"Retry-After": str(max(1, math.ceil(wait)))}))
+        cache = self.cache
         d = self.portal.login(credentials, None, IPrincipal)
 
         def in_(result: tuple[Any, Principal, Any]) -> Verdict:
             principal = result[1]
-            self.cache.put(credentials, principal)
+            # (into the cache of the credentials it was checked against: a check
+            # the files changed under (L{renew}) is not remembered past them)
+            cache.put(credentials, principal)
             return self._decide(request, access, principal)
 
         def out(failure: Any) -> Verdict:

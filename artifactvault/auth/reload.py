@@ -65,8 +65,6 @@ class CredentialFiles:
         self._seen = self._signatures()
         #: The signatures whose files did not read (logged once, tried again on the next change).
         self._refused: list[Any] | None = None
-        #: Reloads taken since start (for tests and the status page's curious).
-        self.reloads = 0
 
     def _signatures(self) -> list[Any]:
         return [_signature(path) for path in self._paths]
@@ -85,7 +83,6 @@ class CredentialFiles:
             return False
         self._seen, self._refused = now, None
         self.settings = settings
-        self.reloads += 1
         self._apply(settings)
         missing = sorted({m for members in settings.groups.values() for m in members} - settings.users)
         _log.info("credential files read again: {users} users, {tokens} tokens; the logins verified "
