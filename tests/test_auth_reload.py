@@ -84,6 +84,21 @@ class CredentialFilesTests(SynchronousTestCase):
         self.assertIn("credential files read again: 2 users, 1 tokens", self.logged()[0])
         self.assertFalse(self.files())  # (taken once)
 
+    def test_edited_since_read(self) -> None:
+        """A file edited after the settings read it and before the watch began: taken at the first look."""
+        self.write(self.tokens, f"ci:{OTHER}\n")
+        files = CredentialFiles(self.settings, self.taken.append)
+        self.assertTrue(files())
+        self.assertEqual(self.taken[0].tokens, [("ci", OTHER.encode())])
+
+    def test_broken_since_read(self) -> None:
+        """The same, for an edit that broke the file: logged at the first look, the credentials kept."""
+        self.write(self.tokens, "ci:short\n")
+        files = CredentialFiles(self.settings, self.taken.append)
+        self.assertFalse(files())
+        self.assertIn("a token must be at least 16 characters", self.logged()[0])
+        self.assertEqual(self.taken, [])
+
     def test_same_size_same_tick(self) -> None:
         """A second edit that keeps the size and the time stamp is seen too (the contents are compared)."""
         stamp = os.stat(self.tokens).st_mtime_ns

@@ -65,6 +65,12 @@ class CredentialFiles:
         self._seen = self._signatures()
         #: The signatures whose files did not read (logged once, tried again on the next change).
         self._refused: list[Any] | None = None
+        try:  # (an edit since C{settings} read them, before the digests above: taken at the first look)
+            edited = read_credentials(settings) != (settings.htpasswd, settings.tokens)
+        except ConfigError:
+            edited = True
+        if edited:
+            self._seen = []
 
     def _signatures(self) -> list[Any]:
         return [_signature(path) for path in self._paths]
