@@ -201,7 +201,8 @@ def origin(url: str) -> tuple[str, str, int]:
 #: sub-delims, ``:@/`` and ``%``), a query after it, if any, not empty;
 #: no fragment.
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_AS_SENT = re.compile(rf"https?://(?P<host>(?![^/?]*--){_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\])(?::[1-9][0-9]{{0,4}})?"
+_AS_SENT = re.compile(rf"https?://(?P<host>(?![^/?]*--){_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\])"
+                      r"(?::[1-9][0-9]{0,4})?"
                       r"(?:/[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*(?:\?[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]+)?)?")
 
 
