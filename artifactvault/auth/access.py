@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from zope.interface import Attribute, Interface, implementer
 
@@ -141,8 +141,9 @@ def parse_auth(top: Section) -> AuthSettings:
         where = f"groups.{name}"
         if not isinstance(name, str) or not name:
             raise section.error("groups", f"{name!r} is not a group name")
-        if name in users:
-            raise section.error(where, f"{name} is a user's name too: a name in access: must say one thing")
+        clash = name_clash([name], users)
+        if clash:
+            raise section.error(where, clash)
         if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
             raise section.error(where, "must be a list of user names")
         unknown = [m for m in members if m not in users]
@@ -173,11 +174,19 @@ def read_credentials(settings: AuthSettings) -> tuple[dict[str, bytes], list[tup
     if settings.tokens_file is not None:
         path, key = settings.tokens_file
         tokens = parse_tokens(read_text(path, key, settings.source), path)
-    clash = sorted(set(settings.groups) & (set(htpasswd) | {user for user, _ in tokens}))
+    clash = name_clash(settings.groups, set(htpasswd) | {user for user, _ in tokens})
     if clash:
-        raise ConfigError(f"{settings.source}: auth.groups: {', '.join(clash)} is a user's name too "
-                          f"(in the credential files): a name in access: must say one thing")
+        raise ConfigError(f"{settings.source}: auth.groups: {clash}")
     return htpasswd, tokens
+
+
+def name_clash(groups: Iterable[str], users: set[str]) -> str | None:
+    """
+    The group names that are users' names too, in words (an C{access:}
+    list naming one could not say which it means); None if there are none.
+    """
+    both = sorted(set(groups) & users)
+    return f"{', '.join(both)} is a user's name too: a name in access: must say one thing" if both else None
 
 
 def _path(value: str, source: str) -> str:
