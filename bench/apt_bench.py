@@ -50,6 +50,26 @@ ACNG_DIR = os.path.join(AV, "acng")
 PACKAGES = [f"av-pkg-{i:02d}" for i in range(1, 51)]
 MISMATCH = ("Hash Sum mismatch", "Hashes do not match", "File has unexpected size")
 BIG = "pool/main/a/av-big/av-big_1.0-1_all.deb"
+#: The vault's twistd (as bench/vault-ctl.sh picks it): its venv's interpreter runs the vault.
+TWISTD = os.environ.get("AV_TWISTD") or os.path.join(REPO, ".venv", "bin", "twistd")
+
+
+def interpreter(twistd: str = TWISTD) -> str:
+    """
+    The Python that runs C{twistd}, as "Python 3.11.2 (/usr/bin/python3)"
+    (its venv's base): part of every result, since the same code takes
+    ~14% less CPU on Debian's python3 (built with PGO and LTO) than on an
+    unoptimized build of the same version (docs/benchmarks.md).
+    """
+    with open(twistd) as f:
+        line = f.readline()
+    if not line.startswith("#!"):
+        return "Python (unknown: twistd has no #! line)"
+    out = subprocess.run([*line[2:].split(), "-c", "import platform, sys; "
+                          "print(platform.python_version(), getattr(sys, '_base_executable', sys.executable))"],
+                         capture_output=True, text=True)
+    version, _, base = out.stdout.strip().partition(" ")
+    return f"Python {version} ({base})" if out.returncode == 0 else "Python (unknown: it did not run)"
 
 
 def sh(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -322,7 +342,7 @@ def main() -> None:
     sha = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
                          text=True).stdout.strip()
     print(f"# apt benchmark: commit {sha}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-          f"{a.rounds} alternating rounds\n")
+          f"{a.rounds} alternating rounds; the vault on {interpreter()}\n")
     print("| update + install --download-only of 50 packages | direct | vault | apt-cacher-ng | vault/direct | "
           "vault/apt-cacher-ng |")
     print("|---|---|---|---|---|---|")

@@ -9,7 +9,9 @@ threads (commits) over it, then the same 50 again (warm). With
 ``artifactvault`` first on the path), in alternating rounds: an A/B of two
 versions of the code on the same machine at the same time, where the
 whole apt run (bench/apt_bench.py) is dominated by apt's own CPU and by
-the machine's noise. With ``--apt``, whole runs instead (issue 13's cold
+the machine's noise; with ``--compare-twistd PATH`` too, that build runs
+under another twistd (another venv: another interpreter, with this code
+or the other's). With ``--apt``, whole runs instead (issue 13's cold
 and warm targets): a fresh ``apt-get update`` + ``install --download-only``
 of the 50 packages through a fresh vault, then again (warm), and the same
 against the repository directly, in alternating rounds; many rounds, since
@@ -18,7 +20,8 @@ With ``--big``, the 200 MiB ``.deb`` cold (bench/apt_bench.py's ``big``:
 curl to disk after an update through a fresh vault), per build and direct,
 with the vault's CPU time per download.
 
-    bench/apt_burst.py [--rounds 12] [--compare /path/to/other/checkout] [--apt | --big]
+    bench/apt_burst.py [--rounds 12] [--compare /path/to/other/checkout [--compare-twistd PATH]]
+                       [--apt | --big]
 
 Loopback only; the ports and data of bench/apt_bench.py (run under the same
 ``flock -o /tmp/av-bench.lock``).
@@ -33,7 +36,7 @@ import socket
 import statistics
 import sys
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import apt_bench as b  # noqa: E402  (the repository, the vault's config, apt clients)
@@ -91,9 +94,20 @@ def thread_cpu(pid: int) -> dict[int, float]:
     return out
 
 
-def start_vault(checkout: str) -> None:
-    """A fresh vault (empty cache) running the code of C{checkout} (vault-ctl's twistd imports it first)."""
-    os.environ["PYTHONPATH"] = checkout
+class Build(NamedTuple):
+    """A version of the vault: the code of a checkout, run by a twistd (whose venv's Python runs it)."""
+
+    checkout: str
+    twistd: str
+
+    def __str__(self) -> str:
+        return f"{self.checkout}, {b.interpreter(self.twistd)}"
+
+
+def start_vault(build: Build) -> None:
+    """A fresh vault (empty cache) running C{build} (its checkout first on the path of its twistd)."""
+    os.environ["PYTHONPATH"] = build.checkout
+    os.environ["AV_TWISTD"] = build.twistd
     b.vault("reset")
 
 
@@ -104,6 +118,7 @@ def vaults() -> Iterator[None]:
         yield
     finally:
         os.environ.pop("PYTHONPATH", None)
+        os.environ["AV_TWISTD"] = b.TWISTD
         b.vault("stop")
 
 
@@ -115,12 +130,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--compare", help="another checkout, measured side by side")
+    ap.add_argument("--compare-twistd", help="the twistd that runs the other checkout (default: this one's)")
     ap.add_argument("--apt", action="store_true", help="whole apt-get runs, and the repository directly")
     ap.add_argument("--big", action="store_true", help="the 200 MiB .deb cold, and the repository directly")
     a = ap.parse_args()
-    builds = {"this": b.REPO}
+    builds = {"this": Build(b.REPO, b.TWISTD)}
     if a.compare:
-        builds["compare"] = os.path.abspath(a.compare)
+        builds["compare"] = Build(os.path.abspath(a.compare), os.path.abspath(a.compare_twistd or b.TWISTD))
+    elif a.compare_twistd:
+        ap.error("--compare-twistd goes with --compare")
     os.makedirs(b.AV, exist_ok=True)
     b.repo_up()
     if a.apt:
@@ -153,9 +171,9 @@ def main() -> None:
     med = statistics.median
     print(f"# 50 pool files pipelined {DEPTH} deep after an update, {a.rounds} alternating rounds, {stamp()}\n")
     print("| build | cold, ms | reactor CPU, ms | other threads' CPU, ms | warm, ms |\n|---|---|---|---|---|")
-    for name, path in builds.items():
+    for name, build in builds.items():
         m = {k: med(v) * 1000 for k, v in runs[name].items()}
-        print(f"| {name} ({path}) | {m['cold']:.0f} | {m['reactor']:.0f} | {m['others']:.0f} | {m['warm']:.0f} |")
+        print(f"| {name} ({build}) | {m['cold']:.0f} | {m['reactor']:.0f} | {m['others']:.0f} | {m['warm']:.0f} |")
     print(f"| nginx, the repository directly | {med(direct) * 1000:.0f} | | | |")
 
 
@@ -165,7 +183,7 @@ def rotations(names: list[str], rounds: int) -> Iterator[tuple[int, list[str]]]:
         yield r, names[r % len(names):] + names[:r % len(names)]
 
 
-def alternate(builds: dict[str, str], rounds: int, measure: Callable[[str], None],
+def alternate(builds: dict[str, Build], rounds: int, measure: Callable[[str], None],
               progress: Callable[[], str]) -> None:
     """
     C{rounds} rounds of C{measure(name)} for the repository directly and
@@ -186,11 +204,11 @@ def alternate(builds: dict[str, str], rounds: int, measure: Callable[[str], None
             print(f"round {r + 1}: {progress()}", file=sys.stderr)
 
 
-def label(name: str, builds: dict[str, str]) -> str:
+def label(name: str, builds: dict[str, Build]) -> str:
     return "the repository directly" if name == "direct" else f"{name} ({builds[name]})"
 
 
-def whole_runs(builds: dict[str, str], rounds: int) -> None:
+def whole_runs(builds: dict[str, Build], rounds: int) -> None:
     """Cold and warm apt-get update + install of the 50, per build and direct, alternating; a table."""
     names = ["direct", *builds]
     cold: dict[str, list[float]] = {n: [] for n in names}
@@ -210,7 +228,7 @@ def whole_runs(builds: dict[str, str], rounds: int) -> None:
               f"| {med(warm[name]):.3f} | {med(warm[name]) / med(warm['direct']):.2f}× |")
 
 
-def big_runs(builds: dict[str, str], rounds: int) -> None:
+def big_runs(builds: dict[str, Build], rounds: int) -> None:
     """The 200 MiB .deb cold per build and direct, alternating: MB/s and the vault's CPU seconds; a table."""
     names = ["direct", *builds]
     rates: dict[str, list[float]] = {n: [] for n in names}
