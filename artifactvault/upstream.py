@@ -212,10 +212,21 @@ class _SentAsIs(EncodedURL):
     given into a URI (hyperlink's C{to_uri}), which leaves one already in
     that form as it was at ~6% of the reactor's work for a small cold file
     (bench/apt_burst.py), and fails outright for an IPv6 literal (IDNA
-    refuses its ``:``).
+    refuses its ``:``). Not parsed when made: treq asks for nothing but
+    C{to_uri} and C{to_text}, and hyperlink's parsing was another ~2% of
+    that work; anything else asked of it (its host, its path) parses it
+    then, as L{EncodedURL} would have at once.
     """
 
-    _text = ""
+    def __init__(self, text: str):  # (EncodedURL's parses: see __getattr__)
+        self._text = text
+
+    def __getattr__(self, name: str) -> Any:
+        # (only for what the instance lacks: EncodedURL's parts, before the first parse)
+        if name.startswith("__") or "_scheme" in self.__dict__:
+            raise AttributeError(name)
+        self.__dict__.update(EncodedURL.from_text(self._text).__dict__)
+        return getattr(self, name)
 
     def to_uri(self) -> "_SentAsIs":
         return self
@@ -233,11 +244,12 @@ def as_sent(url: str) -> str | EncodedURL:
     found = _AS_SENT.fullmatch(url)
     if found is None or len(found["host"]) > 253:  # (IDNA's longest name)
         return url
-    try:
-        ready = _SentAsIs.from_text(url)
-    except ValueError:  # (an IPv6 literal that is not one: treq refuses it as ever)
-        return url
-    ready._text = url
+    ready = _SentAsIs(url)
+    if found["host"].startswith("["):
+        try:
+            ready.host  # (parsed now: an IPv6 literal that is not one goes to treq, refused as ever)
+        except ValueError:
+            return url
     return ready
 
 

@@ -710,6 +710,11 @@ class AsSentTests(TestCase):
         self.assertIsInstance(sent, EncodedURL)
         self.assertEqual(sent.to_uri().to_text(), url)
         self.assertEqual(_request_line(url), _request_line(EncodedURL.from_text(url).to_uri().to_text()))
+        # (not parsed when made: its parts, when asked for, are hyperlink's all the same)
+        parsed = EncodedURL.from_text(url)
+        self.assertEqual((sent.scheme, sent.host, sent.port, sent.path, sent.query, sent.fragment),
+                         (parsed.scheme, parsed.host, parsed.port, parsed.path, parsed.query, parsed.fragment))
+        self.assertEqual(sent, parsed)
 
     def test_others_left_to_treq(self) -> None:
         """Anything not already in URI form is passed as it came, for treq to encode (or refuse)."""
