@@ -17,9 +17,10 @@ apt_install() { # PACKAGE... -> installs the missing ones (needs root)
 
 python_for_venv() { # -> the interpreter the venv is made from
   # $AV_PYTHON if set; else the distribution's own python3 when it is 3.11 or
-  # newer (Debian builds it with PGO and LTO: the vault spends ~14% less CPU
-  # a request on it than on an unoptimized build such as pyenv's default,
-  # docs/benchmarks.md), even where another python3 comes first on the PATH;
+  # newer (Debian builds it with PGO and LTO: the vault's reactor spent 11-16%
+  # less CPU on a burst of cold misses on it than on an unoptimized build such
+  # as pyenv's default, docs/benchmarks.md), even where another python3 comes
+  # first on the PATH;
   # else python3.
   if [[ -n ${AV_PYTHON:-} ]]; then
     echo "$AV_PYTHON"

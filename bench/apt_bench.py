@@ -58,8 +58,8 @@ def interpreter(twistd: str = TWISTD) -> str:
     """
     The Python that runs C{twistd}, as "Python 3.11.2 (/usr/bin/python3)"
     (its venv's base): part of every result, since the same code takes
-    ~14% less CPU on Debian's python3 (built with PGO and LTO) than on an
-    unoptimized build of the same version (docs/benchmarks.md).
+    11-16% less CPU on Debian's python3 (built with PGO and LTO) than on an
+    unoptimized build (docs/benchmarks.md, "The interpreter").
     """
     with open(twistd) as f:
         line = f.readline()
