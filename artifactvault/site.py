@@ -4,10 +4,11 @@ The HTTP site: one structured log line per request (backend, path, cache
 status, HTTP status, bytes, duration), including requests whose client left.
 The query string is left out of the log: it may carry a signature or token.
 A request's duration counts from when its first bytes arrived (the
-channel's clock reading for the data that held its request line), not from
-when Twisted made its request object: a pipelined request waits, parsed
-but unanswered, until the one before it is done, and that wait is the
-client's too.
+channel's clock reading for the read that held the first byte of its
+request line), not from when Twisted made its request object: a pipelined
+request waits, parsed but unanswered, until the one before it is done, and
+that wait is the client's too; it does not count from the bytes buffered
+before its own.
 
 A request whose target is an absolute URI (``GET http://host/path``: a
 client using the vault as its HTTP proxy, like apt with
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import deque
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -102,7 +104,8 @@ class VaultRequest(Request):
         channel = self.channel
         self._clock = getattr(getattr(channel, "site", None), "monotonic", time.monotonic)
         #: When the data holding this request's first line arrived.
-        self.started = getattr(channel, "arrived", None) or self._clock()
+        arrived = getattr(channel, "arrived", None)
+        self.started = arrived if arrived is not None else self._clock()
         self._logged = False
         site = getattr(channel, "site", None)
         if isinstance(site, VaultSite):
@@ -181,9 +184,10 @@ class VaultChannel(HTTPChannel):
     when the bytes of the request it parses next arrived, and holds clients
     to its L{ClientLimits} (see the module doc).
 
-    @ivar arrived: The site clock's reading when the data now being parsed
-        arrived: for bytes Twisted buffered while it answered the request
-        before them (pipelining), when those arrived.
+    @ivar arrived: The site clock's reading when the request now being
+        parsed began to arrive: the read that held the first byte of its
+        request line, also for bytes Twisted buffered while it answered the
+        requests before them (pipelining), and when its line came in pieces.
     @ivar limits: The site's L{ClientLimits}.
     @ivar client_host: The client's address, as counted for
         C{max_connections_per_client} (None: not counted).
@@ -191,8 +195,10 @@ class VaultChannel(HTTPChannel):
 
     _first = True
     arrived: float | None = None
-    _buffered_at: float | None = None
-    _replaying_from: float | None = None
+    #: Bytes read from the connection so far (not counting Twisted's replays of buffered ones).
+    _received = 0
+    #: Whether Twisted is passing bytes it buffered through dataReceived again (see requestDone).
+    _replaying = False
     limits = ClientLimits()
     client_host: str | None = None
     #: The head now being parsed: its lines so far, bytes of header fields, fields.
@@ -227,8 +233,13 @@ class VaultChannel(HTTPChannel):
         # (Twisted replays buffered bytes through here too: see requestDone)
         if self._refused:
             return
-        replayed, self._replaying_from = self._replaying_from, None
-        self.arrived = replayed if replayed is not None else self.site.monotonic()
+        if not self._replaying:
+            self.arrived = self.site.monotonic()
+            if data:
+                # (the reads whose bytes were all parsed, a request body's, are forgotten first)
+                self._arrival(self._received - len(self._buffer) - sum(map(len, self._dataBuffer)))
+                self._reads.append((self._received, self.arrived))
+                self._received += len(data)
         if self._first and data:
             self._first = False
             if data.startswith(TLS_HANDSHAKE):
@@ -245,8 +256,6 @@ class VaultChannel(HTTPChannel):
         if self._refused:
             return
         handling = self._handlingRequest
-        if handling and not self._dataBuffer:
-            self._buffered_at = self.arrived
         super().rawDataReceived(data)
         if handling and self._dataBuffer:
             self._look_ahead()
@@ -260,6 +269,9 @@ class VaultChannel(HTTPChannel):
         if self._lines == 0:
             if line:  # (Twisted eats one empty line before a request line)
                 self._lines = 1
+                # (every byte read and not yet parsed follows this line: the rest of the read it
+                # came in, and what Twisted buffered while it answered the requests before it)
+                self.arrived = self._arrival(self._received - len(self._buffer) - len(line) - len(self.delimiter))
                 parts = line.split(b" ")
                 method, target = (parts[0], parts[1]) if len(parts) == 3 else (b"-", line)
                 self._request_line = (method, target)
@@ -374,21 +386,33 @@ class VaultChannel(HTTPChannel):
     def requestDone(self, request: Any) -> None:
         # The bytes buffered meanwhile are parsed now, passed to dataReceived;
         # the first request among them is the one answered next.
-        if self._dataBuffer:
-            self._replaying_from = self._buffered_at
         if self._ahead:
             self._ahead.pop(0)
-        self._buffered_at = None
+        self._replaying = True
         try:
             super().requestDone(request)
         finally:
-            self._replaying_from = None
+            self._replaying = False
+
+    def _arrival(self, position: int) -> float | None:
+        """
+        When the read that held byte C{position} of the connection's bytes
+        arrived; reads wholly before it are forgotten (requests are parsed
+        in order: no later question is about them).
+        """
+        reads = self._reads
+        while len(reads) > 1 and reads[1][0] <= position:
+            reads.popleft()
+        return reads[0][1] if reads else self.arrived
 
     def __init__(self) -> None:
         super().__init__()
         #: For each complete request looked at in the buffer, in order:
         #: whether its download was started ahead (see the module doc).
         self._ahead: list[bool] = []
+        #: (position of its first byte among the connection's, when it arrived) of
+        #: each read that may hold a request line not parsed yet (L{_arrival}).
+        self._reads: deque[tuple[int, float]] = deque()
 
     def _look_ahead(self) -> None:
         """

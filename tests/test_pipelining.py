@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import lzma
+import re
 import socket
 import threading
 import time
@@ -136,6 +137,31 @@ class PipelinedMissTests(TestCase):
         self.daemon.wait_log(f"stored /debian/{paths[3]}")
         self.release(*paths[:3])
         self.assertEqual(read_answers(self.sock, 4), [(200, self.debs[p]) for p in paths])
+
+    def test_durations_from_each_arrival(self) -> None:
+        """
+        Each pipelined request's logged duration counts from when its own
+        bytes came over the socket, not from the oldest ones buffered: the
+        second and third of three wait behind the first, held; the third is
+        sent 0.3 s after the second (a gap made, not an event awaited), so
+        its line is ~300 ms shorter (it said the same as the second's).
+        """
+        first, second, third = self.paths[:3]
+        self.send([f"/debian/{first}"])
+        self.wait_asked(1)
+        self.send([f"/debian/{second}"])
+        self.wait_asked(2)  # (read, and fetched ahead: it waits in the buffer)
+        time.sleep(0.3)
+        self.send([f"/debian/{third}"])
+        self.wait_asked(3)
+        self.release()
+        self.assertEqual(read_answers(self.sock, 3), [(200, self.debs[p]) for p in (first, second, third)])
+
+        def logged_ms(path: str) -> float:
+            self.daemon.wait_log(f"GET /debian/{path} 200 ")
+            return float(re.search(rf"GET /debian/{re.escape(path)} 200 \S+ \d+ bytes ([\d.]+) ms",
+                                   self.daemon.log()).group(1))
+        self.assertGreater(logged_ms(second) - logged_ms(third), 250)
 
     def test_proxy_form(self) -> None:
         """The same for apt's proxy form (absolute URIs of the mirror's host)."""

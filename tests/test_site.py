@@ -5,6 +5,8 @@ never with the query string.
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import error as neterror
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -12,6 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from artifactvault.site import VaultSite, _plain_get
 from tests.fakes import Harness, log_events
@@ -106,10 +109,122 @@ class SiteLogTests(SynchronousTestCase):
         self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 2)
         self.assertEqual([e["ms"] for e in self.events], [5000.0, 5000.0])
 
+    def test_pipelined_from_own_arrival(self) -> None:
+        """
+        Each pipelined request counts from when the first bytes of its own
+        request line arrived, not from the oldest bytes buffered behind the
+        request being answered: the third of three began 3 s after the
+        second (and ended a second later still), both while the first was
+        answered; its line says 2000 ms (it said 4000).
+        """
+        now = [100.0]
+        self.harness.site.monotonic = lambda: now[0]
+        channel = self.harness.site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        request = b"GET /files/a.bin HTTP/1.1\r\nHost: x\r\n\r\n"
+        for at, data in ((100, request), (101, request), (103, request[:10]), (104, request[10:])):
+            now[0] = at
+            channel.dataReceived(data)
+        now[0] = 105
+        self.harness.requests[0].respond(200, b"0123456789")
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 3)
+        self.assertEqual([e["ms"] for e in self.events], [5000.0, 4000.0, 2000.0])
+
     def test_server_header(self) -> None:
         """Responses name the vault in Server."""
         answer = self.harness.get("/files/a/../b").answer()
         self.assertTrue(answer.header("Server").startswith("artifactvault/"))
+
+
+class _HoldFirst(Resource):
+    """Answers every request at once but the first, which waits for L{release}."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list = []
+        self.seen = 0
+
+    def render_GET(self, request):
+        self.seen += 1
+        if self.seen == 1:
+            self.held.append(request)
+            return NOT_DONE_YET
+        return b"ok"
+
+    def release(self) -> None:
+        request = self.held.pop()
+        request.write(b"ok")
+        request.finish()
+
+
+_HEADS = st.lists(st.sampled_from([b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
+                                   b"GET /bb/c HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n",
+                                   b"HEAD /d HTTP/1.1\r\nHost: a-longer-host.test\r\n\r\n"]),
+                  min_size=1, max_size=6)
+
+
+class PipelinedDurationTests(SynchronousTestCase):
+    """Every request's logged duration, however its pipelined bytes were cut into reads."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(_HEADS, st.data())
+    def test_each_from_its_first_byte(self, heads: list[bytes], data: st.DataObject) -> None:
+        """
+        Requests pipelined on one connection, their bytes cut into reads at
+        any places, one second apart, the first request answered only after
+        the last read: each request's line counts from the read that held
+        the first byte of its request line.
+        """
+        stream = b"".join(heads)
+        cuts = sorted(data.draw(st.sets(st.integers(1, len(stream) - 1), max_size=8), label="cuts"))
+        reads = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+        events: list[dict] = []
+        from twisted.logger import globalLogPublisher
+
+        def observe(event: dict) -> None:
+            if event.get("log_namespace") == "artifactvault.site":
+                events.append(event)
+        globalLogPublisher.addObserver(observe)
+        try:
+            now = [0.0]
+            resource = _HoldFirst()
+            site = VaultSite(resource, reactor=Clock())
+            site.monotonic = lambda: now[0]
+            channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+            transport = StringTransport()
+            channel.makeConnection(transport)
+            for second, read in enumerate(reads):
+                now[0] = float(second)
+                channel.dataReceived(read)
+            end = now[0] = float(len(reads))
+            resource.release()
+        finally:
+            globalLogPublisher.removeObserver(observe)
+        starts = [sum(map(len, heads[:i])) for i in range(len(heads))]
+        read_of = [sum(1 for c in cuts if c <= start) for start in starts]  # (the read each begins in)
+        self.assertEqual([e["ms"] for e in events], [(end - second) * 1000 for second in read_of])
+
+
+    def test_reads_parsed_forgotten(self) -> None:
+        """
+        The reads a channel remembers (for the arrival of request lines not
+        parsed yet) are only those whose bytes may still hold one: a body
+        sent in 2,000 reads leaves no trail of them.
+        """
+        site = VaultSite(_HoldFirst(), reactor=Clock())
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n")
+        most = 0
+        for _ in range(2000):
+            channel.dataReceived(b"x")
+            most = max(most, len(channel._reads))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 405 "), transport.value()[:40])
+        self.assertLessEqual(most, 2)
 
 
 class _Hello(Resource):
