@@ -35,6 +35,11 @@ setup() { # EXTRAS -> a venv with the project installed (editable) and its depen
   local python; python=$(python_for_venv)
   "$python" -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
   [[ -x $VENV/bin/python ]] || "$python" -m venv "$VENV"
+  local made wanted  # (a venv made earlier with another interpreter is kept: say so)
+  made=$(sed -n 's/^home = //p' "$VENV/pyvenv.cfg" 2>/dev/null)
+  wanted=$(dirname "$(command -v "$python")")
+  [[ -z $made || $made == "$wanted" ]] ||
+    echo "dev.sh: $VENV was made with the Python in $made, not $python (remove $VENV to make it again)" >&2
   local stamp=$VENV/.installed-$1
   if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
     "$VENV/bin/pip" install -q --upgrade pip
