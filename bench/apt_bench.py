@@ -40,6 +40,8 @@ import sys
 import threading
 import time
 
+from vaultctl import interpreter  # (apt_burst's too, as b.interpreter)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KIT = os.path.join(REPO, "tests", "upstreams")
 AV = os.path.join(os.environ.get("AV", "/tmp/av-anchors"), "apt-bench")
@@ -52,24 +54,6 @@ MISMATCH = ("Hash Sum mismatch", "Hashes do not match", "File has unexpected siz
 BIG = "pool/main/a/av-big/av-big_1.0-1_all.deb"
 #: The vault's twistd (as bench/vault-ctl.sh picks it): its venv's interpreter runs the vault.
 TWISTD = os.environ.get("AV_TWISTD") or os.path.join(REPO, ".venv", "bin", "twistd")
-
-
-def interpreter(twistd: str = TWISTD) -> str:
-    """
-    The Python that runs C{twistd}, as "Python 3.11.2 (/usr/bin/python3)"
-    (its venv's base): part of every result, since the same code takes
-    11-16% less CPU on Debian's python3 (built with PGO and LTO) than on an
-    unoptimized build (docs/benchmarks.md, "The interpreter").
-    """
-    with open(twistd) as f:
-        line = f.readline()
-    if not line.startswith("#!"):
-        return "Python (unknown: twistd has no #! line)"
-    out = subprocess.run([*line[2:].split(), "-c", "import platform, sys; "
-                          "print(platform.python_version(), getattr(sys, '_base_executable', sys.executable))"],
-                         capture_output=True, text=True)
-    version, _, base = out.stdout.strip().partition(" ")
-    return f"Python {version} ({base})" if out.returncode == 0 else "Python (unknown: it did not run)"
 
 
 def sh(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -342,7 +326,7 @@ def main() -> None:
     sha = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
                          text=True).stdout.strip()
     print(f"# apt benchmark: commit {sha}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-          f"{a.rounds} alternating rounds; the vault on {interpreter()}\n")
+          f"{a.rounds} alternating rounds; the vault on {interpreter(TWISTD)}\n")
     print("| update + install --download-only of 50 packages | direct | vault | apt-cacher-ng | vault/direct | "
           "vault/apt-cacher-ng |")
     print("|---|---|---|---|---|---|")

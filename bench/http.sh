@@ -42,7 +42,7 @@ export EXTRA_TARGETS="vault=http://127.0.0.1:$PORT/files"
 export EXTRA_SLOW_TARGETS="vault=http://127.0.0.1:$PORT/slow"
 export RSS_PIDFILE_vault=$VDIR/twistd.pid
 export CLEAN_vault="find $VDIR/cache -type f -size +100M -delete"
-echo "# vault: $(git -C "$REPO" rev-parse --short HEAD), $(date -u +%FT%TZ)"
+echo "# vault: $(git -C "$REPO" rev-parse --short HEAD) on $("$REPO/bench/vault-ctl.sh" python), $(date -u +%FT%TZ)"
 peer_areas=()
 for a in $AREAS; do [[ $a == extra ]] || peer_areas+=("$a"); done
 ((${#peer_areas[@]})) && "$PEERS/run-all.sh" "${peer_areas[@]}"

@@ -44,6 +44,8 @@ import time
 import urllib.request
 from typing import Any, Callable
 
+from vaultctl import interpreter
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UP = os.path.join(REPO, "tests", "upstreams")
 BASE = os.environ.get("AV_BENCH_DIR", "/tmp/av-anchors")
@@ -443,7 +445,7 @@ def main() -> None:
     try:
         env = setup()
         commit = run("git", "-C", REPO, "rev-parse", "--short", "HEAD").stdout.strip()
-        print(f"# bench/npm_bench.py at {commit}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        print(f"# bench/npm_bench.py at {commit} on {interpreter()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
               f"node {run('node', '--version').stdout.strip()}, npm {run('npm', '--version').stdout.strip()}, "
               f"verdaccio 6.8.0; real packages: {', '.join(env['real']) or 'none'}", flush=True)
         if "wrk" in parts:

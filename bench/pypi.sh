@@ -27,6 +27,6 @@ CONF
 CTL="$REPO/bench/vault-ctl.sh"
 trap '"$CTL" stop "$VAULT_DIR" "$VAULT_PORT"' EXIT
 "$CTL" reset "$VAULT_DIR" "$VAULT_PORT"
-echo "# vault: $(git -C "$REPO" rev-parse --short HEAD), $(date -u +%FT%TZ)"
+echo "# vault: $(git -C "$REPO" rev-parse --short HEAD) on $("$REPO/bench/vault-ctl.sh" python), $(date -u +%FT%TZ)"
 EXTRA_INDEXES="vault=http://127.0.0.1:$VAULT_PORT/pypi/" RESET_vault="$CTL reset $VAULT_DIR $VAULT_PORT" \
   RSS_PIDFILE_vault="$VAULT_DIR/twistd.pid" "$PEERS/30-pypi.sh"

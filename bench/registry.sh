@@ -30,7 +30,7 @@ backends:
 CONF
 trap '"$CTL" stop "$VAULT_DIR" "$VAULT_PORT"' EXIT
 "$CTL" reset "$VAULT_DIR" "$VAULT_PORT"
-echo "# vault: $(git -C "$REPO" rev-parse --short HEAD), $(date -u +%FT%TZ)"
+echo "# vault: $(git -C "$REPO" rev-parse --short HEAD) on $("$REPO/bench/vault-ctl.sh" python), $(date -u +%FT%TZ)"
 EXTRA_REGISTRIES="vault=127.0.0.1:$VAULT_PORT/hub" RESET_vault="$CTL reset $VAULT_DIR $VAULT_PORT" \
   RSS_PIDFILE_vault="$VAULT_DIR/twistd.pid" "$PEERS/40-registry.sh"
 echo

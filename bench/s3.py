@@ -36,6 +36,8 @@ import tempfile
 import time
 import uuid
 
+from vaultctl import this_interpreter
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UPSTREAMS = os.path.join(REPO, "tests", "upstreams")
 BASE = int(os.environ.get("BENCH_PORT_BASE", "31800"))
@@ -189,7 +191,8 @@ def main() -> None:
             node.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"# bench/s3.py: {args.mb} MiB, {args.rounds} rounds, vault {run('git', '-C', REPO, 'rev-parse', '--short', 'HEAD').strip()}")
+    print(f"# bench/s3.py: {args.mb} MiB, {args.rounds} rounds, vault {run('git', '-C', REPO, 'rev-parse', '--short', 'HEAD').strip()} "
+          f"on {this_interpreter()}")
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in results:
         groups.setdefault((row["what"], row["who"]), []).append(row)

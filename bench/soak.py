@@ -47,6 +47,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from tests import support  # noqa: E402
+from vaultctl import this_interpreter  # noqa: E402
 
 KINDS = ("small hit", "large hit", "range", "cold miss", "404", "abandoned")
 WEIGHTS = (40, 10, 20, 10, 10, 10)
@@ -293,7 +294,7 @@ def main() -> None:
         served = sum(soak.counts.values())
         commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True).stdout.strip()
-        print(f"# soak: commit {commit}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        print(f"# soak: commit {commit} on {this_interpreter()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
               f"{args.connections} connections for {args.seconds:g} s ({wall:.1f} s with the last answers), "
               f"load average before {load[0]:.1f}\n")
         print("| request | count | median ms | p99 ms |\n|---|---:|---:|---:|")

@@ -45,6 +45,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from tests import support  # noqa: E402
+from vaultctl import this_interpreter  # noqa: E402
 
 #: What pip installs (with their dependencies, all among them or the kit's set).
 PACKAGES = ("requests flask pytest beautifulsoup4 python-dateutil pytz tzdata pyyaml docutils pygments "
@@ -191,7 +192,7 @@ def main() -> None:
                     shutil.rmtree(work, ignore_errors=True)
         commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True).stdout.strip()
-        print(f"# workload: commit {commit}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        print(f"# workload: commit {commit} on {this_interpreter()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
               f"{args.rounds} rounds each, alternating; per round 1 pip install ({len(PACKAGES)} packages "
               f"named), {len(IMAGES)} skopeo copies, {args.curl} curl downloads, all at once; "
               f"load average {min(load):.1f} to {max(load):.1f}\n")
