@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 
-from vaultctl import interpreter  # (apt_burst's too, as b.interpreter)
+from vaultctl import interpreter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KIT = os.path.join(REPO, "tests", "upstreams")
@@ -52,8 +52,6 @@ ACNG_DIR = os.path.join(AV, "acng")
 PACKAGES = [f"av-pkg-{i:02d}" for i in range(1, 51)]
 MISMATCH = ("Hash Sum mismatch", "Hashes do not match", "File has unexpected size")
 BIG = "pool/main/a/av-big/av-big_1.0-1_all.deb"
-#: The vault's twistd (as bench/vault-ctl.sh picks it): its venv's interpreter runs the vault.
-TWISTD = os.environ.get("AV_TWISTD") or os.path.join(REPO, ".venv", "bin", "twistd")
 
 
 def sh(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -326,7 +324,7 @@ def main() -> None:
     sha = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
                          text=True).stdout.strip()
     print(f"# apt benchmark: commit {sha}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-          f"{a.rounds} alternating rounds; the vault on {interpreter(TWISTD)}\n")
+          f"{a.rounds} alternating rounds; the vault on {interpreter()}\n")
     print("| update + install --download-only of 50 packages | direct | vault | apt-cacher-ng | vault/direct | "
           "vault/apt-cacher-ng |")
     print("|---|---|---|---|---|---|")

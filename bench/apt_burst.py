@@ -40,6 +40,10 @@ from typing import Callable, Iterator, NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import apt_bench as b  # noqa: E402  (the repository, the vault's config, apt clients)
+from vaultctl import interpreter  # noqa: E402
+
+#: The twistd the caller named (None: vault-ctl's own choice, the checkout's venv).
+GIVEN_TWISTD = os.environ.get("AV_TWISTD")
 
 PATHS = [f"/debian/pool/main/a/{p}/{p}_1.0-1_all.deb" for p in b.PACKAGES]
 DEPTH = 10
@@ -98,16 +102,24 @@ class Build(NamedTuple):
     """A version of the vault: the code of a checkout, run by a twistd (whose venv's Python runs it)."""
 
     checkout: str
-    twistd: str
+    twistd: str | None  # (None: vault-ctl's own)
 
     def __str__(self) -> str:
-        return f"{self.checkout}, {b.interpreter(self.twistd)}"
+        return f"{self.checkout}, {interpreter(self.twistd)}"
+
+
+def use_twistd(twistd: str | None) -> None:
+    """Make vault-ctl run C{twistd} (None: its own choice)."""
+    if twistd is None:
+        os.environ.pop("AV_TWISTD", None)
+    else:
+        os.environ["AV_TWISTD"] = twistd
 
 
 def start_vault(build: Build) -> None:
     """A fresh vault (empty cache) running C{build} (its checkout first on the path of its twistd)."""
     os.environ["PYTHONPATH"] = build.checkout
-    os.environ["AV_TWISTD"] = build.twistd
+    use_twistd(build.twistd)
     b.vault("reset")
 
 
@@ -118,7 +130,7 @@ def vaults() -> Iterator[None]:
         yield
     finally:
         os.environ.pop("PYTHONPATH", None)
-        os.environ["AV_TWISTD"] = b.TWISTD
+        use_twistd(GIVEN_TWISTD)
         b.vault("stop")
 
 
@@ -134,9 +146,10 @@ def main() -> None:
     ap.add_argument("--apt", action="store_true", help="whole apt-get runs, and the repository directly")
     ap.add_argument("--big", action="store_true", help="the 200 MiB .deb cold, and the repository directly")
     a = ap.parse_args()
-    builds = {"this": Build(b.REPO, b.TWISTD)}
+    builds = {"this": Build(b.REPO, GIVEN_TWISTD)}
     if a.compare:
-        builds["compare"] = Build(os.path.abspath(a.compare), os.path.abspath(a.compare_twistd or b.TWISTD))
+        builds["compare"] = Build(os.path.abspath(a.compare),
+                                   os.path.abspath(a.compare_twistd) if a.compare_twistd else GIVEN_TWISTD)
     elif a.compare_twistd:
         ap.error("--compare-twistd goes with --compare")
     os.makedirs(b.AV, exist_ok=True)
