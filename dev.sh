@@ -37,7 +37,8 @@ setup() { # EXTRAS -> a venv with the project installed (editable) and its depen
   [[ -x $VENV/bin/python ]] || "$python" -m venv "$VENV"
   local made wanted  # (a venv made earlier with another interpreter is kept: say so)
   made=$(sed -n 's/^home = //p' "$VENV/pyvenv.cfg" 2>/dev/null)
-  wanted=$(dirname "$(command -v "$python")")
+  # (as venv writes it: the directory of the interpreter behind a shim or a symlinked name)
+  wanted=$("$python" -c 'import os, sys; print(os.path.dirname(getattr(sys, "_base_executable", sys.executable)))')
   [[ -z $made || $made == "$wanted" ]] ||
     echo "dev.sh: $VENV was made with the Python in $made, not $python (remove $VENV to make it again)" >&2
   local stamp=$VENV/.installed-$1
