@@ -23,7 +23,8 @@ served directly, in alternating rounds:
 
 Loopback only; ports 31097 (repository), 31720 (vault), 31721 (apt-cacher-ng),
 31722 (the delaying relay, with --delay-ms);
-data in $AV (default /tmp/av-anchors)/apt-bench. Installs apt-cacher-ng with
+data in $AV (default /tmp/av-anchors)/apt-bench (what a run empties or
+removes goes into its trash/, removed at the end: see ``discard``). Installs apt-cacher-ng with
 apt-get if missing (its packaged service kept from starting). Every process
 started here is stopped by its pid.
 """
@@ -31,6 +32,7 @@ started here is stopped by its pid.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shutil
 import signal
@@ -52,6 +54,43 @@ ACNG_DIR = os.path.join(AV, "acng")
 PACKAGES = [f"av-pkg-{i:02d}" for i in range(1, 51)]
 MISMATCH = ("Hash Sum mismatch", "Hashes do not match", "File has unexpected size")
 BIG = "pool/main/a/av-big/av-big_1.0-1_all.deb"
+
+
+TRASH = os.path.join(AV, "trash")
+
+
+def discard(path: str) -> None:
+    """
+    Empty a cache or remove an apt client's files by moving C{path} into
+    L{TRASH}, removed only when the benchmark ends, never between timed runs.
+    This machine's ext4 has no journal, and without one the kernel's inode
+    allocator passes over every inode freed in the last 5 seconds
+    (C{recently_deleted()} in fs/ext4/ialloc.c, which reads each one's inode
+    table block): after an C{rm -rf} of a cache of a few hundred files,
+    each file created in the next seconds paid a scan over them. That made a
+    burst of 50 cold misses cost the vault's commit thread 62 instead of
+    24-30 ms of CPU (perf: C{ext4_create} < C{find_inode_bit} <
+    C{recently_deleted}), on 2 cores shared with apt, and apt-cacher-ng and
+    apt itself paid it too; no real cache is emptied seconds before its cold
+    run. Files of 1 MiB or more are truncated first (their space back at
+    once; truncating frees no inode).
+    """
+    if not os.path.lexists(path):
+        return
+    for top, _dirs, files in os.walk(path):
+        for name in files:
+            f = os.path.join(top, name)
+            if not os.path.islink(f) and os.path.getsize(f) >= 1 << 20:
+                os.truncate(f, 0)
+    os.makedirs(TRASH, exist_ok=True)
+    os.rename(path, os.path.join(TRASH, str(time.monotonic_ns())))
+
+
+def empty_trash() -> None:
+    shutil.rmtree(TRASH, ignore_errors=True)
+
+
+atexit.register(empty_trash)
 
 
 def sh(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -84,6 +123,9 @@ def vault(cmd: str, mirror_port: int = UP_PORT) -> None:
                 f"  - type: apt\n    config: {{prefix: /debian/, mirror_url: 'http://127.0.0.1:{mirror_port}/debian'}}\n"
                 f"  - type: apt\n    config: {{prefix: /flap/, mirror_url: 'http://127.0.0.1:{UP_PORT}/flap', "
                 f"index_ttl: 0}}\n")
+    if cmd == "reset":  # (stopped before its cache is taken away, so that nothing writes into the old one)
+        sh(os.path.join(REPO, "bench", "vault-ctl.sh"), "stop", VAULT_DIR, str(VAULT_PORT))
+        discard(os.path.join(VAULT_DIR, "cache"))
     sh(os.path.join(REPO, "bench", "vault-ctl.sh"), cmd, VAULT_DIR, str(VAULT_PORT))
 
 
@@ -143,7 +185,7 @@ def acng_stop() -> None:
 
 def acng_reset() -> None:
     acng_stop()
-    shutil.rmtree(os.path.join(ACNG_DIR, "cache"), ignore_errors=True)
+    discard(os.path.join(ACNG_DIR, "cache"))
     acng_start()
 
 
@@ -187,7 +229,7 @@ class Client:
             raise RuntimeError(f"apt-get {args[0]} failed:\n{(p.stdout + p.stderr)[-1500:]}")
 
     def close(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        discard(self.root)
 
 
 URLS = {"direct": f"http://127.0.0.1:{UP_PORT}/debian", "vault": f"http://127.0.0.1:{VAULT_PORT}/debian",
