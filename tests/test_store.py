@@ -5,9 +5,14 @@ and never served with wrong bytes whatever was left behind by a crash.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
+import json
 import os
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -15,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from artifactvault.cache import spool as spoolmod
 from artifactvault.cache import store as storemod
 from artifactvault.cache.store import Entry, FileStore
+from tests.headers import bounded
 
 
 class StoreMixin:
@@ -257,9 +263,47 @@ class CommitTests(StoreMixin, SynchronousTestCase):
         self.assertIsNone(self.new_store().lookup("k"))
         self.assertNotIn(b"new", [self.raw(name) for name in self.files("data")])
 
+    def test_shard_removed_by_hand(self) -> None:
+        """
+        A shard directory that is gone (removed by hand) is made again by the
+        next commit into it: commits do not ask for it first, they make it
+        when the rename says it is missing.
+        """
+        entry = self.put("k", b"one")
+        shard = os.path.join(self.root, "data", entry.data.split("/")[0])
+        for name in os.listdir(shard):
+            os.unlink(os.path.join(shard, name))
+        os.rmdir(shard)
+        self.store.forget("k")
+        entry = self.put("k", b"two")
+        self.assertEqual(self.read(self.new_store().lookup("k")), b"two")
+        self.assertEqual(self.store.spool.in_use(), [])
+
+    def test_names_unique(self) -> None:
+        """Commits of one key name a new data file each time, and no metadata temp file is left."""
+        names = {self.put("k", b"x%d" % i).data for i in range(50)}
+        self.assertEqual(len(names), 50)
+        kh = FileStore.key_hash("k")
+        self.assertEqual(self.files("data"), sorted([self.store.lookup("k").data, f"{kh[:2]}/{kh}.json"]))
+
     def raw(self, name: str) -> bytes:
         with open(os.path.join(self.root, "data", name), "rb") as f:
             return f.read()
+
+
+class EntryJsonTests(SynchronousTestCase):
+    """An entry's metadata as JSON: every field, as C{dataclasses.asdict} would give them, and back."""
+
+    @given(st.builds(
+        Entry, key=st.text(), data=st.text(), size=st.integers(0, 2**63), stored_at=st.floats(allow_nan=False),
+        fresh_until=st.none() | st.floats(allow_nan=False), etag=st.none() | st.text(),
+        headers=st.dictionaries(st.text(), st.text()), status=st.integers(100, 599),
+        variant=st.none() | st.dictionaries(st.text(), st.none() | st.text()), label=st.text()))
+    @bounded(200)
+    def test_round_trip(self, entry: Entry) -> None:
+        raw = entry.to_json()
+        self.assertEqual(raw, json.dumps(dataclasses.asdict(entry), sort_keys=True).encode())
+        self.assertEqual(Entry.from_json(raw), entry)
 
 
 class RecoveryTests(StoreMixin, SynchronousTestCase):

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import os
 import secrets
 import time
@@ -293,8 +294,7 @@ class FileStore(StoreBasics):
 
     def _read_meta(self, path: str) -> Entry | None:
         try:
-            with open(path, "rb") as f:
-                return Entry.from_json(f.read())
+            return Entry.from_json(_read_all(path))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError, KeyError):
@@ -411,7 +411,7 @@ class FileStore(StoreBasics):
         if not self.fits(entry.size):
             return fail(ValueError(f"{entry.size} bytes is more than max_object_size"))
         kh = self.key_hash(entry.key)
-        entry.data = f"{kh[:2]}/{kh}.{secrets.token_hex(8)}"
+        entry.data = f"{kh[:2]}/{kh}.{_unique()}"
         run = self._run_commit if durable else _sync_run
         d = run(self._commit, temp_path, fd, entry, durable)
         d.addCallbacks(lambda _: self._committed(entry), self._commit_failed, errbackArgs=(entry.key,))
@@ -421,11 +421,14 @@ class FileStore(StoreBasics):
         if sync:
             os.fsync(fd)
         shard = os.path.join(self.data_dir, entry.data.split("/")[0])
-        os.makedirs(shard, exist_ok=True)
         meta_path = self._meta_path(self.key_hash(entry.key))
         old = self._read_meta(meta_path)
         data_path = self.data_path(entry)
-        os.rename(temp_path, data_path)
+        try:
+            os.rename(temp_path, data_path)
+        except FileNotFoundError:  # (the shard's first file: made here, not asked for before every commit)
+            os.makedirs(shard, exist_ok=True)
+            os.rename(temp_path, data_path)
         try:
             self._write_meta(meta_path, entry, sync=sync)
             if sync:
@@ -463,13 +466,18 @@ class FileStore(StoreBasics):
         return failure
 
     def _write_meta(self, path: str, entry: Entry, sync: bool) -> None:
-        tmp = path + ".tmp-" + secrets.token_hex(4)
+        # (os-level calls: open() would also ask the file for its size, its
+        # position and whether it is a terminal, each a system call that
+        # lets the reactor's thread and this one trade the GIL)
+        tmp = f"{path}.tmp-{_unique()}"
         try:
-            with open(tmp, "wb") as f:
-                f.write(entry.to_json())
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                write_all(fd, entry.to_json())
                 if sync:
-                    f.flush()
-                    os.fsync(f.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except BaseException:
             _unlink(tmp)
@@ -673,6 +681,34 @@ def _unlink(path: str) -> None:
 def _unlink_all(paths: list[str]) -> None:
     for path in paths:
         _unlink(path)
+
+
+def _read_all(path: str) -> bytes:
+    """All of a small file's bytes, with only the system calls that need (see L{FileStore._write_meta})."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+#: A random part chosen once per process, so that a name made here is none
+#: an earlier process made.
+_PROCESS_PART = secrets.token_hex(6)
+_counter = itertools.count()
+
+
+def _unique() -> str:
+    """
+    A part of a file name no other made by this process (or, but for a
+    2**-48 chance, by any earlier one) has: the commit's data file and its
+    metadata's temp file. Not C{secrets.token_hex} each time: that is a
+    C{getrandom} system call for every commit, on the reactor.
+    """
+    return f"{_PROCESS_PART}{next(_counter):x}"
 
 
 def _fsync_dir(path: str) -> None:
