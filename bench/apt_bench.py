@@ -64,16 +64,18 @@ def discard(path: str) -> None:
     Empty a cache or remove an apt client's files by moving C{path} into
     L{TRASH}, removed only when the benchmark ends, never between timed runs.
     This machine's ext4 has no journal, and without one the kernel's inode
-    allocator passes over every inode freed in the last 5 seconds
-    (C{recently_deleted()} in fs/ext4/ialloc.c, which reads each one's inode
-    table block): after an C{rm -rf} of a cache of a few hundred files,
-    each file created in the next seconds paid a scan over them. That made a
-    burst of 50 cold misses cost the vault's commit thread 62 instead of
-    24-30 ms of CPU (perf: C{ext4_create} < C{find_inode_bit} <
-    C{recently_deleted}), on 2 cores shared with apt, and apt-cacher-ng and
-    apt itself paid it too; no real cache is emptied seconds before its cold
-    run. Files of 1 MiB or more are truncated first (their space back at
-    once; truncating frees no inode).
+    allocator passes over every free inode freed in the last 60 seconds (360
+    while its inode table block is not yet written back: C{recently_deleted()}
+    in fs/ext4/ialloc.c, which reads each one's inode table entry): after an
+    C{rm -rf} of a cache of a few hundred files, each file created in the next
+    minutes paid a scan over them. That made a burst of 50 cold misses cost
+    the vault's commit thread 62 instead of 24-33 ms of CPU (perf:
+    C{ext4_create} < C{__ext4_new_inode} < C{find_inode_bit} <
+    C{recently_deleted}), on 2 cores shared with apt; apt-cacher-ng and apt
+    itself paid it too. No real cache is emptied minutes before its cold run
+    (and with a journal, as Debian makes ext4, the kernel does not look).
+    Files of 1 MiB or more are truncated first (their space back at once;
+    truncating frees no inode).
     """
     if not os.path.lexists(path):
         return
@@ -87,7 +89,14 @@ def discard(path: str) -> None:
 
 
 def empty_trash() -> None:
-    shutil.rmtree(TRASH, ignore_errors=True)
+    """
+    Remove the trash, and write the freed inodes back (os.sync): a run that
+    follows within 60 s still pays for them (see L{discard}); one within
+    360 s would without the sync.
+    """
+    if os.path.exists(TRASH):
+        shutil.rmtree(TRASH, ignore_errors=True)
+        os.sync()
 
 
 atexit.register(empty_trash)
