@@ -24,9 +24,9 @@ served directly, in alternating rounds:
 Loopback only; ports 31097 (repository), 31720 (vault), 31721 (apt-cacher-ng),
 31722 (the delaying relay, with --delay-ms);
 data in $AV (default /tmp/av-anchors)/apt-bench (what a run empties or
-removes goes into its trash/, removed at the end: see ``discard``). Installs apt-cacher-ng with
-apt-get if missing (its packaged service kept from starting). Every process
-started here is stopped by its pid.
+removes goes into its trash/, removed at the end: see ``discard``).
+Installs apt-cacher-ng with apt-get if missing (its packaged service kept
+from starting). Every process started here is stopped by its pid.
 """
 
 from __future__ import annotations

@@ -684,7 +684,7 @@ def _unlink_all(paths: list[str]) -> None:
 
 
 def _read_all(path: str) -> bytes:
-    """All of a small file's bytes, with only the system calls that need (see L{FileStore._write_meta})."""
+    """All of a small file's bytes, with only the system calls it needs (see L{FileStore._write_meta})."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
         chunks = []
