@@ -18,10 +18,12 @@ against the repository directly, in alternating rounds; many rounds, since
 on 2 shared cores the direct run alone varies by half from one to the next.
 With ``--big``, the 200 MiB ``.deb`` cold (bench/apt_bench.py's ``big``:
 curl to disk after an update through a fresh vault), per build and direct,
-with the vault's CPU time per download.
+with the vault's CPU time per download. With ``--phases``, a cold run's
+``apt-get update`` and ``install`` apart, each with apt's CPU time and the
+vault's, per build and direct.
 
     bench/apt_burst.py [--rounds 12] [--compare /path/to/other/checkout [--compare-twistd PATH]]
-                       [--apt | --big]
+                       [--apt | --big | --phases]
 
 Loopback only; the ports and data of bench/apt_bench.py (run under the same
 ``flock -o /tmp/av-bench.lock``).
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import socket
 import statistics
 import sys
@@ -145,6 +148,8 @@ def main() -> None:
     ap.add_argument("--compare-twistd", help="the twistd that runs the other checkout (default: this one's)")
     ap.add_argument("--apt", action="store_true", help="whole apt-get runs, and the repository directly")
     ap.add_argument("--big", action="store_true", help="the 200 MiB .deb cold, and the repository directly")
+    ap.add_argument("--phases", action="store_true",
+                    help="a cold run's update and install apart, with apt's and the vault's CPU time")
     a = ap.parse_args()
     builds = {"this": Build(b.REPO, GIVEN_TWISTD)}
     if a.compare:
@@ -159,6 +164,9 @@ def main() -> None:
         return
     if a.big:
         big_runs(builds, a.rounds)
+        return
+    if a.phases:
+        phase_runs(builds, a.rounds)
         return
     runs: dict[str, dict[str, list[float]]] = {n: {"cold": [], "reactor": [], "others": [], "warm": []}
                                                for n in builds}
@@ -239,6 +247,55 @@ def whole_runs(builds: dict[str, Build], rounds: int) -> None:
     for name in names:
         print(f"| {label(name, builds)} | {med(cold[name]):.3f} | {med(cold[name]) / med(cold['direct']):.2f}× "
               f"| {med(warm[name]):.3f} | {med(warm[name]) / med(warm['direct']):.2f}× |")
+
+
+def phase_runs(builds: dict[str, Build], rounds: int) -> None:
+    """
+    A cold run split in its two phases, per build and direct, alternating:
+    the wall time of C{apt-get update} and of C{install --download-only},
+    apt's own CPU time in each (its processes', from C{getrusage}) and the
+    vault's (all its threads'); a table. Where the install loses, this says
+    whether apt waited for the vault or did more work itself.
+    """
+    names = ["direct", *builds]
+    keys = ("update", "apt_update", "vault_update", "install", "apt_install", "vault_install")
+    got: dict[str, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in names}
+
+    def apt_cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    def measure(name: str) -> None:
+        pid = None if name == "direct" else b.vault_pid()
+
+        def vault_cpu() -> float:
+            return sum(thread_cpu(pid).values()) if pid else 0.0
+        c = b.Client(b.URLS["direct" if name == "direct" else "vault"])
+        try:
+            marks = [(time.monotonic(), apt_cpu(), vault_cpu())]
+            c.ok("update")
+            marks.append((time.monotonic(), apt_cpu(), vault_cpu()))
+            c.ok("install", "--download-only", "-y", *b.PACKAGES)
+            marks.append((time.monotonic(), apt_cpu(), vault_cpu()))
+        finally:
+            c.close()
+        for phase, (start, end) in zip(("update", "install"), zip(marks, marks[1:])):
+            got[name][phase].append(end[0] - start[0])
+            got[name][f"apt_{phase}"].append(end[1] - start[1])
+            got[name][f"vault_{phase}"].append(end[2] - start[2])
+
+    alternate(builds, rounds, measure,
+              lambda: ", ".join(f"{n} {got[n]['update'][-1] * 1000:.0f}+{got[n]['install'][-1] * 1000:.0f} ms"
+                                for n in names))
+    med = statistics.median
+    print(f"# a cold apt-get update, then install --download-only of 50 packages, {rounds} alternating rounds, "
+          f"{stamp()}\n")
+    print("| | update, ms | apt's CPU, ms | the vault's CPU, ms | install, ms | apt's CPU, ms | the vault's CPU, ms |\n"
+          "|---|---|---|---|---|---|---|")
+    for name in names:
+        cells = [f"{med(got[name][k]) * 1000:.0f}" if name != "direct" or not k.startswith("vault") else ""
+                 for k in keys]
+        print(f"| {label(name, builds)} | " + " | ".join(cells) + " |")
 
 
 def big_runs(builds: dict[str, Build], rounds: int) -> None:
