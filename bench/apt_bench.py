@@ -69,7 +69,7 @@ def discard(path: str) -> None:
     in fs/ext4/ialloc.c, which reads each one's inode table entry): after an
     C{rm -rf} of a cache of a few hundred files, each file created in the next
     minutes paid a scan over them. That made a burst of 50 cold misses cost
-    the vault's commit thread 62 instead of 24-33 ms of CPU (perf:
+    the vault's commit thread up to 62 instead of 24-33 ms of CPU (perf:
     C{ext4_create} < C{__ext4_new_inode} < C{find_inode_bit} <
     C{recently_deleted}), on 2 cores shared with apt; apt-cacher-ng and apt
     itself paid it too. No real cache is emptied minutes before its cold run
