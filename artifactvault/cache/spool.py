@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import itertools
 import os
 import secrets
 
@@ -155,12 +156,28 @@ class Spool:
 
     def _create(self) -> tuple[str, int]:
         while True:
-            path = os.path.join(self.tmp_dir, secrets.token_hex(12))
+            path = os.path.join(self.tmp_dir, unique_name())
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
             except FileExistsError:
                 continue
             return path, fd
+
+
+#: A random part chosen once per process, so that a name made here is none
+#: an earlier process made.
+_PROCESS_PART = secrets.token_hex(6)
+_counter = itertools.count()
+
+
+def unique_name() -> str:
+    """
+    A part of a file name that no other made by this process (or, but for a
+    2**-48 chance, by any earlier one) has: a temp file's name, a committed
+    data file's, its metadata's temp file's. Not C{secrets.token_hex} each
+    time: that is a C{getrandom} system call for every download, on the reactor.
+    """
+    return f"{_PROCESS_PART}{next(_counter):x}"
 
 
 def _fallocate() -> object | None:

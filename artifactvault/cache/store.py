@@ -39,9 +39,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import itertools
 import os
-import secrets
 import time
 from typing import Any, Callable, Iterator
 
@@ -53,7 +51,7 @@ from zope.interface import implementer
 from artifactvault import logs
 from artifactvault.cache.entry import Entry, write_all
 from artifactvault.cache.interface import ILease, IStore, IStoredBody, IStoreWrite, StoreUnavailable
-from artifactvault.cache.spool import LOCK_NAME, CacheInUse, Spool
+from artifactvault.cache.spool import LOCK_NAME, CacheInUse, Spool, unique_name
 from artifactvault.cache.usage import Usage
 
 __all__ = ["CacheInUse", "Entry", "FileStore", "LOCK_NAME", "write_all", "StoreUnavailable"]
@@ -411,7 +409,7 @@ class FileStore(StoreBasics):
         if not self.fits(entry.size):
             return fail(ValueError(f"{entry.size} bytes is more than max_object_size"))
         kh = self.key_hash(entry.key)
-        entry.data = f"{kh[:2]}/{kh}.{_unique()}"
+        entry.data = f"{kh[:2]}/{kh}.{unique_name()}"
         run = self._run_commit if durable else _sync_run
         d = run(self._commit, temp_path, fd, entry, durable)
         d.addCallbacks(lambda _: self._committed(entry), self._commit_failed, errbackArgs=(entry.key,))
@@ -469,7 +467,7 @@ class FileStore(StoreBasics):
         # (os-level calls: open() would also ask the file for its size, its
         # position and whether it is a terminal, each a system call that
         # lets the reactor's thread and this one trade the GIL)
-        tmp = f"{path}.tmp-{_unique()}"
+        tmp = f"{path}.tmp-{unique_name()}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
             try:
@@ -693,22 +691,6 @@ def _read_all(path: str) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
-
-
-#: A random part chosen once per process, so that a name made here is none
-#: an earlier process made.
-_PROCESS_PART = secrets.token_hex(6)
-_counter = itertools.count()
-
-
-def _unique() -> str:
-    """
-    A part of a file name no other made by this process (or, but for a
-    2**-48 chance, by any earlier one) has: the commit's data file and its
-    metadata's temp file. Not C{secrets.token_hex} each time: that is a
-    C{getrandom} system call for every commit, on the reactor.
-    """
-    return f"{_PROCESS_PART}{next(_counter):x}"
 
 
 def _fsync_dir(path: str) -> None:
