@@ -829,8 +829,10 @@ class Flight:
             if self.discarded:  # (purged while it was being committed)
                 self.store.remove(entry.key, only=entry.data)
             self.entry = entry
+            if self.write.took_temp:  # type: ignore[union-attr]  (the store's now: renamed, or to be)
+                self.temp_path = None
             self.write = None
-            self._remove_temp()  # (gone already if the store renamed it)
+            self._remove_temp()
             self.state = self.COMMITTED
             what = self.artifact.describe()
             # (its text formatted once here, as a request's: one comes per download)

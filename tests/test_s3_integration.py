@@ -117,6 +117,23 @@ class SharedBucketTests(TestCase):
         self.addCleanup(support.drop_upstream_file, name)
         self.assertEqual(sha(get(a, f"/files/{name}")[2]), digest)
         self.assertEqual(sha(get(b, f"/files/{name}")[2]), digest)  # (from the bucket; copied meanwhile)
+        self.assert_served_locally(b, name, digest)
+
+    def test_own_download_in_local_tier(self) -> None:
+        """
+        A node with local_cache downloads a file itself: its copy is kept on
+        its disk too (the download's temp file was removed before the local
+        commit could rename it), and later hits never ask the bucket.
+        """
+        (b,) = self.nodes.start(1, local=True)
+        name, digest = support.new_upstream_file("medium.bin")
+        self.addCleanup(support.drop_upstream_file, name)
+        status, headers, body = get(b, f"/files/{name}")
+        self.assertEqual((status, headers["x-cache"], sha(body)), (200, "MISS", digest))
+        self.assert_served_locally(b, name, digest)
+
+    def assert_served_locally(self, b: Daemon, name: str, digest: str) -> None:
+        """C{b}'s local tier gets a copy of the file; then three hits on C{b} read nothing from the bucket."""
         pattern = f"^GET /{self.nodes.s3.bucket}/{self.nodes.prefix}/data/"
         def copied() -> bool:  # (the copy's metadata: written last, after its data)
             return any(n.endswith(".json") for _, _, names in os.walk(os.path.join(b.dir, "local", "data"))

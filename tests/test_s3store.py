@@ -420,6 +420,43 @@ class LocalTierTests(S3StoreMixin, SynchronousTestCase):
         self.assertIsNotNone(body.fd)
         self.assertEqual(os.pread(body.fd, 5, 0), b"hello")
 
+    def test_own_download_is_kept_locally_when_its_commit_runs_later(self) -> None:
+        """
+        A download this node made (a flight), with the local tier committing
+        in its own thread as the daemon's does, later: the temp file is the
+        local tier's to rename, not the flight's to remove meanwhile (it was,
+        and no download of a node's own was ever kept locally).
+        """
+        from twisted.internet.defer import maybeDeferred
+        from artifactvault.cache.store import FileStore
+        from artifactvault.flight import Artifact, Flights
+        from artifactvault.upstream import Upstream
+        from tests.fakes import FakeClient
+        queued: list = []
+
+        def later(f, *args):  # (the commit thread: runs when told)
+            d: Deferred = Deferred()
+            queued.append((f, args, d))
+            return d
+        local = FileStore(os.path.join(self.spool.root, "..", "local-later"), clock=self.clock.seconds,
+                          run_commit=later)
+        local.open()
+        self.addCleanup(local.close)
+        self.store.local = local
+        client = FakeClient()
+        flight = Flights(self.store, self.clock).join(
+            Artifact(key="k", url="http://up.test/k", upstream=Upstream(client, self.clock, idle_timeout=10)))
+        client.last.respond(200, b"hello")
+        entry = self.successResultOf(flight.committed())
+        self.assertEqual(len(queued), 1)
+        for f, args, d in queued:
+            maybeDeferred(f, *args).chainDeferred(d)
+        local.forget("k")
+        kept = local.lookup("k")
+        self.assertIsNotNone(kept, "not kept in the local tier")
+        self.assertEqual((kept.source, kept.size), (entry.data, 5))
+        self.assertEqual(self.spool.in_use(), [])  # (no temp file left behind either)
+
     def test_other_version_is_not_served_locally(self) -> None:
         """A local copy of another version of the entry (the bucket's moved on) is not what is served."""
         path, fd = self.temp(b"hello")

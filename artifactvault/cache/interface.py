@@ -49,6 +49,10 @@ class IStoredBody(Interface):
 class IStoreWrite(Interface):
     """One entry being written: committed as a whole, or aborted; never half."""
 
+    took_temp = Attribute(
+        "True once a commit has taken the temp file over (renamed it into the store, or handed it to a "
+        "local tier that will): the core then leaves it be. Else the core removes it when it is done with it.")
+
     def grown(written: int) -> None:
         """
         The temp file now holds C{written} bytes, final ones (never called

@@ -44,7 +44,7 @@ from artifactvault.cache.entry import Entry, write_all
 from artifactvault.cache.interface import IStore, IStoredBody, IStoreWrite, StoreUnavailable
 from artifactvault.cache.s3lease import UNLEASED, acquire
 from artifactvault.cache.spool import Spool
-from artifactvault.cache.store import FileStore, LocalBody, StoreBasics, _sync_run
+from artifactvault.cache.store import FileStore, LocalBody, StoreBasics, _sync_run, _unlink
 from artifactvault.s3wire import PreconditionFailed, RangeReader, S3Wire, etag_of
 
 _log = Logger(observer=logs.observer)
@@ -272,12 +272,23 @@ class S3Store(StoreBasics):
         Deferred.fromCoroutine(fill()).addErrback(
             lambda f: _log.info("not copied to the local tier: {key}: {reason}", key=entry.key, reason=str(f.value)))
 
-    def keep_local(self, temp_path: str, fd: int, entry: Entry) -> None:
-        """A download this node committed to the bucket: its spool file becomes the local tier's copy."""
+    def keep_local(self, temp_path: str, fd: int, entry: Entry) -> bool:
+        """
+        A download this node committed to the bucket: its spool file becomes
+        the local tier's copy. True if the local tier took the file (its
+        commit renames it, later, in its thread; if that fails, the file is
+        removed here); False if not, and the file is still the caller's.
+        """
         if self.local is None or not self.local.fits(entry.size):
-            return
-        self.local.commit(temp_path, fd, replace(entry, data="", source=entry.data)).addErrback(
-            lambda f: _log.info("not kept in the local tier: {key}: {reason}", key=entry.key, reason=str(f.value)))
+            return False
+        own = os.dup(fd)  # (the caller closes its fd when its readers are done: maybe before this commit runs)
+
+        def not_kept(failure: Failure) -> None:
+            _log.info("not kept in the local tier: {key}: {reason}", key=entry.key, reason=str(failure.value))
+            _unlink(temp_path)
+        d = self.local.commit(temp_path, own, replace(entry, data="", source=entry.data))
+        d.addErrback(not_kept).addBoth(lambda _: os.close(own))
+        return True
 
     def redirect_url(self, entry: Entry) -> str | None:
         """With C{redirect: true}: a presigned URL of the entry's data a client may fetch itself."""
@@ -491,6 +502,8 @@ class _S3Write:
         self.busy: set[Deferred] = set()
         self.error: Exception | None = None
         self.aborted = False
+        #: Handed to the local tier at commit (see L{S3Store.keep_local}).
+        self.took_temp = False
 
     def grown(self, written: int) -> None:
         self.written = written
@@ -549,7 +562,7 @@ class _S3Write:
         except BaseException:
             self.abort()
             raise
-        self.store.keep_local(self.temp_path, self.fd, entry)
+        self.took_temp = self.store.keep_local(self.temp_path, self.fd, entry)
         return entry
 
     def abort(self) -> None:

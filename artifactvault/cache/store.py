@@ -566,12 +566,18 @@ class _DiskWrite:
         self.store = store
         self.temp_path = temp_path
         self.fd = fd
+        #: Renamed into the store: the temp file is no more (a failed commit leaves it to the core).
+        self.took_temp = False
 
     def grown(self, written: int) -> None:
         pass  # (the bytes are in place already: a commit renames them)
 
     def commit(self, entry: Entry) -> Deferred:
-        return self.store.commit(self.temp_path, self.fd, entry)
+        return self.store.commit(self.temp_path, self.fd, entry).addCallback(self._took)
+
+    def _took(self, entry: Entry) -> Entry:
+        self.took_temp = True
+        return entry
 
     def abort(self) -> None:
         pass  # (the temp file is the core's to remove)
