@@ -279,6 +279,16 @@ class CommitTests(StoreMixin, SynchronousTestCase):
         self.assertEqual(self.read(self.new_store().lookup("k")), b"two")
         self.assertEqual(self.store.spool.in_use(), [])
 
+    def test_shards_made_at_open(self) -> None:
+        """Opening the store makes its 256 shard directories (a commit makes none), and opening it again is fine."""
+        shards = sorted(os.listdir(os.path.join(self.root, "data")))
+        self.assertEqual(shards, [f"{i:02x}" for i in range(256)])
+        self.store.close()
+        again = self.new_store()
+        again.open()
+        self.addCleanup(again.close)
+        self.assertEqual(sorted(os.listdir(os.path.join(self.root, "data"))), shards)
+
     def test_names_unique(self) -> None:
         """Commits of one key name a new data file each time, and no metadata temp file is left."""
         names = {self.put("k", b"x%d" % i).data for i in range(50)}
@@ -327,7 +337,7 @@ class RecoveryTests(StoreMixin, SynchronousTestCase):
         os.write(fd, b"orphan")
         os.close(fd)
         kh = FileStore.key_hash("k")
-        os.makedirs(os.path.join(self.root, "data", kh[:2]))
+        os.makedirs(os.path.join(self.root, "data", kh[:2]), exist_ok=True)
         os.rename(path, os.path.join(self.root, "data", kh[:2], kh + ".0123456789abcdef"))
         store = self.new_store()
         self.assertIsNone(store.lookup("k"))

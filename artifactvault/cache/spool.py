@@ -22,8 +22,9 @@ import secrets
 
 #: The lock file in the spool's directory.
 LOCK_NAME = "lock"
-#: Temp files made ahead of the downloads that will need them (L{Spool.prepare}).
-READY = 8
+#: Temp files made ahead of the downloads that will need them (L{Spool.prepare}): more
+#: than apt's ten pipelined requests, which start that many downloads at once.
+READY = 16
 #: Downloads of at least this many announced bytes get their space reserved (L{Reservation}).
 RESERVE_FROM = 1024 * 1024
 #: How far ahead of its writes a download's space is reserved.
@@ -58,7 +59,7 @@ class Spool:
         the downloads a stop cut short. An empty one was made ahead (the
         L{READY} a process that was killed left) or had its first bytes still
         to come: nothing was lost with it, and counted it made every start
-        after a crash report eight downloads lost.
+        after a crash report sixteen downloads lost.
         """
         os.makedirs(self.tmp_dir, exist_ok=True)
         self._lock()

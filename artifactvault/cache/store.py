@@ -155,11 +155,19 @@ class FileStore(StoreBasics):
         Create the directories, open the spool (its lock: L{CacheInUse} if
         another process has it), remove leftover temp files (returns how
         many held bytes: L{Spool.open}) and make the first downloads' temp files ahead, here, before
-        anything is served: made by the first commit instead (eight at once),
+        anything is served: made by the first commit instead (all at once),
         they held the reactor up behind the commit's thread (the GIL) just as
-        the first answers were due.
+        the first answers were due. The 256 shard directories are made
+        here too, once: a fresh cache's first commits made one each (a
+        new directory is an inode and a block to allocate, in the commit
+        thread that shares the CPU with the clients being served).
         """
         os.makedirs(self.data_dir, exist_ok=True)
+        for i in range(256):
+            try:
+                os.mkdir(os.path.join(self.data_dir, f"{i:02x}"))
+            except FileExistsError:
+                pass
         removed = self.spool.open()
         self.orphans_removed += removed
         self._prepare_temps()
@@ -424,7 +432,7 @@ class FileStore(StoreBasics):
         data_path = self.data_path(entry)
         try:
             os.rename(temp_path, data_path)
-        except FileNotFoundError:  # (the shard's first file: made here, not asked for before every commit)
+        except FileNotFoundError:  # (a shard removed by hand since open(): made again, not asked for each time)
             os.makedirs(shard, exist_ok=True)
             os.rename(temp_path, data_path)
         try:
