@@ -6,18 +6,22 @@ C{<base_url>/<path>}, cached forever unless a ttl says otherwise.
 from __future__ import annotations
 
 from email.utils import formatdate
+from urllib.parse import quote
+
+from hypothesis import given, strategies as st
 
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from artifactvault.backends import backend_type
 from artifactvault.backends.base import BuildContext, IBackend, IBackendType
-from artifactvault.backends.http import Freshness, HttpBackend, HttpBackendType, upstream_path
+from artifactvault.backends.http import SEGMENT_SAFE, Freshness, HttpBackend, HttpBackendType, upstream_path
 from artifactvault.config import ConfigError, Section
 from artifactvault.httpcache import Mode
 from artifactvault.root import Root
 from artifactvault.site import VaultSite
 from tests.fakes import Client, Harness
+from tests.headers import bounded
 
 
 def settings(**config: object):  # type: ignore[no-untyped-def]
@@ -114,6 +118,13 @@ class HttpBackendTests(SynchronousTestCase):
     def test_upstream_path_quoting(self) -> None:
         """Characters that need it are percent-encoded; sub-delimiters are kept."""
         self.assertEqual(upstream_path(["a b", "c+d@e", "f?g#h", "\u00e9"]), "a%20b/c+d@e/f%3Fg%23h/%C3%A9")
+
+    @bounded(500)
+    @given(st.lists(st.text(alphabet=st.sampled_from("aZ09/%?#@:+ ~._-!$&'()*,;=\u00e9\x00\t[]"), max_size=12),
+                    max_size=5))
+    def test_upstream_path_as_quoted(self, segments: list[str]) -> None:
+        """The plain-path shortcut gives what quoting each segment gives, whatever the segments."""
+        self.assertEqual(upstream_path(segments), "/".join(quote(s, safe=SEGMENT_SAFE) for s in segments))
 
 
 def http_date(t: float) -> str:

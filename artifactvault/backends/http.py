@@ -24,6 +24,7 @@ download of its own.
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
@@ -63,7 +64,16 @@ class HttpSettings(CommonSettings):
         return self.freshness.ttl
 
 
+#: A path of segments that quoting leaves as they are (most are: ``pool/main/a/apt/apt_2.6_all.deb``).
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9/" + re.escape(SEGMENT_SAFE) + r"]*")
+
+
 def upstream_path(segments: list[str]) -> str:
+    """The segments, each percent-encoded where it needs it, joined by "/"."""
+    path = "/".join(segments)
+    # (one regular expression, not a quote() call a segment, per request; a "/" of a segment's own is quoted)
+    if _PLAIN_PATH.fullmatch(path) and path.count("/") == len(segments) - 1:
+        return path
     return "/".join(quote(s, safe=SEGMENT_SAFE) for s in segments)
 
 
