@@ -7,7 +7,8 @@ listeners, the janitor, the heap trimmer (L{artifactvault.memory}).
 The store's slow work (fsyncs, directory walks, unlinking evicted files,
 parsing large index pages) runs in a L{ThreadPool} of its own, not the
 reactor's: that one also resolves host names, which must not wait behind a
-long fsync.
+long fsync. Its commits run in one more thread, at a lower priority
+(L{artifactvault.background}).
 
 Two settings of the interpreter, made when the daemon starts (L{_Interpreter}):
 a thread parsing a page of tens of MB holds the GIL whenever the reactor
@@ -39,6 +40,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from artifactvault import logs, memory, ops as operations, resolve
+from artifactvault.background import BackgroundPool
 from artifactvault.auth.access import has_upstream_credentials
 from artifactvault.auth.checkers import make_portal
 from artifactvault.auth.gate import Gate
@@ -252,7 +254,8 @@ def build(config: Config, reactor: Any = None, threadpool: Any = None) -> tuple[
     pools = []  # (a test's threadpool runs the commits too)
     if threadpool is None:
         threadpool = ThreadPool(minthreads=1, maxthreads=STORE_THREADS, name="artifactvault-store")
-        pools.append(ThreadPool(minthreads=1, maxthreads=COMMIT_THREADS, name="artifactvault-commit"))
+        # (at a lower priority: nobody waits on a commit, and the reactor must not wait behind one)
+        pools.append(BackgroundPool(minthreads=1, maxthreads=COMMIT_THREADS, name="artifactvault-commit"))
     run_blocking = partial(deferToThreadPool, reactor, threadpool)
     run_commit = partial(deferToThreadPool, reactor, pools[0]) if pools else None
     store, s3pool = make_store(config, reactor, run_blocking, run_commit)
