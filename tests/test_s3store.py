@@ -19,6 +19,7 @@ from zope.interface.verify import verifyObject
 from artifactvault.cache.entry import Entry
 from artifactvault.cache.interface import ILease, IStore, IStoredBody, IStoreWrite, StoreUnavailable
 from artifactvault.cache.s3 import S3Store
+from artifactvault.cache.store import FileStore
 from artifactvault.cache.spool import Spool
 from artifactvault.s3wire import FileRange, PreconditionFailed, S3Wire
 
@@ -401,7 +402,6 @@ class LocalTierTests(S3StoreMixin, SynchronousTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        from artifactvault.cache.store import FileStore
         self.local = FileStore(os.path.join(self.spool.root, "..", "local"), clock=self.clock.seconds)
         self.store.local = self.local
         self.local.open()
@@ -420,15 +420,13 @@ class LocalTierTests(S3StoreMixin, SynchronousTestCase):
         self.assertIsNotNone(body.fd)
         self.assertEqual(os.pread(body.fd, 5, 0), b"hello")
 
-    def test_own_download_is_kept_locally_when_its_commit_runs_later(self) -> None:
+    def download_with_later_local_commit(self) -> tuple[FileStore, Entry]:
         """
-        A download this node made (a flight), with the local tier committing
-        in its own thread as the daemon's does, later: the temp file is the
-        local tier's to rename, not the flight's to remove meanwhile (it was,
-        and no download of a node's own was ever kept locally).
+        A download this node makes (a flight) with a local tier that commits
+        in its own thread, as the daemon's does: the flight has ended before
+        the local commit runs. Returns the local store and the committed entry.
         """
         from twisted.internet.defer import maybeDeferred
-        from artifactvault.cache.store import FileStore
         from artifactvault.flight import Artifact, Flights
         from artifactvault.upstream import Upstream
         from tests.fakes import FakeClient
@@ -448,14 +446,33 @@ class LocalTierTests(S3StoreMixin, SynchronousTestCase):
             Artifact(key="k", url="http://up.test/k", upstream=Upstream(client, self.clock, idle_timeout=10)))
         client.last.respond(200, b"hello")
         entry = self.successResultOf(flight.committed())
-        self.assertEqual(len(queued), 1)
+        self.assertEqual((len(queued), flight.fd), (1, None))
         for f, args, d in queued:
             maybeDeferred(f, *args).chainDeferred(d)
+        return local, entry
+
+    def test_own_download_is_kept_locally_when_its_commit_runs_later(self) -> None:
+        """
+        The temp file of a download is the local tier's to rename, not the
+        flight's to remove before that (it was, and no download of a node's
+        own was ever kept locally), nor its fd the flight's to close.
+        """
+        local, entry = self.download_with_later_local_commit()
         local.forget("k")
         kept = local.lookup("k")
         self.assertIsNotNone(kept, "not kept in the local tier")
         self.assertEqual((kept.source, kept.size), (entry.data, 5))
         self.assertEqual(self.spool.in_use(), [])  # (no temp file left behind either)
+
+    def test_local_commit_fails(self) -> None:
+        """The local tier cannot take the download (its disk is full): it is in the bucket still, no temp file left."""
+        def full(*args: object) -> None:
+            raise OSError(28, "No space left on device")
+        self.patch(FileStore, "_commit", full)
+        local, entry = self.download_with_later_local_commit()
+        self.assertIsNone(local.lookup("k"))
+        self.assertEqual(self.successResultOf(self.store.read_small(entry)), b"hello")
+        self.assertEqual(self.spool.in_use(), [])
 
     def test_other_version_is_not_served_locally(self) -> None:
         """A local copy of another version of the entry (the bucket's moved on) is not what is served."""

@@ -281,13 +281,20 @@ class S3Store(StoreBasics):
         """
         if self.local is None or not self.local.fits(entry.size):
             return False
-        own = os.dup(fd)  # (the caller closes its fd when its readers are done: maybe before this commit runs)
 
-        def not_kept(failure: Failure) -> None:
-            _log.info("not kept in the local tier: {key}: {reason}", key=entry.key, reason=str(failure.value))
+        def not_kept(reason: str) -> None:
+            _log.info("not kept in the local tier: {key}: {reason}", key=entry.key, reason=reason)
+        try:
+            own = os.dup(fd)  # (the caller closes its fd when its readers are done: maybe before this commit runs)
+        except OSError as e:  # (out of descriptors: the bucket has it, which is what matters)
+            not_kept(e.strerror)
+            return False
+
+        def failed(failure: Failure) -> None:
+            not_kept(str(failure.value))
             _unlink(temp_path)
         d = self.local.commit(temp_path, own, replace(entry, data="", source=entry.data))
-        d.addErrback(not_kept).addBoth(lambda _: os.close(own))
+        d.addErrback(failed).addBoth(lambda _: os.close(own))
         return True
 
     def redirect_url(self, entry: Entry) -> str | None:
