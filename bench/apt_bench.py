@@ -382,6 +382,10 @@ def main() -> None:
     for label, runs in (("cold (empty caches), s", cold), ("warm, s", warm)):
         d, v, n = med(runs["direct"]), med(runs["vault"]), med(runs["apt-cacher-ng"])
         print(f"| {label} | {d:.2f} | {v:.2f} | {n:.2f} | {v / d:.2f}× | {v / n:.2f}× |")
+    # (every cold round, not only the medians: direct's are bimodal, ~40 ms more for each TCP stall
+    # between apt and nginx, and which half holds the median sets the ratio: docs/benchmarks.md)
+    print("\ncold rounds, s, sorted: " + "; ".join(
+        f"{t} " + " ".join(f"{x:.3f}" for x in sorted(cold[t])) for t in ("direct", "vault", "apt-cacher-ng")))
     d, v, n = med(bigs["direct"]), med(bigs["vault"]), med(bigs["apt-cacher-ng"])
     print(f"\n| 200 MiB .deb cold, written to disk | direct | vault | apt-cacher-ng |\n|---|---|---|---|\n"
           f"| MB/s (median) | {d:.0f} | {v:.0f} ({v / d:.2f}× direct) | {n:.0f} ({n / d:.2f}× direct) |")

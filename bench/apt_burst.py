@@ -20,7 +20,8 @@ With ``--big``, the 200 MiB ``.deb`` cold (bench/apt_bench.py's ``big``:
 curl to disk after an update through a fresh vault), per build and direct,
 with the vault's CPU time per download. With ``--phases``, a cold run's
 ``apt-get update`` and ``install`` apart, each with apt's CPU time and the
-vault's, per build and direct.
+vault's, and the time the vault's reactor waited for a CPU while it had work
+(a busy machine's share), per build and direct.
 
     bench/apt_burst.py [--rounds 12] [--compare /path/to/other/checkout [--compare-twistd PATH]]
                        [--apt | --big | --phases]
@@ -101,6 +102,19 @@ def thread_cpu(pid: int) -> dict[int, float]:
     return out
 
 
+def run_queue_wait(tid: int) -> float:
+    """
+    Seconds thread C{tid} has spent runnable but waiting for a CPU
+    (``schedstat``'s second field; 0 where the kernel keeps none): what a
+    busy machine adds to the reactor's own CPU time.
+    """
+    try:
+        with open(f"/proc/{tid}/task/{tid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except FileNotFoundError:
+        return 0.0
+
+
 class Build(NamedTuple):
     """A version of the vault: the code of a checkout, run by a twistd (whose venv's Python runs it)."""
 
@@ -149,7 +163,8 @@ def main() -> None:
     ap.add_argument("--apt", action="store_true", help="whole apt-get runs, and the repository directly")
     ap.add_argument("--big", action="store_true", help="the 200 MiB .deb cold, and the repository directly")
     ap.add_argument("--phases", action="store_true",
-                    help="a cold run's update and install apart, with apt's and the vault's CPU time")
+                    help="a cold run's update and install apart, with apt's and the vault's CPU time "
+                         "and the reactor's run-queue wait")
     a = ap.parse_args()
     builds = {"this": Build(b.REPO, GIVEN_TWISTD)}
     if a.compare:
@@ -253,12 +268,14 @@ def phase_runs(builds: dict[str, Build], rounds: int) -> None:
     """
     A cold run split in its two phases, per build and direct, alternating:
     the wall time of C{apt-get update} and of C{install --download-only},
-    apt's own CPU time in each (its processes', from C{getrusage}) and the
-    vault's (all its threads'); a table. Where the install loses, this says
+    apt's own CPU time in each (its processes', from C{getrusage}), the
+    vault's (all its threads'), and how long the vault's reactor waited on
+    the run queue (runnable, no CPU free); a table. Where the install loses, this says
     whether apt waited for the vault or did more work itself.
     """
     names = ["direct", *builds]
-    keys = ("update", "apt_update", "vault_update", "install", "apt_install", "vault_install")
+    keys = ("update", "apt_update", "vault_update", "wait_update", "install", "apt_install", "vault_install",
+            "wait_install")
     got: dict[str, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in names}
 
     def apt_cpu() -> float:
@@ -270,19 +287,23 @@ def phase_runs(builds: dict[str, Build], rounds: int) -> None:
 
         def vault_cpu() -> float:
             return sum(thread_cpu(pid).values()) if pid else 0.0
+
+        def wait() -> float:  # (the reactor's: the daemon's main thread)
+            return run_queue_wait(pid) if pid else 0.0
         c = b.Client(b.URLS["direct" if name == "direct" else "vault"])
         try:
-            marks = [(time.monotonic(), apt_cpu(), vault_cpu())]
+            marks = [(time.monotonic(), apt_cpu(), vault_cpu(), wait())]
             c.ok("update")
-            marks.append((time.monotonic(), apt_cpu(), vault_cpu()))
+            marks.append((time.monotonic(), apt_cpu(), vault_cpu(), wait()))
             c.ok("install", "--download-only", "-y", *b.PACKAGES)
-            marks.append((time.monotonic(), apt_cpu(), vault_cpu()))
+            marks.append((time.monotonic(), apt_cpu(), vault_cpu(), wait()))
         finally:
             c.close()
         for phase, (start, end) in zip(("update", "install"), zip(marks, marks[1:])):
             got[name][phase].append(end[0] - start[0])
             got[name][f"apt_{phase}"].append(end[1] - start[1])
             got[name][f"vault_{phase}"].append(end[2] - start[2])
+            got[name][f"wait_{phase}"].append(end[3] - start[3])
 
     alternate(builds, rounds, measure,
               lambda: ", ".join(f"{n} {got[n]['update'][-1] * 1000:.0f}+{got[n]['install'][-1] * 1000:.0f} ms"
@@ -290,10 +311,11 @@ def phase_runs(builds: dict[str, Build], rounds: int) -> None:
     med = statistics.median
     print(f"# a cold apt-get update, then install --download-only of 50 packages, {rounds} alternating rounds, "
           f"{stamp()}\n")
-    print("| | update, ms | apt's CPU, ms | the vault's CPU, ms | install, ms | apt's CPU, ms | the vault's CPU, ms |\n"
-          "|---|---|---|---|---|---|---|")
+    print("| | update, ms | apt's CPU, ms | the vault's CPU, ms | its reactor's run-queue wait, ms "
+          "| install, ms | apt's CPU, ms | the vault's CPU, ms | its reactor's run-queue wait, ms |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for name in names:
-        cells = [f"{med(got[name][k]) * 1000:.0f}" if name != "direct" or not k.startswith("vault") else ""
+        cells = [f"{med(got[name][k]) * 1000:.0f}" if name != "direct" or not k.startswith(("vault", "wait")) else ""
                  for k in keys]
         print(f"| {label(name, builds)} | " + " | ".join(cells) + " |")
 
