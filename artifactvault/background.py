@@ -8,10 +8,11 @@ competes for the CPU with the reactor's, which does serve them, and on a
 busy machine (two cores shared with the clients themselves: a CI runner,
 a build host) the reactor then waits on the run queue behind it. Run at a
 lower priority (nice +10), the commit thread gets the CPU when the reactor
-does not want it: a cold ``apt-get install`` of 50 packages through the
-vault waited 7 ms on the run queue instead of 18, and took 76 ms instead
-of 87 (docs/benchmarks.md). The commits still run, later: the lowest
-priority still gets a share of a busy CPU, never none.
+does not want it: in a cold ``apt-get install`` of 50 packages through the
+vault the reactor waited 5–6 ms on the run queue instead of 8–9, the
+install 74 ms instead of 77–78 (``bench/apt_burst.py --phases``; more in
+docs/benchmarks.md). The commits still run, later: the lowest priority
+still gets a share of a busy CPU, never none.
 
 Linux only: there a thread is a task of its own, with its own priority
 (C{setpriority} of its thread id). Elsewhere the threads run as any other.
