@@ -106,10 +106,6 @@ class S3Store(StoreBasics):
 
     # -- keys ---------------------------------------------------------------------
 
-    @staticmethod
-    def key_hash(key: str) -> str:
-        return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
     def meta_key(self, key: str) -> str:
         kh = self.key_hash(key)
         return f"{self.prefix}meta/{kh[:2]}/{kh}.json"
@@ -315,10 +311,6 @@ class S3Store(StoreBasics):
 
     # -- writing ------------------------------------------------------------------
 
-    def _new_data_name(self, key: str) -> str:
-        kh = self.key_hash(key)
-        return f"{kh[:2]}/{kh}.{secrets.token_hex(8)}"
-
     def begin(self, key: str, temp_path: str, fd: int) -> "_S3Write":
         return _S3Write(self, key, fd, temp_path)
 
@@ -326,7 +318,7 @@ class S3Store(StoreBasics):
         # (every S3 write is durable: C{durable} changes nothing here)
         entry.size = len(data)
         entry.sha256 = hashlib.sha256(data).hexdigest()
-        entry.data = self._new_data_name(entry.key)
+        entry.data = self.new_data_name(entry.key)
 
         async def put() -> Entry:
             await self.wire.put(self.data_key(entry), data)
@@ -501,7 +493,7 @@ class _S3Write:
         self.fd = fd
         self.temp_path = temp_path
         self.written = 0
-        self.entry_data = store._new_data_name(key)
+        self.entry_data = store.new_data_name(key)
         self.object_key = f"{store.prefix}data/{self.entry_data}"
         self.upload_id: Deferred | None = None  # fires with the id
         self.etags: dict[int, str] = {}  # part number → its ETag

@@ -101,6 +101,21 @@ class StoreBasics:
         """
         return (self._run if size >= INLINE_WORK else _sync_run)(f, *args)
 
+    @staticmethod
+    def key_hash(key: str) -> str:
+        """A cache key's sha256, in hex: the names of its files or objects come from it, never from the key."""
+        return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+    def new_data_name(self, key: str) -> str:
+        """
+        The name of a new commit of C{key}'s bytes, ``ab/<key hash>.<unique>``:
+        new at every commit (a reader of the old bytes never finds new ones
+        under their name), and unlike any other process's or node's but for
+        a 2**-48 chance (L{unique_name}).
+        """
+        kh = self.key_hash(key)
+        return f"{kh[:2]}/{kh}.{unique_name()}"
+
 
 
 @implementer(IStore)
@@ -269,10 +284,6 @@ class FileStore(StoreBasics):
 
     # -- lookups ------------------------------------------------------------
 
-    @staticmethod
-    def key_hash(key: str) -> str:
-        return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
     def _meta_path(self, kh: str) -> str:
         return os.path.join(self.data_dir, kh[:2], kh + ".json")
 
@@ -416,8 +427,7 @@ class FileStore(StoreBasics):
         """
         if not self.fits(entry.size):
             return fail(ValueError(f"{entry.size} bytes is more than max_object_size"))
-        kh = self.key_hash(entry.key)
-        entry.data = f"{kh[:2]}/{kh}.{unique_name()}"
+        entry.data = self.new_data_name(entry.key)
         run = self._run_commit if durable else _sync_run
         d = run(self._commit, temp_path, fd, entry, durable)
         d.addCallbacks(lambda _: self._committed(entry), self._commit_failed, errbackArgs=(entry.key,))
