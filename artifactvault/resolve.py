@@ -36,7 +36,7 @@ class _Resolution:
         raise NotImplementedError()
 
 
-def _literal(host: str, port: int) -> IPv4Address | IPv6Address | None:
+def literal(host: str, port: int) -> IPv4Address | IPv6Address | None:
     """The address C{host} names by itself (an IPv4 or IPv6 literal without a zone), or None."""
     if "%" in host:
         return None  # (an IPv6 address with a zone: getaddrinfo knows its scope id)
@@ -86,11 +86,11 @@ class CoalescingResolver:
                         addressTypes: Sequence[type] | None = None,
                         transportSemantics: str = "TCP") -> IHostResolution:
         resolution = _Resolution(hostName)
-        literal = _literal(hostName, portNumber) if transportSemantics == "TCP" else None
-        if literal is not None:
+        literal_address = literal(hostName, portNumber) if transportSemantics == "TCP" else None
+        if literal_address is not None:
             resolutionReceiver.resolutionBegan(resolution)
-            if addressTypes is None or type(literal) in addressTypes:
-                resolutionReceiver.addressResolved(literal)
+            if addressTypes is None or type(literal_address) in addressTypes:
+                resolutionReceiver.addressResolved(literal_address)
             resolutionReceiver.resolutionComplete()
             return resolution
         key = (hostName, portNumber, _types(addressTypes), transportSemantics)

@@ -32,7 +32,8 @@ from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as neterror
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
@@ -49,6 +50,7 @@ from artifactvault.framing import UnsupportedTransferCoding
 from artifactvault.negative import NegativeCache, Remembered
 from artifactvault.observe import NULL, IUpstreamObserver
 from artifactvault.ratelimit import FAILURE_BACKOFF, FAILURE_STATUSES, Backoff
+from artifactvault.resolve import literal
 from artifactvault.tls import policy_for, verify_failure
 
 _log = Logger(observer=logs.observer)
@@ -355,6 +357,12 @@ class OriginEndpoints:
     times, each time asking the reactor's resolver. The origins an
     upstream redirects to (a CDN, a bucket) are kept too, the last
     L{MAX_ORIGINS} used.
+
+    An origin named by an IP address gets a plain TCP endpoint: Twisted's
+    C{HostnameEndpoint} (resolution, then connection attempts raced per
+    address) costs ~150 µs of the reactor's CPU per new connection where a
+    TCP endpoint costs ~12, and for an address it does the same thing: one
+    attempt, to that address (docs/benchmarks.md).
     """
 
     MAX_ORIGINS = 256
@@ -377,7 +385,13 @@ class OriginEndpoints:
             host = uri.host.decode("ascii")
         except UnicodeDecodeError:
             raise ValueError(f"the host of {uri.toBytes()!r} is not ASCII") from None
-        endpoint = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        address = literal(host, uri.port)
+        if isinstance(address, IPv4Address):  # (an address: nothing to resolve, one to try, no race)
+            endpoint = TCP4ClientEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        elif isinstance(address, IPv6Address):
+            endpoint = TCP6ClientEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        else:
+            endpoint = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
         if uri.scheme == b"https":
             endpoint = wrapClientTLS(self._policy.creatorForNetloc(uri.host, uri.port), endpoint)
         self._kept[key] = endpoint

@@ -18,7 +18,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.web import client as webclient
 from twisted.web.client import URI
 from twisted.web.error import SchemeNotSupported
@@ -634,6 +634,18 @@ class OriginEndpointsTests(TestCase):
         others = {e.endpointForURI(URI.fromBytes(u)) for u in (b"http://mirror.test:8080/a", b"http://other.test/a",
                                                                 b"https://mirror.test/a")}
         self.assertEqual(len(others | {a}), 4)
+
+    def test_address_is_a_tcp_endpoint(self) -> None:
+        """An origin named by an IP address: a plain TCP endpoint of its family (nothing to resolve or race)."""
+        e = self.endpoints()
+        four = e.endpointForURI(URI.fromBytes(b"http://127.0.0.1:8080/a"))
+        six = e.endpointForURI(URI.fromBytes(b"http://[::1]:8080/a"))
+        self.assertEqual((type(four), four._host, four._port), (TCP4ClientEndpoint, "127.0.0.1", 8080))
+        self.assertEqual((type(six), six._host, six._port), (TCP6ClientEndpoint, "::1", 8080))
+        self.assertEqual((four._timeout, six._timeout), (10.0, 10.0))
+        tls = e.endpointForURI(URI.fromBytes(b"https://127.0.0.1/a"))
+        self.assertIsInstance(tls._wrappedEndpoint, TCP4ClientEndpoint)
+        self.assertIsInstance(e.endpointForURI(URI.fromBytes(b"http://[fe80::1%25eth0]/a")), HostnameEndpoint)
 
     def test_https_is_tls(self) -> None:
         """An https origin's endpoint speaks TLS over the host's (the policy's check of its name)."""
