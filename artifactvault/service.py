@@ -40,13 +40,13 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from artifactvault import logs, memory, ops as operations, resolve
-from artifactvault.background import BackgroundPool
 from artifactvault.auth.access import has_upstream_credentials
 from artifactvault.auth.checkers import make_portal
 from artifactvault.auth.gate import Gate
 from artifactvault.auth.reload import INTERVAL as RELOAD_INTERVAL, CredentialFiles
 from artifactvault.backends import backend_type
 from artifactvault.backends.base import BuildContext
+from artifactvault.background import BackgroundPool
 from artifactvault.cache.s3 import S3Store
 from artifactvault.cache.spool import Spool
 from artifactvault.cache.store import FileStore

@@ -441,6 +441,7 @@ class LocalTierTests(S3StoreMixin, SynchronousTestCase):
         local.open()
         self.addCleanup(local.close)
         self.store.local = local
+        fds = len(os.listdir("/proc/self/fd"))
         client = FakeClient()
         flight = Flights(self.store, self.clock).join(
             Artifact(key="k", url="http://up.test/k", upstream=Upstream(client, self.clock, idle_timeout=10)))
@@ -449,6 +450,7 @@ class LocalTierTests(S3StoreMixin, SynchronousTestCase):
         self.assertEqual((len(queued), flight.fd), (1, None))
         for f, args, d in queued:
             maybeDeferred(f, *args).chainDeferred(d)
+        self.assertEqual(len(os.listdir("/proc/self/fd")), fds)  # (the local commit's dup closed too)
         return local, entry
 
     def test_own_download_is_kept_locally_when_its_commit_runs_later(self) -> None:

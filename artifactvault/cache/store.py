@@ -117,7 +117,6 @@ class StoreBasics:
         return f"{kh[:2]}/{kh}.{unique_name()}"
 
 
-
 @implementer(IStore)
 class FileStore(StoreBasics):
     """
@@ -436,10 +435,10 @@ class FileStore(StoreBasics):
     def _commit(self, temp_path: str, fd: int, entry: Entry, sync: bool = True) -> None:
         if sync:
             os.fsync(fd)
-        shard = os.path.join(self.data_dir, entry.data.split("/")[0])
         meta_path = self._meta_path(self.key_hash(entry.key))
         old = self._read_meta(meta_path)
         data_path = self.data_path(entry)
+        shard = os.path.dirname(data_path)
         try:
             os.rename(temp_path, data_path)
         except FileNotFoundError:  # (a shard removed by hand since open(): made again, not asked for each time)
