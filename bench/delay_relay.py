@@ -12,8 +12,8 @@ with a Content-Length answer only (what the kit's nginx sends).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import sys
 
 
 async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: int, delay: float) -> None:
@@ -58,4 +58,9 @@ async def main(port: int, upstream: int, delay: float) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]) / 1000))
+    parser = argparse.ArgumentParser(description="A relay to 127.0.0.1:UPSTREAM_PORT that delays each request.")
+    parser.add_argument("listen_port", type=int, help="the port it listens on, on 127.0.0.1")
+    parser.add_argument("upstream_port", type=int, help="the port of the server it relays to, on 127.0.0.1")
+    parser.add_argument("delay_ms", type=float, help="milliseconds each request waits after it arrived")
+    args = parser.parse_args()
+    asyncio.run(main(args.listen_port, args.upstream_port, args.delay_ms / 1000))

@@ -13,6 +13,7 @@ Env: AV_KIT_DIR, AV_KIT_PORT_OFFSET as for the tests.
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import os
 import re
@@ -32,7 +33,9 @@ IMAGES = ("library/hello:latest", "team/tools:1.0")
 
 
 def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    parser = argparse.ArgumentParser(description="Warm skopeo copies, through the vault and direct, in turn.")
+    parser.add_argument("rounds", type=int, nargs="?", default=10, help="alternating rounds (default 10)")
+    rounds = parser.parse_args().rounds
     lock = open("/tmp/av-bench.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     reg = support.upstream_url("reg")
