@@ -20,7 +20,6 @@ import http.client
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -29,7 +28,7 @@ from urllib.parse import urlsplit
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests import support
-from tests.test_apt_gpg import export_armored
+from tests.test_apt_gpg import export_armored, other_keyring
 
 #: A host name for the proxy form: apt never resolves it (the proxy gets the URI).
 PROXY_HOST = "deb.example.test"
@@ -598,23 +597,33 @@ class SignedByTests(AptTestCase):
 
     def test_signed_by_another_key(self) -> None:
         """With signed_by a keyring without the repository's key, its release is refused, not stored."""
-        self.refused_with(self.other_key())
+        self.refused_with(other_keyring(self))
 
     def test_signed_by_another_armored_key(self) -> None:
         """The same with the other key armored: refused (NO_PUBKEY), not stored."""
-        self.refused_with(export_armored(self, self.other_key()))
+        self.refused_with(export_armored(self, other_keyring(self)))
 
-    def other_key(self) -> str:
-        """A binary keyring with a key of its own, not the repository's."""
-        other = tempfile.mkdtemp(prefix="av-gpg-")  # (gpg-agent's socket path must be short)
-        self.addCleanup(shutil.rmtree, other, True)
-        env = dict(os.environ, GNUPGHOME=other)
-        self.addCleanup(subprocess.run, ["gpgconf", "--kill", "gpg-agent"], env=env)  # (gpg started one)
-        subprocess.run(["gpg", "--batch", "--quiet", "--passphrase", "", "--quick-gen-key", "Other <o@example.invalid>",
-                        "ed25519", "sign", "never"], env=env, check=True)
-        with open(os.path.join(other, "other.gpg"), "wb") as f:
-            subprocess.run(["gpg", "--batch", "--export"], env=env, stdout=f, check=True)
-        return os.path.join(other, "other.gpg")
+    def test_keyring_spoilt_while_running(self) -> None:
+        """
+        signed_by's keyring overwritten while the daemon runs (a bad deploy):
+        a release not kept yet gets a 502 saying the vault could not check
+        it with that keyring, and why, and an error in the log; nothing is
+        stored, and no client is told the mirror's signature failed.
+        """
+        keyring = os.path.abspath(self.mktemp())
+        shutil.copy(key(), keyring)
+        name = self.repo()
+        d = self.daemon(name, signed_by=keyring)
+        with open(keyring, "wb") as f:
+            f.write(b"<html>not found</html>\n")
+        p = self.client(d.url("/debian")).run("update")
+        self.assertIn("502", p.stdout + p.stderr)
+        status, _, body = support.request("GET", d.url("/debian/dists/stable/InRelease"))
+        self.assertEqual(status, 502)
+        self.assertIn(f"cannot be checked: cannot use the keyring {keyring}: neither a binary OpenPGP".encode(), body)
+        self.assertNotIn(b"fail the signature check", body)
+        self.assertIn("cannot check the release files of dists/stable", d.log())
+        self.assertFalse(_is_stored(d, "apt-release:dists/stable for /debian/"))
 
     def refused_with(self, keyring: str) -> None:
         name = self.repo()

@@ -49,6 +49,20 @@ def export_armored(testcase: TestCase, keyring: str) -> str:
         subprocess.run(["gpg", "--batch", "--armor", "--export"], env=env, stdout=f, check=True)
     return out
 
+
+def other_keyring(testcase: TestCase) -> str:
+    """A binary keyring with a key of its own made by real gpg, not the kit repository's."""
+    other = tempfile.mkdtemp(prefix="av-gpg-")  # (gpg-agent's socket path must be short)
+    testcase.addCleanup(shutil.rmtree, other, True)
+    env = dict(os.environ, GNUPGHOME=other)
+    testcase.addCleanup(subprocess.run, ["gpgconf", "--kill", "gpg-agent"], env=env)  # (gpg started one)
+    subprocess.run(["gpg", "--batch", "--quiet", "--passphrase", "", "--quick-gen-key", "Other <o@example.invalid>",
+                    "ed25519", "sign", "never"], env=env, check=True)
+    with open(os.path.join(other, "other.gpg"), "wb") as f:
+        subprocess.run(["gpg", "--batch", "--export"], env=env, stdout=f, check=True)
+    return os.path.join(other, "other.gpg")
+
+
 GOOD = (b"[GNUPG:] NEWSIG\n[GNUPG:] KEY_CONSIDERED ABC 0\n[GNUPG:] SIG_ID x 2026-01-01 1\n"
         b"[GNUPG:] GOODSIG ABCDEF Test\n[GNUPG:] VALIDSIG ABC 2026-01-01 1 0 4 0 22 10 01 ABC\n")
 
@@ -169,12 +183,30 @@ class GpgvTests(TestCase):
             await apt_gpg.verify(reactor, [self.keyring], self.read("Release") + b"X: y\n", self.read("Release.gpg"))
 
     async def test_other_keyring(self) -> None:
-        """A keyring without the signing key: NO_PUBKEY."""
-        empty = os.path.abspath(self.mktemp())
-        open(empty, "wb").close()
+        """A keyring without the signing key: NO_PUBKEY, a signature that does not hold."""
         with self.assertRaises(apt_gpg.SignatureError) as e:
-            await apt_gpg.verify(reactor, [empty], self.read("InRelease"))
+            await apt_gpg.verify(reactor, [other_keyring(self)], self.read("InRelease"))
+        self.assertNotIsInstance(e.exception, apt_gpg.KeyringUnusable)
         self.assertIn("NO_PUBKEY", str(e.exception))
+
+    async def test_keyring_spoilt_since_start(self) -> None:
+        """
+        A keyring emptied, overwritten with something else or removed after
+        the config was read: KeyringUnusable naming the file and why, not a
+        signature that fails (gpgv, given it, says NO_PUBKEY: the mirror's
+        fault, by its words).
+        """
+        path = os.path.abspath(self.mktemp())
+        for data, reason in ((b"", "the file is empty"), (b"hello, not a key\n", "neither a binary OpenPGP"),
+                             (None, "No such file or directory")):
+            if data is None:
+                os.unlink(path)
+            else:
+                with open(path, "wb") as f:
+                    f.write(data)
+            with self.assertRaises(apt_gpg.KeyringUnusable) as e:
+                await apt_gpg.verify(reactor, [self.keyring, path], self.read("InRelease"))
+            self.assertIn(f"cannot use the keyring {path}: {reason}", str(e.exception))
 
 
 class HangingGpgvTests(TestCase):
@@ -192,8 +224,9 @@ class HangingGpgvTests(TestCase):
         os.chmod(fake, 0o755)
         self.patch(apt_gpg, "GPGV", fake)
         self.patch(apt_gpg, "TIMEOUT", 0.5)
-        self.keyring = os.path.join(work, "empty.gpg")
-        open(self.keyring, "wb").close()
+        self.keyring = os.path.join(work, "key.gpg")
+        with open(self.keyring, "wb") as f:  # (the fake gpgv never reads it; the check before it does)
+            f.write(b"\x99\x00\x33rest")
 
     async def test_hanging_gpgv_is_killed(self) -> None:
         """

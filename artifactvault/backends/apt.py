@@ -490,6 +490,11 @@ class AptBackend(Backend):
                 if "Release.gpg" not in rs.bodies:
                     raise apt_gpg.SignatureError("Release has no Release.gpg")
                 await apt_gpg.verify(self.reactor, keyrings, rs.bodies["Release"], rs.bodies["Release.gpg"])
+        except apt_gpg.KeyringUnusable as e:
+            _log.error("cannot check the release files of {dir} from {prefix}: {reason} (signed_by)",
+                       dir=dir_label(rs.dir), prefix=self.prefix, reason=str(e))
+            raise UpstreamError(f"the release files of {dir_label(rs.dir)} cannot be checked: {e} (signed_by); "
+                                f"not stored") from None
         except apt_gpg.SignatureError as e:
             _log.warn("refusing the release files of {dir} from {prefix}: {reason}", dir=dir_label(rs.dir),
                       prefix=self.prefix, reason=str(e))

@@ -51,6 +51,14 @@ class KeyringError(ValueError):
     """A keyring file that is neither binary OpenPGP nor a valid ASCII-armored public key."""
 
 
+class KeyringUnusable(SignatureError):
+    """
+    A configured keyring cannot be used now (changed or removed since the
+    config was read): the vault's own fault, not the signature's, and said
+    so (the release files could not be checked, rather than failed).
+    """
+
+
 # -- keyrings -----------------------------------------------------------------------
 
 ARMOR_BEGIN = b"-----BEGIN PGP PUBLIC KEY BLOCK-----"
@@ -158,30 +166,40 @@ def check_keyring(path: str) -> None:
     armor that does not hold.
     """
     with open(path, "rb") as f:
-        data = f.read()
+        _binary_keyring(f.read())
+
+
+def _binary_keyring(data: bytes) -> bytes:
+    """A keyring file's bytes as gpgv takes them (dearmored), or L{KeyringError} saying why it cannot."""
     if is_armored(data):
-        dearmor(data)
-    elif not data:
+        return dearmor(data)
+    if not data:
         raise KeyringError("the file is empty")
-    elif not _is_binary_keyring(data):
+    if not _is_binary_keyring(data):
         raise KeyringError("neither a binary OpenPGP keyring (.gpg) nor an ASCII-armored key (.asc)")
+    return data
 
 
 def _keyring_args(keyrings: list[str], work: str) -> list[str]:
-    """gpgv's ``--keyring`` options: binary keyrings as they are, armored ones dearmored into C{work}."""
+    """
+    gpgv's ``--keyring`` options: binary keyrings as they are, armored ones
+    dearmored into C{work}. Each is checked as at start (L{check_keyring}):
+    one emptied or overwritten since would otherwise reach gpgv, whose
+    answer ("no good signature") would blame the mirror's files.
+    """
     args = []
     for n, keyring in enumerate(keyrings):
         try:
             with open(keyring, "rb") as f:
                 data = f.read()
-            if is_armored(data):
-                plain = os.path.join(work, f"keyring-{n}.gpg")
-                with open(plain, "wb") as f:
-                    f.write(dearmor(data))
-                keyring = plain
+            plain = _binary_keyring(data)
+            if plain is not data:
+                keyring = os.path.join(work, f"keyring-{n}.gpg")
+                with open(keyring, "wb") as f:
+                    f.write(plain)
         except (OSError, KeyringError) as e:
             reason = e.strerror if isinstance(e, OSError) else str(e)
-            raise SignatureError(f"cannot use the keyring {keyring}: {reason}") from None
+            raise KeyringUnusable(f"cannot use the keyring {keyring}: {reason}") from None
         args += ["--keyring", keyring]
     return args
 
