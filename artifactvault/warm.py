@@ -247,8 +247,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--deb", action="append", default=[], metavar="PKG",
                    help="a package apt-get would install from the --apt lines, with every dependency, "
                         "as on a machine with nothing installed (repeatable; PKG=VERSION works)")
-    p.add_argument("--arch", default=None,
-                   help="the architecture of --deb's packages (default: this machine's, dpkg --print-architecture)")
+    p.add_argument("--arch", action="append", default=[],
+                   help="the architecture of --deb's packages (default: this machine's, dpkg --print-architecture); "
+                        "repeatable: the indexes and packages of each, for a fleet of several "
+                        "(e.g. --arch amd64 --arch arm64)")
     p.add_argument("--npm-lock", action="append", default=[], metavar="FILE",
                    help="a package-lock.json (or npm-shrinkwrap.json): every registry package in it, its "
                         "packument and tarball, through the vault's npm backend (repeatable)")
@@ -296,11 +298,12 @@ def read_items(path: str) -> list[tuple[str, str]]:
     return items
 
 
-def make_items(vault: Vault, wanted: list[tuple[str, str]], arch: str | None) -> list[Item]:
+def make_items(vault: Vault, wanted: list[tuple[str, str]], arches: list[str]) -> list[Item]:
     """
     An L{Item} for each thing asked for; every C{--apt} line, every
     source of an C{--apt-sources} file and every C{--deb} together make one
-    apt item (one apt source list resolves them all).
+    apt item (one apt source list resolves them all), one per architecture
+    of C{arches} (none: this machine's), named with it when there are several.
     """
     items = [Item(kind, what) for kind, what in wanted if kind not in ("apt", "apt-sources", "deb")]
     lines = [line for kind, what in wanted if kind in ("apt", "apt-sources")
@@ -309,8 +312,11 @@ def make_items(vault: Vault, wanted: list[tuple[str, str]], arch: str | None) ->
     if debs and not lines:
         raise WarmError("--deb needs the apt source to resolve it from: give --apt LINE or --apt-sources FILE")
     if lines:
-        request = warm_apt.AptRequest.make(vault, lines, debs, arch)
-        items.append(Item("apt", " ".join(debs) if debs else "(indexes only)", request=request))
+        each = list(dict.fromkeys(arches)) or [None]
+        for arch in each:
+            request = warm_apt.AptRequest.make(vault, lines, debs, arch)
+            what = " ".join(debs) if debs else "(indexes only)"
+            items.append(Item("apt", f"{what} ({arch})" if len(each) > 1 else what, request=request))
     return items
 
 

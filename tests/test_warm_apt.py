@@ -302,6 +302,34 @@ class AptWarmTests(TestCase):
                                                       "a", package, deb)))
         self.assertNotIn("MISS", d2.log())
 
+    def test_two_architectures(self) -> None:
+        """
+        --arch twice: one apt item for each (named with it), each through its
+        own binary index; then, the mirror gone, an arm64 machine and an amd64
+        one each update and install from the vault alone (neither asked it before).
+        """
+        d = self.daemon(f"{kit()}/debian")
+        line = f"deb [signed-by={key()}] /debian/ stable main"
+        status, out = run_warm(d.base, "--apt", line, "--deb", "av-pkg-05", "--arch", "arm64", "--arch", "amd64",
+                               "--arch", "arm64")
+        self.assertEqual(status, 0, out)
+        self.assertRegex(out, r"apt av-pkg-05 \(arm64\) +│")
+        self.assertRegex(out, r"apt av-pkg-05 \(amd64\) +│")
+        self.assertEqual(out.count("av-pkg-05 (arm64)"), 1, out)  # (an architecture given twice is one item)
+        for arch in ("amd64", "arm64"):
+            self.assertIn(f"/binary-{arch}/", d.log())
+
+        d.stop()
+        d2 = self.daemon(f"http://127.0.0.1:{support.free_port()}/debian", cache_dir=d.cache_dir)
+        for arch in ("arm64", "amd64"):
+            client = AptClient(os.path.abspath(self.mktemp()),
+                               [f"deb [signed-by={key()}] {d2.url('/debian')} stable main"],
+                               extra={"APT::Architecture": arch, "APT::Architectures::": arch})
+            client.ok("update")
+            client.ok("install", "--download-only", "-y", "av-pkg-05")
+            self.assertTrue(os.path.exists(client.archive("av-pkg-05_1.0-1_all.deb")))
+        self.assertNotIn("MISS", d2.log())
+
     def test_deb822_sources(self) -> None:
         """--apt-sources: a deb822 .sources file, given alone or named in a --from file (relative to it)."""
         d = self.daemon(f"{kit()}/debian")

@@ -16,9 +16,13 @@ Layout of OUT (``deb [signed-by=DIR/key.gpg] http://HOST/OUT stable main``)::
     pool/main/a/av-pkg-NN/av-pkg-NN_1.0-1_all.deb    --packages of them (default 8)
     pool/main/a/av-src/av-src_1.0.dsc, .tar.xz        a native source package
     dists/stable/{InRelease,Release,Release.gpg}
-    dists/stable/main/binary-amd64/{Packages,Packages.gz,Packages.xz}
+    dists/stable/main/binary-{amd64,arm64}/{Packages,Packages.gz,Packages.xz}
     dists/stable/main/source/{Sources,Sources.xz}
-    dists/stable/main/{binary-amd64,source}/by-hash/{MD5Sum,SHA256}/<hex>
+    dists/stable/main/{binary-amd64,binary-arm64,source}/by-hash/{MD5Sum,SHA256}/<hex>
+
+Two architectures, as a real archive has several (the packages are all
+``Architecture: all``, so both list them): a client of either, and warm's
+``--arch`` for a machine other than the one it runs on, are tested against it.
 
 ``--bump N``: the first N packages at version 1.0-2 (a second version of the
 repository: new files in the pool, new indexes, re-signed); with
@@ -46,7 +50,8 @@ import subprocess
 import tempfile
 
 SUITE = "stable"
-ARCH = "amd64"
+#: The architectures of the binary indexes (dists/stable/main/binary-<arch>).
+ARCHES = ("amd64", "arm64")
 KEY_UID = "Artifact Vault test repository <apt-test@example.invalid>"
 
 
@@ -203,17 +208,19 @@ def main() -> None:
             build_source(pool, work)
 
     dist = os.path.join(tmp_out, "dists", SUITE)
-    binary = os.path.join(dist, "main", f"binary-{ARCH}")
+    binaries = [os.path.join(dist, "main", f"binary-{arch}") for arch in ARCHES]
     source = os.path.join(dist, "main", "source")
-    os.makedirs(binary)
     os.makedirs(source)
     no_extra = ["-o", "APT::FTPArchive::SHA1=false", "-o", "APT::FTPArchive::SHA512=false"]
-    run("apt-ftparchive", *no_extra, "packages", "pool/main", cwd=tmp_out, out=os.path.join(binary, "Packages"))
+    for arch, binary in zip(ARCHES, binaries):
+        os.makedirs(binary)
+        run("apt-ftparchive", *no_extra, "--arch", arch, "packages", "pool/main", cwd=tmp_out,
+            out=os.path.join(binary, "Packages"))
+        run("gzip", "-9nk", os.path.join(binary, "Packages"))
+        run("xz", "-k", os.path.join(binary, "Packages"))
     run("apt-ftparchive", *no_extra, "sources", "pool/main", cwd=tmp_out, out=os.path.join(source, "Sources"))
-    run("gzip", "-9nk", os.path.join(binary, "Packages"))
-    run("xz", "-k", os.path.join(binary, "Packages"))
     run("xz", "-k", os.path.join(source, "Sources"))
-    for d in (binary, source):
+    for d in (*binaries, source):
         by_hash(d)
         if a.keep_by_hash_from:
             old = os.path.join(a.keep_by_hash_from, os.path.relpath(d, tmp_out), "by-hash")
@@ -223,7 +230,7 @@ def main() -> None:
                     if not os.path.exists(target):
                         os.link(os.path.join(old, label, name), target)
     fields = {"Origin": "Artifact Vault tests", "Label": "av-test", "Suite": SUITE, "Codename": SUITE,
-              "Architectures": ARCH, "Components": "main", "Acquire-By-Hash": "yes",
+              "Architectures": " ".join(ARCHES), "Components": "main", "Acquire-By-Hash": "yes",
               "Description": "test repository of the apt backend"}
     opts = [f"-o=APT::FTPArchive::Release::{k}={v}" for k, v in fields.items()]
     # Valid-Until ten years on: the repository is built once and kept.
