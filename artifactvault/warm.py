@@ -312,10 +312,10 @@ def make_items(vault: Vault, wanted: list[tuple[str, str]], arches: list[str]) -
     if debs and not lines:
         raise WarmError("--deb needs the apt source to resolve it from: give --apt LINE or --apt-sources FILE")
     if lines:
-        each = list(dict.fromkeys(arches)) or [None]
+        what = " ".join(debs) if debs else "(indexes only)"
+        each: list[str | None] = list(dict.fromkeys(arches)) or [None]
         for arch in each:
             request = warm_apt.AptRequest.make(vault, lines, debs, arch)
-            what = " ".join(debs) if debs else "(indexes only)"
             items.append(Item("apt", f"{what} ({arch})" if len(each) > 1 else what, request=request))
     return items
 
