@@ -118,14 +118,15 @@ class AptClient:
 class AptTestCase(TestCase):
     timeout = 240
 
-    def repo(self, version: str = "v1", copy: bool = False) -> str:
+    def repo(self, version: str = "v1", copy: bool = False, name: str | None = None) -> str:
         """
         A repository of this test's own beside the kit's: a symlink to
         C{version} (swappable: L{swap}), or a hard-linked copy (to corrupt
-        files in: replace them, never write into them). Its name.
+        files in: replace them, never write into them). Its name (C{name},
+        else a new one).
         """
         kit()
-        name = f"t-{uuid.uuid4().hex[:10]}"
+        name = name or f"t-{uuid.uuid4().hex[:10]}"
         path = kit_dir("www", name)
         if copy:
             shutil.copytree(kit_dir("repos", version), path, copy_function=os.link, symlinks=True)
@@ -291,6 +292,43 @@ class ProxyFormTests(AptTestCase):
         before = support.hits("apt", f"^GET /{name}/")
         self.client(d.url("/debian")).ok("update")
         self.assertEqual(support.hits("apt", f"^GET /{name}/"), before)
+
+    def test_archive_and_security_on_one_host(self) -> None:
+        """
+        Debian's own layout through the proxy form: the archive and its
+        security archive on one host, at /X and /X-security (one path a
+        prefix of the other's as a string, not as a path), each its own
+        backend claiming that host. One apt-get sees both: each request goes
+        to its own mirror, and the security archive's newer version wins; a
+        sibling path neither claims is refused.
+        """
+        name = self.repo("v1")
+        self.repo("v2", name=f"{name}-security")
+        backends = [{"type": "apt", "config": {"prefix": prefix, "mirror_url": f"{kit()}/{path}",
+                                               "hosts": [PROXY_HOST]}}
+                    for prefix, path in (("/debian/", name), ("/debian-security/", f"{name}-security"))]
+        d = support.Daemon(backends)
+        self.addCleanup(d.cleanup)
+        d.start()
+        c = AptClient(os.path.abspath(self.mktemp()),
+                      [f"deb [signed-by={key()}] http://{PROXY_HOST}/{path} stable main"
+                       for path in (name, f"{name}-security")], proxy=d.url("/"))
+        c.ok("update")
+        c.ok("install", "--download-only", "-y", "av-pkg-01", "av-pkg-02")
+        self.assertEqual(sha256_file(c.archive("av-pkg-01_1.0-2_all.deb")),
+                         self.upstream_sha(f"{name}-security", pool("av-pkg-01", "1.0-2")))
+        self.assertTrue(os.path.exists(c.archive("av-pkg-02_1.0-1_all.deb")))
+        self.assertEqual(self.hits(name, "dists/stable/InRelease$"), 1)
+        self.assertEqual(self.hits(f"{name}-security", "dists/stable/InRelease$"), 1)
+        self.assertEqual(self.hits(f"{name}-security", "pool/main/a/av-pkg-01/av-pkg-01_1.0-2_all.deb$"), 1)
+        log = d.log()
+        self.assertIn("GET /debian/dists/stable/InRelease 200 MISS", log)
+        self.assertIn("GET /debian-security/dists/stable/InRelease 200 MISS", log)
+        # A sibling neither claims (/X-backports: below /X as a string only) is no backend's: 403.
+        p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--proxy", d.url("/"),
+                            f"http://{PROXY_HOST}/{name}-backports/dists/stable/InRelease"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.stdout, "403")
 
     def test_unclaimed_host_is_refused(self) -> None:
         """A host no backend claims gets a 403: the vault is no open proxy; nothing is fetched."""
