@@ -51,6 +51,7 @@ ahead.
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections import deque
 from typing import Any
@@ -70,6 +71,8 @@ _log = Logger(observer=logs.observer)
 SERVER = f"artifactvault/{__version__}".encode()
 #: The first byte of a TLS record carrying a handshake.
 TLS_HANDSHAKE = b"\x16"
+#: The socket option that acknowledges at once what was read (Linux; None elsewhere).
+QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 #: A request target in absolute form (RFC 9112 3.2.2): a scheme, then "://".
 _ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://")
 NOT_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
@@ -213,6 +216,8 @@ class VaultChannel(HTTPChannel):
     _abort_call: Any = None
     _refused = False
     _host: Any = None
+    #: Whether a read that ends inside a request's head is acknowledged at once (L{_ack_now}).
+    _quickack = QUICKACK is not None
 
     def getHost(self) -> Any:
         """The local address, asked of the socket once: Twisted asks for it anew with every request."""
@@ -240,6 +245,8 @@ class VaultChannel(HTTPChannel):
                 self._arrival(self._received - len(self._buffer) - sum(map(len, self._dataBuffer)))
                 self._reads.append((self._received, self.arrived))
                 self._received += len(data)
+                if self._quickack and self._transferDecoder is None and not data.endswith(b"\r\n\r\n"):
+                    self._ack_now()
         if self._first and data:
             self._first = False
             if data.startswith(TLS_HANDSHAKE):
@@ -249,6 +256,23 @@ class VaultChannel(HTTPChannel):
         if data and not self._handlingRequest and self._head_timer is None:
             self._start_head_timer()
         super().dataReceived(data)
+
+    def _ack_now(self) -> None:
+        """
+        Acknowledge at once what was just read: it ended inside a request's
+        head. A client with Nagle's algorithm on (apt is one) that writes a
+        request in two pieces holds back the second until the first is
+        acknowledged, and the kernel, with nothing to send, delays that
+        acknowledgement by 40 ms: each such request waited ~44 ms (measured,
+        against nginx too; 1 in ~50 of apt's pipelined requests). With
+        C{TCP_QUICKACK} the kernel acknowledges now; it goes back to delaying
+        by itself, so this is asked at each such read. Not possible (no such
+        option, or not a TCP socket): never asked again on this connection.
+        """
+        try:
+            self.transport.getHandle().setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+        except (OSError, AttributeError):
+            self._quickack = False
 
     def rawDataReceived(self, data: bytes) -> None:
         # (while a request is answered, Twisted keeps what follows in

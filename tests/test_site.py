@@ -278,6 +278,38 @@ class LocalAddressTests(SynchronousTestCase):
         self.assertEqual(transport.asked, 1)
 
 
+class _NotTcpTransport(StringTransport):
+    """A connection whose socket takes no TCP option (a UNIX socket's): each try counted."""
+
+    tries = 0
+
+    def getHandle(self):
+        transport = self
+
+        class Handle:
+            def setsockopt(self, *args):
+                transport.tries += 1
+                raise OSError(95, "Operation not supported")
+        return Handle()
+
+
+class QuickAckTests(SynchronousTestCase):
+    def test_not_a_tcp_socket(self) -> None:
+        """
+        Heads that come in pieces on a connection that cannot be told to
+        acknowledge at once: answered all the same, and asked once only.
+        (Through a real socket: tests.test_pipelining.SplitHeadTests.)
+        """
+        protocol = VaultSite(_Hello(), reactor=Clock()).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+        transport = _NotTcpTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
+        protocol.makeConnection(transport)
+        for _ in range(2):
+            protocol.dataReceived(b"GET / HTTP/1.1\r\nHo")
+            protocol.dataReceived(b"st: x\r\n\r\n")
+        self.assertEqual(transport.value().count(b"200 OK"), 2)
+        self.assertEqual(transport.tries, 1)
+
+
 class LookAheadTests(SynchronousTestCase):
     """Which pipelined request heads the channel lets the site fetch ahead (L{_plain_get})."""
 
