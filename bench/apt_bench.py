@@ -14,6 +14,11 @@ served directly, in alternating rounds:
 - a 200 MiB ``.deb`` cold (after an update, so the vault knows its hash)
   written to disk by curl, against the same download direct;
 - the vault's peak RSS (VmHWM) over the whole run;
+- which of direct's runs had a TCP stall (a request nginx took 30 ms or more
+  over, by its access log's request time: apt sent its start in a small
+  segment and the rest waited for nginx's delayed ACK, ~40 ms), and the
+  vault against direct's runs without one (``stall_free``): direct's
+  figures are bimodal, and which half holds the median sets the ratio;
 - with ``--delay-ms N``: the cold run again, direct and through the vault,
   with the repository N ms away (bench/delay_relay.py waits that long
   before passing on each request): where apt's pipelined downloads, fetched
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -247,6 +253,33 @@ FLAP_URLS = {"vault": f"http://127.0.0.1:{VAULT_PORT}/flap", "apt-cacher-ng": f"
 RESET = {"direct": lambda: None, "vault": lambda: vault("reset"), "apt-cacher-ng": acng_reset}
 
 
+#: A request nginx took this long over is a TCP stall (its files are ~1 KB; a stall costs ~40 ms).
+STALL = 0.030
+_REQUEST_TIME = re.compile(r" rt=([0-9.]+)")
+
+
+def nginx_stalls(since: int) -> int:
+    """
+    How many requests the repository's nginx logged after byte C{since} of
+    its access log that took it C{STALL} seconds or more (the kit's log
+    format ends with ``rt=$request_time``).
+    """
+    with open(os.path.join(UP_DIR, "access.log"), "rb") as f:
+        f.seek(since)
+        return sum(float(m.group(1)) >= STALL for line in f.read().decode("latin-1").splitlines()
+                   if (m := _REQUEST_TIME.search(line)))
+
+
+def log_size() -> int:
+    """Where the repository's access log ends now (L{nginx_stalls} counts from there)."""
+    return os.path.getsize(os.path.join(UP_DIR, "access.log"))
+
+
+def stall_free(runs: list[float], stalls: list[int]) -> list[float]:
+    """The runs (of direct) in which nginx logged no stall."""
+    return [run for run, n in zip(runs, stalls) if n == 0]
+
+
 def update_install(target: str, url: str | None = None) -> float:
     c = Client(url or URLS[target])
     try:
@@ -330,13 +363,18 @@ def main() -> None:
     cold: dict[str, list[float]] = {t: [] for t in targets}
     warm: dict[str, list[float]] = {t: [] for t in targets}
     bigs: dict[str, list[float]] = {t: [] for t in targets}
+    #: Per direct run, how many of its requests stalled in nginx (cold, warm).
+    stalls: dict[str, list[int]] = {"cold": [], "warm": []}
     try:
         for r in range(a.rounds):
             order = targets[r % 3:] + targets[:r % 3]
             for t in order:
                 RESET[t]()
-                cold[t].append(update_install(t))
-                warm[t].append(update_install(t))
+                for phase, runs in (("cold", cold), ("warm", warm)):
+                    since = log_size()
+                    runs[t].append(update_install(t))
+                    if t == "direct":
+                        stalls[phase].append(nginx_stalls(since))
             for t in order:
                 RESET[t]()
                 bigs[t].append(big(t))
@@ -386,6 +424,15 @@ def main() -> None:
     # between apt and nginx, and which half holds the median sets the ratio: docs/benchmarks.md)
     print("\ncold rounds, s, sorted: " + "; ".join(
         f"{t} " + " ".join(f"{x:.3f}" for x in sorted(cold[t])) for t in ("direct", "vault", "apt-cacher-ng")))
+    print(f"\n| against direct's runs without a TCP stall (no request nginx took {STALL * 1000:.0f} ms or more over) "
+          f"| direct's runs without one | direct, s | vault, s | vault/direct |\n|---|---|---|---|---|")
+    for label, runs in (("cold", cold), ("warm", warm)):
+        free = stall_free(runs["direct"], stalls[label])
+        if free:
+            d, v = med(free), med(runs["vault"])
+            print(f"| {label} | {len(free)} of {len(runs['direct'])} | {d:.3f} | {v:.3f} | {v / d:.2f}× |")
+        else:
+            print(f"| {label} | 0 of {len(runs['direct'])} | | | |")
     d, v, n = med(bigs["direct"]), med(bigs["vault"]), med(bigs["apt-cacher-ng"])
     print(f"\n| 200 MiB .deb cold, written to disk | direct | vault | apt-cacher-ng |\n|---|---|---|---|\n"
           f"| MB/s (median) | {d:.0f} | {v:.0f} ({v / d:.2f}× direct) | {n:.0f} ({n / d:.2f}× direct) |")
