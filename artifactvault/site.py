@@ -270,7 +270,7 @@ class VaultChannel(HTTPChannel):
         option, or not a TCP socket): never asked again on this connection.
         """
         try:
-            self.transport.getHandle().setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+            _tcp_socket(self.transport).setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
         except (OSError, AttributeError):
             self._quickack = False
 
@@ -469,6 +469,17 @@ class VaultChannel(HTTPChannel):
             start = end + 4
             if target is not None:
                 self.site.prefetch(target)
+
+
+def _tcp_socket(transport: Any) -> socket.socket:
+    """
+    The socket under C{transport}: its handle, or for TLS (whose handle is
+    the TLS connection) the handle of the transport it wraps;
+    AttributeError if there is none.
+    """
+    while not isinstance(handle := transport.getHandle(), socket.socket):
+        transport = transport.transport
+    return handle
 
 
 def _plain_get(head: bytes) -> bytes | None | bool:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 
 from twisted.trial.unittest import TestCase
 
 from tests import support
+from tests.test_pipelining import assert_heads_in_two_writes_answered_at_once
 from tests.test_tls import CertFiles
 
 UV = os.path.join(os.path.dirname(sys.executable), "uv")
@@ -87,6 +90,19 @@ class ServingTests(TestCase):
         d = tls_daemon(self, [], listen=True)
         p = self.curl(d, "/-/health", "--cacert", d.ca_file)
         self.assertEqual(p.stdout, b"ok\n\n200", p.stderr)
+
+    def test_head_in_two_records(self) -> None:
+        """
+        A request head in two TLS records from a client with Nagle's
+        algorithm on is acknowledged at once below the TLS layer, as on
+        plain TCP (tests.test_pipelining.SplitHeadTests).
+        """
+        d = tls_daemon(self, [])
+        context = ssl.create_default_context(cafile=d.ca_file)
+        sock = context.wrap_socket(socket.create_connection(("127.0.0.1", d.port), timeout=30),
+                                   server_hostname="127.0.0.1")
+        self.addCleanup(sock.close)
+        assert_heads_in_two_writes_answered_at_once(self, sock)
 
     def test_plain_http_to_tls_port(self) -> None:
         """A plain HTTP request to the HTTPS port gets no answer that a client could take for one."""
