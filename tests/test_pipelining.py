@@ -5,6 +5,8 @@ of their turn), not one after the other, and still answered in order, each
 with its own bytes; what may not be fetched ahead (a Range, a mutable file)
 waits for its turn. The upstream is a L{FakeUpstream} serving an apt
 repository whose pool files it holds back until the test lets them go.
+And a request head that comes in two writes (as apt sends some) is not
+held back by a delayed acknowledgement (L{SplitHeadTests}).
 """
 
 from __future__ import annotations
