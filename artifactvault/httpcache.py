@@ -33,10 +33,12 @@ kept headers).
 from __future__ import annotations
 
 import calendar
+import functools
 import json
 import re
 import time
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from enum import Enum
 from typing import Any, Iterable, Mapping
 
@@ -406,6 +408,27 @@ def parse_http_date(value: str | None, now: float | None = None) -> float | None
         calendar.weekday(parts[0], parts[1], parts[2])  # (a 31st of February raises)
         return float(calendar.timegm(parts + (0, 0, 0)))
     except ValueError:
+        return None
+
+
+def loose_date(value: str | None) -> float | None:
+    """
+    A date however a server or file wrote it (RFC 5322's forms and what
+    C{email.utils} forgives: a Release file's ``Date``, an S3 answer's
+    fields, a client's ``If-Modified-Since``, a ``Retry-After``) as a POSIX
+    time, or None when it is none. Where a cache must be exact about an
+    HTTP-date (freshness, RFC 9111), L{parse_http_date} is used instead.
+    Remembered: the same ``Last-Modified`` comes with every answer of an
+    entry.
+    """
+    return _loose_date(value) if value else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _loose_date(value: str) -> float | None:
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
 

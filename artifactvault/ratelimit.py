@@ -29,8 +29,9 @@ L{Backoff.held}) for whoever reports metrics.
 from __future__ import annotations
 
 import math
-from email.utils import parsedate_to_datetime
 from typing import Callable
+
+from artifactvault.httpcache import loose_date
 
 #: How long to back off after a 429 that names no (readable) Retry-After.
 DEFAULT_BACKOFF = 30.0
@@ -54,11 +55,8 @@ def retry_after(value: str | None, now: float) -> float | None:
     value = value.strip()
     if value.isascii() and value.isdigit():
         return float(int(value[:12]))
-    try:
-        when = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return max(when - now, 0.0)
+    when = loose_date(value)
+    return None if when is None else max(when - now, 0.0)
 
 
 class Backoff:

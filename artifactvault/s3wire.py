@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +37,7 @@ from zope.interface import implementer
 
 from artifactvault import logs
 from artifactvault.cache.interface import StoreUnavailable
+from artifactvault.httpcache import loose_date
 from artifactvault.upstream import read_larger
 
 _log = Logger(observer=logs.observer)
@@ -253,22 +253,15 @@ class S3Wire:
 
 def server_time(response: Any) -> float | None:
     """The storage server's clock, from a response's C{Date}."""
-    return _date(_header(response, b"date"))
+    return loose_date(_header(response, b"date"))
 
 
 def last_modified(response: Any) -> float | None:
-    return _date(_header(response, b"last-modified"))
+    return loose_date(_header(response, b"last-modified"))
 
 
 def etag_of(response: Any) -> str | None:
     return _header(response, b"etag")
-
-
-def _date(value: str | None) -> float | None:
-    try:
-        return parsedate_to_datetime(value).timestamp() if value else None
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
 
 
 def _header(response: Any, name: bytes) -> str | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
@@ -28,6 +27,7 @@ from artifactvault.cache.entry import Entry
 from artifactvault.cache.interface import IStore, IStoredBody, StoreUnavailable
 from artifactvault.fields import response_headers
 from artifactvault.flight import Flight, IFlightListener
+from artifactvault.httpcache import loose_date
 from artifactvault.upstream import UpstreamError, header
 
 _log = Logger(observer=logs.observer)
@@ -245,13 +245,6 @@ def _etag_matches(header: str, etag: str) -> bool:
     return False
 
 
-def _parse_date(value: str) -> float | None:
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
 def strong_date(last_modified: str | None, dated: float) -> str | None:
     """
     C{last_modified} if it can validate a range, else None. RFC 9110 8.8.2.2:
@@ -261,7 +254,7 @@ def strong_date(last_modified: str | None, dated: float) -> str | None:
     change again under the same date, and a resumed download would splice two
     versions.
     """
-    when = _parse_date(last_modified) if last_modified else None
+    when = loose_date(last_modified)
     return last_modified if when is not None and when <= dated - 1 else None
 
 
@@ -274,7 +267,7 @@ def not_modified(request: Request, etag: str | None, last_modified: str | None) 
         return etag is not None and _etag_matches(inm.decode("latin-1"), etag)
     ims = request.getHeader(b"if-modified-since")
     if ims is not None and last_modified:
-        since, modified = _parse_date(ims.decode("latin-1")), _parse_date(last_modified)
+        since, modified = loose_date(ims.decode("latin-1")), loose_date(last_modified)
         return since is not None and modified is not None and modified <= since
     return False
 

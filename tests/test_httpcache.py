@@ -8,14 +8,14 @@ computation; examples for the rules).
 from __future__ import annotations
 
 import calendar
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
 
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from artifactvault.httpcache import (ALONE, DELTA_MAX, HEURISTIC_MAX, STAR, Directives, Exchange, HttpPolicy, Mode,
-                                     Reuse, age_value, delta_seconds, parse_cache_control, parse_http_date,
+                                     Reuse, age_value, delta_seconds, loose_date, parse_cache_control, parse_http_date,
                                      parse_sf_dictionary, request_directives, response_directives, selecting,
                                      storable, targeted_directives, variant_key, vary_fields)
 from tests.fakes import EPOCH, FakeResponse
@@ -153,6 +153,38 @@ class DateTests(SynchronousTestCase):
                       "Thu, 18-Aug-2050 02:01:18 GMT", "Thu, 18 Aug 2050 02.01.18 GMT",
                       "Thu, 18 Aug 2050 2:01:18 GMT", "Thu, 31 Feb 2050 02:01:18 GMT", "0", ""):
             self.assertIsNone(parse_http_date(value), value)
+
+
+def _as_email_utils(value: str | None) -> float | None:
+    """What each of loose_date's users did with a date before there was one function (parsedate_to_datetime)."""
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+class LooseDateTests(SynchronousTestCase):
+    """Dates as servers and files write them (loose_date): email.utils's reading, remembered."""
+
+    @settings(max_examples=500)
+    @given(st.one_of(st.none(), st.text(max_size=40),
+                     st.integers(0, 2 ** 35).map(lambda t: formatdate(t, usegmt=True)),
+                     st.integers(0, 2 ** 33).map(lambda t: formatdate(t, localtime=False)),
+                     st.integers(0, 2 ** 33).map(lambda t: formatdate(t).replace("-0000", "UTC"))))
+    def test_as_email_utils(self, value: str | None) -> None:
+        """Any text, or a date in the forms mail and Release files use: what email.utils makes of it."""
+        self.assertEqual(loose_date(value), _as_email_utils(value))
+        self.assertEqual(loose_date(value), _as_email_utils(value))  # (and so when remembered)
+
+    def test_forms(self) -> None:
+        """A Release file's UTC date and an HTTP-date read; an empty or broken one is no date."""
+        t = calendar.timegm((2026, 12, 5, 7, 8, 12))
+        self.assertEqual(loose_date("Sat, 05 Dec 2026 07:08:12 UTC"), t)
+        self.assertEqual(loose_date("Sat, 05 Dec 2026 07:08:12 GMT"), t)
+        for value in (None, "", "yesterday", "Sat, 99 Dec 2026 07:08:12 UTC"):
+            self.assertIsNone(loose_date(value), value)
 
 
 class AgeTests(SynchronousTestCase):

@@ -20,8 +20,9 @@ import io
 import lzma
 import re
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import IO, Iterator
+
+from artifactvault.httpcache import loose_date
 
 #: The hash fields of a Release, weakest first, with hashlib's names.
 HASH_FIELDS = {"MD5Sum": "md5", "SHA1": "sha1", "SHA256": "sha256", "SHA512": "sha512"}
@@ -130,15 +131,6 @@ class Release:
         return self.files == other.files and self.fields.get("date") == other.fields.get("date")
 
 
-def _date(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
 def paragraphs(lines: Iterator[bytes]) -> Iterator[dict[str, list[str]]]:
     """
     deb822 paragraphs as {lower-case field: [its first line, continuation
@@ -195,8 +187,8 @@ def parse_release(text: bytes) -> Release:
     if not any(k.lower() in para for k in HASH_FIELDS):
         raise MetaError("not a Release file: it lists no files")
     infos = {path: FileInfo(e["size"], e["hashes"]) for path, e in files.items()}
-    return Release(fields=fields, files=infos, date=_date(fields.get("date")),
-                   valid_until=_date(fields.get("valid-until")),
+    return Release(fields=fields, files=infos, date=loose_date(fields.get("date")),
+                   valid_until=loose_date(fields.get("valid-until")),
                    by_hash=fields.get("acquire-by-hash", "").lower() == "yes")
 
 
