@@ -260,10 +260,7 @@ class S3Store(StoreBasics):
                 await self.local.commit(path, fd, replace(entry, data="", source=entry.data))  # type: ignore[union-attr]
             finally:
                 os.close(fd)
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+                _unlink(path)  # (gone already when the local commit renamed it)
                 self._filling.discard(entry.key)
         Deferred.fromCoroutine(fill()).addErrback(
             lambda f: _log.info("not copied to the local tier: {key}: {reason}", key=entry.key, reason=str(f.value)))
