@@ -45,7 +45,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Callable
 
@@ -121,9 +121,21 @@ class Artifact:
     #: not for a file a signed index says exists (a mirror in mid-sync
     #: lacks it for a moment; remembering that would fail clients for a minute).
     negative: bool = True
+    #: Asked when C{url} answers 404 or 410: another name of the same bytes,
+    #: verified against the same digest (an apt index by its name, where the
+    #: Release offers by-hash but the mirror lacks that copy, as partial
+    #: mirrors made by apt-mirror do; apt itself falls back so).
+    fallback_url: str | None = None
 
     def describe(self) -> str:
         return self.label or self.key
+
+
+def fallback_for(artifact: Artifact, status: int) -> Artifact | None:
+    """C{artifact} asked under its C{fallback_url} after its C{url} answered C{status}; None: not so."""
+    if status not in (404, 410) or artifact.fallback_url is None:
+        return None
+    return replace(artifact, url=artifact.fallback_url, fallback_url=None)
 
 
 def verified_as(entry: Entry, digest: tuple[str, str] | None) -> bool:
@@ -548,6 +560,10 @@ class Flight:
             discard(response)
             self._not_modified(response)
             return
+        fallback = fallback_for(self.artifact, response.code)
+        if fallback is not None:
+            self._fall_back(response, fallback)
+            return
         if response.code != 200 and not self._relayed(response):
             # (its small error answer is kept: a backend may pass on its words)
             Deferred.fromCoroutine(self.artifact.upstream.error_for(response)).addCallbacks(
@@ -587,6 +603,15 @@ class Flight:
         if self.artifact.transform is None:
             self._fire(self._head_waiters, self)
         response.deliverBody(self._body)
+
+    def _fall_back(self, response: Any, fallback: Artifact) -> None:
+        """The upstream has no C{url}: ask for the same bytes as C{fallback}, once (the slot kept)."""
+        discard(response)
+        _log.info("{what}: the upstream has no {url} ({code}); asking for {fallback}", what=fallback.describe(),
+                  url=self.artifact.url, code=response.code, fallback=fallback.url)
+        self.artifact = fallback
+        self.response = None
+        self._send()
 
     def _relayed(self, response: Any) -> bool:
         """

@@ -174,7 +174,7 @@ class RangeRelay:
         self.responder.cache_status = "PASS"
         kept = {k: v for k, v in response_headers(self.artifact, response).items()
                 if k.lower() != "cache-control" or self.artifact.policy is not None}
-        set_headers(request, size=complete, content_type=self.artifact.content_type or header(response, b"content-type"),
+        set_headers(self.responder, size=complete, content_type=self.artifact.content_type or header(response, b"content-type"),
                     etag=header(response, b"etag"), last_modified=header(response, b"last-modified"), extra=kept)
         request.setResponseCode(206)
         self.expected = last - first + 1

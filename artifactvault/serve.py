@@ -85,6 +85,13 @@ class Responder:
     """
 
     fetched_ahead = False
+    #: What this answer says of its freshness (C{Cache-Control}), whatever
+    #: the copy's own headers say; None: theirs. For a URL that does not
+    #: name its bytes although they are kept by their digest (an apt index
+    #: asked for by name: the mirror's next release serves other bytes
+    #: under it), where the copy, shared with the URL that does name them
+    #: (its by-hash one), says it never changes.
+    cache_control: str | None = None
 
     def __init__(self, request: Request, on_error: ErrorRenderer = plain_error):
         self.request = request
@@ -405,9 +412,10 @@ def requested_range(request: Request) -> tuple[int | None, int | None] | None:
     return first, last
 
 
-def set_headers(request: Request, *, size: int | None, content_type: str | None, etag: str | None,
+def set_headers(responder: Responder, *, size: int | None, content_type: str | None, etag: str | None,
                 last_modified: str | None, extra: dict[str, str]) -> None:
-    set_ = request.setHeader
+    """The headers of an answer with a body of C{size} (None: not a 200's), C{extra} being the copy's own."""
+    set_ = responder.request.setHeader
     if content_type:
         set_(b"content-type", content_type.encode("latin-1"))
     else:
@@ -420,6 +428,8 @@ def set_headers(request: Request, *, size: int | None, content_type: str | None,
         set_(b"accept-ranges", b"bytes")
     for name, value in extra.items():
         set_(name.encode("latin-1"), value.encode("latin-1"))
+    if responder.cache_control is not None:
+        set_(b"cache-control", responder.cache_control.encode("latin-1"))
 
 
 def _relayed(responder: Responder, status: int, size: int | None, content_type: str | None) -> bool:
@@ -598,7 +608,7 @@ def _entry_span(responder: Responder, entry: Entry, cache_status: str, now: floa
     request = responder.request
     etag, modified = entry_etag(entry), entry_last_modified(entry)
     responder.cache_status = cache_status
-    set_headers(request, size=entry.size if entry.status == 200 else None, content_type=entry.content_type,
+    set_headers(responder, size=entry.size if entry.status == 200 else None, content_type=entry.content_type,
                 etag=etag, last_modified=modified, extra=entry.headers)
     if entry.age is not None:
         request.setHeader(b"age", b"%d" % (entry.age + max(0.0, now - entry.stored_at)))
@@ -800,7 +810,7 @@ def serve_flight(responder: Responder, flight: Flight, cache_status: str = "MISS
     responder.cache_status = cache_status
     etag = header(response, b"etag")
     modified = header(response, b"last-modified")
-    set_headers(request, size=size if flight.status == 200 else None, content_type=flight.content_type,
+    set_headers(responder, size=size if flight.status == 200 else None, content_type=flight.content_type,
                 etag=etag, last_modified=modified, extra=response_headers(flight.artifact, response, flight.answered))
     age = flight.age(flight.store.now())
     if age is not None:

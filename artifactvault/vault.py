@@ -25,7 +25,7 @@ from artifactvault import logs
 from artifactvault.cache.entry import Entry
 from artifactvault.cache.interface import IStore, StoreUnavailable
 from artifactvault.fields import refreshed, response_headers
-from artifactvault.flight import Artifact, DigestMismatch, Flight, Flights, StoreDown, verified_as
+from artifactvault.flight import Artifact, DigestMismatch, Flight, Flights, StoreDown, fallback_for, verified_as
 from artifactvault.httpcache import ALONE, Exchange, Reuse, fields_of
 from artifactvault.relay import RangeRelay
 from artifactvault.serve import (Responder, answer_not_modified, not_modified, requested_range, send_body,
@@ -434,6 +434,11 @@ class Vault:
         """A HEAD miss asks the upstream with HEAD; nothing is downloaded."""
         try:
             response = await artifact.upstream.request("HEAD", artifact.url, dict(artifact.headers))
+            fallback = fallback_for(artifact, response.code)
+            if fallback is not None:  # (as a download would)
+                discard(response)
+                artifact = fallback
+                response = await artifact.upstream.request("HEAD", artifact.url, dict(artifact.headers))
             relayed = artifact.policy is not None and artifact.policy.relays(response.code, False)
             if response.code != 200 and not relayed:
                 raise await artifact.upstream.error_for(response)
@@ -455,7 +460,7 @@ class Vault:
         request = responder.request
         responder.cache_status = "MISS"
         last_modified = header(response, b"last-modified")
-        set_headers(request, size=length if response.code == 200 else None,
+        set_headers(responder, size=length if response.code == 200 else None,
                     content_type=artifact.content_type or header(response, b"content-type"),
                     etag=etag, last_modified=last_modified, extra=response_headers(artifact, response))
         if response.code != 200:

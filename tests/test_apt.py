@@ -25,12 +25,13 @@ from artifactvault.auth.access import AUTHENTICATED, OPEN, AuthSettings
 from artifactvault.auth.checkers import make_portal
 from artifactvault.auth.gate import Gate
 from artifactvault.backends import apt_gpg, parse_backend
-from artifactvault.backends.apt import UNVERIFIED_TTL, AptBackendType, ReleaseSet, archive_root
+from artifactvault.backends.apt import INDEX_BY_NAME, UNVERIFIED_TTL, AptBackendType, ReleaseSet, archive_root
 from artifactvault.backends.apt_given import PEER_SECONDS, GivenSets
 from artifactvault.backends.base import (BuildContext, IBackend, IBackendType, IDropsDotSegments, IPrefetch,
                                          IProxyTarget)
 from artifactvault.cache.store import FileStore
 from artifactvault.config import BackendEntry, ConfigError, Section
+from artifactvault.fields import IMMUTABLE
 from artifactvault.root import Root
 from artifactvault.site import VaultSite
 from artifactvault.vault import Vault
@@ -412,11 +413,58 @@ class IndexTests(SynchronousTestCase):
             h = Harness(self, Repo(by_hash=by_hash))
             path = "dists/stable/main/binary-amd64/Packages.xz"
             asked = f"dists/stable/main/binary-amd64/by-hash/SHA256/{sha(h.repo.packages_xz)}" if by_hash else path
-            h.override[asked] = (404, b"not yet")
+            missing = {asked, path}  # (by-hash: not by name either, or the vault takes that)
+            h.override.update(dict.fromkeys(missing, (404, b"not yet")))
             self.assertEqual(h.get(path).status, 404)
-            del h.override[asked]
+            for gone in missing:
+                del h.override[gone]
             a = h.get(path)
             self.assertEqual((a.status, a.body), (200, h.repo.packages_xz), by_hash)
+
+    def test_by_hash_copy_missing(self) -> None:
+        """
+        A Release that offers by-hash, on a mirror without those copies (a
+        partial mirror, as apt-mirror makes them): the index is fetched by
+        its name, as apt itself falls back, and verified the same; a HEAD too.
+        """
+        h = Harness(self)
+        path = "dists/stable/main/binary-amd64/Packages.xz"
+        by_hash = f"dists/stable/main/binary-amd64/by-hash/SHA256/{sha(h.repo.packages_xz)}"
+        del h.repo.files[by_hash]
+        self.assertEqual(h.get(path, method=b"HEAD").status, 200)
+        self.assertEqual(h.paths()[-2:], [by_hash, path])
+        a = h.get(path)
+        self.assertEqual((a.status, a.body, a.header("x-cache")), (200, h.repo.packages_xz, "MISS"))
+        self.assertEqual(h.paths()[-2:], [by_hash, path])
+        self.assertEqual(h.get(path).header("x-cache"), "HIT")
+
+    def test_by_hash_copy_missing_and_name_wrong(self) -> None:
+        """The fallback by name is verified as the by-hash copy would be: a wrong one is a 502, not stored."""
+        h = Harness(self)
+        path = "dists/stable/main/binary-amd64/Packages.xz"
+        del h.repo.files[f"dists/stable/main/binary-amd64/by-hash/SHA256/{sha(h.repo.packages_xz)}"]
+        h.override[path] = (200, b"x" * len(h.repo.packages_xz))
+        for _ in range(2):
+            a = h.get(path)
+            self.assertEqual(a.status, 502)
+            self.assertIn(b"sha256", a.body)
+        self.assertEqual(h.asked(path), 2)
+
+    def test_freshness_said_by_name_and_by_hash(self) -> None:
+        """
+        An index by name says it must be asked again (INDEX_BY_NAME): the
+        next release serves other bytes under that name, and a cache between
+        the vault and apt must not keep them; by hash, it never changes. So
+        on a miss and on a hit, whichever of the two URLs stored the bytes.
+        """
+        path = "dists/stable/main/binary-amd64/Packages.xz"
+        for first in ("name", "hash"):
+            h = Harness(self)
+            by_hash = f"dists/stable/main/binary-amd64/by-hash/SHA256/{sha(h.repo.packages_xz)}"
+            h.get("dists/stable/InRelease")
+            order = [path, by_hash] if first == "name" else [by_hash, path]
+            said = {asked: [h.get(asked).header("cache-control") for _ in range(2)] for asked in order}
+            self.assertEqual(said, {path: [INDEX_BY_NAME] * 2, by_hash: [IMMUTABLE] * 2}, first)
 
     def test_follows_the_release_served(self) -> None:
         """

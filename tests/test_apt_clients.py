@@ -401,6 +401,36 @@ class CorruptUpstreamTests(AptTestCase):
         self.assertEqual(self.hits(name, "dists/stable/main/binary-amd64/Packages"), 0)
         self.assertEqual(self.hits(name, "dists/stable/main/binary-amd64/by-hash/SHA256/"), 1)
 
+    def test_mirror_without_by_hash_copies(self) -> None:
+        """
+        A mirror whose Release offers by-hash but that has none of those
+        copies (a partial mirror, as apt-mirror makes them): apt talking to
+        it falls back to the indexes' names by itself; through the vault,
+        the vault does, verifying them the same. The index by name says
+        no-cache to curl, its by-hash URL that it never changes.
+        """
+        name = self.repo(copy=True)
+        for top, dirs, _ in os.walk(kit_dir("www", name)):
+            if "by-hash" in dirs:
+                shutil.rmtree(os.path.join(top, "by-hash"))  # (the copy's own directories of links)
+                dirs.remove("by-hash")
+        d = self.daemon(name)
+        c = self.client(d.url("/debian"))
+        c.ok("update")
+        c.ok("download", "av-pkg-01")
+        self.assertGreater(self.hits(name, "dists/stable/main/binary-amd64/by-hash/"), 0)
+        self.assertEqual(self.hits(name, "dists/stable/main/binary-amd64/Packages"), 1)
+
+        def cache_control(path: str) -> str:
+            p = subprocess.run(["curl", "-sfI", d.url(f"/debian/{path}")], capture_output=True, text=True,
+                               timeout=30, check=True)
+            return next(line.split(":", 1)[1].strip() for line in p.stdout.splitlines()
+                        if line.lower().startswith("cache-control:"))
+        packages = "dists/stable/main/binary-amd64/Packages.xz"
+        self.assertEqual(cache_control(packages), "no-cache")
+        self.assertIn("immutable", cache_control(f"dists/stable/main/binary-amd64/by-hash/SHA256/"
+                                                 f"{self.upstream_sha(name, packages)}"))
+
     def test_corrupt_index_by_hash(self) -> None:
         """An index whose every copy upstream is corrupt: apt fails cleanly, nothing is stored."""
         name = self.repo(copy=True)

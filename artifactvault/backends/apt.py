@@ -84,6 +84,10 @@ _log = Logger(observer=logs.observer)
 DEFAULT_INDEX_TTL = 300.0
 #: How long a pool file that no known index vouches for is served before it is revalidated.
 UNVERIFIED_TTL = 86400.0
+#: What an index asked for by its name (``Packages.xz``) says of its
+#: freshness: a cache in front of the vault revalidates it every time (the
+#: vault answers a 304 while the release it serves still lists those bytes).
+INDEX_BY_NAME = "no-cache"
 #: The largest InRelease/Release/Release.gpg read (Debian's are ~150 KB).
 MAX_RELEASE = 16 * 1024 * 1024
 
@@ -592,7 +596,8 @@ class AptBackend(Backend):
         """
         A file below a release directory: an index the release set lists is
         served as that set says (its hash and size), through by-hash where
-        the mirror offers it; anything it does not list is another file. The
+        the mirror offers it (by name where it lacks that copy, as apt
+        falls back); anything it does not list is another file. The
         set is the one this client was given (L{GivenSets}), else the one served now.
         """
         rs = self._given.given(responder.request, directory) or await self._current(directory)
@@ -609,14 +614,18 @@ class AptBackend(Backend):
             return
         algo, hexdigest = best
         parent = rel.rpartition("/")[0]
-        if rs.release.by_hash:
+        url = fallback = self._url(path)
+        if rs.release.by_hash:  # (by name, verified the same, where the mirror lacks that copy)
             below_dir = f"{parent + '/' if parent else ''}by-hash/{by_hash_label(algo)}/{hexdigest}"
             url = self._url(join(directory, below_dir))
-        else:
-            url = self._url(path)
         artifact = Artifact(key=hash_key(algo, hexdigest, self.prefix), url=url, upstream=self.upstream,
                             digest=(algo, hexdigest), size=info.size, label=self._label(path),
-                            verify_before_send=self.settings.verify_before_send, negative=False)
+                            verify_before_send=self.settings.verify_before_send, negative=False,
+                            fallback_url=fallback if url != fallback else None)
+        # (kept by its hash, as its by-hash URL, but this name serves the
+        # next release's file: a cache between the vault and its clients
+        # must ask again each time, not keep these bytes under it for a year)
+        responder.cache_control = INDEX_BY_NAME
         await self.vault.serve(responder, artifact)
         await self._learn_from(directory, rel, artifact)
 
