@@ -43,7 +43,7 @@ from zope.interface import implementer
 
 from artifactvault import logs
 from artifactvault.fields import response_headers
-from artifactvault.flight import Artifact
+from artifactvault.flight import Artifact, fallback_for
 from artifactvault.serve import Responder, set_headers
 from artifactvault.upstream import UpstreamError, UpstreamTimeout, abandon, discard, header, host_of
 
@@ -134,6 +134,12 @@ class RangeRelay:
             return
         if response.code == 200 or (self.artifact.policy is not None and response.code not in (206, 416)):
             self.whole(response)  # (an artifact with a policy relays any status: the download does)
+            return
+        fallback = fallback_for(self.artifact, response.code)
+        if fallback is not None:  # (as a download would)
+            discard(response)
+            self.artifact = fallback
+            self.start()
             return
         if response.code == 416:
             discard(response)

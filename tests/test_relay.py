@@ -155,6 +155,16 @@ class PassThroughTests(SynchronousTestCase):
         self.assertEqual(client.answer().status, 502)
         self.assertIn("connection refused", client.answer().body.decode())
 
+    def test_fallback_when_missing(self) -> None:
+        """A 404 for an artifact with a C{fallback_url} (another name of the same bytes): the range is asked of that."""
+        self.options(fallback_url=self.harness.url("b.bin"))
+        client, _ = self.ranged(code=404, body=b"", phrase=b"Not Found")
+        again = self.harness.requests[-1]
+        self.assertEqual((len(self.harness.requests), again.url, again.header("Range")),
+                         (2, self.harness.url("b.bin"), "bytes=100-199"))
+        again.respond(**self.partial(100, 199))
+        self.assertEqual((client.answer().status, client.answer().body), (206, BODY[100:200]))
+
     def test_upstream_ignoring_range_becomes_the_download(self) -> None:
         """
         An upstream that answers 200 (no ranges) sent the whole file: it
