@@ -16,6 +16,7 @@ from twisted.application.service import IService
 from twisted.internet import endpoints
 from twisted.python import usage
 
+from artifactvault import DESCRIPTION
 from artifactvault import config as configmod
 from artifactvault.backends import parse_backend
 from artifactvault import logs
@@ -32,8 +33,7 @@ def _fail(message: str) -> None:
 
 class Options(usage.Options):
     synopsis = "[--config FILE] [--listen STRPORT ...] [--cache-dir DIR] [--log-level LEVEL]"
-    longdesc = ("A pull-through caching proxy for PyPI, OCI registries and plain HTTP. "
-                "Without --config it runs on an embedded default (127.0.0.1:8080).")
+    longdesc = f"{DESCRIPTION} Without --config it runs on an embedded default (127.0.0.1:8080)."
     optParameters = [
         ["config", "c", None, "YAML config file (default: the embedded default config)."],
         ["cache-dir", None, None, "Cache directory (overrides cache_dir)."],

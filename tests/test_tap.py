@@ -149,6 +149,13 @@ class ServiceTests(TapMixin, SynchronousTestCase):
         self.assertEqual(maker.tapname, "artifactvault")
         self.assertIs(maker.options, tap.Options)
 
+    def test_description_names_every_kind(self) -> None:
+        """twistd's plugin list and --help name every ecosystem a backend type serves (they said three of five)."""
+        from twisted.plugins import artifactvault_plugin
+        for said in (artifactvault_plugin.artifactvault.description, tap.Options.longdesc):
+            for kind in ("PyPI", "npm", "OCI", "apt", "HTTP"):
+                self.assertIn(kind, said)
+
     def test_make_service(self) -> None:
         """makeService builds listeners, the janitor, the heap trimmer and the pool closer from parsed options."""
         options = self.parse("--config", self.config_file(), "-l", "tcp:0:interface=127.0.0.1",

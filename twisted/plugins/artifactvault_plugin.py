@@ -2,9 +2,6 @@
 
 from twisted.application.service import ServiceMaker
 
-artifactvault = ServiceMaker(
-    "Artifact Vault",
-    "artifactvault.tap",
-    "A pull-through caching proxy for build artifacts (PyPI, OCI registries, HTTP).",
-    "artifactvault",
-)
+from artifactvault import DESCRIPTION
+
+artifactvault = ServiceMaker("Artifact Vault", "artifactvault.tap", DESCRIPTION, "artifactvault")
