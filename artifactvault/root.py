@@ -11,10 +11,11 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from artifactvault.auth.gate import gate_of, guard, plain_refusal
 from artifactvault.backends.base import BadPath, IDropsDotSegments, IPrefetch, IProxyTarget, safe_segments
+from artifactvault.serve import plain_error
 
 
 class Root(Resource):
@@ -25,7 +26,7 @@ class Root(Resource):
             self.mount(backend.prefix, backend.resource())
             for path, resource in backend.extra_mounts().items():
                 self.mount(path, resource)
-        admin = Resource()
+        admin = _Node()
         admin.putChild(b"health", Health())
         self.putChild(b"-", admin)
 
@@ -106,7 +107,7 @@ class Root(Resource):
     def getChild(self, path: bytes, request: Request) -> IResource:
         if path == b"":
             return self
-        return super().getChild(path, request)
+        return MISSING
 
     def render_GET(self, request: Request) -> Any:
         """The list of backends: for those C{auth.pages} admits, when auth is configured."""
@@ -120,8 +121,27 @@ class Root(Resource):
         return ("\n".join(lines) + "\n").encode()
 
 
+class _Missing(Resource):
+    """
+    Where no backend and no page of the vault's is: a 404 in the vault's
+    plain words, as its other errors (Twisted's own is an HTML page).
+    """
+
+    isLeaf = True
+
+    def render(self, request: Request) -> Any:
+        plain_error(request, 404, "nothing here: GET / lists what this vault serves")
+        return NOT_DONE_YET
+
+
+MISSING = _Missing()
+
+
 class _Node(Resource):
-    """A path segment above a prefix, no backend's own."""
+    """A path segment above a prefix, no backend's own (or the vault's own pages' ``/-/``)."""
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return MISSING
 
 
 class _Branch(Resource):

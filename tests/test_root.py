@@ -56,10 +56,19 @@ class RootTests(SynchronousTestCase):
                          ["/a/ x/y", "/b/c/ z", "/a/ "])
 
     def test_unknown_prefix(self) -> None:
-        """A path under no prefix is a 404."""
-        site = VaultSite(Root([EchoBackend("/a/")]), reactor=self.clock)
-        for path in (b"/nothing/x", b"/b/"):
-            self.assertEqual(Client(site, self.clock, path).answer().status, 404)
+        """
+        A path under no prefix, or under ``/-/`` but no page of the vault's,
+        or above a prefix (``/b/`` of ``/b/c/``), is a 404 in plain words,
+        not Twisted's HTML page; HEAD too, without a body.
+        """
+        site = VaultSite(Root([EchoBackend("/a/"), EchoBackend("/b/c/")]), reactor=self.clock)
+        for path in (b"/nothing/x", b"/b/", b"/b/x", b"/favicon.ico", b"/-/", b"/-/nothing"):
+            answer = Client(site, self.clock, path).answer()
+            self.assertEqual((answer.status, answer.header("content-type"), answer.body),
+                             (404, "text/plain; charset=utf-8", b"nothing here: GET / lists what this vault serves\n"),
+                             path)
+        head = Client(site, self.clock, b"/nothing", b"HEAD").answer()
+        self.assertEqual((head.status, head.body), (404, b""))
 
     def test_longest_prefix_wins(self) -> None:
         """Nested prefixes, mounted in either order: the longest match gets the request."""
