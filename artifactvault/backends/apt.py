@@ -360,7 +360,7 @@ class AptBackend(Backend):
         try:
             rs = ReleaseSet.from_bytes(raw)
         except (MetaError, ValueError, KeyError, TypeError):
-            _log.warn("dropping an unreadable release record for {dir}", dir=directory)
+            _log.warn("dropping an unreadable release record for {dir}", dir=dir_label(directory))
             self.vault.drop(entry)
             return None, None
         self._sets[directory] = (entry.data, rs)
@@ -393,13 +393,13 @@ class AptBackend(Backend):
         url = self._url(join(directory, "InRelease"))
         if usable and self.vault.stale_first(self.upstream, url, entry):
             self.vault.revalidate_in_background(self.upstream, url, lambda: self._refresh(directory, want_pair))
-            _log.info("serving stale release {dir} at once: its mirror failed lately", dir=directory)
+            _log.info("serving stale release {dir} at once: its mirror failed lately", dir=dir_label(directory))
             return rs, "STALE"  # type: ignore[return-value]
         try:
             fresh, changed = await self._refresh(directory, want_pair)
         except UpstreamError as e:
             if usable and self.vault.stale_allowed(entry, e):
-                _log.info("serving stale release {dir}: {reason}", dir=directory, reason=e.reason)
+                _log.info("serving stale release {dir}: {reason}", dir=dir_label(directory), reason=e.reason)
                 return rs, "STALE"  # type: ignore[return-value]
             if rs is not None and rs.expired(now):
                 raise _expired(rs, e) from None
