@@ -12,7 +12,8 @@ given lines, pointed at the vault:
 
 1. C{apt-get update} fetches the release files and the indexes through the
    vault, which keeps them; apt checks their signatures itself
-   (C{signed-by=} in the line, else the host's trusted keys);
+   (C{signed-by=} in the line, else the host's trusted keys); a file it
+   could not fetch fails the item (apt would only warn);
 2. C{apt-get install --download-only --print-uris} lists every .deb the
    packages need with all their dependencies, with its size, and downloads
    nothing;
@@ -46,6 +47,10 @@ INDEX_HASHES = (("SHA512", "sha512"), ("SHA256", "sha256"))
 _URI_LINE = re.compile(r"'(?P<uri>[^'\s]+)' (?P<name>\S+) (?P<size>[0-9]+)(?: (?P<hash>[A-Za-z0-9]+:[0-9a-fA-F]+))? *")
 _ARCH = re.compile(r"[a-z0-9][a-z0-9-]*")
 _OPTIONS = re.compile(r"\[(?P<options>[^\[\]]*)\]")
+#: apt's line for a file it could not fetch (its reason on the next line).
+_FETCH_FAILED = re.compile(r"^Err:", re.MULTILINE)
+#: apt's closing line (W: or E:) after the lines of the files it could not fetch.
+_DOWNLOADS_FAILED = "Some index files failed to download."
 
 
 @dataclass(frozen=True)
@@ -234,6 +239,10 @@ def apt_config(root: str, arch: str | None, auth: str | None) -> dict[str, str]:
         "Acquire::Languages": "none",
         "Acquire::http::Proxy": "DIRECT",
         "Acquire::https::Proxy": "DIRECT",
+        # (apt-get update only warns about a file it could not fetch, and exits 0: with this it
+        # fails, so that a vault that is down or cannot reach its mirror fails the item; apt
+        # before 2.1.13 ignores it, and AptMachine.run reads its Err: lines instead)
+        "APT::Update::Error-Mode": "any",
     }
     if os.geteuid() == 0:  # (as root apt would hand downloads to _apt, who cannot write here)
         options["APT::Sandbox::User"] = "root"
@@ -282,22 +291,36 @@ class AptMachine:
         self.root = root
 
     def run(self, *args: str) -> str:
-        """apt-get C{args} (C{args[1]} its command): its output; L{WarmError} with apt's last error lines if it fails."""
+        """
+        apt-get C{args} (C{args[1]} its command): its output; L{WarmError}
+        with apt's errors if it fails, or if it says it could not fetch a
+        file (an C{Err:} line), which an apt older than 2.1.13 does with
+        exit status 0 (see L{apt_config}): an update that fetched nothing is
+        no warm vault.
+        """
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         env.update(APT_CONFIG=self.config, LC_ALL="C", DEBIAN_FRONTEND="noninteractive")
         p = subprocess.run([self.apt_get, *args], env=env, capture_output=True, text=True,  # type: ignore[list-item]
                            cwd=self.root, stdin=subprocess.DEVNULL)
-        if p.returncode != 0:
+        if p.returncode != 0 or _FETCH_FAILED.search(p.stdout):
             raise WarmError(f"apt-get {args[1]} failed: "
                             f"{apt_errors(p.stdout + p.stderr) or f'exit status {p.returncode}'}")
         return p.stdout
 
 
 def apt_errors(output: str) -> str:
-    """apt's last error lines (E:, Err:, W:), or its last line, in one line."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith(("E:", "Err:", "W:"))]
-    return " | ".join((errors or lines)[-3:])[:600]
+    """
+    Why apt failed, in one line: its last errors (E:), the ones that made
+    it fail; without any (an apt that only warned), its last Err: and W:
+    lines; without those, its last line. Each is said once, its blanks
+    squeezed, and apt's closing "Some index files failed to download" is
+    left out: it repeats the lines before it, and its "They have been
+    ignored" is not so here.
+    """
+    lines = [" ".join(line.split()) for line in output.splitlines() if line.strip()]
+    said = [line for line in lines if line.startswith(("E:", "Err:", "W:")) and _DOWNLOADS_FAILED not in line]
+    errors = [line for line in said if line.startswith("E:")] or said or lines
+    return " | ".join(list(dict.fromkeys(errors))[-3:])[:600]
 
 
 def apt_files(vault: Vault, request: AptRequest, item: Item) -> list[File]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 
 from hypothesis import given
@@ -30,6 +31,24 @@ SAMPLE = """\
 'http://127.0.0.1:8080/debian/pool/main/libs/libstdc%2b%2b6_12.2.0-14_amd64.deb' libstdc++6_12.2.0-14_amd64.deb 613140 \
 SHA512:00ff
 'http://127.0.0.1:8080/debian/pool/main/n/nohash/nohash_1_all.deb' nohash_1_all.deb 10 
+"""
+
+VAULT = "http://127.0.0.1:18999"
+FAILED_TO_FETCH = (f"Failed to fetch {VAULT}/debian/dists/stable/InRelease Could not connect to 127.0.0.1:18999 "
+                   f"(127.0.0.1). - connect (111: Connection refused)")
+#: apt-get -q update (apt 2.6) with nothing listening at the vault: exit status 0 (stdout, then stderr)...
+UPDATE_FAILED = f"""\
+Ign:1 {VAULT}/debian stable InRelease
+Err:1 {VAULT}/debian stable InRelease
+  Could not connect to 127.0.0.1:18999 (127.0.0.1). - connect (111: Connection refused)
+Reading package lists...
+W: {FAILED_TO_FETCH.replace("InRelease ", "InRelease  ")}
+W: Some index files failed to download. They have been ignored, or old ones used instead.
+"""
+#: ... and what APT::Update::Error-Mode=any adds to stderr, with exit status 100.
+ERROR_MODE_ANY = f"""\
+E: {FAILED_TO_FETCH.replace("InRelease ", "InRelease  ")}
+E: Some index files failed to download. They have been ignored, or old ones used instead.
 """
 
 _token = st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyz0123456789-_.+~:/"), min_size=1, max_size=20)
@@ -206,9 +225,18 @@ class PrintUrisTests(SynchronousTestCase):
         self.assertEqual(digests, {debs[0].uri: ("sha256", b"\xef" * 32), debs[1].uri: ("sha512", b"\xcd" * 64)})
 
     def test_errors(self) -> None:
-        """apt's last error lines, in one line; its last line if it wrote none."""
-        self.assertEqual(warm_apt.apt_errors("Get:1 x\nErr:1 y\nW: w\nE: one\nE: two\n"), "W: w | E: one | E: two")
+        """
+        apt's last errors (E:), in one line; without any, its last Err: and W:
+        lines; without those, its last line. Its closing "Some index files
+        failed to download" and a warning the error repeats are left out.
+        """
+        self.assertEqual(warm_apt.apt_errors("Get:1 x\nErr:1 y\nW: w\nE: one\nE: two\n"), "E: one | E: two")
+        self.assertEqual(warm_apt.apt_errors("Get:1 x\nErr:1 y\nW: w\n"), "Err:1 y | W: w")
         self.assertEqual(warm_apt.apt_errors("a\nb\n\n"), "a | b")
+        self.assertEqual(warm_apt.apt_errors(UPDATE_FAILED + ERROR_MODE_ANY), f"E: {FAILED_TO_FETCH}")
+        self.assertEqual(warm_apt.apt_errors(UPDATE_FAILED + ERROR_MODE_ANY + ERROR_MODE_ANY), f"E: {FAILED_TO_FETCH}")
+        self.assertEqual(warm_apt.apt_errors(UPDATE_FAILED),
+                         f"Err:1 {VAULT}/debian stable InRelease | W: {FAILED_TO_FETCH}")
 
 
 class MachineTests(SynchronousTestCase):
@@ -221,6 +249,7 @@ class MachineTests(SynchronousTestCase):
                          ("/dev/null", "/dev/null", "/dev/null"))
         self.assertEqual((options["Acquire::http::Proxy"], options["APT::Sandbox::User"]), ("DIRECT", "root"))
         self.assertEqual((options["APT::Architecture"], options["APT::Architectures::"]), ("arm64", "arm64"))
+        self.assertEqual(options["APT::Update::Error-Mode"], "any")  # (update fails when it fetched nothing)
         self.patch(warm_apt.os, "geteuid", lambda: 1000)
         self.assertNotIn("APT::Sandbox::User", warm_apt.apt_config("/m", None, None))
         self.assertNotIn("APT::Architecture", warm_apt.apt_config("/m", None, None))
@@ -247,6 +276,24 @@ class MachineTests(SynchronousTestCase):
             self.assertEqual(f.read(), "deb http://127.0.0.1:8080/debian/ stable main\n")
         with open(machine.config) as f:
             self.assertIn(f'Dir::Etc::netrc "{auth}";', f.read())
+
+    def test_old_apt_update_fails_quietly(self) -> None:
+        """
+        An apt older than 2.1.13 ignores APT::Update::Error-Mode: its update
+        that could not fetch a file exits 0 all the same; its Err: line fails
+        the run, with the reason apt gave.
+        """
+        old_apt = os.path.abspath(self.mktemp())
+        with open(old_apt, "w") as f:
+            f.write(f"#!/bin/sh\ncat <<'EOF'\n{UPDATE_FAILED}EOF\nexit 0\n")
+        os.chmod(old_apt, 0o755)
+        self.patch(warm_apt.shutil, "which", lambda name: old_apt)
+        vault = warm.Vault(VAULT)
+        request = warm_apt.AptRequest.make(vault, ["deb /debian/ stable main"], [], "amd64")
+        machine = warm_apt.AptMachine(self.mktemp(), vault, request)
+        error = self.assertRaises(warm.WarmError, machine.run, "-q", "update")
+        self.assertEqual(str(error),
+                         f"apt-get update failed: Err:1 {VAULT}/debian stable InRelease | W: {FAILED_TO_FETCH}")
 
     def test_no_apt_get(self) -> None:
         """No apt-get on the machine: the item fails saying so; the others go on."""
@@ -346,3 +393,27 @@ class AptWarmTests(TestCase):
         status, out = run_warm(d.base, "--from", items)
         self.assertEqual(status, 0, out)
         self.assertRegex(out, r"apt av-pkg-03 av-pkg-04 +│ fetched +│ +2 │ +1 │")
+
+    def test_update_fetches_nothing(self) -> None:
+        """
+        apt-get update that reaches no release file (it exits 0 and only
+        warns, unless told otherwise) fails the item with apt's reason: the
+        vault not listening, or its mirror down with nothing cached; with
+        --deb, that reason and not apt's "Unable to locate package" after it.
+        """
+        line = f"deb [signed-by={key()}] /debian/ stable main"
+        dead = f"http://127.0.0.1:{support.free_port()}"
+        status, out = run_warm(dead, "--apt", line)
+        self.assertEqual(status, 1, out)
+        self.assertRegex(out, r"apt \(indexes only\) +│ failed +│ +0 │ +0 │ +0 │ apt-get update failed: "
+                              rf"E: Failed to fetch {re.escape(dead)}/debian/dists/stable/InRelease .*Connection refused")
+        status, out = run_warm(dead, "--apt", line, "--deb", "av-pkg-01")
+        self.assertEqual(status, 1, out)
+        self.assertRegex(out, r"apt av-pkg-01 +│ failed +│ .*apt-get update failed: .*Connection refused")
+        self.assertNotIn("Unable to locate package", out)
+
+        d = self.daemon(f"http://127.0.0.1:{support.free_port()}/debian")  # the mirror down, nothing cached
+        status, out = run_warm(d.base, "--apt", line)
+        self.assertEqual(status, 1, out)
+        self.assertRegex(out, rf"apt \(indexes only\) +│ failed +│ .*apt-get update failed: E: Failed to fetch "
+                              rf"{re.escape(d.url('/debian'))}/dists/stable/InRelease +502")
