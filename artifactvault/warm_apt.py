@@ -241,7 +241,7 @@ def apt_config(root: str, arch: str | None, auth: str | None) -> dict[str, str]:
         "Acquire::https::Proxy": "DIRECT",
         # (apt-get update only warns about a file it could not fetch, and exits 0: with this it
         # fails, so that a vault that is down or cannot reach its mirror fails the item; apt
-        # before 2.1.13 ignores it, and AptMachine.run reads its Err: lines instead)
+        # before 2.1.16 ignores it, and AptMachine.run reads its Err: lines instead)
         "APT::Update::Error-Mode": "any",
     }
     if os.geteuid() == 0:  # (as root apt would hand downloads to _apt, who cannot write here)
@@ -294,9 +294,9 @@ class AptMachine:
         """
         apt-get C{args} (C{args[1]} its command): its output; L{WarmError}
         with apt's errors if it fails, or if it says it could not fetch a
-        file (an C{Err:} line), which an apt older than 2.1.13 does with
-        exit status 0 (see L{apt_config}): an update that fetched nothing is
-        no warm vault.
+        file (an C{Err:} line), which an apt older than 2.1.16 does with
+        exit status 0 (see L{apt_config}): an index the update could not
+        fetch is one the vault does not have for going offline.
         """
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         env.update(APT_CONFIG=self.config, LC_ALL="C", DEBIAN_FRONTEND="noninteractive")

@@ -279,7 +279,7 @@ class MachineTests(SynchronousTestCase):
 
     def test_old_apt_update_fails_quietly(self) -> None:
         """
-        An apt older than 2.1.13 ignores APT::Update::Error-Mode: its update
+        An apt older than 2.1.16 ignores APT::Update::Error-Mode: its update
         that could not fetch a file exits 0 all the same; its Err: line fails
         the run, with the reason apt gave.
         """
