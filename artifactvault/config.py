@@ -160,14 +160,30 @@ class Section:
         return value
 
     def url(self, key: str, default: Any = _MISSING) -> Any:
+        """
+        An upstream's http:// or https:// URL: a host, a port (if any) of
+        1-65535, no credentials (they have keys of their own, kept out of
+        logs). Every URL key is read here, so that what Python or Twisted
+        would refuse later (when a backend is built: a traceback; or at each
+        request) stops the start as one line naming the key.
+        """
         value = self.str(key, default)
         if value is default and default is not _MISSING:
             return value
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(value)
+        except ValueError:  # an IPv6 host's [ not closed
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise self.error(key, f"must be an http:// or https:// URL, not {value!r}")
         if parts.username or parts.password:
             raise self.error(key, "must not hold credentials; use username/password (or *_env)")
+        try:
+            port = parts.port  # (None when there is none, or ":" is followed by nothing)
+        except ValueError:  # not digits, or more than 65535
+            port = 0
+        if port == 0:
+            raise self.error(key, f"must have a port from 1 to 65535 (or none), not {value!r}")
         return value
 
     def prefix(self, key: str = "prefix", default: Any = _MISSING) -> str:

@@ -240,6 +240,36 @@ class ErrorTests(ConfigFileMixin, SynchronousTestCase):
             "base_url: must not hold credentials")
         self.assertNotIn("hunter2", message)
 
+    def test_bad_upstream_urls(self) -> None:
+        """
+        A URL with a port Python cannot read (out of range, not a number, 0),
+        an empty host or an unclosed IPv6 bracket is refused for every URL key
+        of every backend and of the store, with one line naming that key: it
+        used to pass, then end the start with a traceback (apt, registry) or
+        fail every request (http, pypi, npm).
+        """
+        places = [("http", "base_url"), ("pypi", "index_url"), ("pypi", "json_api_url"),
+                  ("npm", "registry_url"), ("registry", "registry_url"), ("apt", "mirror_url")]
+        bad = [("http://x:99999/", "must have a port from 1 to 65535"),
+               ("http://x:abc/", "must have a port from 1 to 65535"),
+               ("http://x:0/", "must have a port from 1 to 65535"),
+               ("http://:80/", "must be an http:// or https:// URL"),
+               ("http://[::1/", "must be an http:// or https:// URL")]
+        for kind, key in places:
+            for url, message in bad:
+                with self.subTest(kind=kind, key=key, url=url):
+                    self.assertConfigError(
+                        yaml.safe_dump({"backends": [{"type": kind, "config": {"prefix": "/x/", key: url}}]}),
+                        f"backends[0].config.{key}: {message}")
+        for url, message in bad:
+            with self.subTest(key="store.endpoint_url", url=url):
+                self.assertConfigError(
+                    yaml.safe_dump({"store": {"type": "s3", "bucket": "bkt", "endpoint_url": url}}),
+                    f": store.endpoint_url: {message}")
+        ok = self.load_data({"backends": [http_backend(base_url="http://[::1]:8081/a/"),
+                                          http_backend(prefix="/y/", base_url="https://up.test:/")]})
+        self.assertEqual([s.base_url for s in ok.settings], ["http://[::1]:8081/a/", "https://up.test:/"])
+
     def test_credential_mistakes(self) -> None:
         """Conflicting or dangling credentials are refused without showing them."""
         self.patch(os, "environ", {"SET": "x"})

@@ -507,6 +507,11 @@ class StartupTests(TestCase):
             "cache_dirr: /tmp/x\n": "cache_dirr: unknown key",
             "backends:\n  - {type: http, config: {prefix: /f/, base_url: 'http://x', password_env: NOPE_UNSET_VAR}}\n":
                 "backends[0].config.password_env: environment variable NOPE_UNSET_VAR is not set",
+            # (these two ended the start with a traceback from urllib.parse)
+            "backends:\n  - {type: apt, config: {prefix: /debian/, mirror_url: 'http://x:99999/debian'}}\n":
+                "backends[0].config.mirror_url: must have a port from 1 to 65535",
+            "backends:\n  - {type: registry, config: {registry_url: 'http://x:abc'}}\n":
+                "backends[0].config.registry_url: must have a port from 1 to 65535",
         }
         for text, message in cases.items():
             path = self.write(text)
