@@ -36,6 +36,10 @@ class Root(Resource):
         Prefixes may nest (``/a/`` and ``/a/b/``): the longest one matches.
         Mounting the same resource at the same path again does nothing: backends
         of one kind may share a mount (all registries answer under ``/v2/``).
+        Two others at one path are a ValueError, which no config reaches: it
+        refuses one prefix twice (L{artifactvault.config.parse}) and prefixes
+        under ``/-/`` or ``/v2/``
+        (L{artifactvault.backends.base.RESERVED_PREFIXES}).
         """
         segments = [s.encode() for s in path.strip("/").split("/")]
         node: Resource = self

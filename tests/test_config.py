@@ -205,6 +205,28 @@ class ErrorTests(ConfigFileMixin, SynchronousTestCase):
             yaml.safe_dump({"backends": [http_backend(prefix="/x/"), http_backend(prefix="/x")]}),
             "backends[1].config.prefix: /x/ is already used by backends[0]")
 
+    def test_reserved_prefixes(self) -> None:
+        """
+        No backend, of any type, is mounted at or under /-/ (the vault's own
+        pages) or /v2/ (the registry API): refused with one line naming the
+        prefix key. /-/ used to be accepted (every path of the backend then
+        answered 404), /v2/ beside a registry ended the start with a
+        traceback from the resource tree.
+        """
+        items = {"http": {"base_url": "http://up.test/"}, "pypi": {}, "npm": {}, "registry": {},
+                 "apt": {"mirror_url": "http://deb.test/debian"}}
+        for kind, config in items.items():
+            for prefix, message in (("/-/", "/-/ is the vault's own"), ("/-/x/", "/-/ is the vault's own"),
+                                    ("/v2/", "/v2/ is the registry API's"), ("/v2/r", "/v2/ is the registry API's")):
+                with self.subTest(kind=kind, prefix=prefix):
+                    self.assertConfigError(
+                        yaml.safe_dump({"backends": [{"type": "registry", "config": {"prefix": "/r/"}},
+                                                     {"type": kind, "config": {"prefix": prefix, **config}}]}),
+                        f"backends[1].config.prefix: {message}")
+        config = self.load_data({"backends": [http_backend(prefix="/v2x/"), http_backend(prefix="/a/-/"),
+                                              http_backend(prefix="/a/v2/")]})
+        self.assertEqual([s.prefix for s in config.settings], ["/v2x/", "/a/-/", "/a/v2/"])
+
     def test_unknown_key_that_is_not_a_name(self) -> None:
         """
         An unknown key holding a line break (or any control character, or

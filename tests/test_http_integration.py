@@ -512,6 +512,12 @@ class StartupTests(TestCase):
                 "backends[0].config.mirror_url: must have a port from 1 to 65535",
             "backends:\n  - {type: registry, config: {registry_url: 'http://x:abc'}}\n":
                 "backends[0].config.registry_url: must have a port from 1 to 65535",
+            # (a traceback from the resource tree; a backend whose every path answered 404)
+            ("backends:\n  - {type: apt, config: {prefix: /v2/, mirror_url: 'http://x/debian'}}\n"
+             "  - {type: registry, config: {prefix: /r/}}\n"): "backends[0].config.prefix: /v2/ is the registry API's",
+            ("cache_dir: unused-cache\nhttp_port: 0\n"  # (it started)
+             "backends:\n  - {type: apt, config: {prefix: /-/, mirror_url: 'http://x/debian'}}\n"):
+                "backends[0].config.prefix: /-/ is the vault's own",
         }
         for text, message in cases.items():
             path = self.write(text)

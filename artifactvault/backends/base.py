@@ -169,9 +169,28 @@ class CommonSettings:
         return f"{type(self).__name__}(prefix={self.prefix!r})"
 
 
+#: Paths no backend is mounted at or under, and whose they are. Twisted's tree
+#: has room for one resource per path: a backend at C{/-/} is hidden by the
+#: vault's own pages (every path of it a 404), one at C{/v2/} clashes with the
+#: registry API (a registry backend at C{/r/} is also C{/v2/r/…}). Refused
+#: whether or not a registry backend is configured, so that adding one later
+#: does not take another backend's paths.
+RESERVED_PREFIXES: dict[str, str] = {
+    "/-/": "the vault's own (/-/health, /-/metrics, /-/status, /-/admin/)",
+    "/v2/": "the registry API's (/v2/<registry backend's prefix>/...)",
+}
+
+
 def parse_common(section: Section, default_prefix: str | None = None) -> dict[str, Any]:
-    """Parse the common keys into keyword arguments for a L{CommonSettings} subclass."""
+    """
+    Parse the common keys into keyword arguments for a L{CommonSettings}
+    subclass; a prefix under L{RESERVED_PREFIXES} is refused here, for every
+    backend type.
+    """
     prefix = section.prefix("prefix", default_prefix) if default_prefix else section.prefix("prefix")
+    for reserved, whose in RESERVED_PREFIXES.items():
+        if prefix.startswith(reserved):
+            raise section.error("prefix", f"{reserved} is {whose}: choose another prefix, not {prefix}")
     username = section.str("username", None)
     password = section.secret("password")
     token = section.secret("token")

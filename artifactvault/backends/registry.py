@@ -689,8 +689,6 @@ class RegistryBackendType:
         if common["token"] is not None:
             raise section.error("token", "a registry backend gets its tokens itself: "
                                          "give username and password (or password_env)")
-        if common["prefix"].split("/")[1] in ("v2", "-"):
-            raise section.error("prefix", "/v2/ and /-/ are the vault's own: choose another prefix")
         return RegistrySettings(
             registry_url=section.url("registry_url", DEFAULT_REGISTRY),
             tag_ttl=section.seconds("tag_ttl", DEFAULT_TAG_TTL),
