@@ -67,11 +67,45 @@ def printable(text: str) -> str:
 
 def request_path(raw: bytes) -> str:
     """
-    A request's path (no query) for the log: percent-decoded (``/pypi/+f/…``,
-    not ``%2Bf``), then L{printable}: a ``%0A`` cannot start a forged line,
-    and a byte that is not UTF-8 shows as C{\\xNN}.
+    A request's path (no query) for the log: its userinfo hidden
+    (L{without_userinfo}), percent-decoded (``/pypi/+f/…``, not ``%2Bf``),
+    then L{printable}: a ``%0A`` cannot start a forged line, and a byte that
+    is not UTF-8 shows as C{\\xNN}. Every target that goes into a log line
+    or an answer's text goes through here.
     """
-    return printable(unquote_to_bytes(raw).decode("utf-8", "surrogateescape"))
+    return printable(unquote_to_bytes(without_userinfo(raw)).decode("utf-8", "surrogateescape"))
+
+
+#: A request target in absolute form (RFC 9112 3.2.2): a scheme, then "://".
+ABSOLUTE_FORM = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://")
+#: The end of a URI's authority (RFC 3986 3.2): the first "/", "?" or "#" after it began.
+_AUTHORITY_END = re.compile(rb"[/?#]")
+
+
+def without_userinfo(target: bytes) -> bytes:
+    """
+    C{target} with the userinfo of its authority (``user:password@``,
+    ``user@``) replaced by ``***@``: a client that puts its credentials
+    in a proxy request's URI (``GET http://alice:pw@host/x``, ``CONNECT
+    alice:pw@host:443``) must not find its password in the log, or echoed
+    in an answer. It is done before percent-decoding: a ``%2F`` in a
+    password must not end the authority early. The authority is that of an
+    absolute-form target (after the scheme's ``://``) or the whole of any
+    other target that is not a path (authority form, and whatever a client
+    sends instead); it ends at the first ``/``, ``?`` or ``#``, and its
+    userinfo runs to its last ``@`` (a raw ``@`` in a password stays hidden
+    too). A path (origin form) is left as it is: ``/npm/@scope/x`` holds no
+    credentials.
+    """
+    if target.startswith(b"/"):
+        return target
+    scheme = ABSOLUTE_FORM.match(target)
+    start = scheme.end() if scheme else 0
+    end = _AUTHORITY_END.search(target, start)
+    at = target.rfind(b"@", start, end.start() if end else len(target))
+    if at < 0:
+        return target
+    return target[:start] + b"***" + target[at:]
 
 
 # -- JSON lines -------------------------------------------------------------------

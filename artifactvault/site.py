@@ -2,7 +2,9 @@
 """
 The HTTP site: one structured log line per request (backend, path, cache
 status, HTTP status, bytes, duration), including requests whose client left.
-The query string is left out of the log: it may carry a signature or token.
+The query string is left out of the log: it may carry a signature or token;
+so is the userinfo of a target (a password in a proxy request's URI:
+L{artifactvault.logs.without_userinfo}).
 A request's duration counts from when its first bytes arrived (the
 channel's clock reading for the read that held the first byte of its
 request line), not from when Twisted made its request object: a pipelined
@@ -50,7 +52,6 @@ ahead.
 
 from __future__ import annotations
 
-import re
 import socket
 import time
 from collections import deque
@@ -73,8 +74,7 @@ SERVER = f"artifactvault/{__version__}".encode()
 TLS_HANDSHAKE = b"\x16"
 #: The socket option that acknowledges at once what was read (Linux; None elsewhere).
 QUICKACK = getattr(socket, "TCP_QUICKACK", None)
-#: A request target in absolute form (RFC 9112 3.2.2): a scheme, then "://".
-_ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://")
+_ABSOLUTE = logs.ABSOLUTE_FORM
 NOT_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
            b"This is a plain HTTP server: TLS is not spoken here.\n")
 #: How much of a refused request's target goes into its log line.
@@ -141,8 +141,12 @@ class VaultRequest(Request):
         super().process()
 
     def _refuse_proxy(self) -> None:
-        """403 for a proxy request no backend claims (its host is named; never a path's query)."""
-        target = self.uri.partition(b"?")[0].decode("latin-1", "replace")
+        """
+        403 for a proxy request no backend claims: its target is named as the
+        log shows it (L{logs.request_path}: never a path's query, never a
+        password in its userinfo, nothing that could garble a line).
+        """
+        target = logs.request_path(self.uri.partition(b"?")[0])
         self.site = self.channel.site
         self.prepath, self.postpath = [], []
         self.error_reason = f"not an open proxy: no backend answers for {target}"
@@ -324,7 +328,7 @@ class VaultChannel(HTTPChannel):
     def lineLengthExceeded(self, line: bytes) -> None:
         # (a line longer than any limit allows, still arriving or whole)
         if self._lines == 0:
-            self._request_line = (line.partition(b" ")[0][:16] or b"-", line.partition(b" ")[2][:LOGGED_TARGET])
+            self._request_line = (line.partition(b" ")[0][:16] or b"-", line.partition(b" ")[2])
             self.refuse(414, f"the request line is longer than {self.limits.max_request_line} bytes")
         else:
             self.refuse(431, f"the request's header fields are larger than {self.limits.max_header_size} bytes")
@@ -391,7 +395,8 @@ class VaultChannel(HTTPChannel):
             request = self.requestFactory(self, len(self.requests))
         method, target = self._request_line or (b"-", b"")
         request.method = method[:16]
-        request.path = target.partition(b"?")[0][:LOGGED_TARGET]
+        # (its userinfo hidden before it is cut: a cut may fall inside it, and hide its "@")
+        request.path = logs.without_userinfo(target.partition(b"?")[0])[:LOGGED_TARGET]
         request.code = status
         request.error_reason = reason
         request.sentLength = sent

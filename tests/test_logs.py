@@ -36,6 +36,47 @@ class PrintableTests(SynchronousTestCase):
         self.assertEqual(logs.request_path(b"/pypi/%2Bf/a%0Ab%ff/%C3%A9"), "/pypi/+f/a\\x0ab\\xff/é")
 
 
+#: What a client may put in a target's userinfo: RFC 3986's characters (":" and sub-delims among
+#: them), percent-encoded bytes of any kind (a "%2F", a "%40"), and a raw "@" clients send anyway.
+_userinfo = st.lists(st.one_of(st.sampled_from(list(b"abcXYZ019-._~!$&'()*+,;=:@")).map(lambda c: bytes([c])),
+                               st.integers(0, 255).map(lambda b: b"%%%02X" % b)),
+                     max_size=20).map(b"".join)
+_hosts = st.from_regex(rb"\A[a-z0-9.-]{1,20}(:[0-9]{1,5})?\Z")
+#: What follows an authority: nothing, a path (an "@" in it: npm's scopes), a query.
+_rests = st.one_of(st.just(b""), st.from_regex(rb"\A[/?][A-Za-z0-9/@:%._~-]{0,30}\Z"))
+_schemes = st.sampled_from([b"http://", b"HTTP://", b"https://", b""])  # ("": CONNECT's authority form)
+
+
+class UserinfoTests(SynchronousTestCase):
+    """A target's userinfo (a client's password) never reaches a log line."""
+
+    @bounded(500)
+    @given(_schemes, _userinfo, _hosts, _rests)
+    def test_hidden(self, scheme: bytes, userinfo: bytes, host: bytes, rest: bytes) -> None:
+        """
+        Any userinfo before any host, whatever follows it: the line shows
+        C{***@} and the rest of the target as it would without one.
+        """
+        self.assertEqual(logs.request_path(scheme + userinfo + b"@" + host + rest),
+                         logs.request_path(scheme + b"***@" + host + rest))
+
+    @bounded(300)
+    @given(_schemes, _hosts, _rests)
+    def test_no_userinfo(self, scheme: bytes, host: bytes, rest: bytes) -> None:
+        """A target with no userinfo is logged as it was (an "@" in its path or query is not one)."""
+        self.assertEqual(logs.without_userinfo(scheme + host + rest), scheme + host + rest)
+
+    def test_examples(self) -> None:
+        """Encoded "/" and "@" in a password, a raw "@", a path (origin form) with an "@"."""
+        for target, logged in ((b"http://alice:hunter2@other.example/x", "http://***@other.example/x"),
+                               (b"http://al%40ice:p%2Fw%40x@h:81/x@y", "http://***@h:81/x@y"),
+                               (b"http://alice:p@ss@h/", "http://***@h/"),
+                               (b"alice:hunter2@other.example:443", "***@other.example:443"),
+                               (b"http://alice@h", "http://***@h"),
+                               (b"/npm/@scope/pkg", "/npm/@scope/pkg")):
+            self.assertEqual(logs.request_path(target), logged, target)
+
+
 class LevelTests(SynchronousTestCase):
     """log_level decides which of our events reach twistd's observers."""
 

@@ -1,10 +1,12 @@
 """
 Tests for L{artifactvault.site}: one log line per request, aborted ones too,
-never with the query string.
+never with the query string, never with a password a proxy request's
+target carries.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 
 from hypothesis import given, settings
@@ -14,12 +16,14 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from artifactvault.site import VaultSite, _plain_get
+from tests import support
 from tests.fakes import Harness, log_events
+from tests.test_limits_wire import read_answer
 
 
 class SiteLogTests(SynchronousTestCase):
@@ -359,3 +363,70 @@ class LookAheadTests(SynchronousTestCase):
         self.assertEqual(asked, [b"/files/1.bin", b"/files/2.bin"])
         harness.requests[0].respond(200, b"0123456789")
         self.assertEqual(asked, [b"/files/1.bin", b"/files/2.bin", b"/files/3.bin"])
+
+
+#: Requests whose targets carry a client's credentials (as the trial that found them sent them):
+#: a proxy request no backend claims, in two methods, a CONNECT, one a backend claims (served), and
+#: one refused by a limit (414) before it was parsed.
+_WITH_PASSWORD = (
+    b"GET http://alice:hunter2@other.example/x?q=1 HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+    b"HEAD http://alice:hunter2@other.example/x HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+    b"CONNECT alice:hunter2@other.example:443 HTTP/1.1\r\nHost: other.example:443\r\n\r\n",
+    b"GET http://alice:hunter2@deb.example.test/debian/dists/stable/InRelease HTTP/1.1\r\n"
+    b"Host: deb.example.test\r\nConnection: close\r\n\r\n",
+    b"GET http://alice:hunter2@other.example/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+)
+
+
+class ProxyCredentialsWireTests(TestCase):
+    """
+    A password in a proxy request's target (userinfo) is in no answer and
+    no log line, text or JSON lines, through the real daemon and sockets.
+    """
+
+    timeout = 60
+
+    def answers(self, *args: str) -> tuple[support.Daemon, list[bytes]]:
+        """A daemon (started with C{args}) asked each of L{_WITH_PASSWORD}: it, and its answers."""
+        mirror = f"http://127.0.0.1:{support.free_port()}/debian"  # (nothing there: a served request fails)
+        d = support.Daemon([{"type": "apt", "config": {"prefix": "/debian/", "mirror_url": mirror,
+                                                       "hosts": ["deb.example.test"]}}])
+        self.addCleanup(d.cleanup)
+        d.start(args=args)
+        answers = []
+        for head in _WITH_PASSWORD:
+            with socket.create_connection(("127.0.0.1", d.port), timeout=10) as sock:
+                sock.sendall(head)
+                answers.append(read_answer(sock))
+        self.assertEqual([a.split(b" ", 2)[1] for a in answers[:3]], [b"403"] * 3, [a[:200] for a in answers])
+        self.assertNotEqual(answers[3].split(b" ", 2)[1], b"403", answers[3][:200])  # (served by the backend)
+        self.assertTrue(answers[4].startswith(b"HTTP/1.1 414 "), answers[4][:100])
+        return d, answers
+
+    def assert_hidden(self, d: support.Daemon, answers: list[bytes]) -> None:
+        """Neither the user name nor the password is in any answer or log line."""
+        leaks = [answer[:300] for answer in answers if b"hunter2" in answer or b"alice" in answer]
+        leaks += [line[:300] for line in d.log().splitlines() if "hunter2" in line or "alice" in line]
+        self.assertEqual(leaks, [])
+        self.assertIn(b"http://***@other.example/x", answers[0])
+
+    def test_text_log(self) -> None:
+        """Each request is one line, its target's userinfo shown as C{***}."""
+        d, answers = self.answers()
+        d.wait_log(" 414 - ")  # (the last: all were logged)
+        self.assert_hidden(d, answers)
+        log = d.log()
+        self.assertIn("GET http://***@other.example/x 403 ", log)
+        self.assertIn("HEAD http://***@other.example/x 403 ", log)
+        self.assertIn("CONNECT ***@other.example:443 403 ", log)
+        self.assertIn("GET /debian/dists/stable/InRelease ", log)
+
+    def test_json_log(self) -> None:
+        """The same in JSON lines: no field (text, request_line, path, reason) has it."""
+        d, answers = self.answers("--log-format", "json")
+        d.wait_log('"status": 414')
+        self.assert_hidden(d, answers)
+        records = [json.loads(line) for line in d.log().splitlines() if line.startswith("{")]
+        paths = [r["path"] for r in records if "status" in r]
+        self.assertIn("http://***@other.example/x", paths)
+        self.assertIn("***@other.example:443", paths)
