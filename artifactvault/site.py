@@ -17,6 +17,9 @@ client using the vault as its HTTP proxy, like apt with
 ``Acquire::http::Proxy``) is answered as the local path a backend claims
 for that host (L{artifactvault.root.Root.route_absolute}); one no backend
 claims, and every ``CONNECT``, gets a 403: the vault is never an open proxy.
+One whose target names the vault itself (the connection's own address and
+port: L{own_path}) is no proxy request: it is answered as its path, as if
+the client had sent that (RFC 9112 3.2.2).
 
 A TLS handshake sent to a plain HTTP port gets a 400 at once, as Go's
 servers answer it: clients such as skopeo and docker try https first and
@@ -52,11 +55,12 @@ ahead.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import time
 from collections import deque
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -131,14 +135,27 @@ class VaultRequest(Request):
 
     def process(self) -> None:
         if self.method == b"CONNECT" or _ABSOLUTE.match(self.uri):
-            local = None if self.method == b"CONNECT" else self.channel.site.route_absolute(self.uri)
+            local = None if self.method == b"CONNECT" else self._local_target()
             if local is None:
                 self._refuse_proxy()
                 return
             self.uri = local
             self.path = local.partition(b"?")[0]
-            self.proxied = True
         super().process()
+
+    def _local_target(self) -> bytes | None:
+        """
+        The path an absolute-form target is answered as: its own, when it
+        names the vault itself (L{VaultChannel.origin_form}: no proxy
+        request, answered as if it were the path); else what a backend
+        that claims its host gives (a proxy request); else None.
+        """
+        own = self.channel.origin_form(self.uri)
+        if own is not None:
+            return own
+        local = self.channel.site.route_absolute(self.uri)
+        self.proxied = local is not None
+        return local
 
     def _refuse_proxy(self) -> None:
         """
@@ -228,6 +245,16 @@ class VaultChannel(HTTPChannel):
         if self._host is None:
             self._host = super().getHost()
         return self._host
+
+    def origin_form(self, target: bytes) -> bytes | None:
+        """
+        The path (and query) of C{target}, an absolute-form request target,
+        when it names this very connection's end (L{own_path}): a request to
+        the vault itself, which RFC 9112 3.2.2 has a server answer as that
+        path (``curl -x VAULT http://VAULT/-/status``, apt with
+        C{Acquire::http::Proxy} and a source on the vault); else None.
+        """
+        return own_path(target, self.getHost(), self.isSecure())
 
     def connectionMade(self) -> None:
         limits = self.limits
@@ -473,7 +500,56 @@ class VaultChannel(HTTPChannel):
             self._ahead.append(target is not None)
             start = end + 4
             if target is not None:
-                self.site.prefetch(target)
+                self.site.prefetch(self.origin_form(target) or target)
+
+
+def own_path(target: bytes, local: Any, secure: bool) -> bytes | None:
+    """
+    The path (and query) of C{target} if it is an absolute URI that names
+    the address C{local} (the connection's own end: a Twisted address with
+    C{host} and C{port}) in the scheme the connection speaks (C{http}, port
+    80 unless given; C{https}, 443, when C{secure}); else None.
+
+    Only the address itself matches, as a literal (``127.0.0.1``,
+    ``[::1]``; an IPv4 address also as its IPv4-mapped IPv6 form): a name
+    that merely resolves to the vault is not looked up, and another port,
+    or another address of the same machine, is not the vault's (it stays a
+    proxy request, a 403 unless a backend claims it). ``localhost`` matches
+    a loopback address too: it names the loopback interface by definition
+    (RFC 6761 6.3), it is what ``curl -x localhost:PORT`` users write, and
+    nothing is fetched for it either way: it is this connection's own end.
+    """
+    if not _ABSOLUTE.match(target):
+        return None
+    try:
+        parts = urlsplit(target.decode("ascii"))
+        port = parts.port
+    except (UnicodeDecodeError, ValueError):
+        return None
+    scheme = "https" if secure else "http"
+    if parts.scheme.lower() != scheme or (port or _DEFAULT_PORTS[scheme]) != getattr(local, "port", None):
+        return None
+    address = _ip(getattr(local, "host", None) or "")
+    if address is None or not parts.hostname:
+        return None
+    if parts.hostname != "localhost" and _ip(parts.hostname) != address:
+        return None
+    if parts.hostname == "localhost" and not address.is_loopback:
+        return None
+    return ((parts.path or "/") + (f"?{parts.query}" if parts.query else "")).encode("ascii")
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address C{text} is a literal of (an IPv4-mapped IPv6 one as IPv4), or None."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped if mapped is not None else address
 
 
 def _tcp_socket(transport: Any) -> socket.socket:

@@ -621,6 +621,21 @@ class FlatRepositoryTests(AptTestCase):
         d.wait_stored(f"apt-pool:{deb} for /debian/")
         self.assertEqual(_meta(d, f"apt-pool:{deb} for /debian/")["sha256"], self.upstream_sha(name, deb))
 
+    def test_proxy_form_to_the_vault_itself(self) -> None:
+        """
+        Acquire::http::Proxy pointing at the vault and a source on the vault
+        itself (its path form): apt asks for ``http://VAULT/debian/./InRelease``
+        as a proxy, and the vault answers it as the path (it was a 403).
+        """
+        name = self.repo("flat")
+        d = self.daemon(name)
+        c = self.flat_client(d.url("/debian"), proxy=d.url("/"))
+        c.ok("update")
+        c.ok("download", "av-flat-01")
+        deb = "av-flat-01_1.0-1_all.deb"
+        self.assertEqual(sha256_file(c.out(deb)), self.upstream_sha(name, deb))
+        self.assertIn("GET /debian/./InRelease 200 ", d.log())
+
     def test_corrupt_index(self) -> None:
         """
         A Packages.xz that is not the one its Release lists: refused (502),

@@ -7,12 +7,14 @@ target carries.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import error as neterror
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent
@@ -20,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from artifactvault.site import VaultSite, _plain_get
+from artifactvault.site import VaultSite, _plain_get, own_path
 from tests import support
 from tests.fakes import Harness, log_events
 from tests.test_limits_wire import read_answer
@@ -430,3 +432,70 @@ class ProxyCredentialsWireTests(TestCase):
         paths = [r["path"] for r in records if "status" in r]
         self.assertIn("http://***@other.example/x", paths)
         self.assertIn("***@other.example:443", paths)
+
+
+class OwnPathTests(SynchronousTestCase):
+    """Which absolute-form targets name the vault itself (L{own_path}), by the connection's own address."""
+
+    def test_own(self) -> None:
+        """Its address and port, literally (port 80 by default; 443 for TLS), or localhost for a loopback one."""
+        here = IPv4Address("TCP", "127.0.0.1", 8080)
+        for target, local, secure, path in (
+                (b"http://127.0.0.1:8080/flat/./InRelease", here, False, b"/flat/./InRelease"),
+                (b"HTTP://localhost:8080/-/status?x=1", here, False, b"/-/status?x=1"),
+                (b"http://127.0.0.1:8080", here, False, b"/"),
+                (b"http://10.1.2.3/a", IPv4Address("TCP", "10.1.2.3", 80), False, b"/a"),
+                (b"https://10.1.2.3/a", IPv4Address("TCP", "10.1.2.3", 443), True, b"/a"),
+                (b"http://[::1]:8080/a", IPv6Address("TCP", "::1", 8080), False, b"/a"),
+                (b"http://127.0.0.1:8080/a", IPv6Address("TCP", "::ffff:127.0.0.1", 8080), False, b"/a")):
+            self.assertEqual(own_path(target, local, secure), path, target)
+
+    def test_not_own(self) -> None:
+        """
+        Another port, address, scheme or name (even one that would resolve
+        to the vault), localhost for an address that is not loopback, a
+        path, an authority: not the vault itself.
+        """
+        here = IPv4Address("TCP", "127.0.0.1", 8080)
+        for target, local, secure in (
+                (b"http://127.0.0.1:8081/a", here, False), (b"http://127.0.0.1/a", here, False),
+                (b"http://127.0.0.2:8080/a", here, False), (b"http://127.1:8080/a", here, False),
+                (b"http://vault.example:8080/a", here, False), (b"https://127.0.0.1:8080/a", here, False),
+                (b"http://127.0.0.1:8080/a", here, True), (b"ftp://127.0.0.1:8080/a", here, False),
+                (b"http://localhost:80/a", IPv4Address("TCP", "10.1.2.3", 80), False),
+                (b"http://127.0.0.1:x/a", here, False), (b"/a", here, False), (b"127.0.0.1:8080", here, False),
+                (b"http://127.0.0.1:8080/\xff", here, False)):
+            self.assertIsNone(own_path(target, local, secure), target)
+
+
+class ProxyToItselfWireTests(TestCase):
+    """
+    A proxy request (absolute form) for the vault's own address is answered
+    as its path (RFC 9112 3.2.2); one for another port or address stays a
+    403. Through the real daemon, with curl as the proxy client.
+    """
+
+    timeout = 60
+
+    def curl(self, d: support.Daemon, proxy: str, url: str) -> str:
+        """The status curl gets for C{url} asked through C{proxy} (no proxy of the environment's)."""
+        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-x", proxy, url],
+                           capture_output=True, text=True, timeout=30, env=env)
+        return p.stdout
+
+    def test_itself(self) -> None:
+        """curl -x VAULT http://VAULT/-/status is the status page; another port or address is refused."""
+        d = support.Daemon([])
+        self.addCleanup(d.cleanup)
+        d.start()
+        other = support.free_port()
+        got = {url: self.curl(d, d.base, url)
+               for url in (d.url("/-/status"), d.url("/-/health"), f"http://localhost:{d.port}/-/health",
+                           f"http://127.0.0.1:{other}/-/health", f"http://127.0.0.2:{d.port}/-/health")}
+        self.assertEqual(got, {d.url("/-/status"): "200", d.url("/-/health"): "200",
+                               f"http://localhost:{d.port}/-/health": "200",
+                               f"http://127.0.0.1:{other}/-/health": "403",
+                               f"http://127.0.0.2:{d.port}/-/health": "403"})
+        d.wait_log(f"GET http://127.0.0.2:{d.port}/-/health 403 ")
+        self.assertIn("GET /-/status 200 ", d.log())  # (logged as the path it was answered as)
