@@ -32,7 +32,8 @@ a word, and answers other excesses with a bare ``400``. Here each limit gets
 its own status, a reason and ``Connection: close``, as nginx answers them:
 a request line or path too long → 414, too many or too large header fields
 → 431, a body larger than anything here takes → 413 (before a byte of it is
-read, from its ``Content-Length``), another malformed head → 400. A
+read, from its ``Content-Length``), an HTTP/1.1 request without ``Host`` or
+any with two (RFC 9112 3.2), or another malformed head → 400. A
 request's head (and body) must arrive within C{client_header_timeout} of the
 connection's start or of its own first byte, however slowly it trickles
 (slowloris): then a 408 if some of it came, a plain close if nothing did.
@@ -64,7 +65,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.http import RESPONSES, HTTPChannel
+from twisted.web.http import RESPONSES, HTTPChannel, datetimeToString
 from twisted.web.server import Request, Site
 
 from artifactvault import __version__, logs
@@ -88,10 +89,21 @@ PHRASES = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Larg
            431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
 
+def own_fields() -> list[tuple[bytes, bytes]]:
+    """
+    The fields every answer of the vault's carries, also those written
+    here without Twisted's L{Request.process} (which sets them for the
+    rest): C{Server}, and C{Date}, which an origin server with a clock
+    must send (RFC 9110 6.6.1).
+    """
+    return [(b"Server", SERVER), (b"Date", datetimeToString())]
+
+
 def refusal(status: int, reason: str, headers: tuple[bytes, ...] = ()) -> bytes:
     """A whole answer that ends its connection: C{status}, C{reason} as its plain-text body."""
     body = (reason + "\n").encode("utf-8", "replace")
-    head = [b"HTTP/1.1 %d %s" % (status, PHRASES.get(status) or RESPONSES.get(status, b"Error")), b"Server: " + SERVER,
+    head = [b"HTTP/1.1 %d %s" % (status, PHRASES.get(status) or RESPONSES.get(status, b"Error")),
+            *(name + b": " + value for name, value in own_fields()),
             b"Content-Type: text/plain; charset=utf-8", b"Content-Length: %d" % len(body),
             b"Cache-Control: no-store", b"Connection: close", *headers]
     return b"\r\n".join(head) + b"\r\n\r\n" + body
@@ -167,7 +179,8 @@ class VaultRequest(Request):
         self.site = self.channel.site
         self.prepath, self.postpath = [], []
         self.error_reason = f"not an open proxy: no backend answers for {target}"
-        self.setHeader(b"server", SERVER)
+        for name, value in own_fields():
+            self.setHeader(name, value)
         plain_error(self, 403, self.error_reason)
 
     def connectionLost(self, reason: Any) -> None:
@@ -365,6 +378,13 @@ class VaultChannel(HTTPChannel):
         limit = self.limits.max_request_body
         if self.length is not None and self.length > limit:  # (before a 100 Continue invites the body)
             self.refuse(413, f"the request body is larger than {limit} bytes")
+            return
+        hosts = self.requests[-1].requestHeaders.getRawHeaders(b"host", []) if self.requests else [b""]
+        if len(hosts) > 1 or (not hosts and self._version == b"HTTP/1.1"):
+            # (RFC 9112 3.2: an HTTP/1.1 request names its host, and no request names two; an
+            # HTTP/1.0 one may name none, as before Host existed)
+            self.refuse(400, "an HTTP/1.1 request must have one Host header field" if not hosts
+                        else "the request has more than one Host header field")
             return
         super().allHeadersReceived()
 

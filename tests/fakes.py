@@ -334,8 +334,9 @@ class _ClientTransport(StringTransport):
 class Client:
     """
     One HTTP/1.1 client connection to C{site} that sends one request, with
-    C{Host: vault.test} unless C{headers} say another (None: no Host at all),
-    from C{peer} (an IPv4 address; StringTransport's own if None).
+    C{Host: vault.test} unless C{headers} say another (None: no Host at all,
+    as an HTTP/1.0 request: an HTTP/1.1 one must have one), from C{peer} (an
+    IPv4 address; StringTransport's own if None).
     """
 
     def __init__(self, site: Any, clock: Clock, path: bytes, method: bytes = b"GET",
@@ -348,7 +349,7 @@ class Client:
         self.transport.protocol = self.channel
         self.channel.makeConnection(self.transport)
         headers = {"host": "vault.test", **{k.lower(): v for k, v in (headers or {}).items()}}
-        lines = [method + b" " + path + b" HTTP/1.1"]
+        lines = [method + b" " + path + (b" HTTP/1.1" if headers["host"] is not None else b" HTTP/1.0")]
         lines += [f"{k}: {v}".encode("latin-1") for k, v in headers.items() if v is not None]
         self.channel.dataReceived(b"\r\n".join(lines) + b"\r\n\r\n")
 

@@ -116,8 +116,8 @@ class HeadLimitTests(LimitsMixin, SynchronousTestCase):
     def test_within_limits(self) -> None:
         """A request just inside every limit is served, and the connection kept."""
         protocol, transport = self.connect()
-        protocol.dataReceived(b"GET /" + b"p" * 500 + b" HTTP/1.1\r\n" +
-                              b"".join(b"X-%d: v\r\n" % i for i in range(10)) + b"\r\n")
+        protocol.dataReceived(b"GET /" + b"p" * 500 + b" HTTP/1.1\r\nHost: x\r\n" +
+                              b"".join(b"X-%d: v\r\n" % i for i in range(9)) + b"\r\n")
         self.assertIn(b"200 OK", transport.value())
         self.assertFalse(transport.disconnecting)
 

@@ -3,13 +3,15 @@ Client limits through real sockets against the real daemon: a slowloris
 connection is closed at client_header_timeout while other clients are
 served meanwhile; an over-long request line gets a 414 on the wire (Twisted
 alone closes without a word); the connection cap answers 503 and frees its
-place when a connection ends.
+place when a connection ends; an HTTP/1.1 request without Host is a 400;
+every refusal carries a Date.
 """
 
 from __future__ import annotations
 
 import socket
 import time
+from email.utils import parsedate_to_datetime
 
 from twisted.trial.unittest import TestCase
 
@@ -98,6 +100,52 @@ class WireLimitTests(TestCase):
         sock.sendall(b"GET /-/health HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n")
         answer = read_answer(sock)
         self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:100])
+
+    def test_host_required(self) -> None:
+        """
+        An HTTP/1.1 request without Host, or any with two, is a 400 (RFC
+        9112 3.2), logged; an HTTP/1.0 one without Host is answered.
+        """
+        answers = {}
+        for name, head in (("1.1 none", b"GET /-/health HTTP/1.1\r\n\r\n"),
+                           ("two", b"GET /-/health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+                           ("1.0 none", b"GET /-/health HTTP/1.0\r\n\r\n")):
+            sock = self.connect()
+            sock.sendall(head)
+            answers[name] = read_answer(sock).partition(b"\r\n")[0]
+        self.assertEqual(answers, {"1.1 none": b"HTTP/1.1 400 Bad Request", "two": b"HTTP/1.1 400 Bad Request",
+                                   "1.0 none": b"HTTP/1.0 200 OK"})
+        self.d.wait_log("GET /-/health 400 - ")
+        self.assertIn("an HTTP/1.1 request must have one Host header field", self.d.log())
+
+    def test_refusals_dated(self) -> None:
+        """
+        Every answer has a Date (RFC 9110 6.6.1), also those the vault
+        writes itself: a proxy request's 403, a CONNECT's, a 414, a 408
+        (client_header_timeout), a 400 as any 200.
+        """
+        heads = {"proxy 403": b"GET http://other.example/x HTTP/1.1\r\nHost: other.example\r\n\r\n",
+                 "CONNECT 403": b"CONNECT other.example:443 HTTP/1.1\r\nHost: other.example:443\r\n\r\n",
+                 "414": b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                 "408": b"GET /-/health HTTP/1.1\r\nHost: x\r\n",
+                 "400": b"GET /-/health HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n",
+                 "200": b"GET /-/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"}
+        slow = self.connect()  # (first: its 408 comes after client_header_timeout, while the others are asked)
+        slow.sendall(heads["408"])
+        dates = {}
+        for name in heads:
+            if name == "408":
+                sock = slow
+            else:  # (one at a time: at most two connections, under max_connections_per_client)
+                sock = self.connect()
+                sock.sendall(heads[name])
+            head = read_answer(sock).partition(b"\r\n\r\n")[0].decode("latin-1")
+            sock.close()
+            fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:])
+            date = fields.get("Date")
+            dates[name] = (head.split(" ")[1], date and abs(parsedate_to_datetime(date).timestamp() - time.time()) < 60)
+        self.assertEqual(dates, {"proxy 403": ("403", True), "CONNECT 403": ("403", True), "414": ("414", True),
+                                 "408": ("408", True), "400": ("400", True), "200": ("200", True)})
 
     def test_connection_cap(self) -> None:
         """Past 4 connections from one address: a 503 with Retry-After; one closed, a new one is served."""
