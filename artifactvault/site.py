@@ -79,6 +79,7 @@ SERVER = f"artifactvault/{__version__}".encode()
 TLS_HANDSHAKE = b"\x16"
 #: The socket option that acknowledges at once what was read (Linux; None elsewhere).
 QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+#: A request target in absolute form (RFC 9112 3.2.2): a scheme, then "://".
 _ABSOLUTE = logs.ABSOLUTE_FORM
 NOT_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
            b"This is a plain HTTP server: TLS is not spoken here.\n")
@@ -379,7 +380,7 @@ class VaultChannel(HTTPChannel):
         if self.length is not None and self.length > limit:  # (before a 100 Continue invites the body)
             self.refuse(413, f"the request body is larger than {limit} bytes")
             return
-        hosts = self.requests[-1].requestHeaders.getRawHeaders(b"host", []) if self.requests else [b""]
+        hosts = self.requests[-1].requestHeaders.getRawHeaders(b"host", [])
         if len(hosts) > 1 or (not hosts and self._version == b"HTTP/1.1"):
             # (RFC 9112 3.2: an HTTP/1.1 request names its host, and no request names two; an
             # HTTP/1.0 one may name none, as before Host existed)
@@ -552,9 +553,7 @@ def own_path(target: bytes, local: Any, secure: bool) -> bytes | None:
     address = _ip(getattr(local, "host", None) or "")
     if address is None or not parts.hostname:
         return None
-    if parts.hostname != "localhost" and _ip(parts.hostname) != address:
-        return None
-    if parts.hostname == "localhost" and not address.is_loopback:
+    if not (address.is_loopback if parts.hostname == "localhost" else _ip(parts.hostname) == address):
         return None
     return ((parts.path or "/") + (f"?{parts.query}" if parts.query else "")).encode("ascii")
 

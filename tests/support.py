@@ -450,6 +450,16 @@ def get_json(url: str, headers: dict[str, str] | None = None) -> Any:
     return json.loads(body)
 
 
+def no_proxy_env() -> dict[str, str]:
+    """
+    This process's environment without its proxy variables (C{http_proxy},
+    C{NO_PROXY}, …): a client run in it talks to the vault directly, or
+    through the proxy its own options name (a C{no_proxy} that lists
+    127.0.0.1 would bypass even that).
+    """
+    return {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+
+
 def pip_env() -> dict[str, str]:
     """An environment in which pip sees only the index it is given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}

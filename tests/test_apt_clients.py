@@ -92,7 +92,7 @@ class AptClient:
                 f.write(f'{name} "{value}";\n')
 
     def run(self, *args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        env = support.no_proxy_env()
         env.update(APT_CONFIG=self.config, LC_ALL="C", DEBIAN_FRONTEND="noninteractive")
         return subprocess.run(["apt-get", "-q", *args], cwd=cwd or os.path.join(self.root, "out"), env=env,
                               capture_output=True, text=True, timeout=120)

@@ -7,7 +7,6 @@ target carries.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 
@@ -479,9 +478,8 @@ class ProxyToItselfWireTests(TestCase):
 
     def curl(self, d: support.Daemon, proxy: str, url: str) -> str:
         """The status curl gets for C{url} asked through C{proxy} (no proxy of the environment's)."""
-        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-x", proxy, url],
-                           capture_output=True, text=True, timeout=30, env=env)
+                           capture_output=True, text=True, timeout=30, env=support.no_proxy_env())
         return p.stdout
 
     def test_itself(self) -> None:
