@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from artifactvault.logs import without_userinfo
 from artifactvault.tls import ServerCertificate, TLSFileError, load_certificates, load_private_key
 
 DEFAULT_HOST = "127.0.0.1"
@@ -175,7 +176,9 @@ class Section:
         except ValueError:  # an IPv6 host's [ not closed
             parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise self.error(key, f"must be an http:// or https:// URL, not {value!r}")
+            # (named without a password it may hold: this line goes to the terminal, and to logs)
+            shown = without_userinfo(value.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
+            raise self.error(key, f"must be an http:// or https:// URL, not {shown!r}")
         if parts.username or parts.password:
             raise self.error(key, "must not hold credentials; use username/password (or *_env)")
         try:

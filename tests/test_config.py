@@ -292,6 +292,15 @@ class ErrorTests(ConfigFileMixin, SynchronousTestCase):
                                           http_backend(prefix="/y/", base_url="https://up.test:/")]})
         self.assertEqual([s.base_url for s in ok.settings], ["http://[::1]:8081/a/", "https://up.test:/"])
 
+    def test_refused_url_named_without_its_password(self) -> None:
+        """A URL refused for its scheme or host is named in the error without the password it holds."""
+        for url in ("ftp://alice:hunter2@x/debian", "http://alice:hunter2@/debian"):
+            with self.subTest(url=url):
+                line = self.assertConfigError(
+                    yaml.safe_dump({"backends": [{"type": "apt", "config": {"prefix": "/x/", "mirror_url": url}}]}),
+                    "backends[0].config.mirror_url: must be an http:// or https:// URL", "***@")
+                self.assertNotIn("hunter2", line)
+
     def test_credential_mistakes(self) -> None:
         """Conflicting or dangling credentials are refused without showing them."""
         self.patch(os, "environ", {"SET": "x"})
