@@ -518,6 +518,7 @@ def parse(data: Any, source: str,
     if not isinstance(backends, list):
         raise top.error("backends", f"must be a list, not {_kind(backends)}")
     prefixes: dict[str, str] = {}
+    claims: dict[Any, str] = {}  # (what backends answer proxy requests for: one each)
     for i, item in enumerate(backends):
         entry = Section(source, f"backends[{i}]", item)
         kind = entry.str("type")
@@ -533,6 +534,13 @@ def parse(data: Any, source: str,
                 raise backend.section.error(
                     "prefix", f"{prefix} is already used by {prefixes[prefix]}")
             prefixes[prefix] = f"backends[{i}]"
+        for claim in getattr(settings, "proxy_claims", list)():
+            if claim in claims:
+                host, port, path = claim
+                raise backend.section.error(
+                    "hosts", f"{host}:{port}{path or '/'} is already claimed by {claims[claim]} (one backend "
+                             f"answers a mirror's proxy requests; give this one other hosts, or hosts: [])")
+            claims[claim] = f"backends[{i}]"
         config.backends.append(backend)
         config.settings.append(settings)
     top.check_unknown()

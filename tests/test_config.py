@@ -292,6 +292,27 @@ class ErrorTests(ConfigFileMixin, SynchronousTestCase):
                                           http_backend(prefix="/y/", base_url="https://up.test:/")]})
         self.assertEqual([s.base_url for s in ok.settings], ["http://[::1]:8081/a/", "https://up.test:/"])
 
+    def test_one_backend_per_proxied_mirror(self) -> None:
+        """
+        Two apt backends that would answer proxy requests for the same host,
+        port and mirror path (both by default, from one mirror_url) are
+        refused, naming the second's hosts: the later one took them all,
+        silently. Other paths on that host, or hosts: [], are fine.
+        """
+        def apt(prefix: str, mirror: str, **more: Any) -> dict[str, Any]:
+            return {"type": "apt", "config": {"prefix": prefix, "mirror_url": mirror, **more}}
+        self.assertConfigError(
+            yaml.safe_dump({"backends": [apt("/a/", "http://deb.test/debian"), apt("/b/", "http://deb.test/debian/")]}),
+            "backends[1].config.hosts: deb.test:80/debian is already claimed by backends[0]")
+        self.assertConfigError(
+            yaml.safe_dump({"backends": [apt("/a/", "http://deb.test/debian", hosts=["mirror.test:8080"]),
+                                         apt("/b/", "http://other.test/debian", hosts=["Mirror.test:8080"])]}),
+            "backends[1].config.hosts: mirror.test:8080/debian is already claimed by backends[0]")
+        ok = self.load_data({"backends": [apt("/a/", "http://deb.test/debian"),
+                                          apt("/b/", "http://deb.test/debian-security"),
+                                          apt("/c/", "http://deb.test/debian", hosts=[])]})
+        self.assertEqual(len(ok.settings), 3)
+
     def test_refused_url_named_without_its_password(self) -> None:
         """A URL refused for its scheme or host is named in the error without the password it holds."""
         for url in ("ftp://alice:hunter2@x/debian", "http://alice:hunter2@/debian"):

@@ -101,6 +101,15 @@ class AptSettings(CommonSettings):
     #: Keyrings InRelease/Release.gpg must be signed by (empty: not checked).
     signed_by: list[str] = field(default_factory=list)
 
+    def proxy_claims(self) -> list[tuple[str, int, str]]:
+        """
+        What this backend answers proxy requests for: (host, port, the
+        mirror's path). Two backends with one in common would split one
+        mirror's requests by the order of the config: the config refuses it.
+        """
+        path = urlsplit(self.mirror_url).path.rstrip("/")
+        return [(host, port or 80, path) for host, port in self.hosts]
+
 
 # -- release sets --------------------------------------------------------------
 
