@@ -497,3 +497,21 @@ class ProxyToItselfWireTests(TestCase):
                                f"http://127.0.0.2:{d.port}/-/health": "403"})
         d.wait_log(f"GET http://127.0.0.2:{d.port}/-/health 403 ")
         self.assertIn("GET /-/status 200 ", d.log())  # (logged as the path it was answered as)
+
+
+class NothingHereWireTests(TestCase):
+    """A path nothing answers, through the real daemon: the vault's plain 404, not Twisted's HTML page."""
+
+    timeout = 60
+
+    def test_plain_404(self) -> None:
+        d = support.Daemon([])
+        self.addCleanup(d.cleanup)
+        d.start()
+        for path in ("/favicon.ico", "/-/", "/nothing/here"):
+            p = subprocess.run(["curl", "-s", "-i", d.url(path)], capture_output=True, timeout=30,
+                               env=support.no_proxy_env())
+            head, _, body = p.stdout.partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 404"), head)
+            self.assertIn(b"content-type: text/plain; charset=utf-8", head.lower())
+            self.assertEqual(body, b"nothing here: GET / lists what this vault serves\n")
