@@ -81,8 +81,8 @@ TLS_HANDSHAKE = b"\x16"
 QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 #: A request target in absolute form (RFC 9112 3.2.2): a scheme, then "://".
 _ABSOLUTE = logs.ABSOLUTE_FORM
-NOT_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
-           b"This is a plain HTTP server: TLS is not spoken here.\n")
+#: What a TLS handshake on a plain HTTP port is told (a 400, as Go's servers answer it).
+NOT_TLS = "This is a plain HTTP server: TLS is not spoken here."
 #: How much of a refused request's target goes into its log line.
 LOGGED_TARGET = 200
 #: The reason phrases of the refusals (RFC 9110's: Twisted has older ones, and no 431).
@@ -295,7 +295,7 @@ class VaultChannel(HTTPChannel):
         if self._first and data:
             self._first = False
             if data.startswith(TLS_HANDSHAKE):
-                self.transport.write(NOT_TLS)
+                self.transport.write(refusal(400, NOT_TLS))  # (dated, as every answer)
                 self.transport.loseConnection()
                 return
         if data and not self._handlingRequest and self._head_timer is None:

@@ -122,14 +122,16 @@ class WireLimitTests(TestCase):
         """
         Every answer has a Date (RFC 9110 6.6.1), also those the vault
         writes itself: a proxy request's 403, a CONNECT's, a 414, a 408
-        (client_header_timeout), a 400 as any 200.
+        (client_header_timeout), a 400, one for a TLS handshake on the plain
+        port, as any 200.
         """
         heads = {"proxy 403": b"GET http://other.example/x HTTP/1.1\r\nHost: other.example\r\n\r\n",
                  "CONNECT 403": b"CONNECT other.example:443 HTTP/1.1\r\nHost: other.example:443\r\n\r\n",
                  "414": b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
                  "408": b"GET /-/health HTTP/1.1\r\nHost: x\r\n",
                  "400": b"GET /-/health HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n",
-                 "200": b"GET /-/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"}
+                 "200": b"GET /-/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                 "TLS 400": b"\x16\x03\x01\x00\xde\x01\x00\x00\xda\x03\x03" + b"\x00" * 40}
         slow = self.connect()  # (first: its 408 comes after client_header_timeout, while the others are asked)
         slow.sendall(heads["408"])
         dates = {}
@@ -145,7 +147,8 @@ class WireLimitTests(TestCase):
             date = fields.get("Date")
             dates[name] = (head.split(" ")[1], date and abs(parsedate_to_datetime(date).timestamp() - time.time()) < 60)
         self.assertEqual(dates, {"proxy 403": ("403", True), "CONNECT 403": ("403", True), "414": ("414", True),
-                                 "408": ("408", True), "400": ("400", True), "200": ("200", True)})
+                                 "408": ("408", True), "400": ("400", True), "200": ("200", True),
+                                 "TLS 400": ("400", True)})
 
     def test_connection_cap(self) -> None:
         """Past 4 connections from one address: a 503 with Retry-After; one closed, a new one is served."""

@@ -253,7 +253,7 @@ class TlsOnPlainPortTests(SynchronousTestCase):
         """A TLS ClientHello gets a 400 and a closed connection at once, not a wait for a request line."""
         protocol, transport = self.connect()
         protocol.dataReceived(b"\x16\x03\x01\x00\xde\x01\x00\x00\xda\x03\x03" + b"\x00" * 40)
-        self.assertTrue(transport.value().startswith(b"HTTP/1.0 400 Bad Request\r\n"))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 Bad Request\r\n"))
         self.assertTrue(transport.disconnecting)
 
     def test_plain_http_served(self) -> None:
