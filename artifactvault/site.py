@@ -135,6 +135,11 @@ class VaultRequest(Request):
         self.setHeader(b"server", SERVER)
         super().render(resrc)
 
+    def _handleStar(self) -> None:
+        # (Twisted answers "OPTIONS *" itself, without render(): named as the vault too)
+        self.setHeader(b"server", SERVER)
+        super()._handleStar()  # type: ignore[misc]
+
     _body_received = 0
 
     def handleContentChunk(self, data: bytes) -> None:

@@ -500,7 +500,11 @@ class ProxyToItselfWireTests(TestCase):
 
 
 class NothingHereWireTests(TestCase):
-    """A path nothing answers, through the real daemon: the vault's plain 404, not Twisted's HTML page."""
+    """
+    Through the real daemon, what Twisted would answer its own way: a path
+    nothing answers (the vault's plain 404, not Twisted's HTML page), and
+    OPTIONS * (the vault's Server).
+    """
 
     timeout = 60
 
@@ -515,3 +519,14 @@ class NothingHereWireTests(TestCase):
             self.assertTrue(head.startswith(b"HTTP/1.1 404"), head)
             self.assertIn(b"content-type: text/plain; charset=utf-8", head.lower())
             self.assertEqual(body, b"nothing here: GET / lists what this vault serves\n")
+
+    def test_options_star(self) -> None:
+        """OPTIONS * (which Twisted answers itself) names the vault as its Server, as every other answer."""
+        d = support.Daemon([])
+        self.addCleanup(d.cleanup)
+        d.start()
+        p = subprocess.run(["curl", "-s", "-i", "-X", "OPTIONS", "--request-target", "*", d.url("/")],
+                           capture_output=True, timeout=30, env=support.no_proxy_env())
+        head = p.stdout.partition(b"\r\n\r\n")[0].lower()
+        self.assertTrue(head.startswith(b"http/1.1 200"), head)
+        self.assertIn(b"\r\nserver: artifactvault/", head)
