@@ -101,14 +101,18 @@ class AptSettings(CommonSettings):
     #: Keyrings InRelease/Release.gpg must be signed by (empty: not checked).
     signed_by: list[str] = field(default_factory=list)
 
+    @property
+    def mirror_path(self) -> str:
+        """The path of C{mirror_url}, without a trailing ``/`` (a proxy request's path is below it)."""
+        return urlsplit(self.mirror_url).path.rstrip("/")
+
     def proxy_claims(self) -> list[tuple[str, int, str]]:
         """
         What this backend answers proxy requests for: (host, port, the
         mirror's path). Two backends with one in common would split one
         mirror's requests by the order of the config: the config refuses it.
         """
-        path = urlsplit(self.mirror_url).path.rstrip("/")
-        return [(host, port or 80, path) for host, port in self.hosts]
+        return [(host, port or 80, self.mirror_path) for host, port in self.hosts]
 
 
 # -- release sets --------------------------------------------------------------
@@ -271,7 +275,7 @@ class AptBackend(Backend):
         super().__init__(settings, context, settings.mirror_url)
         self.settings: AptSettings = settings
         self.base_url = settings.mirror_url.rstrip("/")
-        self.mirror_path = urlsplit(self.base_url).path.rstrip("/")
+        self.mirror_path = settings.mirror_path
         self.reactor = context.reactor
         self.pool = PoolIndex()
         self._sets: dict[str, tuple[str, ReleaseSet]] = {}  # dir → (entry data, set)
